@@ -1,0 +1,396 @@
+// Package node is the sandbox's node agent: it plays the kubelet (and the
+// scheduler's one job on a one-node cluster, binding pods) for a single node.
+// It registers a Ready node, runs each pod's containers as local processes
+// with a loopback address of their own, reports their status truthfully, and
+// serves the kubelet API over TLS, where port-forward is served by the
+// upstream streaming server so that the wire behaviour is the real one.
+//
+// It is test infrastructure: it is never linked into kpf.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// KubeletVersion is what the node reports as its kubelet version.
+const KubeletVersion = "v1.37.2"
+
+// Config configures an Agent.
+type Config struct {
+	NodeName string
+	// Node is the client with the node's own identity (system:node:NAME): it
+	// registers the node, renews its lease, writes pod status and deletes
+	// pods whose termination is complete.
+	Node kubernetes.Interface
+	// Scheduler is the client that watches all pods and binds unscheduled
+	// ones to this node (system:kube-scheduler).
+	Scheduler kubernetes.Interface
+
+	Port                        int    // kubelet API port on 127.0.0.1
+	CertFile, KeyFile, ClientCA string // kubelet API TLS
+	StateDir                    string // container logs and the pid file
+	// AddrPrefix is the first two octets of the pods' loopback addresses:
+	// pod n gets 127.P.(n>>8).(n&255) to bind and dial, and reports
+	// 198.18.(n>>8).(n&255) as its podIP, an address nothing connects to
+	// that passes EndpointSlice validation (loopback does not).
+	AddrPrefix byte
+	// Self is the executable that runs the built-in kpf.test/* images.
+	Self string
+	Log  *slog.Logger
+}
+
+// Agent is a running node agent.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	addrs *addrPool
+	pids  *pidFile
+
+	mu      sync.Mutex
+	workers map[types.UID]*podWorker
+}
+
+// New checks cfg and returns an Agent.
+func New(cfg Config) (*Agent, error) {
+	if cfg.NodeName == "" || cfg.Node == nil || cfg.Scheduler == nil {
+		return nil, errors.New("node: NodeName, Node and Scheduler are required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.AddrPrefix == 0 {
+		cfg.AddrPrefix = 77
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "pods"), 0o700); err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg:     cfg,
+		log:     cfg.Log,
+		addrs:   newAddrPool(cfg.AddrPrefix),
+		pids:    &pidFile{path: filepath.Join(cfg.StateDir, "container-pgids")},
+		workers: map[types.UID]*podWorker{},
+	}, nil
+}
+
+// Run registers the node and runs pods until ctx ends; then it stops every
+// container it started.
+func (a *Agent) Run(ctx context.Context) error {
+	// Containers of an earlier agent that died without cleaning up.
+	a.pids.killAll()
+
+	ln, err := a.listen()
+	if err != nil {
+		return err
+	}
+	srv := a.server()
+	go func() {
+		if err := srv.ServeTLS(ln, a.cfg.CertFile, a.cfg.KeyFile); err != nil && !errors.Is(err, net.ErrClosed) && err.Error() != "http: Server closed" {
+			a.log.Error("kubelet API server stopped", "err", err)
+		}
+	}()
+	defer srv.Close()
+
+	if err := a.register(ctx); err != nil {
+		return err
+	}
+	go a.heartbeat(ctx)
+
+	factory := informers.NewSharedInformerFactory(a.cfg.Scheduler, 0)
+	inf := factory.Core().V1().Pods().Informer()
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { a.observe(ctx, obj.(*corev1.Pod)) },
+		UpdateFunc: func(_, obj any) { a.observe(ctx, obj.(*corev1.Pod)) },
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if p, ok := obj.(*corev1.Pod); ok {
+				a.gone(p.UID)
+			}
+		},
+	}); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	a.log.Info("node agent running", "node", a.cfg.NodeName, "port", a.cfg.Port)
+	<-ctx.Done()
+	factory.Shutdown()
+	a.stopAll()
+	return nil
+}
+
+func (a *Agent) listen() (net.Listener, error) {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(a.cfg.Port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("kubelet API: listen %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// observe routes a pod event: bind it if unscheduled, hand it to its worker
+// if it is ours.
+func (a *Agent) observe(ctx context.Context, pod *corev1.Pod) {
+	if pod.Spec.NodeName == "" {
+		if pod.DeletionTimestamp == nil && (pod.Spec.SchedulerName == "" || pod.Spec.SchedulerName == corev1.DefaultSchedulerName) {
+			go a.bind(ctx, pod)
+		}
+		return
+	}
+	if pod.Spec.NodeName != a.cfg.NodeName {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if w, ok := a.workers[pod.UID]; ok {
+		w.update(pod)
+		return
+	}
+	terminal := pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
+	if terminal && pod.DeletionTimestamp == nil {
+		return // finished before this agent started; nothing to run
+	}
+	w := newPodWorker(a, pod)
+	a.workers[pod.UID] = w
+	go func() {
+		w.run(ctx)
+		a.mu.Lock()
+		delete(a.workers, pod.UID)
+		a.mu.Unlock()
+	}()
+}
+
+// gone stops a pod that disappeared from the API (force deletion).
+func (a *Agent) gone(uid types.UID) {
+	a.mu.Lock()
+	w := a.workers[uid]
+	a.mu.Unlock()
+	if w != nil {
+		w.removed()
+	}
+}
+
+func (a *Agent) bind(ctx context.Context, pod *corev1.Pod) {
+	b := &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName},
+	}
+	err := retry(ctx, func(ctx context.Context) error {
+		err := a.cfg.Scheduler.CoreV1().Pods(pod.Namespace).Bind(ctx, b, metav1.CreateOptions{})
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			return nil // bound already, or gone
+		}
+		return err
+	})
+	if err != nil {
+		a.log.Warn("bind pod", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+	}
+}
+
+// worker finds the running worker of a pod by namespace and name.
+func (a *Agent) worker(namespace, name string, uid types.UID) *podWorker {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var found *podWorker
+	for _, w := range a.workers {
+		if w.namespace == namespace && w.name == name && (uid == "" || w.uid == uid) {
+			if found == nil || !w.deleting() {
+				found = w
+			}
+		}
+	}
+	return found
+}
+
+func (a *Agent) workerByUID(uid types.UID) *podWorker {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.workers[uid]
+}
+
+func (a *Agent) stopAll() {
+	a.mu.Lock()
+	ws := make([]*podWorker, 0, len(a.workers))
+	for _, w := range a.workers {
+		ws = append(ws, w)
+	}
+	a.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, w := range ws {
+		wg.Add(1)
+		go func() { defer wg.Done(); w.shutdown() }()
+	}
+	wg.Wait()
+}
+
+// register creates the Node object, or refreshes the one there.
+func (a *Agent) register(ctx context.Context) error {
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: a.cfg.NodeName,
+			Labels: map[string]string{
+				corev1.LabelHostname:   a.cfg.NodeName,
+				corev1.LabelOSStable:   runtime.GOOS,
+				corev1.LabelArchStable: runtime.GOARCH,
+			},
+		},
+	}
+	return retry(ctx, func(ctx context.Context) error {
+		_, err := a.cfg.Node.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("register node %s: %w", a.cfg.NodeName, err)
+		}
+		return a.updateNodeStatus(ctx)
+	})
+}
+
+func (a *Agent) updateNodeStatus(ctx context.Context) error {
+	n, err := a.cfg.Node.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	now := metav1.Now()
+	cond := func(t corev1.NodeConditionType, s corev1.ConditionStatus, reason, msg string) corev1.NodeCondition {
+		c := corev1.NodeCondition{Type: t, Status: s, Reason: reason, Message: msg, LastHeartbeatTime: now, LastTransitionTime: now}
+		for _, old := range n.Status.Conditions {
+			if old.Type == t && old.Status == s {
+				c.LastTransitionTime = old.LastTransitionTime
+			}
+		}
+		return c
+	}
+	hostname, _ := os.Hostname()
+	capacity := corev1.ResourceList{
+		corev1.ResourceCPU:              *resource.NewQuantity(int64(runtime.NumCPU()), resource.DecimalSI),
+		corev1.ResourceMemory:           resource.MustParse("16Gi"),
+		corev1.ResourcePods:             resource.MustParse("250"),
+		corev1.ResourceEphemeralStorage: resource.MustParse("20Gi"),
+	}
+	n.Status = corev1.NodeStatus{
+		Capacity:    capacity,
+		Allocatable: capacity,
+		Phase:       corev1.NodeRunning,
+		Conditions: []corev1.NodeCondition{
+			cond(corev1.NodeMemoryPressure, corev1.ConditionFalse, "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+			cond(corev1.NodeDiskPressure, corev1.ConditionFalse, "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+			cond(corev1.NodePIDPressure, corev1.ConditionFalse, "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+			cond(corev1.NodeReady, corev1.ConditionTrue, "KubeletReady", "kpf-sandbox node agent is posting ready status"),
+		},
+		Addresses: []corev1.NodeAddress{
+			{Type: corev1.NodeInternalIP, Address: "127.0.0.1"},
+			{Type: corev1.NodeHostName, Address: hostname},
+		},
+		DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: int32(a.cfg.Port)}},
+		NodeInfo: corev1.NodeSystemInfo{
+			MachineID:               "kpf-sandbox",
+			SystemUUID:              "kpf-sandbox",
+			BootID:                  "kpf-sandbox",
+			KernelVersion:           kernelVersion(),
+			OSImage:                 "kpf-sandbox",
+			ContainerRuntimeVersion: "kpf-sandbox://processes",
+			KubeletVersion:          KubeletVersion,
+			KubeProxyVersion:        "",
+			OperatingSystem:         runtime.GOOS,
+			Architecture:            runtime.GOARCH,
+		},
+	}
+	_, err = a.cfg.Node.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+	return err
+}
+
+func kernelVersion() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// heartbeat renews the node lease every 10 s and the node status every 30 s,
+// as the kubelet does, so the node lifecycle controller keeps the node Ready.
+func (a *Agent) heartbeat(ctx context.Context) {
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for n := 0; ; n++ {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := a.renewLease(cctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("renew node lease", "err", err)
+		}
+		if n%3 == 2 {
+			if err := a.updateNodeStatus(cctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("update node status", "err", err)
+			}
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (a *Agent) renewLease(ctx context.Context) error {
+	leases := a.cfg.Node.CoordinationV1().Leases(corev1.NamespaceNodeLease)
+	now := metav1.NewMicroTime(time.Now())
+	l, err := leases.Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		dur := int32(40)
+		holder := a.cfg.NodeName
+		_, err = leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: a.cfg.NodeName, Namespace: corev1.NamespaceNodeLease},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &dur, RenewTime: &now},
+		}, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	l.Spec.RenewTime = &now
+	_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+	return err
+}
+
+// retry calls f until it succeeds or ctx ends, backing off up to 2 s.
+func retry(ctx context.Context, f func(context.Context) error) error {
+	delay := 50 * time.Millisecond
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := f(cctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}

@@ -1,0 +1,234 @@
+// Package workload implements the sandbox's built-in container images, run
+// by the node agent as `kpf-sandbox workload NAME`:
+//
+//	kpf.test/http      HTTP: / names the pod; /healthz (503 after /healthz/fail,
+//	                   200 again after /healthz/recover); /bytes/N streams N
+//	                   pattern bytes; /echo returns the body; /sha256 its hash.
+//	kpf.test/echo      TCP echo, half-close aware.
+//	kpf.test/bulk      TCP line protocol: "SEND n" streams n pattern bytes;
+//	                   "RECV n" reads n bytes and answers their sha256; "ECHO"
+//	                   echoes; every connection first reads one line.
+//	kpf.test/udp-echo  UDP echo.
+//
+// Each listens on the pod's address ($KPF_POD_ADDR) and on every container
+// port of its protocol ($KPF_TCP_PORTS, $KPF_UDP_PORTS), or on its default
+// port when the container declares none.
+package workload
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/kpf-dev/kpf/sandbox/pattern"
+)
+
+// Names lists the built-in images and their default ports.
+var Names = map[string]int{"http": 8080, "echo": 7070, "bulk": 9000, "udp-echo": 5300}
+
+// Run runs the named workload until SIGTERM.
+func Run(name string, args []string) error {
+	def, ok := Names[name]
+	if !ok {
+		return fmt.Errorf("unknown built-in image kpf.test/%s (known: http, echo, bulk, udp-echo)", name)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	addr := os.Getenv("KPF_POD_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1"
+	}
+	envPorts := "KPF_TCP_PORTS"
+	if name == "udp-echo" {
+		envPorts = "KPF_UDP_PORTS"
+	}
+	ports, err := parsePorts(os.Getenv(envPorts), args)
+	if err != nil {
+		return err
+	}
+	if len(ports) == 0 {
+		ports = []int{def}
+	}
+	errc := make(chan error, len(ports))
+	for _, port := range ports {
+		hp := net.JoinHostPort(addr, strconv.Itoa(port))
+		if name == "udp-echo" {
+			pc, err := net.ListenPacket("udp", hp)
+			if err != nil {
+				return err
+			}
+			defer pc.Close()
+			go func() { errc <- udpEcho(pc) }()
+			log.Printf("kpf.test/%s listening on udp %s", name, hp)
+			continue
+		}
+		ln, err := net.Listen("tcp", hp)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		log.Printf("kpf.test/%s listening on tcp %s", name, hp)
+		switch name {
+		case "http":
+			go func() { errc <- serveHTTP(ln) }()
+		case "echo":
+			go func() { errc <- serveTCP(ln, echo) }()
+		case "bulk":
+			go func() { errc <- serveTCP(ln, bulk) }()
+		}
+	}
+	select {
+	case <-ctx.Done():
+		log.Printf("kpf.test/%s: terminating", name)
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+// parsePorts reads a comma list, and --port N arguments that override it.
+func parsePorts(list string, args []string) ([]int, error) {
+	var ports []int
+	for i := 0; i < len(args); i++ {
+		if args[i] == "--port" && i+1 < len(args) {
+			list, i = args[i+1], i+1
+		}
+	}
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("port %q: want a number from 1 to 65535", s)
+		}
+		ports = append(ports, n)
+	}
+	return ports, nil
+}
+
+func serveTCP(ln net.Listener, handle func(*net.TCPConn)) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			defer c.Close()
+			handle(c.(*net.TCPConn))
+		}()
+	}
+}
+
+// echo copies back until the client closes its write side, then closes ours.
+func echo(c *net.TCPConn) {
+	io.CopyBuffer(c, c, make([]byte, 64*1024))
+	c.CloseWrite()
+}
+
+func bulk(c *net.TCPConn) {
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return
+	}
+	verb, arg, _ := strings.Cut(strings.TrimSpace(line), " ")
+	n, _ := strconv.ParseUint(arg, 10, 64)
+	buf := make([]byte, 256*1024)
+	switch strings.ToUpper(verb) {
+	case "SEND":
+		io.CopyBuffer(c, pattern.NewReader(n), buf)
+		c.CloseWrite()
+	case "RECV":
+		h := sha256.New()
+		got, _ := io.CopyBuffer(h, io.LimitReader(br, int64(n)), buf)
+		if uint64(got) != n {
+			fmt.Fprintf(c, "short %d\n", got)
+			return
+		}
+		fmt.Fprintf(c, "%x\n", h.Sum(nil))
+		c.CloseWrite()
+	case "ECHO":
+		io.CopyBuffer(c, br, buf)
+		c.CloseWrite()
+	default:
+		fmt.Fprintf(c, "unknown command %q: use SEND n, RECV n or ECHO\n", verb)
+	}
+}
+
+func udpEcho(pc net.PacketConn) error {
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		pc.WriteTo(buf[:n], from)
+	}
+}
+
+func serveHTTP(ln net.Listener) error {
+	pod := os.Getenv("KPF_POD_NAME")
+	var failing atomic.Bool
+	mux := http.NewServeMux()
+	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Pod-Name", pod)
+		fmt.Fprintf(w, "pod %s namespace %s\n", pod, os.Getenv("KPF_POD_NAMESPACE"))
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			http.Error(w, "unhealthy (set by /healthz/fail)", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("/healthz/fail", func(w http.ResponseWriter, r *http.Request) {
+		failing.Store(true)
+		io.WriteString(w, "healthz now fails\n")
+	})
+	mux.HandleFunc("/healthz/recover", func(w http.ResponseWriter, r *http.Request) {
+		failing.Store(false)
+		io.WriteString(w, "healthz now passes\n")
+	})
+	mux.HandleFunc("/bytes/{n}", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseUint(r.PathValue("n"), 10, 64)
+		if err != nil {
+			http.Error(w, "want /bytes/N with N a byte count", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.FormatUint(n, 10))
+		w.Header().Set("Content-Type", "application/octet-stream")
+		io.CopyBuffer(w, pattern.NewReader(n), make([]byte, 256*1024))
+	})
+	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(w, r.Body)
+	})
+	mux.HandleFunc("/sha256", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, _ := io.Copy(h, r.Body)
+		fmt.Fprintf(w, "%x %d\n", h.Sum(nil), n)
+	})
+	err := http.Serve(ln, mux)
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
