@@ -339,7 +339,7 @@ func (c *Cluster) Down() error {
 	var errs []error
 	for i := len(Order) - 1; i >= 0; i-- {
 		name := Order[i]
-		if err := c.stop(name); err != nil {
+		if err := c.stop(name, 10*time.Second); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -347,7 +347,8 @@ func (c *Cluster) Down() error {
 	return errors.Join(errs...)
 }
 
-func (c *Cluster) stop(name string) error {
+// stop sends SIGTERM and waits up to grace before SIGKILL.
+func (c *Cluster) stop(name string, grace time.Duration) error {
 	p, ok := c.state.Procs[name]
 	if !ok {
 		return nil
@@ -355,7 +356,7 @@ func (c *Cluster) stop(name string) error {
 	if p.Alive() {
 		syscall.Kill(p.PID, syscall.SIGCONT) // a paused API server cannot act on TERM
 		syscall.Kill(p.PID, syscall.SIGTERM)
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(grace)
 		for p.Alive() && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -372,8 +373,10 @@ func (c *Cluster) stop(name string) error {
 }
 
 // Restart stops and starts one component and waits until it is healthy.
+// The API server's graceful shutdown can take many seconds with hijacked
+// streams open; a restart allows it 3 s, as a crash-and-restart would.
 func (c *Cluster) Restart(ctx context.Context, name string) error {
-	if err := c.stop(name); err != nil {
+	if err := c.stop(name, 3*time.Second); err != nil {
 		return err
 	}
 	return c.ensure(ctx, name)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -34,24 +35,39 @@ type podWorker struct {
 	podSnapshot *corev1.Pod
 
 	// Owned by run.
-	pod         *corev1.Pod
-	addr        podAddr
-	hasAddr     bool
-	startTime   metav1.Time
-	ctrs        []*ctr
-	initDone    bool
-	terminating bool // deletion requested: containers are being stopped
-	stopping    bool // gone from the API or agent shutting down: stop, do not report
-	failMsg     string
-	graceTimer  *time.Timer
-	lastConds   []corev1.PodCondition
+	pod            *corev1.Pod
+	addr           podAddr
+	hasAddr        bool
+	startTime      metav1.Time
+	ctrs           []*ctr
+	initDone       bool
+	terminating    bool // deletion requested: containers are being stopped
+	stopping       bool // gone from the API or agent shutting down: stop, do not report
+	failMsg        string
+	graceTimer     *time.Timer
+	lastConds      []corev1.PodCondition
+	removedFromAPI bool
 }
 
 type (
-	evPod        struct{ pod *corev1.Pod }
-	evExit       struct{ c *ctr; code int32; reason string; run int }
-	evProbe      struct{ c *ctr; run int; kind probeKind; ok bool; msg string }
-	evRestart    struct{ c *ctr; run int }
+	evPod  struct{ pod *corev1.Pod }
+	evExit struct {
+		c      *ctr
+		code   int32
+		reason string
+		run    int
+	}
+	evProbe struct {
+		c    *ctr
+		run  int
+		kind probeKind
+		ok   bool
+		msg  string
+	}
+	evRestart struct {
+		c   *ctr
+		run int
+	}
 	evRemoved    struct{}
 	evShutdown   struct{ ack chan struct{} }
 	evGraceEnded struct{}
@@ -156,8 +172,10 @@ func (w *podWorker) run(ctx context.Context) {
 		}
 	}
 	if w.terminating && !w.stopping {
-		stopPush()
 		w.finalize(ctx)
+	}
+	if w.terminating && (!w.stopping || w.removedFromAPI) {
+		os.RemoveAll(w.dir) // the pod is gone, and its logs with it
 	}
 }
 
@@ -200,6 +218,7 @@ func (w *podWorker) handle(ev any) {
 			c.signal(sigKill)
 		}
 	case evRemoved, evShutdown:
+		_, w.removedFromAPI = ev.(evRemoved)
 		w.stopping = true
 		w.terminating = true
 		for _, c := range w.ctrs {

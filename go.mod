@@ -1,0 +1,3 @@
+module github.com/kpf-dev/kpf
+
+go 1.26.0

@@ -1,0 +1,60 @@
+package workload
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/kpf-dev/kpf/sandbox/pattern"
+)
+
+// BulkDownload asks a kpf.test/bulk server at addr for n bytes and checks
+// every one of them against the pattern.
+func BulkDownload(addr string, n uint64, timeout time.Duration) error {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := fmt.Fprintf(c, "SEND %d\n", n); err != nil {
+		return err
+	}
+	var v pattern.Verifier
+	got, err := io.CopyBuffer(&v, c, make([]byte, 256*1024))
+	if err != nil {
+		return fmt.Errorf("download from %s after %d bytes: %w", addr, got, err)
+	}
+	if uint64(got) != n {
+		return fmt.Errorf("download from %s: got %d bytes, want %d", addr, got, n)
+	}
+	return nil
+}
+
+// BulkUpload sends n pattern bytes to a kpf.test/bulk server at addr and
+// checks the sha256 it answers.
+func BulkUpload(addr string, n uint64, timeout time.Duration) error {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := fmt.Fprintf(c, "RECV %d\n", n); err != nil {
+		return err
+	}
+	if _, err := io.CopyBuffer(c, pattern.NewReader(n), make([]byte, 256*1024)); err != nil {
+		return fmt.Errorf("upload to %s: %w", addr, err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("upload to %s: reading the checksum: %w", addr, err)
+	}
+	if got, want := strings.TrimSpace(line), pattern.SHA256(n); got != want {
+		return fmt.Errorf("upload to %s: server hashed %q, want %q", addr, got, want)
+	}
+	return nil
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The demo: forwards to a small application and uses it through them.
+# With a cluster configured (KUBECONFIG or ~/.kube/config reachable) and
+# KPF_DEMO_CLUSTER=1, it uses that cluster; otherwise it starts the local
+# sandbox (first run: about 10 minutes to build the control plane).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$PWD/bin
+NS=${KPF_DEMO_NAMESPACE:-kpf-demo}
+
+if [ "${KPF_DEMO_CLUSTER:-}" = 1 ]; then
+  KUBECTL=${KUBECTL:-kubectl}
+  echo "demo: using the configured cluster ($($KUBECTL config current-context))"
+else
+  echo "demo: starting the local sandbox (kpf-sandbox up)"
+  "$BIN/kpf-sandbox" up
+  eval "$("$BIN/kpf-sandbox" env)"
+  KUBECTL=$KPF_SANDBOX_KUBECTL
+fi
+
+$KUBECTL create namespace "$NS" --dry-run=client -o yaml | $KUBECTL apply -f - >/dev/null
+$KUBECTL apply -n "$NS" -f demo/demo.yaml
+$KUBECTL rollout status -n "$NS" deployment/frontend deployment/api --timeout=120s
+$KUBECTL rollout status -n "$NS" statefulset/db --timeout=120s
+$KUBECTL get pods -n "$NS" -o wide
+
+# The forwarder: kpf when it is built, else kubectl port-forward.
+if [ -x "$BIN/kpf" ]; then FWD=("$BIN/kpf" forward); else FWD=("$KUBECTL" port-forward); fi
+logs=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$logs"; }
+trap cleanup EXIT
+
+port=
+forward() { # name target ports...; sets $port to the local port
+  local name=$1; shift
+  "${FWD[@]}" -n "$NS" "$@" >"$logs/$name.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    port=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\).*/\1/p' "$logs/$name.log" | head -1)
+    [ -n "$port" ] && return
+    sleep 0.1
+  done
+  echo "demo: forward $name did not start:" >&2; cat "$logs/$name.log" >&2; exit 1
+}
+
+echo; echo "== ${FWD[*]##*/}: three forwards from this machine into the cluster"
+forward frontend deployment/frontend :8080; fe=$port
+forward api svc/api :80; api=$port
+forward db pod/db-0 :9000; db=$port
+echo "frontend  http://127.0.0.1:$fe"
+echo "api       http://127.0.0.1:$api"
+echo "db        127.0.0.1:$db"
+echo
+echo "== GET / through the frontend forward"
+curl -sS "http://127.0.0.1:$fe/"
+echo "== 5 requests to the API service"
+for _ in 1 2 3 4 5; do curl -sS "http://127.0.0.1:$api/"; done
+echo "== a 64 MiB download through the API forward"
+curl -sS -o /dev/null -w '%{size_download} bytes at %{speed_download} bytes/s\n' "http://127.0.0.1:$api/bytes/67108864"
+echo "== a round trip to the database-like service"
+printf 'ECHO\nhello from the demo\n' | nc -N 127.0.0.1 "$db"
+echo
+echo "demo done. The sandbox keeps running: kpf-sandbox down (or make sandbox-down) stops it."

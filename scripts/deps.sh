@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and the demo use as real clients,
+# when they are missing. Needs root (or sudo) only if something is missing.
+set -euo pipefail
+need=()
+for pair in curl:curl python3:python3 nc:netcat-openbsd; do
+  cmd=${pair%%:*} pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if ! command -v go >/dev/null 2>&1; then
+  echo "deps: Go is not installed (this project needs Go 1.26)" >&2
+  exit 1
+fi
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+echo "deps: installing ${need[*]}"
+SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
