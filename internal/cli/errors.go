@@ -1,0 +1,163 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/kpf-dev/kpf/internal/target"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/cli-runtime/pkg/resource"
+)
+
+// This file turns API and network errors into messages that say what went
+// wrong and what to do, in one place.
+
+// explainConfig: the kubeconfig could not be loaded.
+func explainConfig(err error) error {
+	return fmt.Errorf("%w (check --kubeconfig, KUBECONFIG and --context)", err)
+}
+
+// explain turns a target resolution error into advice.
+func explain(ctx context.Context, err error, o *ForwardOptions) error {
+	if e := explainNetwork(err, o); e != nil {
+		return e
+	}
+	var status apierrors.APIStatus
+	switch {
+	case apierrors.IsNotFound(err) && errors.As(err, &status) && status.Status().Details != nil:
+		d := status.Status().Details
+		kind := strings.TrimSuffix(d.Kind, "s")
+		msg := fmt.Sprintf("%s %q not found in namespace %q", kind, d.Name, o.namespace)
+		if hint := notFoundHint(d.Kind, d.Group, d.Name, o); hint != "" {
+			msg += "; " + hint
+		} else {
+			msg += " (use -n NAMESPACE to look elsewhere)"
+		}
+		return errors.New(msg)
+	case apierrors.IsForbidden(err):
+		return fmt.Errorf("%w (ask your cluster admin for a Role that allows it, or use another --context)", err)
+	case errors.Is(err, target.ErrPodNotRunning), errors.Is(err, target.ErrUDPOnly), errors.Is(err, target.ErrNoSelector):
+		return err
+	}
+	return err
+}
+
+// notFoundHint suggests close names in the namespace and namespaces that
+// hold the exact name. Lookups that are not allowed are skipped quietly.
+func notFoundHint(resourceName, group, name string, o *ForwardOptions) string {
+	typ := resourceName
+	if group != "" {
+		typ += "." + group
+	}
+	list := func(all bool) []*resource.Info {
+		b := resource.NewBuilder(o.g.kube).Unstructured().ResourceTypes(typ).SelectAllParam(true).ContinueOnError().Flatten()
+		if all {
+			b = b.AllNamespaces(true)
+		} else {
+			b = b.NamespaceParam(o.namespace)
+		}
+		infos, _ := b.Do().Infos()
+		return infos
+	}
+	var close []string
+	for _, in := range list(false) {
+		if similar(in.Name, name) {
+			close = append(close, in.Name)
+		}
+	}
+	var elsewhere []string
+	for _, in := range list(true) {
+		if in.Name == name && in.Namespace != o.namespace {
+			elsewhere = append(elsewhere, in.Namespace)
+		}
+	}
+	sort.Strings(close)
+	sort.Strings(elsewhere)
+	var hints []string
+	if len(elsewhere) > 0 {
+		hints = append(hints, fmt.Sprintf("it exists in namespace %s: add -n %s", strings.Join(elsewhere, ", "), elsewhere[0]))
+	}
+	if len(close) > 0 {
+		if len(close) > 5 {
+			close = close[:5]
+		}
+		hints = append(hints, "close names here: "+strings.Join(close, ", "))
+	}
+	return strings.Join(hints, "; ")
+}
+
+// similar: one name contains the other, or they differ by at most two edits.
+func similar(a, b string) bool {
+	if strings.Contains(a, b) || strings.Contains(b, a) {
+		return true
+	}
+	return editDistance(a, b) <= 2
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// explainNetwork: the API server could not be reached at all.
+func explainNetwork(err error, o *ForwardOptions) error {
+	var ue *url.Error
+	var oe *net.OpError
+	if !errors.As(err, &ue) && !errors.As(err, &oe) {
+		return nil
+	}
+	host := ""
+	if o.config != nil {
+		host = o.config.Host
+	}
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("cannot reach the API server at %s: connection refused (is the cluster up? check --context and --server)", host)
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
+		return fmt.Errorf("cannot reach the API server at %s: timed out (is the cluster up and reachable from here? see --request-timeout)", host)
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return fmt.Errorf("cannot reach the API server at %s: %v (check the server address in your kubeconfig)", host, dnsErr)
+	}
+	return nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// explainDial turns a failed tunnel upgrade into advice.
+func explainDial(err error, o *ForwardOptions, t *target.Target) error {
+	if e := explainNetwork(err, o); e != nil {
+		return e
+	}
+	// A refused upgrade carries the API server's message as text only.
+	if apierrors.IsForbidden(err) || (tunnel.IsUpgradeFailure(err) && strings.Contains(err.Error(), " is forbidden: ")) {
+		return fmt.Errorf("forbidden: you may not create pods/portforward in namespace %q (%v); ask for a Role that allows create on pods/portforward there (and get, for the WebSocket transport)", t.Namespace, err)
+	}
+	return fmt.Errorf("cannot open a tunnel to pod %s/%s: %w", t.Namespace, t.Pod.Name, err)
+}

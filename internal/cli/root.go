@@ -1,0 +1,118 @@
+// Package cli holds kpf's commands: each is an options struct with
+// AddFlags, Complete, Validate and Run over the packages that do the work.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime/debug"
+
+	"github.com/go-logr/logr"
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/klog/v2"
+)
+
+// Exit codes, documented in the README.
+const (
+	ExitOK    = 0
+	ExitError = 1
+	ExitUsage = 2
+)
+
+// usageError marks mistakes in how kpf was called.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// globals are the flags every command shares.
+type globals struct {
+	kube      *genericclioptions.ConfigFlags
+	verbosity int
+	out       io.Writer
+	errOut    io.Writer
+}
+
+// logger returns kpf's logger. client-go's own logging (klog) is routed to
+// it at -v 2 and above, and silenced below: kpf says what failed itself.
+func (g *globals) logger() *slog.Logger {
+	level := slog.LevelInfo
+	if g.verbosity > 0 {
+		level = slog.LevelDebug
+	}
+	l := slog.New(g.handler(level))
+	if g.verbosity >= 2 {
+		klog.SetSlogLogger(l)
+	} else {
+		klog.SetLogger(logr.Discard())
+	}
+	return l
+}
+
+func (g *globals) handler(level slog.Level) slog.Handler {
+	return (slog.NewTextHandler(g.errOut, &slog.HandlerOptions{
+		Level: level,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey && len(groups) == 0 && g.verbosity == 0 {
+				return slog.Attr{} // timestamps only when asked for detail
+			}
+			return a
+		},
+	}))
+}
+
+// NewRoot builds the command tree.
+func NewRoot(out, errOut io.Writer) *cobra.Command {
+	g := &globals{kube: genericclioptions.NewConfigFlags(true), out: out, errOut: errOut}
+	root := &cobra.Command{
+		Use:           "kpf",
+		Short:         "Kubernetes port forwarding that does not fall over",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version(),
+	}
+	root.SetOut(out)
+	root.SetErr(errOut)
+	g.kube.AddFlags(root.PersistentFlags())
+	root.PersistentFlags().IntVarP(&g.verbosity, "v", "v", 0, "log detail: 0 errors and state changes, 1 and up every connection (never prints tokens, keys or passwords)")
+	root.AddCommand(newForwardCommand(g))
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	return root
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+// Run executes kpf with args and returns the exit code.
+func Run(ctx context.Context, args []string, out, errOut io.Writer) int {
+	root := NewRoot(out, errOut)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return ExitOK
+	}
+	fmt.Fprintf(errOut, "error: %v\n", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(errOut, "See '%s -h' for help and examples.\n", commandPath(root, args))
+		return ExitUsage
+	}
+	return ExitError
+}
+
+func commandPath(root *cobra.Command, args []string) string {
+	if c, _, err := root.Find(args); err == nil {
+		return c.CommandPath()
+	}
+	return root.Name()
+}

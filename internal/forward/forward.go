@@ -1,0 +1,196 @@
+// Package forward runs a forward: local listeners, and for each accepted
+// connection a tunnel to the target pod. It prints what kubectl
+// port-forward prints, so that scripts that parse kubectl keep working.
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"syscall"
+
+	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+)
+
+// Log attribute keys.
+const (
+	keyLocal  = "local"
+	keyRemote = "remote"
+	keyClient = "client"
+	keyErr    = "err"
+)
+
+// Listener is one local address and port of a forward.
+type Listener struct {
+	net.Listener
+	Port portspec.Resolved // Local is the port actually bound
+}
+
+// ErrNoListener is wrapped when no requested port could be bound.
+var ErrNoListener = errors.New("unable to listen on any of the requested ports")
+
+// Listen binds every port on every address with kubectl's rules: a port
+// succeeds if its "localhost" addresses do not all fail and no explicit
+// address fails; the forward goes on if any port succeeds. A port asked as
+// 0 gets a free port on its first address and the same on the others.
+// It prints "Forwarding from ..." to out and problems to errOut.
+func Listen(addrs []portspec.Address, ports []portspec.Resolved, out, errOut io.Writer) ([]*Listener, error) {
+	var all []*Listener
+	ok := false
+	for _, p := range ports {
+		ls, err := listenPort(addrs, p, out, errOut)
+		if err != nil {
+			fmt.Fprintf(errOut, "Unable to listen on port %d: %v\n", p.Local, err)
+			continue
+		}
+		ok = true
+		all = append(all, ls...)
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNoListener, describe(ports))
+	}
+	return all, nil
+}
+
+func listenPort(addrs []portspec.Address, p portspec.Resolved, out, errOut io.Writer) ([]*Listener, error) {
+	var ls []*Listener
+	var errs []error
+	localhostOK, localhostFailed, explicitFailed := 0, 0, 0
+	for _, a := range addrs {
+		ln, err := net.Listen(a.Network(), net.JoinHostPort(a.IP.String(), strconv.Itoa(int(p.Local))))
+		if err != nil {
+			errs = append(errs, explainListen(err, a.IP, p))
+			if a.FromLocalhost {
+				localhostFailed++
+			} else {
+				explicitFailed++
+			}
+			continue
+		}
+		if a.FromLocalhost {
+			localhostOK++
+		}
+		bound := uint16(ln.Addr().(*net.TCPAddr).Port)
+		if p.Local == 0 {
+			p.Local = bound // the other addresses take the same port
+		}
+		if !a.Loopback() {
+			fmt.Fprintf(errOut, "Warning: listening on %s: this forward is reachable from the network, not only from this machine\n", net.JoinHostPort(a.IP.String(), strconv.Itoa(int(bound))))
+		}
+		fmt.Fprintf(out, "Forwarding from %s -> %d\n", net.JoinHostPort(a.IP.String(), strconv.Itoa(int(bound))), p.Remote)
+		ls = append(ls, &Listener{Listener: ln, Port: portspec.Resolved{Local: bound, Remote: p.Remote}})
+	}
+	if (localhostOK == 0 && localhostFailed > 0) || explicitFailed > 0 {
+		for _, l := range ls {
+			l.Close()
+		}
+		return nil, errors.Join(errs...)
+	}
+	return ls, nil
+}
+
+// explainListen says what to do about a failed bind.
+func explainListen(err error, ip netip.Addr, p portspec.Resolved) error {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("%w (another process holds port %d; pick another local port, or use :%d for a free one)", err, p.Local, p.Remote)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("%w (ports below 1024 need privileges; pick a local port of 1024 or more, e.g. %d:%d)", err, 8000+int(p.Remote)%1000, p.Remote)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("%w (%s is not an address of this machine; see --address)", err, ip)
+	}
+	return err
+}
+
+func describe(ports []portspec.Resolved) string {
+	s := "["
+	for i, p := range ports {
+		if i > 0 {
+			s += " "
+		}
+		s += fmt.Sprintf("%d:%d", p.Local, p.Remote)
+	}
+	return s + "]"
+}
+
+// ErrLostConnection is returned when the tunnel to the pod closes.
+var ErrLostConnection = errors.New("lost connection to pod")
+
+// Tunnel is what Serve needs of a tunnel (tunnel.Conn, or a fake in tests).
+type Tunnel interface {
+	Forward(local net.Conn, port uint16) (tunnel.Stats, error)
+	Done() <-chan bool
+}
+
+// Serve accepts connections on every listener and forwards each through
+// tun, until ctx ends (nil) or the tunnel closes (ErrLostConnection). A
+// failed connection is logged and closed; the others and the listeners
+// carry on. It closes the listeners and waits for its connections.
+func Serve(ctx context.Context, listeners []*Listener, tun Tunnel, out io.Writer, log *slog.Logger) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mu sync.Mutex // serialises lines on out
+	conns := map[net.Conn]struct{}{}
+	var connsMu sync.Mutex
+	for _, l := range listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					if !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+						log.Error("accept", keyLocal, l.Addr().String(), keyErr, err)
+					}
+					return
+				}
+				mu.Lock()
+				fmt.Fprintf(out, "Handling connection for %d\n", l.Port.Local)
+				mu.Unlock()
+				connsMu.Lock()
+				conns[c] = struct{}{}
+				connsMu.Unlock()
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer func() {
+						connsMu.Lock()
+						delete(conns, c)
+						connsMu.Unlock()
+					}()
+					st, err := tun.Forward(c, l.Port.Remote)
+					c.Close()
+					if err != nil {
+						log.Error("connection failed", keyClient, c.RemoteAddr().String(), keyLocal, l.Port.Local, keyRemote, l.Port.Remote, keyErr, err)
+						return
+					}
+					log.Debug("connection closed", keyClient, c.RemoteAddr().String(), keyLocal, l.Port.Local, "bytesIn", st.In, "bytesOut", st.Out)
+				}()
+			}
+		}()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case <-tun.Done():
+		err = ErrLostConnection
+	}
+	for _, l := range listeners {
+		l.Close()
+	}
+	connsMu.Lock()
+	for c := range conns {
+		c.Close()
+	}
+	connsMu.Unlock()
+	wg.Wait()
+	return err
+}

@@ -1,0 +1,259 @@
+// Package tunnel carries local TCP connections to a pod's ports through the
+// API server's pods/portforward subresource: one upgraded connection (SPDY
+// over WebSocket, or plain SPDY) per pod, and per local connection a pair of
+// streams, error and data, as the kubelet expects.
+//
+// Unlike client-go's port forwarder, an error on one connection closes that
+// connection only: the tunnel and every other connection carry on.
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/portforward"
+	"k8s.io/client-go/transport/spdy"
+	streamhttp "k8s.io/streaming/pkg/httpstream"
+)
+
+// Transport selects how the tunnel reaches the API server.
+type Transport string
+
+const (
+	// Auto tries WebSocket first and falls back to SPDY when the upgrade is
+	// refused, as kubectl 1.31+ does.
+	Auto      Transport = "auto"
+	WebSocket Transport = "websocket"
+	SPDY      Transport = "spdy"
+)
+
+// ParseTransport validates a --transport value.
+func ParseTransport(s string) (Transport, error) {
+	switch t := Transport(strings.ToLower(s)); t {
+	case Auto, WebSocket, SPDY:
+		return t, nil
+	}
+	return "", fmt.Errorf("--transport %q: want auto, websocket or spdy", s)
+}
+
+// Conn is an open tunnel to one pod.
+type Conn struct {
+	conn      httpstream.Connection
+	Transport Transport // the one in use
+	Pod       string    // namespace/name, for messages
+	nextID    atomic.Int64
+}
+
+// URL is the portforward subresource of a pod.
+func URL(cfg *rest.Config, namespace, pod string) (*url.URL, error) {
+	u, err := url.Parse(cfg.Host)
+	if err != nil {
+		return nil, fmt.Errorf("API server address %q: %w", cfg.Host, err)
+	}
+	if u.Scheme == "" {
+		u.Scheme = "https"
+	}
+	u.Path = strings.TrimRight(u.Path, "/") + "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(pod) + "/portforward"
+	return u, nil
+}
+
+// Dial opens a tunnel to a pod.
+func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transport) (*Conn, error) {
+	u, err := URL(cfg, namespace, pod)
+	if err != nil {
+		return nil, err
+	}
+	dialSPDY := func() (httpstream.Connection, error) {
+		rt, upgrader, err := spdy.RoundTripperFor(cfg)
+		if err != nil {
+			return nil, err
+		}
+		d := spdy.NewDialer(upgrader, &http.Client{Transport: rt}, http.MethodPost, u)
+		c, proto, err := d.Dial(portforward.PortForwardProtocolV1Name)
+		return checkProto(c, proto, err)
+	}
+	dialWS := func() (httpstream.Connection, error) {
+		d, err := portforward.NewSPDYOverWebsocketDialer(u, cfg)
+		if err != nil {
+			return nil, err
+		}
+		c, proto, err := d.Dial(portforward.PortForwardProtocolV1Name)
+		return checkProto(c, proto, err)
+	}
+	c := &Conn{Pod: namespace + "/" + pod}
+	switch t {
+	case SPDY:
+		c.conn, err = dialSPDY()
+		c.Transport = SPDY
+	case WebSocket:
+		c.conn, err = dialWS()
+		c.Transport = WebSocket
+	default:
+		c.conn, err = dialWS()
+		c.Transport = WebSocket
+		// Fall back on any refused upgrade, as kubectl does: an API server
+		// without WebSocket support, a proxy, or RBAC that grants create
+		// (SPDY's verb) but not get (WebSocket's) on pods/portforward.
+		if err != nil && (IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)) {
+			c.conn, err = dialSPDY()
+			c.Transport = SPDY
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// IsUpgradeFailure reports whether the API server refused the upgrade.
+// client-go's dialers use two packages' error types for it.
+func IsUpgradeFailure(err error) bool {
+	return httpstream.IsUpgradeFailure(err) || streamhttp.IsUpgradeFailure(err) ||
+		// The SPDY dialer reports a refused upgrade as text only.
+		strings.HasPrefix(err.Error(), "unable to upgrade connection")
+}
+
+func checkProto(c httpstream.Connection, proto string, err error) (httpstream.Connection, error) {
+	if err != nil {
+		return nil, err
+	}
+	if proto != portforward.PortForwardProtocolV1Name {
+		c.Close()
+		return nil, fmt.Errorf("unable to negotiate protocol: client supports %q, server returned %q", portforward.PortForwardProtocolV1Name, proto)
+	}
+	return c, nil
+}
+
+// Done is closed when the tunnel is closed, by either side.
+func (c *Conn) Done() <-chan bool { return c.conn.CloseChan() }
+
+// Close closes the tunnel and every stream on it.
+func (c *Conn) Close() error { return c.conn.Close() }
+
+// errorStreamWait bounds the wait for the kubelet's verdict on a connection.
+const errorStreamWait = 5 * time.Second
+
+// RemoteError is what the kubelet reported on a connection's error stream:
+// the pod refused the connection, or the port could not be reached.
+type RemoteError struct {
+	Pod     string
+	Port    uint16
+	Message string
+}
+
+func (e *RemoteError) Error() string {
+	msg := strings.TrimSpace(e.Message)
+	if strings.Contains(msg, "connection refused") {
+		return fmt.Sprintf("pod %s refused the connection to port %d: nothing listens there (%s)", e.Pod, e.Port, msg)
+	}
+	return fmt.Sprintf("error forwarding to port %d of pod %s: %s", e.Port, e.Pod, msg)
+}
+
+// Stats counts one connection's bytes.
+type Stats struct {
+	In, Out int64 // to the local client, and to the pod
+}
+
+// Forward carries one local connection to a port of the pod until either
+// side is done. It half-closes: when the local client stops writing, the
+// pod is told so and its answer still flows back. The error names the
+// first failure; the tunnel itself stays open.
+func (c *Conn) Forward(local net.Conn, port uint16) (Stats, error) {
+	var st Stats
+	id := strconv.FormatInt(c.nextID.Add(1), 10)
+	h := http.Header{}
+	h.Set(corev1.StreamType, corev1.StreamTypeError)
+	h.Set(corev1.PortHeader, strconv.Itoa(int(port)))
+	h.Set(corev1.PortForwardRequestIDHeader, id)
+	errStream, err := c.conn.CreateStream(h)
+	if err != nil {
+		return st, fmt.Errorf("create error stream: %w", err)
+	}
+	errStream.Close() // we never write to it
+	defer c.conn.RemoveStreams(errStream)
+	remoteErr := make(chan error, 1)
+	go func() {
+		msg, err := io.ReadAll(errStream)
+		switch {
+		case err != nil && !isClosed(err):
+			remoteErr <- fmt.Errorf("read error stream: %w", err)
+		case len(msg) > 0:
+			remoteErr <- &RemoteError{Pod: c.Pod, Port: port, Message: string(msg)}
+		default:
+			remoteErr <- nil
+		}
+	}()
+
+	h.Set(corev1.StreamType, corev1.StreamTypeData)
+	data, err := c.conn.CreateStream(h)
+	if err != nil {
+		return st, fmt.Errorf("create data stream: %w", err)
+	}
+	defer c.conn.RemoveStreams(data)
+
+	var wg sync.WaitGroup
+	localErr := make(chan error, 1)
+	remoteDone := make(chan error, 1)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		n, err := io.Copy(local, data)
+		st.In = n
+		remoteDone <- err
+	}()
+	go func() {
+		defer wg.Done()
+		n, err := io.Copy(data, local)
+		st.Out = n
+		// Tell the pod we are done writing; its answer still comes back.
+		data.Close()
+		if err != nil && !isClosed(err) {
+			localErr <- err
+		}
+	}()
+	var first error
+	select {
+	case err := <-remoteDone:
+		if err != nil && !isClosed(err) {
+			first = fmt.Errorf("copy from pod: %w", err)
+		}
+	case err := <-localErr:
+		first = fmt.Errorf("copy from local connection: %w", err)
+	}
+	// Discard what is queued so a slow local side cannot hold the error
+	// stream (and the tunnel's shared reader) back, and end both copies.
+	data.Reset()
+	local.Close()
+	wg.Wait()
+	select {
+	case err := <-remoteErr:
+		if err != nil {
+			return st, err
+		}
+	case <-c.conn.CloseChan():
+	case <-time.After(errorStreamWait):
+		// The kubelet closes the error stream when it is done with the pair;
+		// do not hold the caller if it never does.
+	}
+	return st, first
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) ||
+		// spdystream and the websocket tunnel report closed streams as text.
+		strings.Contains(err.Error(), "use of closed network connection") ||
+		strings.Contains(err.Error(), "stream reset")
+}
