@@ -87,7 +87,9 @@ func DefaultDir() (Dir, error) {
 	return Dir(filepath.Join(cache, "kpf-sandbox")), nil
 }
 
-func (d Dir) path(elem ...string) string { return filepath.Join(append([]string{string(d)}, elem...)...) }
+func (d Dir) path(elem ...string) string {
+	return filepath.Join(append([]string{string(d)}, elem...)...)
+}
 
 // Kubeconfig is the path of a user's kubeconfig.
 func (d Dir) Kubeconfig(user string) string { return d.path("kubeconfig", user+".yaml") }

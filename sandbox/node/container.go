@@ -56,7 +56,9 @@ func newCtr(w *podWorker, spec corev1.Container, init bool) *ctr {
 
 func (c *ctr) running() bool      { return c.isRunning }
 func (c *ctr) neverStarted() bool { return !c.everStarted && c.restartTimer == nil }
-func (c *ctr) succeeded() bool    { return c.everStarted && !c.isRunning && c.exitCode == 0 && c.restartTimer == nil }
+func (c *ctr) succeeded() bool {
+	return c.everStarted && !c.isRunning && c.exitCode == 0 && c.restartTimer == nil
+}
 
 // terminal: stopped and not going to be restarted.
 func (c *ctr) terminal() bool { return c.everStarted && !c.isRunning && c.restartTimer == nil }

@@ -123,4 +123,6 @@ func (p *Proc) WaitLine(t testing.TB, re string, timeout time.Duration) []string
 }
 
 // String describes the process for messages.
-func (p *Proc) String() string { return fmt.Sprintf("%s (pid %d)", strings.Join(p.Cmd.Args, " "), p.Cmd.Process.Pid) }
+func (p *Proc) String() string {
+	return fmt.Sprintf("%s (pid %d)", strings.Join(p.Cmd.Args, " "), p.Cmd.Process.Pid)
+}
