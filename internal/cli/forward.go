@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/forward"
@@ -113,6 +114,8 @@ func (o *ForwardOptions) Complete(args []string) error {
 	if o.config, err = o.g.kube.ToRESTConfig(); err != nil {
 		return explainConfig(err)
 	}
+	// The audit log names kpf and its version.
+	o.config.UserAgent = fmt.Sprintf("kpf/%s (%s/%s)", version(), runtime.GOOS, runtime.GOARCH)
 	cs, err := kubernetes.NewForConfig(o.config)
 	if err != nil {
 		return err
@@ -141,19 +144,29 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 		return explain(ctx, err, o)
 	}
 	o.log.Debug("target resolved", "target", t.Ref, "pod", t.Pod.Name, "namespace", t.Namespace)
-	tun, err := tunnel.Dial(ctx, o.config, t.Namespace, t.Pod.Name, o.transport)
+	// The first tunnel settles the transport (auto may fall back to
+	// SPDY); the pool dials the rest the same way.
+	transport := o.transport
+	dial := func(ctx context.Context) (*tunnel.Conn, error) {
+		c, err := tunnel.Dial(ctx, o.config, t.Namespace, t.Pod.Name, transport)
+		if err == nil && transport == tunnel.Auto {
+			transport = c.Transport
+			o.log.Debug("tunnel open", "pod", c.Pod, "transport", c.Transport)
+		}
+		return c, err
+	}
+	pool, err := tunnel.NewPool(ctx, dial)
 	if err != nil {
 		return explainDial(err, o, t)
 	}
-	defer tun.Close()
-	o.log.Debug("tunnel open", "pod", tun.Pod, "transport", tun.Transport)
+	defer pool.Close()
 	listeners, err := forward.Listen(o.addrs, t.Ports, o.g.out, o.g.errOut)
 	if err != nil {
 		return err
 	}
-	err = forward.Serve(ctx, listeners, tun, o.g.out, o.log)
+	err = forward.Serve(ctx, listeners, pool, o.g.out, o.log)
 	if errors.Is(err, forward.ErrLostConnection) {
-		return fmt.Errorf("lost connection to pod %s", tun.Pod)
+		return fmt.Errorf("lost connection to pod %s/%s", t.Namespace, t.Pod.Name)
 	}
 	return err
 }

@@ -5,10 +5,12 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"strconv"
 
 	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
@@ -48,6 +50,11 @@ func (g *globals) logger() *slog.Logger {
 	}
 	l := slog.New(g.handler(level))
 	if g.verbosity >= 2 {
+		// client-go's request tracing starts at klog -v 6; it masks
+		// Authorization headers itself.
+		fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+		klog.InitFlags(fs)
+		fs.Set("v", strconv.Itoa(g.verbosity))
 		klog.SetSlogLogger(l)
 	} else {
 		klog.SetLogger(logr.Discard())

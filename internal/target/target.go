@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -99,11 +100,16 @@ var ErrPodNotRunning = errors.New("no running pod")
 // pod of sort.Reverse(ActivePods) among the selector's pods, waiting until
 // it runs.
 func (r *Resolver) runningPod(ctx context.Context, t *Target) (*corev1.Pod, error) {
+	var listOpts metav1.ListOptions
+	only := ""
 	pick := func(pods []corev1.Pod) *corev1.Pod {
+		if only != "" {
+			pods = slices.DeleteFunc(slices.Clone(pods), func(p corev1.Pod) bool { return p.Name != only })
+		}
 		return Best(pods)
 	}
-	var listOpts metav1.ListOptions
 	if pod, ok := t.Object.(*corev1.Pod); ok {
+		only = pod.Name
 		if pod.Status.Phase == corev1.PodRunning {
 			return pod, nil
 		}

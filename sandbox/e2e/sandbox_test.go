@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -125,7 +123,7 @@ func TestPortForwardThroughAPIServer(t *testing.T) {
 					remote = "80"
 				}
 				t.Run(fmt.Sprintf("%s/%s/%s", kname, transport, strings.Split(target, "/")[0]), func(t *testing.T) {
-					auditFrom := auditSize(t, sb)
+					auditFrom := sb.AuditOffset()
 					_, addr := portForward(t, kubectl, sb.Kubeconfig(cluster.UserAdmin), ns, target, ":"+remote, transport)
 					if err := workload.BulkDownload(addr, n, 30*time.Second); err != nil {
 						t.Fatalf("download: %v", err)
@@ -136,9 +134,9 @@ func TestPortForwardThroughAPIServer(t *testing.T) {
 					// The API server answers a WebSocket upgrade as a GET and
 					// an SPDY upgrade as a POST (create): the audit log tells
 					// which transport the client really used.
-					verb := map[string]string{"websocket": "get", "spdy": "create"}[transport]
+					verb := map[string]string{"websocket": sandboxtest.WebSocketVerb, "spdy": sandboxtest.SPDYVerb}[transport]
 					sandboxtest.WaitFor(t, 10*time.Second, "audit entry for the port-forward", func() (bool, error) {
-						for _, e := range auditEvents(t, sb, auditFrom) {
+						for _, e := range sb.AuditEvents(t, auditFrom) {
 							if e.ObjectRef.Namespace == ns && e.ObjectRef.Subresource == "portforward" && e.Verb == verb {
 								return true, nil
 							}
@@ -149,43 +147,6 @@ func TestPortForwardThroughAPIServer(t *testing.T) {
 			}
 		}
 	}
-}
-
-type auditEvent struct {
-	Verb      string `json:"verb"`
-	User      struct{ Username string }
-	UserAgent string `json:"userAgent"`
-	ObjectRef struct {
-		Namespace, Name, Subresource string
-	} `json:"objectRef"`
-	ResponseStatus struct{ Code int } `json:"responseStatus"`
-}
-
-func auditSize(t *testing.T, sb *sandboxtest.Sandbox) int64 {
-	fi, err := os.Stat(sb.Dir.AuditLog())
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
-}
-
-func auditEvents(t *testing.T, sb *sandboxtest.Sandbox, from int64) []auditEvent {
-	f, err := os.Open(sb.Dir.AuditLog())
-	if err != nil {
-		t.Fatalf("audit log: %v", err)
-	}
-	defer f.Close()
-	f.Seek(from, io.SeekStart)
-	var evs []auditEvent
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var e auditEvent
-		if json.Unmarshal(sc.Bytes(), &e) == nil {
-			evs = append(evs, e)
-		}
-	}
-	return evs
 }
 
 func TestRBAC(t *testing.T) {
@@ -201,7 +162,7 @@ func TestRBAC(t *testing.T) {
 	sb.ReadyPods(t, cluster.DevNamespace, "app="+name, 2)
 	sb.ReadyPods(t, other, "app=bulk", 2)
 
-	auditFrom := auditSize(t, sb)
+	auditFrom := sb.AuditOffset()
 	t.Run("dev in its namespace", func(t *testing.T) {
 		for _, transport := range []string{"websocket", "spdy"} {
 			_, addr := portForward(t, sb.Kubectl, sb.Kubeconfig(cluster.UserDev), cluster.DevNamespace, "svc/"+name, ":80", transport)
@@ -240,7 +201,7 @@ func TestRBAC(t *testing.T) {
 	t.Run("audit", func(t *testing.T) {
 		sandboxtest.WaitFor(t, 10*time.Second, "dev's and viewer's port-forwards in the audit log", func() (bool, error) {
 			var dev, viewerDenied bool
-			for _, e := range auditEvents(t, sb, auditFrom) {
+			for _, e := range sb.AuditEvents(t, auditFrom) {
 				if e.ObjectRef.Subresource != "portforward" {
 					continue
 				}

@@ -47,6 +47,8 @@ type podWorker struct {
 	graceTimer     *time.Timer
 	lastConds      []corev1.PodCondition
 	removedFromAPI bool
+
+	sessions sessions // port-forwards to this pod; safe for concurrent use
 }
 
 type (
@@ -147,6 +149,7 @@ func (w *podWorker) log() *slog.Logger { return w.a.log.With("pod", w.namespace+
 
 func (w *podWorker) run(ctx context.Context) {
 	defer close(w.done)
+	defer w.sessions.closeAll()
 	w.startTime = metav1.Now()
 	addr, ok := w.a.addrs.get()
 	if !ok {

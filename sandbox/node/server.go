@@ -83,7 +83,7 @@ func (a *Agent) servePortForward(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	portforward.ServePortForward(w, r, forwarder{a}, ns+"/"+name, string(pw.uid), opts,
+	portforward.ServePortForward(trackingWriter{w, &pw.sessions}, r, forwarder{a}, ns+"/"+name, string(pw.uid), opts,
 		streamIdleTimeout, streamCreationTimeout, portforward.SupportedProtocols)
 }
 

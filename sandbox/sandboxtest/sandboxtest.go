@@ -44,7 +44,14 @@ type Sandbox struct {
 // Kubeconfig returns the kubeconfig of admin, dev, viewer or nobody.
 func (s *Sandbox) Kubeconfig(user string) string { return s.Dir.Kubeconfig(user) }
 
-var current *Sandbox
+var (
+	current  *Sandbox
+	afterAll []func(*Sandbox)
+)
+
+// AfterAll registers f to run after every test of the binary, before the
+// sandbox is released: for objects shared by several tests.
+func AfterAll(f func(*Sandbox)) { afterAll = append(afterAll, f) }
 
 // Main runs the tests of a package against the sandbox, and exits.
 func Main(m *testing.M) {
@@ -63,6 +70,9 @@ func run(m *testing.M) int {
 	}
 	current = sb
 	code := m.Run()
+	for _, f := range afterAll {
+		f(sb)
+	}
 	release()
 	return code
 }

@@ -1,0 +1,213 @@
+package forward
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+)
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func addrs(t *testing.T, s ...string) []portspec.Address {
+	a, err := portspec.ParseAddresses(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestListenRandomPortIsSharedAcrossAddresses(t *testing.T) {
+	var out, errOut syncBuffer
+	ls, err := Listen(addrs(t, "localhost"), []portspec.Resolved{{Local: 0, Remote: 80}}, &out, &errOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAll(ls)
+	port := ls[0].Port.Local
+	for _, l := range ls {
+		if l.Port.Local != port {
+			t.Errorf("ports differ: %d and %d", port, l.Port.Local)
+		}
+	}
+	want := "Forwarding from 127.0.0.1:" + strconv.Itoa(int(port)) + " -> 80\n"
+	if !strings.HasPrefix(out.String(), want) {
+		t.Errorf("output %q, want it to start with %q", out.String(), want)
+	}
+	if errOut.String() != "" {
+		t.Errorf("unexpected warnings: %q", errOut.String())
+	}
+}
+
+func closeAll(ls []*Listener) {
+	for _, l := range ls {
+		l.Close()
+	}
+}
+
+func TestListenPortInUse(t *testing.T) {
+	busy, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	port := uint16(busy.Addr().(*net.TCPAddr).Port)
+	var out, errOut syncBuffer
+	// Explicit address: its failure fails the port, and with it the forward.
+	_, err = Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: port, Remote: 80}}, &out, &errOut)
+	if !errors.Is(err, ErrNoListener) {
+		t.Fatalf("err = %v, want ErrNoListener", err)
+	}
+	wantMsg := "address already in use (another process holds port " + strconv.Itoa(int(port)) + "; pick another local port, or use :80 for a free one)"
+	if !strings.Contains(errOut.String(), wantMsg) {
+		t.Errorf("stderr %q lacks %q", errOut.String(), wantMsg)
+	}
+	// localhost: ::1 may still bind, and that is enough (kubectl's rule).
+	out, errOut = syncBuffer{}, syncBuffer{}
+	ls, err := Listen(addrs(t, "localhost"), []portspec.Resolved{{Local: port, Remote: 80}}, &out, &errOut)
+	if err == nil {
+		defer closeAll(ls)
+		if len(ls) != 1 || !ls[0].Addr().(*net.TCPAddr).IP.Equal(net.IPv6loopback) {
+			t.Errorf("listeners %v, want only [::1]", ls)
+		}
+	}
+	// Two ports, one busy: the forward goes on with the other.
+	out, errOut = syncBuffer{}, syncBuffer{}
+	ls, err = Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: port, Remote: 80}, {Local: 0, Remote: 81}}, &out, &errOut)
+	if err != nil {
+		t.Fatalf("one free port should be enough: %v", err)
+	}
+	closeAll(ls)
+	if !strings.Contains(errOut.String(), "Unable to listen on port "+strconv.Itoa(int(port))) {
+		t.Errorf("stderr %q does not name the busy port", errOut.String())
+	}
+}
+
+func TestListenWarnsOffLoopback(t *testing.T) {
+	var out, errOut syncBuffer
+	ls, err := Listen([]portspec.Address{{IP: netip.MustParseAddr("0.0.0.0")}}, []portspec.Resolved{{Local: 0, Remote: 80}}, &out, &errOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeAll(ls)
+	if !strings.Contains(errOut.String(), "Warning: listening on 0.0.0.0:") || !strings.Contains(errOut.String(), "reachable from the network") {
+		t.Errorf("no warning for 0.0.0.0: %q", errOut.String())
+	}
+}
+
+// fakeTunnel echoes, except to remote port 666, which it refuses.
+type fakeTunnel struct{ done chan bool }
+
+func (f *fakeTunnel) Forward(c net.Conn, port uint16) (tunnel.Stats, error) {
+	if port == 666 {
+		return tunnel.Stats{}, &tunnel.RemoteError{Pod: "ns/p", Port: port, Message: "connection refused"}
+	}
+	n, err := io.Copy(c, c)
+	return tunnel.Stats{In: n, Out: n}, err
+}
+
+func (f *fakeTunnel) Done() <-chan bool { return f.done }
+
+func TestServeSurvivesAFailedConnection(t *testing.T) {
+	var out, errOut syncBuffer
+	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 666}, {Local: 0, Remote: 7}}, &out, &errOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun := &fakeTunnel{done: make(chan bool)}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- Serve(ctx, ls, tun, &out, slog.New(slog.NewTextHandler(&errOut, nil)))
+	}()
+	bad, good := ls[0].Addr().String(), ls[1].Addr().String()
+	for range 3 {
+		c, err := net.Dial("tcp", bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if n, _ := c.Read(make([]byte, 1)); n != 0 {
+			t.Error("refused connection delivered data")
+		}
+		c.Close()
+		echoOnce(t, good)
+	}
+	if !strings.Contains(errOut.String(), "refused the connection to port 666: nothing listens there") {
+		t.Errorf("log lacks the reason: %q", errOut.String())
+	}
+	if got := strings.Count(out.String(), "Handling connection for"); got != 6 {
+		t.Errorf("%d Handling lines, want 6:\n%s", got, out.String())
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("Serve after cancel = %v, want nil", err)
+	}
+	if _, err := net.Dial("tcp", good); err == nil {
+		t.Error("listener still open after Serve returned")
+	}
+}
+
+func echoOnce(t *testing.T, addr string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("ping"))
+	c.(*net.TCPConn).CloseWrite()
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "ping" {
+		t.Fatalf("echo through %s = %q, %v", addr, b, err)
+	}
+}
+
+func TestServeEndsWhenTheTunnelIsLost(t *testing.T) {
+	var out, errOut syncBuffer
+	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 7}}, &out, &errOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun := &fakeTunnel{done: make(chan bool)}
+	close(tun.done)
+	if err := Serve(context.Background(), ls, tun, &out, slog.New(slog.NewTextHandler(io.Discard, nil))); !errors.Is(err, ErrLostConnection) {
+		t.Errorf("Serve = %v, want ErrLostConnection", err)
+	}
+}
+
+func TestExplainListenPermission(t *testing.T) {
+	err := explainListen(&net.OpError{Op: "listen", Err: syscall.EACCES}, netip.MustParseAddr("127.0.0.1"), portspec.Resolved{Local: 80, Remote: 80})
+	if !strings.Contains(err.Error(), "ports below 1024 need privileges") {
+		t.Errorf("got %v", err)
+	}
+}
