@@ -167,7 +167,6 @@ func zooNamespace(t *testing.T, sb *sandboxtest.Sandbox) string {
 	return zooNS
 }
 
-
 // TestTargetsMatchKubectl: every kind and short name resolves to the same
 // pod and remote port in kpf and kubectl.
 func TestTargetsMatchKubectl(t *testing.T) {
