@@ -50,7 +50,7 @@ verify-fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 vet:
-	@for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
+	@for m in $(MODULES) e2e; do (cd $$m && $(GO) vet ./...) || exit 1; done
 
 clean:
 	rm -rf $(BIN)
