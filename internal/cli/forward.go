@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"sync"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
@@ -39,6 +42,12 @@ type ForwardOptions struct {
 	Addresses         []string
 	PodRunningTimeout time.Duration
 	Transport         string
+	ReconnectWait     time.Duration
+	MaxRetries        int
+	NoReconnect       bool
+	Balance           bool
+	Timeout           time.Duration
+	IdleTimeout       time.Duration
 
 	// Set by Complete.
 	namespace string
@@ -48,11 +57,12 @@ type ForwardOptions struct {
 	transport tunnel.Transport
 	config    *rest.Config
 	resolver  *target.Resolver
+	client    kubernetes.Interface
 	log       *slog.Logger
 }
 
 func newForwardOptions(g *globals) *ForwardOptions {
-	return &ForwardOptions{g: g, Addresses: []string{"localhost"}, PodRunningTimeout: time.Minute, Transport: string(tunnel.Auto)}
+	return &ForwardOptions{g: g, Addresses: []string{"localhost"}, PodRunningTimeout: time.Minute, Transport: string(tunnel.Auto), ReconnectWait: 30 * time.Second}
 }
 
 func newForwardCommand(g *globals) *cobra.Command {
@@ -89,6 +99,12 @@ func (o *ForwardOptions) AddFlags(cmd *cobra.Command) {
 	f.StringSliceVar(&o.Addresses, "address", o.Addresses, "Addresses to listen on (comma separated). Only accepts IP addresses or localhost as a value. When localhost is supplied, kpf will try to bind on both 127.0.0.1 and ::1 and will fail if neither of these addresses are available to bind.")
 	f.DurationVar(&o.PodRunningTimeout, "pod-running-timeout", o.PodRunningTimeout, "The length of time (like 5s, 2m, or 3h, higher than zero) to wait until at least one pod is running")
 	f.StringVar(&o.Transport, "transport", o.Transport, "How to reach the API server: auto (WebSocket, then SPDY if the upgrade is refused), websocket or spdy")
+	f.DurationVar(&o.ReconnectWait, "reconnect-wait", o.ReconnectWait, "How long a new connection waits for a ready pod while the target has none (a rollout, a restart) before it is closed")
+	f.IntVar(&o.MaxRetries, "max-retries", 0, "Give up after this many failed reconnects in a row (0: never)")
+	f.BoolVar(&o.NoReconnect, "no-reconnect", false, "Exit like kubectl (code 3) when the pod goes away, instead of following the target to another pod")
+	f.BoolVar(&o.Balance, "balance", false, "Spread new connections over every ready pod of a service or workload, as the Service would")
+	f.DurationVar(&o.Timeout, "timeout", 0, "Stop after this long (exit code 5); 0: never")
+	f.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "Stop after this long with no open connection (exit code 6); 0: never")
 }
 
 // Complete reads the arguments and the kubeconfig.
@@ -120,6 +136,7 @@ func (o *ForwardOptions) Complete(args []string) error {
 	if err != nil {
 		return err
 	}
+	o.client = cs
 	o.resolver = &target.Resolver{
 		Objects:           target.BuilderGetter{Flags: o.g.kube},
 		Pods:              cs.CoreV1(),
@@ -133,6 +150,18 @@ func (o *ForwardOptions) Validate() error {
 	if o.PodRunningTimeout <= 0 {
 		return usagef("--pod-running-timeout must be higher than zero")
 	}
+	if o.ReconnectWait <= 0 {
+		return usagef("--reconnect-wait %s: must be higher than zero", o.ReconnectWait)
+	}
+	if o.MaxRetries < 0 {
+		return usagef("--max-retries %d: must be 0 (no limit) or more", o.MaxRetries)
+	}
+	if o.Timeout < 0 || o.IdleTimeout < 0 {
+		return usagef("--timeout and --idle-timeout must be 0 (never) or more")
+	}
+	if o.NoReconnect && o.Balance {
+		return usagef("--balance and --no-reconnect do not go together: balancing follows every ready pod")
+	}
 	return nil
 }
 
@@ -145,28 +174,64 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 	}
 	o.log.Debug("target resolved", "target", t.Ref, "pod", t.Pod.Name, "namespace", t.Namespace)
 	// The first tunnel settles the transport (auto may fall back to
-	// SPDY); the pool dials the rest the same way.
+	// SPDY); every later one is dialled the same way.
+	var mu sync.Mutex
 	transport := o.transport
-	dial := func(ctx context.Context) (*tunnel.Conn, error) {
-		c, err := tunnel.Dial(ctx, o.config, t.Namespace, t.Pod.Name, transport)
-		if err == nil && transport == tunnel.Auto {
+	dial := func(ctx context.Context, pod string) (*tunnel.Conn, error) {
+		mu.Lock()
+		tr := transport
+		mu.Unlock()
+		c, err := tunnel.Dial(ctx, o.config, t.Namespace, pod, tr)
+		if err == nil && tr == tunnel.Auto {
+			mu.Lock()
 			transport = c.Transport
+			mu.Unlock()
 			o.log.Debug("tunnel open", "pod", c.Pod, "transport", c.Transport)
 		}
 		return c, err
 	}
-	pool, err := tunnel.NewPool(ctx, dial)
+	if o.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, o.Timeout, errTimeout)
+		defer cancel()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fo := follow.Options{
+		Namespace:     t.Namespace,
+		Ref:           t.Ref,
+		Client:        o.client,
+		Dial:          dial,
+		Balance:       o.Balance,
+		ReconnectWait: o.ReconnectWait,
+		MaxRetries:    o.MaxRetries,
+		NoReconnect:   o.NoReconnect,
+		Initial:       t.Pod,
+		Log:           o.log,
+	}
+	if _, isPod := t.Object.(*corev1.Pod); isPod {
+		fo.PodName = t.Pod.Name
+	} else if fo.Selector, err = target.Selector(t.Object); err != nil {
+		return err
+	}
+	follower, err := follow.New(ctx, fo)
 	if err != nil {
+		return err
+	}
+	if err := follower.Prime(ctx); err != nil {
 		return explainDial(err, o, t)
 	}
-	defer pool.Close()
 	listeners, err := forward.Listen(o.addrs, t.Ports, o.g.out, o.g.errOut)
 	if err != nil {
 		return err
 	}
-	err = forward.Serve(ctx, listeners, pool, o.g.out, o.log)
-	if errors.Is(err, forward.ErrLostConnection) {
-		return fmt.Errorf("lost connection to pod %s/%s", t.Namespace, t.Pod.Name)
+	go follow.WatchAPIServer(ctx, o.client.CoreV1().RESTClient(), follower, 5*time.Second, 15*time.Second)
+	err = forward.Serve(ctx, listeners, follower, o.g.out, o.log, forward.Options{IdleTimeout: o.IdleTimeout})
+	if err == nil && errors.Is(context.Cause(ctx), errTimeout) {
+		return fmt.Errorf("%w: stopped after %s", errTimeout, o.Timeout)
 	}
 	return err
 }
+
+// errTimeout: --timeout ran out.
+var errTimeout = errors.New("timeout")

@@ -13,6 +13,8 @@ import (
 	"strconv"
 
 	"github.com/go-logr/logr"
+	"github.com/kpf-dev/kpf/internal/follow"
+	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/klog/v2"
@@ -20,9 +22,13 @@ import (
 
 // Exit codes, documented in the README.
 const (
-	ExitOK    = 0
-	ExitError = 1
-	ExitUsage = 2
+	ExitOK         = 0 // stopped by a signal
+	ExitError      = 1 // any failure not listed below
+	ExitUsage      = 2 // bad arguments or flags
+	ExitTargetGone = 3 // the pod went away and --no-reconnect was given
+	ExitRetries    = 4 // --max-retries reconnects failed in a row
+	ExitTimeout    = 5 // --timeout ran out
+	ExitIdle       = 6 // --idle-timeout ran out
 )
 
 // usageError marks mistakes in how kpf was called.
@@ -110,9 +116,18 @@ func Run(ctx context.Context, args []string, out, errOut io.Writer) int {
 	}
 	fmt.Fprintf(errOut, "error: %v\n", err)
 	var ue usageError
-	if errors.As(err, &ue) {
+	switch {
+	case errors.As(err, &ue):
 		fmt.Fprintf(errOut, "See '%s -h' for help and examples.\n", commandPath(root, args))
 		return ExitUsage
+	case errors.Is(err, follow.ErrTargetGone):
+		return ExitTargetGone
+	case errors.Is(err, follow.ErrRetriesExhausted):
+		return ExitRetries
+	case errors.Is(err, errTimeout):
+		return ExitTimeout
+	case errors.Is(err, forward.ErrIdle):
+		return ExitIdle
 	}
 	return ExitError
 }

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/tunnel"
@@ -120,22 +121,35 @@ func describe(ports []portspec.Resolved) string {
 	return s + "]"
 }
 
-// ErrLostConnection is returned when the tunnel to the pod closes.
-var ErrLostConnection = errors.New("lost connection to pod")
+// ErrIdle is returned when no connection was open for IdleTimeout.
+var ErrIdle = errors.New("idle timeout")
 
-// Tunnel is what Serve needs of a tunnel (tunnel.Conn, or a fake in tests).
-type Tunnel interface {
+// Backend carries connections to the target (follow.Follower, or a fake in
+// tests).
+type Backend interface {
 	Forward(local net.Conn, port uint16) (tunnel.Stats, error)
-	Done() <-chan bool
+	// Done is closed when the forward must end; Err says why.
+	Done() <-chan struct{}
+	Err() error
+}
+
+// Options tune Serve.
+type Options struct {
+	// IdleTimeout ends the forward after this long with no open
+	// connection; 0 never.
+	IdleTimeout time.Duration
 }
 
 // Serve accepts connections on every listener and forwards each through
-// tun, until ctx ends (nil) or the tunnel closes (ErrLostConnection). A
-// failed connection is logged and closed; the others and the listeners
-// carry on. It closes the listeners and waits for its connections.
-func Serve(ctx context.Context, listeners []*Listener, tun Tunnel, out io.Writer, log *slog.Logger) error {
+// the backend, until ctx ends (nil), the backend gives up (its Err) or the
+// forward was idle for IdleTimeout (ErrIdle). A failed connection is logged
+// and closed; the others and the listeners carry on. It closes the
+// listeners and waits for its connections.
+func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Writer, log *slog.Logger, opts Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	idle := newIdleTimer(opts.IdleTimeout)
+	defer idle.stop()
 	var wg sync.WaitGroup
 	var mu sync.Mutex // serialises lines on out
 	conns := map[net.Conn]struct{}{}
@@ -158,6 +172,7 @@ func Serve(ctx context.Context, listeners []*Listener, tun Tunnel, out io.Writer
 				connsMu.Lock()
 				conns[c] = struct{}{}
 				connsMu.Unlock()
+				idle.busy()
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -165,6 +180,7 @@ func Serve(ctx context.Context, listeners []*Listener, tun Tunnel, out io.Writer
 						connsMu.Lock()
 						delete(conns, c)
 						connsMu.Unlock()
+						idle.free()
 					}()
 					st, err := tun.Forward(c, l.Port.Remote)
 					c.Close()
@@ -181,7 +197,9 @@ func Serve(ctx context.Context, listeners []*Listener, tun Tunnel, out io.Writer
 	select {
 	case <-ctx.Done():
 	case <-tun.Done():
-		err = ErrLostConnection
+		err = tun.Err()
+	case <-idle.fired:
+		err = fmt.Errorf("%w: no connection for %s", ErrIdle, opts.IdleTimeout)
 	}
 	for _, l := range listeners {
 		l.Close()
@@ -193,4 +211,45 @@ func Serve(ctx context.Context, listeners []*Listener, tun Tunnel, out io.Writer
 	connsMu.Unlock()
 	wg.Wait()
 	return err
+}
+
+// idleTimer fires after a stretch with no open connection.
+type idleTimer struct {
+	d     time.Duration
+	mu    sync.Mutex
+	open  int
+	t     *time.Timer
+	fired chan struct{}
+}
+
+func newIdleTimer(d time.Duration) *idleTimer {
+	it := &idleTimer{d: d, fired: make(chan struct{})}
+	if d > 0 {
+		it.t = time.AfterFunc(d, func() { close(it.fired) })
+	}
+	return it
+}
+
+func (it *idleTimer) busy() {
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	it.open++
+	if it.t != nil {
+		it.t.Stop()
+	}
+}
+
+func (it *idleTimer) free() {
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	it.open--
+	if it.t != nil && it.open == 0 {
+		it.t.Reset(it.d)
+	}
+}
+
+func (it *idleTimer) stop() {
+	if it.t != nil {
+		it.t.Stop()
+	}
 }

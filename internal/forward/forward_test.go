@@ -124,7 +124,7 @@ func TestListenWarnsOffLoopback(t *testing.T) {
 }
 
 // fakeTunnel echoes, except to remote port 666, which it refuses.
-type fakeTunnel struct{ done chan bool }
+type fakeTunnel struct{ done chan struct{} }
 
 func (f *fakeTunnel) Forward(c net.Conn, port uint16) (tunnel.Stats, error) {
 	if port == 666 {
@@ -134,7 +134,10 @@ func (f *fakeTunnel) Forward(c net.Conn, port uint16) (tunnel.Stats, error) {
 	return tunnel.Stats{In: n, Out: n}, err
 }
 
-func (f *fakeTunnel) Done() <-chan bool { return f.done }
+func (f *fakeTunnel) Done() <-chan struct{} { return f.done }
+func (f *fakeTunnel) Err() error            { return errLost }
+
+var errLost = errors.New("lost")
 
 func TestServeSurvivesAFailedConnection(t *testing.T) {
 	var out, errOut syncBuffer
@@ -142,11 +145,11 @@ func TestServeSurvivesAFailedConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tun := &fakeTunnel{done: make(chan bool)}
+	tun := &fakeTunnel{done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() {
-		served <- Serve(ctx, ls, tun, &out, slog.New(slog.NewTextHandler(&errOut, nil)))
+		served <- Serve(ctx, ls, tun, &out, slog.New(slog.NewTextHandler(&errOut, nil)), Options{})
 	}()
 	bad, good := ls[0].Addr().String(), ls[1].Addr().String()
 	for range 3 {
@@ -198,10 +201,44 @@ func TestServeEndsWhenTheTunnelIsLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tun := &fakeTunnel{done: make(chan bool)}
+	tun := &fakeTunnel{done: make(chan struct{})}
 	close(tun.done)
-	if err := Serve(context.Background(), ls, tun, &out, slog.New(slog.NewTextHandler(io.Discard, nil))); !errors.Is(err, ErrLostConnection) {
-		t.Errorf("Serve = %v, want ErrLostConnection", err)
+	if err := Serve(context.Background(), ls, tun, &out, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{}); !errors.Is(err, errLost) {
+		t.Errorf("Serve = %v, want the backend's error", err)
+	}
+}
+
+func TestServeIdleTimeout(t *testing.T) {
+	var out syncBuffer
+	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 7}}, &out, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun := &fakeTunnel{done: make(chan struct{})}
+	served := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		served <- Serve(context.Background(), ls, tun, &out, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{IdleTimeout: 300 * time.Millisecond})
+	}()
+	// A connection held open keeps the forward alive past the timeout.
+	c, err := net.Dial("tcp", ls[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("x"))
+	buf := make([]byte, 1)
+	c.Read(buf)
+	select {
+	case err := <-served:
+		t.Fatalf("Serve ended with a connection open: %v", err)
+	case <-time.After(600 * time.Millisecond):
+	}
+	c.Close()
+	if err := <-served; !errors.Is(err, ErrIdle) {
+		t.Fatalf("Serve = %v, want ErrIdle", err)
+	}
+	if time.Since(start) < 900*time.Millisecond {
+		t.Errorf("ended after %s: before the idle time had passed", time.Since(start))
 	}
 }
 

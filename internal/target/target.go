@@ -347,3 +347,13 @@ func refOf(o runtime.Object, typed string) string {
 	}
 	return kind + "/" + m.GetName()
 }
+
+// PodReady reports a pod's Ready condition.
+func PodReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}

@@ -30,8 +30,11 @@ type Pool struct {
 	MaxIdle int
 	// MaxTunnels bounds the open tunnels; 0 means no bound.
 	MaxTunnels int
+	// Opened is when the pool's first tunnel was dialled.
+	Opened time.Time
 
 	mu       sync.Mutex
+	sentinel *Conn
 	idle     []*Conn
 	busy     map[*Conn]int
 	dialling int
@@ -49,6 +52,8 @@ func NewPool(ctx context.Context, dial func(ctx context.Context) (*Conn, error))
 	if err != nil {
 		return nil, err
 	}
+	p.Opened = time.Now()
+	p.sentinel = sentinel
 	go p.watch(sentinel)
 	p.refill()
 	return p, nil
@@ -76,7 +81,14 @@ func (p *Pool) watch(sentinel *Conn) {
 			p.lostOnce.Do(func() { close(p.lost) })
 			return
 		}
-		sentinel = next
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			next.Close()
+			return
+		}
+		p.sentinel, sentinel = next, next
+		p.mu.Unlock()
 	}
 }
 
@@ -91,17 +103,18 @@ func (p *Pool) isClosed() bool {
 
 // Forward carries one local connection on a tunnel of its own.
 func (p *Pool) Forward(local net.Conn, port uint16) (Stats, error) {
-	c, err := p.acquire()
+	c, err := p.Acquire()
 	if err != nil {
 		local.Close()
 		return Stats{}, err
 	}
 	st, ferr := c.Forward(local, port)
-	p.release(c)
+	p.Release(c)
 	return st, ferr
 }
 
-func (p *Pool) acquire() (*Conn, error) {
+// Acquire returns a tunnel for one connection; give it back with Release.
+func (p *Pool) Acquire() (*Conn, error) {
 	p.mu.Lock()
 	for len(p.idle) > 0 {
 		c := p.idle[len(p.idle)-1]
@@ -140,7 +153,8 @@ func (p *Pool) acquire() (*Conn, error) {
 	return c, nil
 }
 
-func (p *Pool) release(c *Conn) {
+// Release gives back a tunnel taken with Acquire.
+func (p *Pool) Release(c *Conn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.busy[c]--
@@ -188,6 +202,9 @@ func (p *Pool) Close() error {
 	p.mu.Lock()
 	p.closed = true
 	idle := p.idle
+	if p.sentinel != nil {
+		idle = append(idle, p.sentinel)
+	}
 	p.idle = nil
 	var busy []*Conn
 	for c := range p.busy {

@@ -1,0 +1,494 @@
+// Package follow keeps a forward pointed at a live pod: it watches the pods
+// behind the target, sends each new connection to the pod kubectl would
+// pick (or spreads them over every ready pod with Balance), switches when
+// that pod goes away or stops being ready, redials lost tunnels with
+// backoff and jitter, and holds new connections while no pod is ready.
+//
+// It never touches connections already open: they end with their pod.
+package follow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/target"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Log attribute keys.
+const (
+	keyPod    = "pod"
+	keyFrom   = "from"
+	keyTo     = "to"
+	keyReason = "reason"
+	keyErr    = "err"
+	keyWait   = "retryIn"
+)
+
+// Errors that end a forward; the CLI maps each to an exit code.
+var (
+	// ErrTargetGone: the pod went away and reconnecting was not allowed.
+	ErrTargetGone = errors.New("lost connection to pod")
+	// ErrRetriesExhausted: --max-retries reconnects in a row failed.
+	ErrRetriesExhausted = errors.New("gave up reconnecting")
+)
+
+// Options configure a Follower.
+type Options struct {
+	Namespace string
+	Ref       string // the target as the user named it, for messages
+	// Exactly one of PodName (a pod target: follow that name) and Selector.
+	PodName  string
+	Selector labels.Selector
+
+	Client kubernetes.Interface
+	// Dial opens a tunnel to the named pod.
+	Dial func(ctx context.Context, pod string) (*tunnel.Conn, error)
+
+	Balance       bool
+	ReconnectWait time.Duration // how long a new connection waits for a pod
+	MaxRetries    int           // consecutive failed reconnects allowed; 0: no limit
+	NoReconnect   bool          // end the forward when the first pod goes away
+	// Initial is the pod the target resolved to; it is used first.
+	Initial *corev1.Pod
+	Log     *slog.Logger
+}
+
+// podState is what the Follower knows of one pod.
+type podState struct {
+	pod      *corev1.Pod
+	pool     *tunnel.Pool
+	dialing  bool
+	failures int       // consecutive failed dials
+	retryAt  time.Time // no dial before this
+}
+
+// Follower is a forward's backend: forward.Serve hands it connections.
+type Follower struct {
+	o Options
+
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced on every change
+	pods     map[types.UID]*podState
+	current  types.UID
+	next     int // round robin for Balance
+	synced   bool
+	retries  int // consecutive failed reconnects, for MaxRetries
+	done     chan struct{}
+	doneErr  error
+	doneOnce sync.Once
+	everUsed bool
+}
+
+// New starts watching the target's pods; the Follower works until ctx ends.
+func New(ctx context.Context, o Options) (*Follower, error) {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	f := &Follower{o: o, changed: make(chan struct{}), pods: map[types.UID]*podState{}, done: make(chan struct{})}
+	if o.Initial != nil {
+		f.pods[o.Initial.UID] = &podState{pod: o.Initial}
+		f.current = o.Initial.UID
+	}
+	tweak := func(lo *metav1.ListOptions) {
+		if o.PodName != "" {
+			lo.FieldSelector = fields.OneTermEqualSelector("metadata.name", o.PodName).String()
+		} else {
+			lo.LabelSelector = o.Selector.String()
+		}
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(o.Client, 0,
+		informers.WithNamespace(o.Namespace), informers.WithTweakListOptions(tweak))
+	inf := factory.Core().V1().Pods().Informer()
+	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { f.upsert(obj.(*corev1.Pod)) },
+		UpdateFunc: func(_, obj any) { f.upsert(obj.(*corev1.Pod)) },
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if p, ok := obj.(*corev1.Pod); ok {
+				f.remove(p.UID, "deleted")
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	factory.Start(ctx.Done())
+	go func() {
+		<-ctx.Done()
+		factory.Shutdown()
+		f.closeAll()
+	}()
+	return f, nil
+}
+
+// Done is closed when the forward must end; Err says why.
+func (f *Follower) Done() <-chan struct{} { return f.done }
+
+// Err is why Done was closed.
+func (f *Follower) Err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.doneErr
+}
+
+func (f *Follower) end(err error) {
+	f.doneOnce.Do(func() {
+		f.mu.Lock()
+		f.doneErr = err
+		f.mu.Unlock()
+		close(f.done)
+	})
+}
+
+// broadcast wakes every waiter; f.mu must be held.
+func (f *Follower) broadcast() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+func (f *Follower) upsert(p *corev1.Pod) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.pods[p.UID]
+	if !ok {
+		st = &podState{}
+		f.pods[p.UID] = st
+		f.o.Log.Debug("pod appeared", keyPod, p.Name, "phase", p.Status.Phase)
+	}
+	wasReady := ok && usable(st.pod) && target.PodReady(st.pod)
+	st.pod = p
+	if p.DeletionTimestamp != nil && wasReady {
+		f.o.Log.Info("pod terminating: new connections go elsewhere", keyPod, p.Name)
+	}
+	if f.o.NoReconnect && f.current == p.UID && p.DeletionTimestamp != nil {
+		f.endLocked(fmt.Errorf("%w %s/%s: it is terminating (--no-reconnect)", ErrTargetGone, f.o.Namespace, p.Name))
+	}
+	f.broadcast()
+}
+
+func (f *Follower) remove(uid types.UID, why string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.pods[uid]
+	if !ok {
+		return
+	}
+	delete(f.pods, uid)
+	if st.pool != nil {
+		st.pool.Close()
+	}
+	f.o.Log.Info("pod gone", keyPod, st.pod.Name, keyReason, why)
+	if f.o.NoReconnect && f.current == uid {
+		f.endLocked(fmt.Errorf("%w %s/%s: it was %s (--no-reconnect)", ErrTargetGone, f.o.Namespace, st.pod.Name, why))
+	}
+	f.broadcast()
+}
+
+// endLocked ends the forward; f.mu is held.
+func (f *Follower) endLocked(err error) {
+	f.doneOnce.Do(func() {
+		f.doneErr = err
+		close(f.done)
+	})
+}
+
+func (f *Follower) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, st := range f.pods {
+		if st.pool != nil {
+			st.pool.Close()
+			st.pool = nil
+		}
+	}
+}
+
+// usable: running and not being deleted.
+func usable(p *corev1.Pod) bool {
+	return p != nil && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning
+}
+
+// choose picks the pod for a new connection; f.mu is held. exclude holds
+// pods that refused this connection already.
+func (f *Follower) choose(exclude map[types.UID]bool) *podState {
+	now := time.Now()
+	var ready, running []corev1.Pod
+	for uid, st := range f.pods {
+		if !usable(st.pod) || exclude[uid] || st.retryAt.After(now) {
+			continue
+		}
+		running = append(running, *st.pod)
+		if target.PodReady(st.pod) {
+			ready = append(ready, *st.pod)
+		}
+	}
+	candidates := ready
+	if len(candidates) == 0 {
+		candidates = running // kubectl forwards to a running pod that is not ready
+	}
+	if len(candidates) == 0 {
+		return nil
+	}
+	if f.o.Balance {
+		sort.Slice(candidates, func(i, j int) bool { return candidates[i].Name < candidates[j].Name })
+		f.next++
+		return f.pods[candidates[f.next%len(candidates)].UID]
+	}
+	if cur, ok := f.pods[f.current]; ok && !exclude[f.current] && usable(cur.pod) && !cur.retryAt.After(now) {
+		if target.PodReady(cur.pod) || len(ready) == 0 {
+			return cur
+		}
+	}
+	best := target.Best(candidates)
+	st := f.pods[best.UID]
+	if f.current != best.UID {
+		from := "none"
+		if old, ok := f.pods[f.current]; ok {
+			from = old.pod.Name
+		} else if f.everUsed {
+			from = "(gone)"
+		}
+		if f.everUsed {
+			f.o.Log.Info("switching pod", keyFrom, from, keyTo, best.Name, keyReason, f.switchReason())
+		}
+		f.current = best.UID
+	}
+	return st
+}
+
+func (f *Follower) switchReason() string {
+	cur, ok := f.pods[f.current]
+	switch {
+	case !ok:
+		return "the pod is gone"
+	case cur.pod.DeletionTimestamp != nil:
+		return "the pod is terminating"
+	case !target.PodReady(cur.pod):
+		return "the pod is not ready"
+	case cur.retryAt.After(time.Now()):
+		return "its tunnel is down"
+	}
+	return "a better pod is ready"
+}
+
+// acquire waits until a pod with a working tunnel pool is available, up to
+// deadline, and returns it.
+func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[types.UID]bool) (*podState, *tunnel.Pool, error) {
+	waitedLogged := false
+	for {
+		f.mu.Lock()
+		if f.doneErr != nil {
+			err := f.doneErr
+			f.mu.Unlock()
+			return nil, nil, err
+		}
+		st := f.choose(exclude)
+		if st != nil && st.pool != nil {
+			pool := st.pool
+			f.everUsed = true
+			f.mu.Unlock()
+			return st, pool, nil
+		}
+		if st != nil && !st.dialing {
+			st.dialing = true
+			pod := st.pod
+			f.mu.Unlock()
+			pool, err := f.dialPool(ctx, pod)
+			f.mu.Lock()
+			st.dialing = false
+			if err != nil {
+				f.failed(st, err)
+			} else if _, still := f.pods[pod.UID]; !still || !usable(st.pod) {
+				pool.Close()
+			} else {
+				st.pool = pool
+				st.failures = 0
+				go f.watchPool(st, pool)
+			}
+			f.broadcast()
+			f.mu.Unlock()
+			continue
+		}
+		changed := f.changed
+		f.mu.Unlock()
+		if !waitedLogged {
+			f.o.Log.Info("waiting for a ready pod", "target", f.o.Ref, "for", time.Until(deadline).Round(time.Second))
+			waitedLogged = true
+		}
+		timer := time.NewTimer(min(time.Until(deadline), time.Second))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, nil, ctx.Err()
+		case <-f.done:
+			timer.Stop()
+		case <-changed:
+			timer.Stop()
+		case <-timer.C: // retryAt may have passed
+		}
+		if time.Now().After(deadline) {
+			return nil, nil, fmt.Errorf("no ready pod for %s in namespace %q within %s (see --reconnect-wait)", f.o.Ref, f.o.Namespace, f.o.ReconnectWait)
+		}
+	}
+}
+
+func (f *Follower) dialPool(ctx context.Context, pod *corev1.Pod) (*tunnel.Pool, error) {
+	return tunnel.NewPool(ctx, func(ctx context.Context) (*tunnel.Conn, error) {
+		return f.o.Dial(ctx, pod.Name)
+	})
+}
+
+// failed records a failed dial and sets the backoff; f.mu is held.
+func (f *Follower) failed(st *podState, err error) {
+	st.failures++
+	f.retries++
+	wait := backoff(st.failures)
+	st.retryAt = time.Now().Add(wait)
+	f.o.Log.Warn("tunnel failed", keyPod, st.pod.Name, keyErr, err, keyWait, wait.Round(time.Millisecond))
+	if f.o.MaxRetries > 0 && f.retries > f.o.MaxRetries {
+		f.endLocked(fmt.Errorf("%w after %d attempts in a row (--max-retries %d): %v", ErrRetriesExhausted, f.retries, f.o.MaxRetries, err))
+	}
+}
+
+// backoff is exponential from 250 ms to 10 s, with ±20% jitter so that many
+// forwards do not redial in step.
+func backoff(failures int) time.Duration {
+	d := 250 * time.Millisecond << min(failures-1, 6)
+	d = min(d, 10*time.Second)
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+// watchPool notices a pool whose pod stopped answering.
+func (f *Follower) watchPool(st *podState, pool *tunnel.Pool) {
+	healthy := time.NewTimer(10 * time.Second)
+	defer healthy.Stop()
+	for {
+		select {
+		case <-healthy.C:
+			// Up long enough to count as recovered.
+			f.mu.Lock()
+			if st.pool == pool {
+				f.retries = 0
+			}
+			f.mu.Unlock()
+			continue
+		case <-pool.Done():
+		}
+		break
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st.pool != pool {
+		return
+	}
+	st.pool = nil
+	pool.Close()
+	if f.o.NoReconnect {
+		f.endLocked(fmt.Errorf("%w %s/%s (--no-reconnect)", ErrTargetGone, f.o.Namespace, st.pod.Name))
+		return
+	}
+	f.failed(st, errors.New("tunnel lost"))
+	f.broadcast()
+}
+
+// DropTunnels closes every tunnel, as when the API server went silent; the
+// next connections redial.
+func (f *Follower) DropTunnels(reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, st := range f.pods {
+		if st.pool != nil {
+			st.pool.Close()
+			st.pool = nil
+			st.retryAt = time.Now().Add(backoff(1))
+		}
+	}
+	f.o.Log.Warn("tunnels dropped", keyReason, reason)
+	f.broadcast()
+}
+
+// Forward carries a local connection to the current pod (or the next one,
+// with Balance). A connection refused before the pod answered is sent
+// again, whole, to another pod, so rollouts lose no connection.
+func (f *Follower) Forward(local net.Conn, port uint16) (tunnel.Stats, error) {
+	rc := newReplayConn(local)
+	defer rc.finish()
+	deadline := time.Now().Add(f.o.ReconnectWait)
+	exclude := map[types.UID]bool{}
+	ctx := context.Background()
+	for attempt := 1; ; attempt++ {
+		st, pool, err := f.acquire(ctx, deadline, exclude)
+		if err != nil {
+			return tunnel.Stats{}, err
+		}
+		conn, err := pool.Acquire()
+		if err != nil {
+			f.mu.Lock()
+			if st.pool == pool {
+				st.pool = nil
+				pool.Close()
+				f.failed(st, err)
+			}
+			f.mu.Unlock()
+			continue
+		}
+		stats, err := conn.Forward(rc, port)
+		pool.Release(conn)
+		if err == nil {
+			return stats, nil
+		}
+		var remote *tunnel.RemoteError
+		if errors.As(err, &remote) && time.Now().Before(deadline) && rc.rewind() {
+			f.o.Log.Info("pod refused a new connection; trying another", keyPod, st.pod.Name, "attempt", attempt, keyErr, err)
+			exclude[st.pod.UID] = true
+			f.mu.Lock()
+			if len(exclude) >= len(f.pods) {
+				clear(exclude) // every pod refused once: try them again, waiting for changes
+			}
+			f.mu.Unlock()
+			continue
+		}
+		return stats, fmt.Errorf("via pod %s: %w", st.pod.Name, err)
+	}
+}
+
+// Prime opens the tunnel pool to the initial pod, so that an error
+// (Forbidden, say) shows before the forward starts listening, as kubectl's
+// does.
+func (f *Follower) Prime(ctx context.Context) error {
+	if f.o.Initial == nil {
+		return nil
+	}
+	pool, err := f.dialPool(ctx, f.o.Initial)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.pods[f.o.Initial.UID]
+	if !ok || st.pool != nil {
+		pool.Close()
+		return nil
+	}
+	st.pool = pool
+	go f.watchPool(st, pool)
+	return nil
+}

@@ -1,0 +1,105 @@
+package follow
+
+import (
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// replayLimit bounds what a connection may send before kpf stops keeping a
+// copy to replay on another pod.
+const replayLimit = 64 << 10
+
+// replayConn keeps a copy of what the local client sends until the pod
+// answers, so that a connection the pod refused (it was terminating, or
+// not listening yet) can be sent again, whole, to another pod. Once the pod
+// has written anything, or the client sent more than replayLimit, the
+// connection is committed and behaves as the plain connection.
+type replayConn struct {
+	net.Conn
+
+	mu        sync.Mutex
+	buf       []byte
+	pos       int  // next byte of buf to replay
+	eof       bool // the client closed its write side after buf
+	committed bool
+	detached  bool // Close was called before commit: kept for a retry
+}
+
+func newReplayConn(c net.Conn) *replayConn { return &replayConn{Conn: c} }
+
+func (r *replayConn) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	if r.pos < len(r.buf) {
+		n := copy(p, r.buf[r.pos:])
+		r.pos += n
+		r.mu.Unlock()
+		return n, nil
+	}
+	if r.eof && !r.committed {
+		r.mu.Unlock()
+		return 0, io.EOF
+	}
+	r.mu.Unlock()
+	n, err := r.Conn.Read(p)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.committed {
+		if len(r.buf)+n > replayLimit {
+			r.committed, r.buf = true, nil
+		} else {
+			r.buf = append(r.buf, p[:n]...)
+			r.pos = len(r.buf)
+			if err == io.EOF {
+				r.eof = true
+			}
+		}
+	}
+	if err != nil && r.detached {
+		// Read was woken by detach: the bytes are kept for the retry.
+		return n, io.EOF
+	}
+	return n, err
+}
+
+func (r *replayConn) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	r.committed, r.buf = true, nil
+	r.mu.Unlock()
+	return r.Conn.Write(p)
+}
+
+// Close closes a committed connection; an uncommitted one is only detached
+// from the attempt that used it: a pending Read wakes up, and the
+// connection can be rewound and tried again.
+func (r *replayConn) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.committed {
+		return r.Conn.Close()
+	}
+	r.detached = true
+	return r.Conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// rewind prepares an uncommitted connection for another attempt; false if
+// it is committed (the pod answered, or too much was sent to keep).
+func (r *replayConn) rewind() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.committed {
+		return false
+	}
+	r.pos, r.detached = 0, false
+	r.Conn.SetReadDeadline(time.Time{})
+	return true
+}
+
+// finish closes the connection for good.
+func (r *replayConn) finish() error {
+	r.mu.Lock()
+	r.committed = true
+	r.mu.Unlock()
+	return r.Conn.Close()
+}
