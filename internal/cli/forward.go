@@ -168,6 +168,9 @@ func (o *ForwardOptions) Validate() error {
 // Run resolves the target, opens the tunnel, listens and forwards until
 // interrupted or the tunnel is lost.
 func (o *ForwardOptions) Run(ctx context.Context) error {
+	if err := o.g.startDebug(ctx); err != nil {
+		return err
+	}
 	t, err := o.resolver.Resolve(ctx, o.namespace, o.typeName, o.ports)
 	if err != nil {
 		return explain(ctx, err, o)

@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"runtime/debug"
 	"strconv"
 
@@ -43,6 +46,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format
 type globals struct {
 	kube      *genericclioptions.ConfigFlags
 	verbosity int
+	debugAddr string
 	out       io.Writer
 	errOut    io.Writer
 }
@@ -94,6 +98,8 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.SetErr(errOut)
 	g.kube.AddFlags(root.PersistentFlags())
 	root.PersistentFlags().IntVarP(&g.verbosity, "v", "v", 0, "log detail: 0 errors and state changes, 1 and up every connection (never prints tokens, keys or passwords)")
+	root.PersistentFlags().StringVar(&g.debugAddr, "debug-addr", "", "serve Go's /debug/pprof on this loopback address (for profiles and leak checks)")
+	root.PersistentFlags().MarkHidden("debug-addr")
 	root.AddCommand(newForwardCommand(g))
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	return root
@@ -137,4 +143,27 @@ func commandPath(root *cobra.Command, args []string) string {
 		return c.CommandPath()
 	}
 	return root.Name()
+}
+
+// startDebug serves net/http/pprof on a loopback address, if asked to.
+func (g *globals) startDebug(ctx context.Context) error {
+	if g.debugAddr == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(g.debugAddr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		return usagef("--debug-addr %q: want a loopback address and port, like 127.0.0.1:6060", g.debugAddr)
+	}
+	ln, err := net.Listen("tcp", g.debugAddr)
+	if err != nil {
+		return fmt.Errorf("--debug-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	go func() { <-ctx.Done(); srv.Close() }()
+	fmt.Fprintf(g.errOut, "Debug server on http://%s/debug/pprof/\n", ln.Addr())
+	return nil
 }

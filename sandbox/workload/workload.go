@@ -31,6 +31,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/kpf-dev/kpf/sandbox/pattern"
 )
@@ -62,6 +63,9 @@ func Run(name string, args []string) error {
 		ports = []int{def}
 	}
 	errc := make(chan error, len(ports))
+	var servers []*http.Server
+	var listeners []net.Listener
+	var active atomic.Int64 // TCP connections being served, for a graceful stop
 	for _, port := range ports {
 		hp := net.JoinHostPort(addr, strconv.Itoa(port))
 		if name == "udp-echo" {
@@ -79,23 +83,53 @@ func Run(name string, args []string) error {
 			return err
 		}
 		defer ln.Close()
+		listeners = append(listeners, ln)
 		log.Printf("kpf.test/%s listening on tcp %s", name, hp)
 		switch name {
 		case "http":
-			go func() { errc <- serveHTTP(ln) }()
+			srv := httpServer()
+			servers = append(servers, srv)
+			go func() { errc <- ignoreClosed(srv.Serve(ln)) }()
 		case "echo":
-			go func() { errc <- serveTCP(ln, echo) }()
+			go func() { errc <- serveTCP(ln, echo, &active) }()
 		case "bulk":
-			go func() { errc <- serveTCP(ln, bulk) }()
+			go func() { errc <- serveTCP(ln, bulk, &active) }()
 		}
 	}
 	select {
 	case <-ctx.Done():
-		log.Printf("kpf.test/%s: terminating", name)
-		return nil
 	case err := <-errc:
 		return err
 	}
+	// Shut down as a well-behaved server does on SIGTERM: keep serving for
+	// a moment, as a preStop sleep would, while clients learn the pod is
+	// terminating; then stop accepting and let the connections in flight
+	// finish (within the pod's grace).
+	log.Printf("kpf.test/%s: terminating in %s", name, shutdownDelay)
+	time.Sleep(shutdownDelay)
+	log.Printf("kpf.test/%s: terminating: finishing %d open connections", name, active.Load())
+	drain, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, srv := range servers {
+		srv.Shutdown(drain)
+	}
+	for _, ln := range listeners {
+		ln.Close()
+	}
+	for active.Load() > 0 && drain.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+// shutdownDelay is how long a workload keeps serving after SIGTERM.
+const shutdownDelay = time.Second
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
 }
 
 // parsePorts reads a comma list, and --port N arguments that override it.
@@ -119,7 +153,7 @@ func parsePorts(list string, args []string) ([]int, error) {
 	return ports, nil
 }
 
-func serveTCP(ln net.Listener, handle func(*net.TCPConn)) error {
+func serveTCP(ln net.Listener, handle func(*net.TCPConn), active *atomic.Int64) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -128,7 +162,9 @@ func serveTCP(ln net.Listener, handle func(*net.TCPConn)) error {
 			}
 			return err
 		}
+		active.Add(1)
 		go func() {
+			defer active.Add(-1)
 			defer c.Close()
 			handle(c.(*net.TCPConn))
 		}()
@@ -185,12 +221,11 @@ func udpEcho(pc net.PacketConn) error {
 	}
 }
 
-func serveHTTP(ln net.Listener) error {
+func httpServer() *http.Server {
 	pod := os.Getenv("KPF_POD_NAME")
 	var failing atomic.Bool
 	mux := http.NewServeMux()
 	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("X-Pod-Name", pod)
 		fmt.Fprintf(w, "pod %s namespace %s\n", pod, os.Getenv("KPF_POD_NAMESPACE"))
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -226,9 +261,10 @@ func serveHTTP(ln net.Listener) error {
 		n, _ := io.Copy(h, r.Body)
 		fmt.Fprintf(w, "%x %d\n", h.Sum(nil), n)
 	})
-	err := http.Serve(ln, mux)
-	if errors.Is(err, net.ErrClosed) {
-		return nil
-	}
-	return err
+	// Every answer names its pod, so tests can tell where a connection went.
+	named := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Pod-Name", pod)
+		mux.ServeHTTP(w, r)
+	})
+	return &http.Server{Handler: named}
 }
