@@ -193,7 +193,9 @@ func (f *Follower) remove(uid types.UID, why string) {
 	}
 	delete(f.pods, uid)
 	if st.pool != nil {
-		st.pool.Close()
+		pool := st.pool
+		st.pool = nil // before Close: watchPool must not count this as a failure
+		pool.Close()
 	}
 	f.o.Log.Info("pod gone", keyPod, st.pod.Name, keyReason, why)
 	if f.o.NoReconnect && f.current == uid {
@@ -215,8 +217,9 @@ func (f *Follower) closeAll() {
 	defer f.mu.Unlock()
 	for _, st := range f.pods {
 		if st.pool != nil {
-			st.pool.Close()
+			pool := st.pool
 			st.pool = nil
+			pool.Close()
 		}
 	}
 }
@@ -416,8 +419,9 @@ func (f *Follower) DropTunnels(reason string) {
 	defer f.mu.Unlock()
 	for _, st := range f.pods {
 		if st.pool != nil {
-			st.pool.Close()
+			pool := st.pool
 			st.pool = nil
+			pool.Close()
 			st.retryAt = time.Now().Add(backoff(1))
 		}
 	}

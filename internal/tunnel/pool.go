@@ -92,7 +92,8 @@ func (p *Pool) watch(sentinel *Conn) {
 	}
 }
 
-// Done is closed when the pod can no longer be reached.
+// Done is closed when the pod can no longer be reached, or the pool is
+// closed.
 func (p *Pool) Done() <-chan bool { return p.lost }
 
 func (p *Pool) isClosed() bool {
@@ -211,6 +212,7 @@ func (p *Pool) Close() error {
 		busy = append(busy, c)
 	}
 	p.mu.Unlock()
+	p.lostOnce.Do(func() { close(p.lost) })
 	var errs []error
 	for _, c := range append(idle, busy...) {
 		errs = append(errs, c.Close())
