@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -669,5 +670,76 @@ func TestVerboseNeverPrintsSecrets(t *testing.T) {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "client-key-data: "); ok && strings.Contains(out, v[:32]) {
 			t.Errorf("-v 10 printed the client key")
 		}
+	}
+}
+
+// TestCreateOnlyRBACFallsBackToSPDY: a user allowed only create on
+// pods/portforward (SPDY's verb, not WebSocket's get) still forwards with
+// --transport auto, as with kubectl; forcing WebSocket is refused with the
+// missing verb named. The user is a service account with a bearer token.
+func TestCreateOnlyRBACFallsBackToSPDY(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, `
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: creator}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: creator}
+rules:
+- {apiGroups: [""], resources: [pods], verbs: [get, list, watch]}
+- {apiGroups: [""], resources: [pods/portforward], verbs: [create]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: creator}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: creator}
+subjects: [{kind: ServiceAccount, name: creator}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bulk, labels: {app: bulk}}
+spec:
+  containers: [{name: bulk, image: kpf.test/bulk, ports: [{containerPort: 9000}]}]
+`)
+	sb.ReadyPods(t, ns, "app=bulk", 1)
+	token, err := sb.KubectlRun(t, "create", "token", "-n", ns, "creator")
+	if err != nil {
+		t.Fatalf("kubectl create token: %v\n%s", err, token)
+	}
+	token = strings.TrimSpace(token)
+	// A kubeconfig with the cluster only; the identity is the token flag.
+	cfg := filepath.Join(t.TempDir(), "kubeconfig")
+	kc := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster: {server: %q, certificate-authority: %q}\ncontexts:\n- name: s\n  context: {cluster: s, user: u}\ncurrent-context: s\nusers:\n- name: u\n  user: {}\n",
+		sb.APIServer, filepath.Join(string(sb.Dir), "pki", "ca.crt"))
+	if err := os.WriteFile(cfg, []byte(kc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	as := forwarder{name: "kpf as creator", argv: func(args ...string) []string {
+		return append([]string{kpfBin, "--kubeconfig", cfg, "--token", token, "forward"}, args...)
+	}}
+	from := sb.AuditOffset()
+	p, ls := as.start(t, 2, "-n", ns, "pod/bulk", ":9000")
+	if err := workload.BulkDownload(ls[0].Addr, 1<<20, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p.Stop()
+	sandboxtest.WaitFor(t, 10*time.Second, "an SPDY (create) port-forward by the service account", func() (bool, error) {
+		for _, e := range sb.AuditEvents(t, from) {
+			if e.ObjectRef.Subresource == "portforward" && e.Verb == sandboxtest.SPDYVerb && e.ResponseStatus.Code == 101 &&
+				e.User.Username == "system:serviceaccount:"+ns+":creator" {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	out, code := as.run(t, "-n", ns, "--transport", "websocket", "pod/bulk", ":9000")
+	if code != 1 || !strings.Contains(out, `cannot get resource "pods/portforward"`) {
+		t.Errorf("websocket without get: exit %d:\n%s", code, out)
+	}
+	if strings.Contains(out, token) {
+		t.Error("the token was printed")
 	}
 }
