@@ -21,29 +21,7 @@ import (
 
 // httpApp is a Deployment of kpf.test/http pods with a Service over them.
 func httpApp(name string, replicas int) string {
-	return strings.NewReplacer("NAME", name, "REPLICAS", strconv.Itoa(replicas)).Replace(`
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: NAME}
-spec:
-  replicas: REPLICAS
-  selector: {matchLabels: {app: NAME}}
-  template:
-    metadata: {labels: {app: NAME}}
-    spec:
-      containers:
-      - name: web
-        image: kpf.test/http
-        ports: [{name: http, containerPort: 8080}]
-        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: NAME}
-spec:
-  selector: {app: NAME}
-  ports: [{name: http, port: 80, targetPort: http}]
-`)
+	return sandboxtest.App(name, "kpf.test/http", replicas, 8080)
 }
 
 // fetch makes one new connection, downloads n checked pattern bytes and
@@ -163,23 +141,10 @@ func waitSuccesses(t *testing.T, tr *traffic, n int64) {
 func TestStatefulSetPodComesBack(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	ns := sb.Namespace(t)
-	sb.Apply(t, ns, `
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: db}
-spec:
-  serviceName: db
-  replicas: 1
-  selector: {matchLabels: {app: db}}
-  template:
-    metadata: {labels: {app: db}}
-    spec:
-      containers:
-      - name: web
-        image: kpf.test/http
-        ports: [{name: http, containerPort: 8080}]
-        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
-`)
+	// The app's Deployment, made a StatefulSet.
+	sts := strings.Replace(httpApp("db", 1), "kind: Deployment", "kind: StatefulSet", 1)
+	sts = strings.Replace(sts, "spec:\n  replicas", "spec:\n  serviceName: db\n  replicas", 1)
+	sb.Apply(t, ns, sts)
 	old := sb.ReadyPods(t, ns, "app=db", 1)[0]
 	p, ls := kpf(sb).start(t, 2, "-n", ns, "pod/db-0", ":8080")
 	if _, err := fetch(ls[0].Addr, 1024); err != nil {

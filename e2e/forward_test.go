@@ -384,20 +384,8 @@ func TestHalfClose(t *testing.T) {
 			}
 			payload := make([]byte, 3<<20)
 			rand.Read(payload)
-			c, err := net.Dial("tcp", ls[0].Addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			go func() {
-				c.Write([]byte("ECHO\n"))
-				c.Write(payload)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-			got, err := io.ReadAll(c)
-			if err != nil || !bytes.Equal(got, payload) {
-				t.Fatalf("echo after half-close: %d of %d bytes, equal=%v, err %v", len(got), len(payload), bytes.Equal(got, payload), err)
+			if err := workload.BulkEcho(ls[0].Addr, payload, 30*time.Second); err != nil {
+				t.Fatalf("echo after half-close: %v", err)
 			}
 		})
 	}
@@ -472,21 +460,8 @@ func TestConcurrentConnections(t *testing.T) {
 			<-start
 			payload := make([]byte, 64<<10)
 			rand.Read(payload)
-			c, err := net.DialTimeout("tcp", ls[0].Addr, 30*time.Second)
-			if err != nil {
-				errs <- fmt.Errorf("conn %d: dial: %w", i, err)
-				return
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(120 * time.Second))
-			go func() {
-				c.Write([]byte("ECHO\n"))
-				c.Write(payload)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-			got, err := io.ReadAll(c)
-			if err != nil || !bytes.Equal(got, payload) {
-				errs <- fmt.Errorf("conn %d: got %d bytes (want %d, same=%v): %v", i, len(got), len(payload), bytes.Equal(got, payload), err)
+			if err := workload.BulkEcho(ls[0].Addr, payload, 120*time.Second); err != nil {
+				errs <- fmt.Errorf("conn %d: %w", i, err)
 			}
 		}()
 	}

@@ -42,17 +42,24 @@ func recovered(t *testing.T, addr string, within time.Duration) time.Duration {
 	return 0
 }
 
-func TestAPIServerRestart(t *testing.T) {
-	sb := sandboxtest.Get(t)
+// forwardToApp starts an HTTP app and a kpf forward to it that works.
+func forwardToApp(t *testing.T, sb *sandboxtest.Sandbox, name string) (*sandboxtest.Proc, string) {
+	t.Helper()
 	ns := sb.Namespace(t)
-	sb.Apply(t, ns, httpApp("api", 1))
-	sb.ReadyPods(t, ns, "app=api", 1)
-	p, ls := kpf(sb).start(t, 2, "-n", ns, "deployment/api", ":8080")
+	sb.Apply(t, ns, httpApp(name, 1))
+	sb.ReadyPods(t, ns, "app="+name, 1)
+	p, ls := kpf(sb).start(t, 2, "-n", ns, "deployment/"+name, ":8080")
 	if _, err := fetch(ls[0].Addr, 1024); err != nil {
 		t.Fatal(err)
 	}
+	return p, ls[0].Addr
+}
+
+func TestAPIServerRestart(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	p, addr := forwardToApp(t, sb, "api")
 	fault(t, sb, "restart", "apiserver")
-	d := recovered(t, ls[0].Addr, 30*time.Second)
+	d := recovered(t, addr, 30*time.Second)
 	t.Logf("first connection after the API server was back took %s", d.Round(time.Millisecond))
 	if d > 10*time.Second {
 		t.Errorf("kpf took %s to reconnect after the API server came back", d)
@@ -64,13 +71,7 @@ func TestAPIServerRestart(t *testing.T) {
 
 func TestAPIServerPaused(t *testing.T) {
 	sb := sandboxtest.Get(t)
-	ns := sb.Namespace(t)
-	sb.Apply(t, ns, httpApp("paused", 1))
-	sb.ReadyPods(t, ns, "app=paused", 1)
-	p, ls := kpf(sb).start(t, 2, "-n", ns, "deployment/paused", ":8080")
-	if _, err := fetch(ls[0].Addr, 1024); err != nil {
-		t.Fatal(err)
-	}
+	p, addr := forwardToApp(t, sb, "paused")
 	fault(t, sb, "pause", "apiserver")
 	paused := time.Now()
 	resumed := false
@@ -88,7 +89,7 @@ func TestAPIServerPaused(t *testing.T) {
 	}
 	fault(t, sb, "resume", "apiserver")
 	resumed = true
-	t.Logf("first connection after SIGCONT took %s", recovered(t, ls[0].Addr, 40*time.Second).Round(time.Millisecond))
+	t.Logf("first connection after SIGCONT took %s", recovered(t, addr, 40*time.Second).Round(time.Millisecond))
 }
 
 // TestNoLeaks: goroutines and file descriptors come back to where they

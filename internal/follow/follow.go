@@ -192,11 +192,7 @@ func (f *Follower) remove(uid types.UID, why string) {
 		return
 	}
 	delete(f.pods, uid)
-	if st.pool != nil {
-		pool := st.pool
-		st.pool = nil // before Close: watchPool must not count this as a failure
-		pool.Close()
-	}
+	st.dropPool()
 	f.o.Log.Info("pod gone", keyPod, st.pod.Name, keyReason, why)
 	if f.o.NoReconnect && f.current == uid {
 		f.endLocked(fmt.Errorf("%w %s/%s: it was %s (--no-reconnect)", ErrTargetGone, f.o.Namespace, st.pod.Name, why))
@@ -216,12 +212,20 @@ func (f *Follower) closeAll() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, st := range f.pods {
-		if st.pool != nil {
-			pool := st.pool
-			st.pool = nil
-			pool.Close()
-		}
+		st.dropPool()
 	}
+}
+
+// dropPool closes the pod's tunnels; f.mu is held. The pool is unset
+// before it is closed, so its watcher does not count a failure.
+func (st *podState) dropPool() bool {
+	if st.pool == nil {
+		return false
+	}
+	pool := st.pool
+	st.pool = nil
+	pool.Close()
+	return true
 }
 
 // usable: running and not being deleted.
@@ -418,10 +422,7 @@ func (f *Follower) DropTunnels(reason string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, st := range f.pods {
-		if st.pool != nil {
-			pool := st.pool
-			st.pool = nil
-			pool.Close()
+		if st.dropPool() {
 			st.retryAt = time.Now().Add(backoff(1))
 		}
 	}

@@ -22,33 +22,7 @@ import (
 // bulkApp is a Deployment of two kpf.test/bulk pods and a Service over them.
 var bulkApp = namedBulkApp("bulk")
 
-func namedBulkApp(name string) string {
-	return strings.ReplaceAll(`
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: NAME}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: NAME}}
-  template:
-    metadata: {labels: {app: NAME}}
-    spec:
-      containers:
-      - name: bulk
-        image: kpf.test/bulk
-        ports: [{name: bulk, containerPort: 9000}]
-        readinessProbe:
-          tcpSocket: {port: bulk}
-          periodSeconds: 1
----
-apiVersion: v1
-kind: Service
-metadata: {name: NAME}
-spec:
-  selector: {app: NAME}
-  ports: [{name: data, port: 80, targetPort: bulk}]
-`, "NAME", name)
-}
+func namedBulkApp(name string) string { return sandboxtest.App(name, "kpf.test/bulk", 2, 9000) }
 
 func TestNodeIsReady(t *testing.T) {
 	sb := sandboxtest.Get(t)

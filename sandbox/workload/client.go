@@ -2,6 +2,7 @@ package workload
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -55,6 +56,30 @@ func BulkUpload(addr string, n uint64, timeout time.Duration) error {
 	}
 	if got, want := strings.TrimSpace(line), pattern.SHA256(n); got != want {
 		return fmt.Errorf("upload to %s: server hashed %q, want %q", addr, got, want)
+	}
+	return nil
+}
+
+// BulkEcho sends payload to a kpf.test/bulk server's ECHO, closes its
+// write side, and checks that exactly the payload comes back.
+func BulkEcho(addr string, payload []byte, timeout time.Duration) error {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	go func() {
+		c.Write([]byte("ECHO\n"))
+		c.Write(payload)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return fmt.Errorf("echo from %s after %d of %d bytes: %w", addr, len(got), len(payload), err)
+	}
+	if !bytes.Equal(got, payload) {
+		return fmt.Errorf("echo from %s: %d bytes came back for %d sent, and they differ", addr, len(got), len(payload))
 	}
 	return nil
 }
