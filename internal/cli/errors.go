@@ -10,10 +10,13 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/resource"
+	"k8s.io/client-go/rest"
 )
 
 // This file turns API and network errors into messages that say what went
@@ -25,8 +28,8 @@ func explainConfig(err error) error {
 }
 
 // explain turns a target resolution error into advice.
-func explain(ctx context.Context, err error, o *ForwardOptions) error {
-	if e := explainNetwork(err, o); e != nil {
+func explain(ctx context.Context, err error, namespace string, kube *genericclioptions.ConfigFlags, cfg *rest.Config) error {
+	if e := explainNetwork(err, cfg); e != nil {
 		return e
 	}
 	var status apierrors.APIStatus
@@ -34,8 +37,8 @@ func explain(ctx context.Context, err error, o *ForwardOptions) error {
 	case apierrors.IsNotFound(err) && errors.As(err, &status) && status.Status().Details != nil:
 		d := status.Status().Details
 		kind := strings.TrimSuffix(d.Kind, "s")
-		msg := fmt.Sprintf("%s %q not found in namespace %q", kind, d.Name, o.namespace)
-		if hint := notFoundHint(d.Kind, d.Group, d.Name, o); hint != "" {
+		msg := fmt.Sprintf("%s %q not found in namespace %q", kind, d.Name, namespace)
+		if hint := notFoundHint(d.Kind, d.Group, d.Name, namespace, kube); hint != "" {
 			msg += "; " + hint
 		} else {
 			msg += " (use -n NAMESPACE to look elsewhere)"
@@ -51,17 +54,17 @@ func explain(ctx context.Context, err error, o *ForwardOptions) error {
 
 // notFoundHint suggests close names in the namespace and namespaces that
 // hold the exact name. Lookups that are not allowed are skipped quietly.
-func notFoundHint(resourceName, group, name string, o *ForwardOptions) string {
+func notFoundHint(resourceName, group, name, namespace string, kube *genericclioptions.ConfigFlags) string {
 	typ := resourceName
 	if group != "" {
 		typ += "." + group
 	}
 	list := func(all bool) []*resource.Info {
-		b := resource.NewBuilder(o.g.kube).Unstructured().ResourceTypes(typ).SelectAllParam(true).ContinueOnError().Flatten()
+		b := resource.NewBuilder(kube).Unstructured().ResourceTypes(typ).SelectAllParam(true).ContinueOnError().Flatten()
 		if all {
 			b = b.AllNamespaces(true)
 		} else {
-			b = b.NamespaceParam(o.namespace)
+			b = b.NamespaceParam(namespace)
 		}
 		infos, _ := b.Do().Infos()
 		return infos
@@ -74,7 +77,7 @@ func notFoundHint(resourceName, group, name string, o *ForwardOptions) string {
 	}
 	var elsewhere []string
 	for _, in := range list(true) {
-		if in.Name == name && in.Namespace != o.namespace {
+		if in.Name == name && in.Namespace != namespace {
 			elsewhere = append(elsewhere, in.Namespace)
 		}
 	}
@@ -122,15 +125,15 @@ func editDistance(a, b string) int {
 }
 
 // explainNetwork: the API server could not be reached at all.
-func explainNetwork(err error, o *ForwardOptions) error {
+func explainNetwork(err error, cfg *rest.Config) error {
 	var ue *url.Error
 	var oe *net.OpError
 	if !errors.As(err, &ue) && !errors.As(err, &oe) {
 		return nil
 	}
 	host := ""
-	if o.config != nil {
-		host = o.config.Host
+	if cfg != nil {
+		host = cfg.Host
 	}
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
@@ -151,8 +154,8 @@ func isTimeout(err error) bool {
 }
 
 // explainDial turns a failed tunnel upgrade into advice.
-func explainDial(err error, o *ForwardOptions, t *target.Target) error {
-	if e := explainNetwork(err, o); e != nil {
+func explainDial(err error, cfg *rest.Config, t *target.Target) error {
+	if e := explainNetwork(err, cfg); e != nil {
 		return e
 	}
 	// A refused upgrade carries the API server's message as text only.
@@ -160,4 +163,19 @@ func explainDial(err error, o *ForwardOptions, t *target.Target) error {
 		return fmt.Errorf("forbidden: you may not create pods/portforward in namespace %q (%v); ask for a Role that allows create on pods/portforward there (and get, for the WebSocket transport)", t.Namespace, err)
 	}
 	return fmt.Errorf("cannot open a tunnel to pod %s/%s: %w", t.Namespace, t.Pod.Name, err)
+}
+
+// explainOpen turns a failure to open a session into advice.
+func explainOpen(ctx context.Context, err error, namespace string, kube *genericclioptions.ConfigFlags, cfg *rest.Config) error {
+	var se *session.StageError
+	if !errors.As(err, &se) {
+		return err
+	}
+	switch se.Stage {
+	case session.StageResolve:
+		return explain(ctx, se.Err, namespace, kube, cfg)
+	case session.StageDial:
+		return explainDial(se.Err, cfg, se.Target)
+	}
+	return se.Err
 }

@@ -6,16 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"sync"
 	"time"
 
-	"github.com/kpf-dev/kpf/internal/follow"
-	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	"github.com/spf13/cobra"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
@@ -56,7 +53,6 @@ type ForwardOptions struct {
 	addrs     []portspec.Address
 	transport tunnel.Transport
 	config    *rest.Config
-	resolver  *target.Resolver
 	client    kubernetes.Interface
 	log       *slog.Logger
 }
@@ -130,18 +126,12 @@ func (o *ForwardOptions) Complete(args []string) error {
 	if o.config, err = o.g.kube.ToRESTConfig(); err != nil {
 		return explainConfig(err)
 	}
-	// The audit log names kpf and its version.
-	o.config.UserAgent = fmt.Sprintf("kpf/%s (%s/%s)", version(), runtime.GOOS, runtime.GOARCH)
+	o.config.UserAgent = userAgent()
 	cs, err := kubernetes.NewForConfig(o.config)
 	if err != nil {
 		return err
 	}
 	o.client = cs
-	o.resolver = &target.Resolver{
-		Objects:           target.BuilderGetter{Flags: o.g.kube},
-		Pods:              cs.CoreV1(),
-		PodRunningTimeout: o.PodRunningTimeout,
-	}
 	return nil
 }
 
@@ -166,75 +156,55 @@ func (o *ForwardOptions) Validate() error {
 }
 
 // Run resolves the target, opens the tunnel, listens and forwards until
-// interrupted or the tunnel is lost.
+// interrupted, the target is lost for good, or a timeout runs out.
 func (o *ForwardOptions) Run(ctx context.Context) error {
 	if err := o.g.startDebug(ctx); err != nil {
 		return err
-	}
-	t, err := o.resolver.Resolve(ctx, o.namespace, o.typeName, o.ports)
-	if err != nil {
-		return explain(ctx, err, o)
-	}
-	o.log.Debug("target resolved", "target", t.Ref, "pod", t.Pod.Name, "namespace", t.Namespace)
-	// The first tunnel settles the transport (auto may fall back to
-	// SPDY); every later one is dialled the same way.
-	var mu sync.Mutex
-	transport := o.transport
-	dial := func(ctx context.Context, pod string) (*tunnel.Conn, error) {
-		mu.Lock()
-		tr := transport
-		mu.Unlock()
-		c, err := tunnel.Dial(ctx, o.config, t.Namespace, pod, tr)
-		if err == nil && tr == tunnel.Auto {
-			mu.Lock()
-			transport = c.Transport
-			mu.Unlock()
-			o.log.Debug("tunnel open", "pod", c.Pod, "transport", c.Transport)
-		}
-		return c, err
 	}
 	if o.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, o.Timeout, errTimeout)
 		defer cancel()
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	fo := follow.Options{
-		Namespace:     t.Namespace,
-		Ref:           t.Ref,
-		Client:        o.client,
-		Dial:          dial,
-		Balance:       o.Balance,
-		ReconnectWait: o.ReconnectWait,
-		MaxRetries:    o.MaxRetries,
-		NoReconnect:   o.NoReconnect,
-		Initial:       t.Pod,
-		Log:           o.log,
-	}
-	if _, isPod := t.Object.(*corev1.Pod); isPod {
-		fo.PodName = t.Pod.Name
-	} else if fo.Selector, err = target.Selector(t.Object); err != nil {
-		return err
-	}
-	follower, err := follow.New(ctx, fo)
+	s, err := session.Open(ctx, session.Spec{
+		Namespace:         o.namespace,
+		Target:            o.typeName,
+		Ports:             o.ports,
+		Addresses:         o.addrs,
+		Transport:         o.transport,
+		PodRunningTimeout: o.PodRunningTimeout,
+		ReconnectWait:     o.ReconnectWait,
+		MaxRetries:        o.MaxRetries,
+		NoReconnect:       o.NoReconnect,
+		Balance:           o.Balance,
+		IdleTimeout:       o.IdleTimeout,
+	}, o.deps())
 	if err != nil {
-		return err
+		return explainOpen(ctx, err, o.namespace, o.g.kube, o.config)
 	}
-	if err := follower.Prime(ctx); err != nil {
-		return explainDial(err, o, t)
-	}
-	listeners, err := forward.Listen(o.addrs, t.Ports, o.g.out, o.g.errOut)
-	if err != nil {
-		return err
-	}
-	go follow.WatchAPIServer(ctx, o.client.CoreV1().RESTClient(), follower, 5*time.Second, 15*time.Second)
-	err = forward.Serve(ctx, listeners, follower, o.g.out, o.log, forward.Options{IdleTimeout: o.IdleTimeout})
+	err = s.Serve(ctx)
 	if err == nil && errors.Is(context.Cause(ctx), errTimeout) {
 		return fmt.Errorf("%w: stopped after %s", errTimeout, o.Timeout)
 	}
 	return err
 }
 
+func (o *ForwardOptions) deps() session.Deps {
+	return session.Deps{
+		Config:  o.config,
+		Client:  o.client,
+		Objects: target.BuilderGetter{Flags: o.g.kube},
+		Out:     o.g.out,
+		ErrOut:  o.g.errOut,
+		Log:     o.log,
+	}
+}
+
 // errTimeout: --timeout ran out.
 var errTimeout = errors.New("timeout")
+
+// userAgent names kpf and its version to the API server, and so in the
+// audit log.
+func userAgent() string {
+	return fmt.Sprintf("kpf/%s (%s/%s)", version(), runtime.GOOS, runtime.GOARCH)
+}

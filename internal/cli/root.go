@@ -100,7 +100,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.PersistentFlags().IntVarP(&g.verbosity, "v", "v", 0, "log detail: 0 errors and state changes, 1 and up every connection (never prints tokens, keys or passwords)")
 	root.PersistentFlags().StringVar(&g.debugAddr, "debug-addr", "", "serve Go's /debug/pprof on this loopback address (for profiles and leak checks)")
 	root.PersistentFlags().MarkHidden("debug-addr")
-	root.AddCommand(newForwardCommand(g))
+	root.AddCommand(newForwardCommand(g), newUpCommand(g), newRunCommand(g), newConfigCommand(g))
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	return root
 }
@@ -120,9 +120,14 @@ func Run(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if err == nil {
 		return ExitOK
 	}
-	fmt.Fprintf(errOut, "error: %v\n", err)
+	if !errors.As(err, new(exitError)) {
+		fmt.Fprintf(errOut, "error: %v\n", err)
+	}
 	var ue usageError
+	var ee exitError
 	switch {
+	case errors.As(err, &ee):
+		return ee.code // the command of kpf run said what it had to
 	case errors.As(err, &ue):
 		fmt.Fprintf(errOut, "See '%s -h' for help and examples.\n", commandPath(root, args))
 		return ExitUsage

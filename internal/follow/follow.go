@@ -16,6 +16,7 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/target"
@@ -93,6 +94,8 @@ type Follower struct {
 	doneErr  error
 	doneOnce sync.Once
 	everUsed bool
+
+	reconnects atomic.Int64
 }
 
 // New starts watching the target's pods; the Follower works until ctx ends.
@@ -365,6 +368,7 @@ func (f *Follower) dialPool(ctx context.Context, pod *corev1.Pod) (*tunnel.Pool,
 
 // failed records a failed dial and sets the backoff; f.mu is held.
 func (f *Follower) failed(st *podState, err error) {
+	f.reconnects.Add(1)
 	st.failures++
 	f.retries++
 	wait := backoff(st.failures)
@@ -497,3 +501,31 @@ func (f *Follower) Prime(ctx context.Context) error {
 	go f.watchPool(st, pool)
 	return nil
 }
+
+// State names the follower's condition for status: the pod connections go
+// to, and ready, reconnecting or waiting for pod.
+func (f *Follower) State() (pod, state string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.doneErr != nil {
+		return "", "failed"
+	}
+	if st, ok := f.pods[f.current]; ok && usable(st.pod) {
+		switch {
+		case st.pool != nil:
+			return st.pod.Name, "ready"
+		case st.retryAt.After(time.Now()) || st.failures > 0:
+			return st.pod.Name, "reconnecting"
+		}
+		return st.pod.Name, "ready"
+	}
+	for _, st := range f.pods {
+		if usable(st.pod) {
+			return st.pod.Name, "ready"
+		}
+	}
+	return "", "waiting for pod"
+}
+
+// Reconnects counts the tunnels redialled after a loss or failure.
+func (f *Follower) Reconnects() int64 { return f.reconnects.Load() }

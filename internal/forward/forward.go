@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -138,6 +139,45 @@ type Options struct {
 	// IdleTimeout ends the forward after this long with no open
 	// connection; 0 never.
 	IdleTimeout time.Duration
+	// Counters, if set, are kept up to date.
+	Counters *Counters
+}
+
+// Counters are a forward's connection and byte counts. Bytes are counted
+// when a connection ends.
+type Counters struct {
+	Open, Total, Failed, BytesIn, BytesOut atomic.Int64
+	mu                                     sync.Mutex
+	lastErr                                string
+}
+
+// LastError is the last connection error.
+func (c *Counters) LastError() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastErr
+}
+
+func (c *Counters) start() {
+	if c != nil {
+		c.Open.Add(1)
+		c.Total.Add(1)
+	}
+}
+
+func (c *Counters) end(st tunnel.Stats, err error) {
+	if c == nil {
+		return
+	}
+	c.Open.Add(-1)
+	c.BytesIn.Add(st.In)
+	c.BytesOut.Add(st.Out)
+	if err != nil {
+		c.Failed.Add(1)
+		c.mu.Lock()
+		c.lastErr = err.Error()
+		c.mu.Unlock()
+	}
 }
 
 // Serve accepts connections on every listener and forwards each through
@@ -182,8 +222,10 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 						connsMu.Unlock()
 						idle.free()
 					}()
+					opts.Counters.start()
 					st, err := tun.Forward(c, l.Port.Remote)
 					c.Close()
+					opts.Counters.end(st, err)
 					if err != nil {
 						log.Error("connection failed", keyClient, c.RemoteAddr().String(), keyLocal, l.Port.Local, keyRemote, l.Port.Remote, keyErr, err)
 						return

@@ -1,0 +1,63 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/spf13/cobra"
+)
+
+func newConfigCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "config",
+		Short: "Check, convert and describe forwards files",
+	}
+	var file string
+	validate := &cobra.Command{
+		Use:   "validate [-f FILE]",
+		Short: "Report every problem of a forwards file at once, with line numbers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path, err := config.Find(file)
+			if err != nil {
+				return usageError{err}
+			}
+			f, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "%s: %d forwards, no problems\n", path, len(f.Forwards))
+			return nil
+		},
+	}
+	validate.Flags().StringVarP(&file, "file", "f", "", "forwards file (default kpf.yaml in this folder)")
+	schema := &cobra.Command{
+		Use:   "schema",
+		Short: "Print the JSON Schema of kpf.yaml, for editors",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := g.out.Write(config.Schema)
+			return err
+		},
+	}
+	var convertFile string
+	convert := &cobra.Command{
+		Use:   "convert -f FILE",
+		Short: "Turn a SERVICE:NAMESPACE:LOCAL_PORT:REMOTE_PORT file into kpf.yaml (on stdout)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if convertFile == "" {
+				return usagef("give the file to convert with -f FILE")
+			}
+			f, err := config.Load(convertFile)
+			if err != nil {
+				return err
+			}
+			_, err = g.out.Write(config.ToYAML(f))
+			return err
+		},
+	}
+	convert.Flags().StringVarP(&convertFile, "file", "f", "", "the line-format file")
+	cmd.AddCommand(validate, schema, convert)
+	return cmd
+}

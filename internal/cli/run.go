@@ -1,0 +1,118 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/manager"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+	"github.com/spf13/cobra"
+)
+
+// RunOptions is kpf run: forwards around one command.
+type RunOptions struct {
+	g       *globals
+	File    string
+	Timeout time.Duration
+
+	names   []string
+	command []string
+	file    *config.File
+}
+
+// exitError carries a command's exit code through kpf's exit.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("the command exited with code %d", e.code) }
+
+func newRunCommand(g *globals) *cobra.Command {
+	o := &RunOptions{g: g, Timeout: 2 * time.Minute}
+	cmd := &cobra.Command{
+		Use:   "run [NAME...] [-f FILE] -- COMMAND [ARGS...]",
+		Short: "Start the forwards, wait until they are healthy, run COMMAND with their addresses, then stop them",
+		Long: `Start the forwards of kpf.yaml (or -f FILE; all, or the named ones), wait until
+every one is ready and healthy, then run COMMAND with each forward's local
+address in its environment: KPF_<NAME>_ADDR (host:port), KPF_<NAME>_HOST and
+KPF_<NAME>_PORT, NAME upper-cased with '-' as '_'. When COMMAND ends the
+forwards stop, and kpf exits with COMMAND's exit code.`,
+		Example: `  kpf run -- sh -c 'curl -fsS http://$KPF_API_ADDR/healthz'
+  kpf run api db -f ci.yaml -- go test ./integration/...`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			if dash < 0 || dash == len(args) {
+				return usagef("give the command after --, like: kpf run -- make integration-test")
+			}
+			o.names, o.command = args[:dash], args[dash:]
+			return o.Run(cmd.Context())
+		},
+	}
+	cmd.Flags().StringVarP(&o.File, "file", "f", "", "forwards file (default kpf.yaml in this folder)")
+	cmd.Flags().DurationVar(&o.Timeout, "timeout", o.Timeout, "how long to wait for every forward to be healthy before giving up")
+	return cmd
+}
+
+// Run starts the forwards, runs the command and stops the forwards.
+func (o *RunOptions) Run(ctx context.Context) error {
+	path, err := config.Find(o.File)
+	if err != nil {
+		return usageError{err}
+	}
+	if o.file, err = config.Load(path); err != nil {
+		return err
+	}
+	fws, err := o.file.Select(o.names)
+	if err != nil {
+		return usageError{err}
+	}
+	log := o.g.logger()
+	m := manager.New(manager.Options{
+		Open:          newOpener(o.g, log, o.g.errOut),
+		Transport:     tunnel.Auto,
+		ReconnectWait: 30 * time.Second,
+		Log:           log,
+		Events: func(e manager.Event) {
+			fmt.Fprintf(o.g.errOut, "kpf: %s: %s\n", e.Forward, e.Message)
+		},
+	})
+	fctx, stop := context.WithCancel(ctx)
+	defer func() { stop(); m.Stop() }()
+	m.Start(fctx, fws)
+	if err := m.WaitGood(ctx, o.Timeout); err != nil {
+		return err
+	}
+	env := os.Environ()
+	for _, r := range m.Snapshot() {
+		if len(r.Local) == 0 {
+			continue
+		}
+		key := "KPF_" + strings.ToUpper(strings.ReplaceAll(r.Name, "-", "_"))
+		host, port := splitHostPort(r.Local[0])
+		env = append(env, key+"_ADDR="+r.Local[0], key+"_HOST="+host, key+"_PORT="+port)
+	}
+	c := exec.CommandContext(ctx, o.command[0], o.command[1:]...)
+	c.Env = env
+	c.Stdin, c.Stdout, c.Stderr = os.Stdin, o.g.out, o.g.errOut
+	err = c.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ee):
+		return exitError{ee.ExitCode()}
+	}
+	return fmt.Errorf("run %s: %w", o.command[0], err)
+}
+
+func splitHostPort(addr string) (string, string) {
+	i := strings.LastIndexByte(addr, ':')
+	if i < 0 {
+		return addr, ""
+	}
+	return strings.Trim(addr[:i], "[]"), addr[i+1:]
+}

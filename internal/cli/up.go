@@ -1,0 +1,308 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/manager"
+	"github.com/kpf-dev/kpf/internal/session"
+	"github.com/kpf-dev/kpf/internal/target"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// UpOptions is kpf up: every forward of a file, in the foreground.
+type UpOptions struct {
+	g             *globals
+	File          string
+	Transport     string
+	ReconnectWait time.Duration
+	Table         string // auto, always, never
+
+	names []string
+	file  *config.File
+}
+
+func newUpCommand(g *globals) *cobra.Command {
+	o := &UpOptions{g: g, Transport: string(tunnel.Auto), ReconnectWait: 30 * time.Second, Table: "auto"}
+	cmd := &cobra.Command{
+		Use:   "up [NAME...] [-f FILE]",
+		Short: "Run the forwards of kpf.yaml (or -f FILE), all or the named ones, with a live status table",
+		Long: `Run the forwards of a file in the foreground: kpf.yaml in this folder, or -f FILE
+(kpf.yaml format, or SERVICE:NAMESPACE:LOCAL_PORT:REMOTE_PORT lines).
+
+On a terminal a live table shows each forward's state, health, pod, connections
+and bytes; otherwise each change is a log line. A forward that fails (a busy
+port, a missing target) does not stop the others. Ctrl-C stops everything.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.Complete(args); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	cmd.Flags().StringVarP(&o.File, "file", "f", "", "forwards file (default kpf.yaml in this folder)")
+	cmd.Flags().StringVar(&o.Transport, "transport", o.Transport, "auto, websocket or spdy, as for kpf forward")
+	cmd.Flags().DurationVar(&o.ReconnectWait, "reconnect-wait", o.ReconnectWait, "how long a new connection waits for a ready pod")
+	cmd.Flags().StringVar(&o.Table, "table", o.Table, "live table: auto (when stdout is a terminal), always or never")
+	return cmd
+}
+
+// Complete loads the file and picks the named forwards.
+func (o *UpOptions) Complete(args []string) error {
+	path, err := config.Find(o.File)
+	if err != nil {
+		return usageError{err}
+	}
+	if o.file, err = config.Load(path); err != nil {
+		return err
+	}
+	o.names = args
+	if _, err := o.file.Select(args); err != nil {
+		return usageError{err}
+	}
+	if _, err := tunnel.ParseTransport(o.Transport); err != nil {
+		return usageError{err}
+	}
+	switch o.Table {
+	case "auto", "always", "never":
+	default:
+		return usagef("--table %q: want auto, always or never", o.Table)
+	}
+	return nil
+}
+
+// Run runs the forwards until interrupted.
+func (o *UpOptions) Run(ctx context.Context) error {
+	log := o.g.logger()
+	fws, _ := o.file.Select(o.names)
+	table := o.Table == "always" || (o.Table == "auto" && isTerminal(o.g.out))
+	events := &eventLog{}
+	var warnTo io.Writer = o.g.errOut
+	if table {
+		warnTo = lineWriter(events.add)
+	}
+	mo := manager.Options{
+		Open:          newOpener(o.g, log, warnTo),
+		Transport:     tunnel.Transport(o.Transport),
+		ReconnectWait: o.ReconnectWait,
+		Log:           log,
+		Events: func(e manager.Event) {
+			line := fmt.Sprintf("%s %s: %s", e.Time.Format("15:04:05"), e.Forward, e.Message)
+			if table {
+				events.add(line)
+			} else {
+				fmt.Fprintln(o.g.out, line)
+			}
+		},
+	}
+	m := manager.New(mo)
+	m.Start(ctx, fws)
+	if table {
+		drawLoop(ctx, o.g.out, m, events, o.file.Path)
+	} else {
+		<-ctx.Done()
+	}
+	m.Stop()
+	if table {
+		fmt.Fprint(o.g.out, "\x1b[?25h") // cursor back
+	}
+	fmt.Fprintln(o.g.out, "stopped")
+	return nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// eventLog keeps the last few events for the table.
+type eventLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *eventLog) add(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, s)
+	if len(l.lines) > 8 {
+		l.lines = l.lines[len(l.lines)-8:]
+	}
+}
+
+func (l *eventLog) last() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
+
+// drawLoop redraws the status table every half second until ctx ends.
+func drawLoop(ctx context.Context, out io.Writer, m *manager.Manager, events *eventLog, path string) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		var b strings.Builder
+		b.WriteString("\x1b[?25l\x1b[H\x1b[2J") // hide cursor, home, clear
+		fmt.Fprintf(&b, "kpf up: %s (Ctrl-C stops)\n\n", path)
+		writeTable(&b, m.Snapshot())
+		b.WriteString("\nRecent events:\n")
+		for _, l := range events.last() {
+			b.WriteString("  " + l + "\n")
+		}
+		io.WriteString(out, strings.ReplaceAll(b.String(), "\n", "\r\n"))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// writeTable prints rows as the status table (kpf up, kpf status).
+func writeTable(w io.Writer, rows []manager.Row) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tTARGET\tPOD\tLOCAL\tSTATE\tHEALTH\tCONNS\tIN\tOUT\tRECONNECTS\tLAST ERROR")
+	for _, r := range rows {
+		local := "-"
+		if len(r.Local) > 0 {
+			local = r.Local[0]
+			if len(r.Local) > 1 {
+				local += fmt.Sprintf(" +%d", len(r.Local)-1)
+			}
+		}
+		target := r.Target
+		if r.Namespace != "" {
+			target = r.Namespace + "/" + target
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%d\t%s\n", r.Name, target, dash(r.Pod), local, r.State, r.Health,
+			r.Open, r.Total, bytesText(r.BytesIn), bytesText(r.BytesOut), r.Reconnects, dash(shorten(r.LastError, 60)))
+	}
+	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}
+
+func bytesText(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fG", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1fM", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1fK", float64(n)/(1<<10))
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// newOpener opens sessions for forwards of a file: one set of clients per
+// kubeconfig context, and errors explained as kpf forward explains them.
+func newOpener(g *globals, log *slog.Logger, warn io.Writer) manager.Opener {
+	var mu sync.Mutex
+	clusters := map[string]*kubeCluster{}
+	get := func(name string) (*kubeCluster, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if c, ok := clusters[name]; ok {
+			return c, nil
+		}
+		c, err := g.cluster(name)
+		if err != nil {
+			return nil, err
+		}
+		clusters[name] = c
+		return c, nil
+	}
+	return func(ctx context.Context, fw config.Forward, spec session.Spec) (*session.Session, error) {
+		c, err := get(fw.Context)
+		if err != nil {
+			return nil, err
+		}
+		if spec.Namespace == "" {
+			spec.Namespace = c.namespace
+		}
+		s, err := session.Open(ctx, spec, session.Deps{
+			Config:  c.config,
+			Client:  c.client,
+			Objects: target.BuilderGetter{Flags: c.flags},
+			Out:     io.Discard,
+			ErrOut:  warn,
+			Log:     log.With("forward", fw.Name),
+		})
+		if err != nil {
+			return nil, explainOpen(ctx, err, spec.Namespace, c.flags, c.config)
+		}
+		return s, nil
+	}
+}
+
+// kubeCluster is the clients of one kubeconfig context.
+type kubeCluster struct {
+	flags     *genericclioptions.ConfigFlags
+	config    *rest.Config
+	client    kubernetes.Interface
+	namespace string
+}
+
+// cluster returns clients for a kubeconfig context ("" is the one the
+// global flags select), with every other global flag applied.
+func (g *globals) cluster(context string) (*kubeCluster, error) {
+	f := genericclioptions.NewConfigFlags(true)
+	f.KubeConfig, f.ClusterName, f.AuthInfoName, f.BearerToken, f.APIServer = g.kube.KubeConfig, g.kube.ClusterName, g.kube.AuthInfoName, g.kube.BearerToken, g.kube.APIServer
+	f.Namespace, f.TLSServerName, f.ProxyURL = g.kube.Namespace, g.kube.TLSServerName, g.kube.ProxyURL
+	f.CAFile, f.CertFile, f.KeyFile, f.Insecure, f.Impersonate = g.kube.CAFile, g.kube.CertFile, g.kube.KeyFile, g.kube.Insecure, g.kube.Impersonate
+	f.Context = g.kube.Context
+	if context != "" {
+		f.Context = &context
+	}
+	ns, _, err := f.ToRawKubeConfigLoader().Namespace()
+	if err != nil {
+		return nil, explainConfig(err)
+	}
+	cfg, err := f.ToRESTConfig()
+	if err != nil {
+		return nil, explainConfig(err)
+	}
+	cfg.UserAgent = userAgent()
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &kubeCluster{flags: f, config: cfg, client: cs, namespace: ns}, nil
+}
+
+// lineWriter hands each written line to a function.
+type lineWriter func(string)
+
+func (w lineWriter) Write(p []byte) (int, error) {
+	for _, l := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		w(l)
+	}
+	return len(p), nil
+}

@@ -1,0 +1,355 @@
+// Package manager runs many forwards from a file at once: each forward is a
+// session with its own state, health checks and counters, and one
+// forward's failure (a busy port, a missing target) leaves the others
+// running. It reports state changes as events and status as snapshots.
+package manager
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/session"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+)
+
+// States of a forward.
+const (
+	Starting     = "starting"
+	Ready        = "ready"
+	Waiting      = "waiting for pod"
+	Reconnecting = "reconnecting"
+	Failed       = "failed"
+	Stopped      = "stopped"
+)
+
+// Health values; a forward without a check is "-".
+const (
+	HealthNone      = "-"
+	HealthUnknown   = "unknown"
+	HealthHealthy   = "healthy"
+	HealthUnhealthy = "unhealthy"
+)
+
+// Opener opens a session for a forward (kube contexts and error
+// explanations live with the caller).
+type Opener func(ctx context.Context, fw config.Forward, spec session.Spec) (*session.Session, error)
+
+// Options configure a Manager.
+type Options struct {
+	Open          Opener
+	Transport     tunnel.Transport
+	ReconnectWait time.Duration
+	Log           *slog.Logger
+	// Events receives a line for every state or health change, if set.
+	Events func(Event)
+}
+
+// Event is a change worth telling.
+type Event struct {
+	Time    time.Time
+	Forward string
+	Message string
+}
+
+// Manager runs forwards.
+type Manager struct {
+	o        Options
+	mu       sync.Mutex
+	forwards []*Forward
+	changed  chan struct{}
+}
+
+// Forward is one running forward.
+type Forward struct {
+	Spec config.Forward
+
+	mu         sync.Mutex
+	state      string
+	health     string
+	healthNote string
+	err        string
+	sess       *session.Session
+	cancel     context.CancelFunc
+	done       chan struct{}
+}
+
+// New returns a Manager.
+func New(o Options) *Manager {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	return &Manager{o: o, changed: make(chan struct{})}
+}
+
+// Start starts each forward in the background; Stop or ctx ends them.
+func (m *Manager) Start(ctx context.Context, fws []config.Forward) {
+	for _, spec := range fws {
+		f := &Forward{Spec: spec, state: Starting, health: HealthNone, done: make(chan struct{})}
+		if spec.Health != nil {
+			f.health = HealthUnknown
+		}
+		fctx, cancel := context.WithCancel(ctx)
+		f.cancel = cancel
+		m.mu.Lock()
+		m.forwards = append(m.forwards, f)
+		m.mu.Unlock()
+		go m.run(fctx, f)
+	}
+}
+
+// Stop stops every forward and waits for them.
+func (m *Manager) Stop() {
+	m.mu.Lock()
+	fws := append([]*Forward(nil), m.forwards...)
+	m.mu.Unlock()
+	for _, f := range fws {
+		f.cancel()
+	}
+	for _, f := range fws {
+		<-f.done
+	}
+}
+
+func (m *Manager) event(f *Forward, format string, a ...any) {
+	e := Event{Time: time.Now(), Forward: f.Spec.Name, Message: fmt.Sprintf(format, a...)}
+	if m.o.Events != nil {
+		m.o.Events(e)
+	}
+	m.mu.Lock()
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+}
+
+func (m *Manager) setState(f *Forward, state, why string) {
+	f.mu.Lock()
+	old := f.state
+	f.state = state
+	if state == Failed {
+		f.err = why
+	}
+	f.mu.Unlock()
+	if old == state {
+		return
+	}
+	switch state {
+	case Failed:
+		m.event(f, "failed: %s", why)
+	case Ready:
+		m.event(f, "ready: %s", why)
+	default:
+		m.event(f, "%s%s", state, prefix(": ", why))
+	}
+}
+
+func prefix(p, s string) string {
+	if s == "" {
+		return ""
+	}
+	return p + s
+}
+
+func (m *Manager) run(ctx context.Context, f *Forward) {
+	defer close(f.done)
+	defer func() {
+		f.mu.Lock()
+		if f.state != Failed {
+			f.state = Stopped
+		}
+		f.mu.Unlock()
+	}()
+	spec := f.Spec
+	addrs, _ := portspec.ParseAddresses(spec.Addresses) // validated by config
+	sess, err := m.o.Open(ctx, spec, session.Spec{
+		Namespace:         spec.Namespace,
+		Target:            spec.Target,
+		Ports:             spec.Ports,
+		Addresses:         addrs,
+		Transport:         m.o.Transport,
+		PodRunningTimeout: time.Minute,
+		ReconnectWait:     m.o.ReconnectWait,
+		Balance:           spec.Balance,
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			m.setState(f, Failed, err.Error())
+		}
+		return
+	}
+	f.mu.Lock()
+	f.sess = sess
+	f.mu.Unlock()
+	st := sess.Status()
+	m.setState(f, Ready, fmt.Sprintf("%s -> %s %s", strings.Join(sess.Addrs(), ", "), sess.Target.Ref, st.Pod))
+	if spec.Health != nil {
+		go m.checkHealth(ctx, f, sess)
+	}
+	go m.watchState(ctx, f, sess)
+	if err := sess.Serve(ctx); err != nil && ctx.Err() == nil {
+		m.setState(f, Failed, err.Error())
+	}
+}
+
+// watchState turns the session's own state into events.
+func (m *Manager) watchState(ctx context.Context, f *Forward, sess *session.Session) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	lastPod := sess.Status().Pod
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := sess.Status()
+		f.mu.Lock()
+		failed := f.state == Failed
+		f.mu.Unlock()
+		if failed {
+			return
+		}
+		if st.State == Ready && st.Pod != lastPod && st.Pod != "" {
+			m.event(f, "now on pod %s (was %s)", st.Pod, lastPod)
+			lastPod = st.Pod
+		}
+		m.setState(f, st.State, "")
+	}
+}
+
+func (m *Manager) checkHealth(ctx context.Context, f *Forward, sess *session.Session) {
+	h := f.Spec.Health
+	fails := 0
+	for {
+		var err error
+		if h.Type == "http" {
+			err = sess.CheckHTTP(h.Path, h.StatusMin, h.StatusMax, h.Timeout)
+		} else {
+			err = sess.CheckTCP(h.Timeout)
+		}
+		f.mu.Lock()
+		old := f.health
+		switch {
+		case err == nil:
+			fails = 0
+			f.health, f.healthNote = HealthHealthy, ""
+		default:
+			fails++
+			f.healthNote = err.Error()
+			if fails >= h.FailureThreshold {
+				f.health = HealthUnhealthy
+			}
+		}
+		now, note := f.health, f.healthNote
+		f.mu.Unlock()
+		if now != old {
+			m.event(f, "%s%s", now, prefix(": ", note))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(h.Interval):
+		}
+	}
+}
+
+// Row is one forward in a status snapshot.
+type Row struct {
+	Name       string   `json:"name"`
+	Context    string   `json:"context,omitempty"`
+	Namespace  string   `json:"namespace,omitempty"`
+	Target     string   `json:"target"`
+	Pod        string   `json:"pod,omitempty"`
+	Local      []string `json:"local,omitempty"`
+	State      string   `json:"state"`
+	Health     string   `json:"health"`
+	HealthNote string   `json:"healthDetail,omitempty"`
+	Open       int64    `json:"openConnections"`
+	Total      int64    `json:"connections"`
+	BytesIn    int64    `json:"bytesIn"`
+	BytesOut   int64    `json:"bytesOut"`
+	Reconnects int64    `json:"reconnects"`
+	LastError  string   `json:"lastError,omitempty"`
+}
+
+// Snapshot returns every forward's status, in file order.
+func (m *Manager) Snapshot() []Row {
+	m.mu.Lock()
+	fws := append([]*Forward(nil), m.forwards...)
+	m.mu.Unlock()
+	rows := make([]Row, 0, len(fws))
+	for _, f := range fws {
+		f.mu.Lock()
+		r := Row{Name: f.Spec.Name, Context: f.Spec.Context, Namespace: f.Spec.Namespace, Target: f.Spec.Target,
+			State: f.state, Health: f.health, HealthNote: f.healthNote, LastError: f.err}
+		sess := f.sess
+		f.mu.Unlock()
+		if sess != nil {
+			st := sess.Status()
+			r.Pod, r.Open, r.Total, r.BytesIn, r.BytesOut, r.Reconnects = st.Pod, st.Open, st.Total, st.BytesIn, st.BytesOut, st.Reconnects
+			r.Local = sess.Addrs()
+			if r.LastError == "" {
+				r.LastError = st.LastError
+			}
+		}
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+// Good reports whether a row is ready and, if checked, healthy.
+func (r Row) Good() bool {
+	return r.State == Ready && (r.Health == HealthNone || r.Health == HealthHealthy)
+}
+
+// WaitGood waits until every forward is ready and healthy; on timeout it
+// returns an error that names the ones that are not, and why.
+func (m *Manager) WaitGood(ctx context.Context, timeout time.Duration) error {
+	deadline := time.After(timeout)
+	for {
+		m.mu.Lock()
+		changed := m.changed
+		m.mu.Unlock()
+		rows := m.Snapshot()
+		var bad []string
+		for _, r := range rows {
+			if !r.Good() {
+				bad = append(bad, describeBad(r))
+			}
+		}
+		if len(bad) == 0 {
+			return nil
+		}
+		for _, r := range rows {
+			if r.State == Failed {
+				return fmt.Errorf("not every forward is up:\n  %s", strings.Join(bad, "\n  "))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline:
+			sort.Strings(bad)
+			return fmt.Errorf("not every forward was healthy after %s:\n  %s", timeout, strings.Join(bad, "\n  "))
+		case <-changed:
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func describeBad(r Row) string {
+	switch {
+	case r.State == Failed:
+		return fmt.Sprintf("%s: failed: %s", r.Name, r.LastError)
+	case r.State != Ready:
+		return fmt.Sprintf("%s: %s", r.Name, r.State)
+	default:
+		return fmt.Sprintf("%s: %s%s", r.Name, r.Health, prefix(": ", r.HealthNote))
+	}
+}

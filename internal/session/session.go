@@ -1,0 +1,245 @@
+// Package session is one forward from end to end: resolve the target, follow
+// its pods, open the first tunnel, listen, and serve connections, with the
+// counters that status shows. kpf forward runs one session; kpf up runs one
+// per forward of the file.
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/follow"
+	"github.com/kpf-dev/kpf/internal/forward"
+	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/target"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// Spec says what to forward and how.
+type Spec struct {
+	Namespace         string
+	Target            string // TYPE/NAME
+	Ports             []portspec.Port
+	Addresses         []portspec.Address
+	Transport         tunnel.Transport
+	PodRunningTimeout time.Duration
+	ReconnectWait     time.Duration
+	MaxRetries        int
+	NoReconnect       bool
+	Balance           bool
+	IdleTimeout       time.Duration
+}
+
+// Deps are the session's connections to the world.
+type Deps struct {
+	Config  *rest.Config
+	Client  kubernetes.Interface
+	Objects target.Getter
+	Out     io.Writer // "Forwarding from", "Handling connection for"
+	ErrOut  io.Writer // bind warnings
+	Log     *slog.Logger
+}
+
+// Stage says where Open failed, so the caller can explain the error.
+type Stage string
+
+const (
+	StageResolve Stage = "resolve"
+	StageDial    Stage = "dial"
+	StageListen  Stage = "listen"
+)
+
+// StageError is an error of one stage of Open.
+type StageError struct {
+	Stage  Stage
+	Target *target.Target // set from StageDial on
+	Err    error
+}
+
+func (e *StageError) Error() string { return e.Err.Error() }
+func (e *StageError) Unwrap() error { return e.Err }
+
+// Session is an open forward.
+type Session struct {
+	Target    *target.Target
+	Listeners []*forward.Listener
+	follower  *follow.Follower
+	spec      Spec
+	deps      Deps
+	counters  forward.Counters
+	cancel    context.CancelFunc
+}
+
+// Open resolves the target, opens the first tunnel and listens. The
+// session lives until ctx ends or Serve returns.
+func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
+	r := &target.Resolver{Objects: deps.Objects, Pods: deps.Client.CoreV1(), PodRunningTimeout: spec.PodRunningTimeout}
+	t, err := r.Resolve(ctx, spec.Namespace, spec.Target, spec.Ports)
+	if err != nil {
+		return nil, &StageError{Stage: StageResolve, Err: err}
+	}
+	deps.Log.Debug("target resolved", "target", t.Ref, "pod", t.Pod.Name, "namespace", t.Namespace)
+	// The first tunnel settles the transport (auto may fall back to
+	// SPDY); every later one is dialled the same way.
+	var mu sync.Mutex
+	transport := spec.Transport
+	dial := func(ctx context.Context, pod string) (*tunnel.Conn, error) {
+		mu.Lock()
+		tr := transport
+		mu.Unlock()
+		c, err := tunnel.Dial(ctx, deps.Config, t.Namespace, pod, tr)
+		if err == nil && tr == tunnel.Auto {
+			mu.Lock()
+			transport = c.Transport
+			mu.Unlock()
+			deps.Log.Debug("tunnel open", "pod", c.Pod, "transport", c.Transport)
+		}
+		return c, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	fo := follow.Options{
+		Namespace:     t.Namespace,
+		Ref:           t.Ref,
+		Client:        deps.Client,
+		Dial:          dial,
+		Balance:       spec.Balance,
+		ReconnectWait: spec.ReconnectWait,
+		MaxRetries:    spec.MaxRetries,
+		NoReconnect:   spec.NoReconnect,
+		Initial:       t.Pod,
+		Log:           deps.Log,
+	}
+	if _, isPod := t.Object.(*corev1.Pod); isPod {
+		fo.PodName = t.Pod.Name
+	} else if fo.Selector, err = target.Selector(t.Object); err != nil {
+		cancel()
+		return nil, &StageError{Stage: StageResolve, Err: err}
+	}
+	f, err := follow.New(ctx, fo)
+	if err != nil {
+		cancel()
+		return nil, &StageError{Stage: StageDial, Target: t, Err: err}
+	}
+	if err := f.Prime(ctx); err != nil {
+		cancel()
+		return nil, &StageError{Stage: StageDial, Target: t, Err: err}
+	}
+	ls, err := forward.Listen(spec.Addresses, t.Ports, deps.Out, deps.ErrOut)
+	if err != nil {
+		cancel()
+		return nil, &StageError{Stage: StageListen, Target: t, Err: err}
+	}
+	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, cancel: cancel}
+	go follow.WatchAPIServer(ctx, deps.Client.CoreV1().RESTClient(), f, 5*time.Second, 15*time.Second)
+	return s, nil
+}
+
+// Serve forwards connections until ctx ends (nil), the follower gives up,
+// or the idle timeout runs out.
+func (s *Session) Serve(ctx context.Context) error {
+	defer s.cancel()
+	return forward.Serve(ctx, s.Listeners, s.follower, s.deps.Out, s.deps.Log,
+		forward.Options{IdleTimeout: s.spec.IdleTimeout, Counters: &s.counters})
+}
+
+// Close stops the session's follower; Serve's listeners close when its
+// context ends.
+func (s *Session) Close() { s.cancel() }
+
+// Status is a snapshot for kpf status and the live table.
+type Status struct {
+	Pod        string
+	State      string // ready, waiting for pod, reconnecting, failed
+	Open       int64
+	Total      int64
+	Failed     int64
+	BytesIn    int64
+	BytesOut   int64
+	Reconnects int64
+	LastError  string
+}
+
+// Status reports the session's state and counters.
+func (s *Session) Status() Status {
+	pod, state := s.follower.State()
+	st := Status{
+		Pod:        pod,
+		State:      state,
+		Open:       s.counters.Open.Load(),
+		Total:      s.counters.Total.Load(),
+		Failed:     s.counters.Failed.Load(),
+		BytesIn:    s.counters.BytesIn.Load(),
+		BytesOut:   s.counters.BytesOut.Load(),
+		Reconnects: s.follower.Reconnects(),
+	}
+	if e := s.counters.LastError(); e != "" {
+		st.LastError = e
+	}
+	return st
+}
+
+// Addrs are the local addresses the session listens on.
+func (s *Session) Addrs() []string {
+	var out []string
+	for _, l := range s.Listeners {
+		out = append(out, l.Addr().String())
+	}
+	return out
+}
+
+// ErrUnhealthy is wrapped by failed health checks.
+var ErrUnhealthy = errors.New("unhealthy")
+
+// CheckTCP opens a connection to the first port through the tunnel: it
+// fails if the pod refuses it within timeout.
+func (s *Session) CheckTCP(timeout time.Duration) error {
+	local, remote := net.Pipe()
+	defer local.Close()
+	res := make(chan error, 1)
+	port := s.Listeners[0].Port.Remote
+	go func() {
+		_, err := s.follower.Forward(remote, port)
+		res <- err
+	}()
+	// The kubelet reports a refused port at once; a connection that is
+	// still open after a moment was accepted.
+	select {
+	case err := <-res:
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrUnhealthy, err)
+		}
+		return nil // accepted and closed by the pod
+	case <-time.After(min(timeout, 500*time.Millisecond)):
+		return nil
+	}
+}
+
+// CheckHTTP GETs path through the tunnel and wants a status in [lo, hi].
+func (s *Session) CheckHTTP(path string, lo, hi int, timeout time.Duration) error {
+	local, remote := net.Pipe()
+	defer local.Close()
+	port := s.Listeners[0].Port.Remote
+	go s.follower.Forward(remote, port)
+	local.SetDeadline(time.Now().Add(timeout))
+	if _, err := fmt.Fprintf(local, "GET %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: kpf-health\r\nConnection: close\r\n\r\n", path); err != nil {
+		return fmt.Errorf("%w: %v", ErrUnhealthy, err)
+	}
+	var proto string
+	var code int
+	if _, err := fmt.Fscanf(local, "%s %d", &proto, &code); err != nil {
+		return fmt.Errorf("%w: GET %s: no HTTP answer: %v", ErrUnhealthy, path, err)
+	}
+	if code < lo || code > hi {
+		return fmt.Errorf("%w: GET %s: status %d, want %d-%d", ErrUnhealthy, path, code, lo, hi)
+	}
+	return nil
+}
