@@ -100,7 +100,8 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.PersistentFlags().IntVarP(&g.verbosity, "v", "v", 0, "log detail: 0 errors and state changes, 1 and up every connection (never prints tokens, keys or passwords)")
 	root.PersistentFlags().StringVar(&g.debugAddr, "debug-addr", "", "serve Go's /debug/pprof on this loopback address (for profiles and leak checks)")
 	root.PersistentFlags().MarkHidden("debug-addr")
-	root.AddCommand(newForwardCommand(g), newUpCommand(g), newRunCommand(g), newConfigCommand(g))
+	root.AddCommand(newForwardCommand(g), newUpCommand(g), newRunCommand(g), newConfigCommand(g),
+		newStatusCommand(g), newDownCommand(g), newRestartCommand(g), newLogsCommand(g), newDaemonCommand(g))
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	return root
 }

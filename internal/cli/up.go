@@ -32,6 +32,9 @@ type UpOptions struct {
 	Transport     string
 	ReconnectWait time.Duration
 	Table         string // auto, always, never
+	Detach        bool
+	Wait          bool
+	WaitTimeout   time.Duration
 
 	names []string
 	file  *config.File
@@ -59,6 +62,9 @@ port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 	cmd.Flags().StringVar(&o.Transport, "transport", o.Transport, "auto, websocket or spdy, as for kpf forward")
 	cmd.Flags().DurationVar(&o.ReconnectWait, "reconnect-wait", o.ReconnectWait, "how long a new connection waits for a ready pod")
 	cmd.Flags().StringVar(&o.Table, "table", o.Table, "live table: auto (when stdout is a terminal), always or never")
+	cmd.Flags().BoolVarP(&o.Detach, "detach", "d", false, "run the forwards in the per-user background daemon (started if needed; a running one is updated: only changed forwards restart)")
+	cmd.Flags().BoolVar(&o.Wait, "wait", false, "with -d: return once every forward is ready and healthy (exit 0), or fail with a summary after --timeout")
+	cmd.Flags().DurationVar(&o.WaitTimeout, "timeout", 2*time.Minute, "with --wait: how long to wait")
 	return cmd
 }
 
@@ -83,11 +89,17 @@ func (o *UpOptions) Complete(args []string) error {
 	default:
 		return usagef("--table %q: want auto, always or never", o.Table)
 	}
+	if o.Wait && !o.Detach {
+		return usagef("--wait goes with -d (kpf up -d --wait); to run a command once forwards are healthy, use kpf run")
+	}
 	return nil
 }
 
-// Run runs the forwards until interrupted.
+// Run runs the forwards until interrupted, or hands them to the daemon.
 func (o *UpOptions) Run(ctx context.Context) error {
+	if o.Detach {
+		return o.upDetached(ctx)
+	}
 	log := o.g.logger()
 	fws, _ := o.file.Select(o.names)
 	table := o.Table == "always" || (o.Table == "auto" && isTerminal(o.g.out))

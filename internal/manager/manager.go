@@ -8,6 +8,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -105,17 +107,7 @@ func (m *Manager) Start(ctx context.Context, fws []config.Forward) {
 }
 
 // Stop stops every forward and waits for them.
-func (m *Manager) Stop() {
-	m.mu.Lock()
-	fws := append([]*Forward(nil), m.forwards...)
-	m.mu.Unlock()
-	for _, f := range fws {
-		f.cancel()
-	}
-	for _, f := range fws {
-		<-f.done
-	}
-}
+func (m *Manager) Stop() { m.StopNames(nil) }
 
 func (m *Manager) event(f *Forward, format string, a ...any) {
 	e := Event{Time: time.Now(), Forward: f.Spec.Name, Message: fmt.Sprintf(format, a...)}
@@ -352,4 +344,135 @@ func describeBad(r Row) string {
 	default:
 		return fmt.Sprintf("%s: %s%s", r.Name, r.Health, prefix(": ", r.HealthNote))
 	}
+}
+
+// Apply makes the running set match fws: new forwards start, forwards whose
+// spec changed restart, unchanged ones keep running (and their
+// connections). With prune, running forwards not in fws stop.
+func (m *Manager) Apply(ctx context.Context, fws []config.Forward, prune bool) (started, restarted, unchanged, stopped []string) {
+	want := map[string]config.Forward{}
+	for _, fw := range fws {
+		want[fw.Name] = fw
+	}
+	m.mu.Lock()
+	running := map[string]*Forward{}
+	for _, f := range m.forwards {
+		running[f.Spec.Name] = f
+	}
+	m.mu.Unlock()
+	var toStop []*Forward
+	var toStart []config.Forward
+	for _, fw := range fws {
+		f, ok := running[fw.Name]
+		switch {
+		case !ok:
+			started = append(started, fw.Name)
+			toStart = append(toStart, fw)
+		case !sameSpec(f.Spec, fw) || f.stateIs(Failed) || f.stateIs(Stopped):
+			restarted = append(restarted, fw.Name)
+			toStop = append(toStop, f)
+			toStart = append(toStart, fw)
+		default:
+			unchanged = append(unchanged, fw.Name)
+		}
+	}
+	if prune {
+		for name, f := range running {
+			if _, ok := want[name]; !ok {
+				stopped = append(stopped, name)
+				toStop = append(toStop, f)
+			}
+		}
+	}
+	m.stop(toStop)
+	m.Start(ctx, toStart)
+	return
+}
+
+// StopNames stops the named forwards (all when names is empty) and forgets
+// them; it returns the names it stopped.
+func (m *Manager) StopNames(names []string) []string {
+	fs := m.pick(names)
+	m.stop(fs)
+	var out []string
+	for _, f := range fs {
+		out = append(out, f.Spec.Name)
+	}
+	return out
+}
+
+// RestartNames restarts the named forwards (all when names is empty).
+func (m *Manager) RestartNames(ctx context.Context, names []string) []string {
+	fs := m.pick(names)
+	var specs []config.Forward
+	for _, f := range fs {
+		specs = append(specs, f.Spec)
+	}
+	m.stop(fs)
+	m.Start(ctx, specs)
+	var out []string
+	for _, s := range specs {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// Len is how many forwards the manager runs.
+func (m *Manager) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.forwards)
+}
+
+// Names lists the forwards the manager runs.
+func (m *Manager) Names() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var n []string
+	for _, f := range m.forwards {
+		n = append(n, f.Spec.Name)
+	}
+	return n
+}
+
+func (m *Manager) pick(names []string) []*Forward {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(names) == 0 {
+		return append([]*Forward(nil), m.forwards...)
+	}
+	var out []*Forward
+	for _, f := range m.forwards {
+		for _, n := range names {
+			if f.Spec.Name == n {
+				out = append(out, f)
+			}
+		}
+	}
+	return out
+}
+
+// stop cancels forwards, waits for them and removes them.
+func (m *Manager) stop(fs []*Forward) {
+	for _, f := range fs {
+		f.cancel()
+	}
+	for _, f := range fs {
+		<-f.done
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.forwards = slices.DeleteFunc(m.forwards, func(f *Forward) bool { return slices.Contains(fs, f) })
+}
+
+func (f *Forward) stateIs(s string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.state == s
+}
+
+// sameSpec compares what a forward does, not where it was written.
+func sameSpec(a, b config.Forward) bool {
+	a.Line, b.Line = 0, 0
+	return reflect.DeepEqual(a, b)
 }
