@@ -4,7 +4,11 @@ module github.com/kpf-dev/kpf/e2e
 
 go 1.26.0
 
-require github.com/kpf-dev/kpf/sandbox v0.0.0
+require (
+	github.com/creack/pty v1.1.24
+	github.com/kpf-dev/kpf/sandbox v0.0.0
+	k8s.io/apimachinery v0.37.2
+)
 
 require (
 	github.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc // indirect
@@ -47,7 +51,6 @@ require (
 	gopkg.in/evanphx/json-patch.v4 v4.13.0 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
 	k8s.io/api v0.37.2 // indirect
-	k8s.io/apimachinery v0.37.2 // indirect
 	k8s.io/client-go v0.37.2 // indirect
 	k8s.io/cri-streaming v0.37.2 // indirect
 	k8s.io/klog/v2 v2.140.0 // indirect

@@ -71,7 +71,9 @@ func parseYAML(path string, b []byte) (*File, error) {
 		p.add(forwards, "forwards", "must be a list")
 	} else {
 		for i, n := range forwards.Content {
-			if fw, ok := p.forward(n, i, def); ok {
+			// Forwards with problems still take part in the cross checks
+			// (names, ports), so that one run reports everything.
+			if fw, _ := p.forward(n, i, def); fw.Name != "" {
 				f.Forwards = append(f.Forwards, fw)
 			}
 		}
