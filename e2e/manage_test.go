@@ -364,3 +364,44 @@ forwards:
 		t.Error("kpf up did not stop on Ctrl-C")
 	}
 }
+
+// TestTwoContextsInOneFile: forwards of one file through two kubeconfig
+// contexts (two users of the sandbox) and two namespaces.
+func TestTwoContextsInOneFile(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, httpApp("adm", 1))
+	sb.ReadyPods(t, ns, "app=adm", 1)
+	name := fmt.Sprintf("ctx-%d", time.Now().UnixNano()%100000)
+	sb.Apply(t, cluster.DevNamespace, httpApp(name, 1))
+	t.Cleanup(func() { sb.KubectlRun(t, "delete", "-n", cluster.DevNamespace, "deployment/"+name, "svc/"+name, "--wait=false") })
+	sb.ReadyPods(t, cluster.DevNamespace, "app="+name, 1)
+	k := newKpfCmd(t, sb)
+	// One kubeconfig with both users' contexts.
+	merged := filepath.Join(k.dir, "kubeconfig")
+	c := exec.Command(sb.Kubectl, "config", "view", "--flatten")
+	c.Env = append(os.Environ(), "KUBECONFIG="+sb.Kubeconfig(cluster.UserAdmin)+":"+sb.Kubeconfig(cluster.UserDev))
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if err := os.WriteFile(merged, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k.write(t, "kpf.yaml", fmt.Sprintf(`
+forwards:
+  - {name: as-admin, namespace: %s, target: svc/adm, ports: [":80"]}
+  - {name: as-dev, context: kpf-sandbox-dev, target: deployment/%s, ports: [":8080"]}
+`, ns, name))
+	cmd := exec.Command(kpfBin, "--kubeconfig", merged, "up", "--wait", "--timeout", "60s")
+	cmd.Env = append(os.Environ(), "KPF_HOME="+k.home)
+	cmd.Dir = k.dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kpf up --wait: %v\n%s", err, out)
+	}
+	for _, f := range k.status(t).Forwards {
+		if _, err := fetch(f.Local[0], 1024); err != nil {
+			t.Errorf("%s: %v", f.Name, err)
+		}
+	}
+}

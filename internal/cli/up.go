@@ -63,7 +63,7 @@ port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 	cmd.Flags().DurationVar(&o.ReconnectWait, "reconnect-wait", o.ReconnectWait, "how long a new connection waits for a ready pod")
 	cmd.Flags().StringVar(&o.Table, "table", o.Table, "live table: auto (when stdout is a terminal), always or never")
 	cmd.Flags().BoolVarP(&o.Detach, "detach", "d", false, "run the forwards in the per-user background daemon (started if needed; a running one is updated: only changed forwards restart)")
-	cmd.Flags().BoolVar(&o.Wait, "wait", false, "with -d: return once every forward is ready and healthy (exit 0), or fail with a summary after --timeout")
+	cmd.Flags().BoolVar(&o.Wait, "wait", false, "run in the daemon (implies -d) and return once every forward is ready and healthy (exit 0), or fail with a summary after --timeout")
 	cmd.Flags().DurationVar(&o.WaitTimeout, "timeout", 2*time.Minute, "with --wait: how long to wait")
 	return cmd
 }
@@ -89,8 +89,10 @@ func (o *UpOptions) Complete(args []string) error {
 	default:
 		return usagef("--table %q: want auto, always or never", o.Table)
 	}
-	if o.Wait && !o.Detach {
-		return usagef("--wait goes with -d (kpf up -d --wait); to run a command once forwards are healthy, use kpf run")
+	if o.Wait {
+		// Returning once healthy only makes sense if the forwards go on
+		// running: in the daemon.
+		o.Detach = true
 	}
 	return nil
 }
