@@ -15,6 +15,7 @@ help:
 	@echo "make test      unit tests, then end-to-end tests on the sandbox (what CI runs)"
 	@echo "make sandbox   build and start the local sandbox cluster"
 	@echo "make sandbox-down  stop it"
+	@echo "make bench     kpf against kubectl on the sandbox (docs/benchmarks.md)"
 	@echo "make unit | e2e | verify | build"
 
 build:
@@ -50,7 +51,12 @@ verify-fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 vet:
-	@for m in $(MODULES) e2e; do (cd $$m && $(GO) vet ./...) || exit 1; done
+	@for m in $(MODULES) e2e bench; do (cd $$m && $(GO) vet ./...) || exit 1; done
+
+# The benchmark: kpf against kubectl on the sandbox (docs/benchmarks.md).
+# BENCH_ARGS=-rounds=1 -size=268435456 for a quick look.
+bench: build
+	cd bench && $(GO) run . -kpf $(BIN)/kpf -json $(CURDIR)/bench-results.jsonl $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BIN)

@@ -374,7 +374,9 @@ func TestTwoContextsInOneFile(t *testing.T) {
 	sb.ReadyPods(t, ns, "app=adm", 1)
 	name := fmt.Sprintf("ctx-%d", time.Now().UnixNano()%100000)
 	sb.Apply(t, cluster.DevNamespace, httpApp(name, 1))
-	t.Cleanup(func() { sb.KubectlRun(t, "delete", "-n", cluster.DevNamespace, "deployment/"+name, "svc/"+name, "--wait=false") })
+	t.Cleanup(func() {
+		sb.KubectlRun(t, "delete", "-n", cluster.DevNamespace, "deployment/"+name, "svc/"+name, "--wait=false")
+	})
 	sb.ReadyPods(t, cluster.DevNamespace, "app="+name, 1)
 	k := newKpfCmd(t, sb)
 	// One kubeconfig with both users' contexts.

@@ -8,6 +8,14 @@ import (
 	"time"
 )
 
+// DefaultMaxTunnels bounds a pool's tunnels. Each tunnel that has carried a
+// stream holds a zlib compressor for SPDY headers (about 400 KiB, allocated
+// by spdystream at BestCompression), so a tunnel per connection without a
+// bound costs hundreds of MiB at 1,000 connections. Past the bound,
+// connections share the least busy tunnels, and a reader that stalls holds
+// back only the connections on its own tunnel.
+const DefaultMaxTunnels = 64
+
 // Pool gives each local connection a tunnel of its own.
 //
 // The kubelet's SPDY library (moby/spdystream) has no flow control: every
@@ -47,7 +55,7 @@ type Pool struct {
 // a sentinel: when that tunnel closes and a new one cannot be dialled, the
 // pod is gone and Done is closed.
 func NewPool(ctx context.Context, dial func(ctx context.Context) (*Conn, error)) (*Pool, error) {
-	p := &Pool{dial: dial, ctx: ctx, Spare: 1, MaxIdle: 8, MaxTunnels: 512, busy: map[*Conn]int{}, lost: make(chan bool)}
+	p := &Pool{dial: dial, ctx: ctx, Spare: 1, MaxIdle: 8, MaxTunnels: DefaultMaxTunnels, busy: map[*Conn]int{}, lost: make(chan bool)}
 	sentinel, err := dial(ctx)
 	if err != nil {
 		return nil, err

@@ -90,6 +90,11 @@ func Get(t testing.TB) *Sandbox {
 	return current
 }
 
+// Up makes sure a sandbox runs, as Main does, for programs that are not
+// tests (the benchmark). Call release when done: it stops the sandbox if
+// this call started it and nobody else uses it.
+func Up() (*Sandbox, func(), error) { return start() }
+
 func start() (*Sandbox, func(), error) {
 	bin, err := sandboxBinary()
 	if err != nil {

@@ -1,0 +1,510 @@
+// Command bench measures kpf against kubectl port-forward on the sandbox:
+// the same checked workloads through each path, paths alternated, rounds
+// repeated, and the client process's own CPU and memory read from /proc.
+// It prints a Markdown table and writes JSON lines. See docs/benchmarks.md.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kpf-dev/kpf/sandbox/cluster"
+	"github.com/kpf-dev/kpf/sandbox/pattern"
+	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
+	"github.com/kpf-dev/kpf/sandbox/workload"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+type options struct {
+	rounds     int
+	size       int64
+	conns      int
+	idle       int
+	paths      string
+	jsonOut    string
+	kpf        string
+	workloads  string
+	stallBytes int64
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; paths alternate within each")
+	flag.Int64Var(&o.size, "size", 1<<30, "bytes for the single-connection download and upload")
+	flag.IntVar(&o.conns, "latency-conns", 1000, "sequential connections for the latency test")
+	flag.IntVar(&o.idle, "idle-conns", 1000, "idle connections for the memory test")
+	flag.Int64Var(&o.stallBytes, "stall-bytes", 256<<20, "download next to a stalled connection")
+	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl", "paths to measure")
+	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,c100,c1000,stall,idle", "workloads to run")
+	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
+	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// result is one measurement.
+type result struct {
+	Round    int     `json:"round"`
+	Path     string  `json:"path"`
+	Workload string  `json:"workload"`
+	Metric   string  `json:"metric"`
+	Value    float64 `json:"value"`
+	Unit     string  `json:"unit"`
+	Note     string  `json:"note,omitempty"`
+}
+
+type path struct {
+	name  string
+	start func(ctx context.Context) (*forwarder, error)
+}
+
+// forwarder is a running kpf or kubectl, or nothing (direct).
+type forwarder struct {
+	addr string
+	cmd  *exec.Cmd
+}
+
+func (f *forwarder) pid() int {
+	if f.cmd == nil {
+		return 0
+	}
+	return f.cmd.Process.Pid
+}
+
+func (f *forwarder) stop() {
+	if f.cmd != nil {
+		f.cmd.Process.Kill()
+		f.cmd.Wait()
+	}
+}
+
+var forwardingRE = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) ->`)
+
+func startForwarder(ctx context.Context, argv []string, env []string) (*forwarder, error) {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if m := forwardingRE.FindStringSubmatch(sc.Text()); m != nil {
+				select {
+				case found <- "127.0.0.1:" + m[1]:
+				default:
+				}
+			}
+		}
+	}()
+	select {
+	case addr := <-found:
+		return &forwarder{addr: addr, cmd: cmd}, nil
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("%s did not start forwarding", argv[0])
+	}
+}
+
+func run(o options) error {
+	sb, release, err := sandboxtest.Up()
+	if err != nil {
+		return err
+	}
+	defer release()
+	kpf := o.kpf
+	if kpf == "" {
+		kpf = filepath.Join(os.TempDir(), "kpf-bench")
+		build := exec.Command("go", "build", "-o", kpf, "./cmd/kpf")
+		build.Dir = ".."
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("build kpf: %v\n%s", err, out)
+		}
+	}
+	ctx := context.Background()
+	ns := "kpf-bench"
+	exec.Command(sb.Kubectl, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "create", "namespace", ns).Run()
+	apply := exec.Command(sb.Kubectl, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "apply", "-n", ns, "-f", "-")
+	apply.Stdin = strings.NewReader(`
+apiVersion: v1
+kind: Pod
+metadata: {name: bulk, labels: {app: bulk}}
+spec:
+  containers:
+  - {name: bulk, image: kpf.test/bulk, ports: [{containerPort: 9000}], readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}}
+`)
+	if out, err := apply.CombinedOutput(); err != nil {
+		return fmt.Errorf("%v\n%s", err, out)
+	}
+	var direct string
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		p, err := sb.Admin.CoreV1().Pods(ns).Get(ctx, "bulk", metav1.GetOptions{})
+		if err == nil && sandboxtest.PodReady(p) {
+			c, err := cluster.Open(sb.Dir, sb.Bin, nil)
+			if err != nil {
+				return err
+			}
+			ip := net.ParseIP(p.Status.PodIP).To4()
+			direct = fmt.Sprintf("127.%d.%d.%d:9000", c.State().AddrPrefix, ip[2], ip[3])
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the bench pod is not ready")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	admin := sb.Kubeconfig(cluster.UserAdmin)
+	kubectlPF := func(bin, ws string) func(context.Context) (*forwarder, error) {
+		return func(ctx context.Context) (*forwarder, error) {
+			return startForwarder(ctx, []string{bin, "--kubeconfig", admin, "port-forward", "-n", ns, "pod/bulk", ":9000"}, []string{"KUBECTL_PORT_FORWARD_WEBSOCKETS=" + ws})
+		}
+	}
+	kpfPF := func(transport string) func(context.Context) (*forwarder, error) {
+		return func(ctx context.Context) (*forwarder, error) {
+			return startForwarder(ctx, []string{kpf, "--kubeconfig", admin, "forward", "--transport", transport, "-n", ns, "pod/bulk", ":9000"}, nil)
+		}
+	}
+	all := map[string]path{
+		"direct":         {"direct", func(context.Context) (*forwarder, error) { return &forwarder{addr: direct}, nil }},
+		"kpf-ws":         {"kpf-ws", kpfPF("websocket")},
+		"kpf-spdy":       {"kpf-spdy", kpfPF("spdy")},
+		"kubectl-ws":     {"kubectl-ws", kubectlPF(sb.Kubectl, "true")},
+		"kubectl-spdy":   {"kubectl-spdy", kubectlPF(sb.Kubectl, "false")},
+		"system-kubectl": {"system-kubectl", kubectlPF("/usr/bin/kubectl", "true")},
+	}
+	var paths []path
+	for _, n := range strings.Split(o.paths, ",") {
+		p, ok := all[n]
+		if !ok {
+			return fmt.Errorf("unknown path %q", n)
+		}
+		if n == "system-kubectl" {
+			if _, err := os.Stat("/usr/bin/kubectl"); err != nil {
+				continue
+			}
+		}
+		paths = append(paths, p)
+	}
+	jf, err := os.Create(o.jsonOut)
+	if err != nil {
+		return err
+	}
+	defer jf.Close()
+	enc := json.NewEncoder(jf)
+	var results []result
+	record := func(r result) {
+		results = append(results, r)
+		enc.Encode(r)
+		fmt.Fprintf(os.Stderr, "  round %d %-14s %-9s %-16s %10.3f %s %s\n", r.Round, r.Path, r.Workload, r.Metric, r.Value, r.Unit, r.Note)
+	}
+	workloads := map[string]bool{}
+	for _, w := range strings.Split(o.workloads, ",") {
+		workloads[w] = true
+	}
+	for round := 1; round <= o.rounds; round++ {
+		order := append([]path(nil), paths...)
+		if round%2 == 0 { // alternate so no path always runs first
+			for i, j := 0, len(order)-1; i < j; i, j = i+1, j-1 {
+				order[i], order[j] = order[j], order[i]
+			}
+		}
+		for _, p := range order {
+			if err := measure(ctx, o, p, round, workloads, record); err != nil {
+				record(result{Round: round, Path: p.name, Workload: "error", Metric: "error", Note: err.Error()})
+			}
+		}
+	}
+	fmt.Print(markdown(results, paths, o))
+	return nil
+}
+
+// cpuSeconds is a process's user+system CPU time.
+func cpuSeconds(pid int) float64 {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+func rssMiB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func measure(ctx context.Context, o options, p path, round int, w map[string]bool, record func(result)) error {
+	f, err := p.start(ctx)
+	if err != nil {
+		return err
+	}
+	defer f.stop()
+	mib := func(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
+	rec := func(workload, metric string, v float64, unit string) {
+		record(result{Round: round, Path: p.name, Workload: workload, Metric: metric, Value: v, Unit: unit})
+	}
+	// Warm up: a first connection (tunnel dialled, caches hot).
+	if err := workload.BulkDownload(f.addr, 1<<20, 60*time.Second); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	// Idle connections first, while the process is fresh, so the
+	// per-connection figure is not muddled by what later workloads leave.
+	if w["idle"] && f.pid() != 0 {
+		base := rssMiB(f.pid())
+		var conns []net.Conn
+		for i := 0; i < o.idle; i++ {
+			c, err := net.Dial("tcp", f.addr)
+			if err != nil {
+				break
+			}
+			conns = append(conns, c)
+		}
+		// An idle connection costs once its tunnel or streams exist: wait
+		// until the RSS settles.
+		prev := -1.0
+		for i := 0; i < 50; i++ {
+			time.Sleep(200 * time.Millisecond)
+			r := rssMiB(f.pid())
+			if r == prev {
+				break
+			}
+			prev = r
+		}
+		rec("idle", "rss", rssMiB(f.pid()), "MiB")
+		rec("idle", "per-conn", (rssMiB(f.pid())-base)*1024/float64(len(conns)), "KiB/conn")
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	if w["download"] {
+		cpu0, t0 := cpuSeconds(f.pid()), time.Now()
+		if err := workload.BulkDownload(f.addr, uint64(o.size), 10*time.Minute); err != nil {
+			return fmt.Errorf("download: %w", err)
+		}
+		d := time.Since(t0)
+		rec("download", "throughput", mib(o.size, d), "MiB/s")
+		if f.pid() != 0 {
+			rec("download", "cpu", (cpuSeconds(f.pid())-cpu0)/(float64(o.size)/(1<<30)), "CPU s/GiB")
+		}
+	}
+	if w["upload"] {
+		cpu0, t0 := cpuSeconds(f.pid()), time.Now()
+		if err := workload.BulkUpload(f.addr, uint64(o.size), 10*time.Minute); err != nil {
+			return fmt.Errorf("upload: %w", err)
+		}
+		d := time.Since(t0)
+		rec("upload", "throughput", mib(o.size, d), "MiB/s")
+		if f.pid() != 0 {
+			rec("upload", "cpu", (cpuSeconds(f.pid())-cpu0)/(float64(o.size)/(1<<30)), "CPU s/GiB")
+		}
+	}
+	if w["latency"] {
+		lat, err := latencies(f.addr, o.conns)
+		if err != nil {
+			return fmt.Errorf("latency: %w", err)
+		}
+		rec("latency", "p50", ms(lat, 0.50), "ms")
+		rec("latency", "p90", ms(lat, 0.90), "ms")
+		rec("latency", "p99", ms(lat, 0.99), "ms")
+	}
+	for _, n := range []int{100, 1000} {
+		if !w[fmt.Sprintf("c%d", n)] {
+			continue
+		}
+		per := int64(256 << 20 / n)
+		if per < 64<<10 {
+			per = 64 << 10
+		}
+		t0 := time.Now()
+		errs := concurrent(f.addr, n, per)
+		d := time.Since(t0)
+		rec(fmt.Sprintf("c%d", n), "throughput", mib(per*int64(n-errs), d), "MiB/s")
+		rec(fmt.Sprintf("c%d", n), "errors", float64(errs), "conns")
+	}
+	if w["stall"] {
+		alone0 := time.Now()
+		if err := workload.BulkDownload(f.addr, uint64(o.stallBytes), 2*time.Minute); err != nil {
+			return fmt.Errorf("stall baseline: %w", err)
+		}
+		alone := time.Since(alone0)
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c, "SEND %d\n", int64(1)<<40)
+		io.CopyN(io.Discard, c, 1<<20)
+		t0 := time.Now()
+		err = workload.BulkDownload(f.addr, uint64(o.stallBytes), 30*time.Second)
+		d := time.Since(t0)
+		if err != nil {
+			record(result{Round: round, Path: p.name, Workload: "stall", Metric: "neighbour", Value: 0, Unit: "x alone", Note: "did not finish in 30 s: " + err.Error()})
+		} else {
+			rec("stall", "neighbour", alone.Seconds()/d.Seconds(), "x alone")
+		}
+		if f.pid() != 0 {
+			rec("stall", "rss", rssMiB(f.pid()), "MiB")
+		}
+		c.Close()
+	}
+	return nil
+}
+
+func latencies(addr string, n int) ([]time.Duration, error) {
+	payload := make([]byte, 64)
+	pattern.Fill(payload, 0)
+	buf := make([]byte, 64)
+	out := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		t0 := time.Now()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		c.Write(append([]byte("ECHO\n"), payload...))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("connection %d: %w", i, err)
+		}
+		out = append(out, time.Since(t0))
+		c.Close()
+	}
+	return out, nil
+}
+
+func ms(d []time.Duration, q float64) float64 {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return float64(s[int(q*float64(len(s)-1))].Microseconds()) / 1000
+}
+
+func concurrent(addr string, n int, per int64) int {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	errs := 0
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := workload.BulkDownload(addr, uint64(per), 5*time.Minute); err != nil {
+				mu.Lock()
+				errs++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+func markdown(rs []result, paths []path, o options) string {
+	type key struct{ path, workload, metric string }
+	vals := map[key][]float64{}
+	units := map[key]string{}
+	var rows []key
+	seen := map[key]bool{}
+	for _, r := range rs {
+		k := key{r.Path, r.Workload, r.Metric}
+		vals[k] = append(vals[k], r.Value)
+		units[k] = r.Unit
+		rk := key{"", r.Workload, r.Metric}
+		if !seen[rk] && r.Workload != "error" {
+			seen[rk] = true
+			rows = append(rows, rk)
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nkpf benchmark, %s, %d cores, %s; %d rounds; median (min–max)\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.GOOS+"/"+runtime.GOARCH, o.rounds)
+	b.WriteString("| workload | metric |")
+	for _, p := range paths {
+		b.WriteString(" " + p.name + " |")
+	}
+	b.WriteString(" kpf-ws / kubectl-ws | kpf-spdy / kubectl-spdy |\n|---|---|")
+	for range paths {
+		b.WriteString("---|")
+	}
+	b.WriteString("---|---|\n")
+	med := func(v []float64) float64 {
+		s := append([]float64(nil), v...)
+		sort.Float64s(s)
+		if len(s) == 0 {
+			return 0
+		}
+		return s[len(s)/2]
+	}
+	for _, r := range rows {
+		unit := ""
+		for _, p := range paths {
+			if u := units[key{p.name, r.workload, r.metric}]; u != "" {
+				unit = u
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %s (%s) |", r.workload, r.metric, unit)
+		for _, p := range paths {
+			v := vals[key{p.name, r.workload, r.metric}]
+			if len(v) == 0 {
+				b.WriteString(" – |")
+				continue
+			}
+			s := append([]float64(nil), v...)
+			sort.Float64s(s)
+			fmt.Fprintf(&b, " %.3g (%.3g–%.3g) |", med(v), s[0], s[len(s)-1])
+		}
+		for _, pair := range [][2]string{{"kpf-ws", "kubectl-ws"}, {"kpf-spdy", "kubectl-spdy"}} {
+			a, c := vals[key{pair[0], r.workload, r.metric}], vals[key{pair[1], r.workload, r.metric}]
+			if len(a) == 0 || len(c) == 0 || med(c) == 0 {
+				b.WriteString(" – |")
+				continue
+			}
+			fmt.Fprintf(&b, " %.2f× |", med(a)/med(c))
+		}
+		b.WriteString("\n")
+	}
+	for _, r := range rs {
+		if r.Workload == "error" {
+			fmt.Fprintf(&b, "\nround %d %s: %s\n", r.Round, r.Path, r.Note)
+		}
+	}
+	return b.String()
+}
