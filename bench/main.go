@@ -468,8 +468,11 @@ func markdown(rs []result, paths []path, o options) string {
 	med := func(v []float64) float64 {
 		s := append([]float64(nil), v...)
 		sort.Float64s(s)
-		if len(s) == 0 {
+		switch {
+		case len(s) == 0:
 			return 0
+		case len(s)%2 == 0:
+			return (s[len(s)/2-1] + s[len(s)/2]) / 2
 		}
 		return s[len(s)/2]
 	}

@@ -60,5 +60,20 @@ echo "== a 64 MiB download through the API forward"
 curl -sS -o /dev/null -w '%{size_download} bytes at %{speed_download} bytes/s\n' "http://127.0.0.1:$api/bytes/67108864"
 echo "== a round trip to the database-like service"
 printf 'ECHO\nhello from the demo\n' | nc -N 127.0.0.1 "$db"
+if [ "${FWD[0]##*/}" = kpf ]; then
+  echo "== a rollout of the API while requests flow (kubectl port-forward would die here)"
+  $KUBECTL rollout restart -n "$NS" deployment/api >/dev/null
+  ok=0 failed=0 pods=""
+  end=$((SECONDS + 8))
+  while [ $SECONDS -lt $end ]; do
+    if line=$(curl -fsS --max-time 10 "http://127.0.0.1:$api/" 2>/dev/null); then
+      ok=$((ok + 1)); pods="$pods $(echo "$line" | awk '{print $2}')"
+    else
+      failed=$((failed + 1))
+    fi
+  done
+  $KUBECTL rollout status -n "$NS" deployment/api --timeout=60s >/dev/null
+  echo "$ok requests answered, $failed failed; pods that answered:$(echo "$pods" | tr ' ' '\n' | sort -u | tr '\n' ' ')"
+fi
 echo
 echo "demo done. The sandbox keeps running: kpf-sandbox down (or make sandbox-down) stops it."
