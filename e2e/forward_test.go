@@ -718,3 +718,20 @@ spec:
 		t.Error("the token was printed")
 	}
 }
+
+// TestClientGoDataPath: the escape hatch to client-go's SPDY (kubectl's
+// data path) still forwards byte-exact over both transports.
+func TestClientGoDataPath(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := zooNamespace(t, sb)
+	for _, transport := range []string{"websocket", "spdy"} {
+		p, ls := kpf(sb).start(t, 2, "-n", ns, "--data-path", "client-go", "--transport", transport, "pod/bulk", ":9000")
+		if err := workload.BulkDownload(ls[0].Addr, 8<<20, 30*time.Second); err != nil {
+			t.Fatalf("%s: %v", transport, err)
+		}
+		if err := workload.BulkUpload(ls[0].Addr, 8<<20, 30*time.Second); err != nil {
+			t.Fatalf("%s: %v", transport, err)
+		}
+		p.Stop()
+	}
+}

@@ -45,6 +45,7 @@ type ForwardOptions struct {
 	Balance           bool
 	Timeout           time.Duration
 	IdleTimeout       time.Duration
+	DataPath          string
 
 	// Set by Complete.
 	namespace string
@@ -52,13 +53,14 @@ type ForwardOptions struct {
 	ports     []portspec.Port
 	addrs     []portspec.Address
 	transport tunnel.Transport
+	dataPath  tunnel.DataPath
 	config    *rest.Config
 	client    kubernetes.Interface
 	log       *slog.Logger
 }
 
 func newForwardOptions(g *globals) *ForwardOptions {
-	return &ForwardOptions{g: g, Addresses: []string{"localhost"}, PodRunningTimeout: time.Minute, Transport: string(tunnel.Auto), ReconnectWait: 30 * time.Second}
+	return &ForwardOptions{g: g, Addresses: []string{"localhost"}, PodRunningTimeout: time.Minute, Transport: string(tunnel.Auto), ReconnectWait: 30 * time.Second, DataPath: string(tunnel.DefaultDataPath)}
 }
 
 func newForwardCommand(g *globals) *cobra.Command {
@@ -101,6 +103,7 @@ func (o *ForwardOptions) AddFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.Balance, "balance", false, "Spread new connections over every ready pod of a service or workload, as the Service would")
 	f.DurationVar(&o.Timeout, "timeout", 0, "Stop after this long (exit code 5); 0: never")
 	f.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "Stop after this long with no open connection (exit code 6); 0: never")
+	f.StringVar(&o.DataPath, "data-path", o.DataPath, "SPDY implementation on kpf's side: kpf (its own) or client-go (kubectl's), as an escape hatch")
 }
 
 // Complete reads the arguments and the kubeconfig.
@@ -118,6 +121,9 @@ func (o *ForwardOptions) Complete(args []string) error {
 		return usageError{err}
 	}
 	if o.transport, err = tunnel.ParseTransport(o.Transport); err != nil {
+		return usageError{err}
+	}
+	if o.dataPath, err = tunnel.ParseDataPath(o.DataPath); err != nil {
 		return usageError{err}
 	}
 	if o.namespace, _, err = o.g.kube.ToRawKubeConfigLoader().Namespace(); err != nil {
@@ -178,6 +184,7 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 		NoReconnect:       o.NoReconnect,
 		Balance:           o.Balance,
 		IdleTimeout:       o.IdleTimeout,
+		DataPath:          o.dataPath,
 	}, o.deps())
 	if err != nil {
 		return explainOpen(ctx, err, o.namespace, o.g.kube, o.config)

@@ -168,6 +168,7 @@ func (m *Manager) run(ctx context.Context, f *Forward) {
 		PodRunningTimeout: time.Minute,
 		ReconnectWait:     m.o.ReconnectWait,
 		Balance:           spec.Balance,
+		DataPath:          tunnel.DefaultDataPath,
 	})
 	if err != nil {
 		if ctx.Err() == nil {

@@ -37,6 +37,7 @@ type Spec struct {
 	NoReconnect       bool
 	Balance           bool
 	IdleTimeout       time.Duration
+	DataPath          tunnel.DataPath
 }
 
 // Deps are the session's connections to the world.
@@ -96,7 +97,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		mu.Lock()
 		tr := transport
 		mu.Unlock()
-		c, err := tunnel.Dial(ctx, deps.Config, t.Namespace, pod, tr)
+		c, err := tunnel.Dial(ctx, deps.Config, t.Namespace, pod, tr, spec.DataPath)
 		if err == nil && tr == tunnel.Auto {
 			mu.Lock()
 			transport = c.Transport
@@ -116,6 +117,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		MaxRetries:    spec.MaxRetries,
 		NoReconnect:   spec.NoReconnect,
 		Initial:       t.Pod,
+		MaxTunnels:    tunnel.MaxTunnels(spec.DataPath),
 		Log:           deps.Log,
 	}
 	if _, isPod := t.Object.(*corev1.Pod); isPod {

@@ -8,13 +8,24 @@ import (
 	"time"
 )
 
-// DefaultMaxTunnels bounds a pool's tunnels. Each tunnel that has carried a
-// stream holds a zlib compressor for SPDY headers (about 400 KiB, allocated
-// by spdystream at BestCompression), so a tunnel per connection without a
-// bound costs hundreds of MiB at 1,000 connections. Past the bound,
-// connections share the least busy tunnels, and a reader that stalls holds
-// back only the connections on its own tunnel.
+// DefaultMaxTunnels bounds a pool's tunnels. Past the bound, connections
+// share the least busy tunnels, and a reader that stalls holds back only
+// the connections on its own tunnel.
 const DefaultMaxTunnels = 64
+
+// MaxTunnels is the bound for a data path. On client-go's, each tunnel that
+// has carried a stream holds spdystream's zlib writer for SPDY headers
+// (about 400 KiB at BestCompression): hundreds of MiB at 1,000 tunnels.
+// kpf's own path keeps no compressor, and a tunnel costs a TLS connection
+// and a 16 KiB read buffer.
+func MaxTunnels(path DataPath) int {
+	// Measured with make bench at 1,000 concurrent connections: 1,000
+	// tunnels (one TLS connection each through the API server) halved the
+	// aggregate throughput and cost ~100 KiB per idle connection; 64 shared
+	// tunnels did better on both, on either data path.
+	_ = path
+	return DefaultMaxTunnels
+}
 
 // Pool gives each local connection a tunnel of its own.
 //
@@ -47,7 +58,7 @@ type Pool struct {
 	busy     map[*Conn]int
 	dialling int
 	closed   bool
-	lost     chan bool
+	lost     chan struct{}
 	lostOnce sync.Once
 }
 
@@ -55,7 +66,7 @@ type Pool struct {
 // a sentinel: when that tunnel closes and a new one cannot be dialled, the
 // pod is gone and Done is closed.
 func NewPool(ctx context.Context, dial func(ctx context.Context) (*Conn, error)) (*Pool, error) {
-	p := &Pool{dial: dial, ctx: ctx, Spare: 1, MaxIdle: 8, MaxTunnels: DefaultMaxTunnels, busy: map[*Conn]int{}, lost: make(chan bool)}
+	p := &Pool{dial: dial, ctx: ctx, Spare: 1, MaxIdle: 8, MaxTunnels: DefaultMaxTunnels, busy: map[*Conn]int{}, lost: make(chan struct{})}
 	sentinel, err := dial(ctx)
 	if err != nil {
 		return nil, err
@@ -102,7 +113,7 @@ func (p *Pool) watch(sentinel *Conn) {
 
 // Done is closed when the pod can no longer be reached, or the pool is
 // closed.
-func (p *Pool) Done() <-chan bool { return p.lost }
+func (p *Pool) Done() <-chan struct{} { return p.lost }
 
 func (p *Pool) isClosed() bool {
 	p.mu.Lock()
@@ -235,4 +246,11 @@ func isDone(c *Conn) bool {
 	default:
 		return false
 	}
+}
+
+// SetMaxTunnels changes the bound on open tunnels.
+func (p *Pool) SetMaxTunnels(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.MaxTunnels = n
 }

@@ -27,6 +27,8 @@ import (
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
 	streamhttp "k8s.io/streaming/pkg/httpstream"
+
+	ownspdy "github.com/kpf-dev/kpf/internal/spdy"
 )
 
 // Transport selects how the tunnel reaches the API server.
@@ -49,9 +51,35 @@ func ParseTransport(s string) (Transport, error) {
 	return "", fmt.Errorf("--transport %q: want auto, websocket or spdy", s)
 }
 
+// DataPath selects the SPDY implementation on kpf's side of the tunnel.
+type DataPath string
+
+const (
+	// OwnDataPath is kpf's SPDY client (package spdy): no zlib compressor
+	// per tunnel, streams opened without waiting, one write per frame.
+	OwnDataPath DataPath = "kpf"
+	// ClientGoDataPath is client-go's dialers and moby/spdystream, as
+	// kubectl uses.
+	ClientGoDataPath DataPath = "client-go"
+)
+
+// DefaultDataPath is what kpf uses unless told otherwise.
+const DefaultDataPath = OwnDataPath
+
+// ParseDataPath validates a --data-path value.
+func ParseDataPath(s string) (DataPath, error) {
+	switch d := DataPath(s); d {
+	case OwnDataPath, ClientGoDataPath:
+		return d, nil
+	}
+	return "", fmt.Errorf("--data-path %q: want kpf or client-go", s)
+}
+
 // Conn is an open tunnel to one pod.
 type Conn struct {
-	conn      httpstream.Connection
+	conn      httpstream.Connection // client-go's data path
+	own       *ownspdy.Conn         // or kpf's
+	done      <-chan struct{}
 	Transport Transport // the one in use
 	Pod       string    // namespace/name, for messages
 	nextID    atomic.Int64
@@ -71,10 +99,13 @@ func URL(cfg *rest.Config, namespace, pod string) (*url.URL, error) {
 }
 
 // Dial opens a tunnel to a pod.
-func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transport) (*Conn, error) {
+func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transport, path DataPath) (*Conn, error) {
 	u, err := URL(cfg, namespace, pod)
 	if err != nil {
 		return nil, err
+	}
+	if path == OwnDataPath {
+		return dialOwnTransport(ctx, cfg, u, namespace+"/"+pod, t)
 	}
 	dialSPDY := func() (httpstream.Connection, error) {
 		rt, upgrader, err := spdy.RoundTripperFor(cfg)
@@ -115,6 +146,32 @@ func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transp
 	if err != nil {
 		return nil, err
 	}
+	done := make(chan struct{})
+	go func() { <-c.conn.CloseChan(); close(done) }()
+	c.done = done
+	return c, nil
+}
+
+// dialOwnTransport is Dial for kpf's data path, with the same fallback.
+func dialOwnTransport(ctx context.Context, cfg *rest.Config, u *url.URL, pod string, t Transport) (*Conn, error) {
+	c := &Conn{Pod: pod}
+	var err error
+	switch t {
+	case SPDY, WebSocket:
+		c.own, err = dialOwn(ctx, cfg, u, t)
+		c.Transport = t
+	default:
+		c.own, err = dialOwn(ctx, cfg, u, WebSocket)
+		c.Transport = WebSocket
+		if err != nil && (IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)) {
+			c.own, err = dialOwn(ctx, cfg, u, SPDY)
+			c.Transport = SPDY
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.done = c.own.Done()
 	return c, nil
 }
 
@@ -138,10 +195,15 @@ func checkProto(c httpstream.Connection, proto string, err error) (httpstream.Co
 }
 
 // Done is closed when the tunnel is closed, by either side.
-func (c *Conn) Done() <-chan bool { return c.conn.CloseChan() }
+func (c *Conn) Done() <-chan struct{} { return c.done }
 
 // Close closes the tunnel and every stream on it.
-func (c *Conn) Close() error { return c.conn.Close() }
+func (c *Conn) Close() error {
+	if c.own != nil {
+		return c.own.Close()
+	}
+	return c.conn.Close()
+}
 
 // errorStreamWait bounds the wait for the kubelet's verdict on a connection.
 const errorStreamWait = 5 * time.Second
@@ -172,6 +234,9 @@ type Stats struct {
 // pod is told so and its answer still flows back. The error names the
 // first failure; the tunnel itself stays open.
 func (c *Conn) Forward(local net.Conn, port uint16) (Stats, error) {
+	if c.own != nil {
+		return c.forwardOwn(local, port)
+	}
 	var st Stats
 	id := strconv.FormatInt(c.nextID.Add(1), 10)
 	h := http.Header{}
@@ -243,7 +308,7 @@ func (c *Conn) Forward(local net.Conn, port uint16) (Stats, error) {
 		if err != nil {
 			return st, err
 		}
-	case <-c.conn.CloseChan():
+	case <-c.done:
 	case <-time.After(errorStreamWait):
 		// The kubelet closes the error stream when it is done with the pair;
 		// do not hold the caller if it never does.

@@ -1,0 +1,82 @@
+package spdy
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/httpstream"
+	apispdy "k8s.io/apimachinery/pkg/util/httpstream/spdy"
+)
+
+// TestAgainstUpstreamServer runs the client against the server side of
+// the library the kubelet uses (moby/spdystream via apimachinery).
+func TestAgainstUpstreamServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); accepted <- c }()
+	cli, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := <-accepted
+	streams := make(chan httpstream.Stream, 16)
+	server, err := apispdy.NewServerConnection(srv, func(s httpstream.Stream, replySent <-chan struct{}) error {
+		streams <- s
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	c := NewConn(cli, nil)
+	defer c.Close()
+	for i := range 3 {
+		h := http.Header{}
+		h.Set("streamType", "error")
+		h.Set("port", "80")
+		h.Set("requestID", "r"+string(rune('0'+i)))
+		if _, err := c.OpenStream(h, true); err != nil {
+			t.Fatal(err)
+		}
+		h.Set("streamType", "data")
+		data, err := c.OpenStream(h, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []httpstream.Stream
+		for len(got) < 2 {
+			select {
+			case s := <-streams:
+				got = append(got, s)
+			case <-time.After(5 * time.Second):
+				t.Fatalf("round %d: server saw %d streams", i, len(got))
+			}
+		}
+		// The server may hand the two streams over in either order.
+		if got[0].Headers().Get("streamType") == "data" {
+			got[0], got[1] = got[1], got[0]
+		}
+		if got[0].Headers().Get("streamType") != "error" || got[1].Headers().Get("streamType") != "data" || got[1].Headers().Get("requestID") != "r"+string(rune('0'+i)) {
+			t.Fatalf("headers %v %v", got[0].Headers(), got[1].Headers())
+		}
+		// Data both ways, and half-close.
+		go func() {
+			b, _ := io.ReadAll(got[1])
+			got[1].Write(append([]byte("echo:"), b...))
+			got[1].Close()
+		}()
+		data.Write([]byte("hello"))
+		data.CloseWrite()
+		b, err := io.ReadAll(data)
+		if err != nil || string(b) != "echo:hello" {
+			t.Fatalf("round %d: read %q, %v", i, b, err)
+		}
+	}
+}
