@@ -219,14 +219,24 @@ func readNames(r *http.Request) ([]string, error) {
 	return req.Names, nil
 }
 
-func (s *Server) down(w http.ResponseWriter, r *http.Request) {
+// names reads the request's forward names and checks that they run; it
+// answers the error itself.
+func (s *Server) names(w http.ResponseWriter, r *http.Request) ([]string, bool) {
 	names, err := readNames(r)
 	if err != nil {
 		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
-		return
+		return nil, false
 	}
 	if missing := s.missing(names); missing != "" {
 		http.Error(w, missing, http.StatusNotFound)
+		return nil, false
+	}
+	return names, true
+}
+
+func (s *Server) down(w http.ResponseWriter, r *http.Request) {
+	names, ok := s.names(w, r)
+	if !ok {
 		return
 	}
 	stopped := s.Manager.StopNames(names)
@@ -243,13 +253,8 @@ func (s *Server) down(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
-	names, err := readNames(r)
-	if err != nil {
-		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	if missing := s.missing(names); missing != "" {
-		http.Error(w, missing, http.StatusNotFound)
+	names, ok := s.names(w, r)
+	if !ok {
 		return
 	}
 	writeJSON(w, struct {

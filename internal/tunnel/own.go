@@ -214,7 +214,6 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownspdy.Co
 // forwardOwn is Forward over kpf's SPDY client: both streams are opened
 // back to back without waiting for replies.
 func (c *Conn) forwardOwn(local net.Conn, port uint16) (Stats, error) {
-	var st Stats
 	id := strconv.FormatInt(c.nextID.Add(1), 10)
 	h := http.Header{}
 	h.Set(corev1.StreamType, corev1.StreamTypeError)
@@ -222,13 +221,13 @@ func (c *Conn) forwardOwn(local net.Conn, port uint16) (Stats, error) {
 	h.Set(corev1.PortForwardRequestIDHeader, id)
 	errStream, err := c.own.OpenStream(h, true)
 	if err != nil {
-		return st, fmt.Errorf("create error stream: %w", err)
+		return Stats{}, fmt.Errorf("create error stream: %w", err)
 	}
 	h.Set(corev1.StreamType, corev1.StreamTypeData)
 	data, err := c.own.OpenStream(h, false)
 	if err != nil {
 		errStream.Reset()
-		return st, fmt.Errorf("create data stream: %w", err)
+		return Stats{}, fmt.Errorf("create data stream: %w", err)
 	}
 	remoteErr := make(chan error, 1)
 	go func() {
@@ -242,45 +241,16 @@ func (c *Conn) forwardOwn(local net.Conn, port uint16) (Stats, error) {
 			remoteErr <- nil
 		}
 	}()
-	var wg sync.WaitGroup
-	localErr := make(chan error, 1)
-	remoteDone := make(chan error, 1)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		n, err := data.WriteTo(local)
-		st.In = n
-		remoteDone <- err
-	}()
-	go func() {
-		defer wg.Done()
-		n, err := data.ReadFrom(local)
-		st.Out = n
-		data.CloseWrite()
-		if err != nil && !isClosed(err) {
-			localErr <- err
-		}
-	}()
-	var first error
-	select {
-	case err := <-remoteDone:
-		if err != nil && !isClosed(err) {
-			first = fmt.Errorf("copy from pod: %w", err)
-		}
-	case err := <-localErr:
-		first = fmt.Errorf("copy from local connection: %w", err)
-	}
-	data.Reset()
-	local.Close()
-	wg.Wait()
-	select {
-	case err := <-remoteErr:
-		if err != nil {
-			return st, err
-		}
-	case <-c.own.Done():
-	case <-time.After(errorStreamWait):
-	}
+	st, err := pump(local, ownStream{data}, remoteErr, c.own.Done())
 	errStream.Reset()
-	return st, first
+	return st, err
 }
+
+// ownStream is kpf's stream: WriteTo and ReadFrom move data without copy
+// buffers.
+type ownStream struct{ s *ownspdy.Stream }
+
+func (o ownStream) copyIn(l net.Conn) (int64, error)  { return o.s.WriteTo(l) }
+func (o ownStream) copyOut(l net.Conn) (int64, error) { return o.s.ReadFrom(l) }
+func (o ownStream) closeWrite()                       { o.s.CloseWrite() }
+func (o ownStream) reset()                            { o.s.Reset() }

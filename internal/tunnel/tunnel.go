@@ -269,22 +269,45 @@ func (c *Conn) Forward(local net.Conn, port uint16) (Stats, error) {
 	}
 	defer c.conn.RemoveStreams(data)
 
+	return pump(local, apiStream{data}, remoteErr, c.done)
+}
+
+// dataStream is the data stream of a connection, on either data path.
+type dataStream interface {
+	copyIn(local net.Conn) (int64, error)  // pod to local client
+	copyOut(local net.Conn) (int64, error) // local client to pod
+	closeWrite()                           // half-close towards the pod
+	reset()                                // drop what is queued, both ways
+}
+
+// apiStream is client-go's stream.
+type apiStream struct{ s httpstream.Stream }
+
+func (a apiStream) copyIn(l net.Conn) (int64, error)  { return io.Copy(l, a.s) }
+func (a apiStream) copyOut(l net.Conn) (int64, error) { return io.Copy(a.s, l) }
+func (a apiStream) closeWrite()                       { a.s.Close() }
+func (a apiStream) reset()                            { a.s.Reset() }
+
+// pump moves bytes both ways until the pod is done or either side fails,
+// then waits (bounded) for the kubelet's verdict on the error stream.
+func pump(local net.Conn, data dataStream, remoteErr <-chan error, tunnelDone <-chan struct{}) (Stats, error) {
+	var st Stats
 	var wg sync.WaitGroup
 	localErr := make(chan error, 1)
 	remoteDone := make(chan error, 1)
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		n, err := io.Copy(local, data)
+		n, err := data.copyIn(local)
 		st.In = n
 		remoteDone <- err
 	}()
 	go func() {
 		defer wg.Done()
-		n, err := io.Copy(data, local)
+		n, err := data.copyOut(local)
 		st.Out = n
 		// Tell the pod we are done writing; its answer still comes back.
-		data.Close()
+		data.closeWrite()
 		if err != nil && !isClosed(err) {
 			localErr <- err
 		}
@@ -300,7 +323,7 @@ func (c *Conn) Forward(local net.Conn, port uint16) (Stats, error) {
 	}
 	// Discard what is queued so a slow local side cannot hold the error
 	// stream (and the tunnel's shared reader) back, and end both copies.
-	data.Reset()
+	data.reset()
 	local.Close()
 	wg.Wait()
 	select {
@@ -308,7 +331,7 @@ func (c *Conn) Forward(local net.Conn, port uint16) (Stats, error) {
 		if err != nil {
 			return st, err
 		}
-	case <-c.done:
+	case <-tunnelDone:
 	case <-time.After(errorStreamWait):
 		// The kubelet closes the error stream when it is done with the pair;
 		// do not hold the caller if it never does.
