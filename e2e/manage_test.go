@@ -29,6 +29,11 @@ type kpfCmd struct {
 func newKpfCmd(t *testing.T, sb *sandboxtest.Sandbox) *kpfCmd {
 	k := &kpfCmd{sb: sb, home: t.TempDir(), dir: t.TempDir()}
 	t.Cleanup(func() {
+		if t.Failed() {
+			if b, err := os.ReadFile(filepath.Join(k.home, "daemon.log")); err == nil {
+				t.Logf("daemon log:\n%s", b)
+			}
+		}
 		// Whatever happened, leave no daemon behind.
 		k.run(t, "down")
 	})

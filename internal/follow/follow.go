@@ -303,21 +303,21 @@ func (f *Follower) switchReason() string {
 
 // acquire waits until a pod with a working tunnel pool is available, up to
 // deadline, and returns it.
-func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[types.UID]bool) (*podState, *tunnel.Pool, error) {
+func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[types.UID]bool) (*podState, *corev1.Pod, *tunnel.Pool, error) {
 	waitedLogged := false
 	for {
 		f.mu.Lock()
 		if f.doneErr != nil {
 			err := f.doneErr
 			f.mu.Unlock()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		st := f.choose(exclude)
 		if st != nil && st.pool != nil {
-			pool := st.pool
+			pool, pod := st.pool, st.pod // st.pod changes under f.mu: take it now
 			f.everUsed = true
 			f.mu.Unlock()
-			return st, pool, nil
+			return st, pod, pool, nil
 		}
 		if st != nil && !st.dialing {
 			st.dialing = true
@@ -349,7 +349,7 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return nil, nil, ctx.Err()
+			return nil, nil, nil, ctx.Err()
 		case <-f.done:
 			timer.Stop()
 		case <-changed:
@@ -357,7 +357,7 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 		case <-timer.C: // retryAt may have passed
 		}
 		if time.Now().After(deadline) {
-			return nil, nil, fmt.Errorf("no ready pod for %s in namespace %q within %s (see --reconnect-wait)", f.o.Ref, f.o.Namespace, f.o.ReconnectWait)
+			return nil, nil, nil, fmt.Errorf("no ready pod for %s in namespace %q within %s (see --reconnect-wait)", f.o.Ref, f.o.Namespace, f.o.ReconnectWait)
 		}
 	}
 }
@@ -450,7 +450,7 @@ func (f *Follower) Forward(local net.Conn, port uint16) (tunnel.Stats, error) {
 	exclude := map[types.UID]bool{}
 	ctx := context.Background()
 	for attempt := 1; ; attempt++ {
-		st, pool, err := f.acquire(ctx, deadline, exclude)
+		st, pod, pool, err := f.acquire(ctx, deadline, exclude)
 		if err != nil {
 			return tunnel.Stats{}, err
 		}
@@ -472,8 +472,8 @@ func (f *Follower) Forward(local net.Conn, port uint16) (tunnel.Stats, error) {
 		}
 		var remote *tunnel.RemoteError
 		if errors.As(err, &remote) && time.Now().Before(deadline) && rc.rewind() {
-			f.o.Log.Info("pod refused a new connection; trying another", keyPod, st.pod.Name, "attempt", attempt, keyErr, err)
-			exclude[st.pod.UID] = true
+			f.o.Log.Info("pod refused a new connection; trying another", keyPod, pod.Name, "attempt", attempt, keyErr, err)
+			exclude[pod.UID] = true
 			f.mu.Lock()
 			if len(exclude) >= len(f.pods) {
 				clear(exclude) // every pod refused once: try them again, waiting for changes
@@ -481,7 +481,7 @@ func (f *Follower) Forward(local net.Conn, port uint16) (tunnel.Stats, error) {
 			f.mu.Unlock()
 			continue
 		}
-		return stats, fmt.Errorf("via pod %s: %w", st.pod.Name, err)
+		return stats, fmt.Errorf("via pod %s: %w", pod.Name, err)
 	}
 }
 
