@@ -24,6 +24,16 @@ func httpApp(name string, replicas int) string {
 	return sandboxtest.App(name, "kpf.test/http", replicas, 8080)
 }
 
+// httpAppIn runs httpApp in a namespace of the test's, waits until its
+// pods are ready, and returns the namespace.
+func httpAppIn(t *testing.T, sb *sandboxtest.Sandbox, name string, replicas int) string {
+	t.Helper()
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, httpApp(name, replicas))
+	sb.ReadyPods(t, ns, "app="+name, replicas)
+	return ns
+}
+
 // fetch makes one new connection, downloads n checked pattern bytes and
 // returns the pod that served them.
 func fetch(addr string, n int) (string, error) {
@@ -168,9 +178,7 @@ func TestStatefulSetPodComesBack(t *testing.T) {
 
 func TestScaleToZeroAndBack(t *testing.T) {
 	sb := sandboxtest.Get(t)
-	ns := sb.Namespace(t)
-	sb.Apply(t, ns, httpApp("scale", 1))
-	sb.ReadyPods(t, ns, "app=scale", 1)
+	ns := httpAppIn(t, sb, "scale", 1)
 	p, ls := kpf(sb).start(t, 2, "-n", ns, "deployment/scale", ":8080")
 	if _, err := fetch(ls[0].Addr, 1024); err != nil {
 		t.Fatal(err)

@@ -218,9 +218,7 @@ func TestLineFormatFileWorksUnchanged(t *testing.T) {
 // it turns healthy again.
 func TestHealthGoesBadAndRecovers(t *testing.T) {
 	sb := sandboxtest.Get(t)
-	ns := sb.Namespace(t)
-	sb.Apply(t, ns, httpApp("svc", 1))
-	sb.ReadyPods(t, ns, "app=svc", 1)
+	ns := httpAppIn(t, sb, "svc", 1)
 	k := newKpfCmd(t, sb)
 	k.write(t, "kpf.yaml", fmt.Sprintf(`
 forwards:
@@ -258,9 +256,7 @@ forwards:
 // TestRunCommand: kpf run exits with the command's code and leaves nothing.
 func TestRunCommand(t *testing.T) {
 	sb := sandboxtest.Get(t)
-	ns := sb.Namespace(t)
-	sb.Apply(t, ns, httpApp("api", 1))
-	sb.ReadyPods(t, ns, "app=api", 1)
+	ns := httpAppIn(t, sb, "api", 1)
 	k := newKpfCmd(t, sb)
 	k.write(t, "kpf.yaml", fmt.Sprintf("forwards:\n  - {name: my-api, namespace: %s, target: svc/api, ports: [\":80\"], health: {path: /healthz}}\n", ns))
 	c := k.cmd("run", "--", "sh", "-c", `curl -fsS "http://$KPF_MY_API_ADDR/" && test -n "$KPF_MY_API_PORT" && exit 7`)
@@ -309,9 +305,7 @@ forwards:
 // TestLiveTable drives kpf up in a pseudo-terminal and reads the screen.
 func TestLiveTable(t *testing.T) {
 	sb := sandboxtest.Get(t)
-	ns := sb.Namespace(t)
-	sb.Apply(t, ns, httpApp("api", 1))
-	sb.ReadyPods(t, ns, "app=api", 1)
+	ns := httpAppIn(t, sb, "api", 1)
 	k := newKpfCmd(t, sb)
 	k.write(t, "kpf.yaml", fmt.Sprintf(`
 forwards:
@@ -374,9 +368,7 @@ forwards:
 // contexts (two users of the sandbox) and two namespaces.
 func TestTwoContextsInOneFile(t *testing.T) {
 	sb := sandboxtest.Get(t)
-	ns := sb.Namespace(t)
-	sb.Apply(t, ns, httpApp("adm", 1))
-	sb.ReadyPods(t, ns, "app=adm", 1)
+	ns := httpAppIn(t, sb, "adm", 1)
 	name := fmt.Sprintf("ctx-%d", time.Now().UnixNano()%100000)
 	sb.Apply(t, cluster.DevNamespace, httpApp(name, 1))
 	t.Cleanup(func() {

@@ -45,9 +45,7 @@ func recovered(t *testing.T, addr string, within time.Duration) time.Duration {
 // forwardToApp starts an HTTP app and a kpf forward to it that works.
 func forwardToApp(t *testing.T, sb *sandboxtest.Sandbox, name string) (*sandboxtest.Proc, string) {
 	t.Helper()
-	ns := sb.Namespace(t)
-	sb.Apply(t, ns, httpApp(name, 1))
-	sb.ReadyPods(t, ns, "app="+name, 1)
+	ns := httpAppIn(t, sb, name, 1)
 	p, ls := kpf(sb).start(t, 2, "-n", ns, "deployment/"+name, ":8080")
 	if _, err := fetch(ls[0].Addr, 1024); err != nil {
 		t.Fatal(err)
@@ -96,9 +94,7 @@ func TestAPIServerPaused(t *testing.T) {
 // were after 10,000 connections and repeated reconnects.
 func TestNoLeaks(t *testing.T) {
 	sb := sandboxtest.Get(t)
-	ns := sb.Namespace(t)
-	sb.Apply(t, ns, httpApp("leak", 2))
-	sb.ReadyPods(t, ns, "app=leak", 2)
+	ns := httpAppIn(t, sb, "leak", 2)
 	p, ls := kpf(sb).start(t, 2, "--debug-addr", "127.0.0.1:0", "-n", ns, "deployment/leak", ":8080")
 	debug := p.WaitLine(t, `Debug server on http://(\S+)/debug/pprof/`, 10*time.Second)[1]
 	pid := p.Cmd.Process.Pid
