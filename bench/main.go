@@ -40,6 +40,7 @@ type options struct {
 	kpf        string
 	workloads  string
 	stallBytes int64
+	breakdown  bool
 }
 
 func main() {
@@ -53,6 +54,7 @@ func main() {
 	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,c100,c1000,stall,idle", "workloads to run")
 	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
 	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
+	flag.BoolVar(&o.breakdown, "breakdown", false, "also record the CPU per GiB of every process on the path (bench client, API server, node agent, pod)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -179,6 +181,13 @@ spec:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	if c, err := cluster.Open(sb.Dir, sb.Bin, nil); err == nil {
+		for _, name := range []string{"kube-apiserver", "node"} {
+			if p, ok := c.State().Procs[name]; ok {
+				sandboxPIDs[name] = p.PID
+			}
+		}
+	}
 	admin := sb.Kubeconfig(cluster.UserAdmin)
 	kubectlPF := func(bin, ws string) func(context.Context) (*forwarder, error) {
 		return func(ctx context.Context) (*forwarder, error) {
@@ -260,6 +269,41 @@ func cpuSeconds(pid int) float64 {
 	return (ut + st) / 100 // USER_HZ
 }
 
+// sandboxPIDs are the API server's and the node agent's processes.
+var sandboxPIDs = map[string]int{}
+
+// pathCPU is the CPU time of every process on a path other than the
+// forwarder: the bench process itself (the client), the API server, the
+// node agent and the pod (the node agent's children).
+func pathCPU() map[string]float64 {
+	out := map[string]float64{"client": cpuSeconds(os.Getpid())}
+	if pid := sandboxPIDs["kube-apiserver"]; pid != 0 {
+		out["apiserver"] = cpuSeconds(pid)
+	}
+	node := sandboxPIDs["node"]
+	if node == 0 {
+		return out
+	}
+	out["node"] = cpuSeconds(node)
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if ppid, _ := strconv.Atoi(f[1]); ppid == node {
+			out["pod"] += cpuSeconds(pid)
+		}
+	}
+	return out
+}
+
 func rssMiB(pid int) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -318,6 +362,7 @@ func measure(ctx context.Context, o options, p path, round int, w map[string]boo
 		}
 	}
 	if w["download"] {
+		path0 := pathCPU()
 		cpu0, t0 := cpuSeconds(f.pid()), time.Now()
 		if err := workload.BulkDownload(f.addr, uint64(o.size), 10*time.Minute); err != nil {
 			return fmt.Errorf("download: %w", err)
@@ -327,8 +372,14 @@ func measure(ctx context.Context, o options, p path, round int, w map[string]boo
 		if f.pid() != 0 {
 			rec("download", "cpu", (cpuSeconds(f.pid())-cpu0)/(float64(o.size)/(1<<30)), "CPU s/GiB")
 		}
+		if o.breakdown {
+			for name, v := range pathCPU() {
+				rec("download", "cpu-"+name, (v-path0[name])/(float64(o.size)/(1<<30)), "CPU s/GiB")
+			}
+		}
 	}
 	if w["upload"] {
+		path0 := pathCPU()
 		cpu0, t0 := cpuSeconds(f.pid()), time.Now()
 		if err := workload.BulkUpload(f.addr, uint64(o.size), 10*time.Minute); err != nil {
 			return fmt.Errorf("upload: %w", err)
@@ -337,6 +388,11 @@ func measure(ctx context.Context, o options, p path, round int, w map[string]boo
 		rec("upload", "throughput", mib(o.size, d), "MiB/s")
 		if f.pid() != 0 {
 			rec("upload", "cpu", (cpuSeconds(f.pid())-cpu0)/(float64(o.size)/(1<<30)), "CPU s/GiB")
+		}
+		if o.breakdown {
+			for name, v := range pathCPU() {
+				rec("upload", "cpu-"+name, (v-path0[name])/(float64(o.size)/(1<<30)), "CPU s/GiB")
+			}
 		}
 	}
 	if w["latency"] {

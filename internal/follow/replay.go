@@ -1,9 +1,11 @@
 package follow
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -102,4 +104,29 @@ func (r *replayConn) finish() error {
 	r.committed = true
 	r.mu.Unlock()
 	return r.Conn.Close()
+}
+
+// SyscallConn lets the data path read a committed connection straight from
+// its socket (polling without a buffer); an uncommitted one must go through
+// Read, which keeps the copy.
+func (r *replayConn) SyscallConn() (syscall.RawConn, error) {
+	r.mu.Lock()
+	ready := r.committed && r.pos >= len(r.buf)
+	r.mu.Unlock()
+	sc, ok := r.Conn.(syscall.Conn)
+	if !ready || !ok {
+		return nil, errNotRaw
+	}
+	return sc.SyscallConn()
+}
+
+var errNotRaw = errors.New("connection not readable directly yet")
+
+// WriteBuffers writes bufs in one system call where the connection can
+// (writev), and commits the connection as Write does.
+func (r *replayConn) WriteBuffers(bufs *net.Buffers) (int64, error) {
+	r.mu.Lock()
+	r.committed, r.buf = true, nil
+	r.mu.Unlock()
+	return bufs.WriteTo(r.Conn)
 }

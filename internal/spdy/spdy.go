@@ -16,10 +16,16 @@ import (
 	"fmt"
 	"hash/adler32"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
+
+	"github.com/kpf-dev/kpf/internal/bufpool"
+	"golang.org/x/sys/unix"
 )
 
 // Frame types and flags of SPDY/3.
@@ -61,15 +67,41 @@ type Conn struct {
 	done    chan struct{}
 	err     error
 	once    sync.Once
+
+	// Data the read loop has read but not yet handed on: it collects while
+	// more frames are already in memory and goes out (one writev per
+	// stream) before the read loop would wait for the network. Read loop
+	// only.
+	coalesce  bool
+	pend      []pendChunk
+	pendBytes int
+}
+
+type pendChunk struct {
+	s   *Stream
+	c   chunk
+	fin bool
+}
+
+// Waiter is a connection that can run a function each time a read is
+// about to wait for the network (see NewConn).
+type Waiter interface {
+	BeforeWait(func())
 }
 
 // NewConn starts a connection over rw (the upgraded connection, with br
-// holding what was read past the upgrade response, if anything).
-func NewConn(rw io.ReadWriteCloser, br *bufio.Reader) *Conn {
+// holding what was read past the upgrade response, if anything). With a
+// Waiter (the socket under rw), the read loop hands data on in batches:
+// everything read before the socket runs dry goes out together.
+func NewConn(rw io.ReadWriteCloser, br *bufio.Reader, w Waiter) *Conn {
 	if br == nil {
 		br = bufio.NewReaderSize(rw, 16<<10)
 	}
 	c := &Conn{w: rw, c: rw, br: br, streams: map[uint32]*Stream{}, nextID: 1, done: make(chan struct{})}
+	if w != nil {
+		c.coalesce = true
+		w.BeforeWait(c.flush)
+	}
 	go c.readLoop()
 	return c
 }
@@ -169,17 +201,42 @@ type Stream struct {
 
 	mu      sync.Mutex
 	cond    *sync.Cond
-	chunks  [][]byte
+	chunks  []chunk
 	queued  int
 	eof     bool
 	err     error
 	reset   bool
 	closedW bool
+
+	// direct is the local connection WriteTo writes to, when the read loop
+	// may write to it itself (non-blocking, nothing queued, nobody else
+	// writing): no hand-over to WriteTo's goroutine, no wake-up.
+	direct  syscall.RawConn
+	writing bool
+	directN int64 // bytes the read loop wrote, for WriteTo's count
+}
+
+// chunk is a DATA frame's payload waiting for the stream's reader, in a
+// pooled buffer that goes back to the pool once written out.
+type chunk struct {
+	b  []byte
+	pb *[]byte
 }
 
 // queueLimit bounds what a stream holds unread before the read loop waits
 // for its reader (back-pressure to the sender through TCP).
 const queueLimit = 1 << 20
+
+// MaxWrite is the largest DATA payload ReadFrom sends in one frame: what
+// one read of the local socket may take. Large frames mean fewer frames,
+// records and system calls on every hop (kpf, the API server, the
+// kubelet); a frame, its TLS records and a WebSocket header still fit one
+// pooled buffer.
+const MaxWrite = 256<<10 - 4<<10
+
+// smallRead is what ReadFrom reads into from a connection it cannot poll
+// without a buffer: the most an idle connection holds.
+const smallRead = 16 << 10
 
 // OpenStream opens a stream with headers; with fin, it is half-closed
 // from the start (the error stream of port-forward). It does not wait for
@@ -222,22 +279,30 @@ func (c *Conn) OpenStream(h http.Header, fin bool) (*Stream, error) {
 // ID is the stream's id.
 func (s *Stream) ID() uint32 { return s.id }
 
-// Write sends p as one DATA frame (split at the frame limit).
+// Write sends p as DATA frames of at most MaxWrite bytes.
 func (s *Stream) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
-		n := min(len(p), 256<<10)
-		b := make([]byte, 8, 8+n)
-		binary.BigEndian.PutUint32(b, s.id&0x7fffffff)
-		b[5], b[6], b[7] = byte(n>>16), byte(n>>8), byte(n)
-		b = append(b, p[:n]...)
-		if err := s.c.writeFrame(b); err != nil {
+		n := min(len(p), MaxWrite)
+		pb := bufpool.Get(8 + n)
+		copy((*pb)[8:], p[:n])
+		err := s.writeData(*pb, n)
+		bufpool.Put(pb)
+		if err != nil {
 			return written, err
 		}
 		written += n
 		p = p[n:]
 	}
 	return written, nil
+}
+
+// writeData sends frame[8:8+n] as a DATA frame, its header written into
+// frame[:8].
+func (s *Stream) writeData(frame []byte, n int) error {
+	binary.BigEndian.PutUint32(frame, s.id&0x7fffffff)
+	frame[4], frame[5], frame[6], frame[7] = 0, byte(n>>16), byte(n>>8), byte(n)
+	return s.c.writeFrame(frame[:8+n])
 }
 
 // CloseWrite half-closes: the server reads EOF, and may still answer.
@@ -280,65 +345,161 @@ func (s *Stream) Read(p []byte) (int, error) {
 		}
 		s.cond.Wait()
 	}
-	n := copy(p, s.chunks[0])
-	if n == len(s.chunks[0]) {
-		s.chunks[0] = nil
+	n := copy(p, s.chunks[0].b)
+	if n == len(s.chunks[0].b) {
+		bufpool.Put(s.chunks[0].pb)
+		s.chunks[0] = chunk{}
 		s.chunks = s.chunks[1:]
 	} else {
-		s.chunks[0] = s.chunks[0][n:]
+		s.chunks[0].b = s.chunks[0].b[n:]
 	}
 	s.queued -= n
 	s.cond.Broadcast() // the read loop may be waiting for room
 	return n, nil
 }
 
-// WriteTo writes what the server sends to w as it arrives, with no copy
-// buffer of its own: chunks go from the read loop to w.
+// BuffersWriter is a local connection that can take several buffers in one
+// system call (writev), as *net.TCPConn does through net.Buffers.
+type BuffersWriter interface {
+	WriteBuffers(*net.Buffers) (int64, error)
+}
+
+// WriteTo writes what the server sends to w as it arrives. While w keeps
+// up, the read loop writes to it directly and this goroutine sleeps; what
+// w could not take at once is queued, and every chunk queued since the
+// last write goes out in one writev, so the slower w is, the fewer system
+// calls it costs.
 func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 	var total int64
+	var batch []chunk
+	var bufs net.Buffers
 	for {
 		s.mu.Lock()
-		for len(s.chunks) == 0 && !s.eof {
+		if s.direct == nil {
+			s.direct = rawConnOf(w)
+		}
+		for (len(s.chunks) == 0 && !s.eof) || s.writing {
 			s.cond.Wait()
 		}
 		if len(s.chunks) == 0 {
 			err := s.err
+			s.direct = nil
 			s.mu.Unlock()
-			return total, err
+			return total + s.takeDirect(), err
 		}
-		chunk := s.chunks[0]
-		s.chunks[0] = nil
-		s.chunks = s.chunks[1:]
-		s.queued -= len(chunk)
+		batch = append(batch[:0], s.chunks...)
+		clear(s.chunks)
+		s.chunks = s.chunks[:0]
+		s.queued = 0
+		s.writing = true
 		s.cond.Broadcast()
 		s.mu.Unlock()
-		n, err := w.Write(chunk)
-		total += int64(n)
+		bufs = bufs[:0]
+		for _, c := range batch {
+			bufs = append(bufs, c.b)
+		}
+		var n int64
+		var err error
+		if bw, ok := w.(BuffersWriter); ok {
+			n, err = bw.WriteBuffers(&bufs)
+		} else {
+			n, err = bufs.WriteTo(w)
+		}
+		for i := range batch {
+			bufpool.Put(batch[i].pb)
+			batch[i] = chunk{}
+		}
+		total += n
+		s.mu.Lock()
+		s.writing = false
 		if err != nil {
-			return total, err
+			s.direct = nil
+		}
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		if err != nil {
+			return total + s.takeDirect(), err
 		}
 	}
 }
 
-// frameBuf is the size of the frames ReadFrom sends: it is also what an
-// idle connection holds while it waits for its client to write.
-const frameBuf = 16 << 10
+// takeDirect returns what the read loop wrote directly so far, resetting
+// the count.
+func (s *Stream) takeDirect() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.directN
+	s.directN = 0
+	return n
+}
+
+// rawConnOf is w's socket when the read loop may write to it directly.
+func rawConnOf(w io.Writer) syscall.RawConn {
+	sc, ok := w.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// writeNow writes chunks to rc without waiting: what the socket takes at
+// once. It returns the bytes written and what is left.
+func writeNow(rc syscall.RawConn, chunks []chunk) (int, []chunk) {
+	var iov [64][]byte
+	v := iov[:0]
+	for _, c := range chunks {
+		if len(v) == cap(v) {
+			break
+		}
+		v = append(v, c.b)
+	}
+	var n int
+	var werr error
+	if err := rc.Write(func(fd uintptr) bool {
+		for {
+			n, werr = unix.Writev(int(fd), v)
+			if werr != unix.EINTR {
+				return true // never wait here: WriteTo's goroutine does
+			}
+		}
+	}); err != nil || werr != nil || n <= 0 {
+		return 0, chunks
+	}
+	written := n
+	for n > 0 && len(chunks) > 0 {
+		if n < len(chunks[0].b) {
+			chunks[0].b = chunks[0].b[n:]
+			break
+		}
+		n -= len(chunks[0].b)
+		bufpool.Put(chunks[0].pb)
+		chunks[0] = chunk{}
+		chunks = chunks[1:]
+	}
+	return written, chunks
+}
 
 // ReadFrom sends what r gives as DATA frames, each read going straight
-// into a frame: one buffer per connection, no further copy.
+// into a pooled frame buffer. When r can be polled (a TCP connection), a
+// read waits for data without holding a buffer and then takes up to
+// MaxWrite bytes; otherwise it reads at most smallRead bytes at a time.
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
-	buf := make([]byte, 8+frameBuf)
 	var total int64
 	for {
-		n, err := r.Read(buf[8:])
+		pb, n, err := readFrame(r)
 		if n > 0 {
-			binary.BigEndian.PutUint32(buf, s.id&0x7fffffff)
-			buf[4], buf[5], buf[6], buf[7] = 0, byte(n>>16), byte(n>>8), byte(n)
-			if werr := s.c.writeFrame(buf[:8+n]); werr != nil {
+			werr := s.writeData(*pb, n)
+			if werr != nil {
+				bufpool.Put(pb)
 				return total, werr
 			}
 			total += int64(n)
 		}
+		bufpool.Put(pb)
 		if err == io.EOF {
 			return total, nil
 		}
@@ -348,24 +509,90 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 	}
 }
 
-// deliver queues data for the reader, waiting while the queue is full.
-func (s *Stream) deliver(b []byte, fin bool) {
+// readFrame reads from r into a pooled buffer, leaving 8 bytes in front
+// for the frame header.
+func readFrame(r io.Reader) (*[]byte, int, error) {
+	if sc, ok := r.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			return readRaw(rc)
+		}
+	}
+	pb := bufpool.Get(8 + smallRead)
+	n, err := r.Read((*pb)[8:])
+	return pb, n, err
+}
+
+func readRaw(rc syscall.RawConn) (*[]byte, int, error) {
+	var pb *[]byte
+	var n int
+	var rerr error
+	err := rc.Read(func(fd uintptr) bool {
+		pb = bufpool.Get(8 + MaxWrite)
+		for {
+			n, rerr = syscall.Read(int(fd), (*pb)[8:])
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			bufpool.Put(pb)
+			pb = nil
+			return false // wait for data without a buffer
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		return pb, 0, err
+	case rerr != nil:
+		return pb, 0, os.NewSyscallError("read", rerr)
+	case n == 0:
+		return pb, 0, io.EOF
+	}
+	return pb, n, nil
+}
+
+// deliver hands the stream data read from the server: written straight to
+// the local connection when it takes it at once, queued for WriteTo (or
+// Read) otherwise. It waits while the queue is full.
+func (s *Stream) deliver(chunks []chunk, fin bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for s.queued > queueLimit && !s.eof {
 		s.cond.Wait()
 	}
 	if s.eof {
+		for _, c := range chunks {
+			bufpool.Put(c.pb)
+		}
 		return // reset meanwhile: drop
 	}
-	if len(b) > 0 {
-		s.chunks = append(s.chunks, b)
-		s.queued += len(b)
+	if len(chunks) > 0 && len(s.chunks) == 0 && !s.writing && s.direct != nil {
+		s.writing = true
+		rc := s.direct
+		s.mu.Unlock()
+		var n int
+		n, chunks = writeNow(rc, chunks)
+		s.mu.Lock()
+		s.writing = false
+		s.directN += int64(n)
+	}
+	wake := fin || s.eof
+	for _, c := range chunks {
+		if len(c.b) == 0 {
+			bufpool.Put(c.pb)
+			continue
+		}
+		s.chunks = append(s.chunks, c)
+		s.queued += len(c.b)
+		wake = true
 	}
 	if fin {
 		s.eof = true
 	}
-	s.cond.Broadcast()
+	if wake {
+		s.cond.Broadcast()
+	}
 }
 
 func (s *Stream) remoteDone(err error) {
@@ -375,6 +602,29 @@ func (s *Stream) remoteDone(err error) {
 		s.eof, s.err = true, err
 	}
 	s.cond.Broadcast()
+}
+
+// flush hands on what the read loop has collected, one batch per stream
+// in arrival order. It runs on the read loop, or from the Waiter just
+// before the read loop waits for the network.
+func (c *Conn) flush() {
+	p := c.pend
+	for start := 0; start < len(p); {
+		s := p[start].s
+		var batch [16]chunk
+		chunks := batch[:0]
+		fin := false
+		i := start
+		for ; i < len(p) && p[i].s == s && !fin; i++ {
+			chunks = append(chunks, p[i].c)
+			fin = p[i].fin
+		}
+		start = i
+		s.deliver(chunks, fin)
+	}
+	clear(p)
+	c.pend = p[:0]
+	c.pendBytes = 0
 }
 
 func (c *Conn) stream(id uint32) *Stream {
@@ -387,6 +637,7 @@ func (c *Conn) readLoop() {
 	var hdr [8]byte
 	for {
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			c.flush()
 			c.fail(err)
 			return
 		}
@@ -398,16 +649,29 @@ func (c *Conn) readLoop() {
 		}
 		if hdr[0]&0x80 == 0 { // data frame
 			id := binary.BigEndian.Uint32(hdr[:4]) & 0x7fffffff
-			b := make([]byte, length)
-			if _, err := io.ReadFull(c.br, b); err != nil {
+			pb := bufpool.Get(length)
+			if _, err := io.ReadFull(c.br, *pb); err != nil {
+				bufpool.Put(pb)
 				c.fail(err)
 				return
 			}
-			if s := c.stream(id); s != nil {
-				s.deliver(b, flags&flagFin != 0)
+			s := c.stream(id)
+			if s == nil {
+				bufpool.Put(pb)
+				continue
+			}
+			if !c.coalesce {
+				s.deliver([]chunk{{b: *pb, pb: pb}}, flags&flagFin != 0)
+				continue
+			}
+			c.pend = append(c.pend, pendChunk{s, chunk{b: *pb, pb: pb}, flags&flagFin != 0})
+			c.pendBytes += length
+			if c.pendBytes >= 1<<20 || flags&flagFin != 0 {
+				c.flush()
 			}
 			continue
 		}
+		c.flush() // control frames act on streams: data first
 		typ := binary.BigEndian.Uint16(hdr[2:4])
 		if err := c.control(typ, flags, length); err != nil {
 			c.fail(err)

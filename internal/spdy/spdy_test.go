@@ -35,7 +35,7 @@ func TestAgainstUpstreamServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer server.Close()
-	c := NewConn(cli, nil)
+	c := NewConn(cli, nil, nil)
 	defer c.Close()
 	for i := range 3 {
 		h := http.Header{}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,10 +19,11 @@ import (
 	"github.com/gorilla/websocket"
 	ownspdy "github.com/kpf-dev/kpf/internal/spdy"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
-	clientws "k8s.io/client-go/transport/websocket"
 	streamhttp "k8s.io/streaming/pkg/httpstream"
 )
 
@@ -40,7 +42,11 @@ func dialOwn(ctx context.Context, cfg *rest.Config, u *url.URL, t Transport) (*o
 }
 
 func dialOwnWebSocket(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownspdy.Conn, error) {
-	rt, holder, err := clientws.RoundTripperFor(cfg)
+	up, err := newWSUpgrader(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := rest.HTTPWrappersForConfig(cfg, up)
 	if err != nil {
 		return nil, err
 	}
@@ -48,23 +54,120 @@ func dialOwnWebSocket(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownsp
 	if err != nil {
 		return nil, err
 	}
-	ws, err := clientws.Negotiate(rt, holder, req, tunnelingProtocol)
+	resp, err := rt.RoundTrip(req)
 	if err != nil {
 		return nil, err
 	}
+	resp.Body.Close()
+	ws := up.conn
 	if ws.Subprotocol() != tunnelingProtocol {
 		ws.Close()
 		return nil, fmt.Errorf("unable to negotiate protocol: client supports %q, server returned %q", tunnelingProtocol, ws.Subprotocol())
 	}
-	wc := &wsConn{ws: ws, done: make(chan struct{})}
+	wc := &wsConn{ws: ws, cork: corkerOf(up.netConn), done: make(chan struct{})}
 	go wc.keepAlive()
-	return ownspdy.NewConn(wc, nil), nil
+	return ownspdy.NewConn(wc, nil, waiterOf(up.netConn)), nil
+}
+
+// wsUpgrader is the round tripper under client-go's wrappers (auth,
+// impersonation, user agent) that upgrades to a WebSocket, as client-go's
+// does, but over a fastConn and with pooled write buffers large enough
+// for a whole frame.
+type wsUpgrader struct {
+	tlsConfig *tls.Config
+	proxy     func(*http.Request) (*url.URL, error)
+
+	conn    *websocket.Conn
+	netConn net.Conn // the fastConn under TLS
+}
+
+func newWSUpgrader(cfg *rest.Config) (*wsUpgrader, error) {
+	tlsCfg, err := rest.TLSConfigFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	proxy := cfg.Proxy
+	if proxy == nil {
+		proxy = utilnet.NewProxierWithNoProxyCIDR(http.ProxyFromEnvironment)
+	}
+	return &wsUpgrader{tlsConfig: tlsCfg, proxy: proxy}, nil
+}
+
+// wsWritePool lends gorilla its write buffers per message: an idle tunnel
+// holds none, and a whole frame fits one.
+var wsWritePool = &syncBufferPool{}
+
+type syncBufferPool struct{ p sync.Pool }
+
+func (s *syncBufferPool) Get() interface{}  { return s.p.Get() }
+func (s *syncBufferPool) Put(v interface{}) { s.p.Put(v) }
+
+func (w *wsUpgrader) RoundTrip(req *http.Request) (*http.Response, error) {
+	u := *req.URL
+	switch u.Scheme {
+	case "https":
+		u.Scheme = "wss"
+	case "http":
+		u.Scheme = "ws"
+	default:
+		return nil, fmt.Errorf("unknown url scheme: %s", u.Scheme)
+	}
+	nd := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	d := websocket.Dialer{
+		Proxy:           w.proxy,
+		TLSClientConfig: w.tlsConfig,
+		Subprotocols:    []string{tunnelingProtocol},
+		ReadBufferSize:  32 << 10,
+		WriteBufferSize: ownspdy.MaxWrite + 64,
+		WriteBufferPool: wsWritePool,
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := nd.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			w.netConn = newFastConn(c)
+			return w.netConn, nil
+		},
+	}
+	h := req.Header.Clone()
+	h.Del("Sec-Websocket-Protocol")
+	conn, resp, err := d.DialContext(req.Context(), u.String(), h)
+	if err != nil {
+		if errors.Is(err, websocket.ErrBadHandshake) {
+			return nil, &streamhttp.UpgradeFailureError{Cause: upgradeCause(err, resp)}
+		}
+		return nil, err
+	}
+	w.conn = conn
+	return resp, nil
+}
+
+// upgradeCause says why the API server refused an upgrade, with its
+// Status message when it sent one, as client-go does.
+func upgradeCause(err error, resp *http.Response) error {
+	if resp == nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.Status != "" {
+		err = fmt.Errorf("%w (%s)", err, resp.Status)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if msg := strings.TrimSpace(string(body)); msg != "" {
+		var st metav1.Status
+		if json.Unmarshal(body, &st) == nil && st.Kind == "Status" {
+			return &apierrors.StatusError{ErrStatus: st}
+		}
+		err = fmt.Errorf("%w: %s", err, msg)
+	}
+	return err
 }
 
 // wsConn carries a byte stream as binary WebSocket messages: each Write
 // (one SPDY frame) is one message.
 type wsConn struct {
 	ws   *websocket.Conn
+	cork corker
 	r    io.Reader
 	wmu  sync.Mutex
 	done chan struct{}
@@ -98,7 +201,13 @@ func (w *wsConn) Read(p []byte) (int, error) {
 func (w *wsConn) Write(p []byte) (int, error) {
 	w.wmu.Lock()
 	defer w.wmu.Unlock()
-	if err := w.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
+	// One frame, one message, one system call (TLS records collected).
+	w.cork.Cork()
+	err := w.ws.WriteMessage(websocket.BinaryMessage, p)
+	if ferr := w.cork.Flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -173,12 +282,20 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownspdy.Co
 			tlsCfg.ServerName = u.Hostname()
 		}
 		tlsCfg.NextProtos = []string{"http/1.1"}
-		conn, err = (&tls.Dialer{NetDialer: d, Config: tlsCfg}).DialContext(ctx, "tcp", addr)
-	} else {
-		conn, err = d.DialContext(ctx, "tcp", addr)
 	}
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	fast := newFastConn(raw)
+	conn = fast
+	if u.Scheme == "https" {
+		tc := tls.Client(fast, tlsCfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, err
+		}
+		conn = tc
 	}
 	if deadline, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(deadline)
@@ -208,7 +325,11 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownspdy.Co
 		conn.Close()
 		return nil, fmt.Errorf("unable to negotiate protocol: client supports %q, server returned %q", portforward.PortForwardProtocolV1Name, p)
 	}
-	return ownspdy.NewConn(conn, br), nil
+	return ownspdy.NewConn(struct {
+		io.Reader
+		io.Writer
+		io.Closer
+	}{conn, corkedWriter{conn, corkerOf(fast)}, conn}, br, waiterOf(fast)), nil
 }
 
 // forwardOwn is Forward over kpf's SPDY client: both streams are opened

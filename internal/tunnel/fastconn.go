@@ -1,0 +1,261 @@
+package tunnel
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/bufpool"
+	ownspdy "github.com/kpf-dev/kpf/internal/spdy"
+)
+
+// fastConn is the TCP connection under a tunnel's TLS. It exists to cut
+// system calls, which are most of what moving bytes through a tunnel
+// costs the client:
+//   - reads take whatever the socket holds, up to 256 KiB, into a pooled
+//     buffer that TLS then reads record by record from memory (one read
+//     system call per many records instead of one per record); the buffer
+//     is taken only once data is there, so an idle tunnel holds none;
+//   - between Cork and Flush, writes collect in a pooled buffer and go out
+//     in one write: a large frame that TLS cuts into 16 KiB records is one
+//     system call, not one per record.
+type fastConn struct {
+	net.Conn
+	rc syscall.RawConn
+
+	rbuf      *[]byte // pooled; rdata is its unread part
+	rdata     []byte
+	lastFill  int
+	winStart  time.Time
+	winBytes  int
+	prevBytes int
+
+	// beforeWait runs (on the reading goroutine) before a read waits for
+	// the network: the SPDY read loop hands on what it has collected.
+	beforeWait func()
+
+	wmu    sync.Mutex
+	corked bool
+	wbuf   *[]byte // pooled, while corked
+	werr   error
+}
+
+// readChunk is what one read system call may take.
+const readChunk = 1 << 20
+
+func newFastConn(c net.Conn) net.Conn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return c
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	return &fastConn{Conn: c, rc: rc}
+}
+
+func (f *fastConn) Read(p []byte) (int, error) {
+	if len(f.rdata) == 0 {
+		if len(p) >= readChunk/2 {
+			return f.Conn.Read(p)
+		}
+		if err := f.fill(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, f.rdata)
+	f.rdata = f.rdata[n:]
+	if len(f.rdata) == 0 {
+		bufpool.Put(f.rbuf)
+		f.rbuf, f.rdata = nil, nil
+	}
+	return n, nil
+}
+
+// fill reads what the socket holds into a pooled buffer, waiting for data
+// without holding one.
+func (f *fastConn) fill() error {
+	f.pace()
+	var n int
+	var rerr error
+	err := f.rc.Read(func(fd uintptr) bool {
+		b := bufpool.Get(readChunk)
+		for {
+			n, rerr = syscall.Read(int(fd), *b)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			bufpool.Put(b)
+			if f.beforeWait != nil {
+				f.beforeWait()
+			}
+			return false // wait until readable, then try again
+		}
+		if n > 0 {
+			f.rbuf, f.rdata = b, (*b)[:n]
+		} else {
+			bufpool.Put(b)
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		return err
+	case rerr != nil:
+		return os.NewSyscallError("read", rerr)
+	case n == 0:
+		return io.EOF
+	}
+	f.lastFill = n
+	f.winBytes += n
+	return nil
+}
+
+// Read pacing. Reading a busy socket as eagerly as possible costs more
+// than it seems: each read takes the one record or part of a record that
+// has just arrived, so a GiB takes a hundred thousand reads and wake-ups,
+// and on a machine whose cores the API server and the kubelet share, those
+// are cycles taken from the senders. When the tunnel carries a bulk stream
+// (at least bulkBytes in the last window) and the last read did not fill
+// the buffer, the next read waits paceDelay first, letting data collect.
+// Measured on a 1 GiB download (2-core VM, everything on the same cores):
+// ~166,000 reads per GiB without pacing, ~4,000 with it, and the client's
+// CPU per GiB about halved, most of it context switches saved; the
+// throughput went up, as the senders got the CPU back. Interactive
+// traffic (below bulkBytes per window) is never delayed; a bulk stream's
+// last bytes may wait up to paceDelay.
+var (
+	paceWindow = time.Millisecond
+	bulkBytes  = 64 << 10
+	paceDelay  = time.Millisecond
+)
+
+func (f *fastConn) pace() {
+	now := time.Now()
+	if now.Sub(f.winStart) > paceWindow {
+		f.prevBytes = f.winBytes
+		if now.Sub(f.winStart) > 2*paceWindow {
+			f.prevBytes = 0
+		}
+		f.winStart, f.winBytes = now, 0
+	}
+	if paceDelay > 0 && f.lastFill > 0 && f.lastFill < readChunk && max(f.winBytes, f.prevBytes) >= bulkBytes {
+		if f.beforeWait != nil {
+			f.beforeWait()
+		}
+		time.Sleep(paceDelay)
+	}
+}
+
+func (f *fastConn) Write(p []byte) (int, error) {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	if f.werr != nil {
+		return 0, f.werr
+	}
+	if !f.corked {
+		return f.Conn.Write(p)
+	}
+	written := 0
+	for len(p) > 0 {
+		if f.wbuf == nil {
+			f.wbuf = bufpool.Get(256 << 10)
+			*f.wbuf = (*f.wbuf)[:0]
+		}
+		if len(*f.wbuf) == cap(*f.wbuf) {
+			if err := f.flushLocked(); err != nil {
+				return written, err
+			}
+			continue
+		}
+		n := min(len(p), cap(*f.wbuf)-len(*f.wbuf))
+		*f.wbuf = append(*f.wbuf, p[:n]...)
+		p, written = p[n:], written+n
+	}
+	return written, nil
+}
+
+// BeforeWait sets the function run before a read waits for the network.
+// Set it before the first read that may wait.
+func (f *fastConn) BeforeWait(fn func()) { f.beforeWait = fn }
+
+// waiterOf is c's spdy.Waiter, or nil.
+func waiterOf(c net.Conn) ownspdy.Waiter {
+	if f, ok := c.(*fastConn); ok {
+		return f
+	}
+	return nil
+}
+
+// Cork starts collecting writes; Flush sends them in one write.
+func (f *fastConn) Cork() {
+	f.wmu.Lock()
+	f.corked = true
+	f.wmu.Unlock()
+}
+
+// Flush ends Cork and writes what was collected.
+func (f *fastConn) Flush() error {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	f.corked = false
+	err := f.flushLocked()
+	bufpool.Put(f.wbuf)
+	f.wbuf = nil
+	return err
+}
+
+func (f *fastConn) flushLocked() error {
+	if f.werr != nil {
+		return f.werr
+	}
+	if f.wbuf == nil || len(*f.wbuf) == 0 {
+		return nil
+	}
+	_, err := f.Conn.Write(*f.wbuf)
+	*f.wbuf = (*f.wbuf)[:0]
+	if err != nil {
+		// TLS believes the records went out: nothing may follow them.
+		f.werr = err
+	}
+	return err
+}
+
+// corker is a fastConn, or any conn when it is not one (a no-op).
+type corker interface {
+	Cork()
+	Flush() error
+}
+
+type noCork struct{}
+
+func (noCork) Cork()        {}
+func (noCork) Flush() error { return nil }
+
+func corkerOf(c net.Conn) corker {
+	if f, ok := c.(*fastConn); ok {
+		return f
+	}
+	return noCork{}
+}
+
+// corkedWriter writes each p (one SPDY frame) as one system call.
+type corkedWriter struct {
+	io.Writer
+	c corker
+}
+
+func (w corkedWriter) Write(p []byte) (int, error) {
+	w.c.Cork()
+	n, err := w.Writer.Write(p)
+	if ferr := w.c.Flush(); err == nil && ferr != nil {
+		err = ferr
+	}
+	return n, err
+}
