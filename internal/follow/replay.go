@@ -7,6 +7,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/kpf-dev/kpf/internal/tunnel"
 )
 
 // replayLimit bounds what a connection may send before kpf stops keeping a
@@ -66,9 +68,7 @@ func (r *replayConn) Read(p []byte) (int, error) {
 }
 
 func (r *replayConn) Write(p []byte) (int, error) {
-	r.mu.Lock()
-	r.committed, r.buf = true, nil
-	r.mu.Unlock()
+	r.commit()
 	return r.Conn.Write(p)
 }
 
@@ -125,8 +125,51 @@ var errNotRaw = errors.New("connection not readable directly yet")
 // WriteBuffers writes bufs in one system call where the connection can
 // (writev), and commits the connection as Write does.
 func (r *replayConn) WriteBuffers(bufs *net.Buffers) (int64, error) {
+	r.commit()
+	return bufs.WriteTo(r.Conn)
+}
+
+// DirectWrite lets the data path write the pod's answer straight to the
+// socket; like Write, that commits the connection.
+func (r *replayConn) DirectWrite() (syscall.RawConn, func()) {
+	sc, ok := r.Conn.(syscall.Conn)
+	if !ok {
+		return nil, nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, nil
+	}
+	return rc, r.commit
+}
+
+func (r *replayConn) commit() {
 	r.mu.Lock()
 	r.committed, r.buf = true, nil
 	r.mu.Unlock()
-	return bufs.WriteTo(r.Conn)
+}
+
+// ReadNow reads what has already arrived, without waiting, keeping the copy
+// as Read does.
+func (r *replayConn) ReadNow(p []byte) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pos < len(r.buf) {
+		n := copy(p, r.buf[r.pos:])
+		r.pos += n
+		return n
+	}
+	if r.eof && !r.committed {
+		return 0
+	}
+	n := tunnel.ReadNowRaw(r.Conn, p)
+	if !r.committed {
+		if len(r.buf)+n > replayLimit {
+			r.committed, r.buf = true, nil
+		} else {
+			r.buf = append(r.buf, p[:n]...)
+			r.pos = len(r.buf)
+		}
+	}
+	return n
 }

@@ -212,6 +212,7 @@ type Stream struct {
 	// may write to it itself (non-blocking, nothing queued, nobody else
 	// writing): no hand-over to WriteTo's goroutine, no wake-up.
 	direct  syscall.RawConn
+	prepare func() // before each direct write, if set
 	writing bool
 	directN int64 // bytes the read loop wrote, for WriteTo's count
 }
@@ -249,24 +250,9 @@ func (c *Conn) OpenStream(h http.Header, fin bool) (*Stream, error) {
 		c.wmu.Unlock()
 		return nil, ErrClosed
 	}
-	id := c.nextID
-	c.nextID += 2
-	s := &Stream{c: c, id: id, closedW: fin}
-	s.cond = sync.NewCond(&s.mu)
-	c.streams[id] = s
+	s := c.newStreamLocked(fin)
 	c.mu.Unlock()
-	// Header compression order must match frame order: both happen under
-	// wmu.
-	block := c.headerBlock(h)
-	flags := byte(0)
-	if fin {
-		flags = flagFin
-	}
-	b := controlHeader(make([]byte, 0, 18+len(block)), typeSynStream, flags, 10+len(block))
-	b = binary.BigEndian.AppendUint32(b, id)
-	b = binary.BigEndian.AppendUint32(b, 0) // associated stream
-	b = append(b, 0, 0)                     // priority, slot
-	b = append(b, block...)
+	b := c.synStream(nil, s.id, h, fin)
 	_, err := c.w.Write(b)
 	c.wmu.Unlock()
 	if err != nil {
@@ -274,6 +260,62 @@ func (c *Conn) OpenStream(h http.Header, fin bool) (*Stream, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// OpenPair opens port-forward's two streams, the error stream (half-closed
+// from the start) and the data stream, and sends first on the data stream,
+// all in one write: one TLS record and one read for every hop on the way,
+// instead of three.
+func (c *Conn) OpenPair(errHeaders, dataHeaders http.Header, first []byte) (errS, data *Stream, err error) {
+	c.wmu.Lock()
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		c.wmu.Unlock()
+		return nil, nil, ErrClosed
+	}
+	errS = c.newStreamLocked(true)
+	data = c.newStreamLocked(false)
+	c.mu.Unlock()
+	b := c.synStream(nil, errS.id, errHeaders, true)
+	b = c.synStream(b, data.id, dataHeaders, false)
+	if len(first) > 0 {
+		n := len(first)
+		b = binary.BigEndian.AppendUint32(b, data.id&0x7fffffff)
+		b = append(b, 0, byte(n>>16), byte(n>>8), byte(n))
+		b = append(b, first...)
+	}
+	_, err = c.w.Write(b)
+	c.wmu.Unlock()
+	if err != nil {
+		c.fail(err)
+		return nil, nil, err
+	}
+	return errS, data, nil
+}
+
+func (c *Conn) newStreamLocked(fin bool) *Stream {
+	id := c.nextID
+	c.nextID += 2
+	s := &Stream{c: c, id: id, closedW: fin}
+	s.cond = sync.NewCond(&s.mu)
+	c.streams[id] = s
+	return s
+}
+
+// synStream appends a SYN_STREAM frame to b. Header compression order must
+// match frame order: callers hold wmu.
+func (c *Conn) synStream(b []byte, id uint32, h http.Header, fin bool) []byte {
+	block := c.headerBlock(h)
+	flags := byte(0)
+	if fin {
+		flags = flagFin
+	}
+	b = controlHeader(b, typeSynStream, flags, 10+len(block))
+	b = binary.BigEndian.AppendUint32(b, id)
+	b = binary.BigEndian.AppendUint32(b, 0) // associated stream
+	b = append(b, 0, 0)                     // priority, slot
+	return append(b, block...)
 }
 
 // ID is the stream's id.
@@ -376,7 +418,7 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 	for {
 		s.mu.Lock()
 		if s.direct == nil {
-			s.direct = rawConnOf(w)
+			s.direct, s.prepare = rawConnOf(w)
 		}
 		for (len(s.chunks) == 0 && !s.eof) || s.writing {
 			s.cond.Wait()
@@ -433,17 +475,27 @@ func (s *Stream) takeDirect() int64 {
 	return n
 }
 
+// DirectWriter is a local connection that lets the read loop write to its
+// socket itself, calling prepare before each write (the connection may
+// need to know it has been written to).
+type DirectWriter interface {
+	DirectWrite() (rc syscall.RawConn, prepare func())
+}
+
 // rawConnOf is w's socket when the read loop may write to it directly.
-func rawConnOf(w io.Writer) syscall.RawConn {
+func rawConnOf(w io.Writer) (syscall.RawConn, func()) {
+	if d, ok := w.(DirectWriter); ok {
+		return d.DirectWrite()
+	}
 	sc, ok := w.(syscall.Conn)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return nil
+		return nil, nil
 	}
-	return rc
+	return rc, nil
 }
 
 // writeNow writes chunks to rc without waiting: what the socket takes at
@@ -569,8 +621,11 @@ func (s *Stream) deliver(chunks []chunk, fin bool) {
 	}
 	if len(chunks) > 0 && len(s.chunks) == 0 && !s.writing && s.direct != nil {
 		s.writing = true
-		rc := s.direct
+		rc, prepare := s.direct, s.prepare
 		s.mu.Unlock()
+		if prepare != nil {
+			prepare()
+		}
 		var n int
 		n, chunks = writeNow(rc, chunks)
 		s.mu.Lock()

@@ -14,9 +14,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/kpf-dev/kpf/internal/bufpool"
 	ownspdy "github.com/kpf-dev/kpf/internal/spdy"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -340,15 +342,15 @@ func (c *Conn) forwardOwn(local net.Conn, port uint16) (Stats, error) {
 	h.Set(corev1.StreamType, corev1.StreamTypeError)
 	h.Set(corev1.PortHeader, strconv.Itoa(int(port)))
 	h.Set(corev1.PortForwardRequestIDHeader, id)
-	errStream, err := c.own.OpenStream(h, true)
+	dh := h.Clone()
+	dh.Set(corev1.StreamType, corev1.StreamTypeData)
+	// What the client has already sent goes out with the streams' frames.
+	pb := bufpool.Get(firstRead)
+	first := (*pb)[:readNow(local, *pb)]
+	errStream, data, err := c.own.OpenPair(h, dh, first)
+	bufpool.Put(pb)
 	if err != nil {
-		return Stats{}, fmt.Errorf("create error stream: %w", err)
-	}
-	h.Set(corev1.StreamType, corev1.StreamTypeData)
-	data, err := c.own.OpenStream(h, false)
-	if err != nil {
-		errStream.Reset()
-		return Stats{}, fmt.Errorf("create data stream: %w", err)
+		return Stats{}, fmt.Errorf("create streams: %w", err)
 	}
 	remoteErr := make(chan error, 1)
 	go func() {
@@ -363,8 +365,52 @@ func (c *Conn) forwardOwn(local net.Conn, port uint16) (Stats, error) {
 		}
 	}()
 	st, err := pump(local, ownStream{data}, remoteErr, c.own.Done())
+	st.Out += int64(len(first))
 	errStream.Reset()
 	return st, err
+}
+
+// firstRead bounds what readNow takes to send with a connection's streams.
+const firstRead = 16 << 10
+
+// NowReader is a local connection that can read without waiting.
+type NowReader interface {
+	ReadNow(p []byte) int
+}
+
+// readNow reads what local has already received, without waiting: 0 if
+// nothing (or EOF, which the copy then reads again).
+func readNow(local net.Conn, p []byte) int {
+	if r, ok := local.(NowReader); ok {
+		return r.ReadNow(p)
+	}
+	return ReadNowRaw(local, p)
+}
+
+// ReadNowRaw is a non-blocking read from c's socket, if it has one.
+func ReadNowRaw(c net.Conn, p []byte) int {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return 0
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	rc.Read(func(fd uintptr) bool {
+		for {
+			m, err := syscall.Read(int(fd), p)
+			if err == syscall.EINTR {
+				continue
+			}
+			if err == nil && m > 0 {
+				n = m
+			}
+			return true
+		}
+	})
+	return n
 }
 
 // ownStream is kpf's stream: WriteTo and ReadFrom move data without copy
