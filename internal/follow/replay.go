@@ -173,3 +173,28 @@ func (r *replayConn) ReadNow(p []byte) int {
 	}
 	return n
 }
+
+// WaitReadable waits until Read has something to return (data, EOF, an
+// error, or a detach), without holding a buffer meanwhile: what keeps an
+// idle connection cheap before it is committed.
+func (r *replayConn) WaitReadable() {
+	r.mu.Lock()
+	pending := r.pos < len(r.buf) || r.eof
+	r.mu.Unlock()
+	if pending {
+		return
+	}
+	sc, ok := r.Conn.(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	var one [1]byte
+	rc.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return err != syscall.EAGAIN
+	})
+}

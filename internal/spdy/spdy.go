@@ -235,9 +235,9 @@ const queueLimit = 1 << 20
 // pooled buffer.
 const MaxWrite = 256<<10 - 4<<10
 
-// smallRead is what ReadFrom reads into from a connection it cannot poll
-// without a buffer: the most an idle connection holds.
-const smallRead = 16 << 10
+// smallRead is what ReadFrom reads at most from a connection it cannot
+// read straight from its socket (with its header, one 16 KiB buffer).
+const smallRead = 16<<10 - 8
 
 // OpenStream opens a stream with headers; with fin, it is half-closed
 // from the start (the error stream of port-forward). It does not wait for
@@ -569,9 +569,18 @@ func readFrame(r io.Reader) (*[]byte, int, error) {
 			return readRaw(rc)
 		}
 	}
+	if w, ok := r.(ReadableWaiter); ok {
+		w.WaitReadable()
+	}
 	pb := bufpool.Get(8 + smallRead)
 	n, err := r.Read((*pb)[8:])
 	return pb, n, err
+}
+
+// ReadableWaiter is a local connection that can wait until a Read would
+// not block, so that ReadFrom takes a buffer only once there is data.
+type ReadableWaiter interface {
+	WaitReadable()
 }
 
 func readRaw(rc syscall.RawConn) (*[]byte, int, error) {

@@ -23,6 +23,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/httpstream"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
@@ -104,7 +105,9 @@ func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transp
 	if err != nil {
 		return nil, err
 	}
-	if path == OwnDataPath {
+	// kpf's own SPDY dialer does not speak to proxies: through one, the
+	// tunnel takes client-go's path, which does (as kubectl).
+	if path == OwnDataPath && !proxied(cfg, u) {
 		return dialOwnTransport(ctx, cfg, u, namespace+"/"+pod, t)
 	}
 	dialSPDY := func() (httpstream.Connection, error) {
@@ -150,6 +153,17 @@ func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transp
 	go func() { <-c.conn.CloseChan(); close(done) }()
 	c.done = done
 	return c, nil
+}
+
+// proxied reports whether connections to u go through a proxy: the
+// kubeconfig's proxy-url, else the environment's (HTTPS_PROXY, NO_PROXY).
+func proxied(cfg *rest.Config, u *url.URL) bool {
+	proxy := cfg.Proxy
+	if proxy == nil {
+		proxy = utilnet.NewProxierWithNoProxyCIDR(http.ProxyFromEnvironment)
+	}
+	p, err := proxy(&http.Request{URL: u, Header: http.Header{}})
+	return err != nil || p != nil
 }
 
 // dialOwnTransport is Dial for kpf's data path, with the same fallback.
