@@ -18,7 +18,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -566,7 +565,7 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 func readFrame(r io.Reader) (*[]byte, int, error) {
 	if sc, ok := r.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			return readRaw(rc)
+			return bufpool.ReadRaw(rc, 8, MaxWrite, nil)
 		}
 	}
 	if w, ok := r.(ReadableWaiter); ok {
@@ -581,36 +580,6 @@ func readFrame(r io.Reader) (*[]byte, int, error) {
 // not block, so that ReadFrom takes a buffer only once there is data.
 type ReadableWaiter interface {
 	WaitReadable()
-}
-
-func readRaw(rc syscall.RawConn) (*[]byte, int, error) {
-	var pb *[]byte
-	var n int
-	var rerr error
-	err := rc.Read(func(fd uintptr) bool {
-		pb = bufpool.Get(8 + MaxWrite)
-		for {
-			n, rerr = syscall.Read(int(fd), (*pb)[8:])
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			bufpool.Put(pb)
-			pb = nil
-			return false // wait for data without a buffer
-		}
-		return true
-	})
-	switch {
-	case err != nil:
-		return pb, 0, err
-	case rerr != nil:
-		return pb, 0, os.NewSyscallError("read", rerr)
-	case n == 0:
-		return pb, 0, io.EOF
-	}
-	return pb, n, nil
 }
 
 // deliver hands the stream data read from the server: written straight to

@@ -3,7 +3,6 @@ package tunnel
 import (
 	"io"
 	"net"
-	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -78,38 +77,12 @@ func (f *fastConn) Read(p []byte) (int, error) {
 // without holding one.
 func (f *fastConn) fill() error {
 	f.pace()
-	var n int
-	var rerr error
-	err := f.rc.Read(func(fd uintptr) bool {
-		b := bufpool.Get(readChunk)
-		for {
-			n, rerr = syscall.Read(int(fd), *b)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			bufpool.Put(b)
-			if f.beforeWait != nil {
-				f.beforeWait()
-			}
-			return false // wait until readable, then try again
-		}
-		if n > 0 {
-			f.rbuf, f.rdata = b, (*b)[:n]
-		} else {
-			bufpool.Put(b)
-		}
-		return true
-	})
-	switch {
-	case err != nil:
+	b, n, err := bufpool.ReadRaw(f.rc, 0, readChunk, f.beforeWait)
+	if err != nil {
+		bufpool.Put(b)
 		return err
-	case rerr != nil:
-		return os.NewSyscallError("read", rerr)
-	case n == 0:
-		return io.EOF
 	}
+	f.rbuf, f.rdata = b, (*b)[:n]
 	f.noteFill(n)
 	return nil
 }
