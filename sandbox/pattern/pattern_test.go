@@ -3,6 +3,7 @@ package pattern
 import (
 	"bytes"
 	"io"
+	"strings"
 	"testing"
 )
 
@@ -37,5 +38,26 @@ func TestVerifier(t *testing.T) {
 	var swapped Verifier
 	if _, err := swapped.Write(append(append([]byte{}, b[2048:]...), b[:2048]...)); err == nil {
 		t.Fatal("reordered chunks were not noticed")
+	}
+}
+
+func TestCopyMovesEverything(t *testing.T) {
+	var v Verifier
+	n, err := Copy(&v, NewReader(1<<20+5), make([]byte, 4096))
+	if err != nil || n != 1<<20+5 || v.Count() != 1<<20+5 {
+		t.Fatalf("Copy = %d, %v; verified %d", n, err, v.Count())
+	}
+}
+
+func TestVerifierNamesTheFirstBadByte(t *testing.T) {
+	b, _ := io.ReadAll(NewReader(100000))
+	b[70000] ^= 0x40
+	var v Verifier
+	n, err := v.Write(b)
+	if err == nil || n != 70000 {
+		t.Fatalf("Write = %d, %v; want 70000 and an error", n, err)
+	}
+	if !strings.Contains(err.Error(), "byte 70000") {
+		t.Fatalf("error %q does not name byte 70000", err)
 	}
 }

@@ -6,8 +6,10 @@
 //	                   pattern bytes; /echo returns the body; /sha256 its hash.
 //	kpf.test/echo      TCP echo, half-close aware.
 //	kpf.test/bulk      TCP line protocol: "SEND n" streams n pattern bytes;
-//	                   "RECV n" reads n bytes and answers their sha256; "ECHO"
-//	                   echoes; every connection first reads one line.
+//	                   "RECV n" reads n bytes and answers their sha256;
+//	                   "CHECK n" reads n bytes, checks each against the
+//	                   pattern and answers "ok n" (or what was wrong);
+//	                   "ECHO" echoes; every connection first reads one line.
 //	kpf.test/udp-echo  UDP echo.
 //
 // Each listens on the pod's address ($KPF_POD_ADDR) and on every container
@@ -188,22 +190,34 @@ func bulk(c *net.TCPConn) {
 	buf := make([]byte, 256*1024)
 	switch strings.ToUpper(verb) {
 	case "SEND":
-		io.CopyBuffer(c, pattern.NewReader(n), buf)
+		pattern.Copy(c, pattern.NewReader(n), buf)
 		c.CloseWrite()
 	case "RECV":
 		h := sha256.New()
-		got, _ := io.CopyBuffer(h, io.LimitReader(br, int64(n)), buf)
+		got, _ := pattern.Copy(h, io.LimitReader(br, int64(n)), buf)
 		if uint64(got) != n {
 			fmt.Fprintf(c, "short %d\n", got)
 			return
 		}
 		fmt.Fprintf(c, "%x\n", h.Sum(nil))
 		c.CloseWrite()
+	case "CHECK":
+		var v pattern.Verifier
+		got, err := pattern.Copy(&v, io.LimitReader(br, int64(n)), buf)
+		switch {
+		case err != nil:
+			fmt.Fprintf(c, "bad %v\n", err)
+		case uint64(got) != n:
+			fmt.Fprintf(c, "short %d\n", got)
+		default:
+			fmt.Fprintf(c, "ok %d\n", got)
+		}
+		c.CloseWrite()
 	case "ECHO":
-		io.CopyBuffer(c, br, buf)
+		pattern.Copy(c, br, buf)
 		c.CloseWrite()
 	default:
-		fmt.Fprintf(c, "unknown command %q: use SEND n, RECV n or ECHO\n", verb)
+		fmt.Fprintf(c, "unknown command %q: use SEND n, RECV n, CHECK n or ECHO\n", verb)
 	}
 }
 
