@@ -14,13 +14,14 @@ import (
 // fastConn is the TCP connection under a tunnel's TLS. It exists to cut
 // system calls, which are most of what moving bytes through a tunnel
 // costs the client:
-//   - reads take whatever the socket holds, up to 256 KiB, into a pooled
+//   - reads take whatever the socket holds, up to 1 MiB, into a pooled
 //     buffer that TLS then reads record by record from memory (one read
 //     system call per many records instead of one per record); the buffer
 //     is taken only once data is there, so an idle tunnel holds none;
 //   - between Cork and Flush, writes collect in a pooled buffer and go out
 //     in one write: a large frame that TLS cuts into 16 KiB records is one
-//     system call, not one per record.
+//     system call, not one per record;
+//   - at bulk rates reads are paced (see pace): one wake-up per ~512 KiB.
 type fastConn struct {
 	net.Conn
 	rc syscall.RawConn
@@ -29,6 +30,11 @@ type fastConn struct {
 	rdata      []byte
 	lastFillAt time.Time // pace: when the last read returned
 	rate       float64   // and the rate it saw, bytes per second
+	lowat      int       // the socket's SO_RCVLOWAT while pacing, else 0
+	paced      int       // reads paced so far (tests)
+	// readDeadline is the caller's; pace sets its own and restores it.
+	dmu          sync.Mutex
+	readDeadline time.Time
 
 	// beforeWait runs (on the reading goroutine) before a read waits for
 	// the network: the SPDY read loop hands on what it has collected.
@@ -77,7 +83,7 @@ func (f *fastConn) Read(p []byte) (int, error) {
 // without holding one.
 func (f *fastConn) fill() error {
 	f.pace()
-	b, n, err := bufpool.ReadRaw(f.rc, 0, readChunk, f.beforeWait)
+	b, n, err := bufpool.ReadRaw(f.rc, 0, readChunk, f.unpace)
 	if err != nil {
 		bufpool.Put(b)
 		return err
@@ -93,14 +99,19 @@ func (f *fastConn) fill() error {
 // wake-ups, and on a machine whose cores the API server and the kubelet
 // share, those are cycles taken from the senders. When data arrives at
 // bulk rates (bulkRate or more, measured from one read to the next) and
-// the last read did not fill the buffer, the next read first waits long
-// enough for about paceTarget bytes to collect (paceMin to paceMax).
-// Measured on a 1 GiB download (2-core VM, everything on the same cores):
-// ~166,000 reads per GiB without pacing, ~4,000 with it, the client's CPU
-// per GiB about halved (most of it context switches saved), and the
-// throughput up, as the senders got the CPU back. Interactive traffic
-// never comes near bulkRate and is never delayed; a bulk stream's last
-// bytes may wait up to paceMax.
+// the last read did not fill the buffer, the next read first waits for
+// about paceTarget bytes to collect, or paceMax at most.
+//
+// The wait must not be a plain sleep: the netpoller's epoll is
+// edge-triggered, so every segment that arrives during a sleep wakes an
+// idle thread that then finds nothing to do (~30,000 wake-ups per GiB,
+// most of the client's CPU in this VM). Where the kernel can (Linux),
+// SO_RCVLOWAT holds the socket's readiness back until the bytes are there
+// (or the receive window runs low, so a sender never stalls on it), and
+// the read waits for readiness with a deadline: one wake-up per paced
+// read. Interactive traffic never comes near bulkRate and is never
+// delayed; a bulk stream's last bytes may wait up to paceMax. Before any
+// unpaced wait the low-water mark goes back to one byte.
 const (
 	bulkRate   = 64 << 20 // bytes per second
 	paceTarget = 512 << 10
@@ -122,12 +133,65 @@ func (f *fastConn) pace() {
 	if f.rate < bulkRate {
 		return
 	}
-	d := time.Duration(paceTarget / f.rate * float64(time.Second))
-	d = min(paceMax, max(paceMin, d))
+	f.paced++
 	if f.beforeWait != nil {
 		f.beforeWait()
 	}
-	time.Sleep(d)
+	if f.lowat == 0 {
+		f.lowat = rcvLowat(f.rc, paceTarget)
+	}
+	if f.lowat <= 1 {
+		// No low-water mark here: sleep for about paceTarget bytes.
+		d := time.Duration(paceTarget / f.rate * float64(time.Second))
+		time.Sleep(min(paceMax, max(paceMin, d)))
+		return
+	}
+	f.dmu.Lock()
+	until := time.Now().Add(paceMax)
+	if !f.readDeadline.IsZero() && f.readDeadline.Before(until) {
+		until = f.readDeadline
+	}
+	f.Conn.SetReadDeadline(until)
+	f.dmu.Unlock()
+	waited := false
+	f.rc.Read(func(uintptr) bool {
+		if waited {
+			return true
+		}
+		waited = true
+		return false // wait for readiness: lowat bytes, or the deadline
+	})
+	f.dmu.Lock()
+	f.Conn.SetReadDeadline(f.readDeadline)
+	f.dmu.Unlock()
+}
+
+// SetReadDeadline and SetDeadline keep the caller's read deadline, which
+// pace restores after its own.
+func (f *fastConn) SetReadDeadline(t time.Time) error {
+	f.dmu.Lock()
+	defer f.dmu.Unlock()
+	f.readDeadline = t
+	return f.Conn.SetReadDeadline(t)
+}
+
+func (f *fastConn) SetDeadline(t time.Time) error {
+	f.dmu.Lock()
+	defer f.dmu.Unlock()
+	f.readDeadline = t
+	return f.Conn.SetDeadline(t)
+}
+
+// unpace drops the low-water mark before a read waits for any data: the
+// next bytes may be a few, and they must not wait.
+func (f *fastConn) unpace() {
+	if f.lowat > 1 {
+		rcvLowat(f.rc, 1)
+		f.lowat = 0
+	}
+	if f.beforeWait != nil {
+		f.beforeWait()
+	}
 }
 
 func (f *fastConn) Write(p []byte) (int, error) {

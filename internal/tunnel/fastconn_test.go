@@ -194,3 +194,49 @@ func TestProxiedTunnelsTakeClientGoPath(t *testing.T) {
 		t.Fatal("no proxy, yet proxied")
 	}
 }
+
+// After a bulk stream, pacing holds the socket's readiness back until many
+// bytes are queued; a few bytes that come later, alone, must still be read
+// at once, and every byte of the bulk must arrive in order.
+func TestPacedReadsDoNotHoldBackTheLastBytes(t *testing.T) {
+	c, s := tcpPair(t)
+	f := newFastConn(c).(*fastConn)
+	bulk := make([]byte, 64<<20)
+	rand.Read(bulk)
+	go func() {
+		for p := bulk; len(p) > 0; p = p[min(len(p), 64<<10):] {
+			s.Write(p[:min(len(p), 64<<10)])
+		}
+	}()
+	got := make([]byte, 0, len(bulk))
+	for len(got) < len(bulk) { // as TLS reads: a record at a time
+		n, err := f.Read(got[len(got):min(len(bulk), len(got)+16<<10)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = got[:len(got)+n]
+	}
+	if !bytes.Equal(got, bulk) {
+		t.Fatal("the bulk stream arrived changed")
+	}
+	if f.paced == 0 {
+		t.Fatal("64 MiB over loopback never reached bulkRate: pacing was not exercised")
+	}
+	// The reader waits; then a few bytes come, alone.
+	for i := range 5 {
+		sent := make(chan time.Time, 1)
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			sent <- time.Now()
+			s.Write([]byte("tail"))
+		}()
+		b := make([]byte, 4)
+		f.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(f, b); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(<-sent); d > 100*time.Millisecond {
+			t.Fatalf("message %d: 4 bytes after a bulk stream took %v to read", i, d)
+		}
+	}
+}

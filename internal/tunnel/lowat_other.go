@@ -1,0 +1,9 @@
+//go:build !linux
+
+package tunnel
+
+import "syscall"
+
+// rcvLowat: elsewhere the low-water mark does not hold back epoll/kqueue
+// readiness the same way, so pacing sleeps instead.
+func rcvLowat(syscall.RawConn, int) int { return 1 }
