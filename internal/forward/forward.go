@@ -66,7 +66,14 @@ func listenPort(addrs []portspec.Address, p portspec.Resolved, out, errOut io.Wr
 	var errs []error
 	localhostOK, localhostFailed, explicitFailed := 0, 0, 0
 	for _, a := range addrs {
-		ln, err := net.Listen(a.Network(), net.JoinHostPort(a.IP.String(), strconv.Itoa(int(p.Local))))
+		// Keep-alives find peers that vanished without a word, which on a
+		// loopback address cannot happen: there they are four system calls
+		// per accepted connection for nothing.
+		lc := net.ListenConfig{}
+		if a.Loopback() {
+			lc.KeepAlive = -1
+		}
+		ln, err := lc.Listen(context.Background(), a.Network(), net.JoinHostPort(a.IP.String(), strconv.Itoa(int(p.Local))))
 		if err != nil {
 			errs = append(errs, explainListen(err, a.IP, p))
 			if a.FromLocalhost {
