@@ -361,12 +361,19 @@ func (s *Stream) CloseWrite() error {
 	return s.c.writeFrame(b)
 }
 
-// Reset abandons the stream both ways (RST_STREAM CANCEL).
+// Reset abandons the stream both ways (RST_STREAM CANCEL). A stream that
+// both sides have already ended with a FIN is closed: nothing goes out.
 func (s *Stream) Reset() error {
+	s.mu.Lock()
+	closed := s.closedW && s.eof && s.err == nil
+	s.mu.Unlock()
 	s.remoteDone(errors.New("stream reset"))
 	s.c.mu.Lock()
 	delete(s.c.streams, s.id)
 	s.c.mu.Unlock()
+	if closed {
+		return nil
+	}
 	b := controlHeader(make([]byte, 0, 16), typeRstStream, 0, 8)
 	b = binary.BigEndian.AppendUint32(b, s.id)
 	b = binary.BigEndian.AppendUint32(b, rstCancel)
@@ -506,7 +513,12 @@ func writeNow(rc syscall.RawConn, chunks []chunk) (int, []chunk) {
 		if len(v) == cap(v) {
 			break
 		}
-		v = append(v, c.b)
+		if len(c.b) > 0 {
+			v = append(v, c.b)
+		}
+	}
+	if len(v) == 0 {
+		return 0, chunks // a FIN alone: nothing to write
 	}
 	var n int
 	var werr error

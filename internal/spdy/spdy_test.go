@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,5 +79,76 @@ func TestAgainstUpstreamServer(t *testing.T) {
 		if err != nil || string(b) != "echo:hello" {
 			t.Fatalf("round %d: read %q, %v", i, b, err)
 		}
+	}
+}
+
+// countingConn counts the bytes written to it.
+type countingConn struct {
+	net.Conn
+	n atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.n.Add(int64(len(p)))
+	return c.Conn.Write(p)
+}
+
+// A stream both sides have ended with a FIN is closed: resetting it sends
+// nothing (each RST_STREAM is a TLS record and a read at the API server and
+// at the kubelet, per connection). An open stream is still cancelled.
+func TestResetSendsNothingForAClosedStream(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); accepted <- c }()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams := make(chan httpstream.Stream, 4)
+	server, err := apispdy.NewServerConnection(<-accepted, func(s httpstream.Stream, _ <-chan struct{}) error {
+		streams <- s
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	cli := &countingConn{Conn: raw}
+	c := NewConn(cli, nil, nil)
+	defer c.Close()
+	h := http.Header{}
+	h.Set("streamType", "data")
+	done, err := c.OpenStream(h, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open, err := c.OpenStream(h, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		s := <-streams
+		go func() {
+			io.Copy(s, s)
+			s.Close()
+		}()
+	}
+	done.Write([]byte("x"))
+	done.CloseWrite()
+	if b, err := io.ReadAll(done); err != nil || string(b) != "x" {
+		t.Fatalf("echo: %q, %v", b, err)
+	}
+	before := cli.n.Load()
+	done.Reset()
+	if d := cli.n.Load() - before; d != 0 {
+		t.Fatalf("resetting a stream closed both ways wrote %d bytes", d)
+	}
+	open.Reset()
+	if d := cli.n.Load() - before; d != 16 {
+		t.Fatalf("resetting an open stream wrote %d bytes, want one RST_STREAM (16)", d)
 	}
 }
