@@ -84,7 +84,7 @@ type wsUpgrader struct {
 }
 
 func newWSUpgrader(cfg *rest.Config) (*wsUpgrader, error) {
-	tlsCfg, err := rest.TLSConfigFor(cfg)
+	tlsCfg, err := tlsConfigFor(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -93,6 +93,30 @@ func newWSUpgrader(cfg *rest.Config) (*wsUpgrader, error) {
 		proxy = utilnet.NewProxierWithNoProxyCIDR(http.ProxyFromEnvironment)
 	}
 	return &wsUpgrader{tlsConfig: tlsCfg, proxy: proxy}, nil
+}
+
+// tlsConfigs holds one TLS configuration per REST configuration, with a
+// session cache: every tunnel after the first resumes the TLS session
+// instead of a full handshake (no certificate signatures to make or check
+// on either side). A burst of connections dials tens of tunnels at once,
+// and full handshakes were most of what the burst cost the API server and
+// the client. It also saves parsing the kubeconfig's keys on every dial.
+var tlsConfigs sync.Map // *rest.Config -> *tls.Config
+
+func tlsConfigFor(cfg *rest.Config) (*tls.Config, error) {
+	if c, ok := tlsConfigs.Load(cfg); ok {
+		return c.(*tls.Config), nil
+	}
+	c, err := rest.TLSConfigFor(cfg)
+	if err != nil || c == nil {
+		return c, err
+	}
+	c = c.Clone()
+	if c.ClientSessionCache == nil {
+		c.ClientSessionCache = tls.NewLRUClientSessionCache(64)
+	}
+	actual, _ := tlsConfigs.LoadOrStore(cfg, c)
+	return actual.(*tls.Config), nil
 }
 
 // wsWritePool lends gorilla its write buffers per message: an idle tunnel
@@ -265,7 +289,7 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownspdy.Co
 	if _, err := rt.RoundTrip(req); err != nil {
 		return nil, err
 	}
-	tlsCfg, err := rest.TLSConfigFor(cfg)
+	tlsCfg, err := tlsConfigFor(cfg)
 	if err != nil {
 		return nil, err
 	}
