@@ -204,6 +204,7 @@ type Stream struct {
 	queued  int
 	eof     bool
 	err     error
+	done    chan struct{} // closed when eof is set
 	reset   bool
 	closedW bool
 
@@ -296,7 +297,7 @@ func (c *Conn) OpenPair(errHeaders, dataHeaders http.Header, first []byte) (errS
 func (c *Conn) newStreamLocked(fin bool) *Stream {
 	id := c.nextID
 	c.nextID += 2
-	s := &Stream{c: c, id: id, closedW: fin}
+	s := &Stream{c: c, id: id, closedW: fin, done: make(chan struct{})}
 	s.cond = sync.NewCond(&s.mu)
 	c.streams[id] = s
 	return s
@@ -378,6 +379,26 @@ func (s *Stream) Reset() error {
 	b = binary.BigEndian.AppendUint32(b, s.id)
 	b = binary.BigEndian.AppendUint32(b, rstCancel)
 	return s.c.writeFrame(b)
+}
+
+// Done is closed once the server has ended the stream (FIN), or the stream
+// was reset or its connection lost: a stream read whole only at its end
+// (the error stream) needs no goroutine waiting in Read.
+func (s *Stream) Done() <-chan struct{} { return s.done }
+
+// Buffered takes what the stream holds unread, without waiting, and the
+// stream's error: nil after a FIN (or before the end).
+func (s *Stream) Buffered() ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b []byte
+	for _, c := range s.chunks {
+		b = append(b, c.b...)
+		bufpool.Put(c.pb)
+	}
+	s.chunks, s.queued = nil, 0
+	s.cond.Broadcast()
+	return b, s.err
 }
 
 // Read reads what the server sent; io.EOF after its FIN.
@@ -634,6 +655,7 @@ func (s *Stream) deliver(chunks []chunk, fin bool) {
 	}
 	if fin {
 		s.eof = true
+		close(s.done)
 	}
 	if wake {
 		s.cond.Broadcast()
@@ -645,6 +667,7 @@ func (s *Stream) remoteDone(err error) {
 	defer s.mu.Unlock()
 	if !s.eof {
 		s.eof, s.err = true, err
+		close(s.done)
 	}
 	s.cond.Broadcast()
 }

@@ -97,27 +97,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 // nothing (each RST_STREAM is a TLS record and a read at the API server and
 // at the kubelet, per connection). An open stream is still cancelled.
 func TestResetSendsNothingForAClosedStream(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() { c, _ := ln.Accept(); accepted <- c }()
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	streams := make(chan httpstream.Stream, 4)
-	server, err := apispdy.NewServerConnection(<-accepted, func(s httpstream.Stream, _ <-chan struct{}) error {
-		streams <- s
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
-	cli := &countingConn{Conn: raw}
+	cli, streams := upstream(t)
 	c := NewConn(cli, nil, nil)
 	defer c.Close()
 	h := http.Header{}
@@ -150,5 +130,73 @@ func TestResetSendsNothingForAClosedStream(t *testing.T) {
 	open.Reset()
 	if d := cli.n.Load() - before; d != 16 {
 		t.Fatalf("resetting an open stream wrote %d bytes, want one RST_STREAM (16)", d)
+	}
+}
+
+// upstream is a connection to the server side of the kubelet's SPDY
+// library, counting what the client writes, and the streams it accepts.
+func upstream(t *testing.T) (*countingConn, <-chan httpstream.Stream) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); accepted <- c }()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams := make(chan httpstream.Stream, 4)
+	server, err := apispdy.NewServerConnection(<-accepted, func(s httpstream.Stream, _ <-chan struct{}) error {
+		streams <- s
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close(); raw.Close() })
+	return &countingConn{Conn: raw}, streams
+}
+
+// An error stream is read once it is done, by nobody waiting in Read:
+// Done closes at the server's FIN and Buffered has the whole message; a
+// reset stream is done too, with an error.
+func TestDoneAndBufferedReadAWholeStream(t *testing.T) {
+	cli, streams := upstream(t)
+	c := NewConn(cli, nil, nil)
+	defer c.Close()
+	h := http.Header{}
+	h.Set("streamType", "error")
+	es, err := c.OpenStream(h, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-streams
+	s.Write([]byte("an error "))
+	s.Write([]byte("in two parts"))
+	s.Close()
+	select {
+	case <-es.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed after the server's FIN")
+	}
+	if msg, err := es.Buffered(); string(msg) != "an error in two parts" || err != nil {
+		t.Fatalf("Buffered = %q, %v", msg, err)
+	}
+	other, err := c.OpenStream(h, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-streams
+	other.Reset()
+	select {
+	case <-other.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed after a reset")
+	}
+	if _, err := other.Buffered(); err == nil {
+		t.Fatal("a reset stream has no error")
 	}
 }

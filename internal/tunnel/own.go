@@ -376,19 +376,18 @@ func (c *Conn) forwardOwn(local net.Conn, port uint16) (Stats, error) {
 	if err != nil {
 		return Stats{}, fmt.Errorf("create streams: %w", err)
 	}
-	remoteErr := make(chan error, 1)
-	go func() {
-		msg, err := io.ReadAll(errStream)
-		switch {
-		case err != nil && !isClosed(err):
-			remoteErr <- nil // the tunnel went away; the copies report it
-		case len(msg) > 0:
-			remoteErr <- &RemoteError{Pod: c.Pod, Port: port, Message: string(msg)}
-		default:
-			remoteErr <- nil
+	// The kubelet's verdict comes on the error stream, whole, before its
+	// FIN: read once the stream is done, by no goroutine of its own.
+	verdict := func() error {
+		// What came before a reset counts too: the kubelet may reset the
+		// stream after writing its message.
+		msg, _ := errStream.Buffered()
+		if len(msg) == 0 {
+			return nil // no verdict, or the tunnel went away: the copies report it
 		}
-	}()
-	st, err := pump(local, ownStream{data}, remoteErr, c.own.Done())
+		return &RemoteError{Pod: c.Pod, Port: port, Message: string(msg)}
+	}
+	st, err := pump(local, ownStream{data}, errStream.Done(), verdict, c.own.Done())
 	st.Out += int64(len(first))
 	errStream.Reset()
 	return st, err

@@ -17,7 +17,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -263,16 +262,16 @@ func (c *Conn) Forward(local net.Conn, port uint16) (Stats, error) {
 	}
 	errStream.Close() // we never write to it
 	defer c.conn.RemoveStreams(errStream)
-	remoteErr := make(chan error, 1)
+	var remoteErr error
+	errDone := make(chan struct{})
 	go func() {
+		defer close(errDone)
 		msg, err := io.ReadAll(errStream)
 		switch {
 		case err != nil && !isClosed(err):
-			remoteErr <- fmt.Errorf("read error stream: %w", err)
+			remoteErr = fmt.Errorf("read error stream: %w", err)
 		case len(msg) > 0:
-			remoteErr <- &RemoteError{Pod: c.Pod, Port: port, Message: string(msg)}
-		default:
-			remoteErr <- nil
+			remoteErr = &RemoteError{Pod: c.Pod, Port: port, Message: string(msg)}
 		}
 	}()
 
@@ -283,7 +282,7 @@ func (c *Conn) Forward(local net.Conn, port uint16) (Stats, error) {
 	}
 	defer c.conn.RemoveStreams(data)
 
-	return pump(local, apiStream{data}, remoteErr, c.done)
+	return pump(local, apiStream{data}, errDone, func() error { return remoteErr }, c.done)
 }
 
 // dataStream is the data stream of a connection, on either data path.
@@ -303,46 +302,42 @@ func (a apiStream) closeWrite()                       { a.s.Close() }
 func (a apiStream) reset()                            { a.s.Reset() }
 
 // pump moves bytes both ways until the pod is done or either side fails,
-// then waits (bounded) for the kubelet's verdict on the error stream.
-func pump(local net.Conn, data dataStream, remoteErr <-chan error, tunnelDone <-chan struct{}) (Stats, error) {
+// then waits (bounded) for the kubelet's verdict: verdict() once errDone is
+// closed. The calling goroutine copies from the pod; one more copies to it.
+func pump(local net.Conn, data dataStream, errDone <-chan struct{}, verdict func() error, tunnelDone <-chan struct{}) (Stats, error) {
 	var st Stats
-	var wg sync.WaitGroup
 	localErr := make(chan error, 1)
-	remoteDone := make(chan error, 1)
-	wg.Add(2)
+	outDone := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		n, err := data.copyIn(local)
-		st.In = n
-		remoteDone <- err
-	}()
-	go func() {
-		defer wg.Done()
+		defer close(outDone)
 		n, err := data.copyOut(local)
 		st.Out = n
 		// Tell the pod we are done writing; its answer still comes back.
 		data.closeWrite()
 		if err != nil && !isClosed(err) {
 			localErr <- err
+			data.reset() // ends the copy from the pod
 		}
 	}()
+	n, err := data.copyIn(local)
+	st.In = n
 	var first error
 	select {
-	case err := <-remoteDone:
+	case lerr := <-localErr:
+		first = fmt.Errorf("copy from local connection: %w", lerr)
+	default:
 		if err != nil && !isClosed(err) {
 			first = fmt.Errorf("copy from pod: %w", err)
 		}
-	case err := <-localErr:
-		first = fmt.Errorf("copy from local connection: %w", err)
 	}
 	// Discard what is queued so a slow local side cannot hold the error
 	// stream (and the tunnel's shared reader) back, and end both copies.
 	data.reset()
 	local.Close()
-	wg.Wait()
+	<-outDone
 	select {
-	case err := <-remoteErr:
-		if err != nil {
+	case <-errDone:
+		if err := verdict(); err != nil {
 			return st, err
 		}
 	case <-tunnelDone:
