@@ -51,7 +51,7 @@ func main() {
 	flag.IntVar(&o.idle, "idle-conns", 1000, "idle connections for the memory test")
 	flag.Int64Var(&o.stallBytes, "stall-bytes", 256<<20, "download next to a stalled connection")
 	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl", "paths to measure")
-	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,c100,c1000,stall,idle", "workloads to run")
+	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle", "workloads to run")
 	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
 	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
 	flag.BoolVar(&o.breakdown, "breakdown", false, "also record the CPU per GiB of every process on the path (bench client, API server, node agent, pod)")
@@ -403,6 +403,23 @@ func measure(ctx context.Context, o options, p path, round int, w map[string]boo
 		rec("latency", "p50", ms(lat, 0.50), "ms")
 		rec("latency", "p90", ms(lat, 0.90), "ms")
 		rec("latency", "p99", ms(lat, 0.99), "ms")
+	}
+	if w["medium"] {
+		// Medium responses, one after another, each on a new connection:
+		// what an API client or a test suite does, and where a tunnel's
+		// per-response costs (setup, the tail of a paced read) show.
+		const n, each = 200, 256 << 10
+		var ds []time.Duration
+		t0 := time.Now()
+		for i := 0; i < n; i++ {
+			t := time.Now()
+			if err := workload.BulkDownload(f.addr, each, 30*time.Second); err != nil {
+				return fmt.Errorf("medium: %w", err)
+			}
+			ds = append(ds, time.Since(t))
+		}
+		rec("medium", "throughput", mib(n*each, time.Since(t0)), "MiB/s")
+		rec("medium", "p50", ms(ds, 0.50), "ms")
 	}
 	for _, n := range []int{100, 1000} {
 		if !w[fmt.Sprintf("c%d", n)] {
