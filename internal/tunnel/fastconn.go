@@ -28,10 +28,11 @@ type fastConn struct {
 
 	rbuf       *[]byte // pooled; rdata is its unread part
 	rdata      []byte
-	lastFillAt time.Time // pace: when the last read returned
-	rate       float64   // and the rate it saw, bytes per second
-	lowat      int       // the socket's SO_RCVLOWAT while pacing, else 0
-	paced      int       // reads paced so far (tests)
+	lastFillAt time.Time     // pace: when the last read returned
+	rate       float64       // and the rate it saw, bytes per second
+	lowat      int           // the socket's SO_RCVLOWAT while pacing, else 0
+	paced      int           // reads paced so far (tests)
+	paceD      time.Duration // the longest the next paced read waits
 	// readDeadline is the caller's; pace sets its own and restores it.
 	dmu          sync.Mutex
 	readDeadline time.Time
@@ -110,8 +111,11 @@ func (f *fastConn) fill() error {
 // (or the receive window runs low, so a sender never stalls on it), and
 // the read waits for readiness with a deadline: one wake-up per paced
 // read. Interactive traffic never comes near bulkRate and is never
-// delayed; a bulk stream's last bytes may wait up to paceMax. Before any
-// unpaced wait the low-water mark goes back to one byte.
+// delayed. A burst's last bytes may wait out the deadline, which starts at
+// paceMin for the first paced read of a burst and doubles with each one
+// up to paceMax, so a medium response pays a fraction of a millisecond
+// and a long download pays paceMax once. Before any unpaced wait the
+// low-water mark goes back to one byte.
 const (
 	bulkRate   = 64 << 20 // bytes per second
 	paceTarget = 512 << 10
@@ -131,6 +135,7 @@ func (f *fastConn) noteFill(n int) {
 
 func (f *fastConn) pace() {
 	if f.rate < bulkRate {
+		f.paceD = 0 // the burst is over
 		return
 	}
 	f.paced++
@@ -146,8 +151,12 @@ func (f *fastConn) pace() {
 		time.Sleep(min(paceMax, max(paceMin, d)))
 		return
 	}
+	// The first paced wait of a burst is short and each one that runs out
+	// doubles the next, up to paceMax: a medium response (a few hundred
+	// KiB) that ends before the low-water mark pays ~paceMin, not paceMax.
+	f.paceD = min(paceMax, max(paceMin, 2*f.paceD))
 	f.dmu.Lock()
-	until := time.Now().Add(paceMax)
+	until := time.Now().Add(f.paceD)
 	if !f.readDeadline.IsZero() && f.readDeadline.Before(until) {
 		until = f.readDeadline
 	}
