@@ -630,7 +630,9 @@ func (s *Stream) deliver(chunks []chunk, fin bool) {
 		}
 		return // reset meanwhile: drop
 	}
-	if len(chunks) > 0 && len(s.chunks) == 0 && !s.writing && s.direct != nil {
+	// A FIN alone is not an answer: prepare (which commits a replayable
+	// connection) runs only for data.
+	if hasData(chunks) && len(s.chunks) == 0 && !s.writing && s.direct != nil {
 		s.writing = true
 		rc, prepare := s.direct, s.prepare
 		s.mu.Unlock()
@@ -660,6 +662,15 @@ func (s *Stream) deliver(chunks []chunk, fin bool) {
 	if wake {
 		s.cond.Broadcast()
 	}
+}
+
+func hasData(chunks []chunk) bool {
+	for _, c := range chunks {
+		if len(c.b) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Stream) remoteDone(err error) {

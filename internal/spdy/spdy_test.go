@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -198,5 +199,44 @@ func TestDoneAndBufferedReadAWholeStream(t *testing.T) {
 	}
 	if _, err := other.Buffered(); err == nil {
 		t.Fatal("a reset stream has no error")
+	}
+}
+
+// A FIN with no data is not the pod's answer: it must not run prepare,
+// which commits a connection that could otherwise be replayed on another
+// pod (a refused connection ends with the error message and FINs only).
+func TestFinAloneDoesNotCommit(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	local, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	rc, err := local.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prepared := 0
+	s := &Stream{direct: rc, prepare: func() { prepared++ }, done: make(chan struct{})}
+	s.cond = sync.NewCond(&s.mu)
+	s.deliver([]chunk{{}}, true)
+	if prepared != 0 {
+		t.Fatalf("a FIN alone ran prepare %d times", prepared)
+	}
+	s2 := &Stream{direct: rc, prepare: func() { prepared++ }, done: make(chan struct{})}
+	s2.cond = sync.NewCond(&s2.mu)
+	s2.deliver([]chunk{{b: []byte("answer")}}, false)
+	if prepared != 1 {
+		t.Fatalf("data ran prepare %d times, want 1", prepared)
 	}
 }
