@@ -101,11 +101,20 @@ func newWSUpgrader(cfg *rest.Config) (*wsUpgrader, error) {
 // on either side). A burst of connections dials tens of tunnels at once,
 // and full handshakes were most of what the burst cost the API server and
 // the client. It also saves parsing the kubeconfig's keys on every dial.
-var tlsConfigs sync.Map // *rest.Config -> *tls.Config
+// The map is bounded: a daemon that applies edited files for weeks makes
+// new REST configurations, and a forgotten one must not stay forever.
+var tlsConfigs struct {
+	sync.Mutex
+	m map[*rest.Config]*tls.Config
+}
+
+const maxTLSConfigs = 64
 
 func tlsConfigFor(cfg *rest.Config) (*tls.Config, error) {
-	if c, ok := tlsConfigs.Load(cfg); ok {
-		return c.(*tls.Config), nil
+	tlsConfigs.Lock()
+	defer tlsConfigs.Unlock()
+	if c, ok := tlsConfigs.m[cfg]; ok {
+		return c, nil
 	}
 	c, err := rest.TLSConfigFor(cfg)
 	if err != nil || c == nil {
@@ -115,8 +124,11 @@ func tlsConfigFor(cfg *rest.Config) (*tls.Config, error) {
 	if c.ClientSessionCache == nil {
 		c.ClientSessionCache = tls.NewLRUClientSessionCache(64)
 	}
-	actual, _ := tlsConfigs.LoadOrStore(cfg, c)
-	return actual.(*tls.Config), nil
+	if tlsConfigs.m == nil || len(tlsConfigs.m) >= maxTLSConfigs {
+		tlsConfigs.m = map[*rest.Config]*tls.Config{}
+	}
+	tlsConfigs.m[cfg] = c
+	return c, nil
 }
 
 // wsWritePool lends gorilla its write buffers per message: an idle tunnel
