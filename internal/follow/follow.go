@@ -440,6 +440,10 @@ func (f *Follower) DropTunnels(reason string) {
 	f.broadcast()
 }
 
+// refusedGrace is how long a connection that every pod refused waits for
+// the pods to change before it fails.
+const refusedGrace = 2 * time.Second
+
 // Forward carries a local connection to the current pod (or the next one,
 // with Balance). A connection refused before the pod answered is sent
 // again, whole, to another pod, so rollouts lose no connection.
@@ -472,14 +476,26 @@ func (f *Follower) Forward(local net.Conn, port uint16) (tunnel.Stats, error) {
 		}
 		var remote *tunnel.RemoteError
 		if errors.As(err, &remote) && time.Now().Before(deadline) && rc.rewind() {
-			f.o.Log.Info("pod refused a new connection; trying another", keyPod, pod.Name, "attempt", attempt, keyErr, err)
 			exclude[pod.UID] = true
 			f.mu.Lock()
-			if len(exclude) >= len(f.pods) {
-				clear(exclude) // every pod refused once: try them again, waiting for changes
-			}
+			allRefused := len(exclude) >= len(f.pods)
+			changed := f.changed
 			f.mu.Unlock()
-			continue
+			if !allRefused {
+				f.o.Log.Info("pod refused a new connection; trying another", keyPod, pod.Name, "attempt", attempt, keyErr, err)
+				continue
+			}
+			// Every pod refused. In a rollout the pods change soon (the
+			// one that stopped listening is deleted, a new one is ready):
+			// try again then. Otherwise nothing listens on that port, and
+			// the client hears so now, not after the reconnect wait.
+			select {
+			case <-changed:
+				f.o.Log.Info("every pod refused a new connection; the pods changed, trying again", keyPod, pod.Name, "attempt", attempt)
+				clear(exclude)
+				continue
+			case <-time.After(min(time.Until(deadline), refusedGrace)):
+			}
 		}
 		return stats, fmt.Errorf("via pod %s: %w", pod.Name, err)
 	}
