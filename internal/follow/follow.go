@@ -65,8 +65,6 @@ type Options struct {
 	ReconnectWait time.Duration // how long a new connection waits for a pod
 	MaxRetries    int           // consecutive failed reconnects allowed; 0: no limit
 	NoReconnect   bool          // end the forward when the first pod goes away
-	// MaxTunnels bounds the tunnels per pod (0: the pool's default).
-	MaxTunnels int
 	// Initial is the pod the target resolved to; it is used first.
 	Initial *corev1.Pod
 	Log     *slog.Logger
@@ -363,13 +361,9 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 }
 
 func (f *Follower) dialPool(ctx context.Context, pod *corev1.Pod) (*tunnel.Pool, error) {
-	p, err := tunnel.NewPool(ctx, func(ctx context.Context) (*tunnel.Conn, error) {
+	return tunnel.NewPool(ctx, func(ctx context.Context) (*tunnel.Conn, error) {
 		return f.o.Dial(ctx, pod.Name)
 	})
-	if err == nil && f.o.MaxTunnels > 0 {
-		p.SetMaxTunnels(f.o.MaxTunnels)
-	}
-	return p, err
 }
 
 // failed records a failed dial and sets the backoff; f.mu is held.

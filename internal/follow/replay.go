@@ -49,17 +49,7 @@ func (r *replayConn) Read(p []byte) (int, error) {
 	n, err := r.Conn.Read(p)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.committed {
-		if len(r.buf)+n > replayLimit {
-			r.committed, r.buf = true, nil
-		} else {
-			r.buf = append(r.buf, p[:n]...)
-			r.pos = len(r.buf)
-			if err == io.EOF {
-				r.eof = true
-			}
-		}
-	}
+	r.keepLocked(p[:n], err == io.EOF)
 	if err != nil && r.detached {
 		// Read was woken by detach: the bytes are kept for the retry.
 		return n, io.EOF
@@ -163,15 +153,26 @@ func (r *replayConn) ReadNow(p []byte) int {
 		return 0
 	}
 	n := tunnel.ReadNowRaw(r.Conn, p)
-	if !r.committed {
-		if len(r.buf)+n > replayLimit {
-			r.committed, r.buf = true, nil
-		} else {
-			r.buf = append(r.buf, p[:n]...)
-			r.pos = len(r.buf)
-		}
-	}
+	r.keepLocked(p[:n], false)
 	return n
+}
+
+// keepLocked keeps a copy of what an uncommitted connection read, for a
+// replay; past replayLimit the connection is committed instead. r.mu is
+// held.
+func (r *replayConn) keepLocked(b []byte, eof bool) {
+	if r.committed {
+		return
+	}
+	if len(r.buf)+len(b) > replayLimit {
+		r.committed, r.buf = true, nil
+		return
+	}
+	r.buf = append(r.buf, b...)
+	r.pos = len(r.buf)
+	if eof {
+		r.eof = true
+	}
 }
 
 // WaitReadable waits until Read has something to return (data, EOF, an

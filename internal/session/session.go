@@ -117,7 +117,6 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		MaxRetries:    spec.MaxRetries,
 		NoReconnect:   spec.NoReconnect,
 		Initial:       t.Pod,
-		MaxTunnels:    tunnel.MaxTunnels(spec.DataPath),
 		Log:           deps.Log,
 	}
 	if _, isPod := t.Object.(*corev1.Pod); isPod {

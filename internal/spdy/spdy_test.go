@@ -16,27 +16,7 @@ import (
 // TestAgainstUpstreamServer runs the client against the server side of
 // the library the kubelet uses (moby/spdystream via apimachinery).
 func TestAgainstUpstreamServer(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() { c, _ := ln.Accept(); accepted <- c }()
-	cli, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := <-accepted
-	streams := make(chan httpstream.Stream, 16)
-	server, err := apispdy.NewServerConnection(srv, func(s httpstream.Stream, replySent <-chan struct{}) error {
-		streams <- s
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	cli, streams := upstream(t)
 	c := NewConn(cli, nil, nil)
 	defer c.Close()
 	for i := range 3 {
@@ -134,9 +114,8 @@ func TestResetSendsNothingForAClosedStream(t *testing.T) {
 	}
 }
 
-// upstream is a connection to the server side of the kubelet's SPDY
-// library, counting what the client writes, and the streams it accepts.
-func upstream(t *testing.T) (*countingConn, <-chan httpstream.Stream) {
+// tcpPair is two ends of a loopback TCP connection, closed at cleanup.
+func tcpPair(t *testing.T) (client, server net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -145,19 +124,29 @@ func upstream(t *testing.T) (*countingConn, <-chan httpstream.Stream) {
 	defer ln.Close()
 	accepted := make(chan net.Conn, 1)
 	go func() { c, _ := ln.Accept(); accepted <- c }()
-	raw, err := net.Dial("tcp", ln.Addr().String())
+	client, err = net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	streams := make(chan httpstream.Stream, 4)
-	server, err := apispdy.NewServerConnection(<-accepted, func(s httpstream.Stream, _ <-chan struct{}) error {
+	server = <-accepted
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// upstream is a connection to the server side of the kubelet's SPDY
+// library, counting what the client writes, and the streams it accepts.
+func upstream(t *testing.T) (*countingConn, <-chan httpstream.Stream) {
+	t.Helper()
+	raw, srv := tcpPair(t)
+	streams := make(chan httpstream.Stream, 16)
+	server, err := apispdy.NewServerConnection(srv, func(s httpstream.Stream, _ <-chan struct{}) error {
 		streams <- s
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { server.Close(); raw.Close() })
+	t.Cleanup(func() { server.Close() })
 	return &countingConn{Conn: raw}, streams
 }
 
@@ -206,22 +195,8 @@ func TestDoneAndBufferedReadAWholeStream(t *testing.T) {
 // which commits a connection that could otherwise be replayed on another
 // pod (a refused connection ends with the error message and FINs only).
 func TestFinAloneDoesNotCommit(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			defer c.Close()
-			io.Copy(io.Discard, c)
-		}
-	}()
-	local, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer local.Close()
+	local, srv := tcpPair(t)
+	go io.Copy(io.Discard, srv)
 	rc, err := local.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)

@@ -23,7 +23,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
 	streamhttp "k8s.io/streaming/pkg/httpstream"
@@ -88,11 +87,7 @@ func newWSUpgrader(cfg *rest.Config) (*wsUpgrader, error) {
 	if err != nil {
 		return nil, err
 	}
-	proxy := cfg.Proxy
-	if proxy == nil {
-		proxy = utilnet.NewProxierWithNoProxyCIDR(http.ProxyFromEnvironment)
-	}
-	return &wsUpgrader{tlsConfig: tlsCfg, proxy: proxy}, nil
+	return &wsUpgrader{tlsConfig: tlsCfg, proxy: proxyFor(cfg)}, nil
 }
 
 // tlsConfigs holds one TLS configuration per REST configuration, with a

@@ -10,22 +10,13 @@ import (
 
 // DefaultMaxTunnels bounds a pool's tunnels. Past the bound, connections
 // share the least busy tunnels, and a reader that stalls holds back only
-// the connections on its own tunnel.
+// the connections on its own tunnel. Measured with make bench at 1,000
+// concurrent connections: 1,000 tunnels (one TLS connection each through
+// the API server) halved the aggregate throughput and cost ~100 KiB per
+// idle connection; 64 shared tunnels did better on both, on either data
+// path. (On client-go's, each tunnel that has carried a stream also holds
+// spdystream's ~400 KiB zlib writer for SPDY headers; kpf's keeps none.)
 const DefaultMaxTunnels = 64
-
-// MaxTunnels is the bound for a data path. On client-go's, each tunnel that
-// has carried a stream holds spdystream's zlib writer for SPDY headers
-// (about 400 KiB at BestCompression): hundreds of MiB at 1,000 tunnels.
-// kpf's own path keeps no compressor, and a tunnel costs a TLS connection
-// and a 16 KiB read buffer.
-func MaxTunnels(path DataPath) int {
-	// Measured with make bench at 1,000 concurrent connections: 1,000
-	// tunnels (one TLS connection each through the API server) halved the
-	// aggregate throughput and cost ~100 KiB per idle connection; 64 shared
-	// tunnels did better on both, on either data path.
-	_ = path
-	return DefaultMaxTunnels
-}
 
 // maxDialling bounds the tunnels that connections dial at once; while
 // that many dials are under way, a new connection shares the least busy
@@ -295,11 +286,4 @@ func isDone(c *Conn) bool {
 	default:
 		return false
 	}
-}
-
-// SetMaxTunnels changes the bound on open tunnels.
-func (p *Pool) SetMaxTunnels(n int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.MaxTunnels = n
 }

@@ -154,14 +154,18 @@ func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transp
 	return c, nil
 }
 
-// proxied reports whether connections to u go through a proxy: the
-// kubeconfig's proxy-url, else the environment's (HTTPS_PROXY, NO_PROXY).
-func proxied(cfg *rest.Config, u *url.URL) bool {
-	proxy := cfg.Proxy
-	if proxy == nil {
-		proxy = utilnet.NewProxierWithNoProxyCIDR(http.ProxyFromEnvironment)
+// proxyFor is the proxy rule for cfg's connections: the kubeconfig's
+// proxy-url, else the environment's (HTTPS_PROXY, NO_PROXY), as client-go.
+func proxyFor(cfg *rest.Config) func(*http.Request) (*url.URL, error) {
+	if cfg.Proxy != nil {
+		return cfg.Proxy
 	}
-	p, err := proxy(&http.Request{URL: u, Header: http.Header{}})
+	return utilnet.NewProxierWithNoProxyCIDR(http.ProxyFromEnvironment)
+}
+
+// proxied reports whether connections to u go through a proxy.
+func proxied(cfg *rest.Config, u *url.URL) bool {
+	p, err := proxyFor(cfg)(&http.Request{URL: u, Header: http.Header{}})
 	return err != nil || p != nil
 }
 
