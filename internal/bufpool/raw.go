@@ -4,6 +4,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"github.com/kpf-dev/kpf/internal/sysio"
 )
 
 // ReadRaw reads from a socket into a pooled buffer of headroom+size bytes,
@@ -18,7 +20,7 @@ func ReadRaw(rc syscall.RawConn, headroom, size int, beforeWait func()) (*[]byte
 	err := rc.Read(func(fd uintptr) bool {
 		pb = Get(headroom + size)
 		for {
-			n, rerr = syscall.Read(int(fd), (*pb)[headroom:])
+			n, rerr = sysio.Read(int(fd), (*pb)[headroom:])
 			if rerr != syscall.EINTR {
 				break
 			}

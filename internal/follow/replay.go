@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/sysio"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 )
 
@@ -193,9 +194,7 @@ func (r *replayConn) WaitReadable() {
 	if err != nil {
 		return
 	}
-	var one [1]byte
 	rc.Read(func(fd uintptr) bool {
-		_, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return err != syscall.EAGAIN
+		return sysio.Peek(int(fd)) != syscall.EAGAIN
 	})
 }

@@ -24,6 +24,7 @@ import (
 	"syscall"
 
 	"github.com/kpf-dev/kpf/internal/bufpool"
+	"github.com/kpf-dev/kpf/internal/sysio"
 	"golang.org/x/sys/unix"
 )
 
@@ -545,7 +546,7 @@ func writeNow(rc syscall.RawConn, chunks []chunk) (int, []chunk) {
 	var werr error
 	if err := rc.Write(func(fd uintptr) bool {
 		for {
-			n, werr = unix.Writev(int(fd), v)
+			n, werr = sysio.Writev(int(fd), v)
 			if werr != unix.EINTR {
 				return true // never wait here: WriteTo's goroutine does
 			}

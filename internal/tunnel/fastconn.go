@@ -3,12 +3,14 @@ package tunnel
 import (
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/bufpool"
 	ownspdy "github.com/kpf-dev/kpf/internal/spdy"
+	"github.com/kpf-dev/kpf/internal/sysio"
 )
 
 // fastConn is the TCP connection under a tunnel's TLS. It exists to cut
@@ -210,7 +212,7 @@ func (f *fastConn) Write(p []byte) (int, error) {
 		return 0, f.werr
 	}
 	if !f.corked {
-		return f.Conn.Write(p)
+		return f.write(p)
 	}
 	written := 0
 	for len(p) > 0 {
@@ -268,13 +270,48 @@ func (f *fastConn) flushLocked() error {
 	if f.wbuf == nil || len(*f.wbuf) == 0 {
 		return nil
 	}
-	_, err := f.Conn.Write(*f.wbuf)
+	_, err := f.write(*f.wbuf)
 	*f.wbuf = (*f.wbuf)[:0]
 	if err != nil {
 		// TLS believes the records went out: nothing may follow them.
 		f.werr = err
 	}
 	return err
+}
+
+// write writes all of p, waiting for the socket as needed (and as the
+// write deadline allows), with system calls that do not enter the
+// scheduler (see sysio).
+func (f *fastConn) write(p []byte) (int, error) {
+	written := 0
+	var werr error
+	err := f.rc.Write(func(fd uintptr) bool {
+		for len(p) > 0 {
+			n, err := sysio.Write(int(fd), p)
+			switch {
+			case err == syscall.EINTR:
+				continue
+			case err == syscall.EAGAIN:
+				return false // wait until writable
+			case err != nil:
+				werr = os.NewSyscallError("write", err)
+				return true
+			case n == 0:
+				werr = io.ErrShortWrite
+				return true
+			}
+			written += n
+			p = p[n:]
+		}
+		return true
+	})
+	if werr == nil {
+		werr = err
+	}
+	if werr != nil {
+		return written, &net.OpError{Op: "write", Net: "tcp", Source: f.LocalAddr(), Addr: f.RemoteAddr(), Err: werr}
+	}
+	return written, nil
 }
 
 // corker is a fastConn, or any conn when it is not one (a no-op).

@@ -20,6 +20,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/kpf-dev/kpf/internal/bufpool"
 	ownspdy "github.com/kpf-dev/kpf/internal/spdy"
+	"github.com/kpf-dev/kpf/internal/sysio"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -430,7 +431,7 @@ func ReadNowRaw(c net.Conn, p []byte) int {
 	n := 0
 	rc.Read(func(fd uintptr) bool {
 		for {
-			m, err := syscall.Read(int(fd), p)
+			m, err := sysio.Read(int(fd), p)
 			if err == syscall.EINTR {
 				continue
 			}

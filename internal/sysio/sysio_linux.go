@@ -1,0 +1,74 @@
+package sysio
+
+import (
+	"syscall"
+	"unsafe"
+)
+
+// maxIovecs is the most buffers one Writev passes (the kernel takes 1024).
+const maxIovecs = 64
+
+var zero byte
+
+func base(p []byte) unsafe.Pointer {
+	if len(p) == 0 {
+		return unsafe.Pointer(&zero)
+	}
+	return unsafe.Pointer(&p[0])
+}
+
+// Read reads from fd into p.
+func Read(fd int, p []byte) (int, error) {
+	n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(base(p)), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// Write writes p to fd: what the socket takes now.
+func Write(fd int, p []byte) (int, error) {
+	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(base(p)), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// Writev writes the buffers of v to fd in one call, at most maxIovecs of
+// them: what the socket takes now.
+func Writev(fd int, v [][]byte) (int, error) {
+	var iov [maxIovecs]syscall.Iovec
+	n := 0
+	for _, b := range v {
+		if n == len(iov) {
+			break
+		}
+		if len(b) == 0 {
+			continue
+		}
+		iov[n].Base = &b[0]
+		iov[n].SetLen(len(b))
+		n++
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	w, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+	if e != 0 {
+		return 0, e
+	}
+	return int(w), nil
+}
+
+// Peek reports whether fd has a byte to read or its peer closed: nil when
+// it has, EAGAIN when it has not, or the socket's error.
+func Peek(fd int) error {
+	var one [1]byte
+	_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&one[0])), 1,
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
