@@ -66,15 +66,13 @@ func dialOwnWebSocket(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownsp
 		ws.Close()
 		return nil, fmt.Errorf("unable to negotiate protocol: client supports %q, server returned %q", tunnelingProtocol, ws.Subprotocol())
 	}
-	wc := &wsConn{ws: ws, cork: corkerOf(up.netConn), done: make(chan struct{})}
-	go wc.keepAlive()
+	wc := newWSConn(ws, corkerOf(up.netConn))
 	return ownspdy.NewConn(wc, nil, waiterOf(up.netConn)), nil
 }
 
 // wsUpgrader is the round tripper under client-go's wrappers (auth,
 // impersonation, user agent) that upgrades to a WebSocket, as client-go's
-// does, but over a fastConn and with pooled write buffers large enough
-// for a whole frame.
+// does, but over a fastConn.
 type wsUpgrader struct {
 	tlsConfig *tls.Config
 	proxy     func(*http.Request) (*url.URL, error)
@@ -127,8 +125,9 @@ func tlsConfigFor(cfg *rest.Config) (*tls.Config, error) {
 	return c, nil
 }
 
-// wsWritePool lends gorilla its write buffers per message: an idle tunnel
-// holds none, and a whole frame fits one.
+// wsWritePool makes gorilla take a write buffer only when it writes a
+// message, which it never does (wsConn writes its own frames): without a
+// pool it would allocate one per tunnel.
 var wsWritePool = &syncBufferPool{}
 
 type syncBufferPool struct{ p sync.Pool }
@@ -152,7 +151,6 @@ func (w *wsUpgrader) RoundTrip(req *http.Request) (*http.Response, error) {
 		TLSClientConfig: w.tlsConfig,
 		Subprotocols:    []string{tunnelingProtocol},
 		ReadBufferSize:  32 << 10,
-		WriteBufferSize: ownspdy.MaxWrite + 64,
 		WriteBufferPool: wsWritePool,
 		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := nd.DialContext(ctx, network, addr)
@@ -195,81 +193,6 @@ func upgradeCause(err error, resp *http.Response) error {
 		err = fmt.Errorf("%w: %s", err, msg)
 	}
 	return err
-}
-
-// wsConn carries a byte stream as binary WebSocket messages: each Write
-// (one SPDY frame) is one message.
-type wsConn struct {
-	ws   *websocket.Conn
-	cork corker
-	r    io.Reader
-	wmu  sync.Mutex
-	done chan struct{}
-	once sync.Once
-}
-
-func (w *wsConn) Read(p []byte) (int, error) {
-	for {
-		if w.r == nil {
-			typ, r, err := w.ws.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			if typ != websocket.BinaryMessage {
-				continue
-			}
-			w.r = r
-		}
-		n, err := w.r.Read(p)
-		if err == io.EOF {
-			w.r = nil
-			if n > 0 {
-				return n, nil
-			}
-			continue
-		}
-		return n, err
-	}
-}
-
-func (w *wsConn) Write(p []byte) (int, error) {
-	w.wmu.Lock()
-	defer w.wmu.Unlock()
-	// One frame, one message, one system call (TLS records collected).
-	w.cork.Cork()
-	err := w.ws.WriteMessage(websocket.BinaryMessage, p)
-	if ferr := w.cork.Flush(); err == nil {
-		err = ferr
-	}
-	if err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (w *wsConn) Close() error {
-	w.once.Do(func() { close(w.done) })
-	return w.ws.Close()
-}
-
-// keepAlive pings every 10 s, as client-go's tunnelling connection does,
-// so idle tunnels survive proxies' idle timeouts.
-func (w *wsConn) keepAlive() {
-	t := time.NewTicker(10 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-w.done:
-			return
-		case <-t.C:
-			w.wmu.Lock()
-			err := w.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(10*time.Second))
-			w.wmu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}
 }
 
 // captureTransport records the request that client-go's wrappers (auth,
