@@ -304,13 +304,19 @@ func pathCPU() map[string]float64 {
 	return out
 }
 
-func rssMiB(pid int) float64 {
+// rssMiB is the process's resident memory now.
+func rssMiB(pid int) float64 { return statusMiB(pid, "VmRSS:") }
+
+// peakRSSMiB is the most the process has held resident so far.
+func peakRSSMiB(pid int) float64 { return statusMiB(pid, "VmHWM:") }
+
+func statusMiB(pid int, field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field {
 			kb, _ := strconv.ParseFloat(f[1], 64)
 			return kb / 1024
 		}
@@ -434,6 +440,11 @@ func measure(ctx context.Context, o options, p path, round int, w map[string]boo
 		d := time.Since(t0)
 		rec(fmt.Sprintf("c%d", n), "throughput", mib(per*int64(n-errs), d), "MiB/s")
 		rec(fmt.Sprintf("c%d", n), "errors", float64(errs), "conns")
+		if f.pid() != 0 {
+			// The process's high-water mark so far: what the heaviest
+			// load made it hold.
+			rec(fmt.Sprintf("c%d", n), "peak rss", peakRSSMiB(f.pid()), "MiB")
+		}
 	}
 	if w["stall"] {
 		alone0 := time.Now()
@@ -441,6 +452,10 @@ func measure(ctx context.Context, o options, p path, round int, w map[string]boo
 			return fmt.Errorf("stall baseline: %w", err)
 		}
 		alone := time.Since(alone0)
+		before := 0.0
+		if f.pid() != 0 {
+			before = rssMiB(f.pid())
+		}
 		c, err := net.Dial("tcp", f.addr)
 		if err != nil {
 			return err
@@ -456,6 +471,9 @@ func measure(ctx context.Context, o options, p path, round int, w map[string]boo
 			rec("stall", "neighbour", alone.Seconds()/d.Seconds(), "x alone")
 		}
 		if f.pid() != 0 {
+			// What the stalled connection (and the download next to it)
+			// added, and where the process stands after every workload.
+			rec("stall", "rss growth", rssMiB(f.pid())-before, "MiB")
 			rec("stall", "rss", rssMiB(f.pid()), "MiB")
 		}
 		c.Close()
@@ -569,7 +587,8 @@ func markdown(rs []result, paths []path, o options) string {
 		}
 		for _, pair := range [][2]string{{"kpf-ws", "kubectl-ws"}, {"kpf-spdy", "kubectl-spdy"}} {
 			a, c := vals[key{pair[0], r.workload, r.metric}], vals[key{pair[1], r.workload, r.metric}]
-			if len(a) == 0 || len(c) == 0 || med(c) == 0 {
+			// A growth is a difference of two readings: no ratio of those.
+			if len(a) == 0 || len(c) == 0 || med(c) <= 0 || med(a) < 0 || r.metric == "rss growth" {
 				b.WriteString(" – |")
 				continue
 			}
