@@ -232,9 +232,19 @@ const queueLimit = 1 << 20
 // MaxWrite is the largest DATA payload ReadFrom sends in one frame: what
 // one read of the local socket may take. Large frames mean fewer frames,
 // records and system calls on every hop (kpf, the API server, the
-// kubelet); a frame, its TLS records and a WebSocket header still fit one
-// pooled buffer.
-const MaxWrite = 256<<10 - 4<<10
+// kubelet, which allocates and hands over each frame on its own); a frame,
+// its TLS records and a WebSocket header still fit one pooled buffer.
+// Measured against 252 KiB frames (make bench, upload, 4 alternations):
+// kpf's CPU per GiB -11% (WebSocket) and -19% (SPDY), the node agent's
+// -15% over SPDY, throughput +6% and +17%.
+const MaxWrite = 1<<20 - 8<<10
+
+// firstRead is what ReadFrom's first read of a stream may take. Each read
+// that fills its buffer doubles the next one's, up to MaxWrite, and one
+// that takes less than a quarter halves it again: a bulk upload reaches
+// MaxWrite after a few reads, while a connection that moves a little at a
+// time never holds more than a small buffer per read.
+const firstRead = 64<<10 - 8
 
 // smallRead is what ReadFrom reads at most from a connection it cannot
 // read straight from its socket (with its header, one 16 KiB buffer).
@@ -571,11 +581,14 @@ func writeNow(rc syscall.RawConn, chunks []chunk) (int, []chunk) {
 // ReadFrom sends what r gives as DATA frames, each read going straight
 // into a pooled frame buffer. When r can be polled (a TCP connection), a
 // read waits for data without holding a buffer and then takes up to
-// MaxWrite bytes; otherwise it reads at most smallRead bytes at a time.
+// firstRead bytes, more as reads fill (up to MaxWrite); otherwise it reads
+// at most smallRead bytes at a time.
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 	var total int64
+	size := firstRead
 	for {
-		pb, n, err := readFrame(r)
+		pb, n, err := readFrame(r, size)
+		size = nextReadSize(size, n)
 		if n > 0 {
 			werr := s.writeData(*pb, n)
 			if werr != nil {
@@ -594,12 +607,25 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 	}
 }
 
-// readFrame reads from r into a pooled buffer, leaving 8 bytes in front
-// for the frame header.
-func readFrame(r io.Reader) (*[]byte, int, error) {
+// nextReadSize is the size of ReadFrom's next read after one of size
+// bytes took n (see firstRead). Sizes stay 8 bytes short of a power of
+// two, so that a frame with its header fills its pooled buffer.
+func nextReadSize(size, n int) int {
+	switch {
+	case n >= size && size < MaxWrite:
+		return min(2*(size+8)-8, MaxWrite)
+	case n < size/4 && size > firstRead:
+		return max((size+8)/2-8, firstRead)
+	}
+	return size
+}
+
+// readFrame reads at most size bytes from r into a pooled buffer, leaving
+// 8 bytes in front for the frame header.
+func readFrame(r io.Reader, size int) (*[]byte, int, error) {
 	if sc, ok := r.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			return bufpool.ReadRaw(rc, 8, MaxWrite, nil)
+			return bufpool.ReadRaw(rc, 8, size, nil)
 		}
 	}
 	if w, ok := r.(ReadableWaiter); ok {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/bufpool"
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	apispdy "k8s.io/apimachinery/pkg/util/httpstream/spdy"
 )
@@ -213,5 +214,38 @@ func TestFinAloneDoesNotCommit(t *testing.T) {
 	s2.deliver([]chunk{{b: []byte("answer")}}, false)
 	if prepared != 1 {
 		t.Fatalf("data ran prepare %d times, want 1", prepared)
+	}
+}
+
+// A bulk upload's reads grow to MaxWrite within a few full reads; a
+// connection that then moves a little at a time goes back to small
+// buffers; every size's frame (with its 8-byte header) fits its pooled
+// buffer class exactly or nearly.
+func TestReadSizeFollowsTheTraffic(t *testing.T) {
+	size, steps := firstRead, 0
+	for size < MaxWrite {
+		size = nextReadSize(size, size) // the read filled its buffer
+		steps++
+		if size+8 > bufpool.Max {
+			t.Fatalf("size %d: frame does not fit a pooled buffer", size)
+		}
+	}
+	if size != MaxWrite || steps > 5 {
+		t.Fatalf("reached %d after %d full reads, want MaxWrite (%d) within 5", size, steps, MaxWrite)
+	}
+	if got := nextReadSize(size, size); got != MaxWrite {
+		t.Fatalf("a full read at MaxWrite asked for %d", got)
+	}
+	if got := nextReadSize(size, size/2); got != size {
+		t.Fatalf("a half-full read changed the size to %d", got)
+	}
+	for i := 0; i < 10; i++ {
+		size = nextReadSize(size, 100)
+	}
+	if size != firstRead {
+		t.Fatalf("after small reads the size is %d, want firstRead (%d)", size, firstRead)
+	}
+	if (firstRead+8)&(firstRead+7) != 0 {
+		t.Fatalf("firstRead+8 = %d is not a power of two", firstRead+8)
 	}
 }

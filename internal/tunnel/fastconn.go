@@ -43,10 +43,11 @@ type fastConn struct {
 	// the network: the SPDY read loop hands on what it has collected.
 	beforeWait func()
 
-	wmu    sync.Mutex
-	corked bool
-	wbuf   *[]byte // pooled, while corked
-	werr   error
+	wmu      sync.Mutex
+	corked   bool
+	corkSize int     // the buffer a Cork takes
+	wbuf     *[]byte // pooled, while corked
+	werr     error
 }
 
 // readChunk is what one read system call may take.
@@ -217,7 +218,7 @@ func (f *fastConn) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		if f.wbuf == nil {
-			f.wbuf = bufpool.Get(256 << 10)
+			f.wbuf = bufpool.Get(min(max(f.corkSize, len(p)), bufpool.Max))
 			*f.wbuf = (*f.wbuf)[:0]
 		}
 		if len(*f.wbuf) == cap(*f.wbuf) {
@@ -245,10 +246,13 @@ func waiterOf(c net.Conn) ownspdy.Waiter {
 	return nil
 }
 
-// Cork starts collecting writes; Flush sends them in one write.
-func (f *fastConn) Cork() {
+// Cork starts collecting writes, about n bytes of them (a frame of n bytes
+// and its TLS records' overhead); Flush sends them in one write. More
+// than fits one pooled buffer goes out as each fills.
+func (f *fastConn) Cork(n int) {
 	f.wmu.Lock()
 	f.corked = true
+	f.corkSize = min(n+n/32+64, bufpool.Max)
 	f.wmu.Unlock()
 }
 
@@ -316,13 +320,13 @@ func (f *fastConn) write(p []byte) (int, error) {
 
 // corker is a fastConn, or any conn when it is not one (a no-op).
 type corker interface {
-	Cork()
+	Cork(n int)
 	Flush() error
 }
 
 type noCork struct{}
 
-func (noCork) Cork()        {}
+func (noCork) Cork(int)     {}
 func (noCork) Flush() error { return nil }
 
 func corkerOf(c net.Conn) corker {
@@ -339,7 +343,7 @@ type corkedWriter struct {
 }
 
 func (w corkedWriter) Write(p []byte) (int, error) {
-	w.c.Cork()
+	w.c.Cork(len(p))
 	n, err := w.Writer.Write(p)
 	if ferr := w.c.Flush(); err == nil && ferr != nil {
 		err = ferr

@@ -39,7 +39,7 @@ func tcpPair(t *testing.T) (client, server net.Conn) {
 func TestFastConnCorkSendsOneWrite(t *testing.T) {
 	c, s := tcpPair(t)
 	f := newFastConn(c).(*fastConn)
-	f.Cork()
+	f.Cork(100)
 	for i := range 100 {
 		if _, err := f.Write([]byte{byte(i)}); err != nil {
 			t.Fatal(err)
@@ -68,7 +68,7 @@ func TestFastConnCorkSendsOneWrite(t *testing.T) {
 	big := make([]byte, 3<<20)
 	rand.Read(big)
 	go func() {
-		f.Cork()
+		f.Cork(len(big))
 		f.Write(big[:1<<20])
 		f.Write(big[1<<20:])
 		f.Flush()

@@ -90,7 +90,7 @@ func (w *wsConn) writeFrame(op int, p []byte) error {
 func (w *wsConn) writeFrameLocked(op int, p []byte) error {
 	pb := bufpool.Get(wsMaxHeader + len(p))
 	b := appendWSFrame((*pb)[:0], op, p)
-	w.cork.Cork()
+	w.cork.Cork(len(b))
 	_, err := w.w.Write(b)
 	if ferr := w.cork.Flush(); err == nil {
 		err = ferr
