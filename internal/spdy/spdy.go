@@ -235,8 +235,8 @@ const queueLimit = 1 << 20
 // kubelet, which allocates and hands over each frame on its own); a frame,
 // its TLS records and a WebSocket header still fit one pooled buffer.
 // Measured against 252 KiB frames (make bench, upload, 4 alternations):
-// kpf's CPU per GiB -11% (WebSocket) and -19% (SPDY), the node agent's
-// -15% over SPDY, throughput +6% and +17%.
+// kpf's CPU per GiB -16% (WebSocket) and -10% (SPDY), the node agent's
+// -14% and -18%, throughput +14% and +16%.
 const MaxWrite = 1<<20 - 8<<10
 
 // firstRead is what ReadFrom's first read of a stream may take. Each read
