@@ -167,6 +167,7 @@ func (g *globals) startDebug(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace) // scheduling: go tool trace
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	go func() { <-ctx.Done(); srv.Close() }()
