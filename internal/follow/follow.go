@@ -240,6 +240,13 @@ func usable(p *corev1.Pod) bool {
 // pods that refused this connection already.
 func (f *Follower) choose(exclude map[types.UID]bool) *podState {
 	now := time.Now()
+	// The common case, every connection while nothing changes: the current
+	// pod is still ready. What the full choice below would return too,
+	// without copying every pod.
+	if cur, ok := f.pods[f.current]; ok && !f.o.Balance && !exclude[f.current] && usable(cur.pod) &&
+		!cur.retryAt.After(now) && target.PodReady(cur.pod) {
+		return cur
+	}
 	var ready, running []corev1.Pod
 	for uid, st := range f.pods {
 		if !usable(st.pod) || exclude[uid] || st.retryAt.After(now) {
