@@ -1,6 +1,7 @@
 package spdy
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"net/http"
@@ -67,11 +68,18 @@ func TestAgainstUpstreamServer(t *testing.T) {
 // countingConn counts the bytes written to it.
 type countingConn struct {
 	net.Conn
-	n atomic.Int64
+	n   atomic.Int64
+	max atomic.Int64 // the largest single write
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
 	c.n.Add(int64(len(p)))
+	for {
+		m := c.max.Load()
+		if int64(len(p)) <= m || c.max.CompareAndSwap(m, int64(len(p))) {
+			break
+		}
+	}
 	return c.Conn.Write(p)
 }
 
@@ -248,4 +256,54 @@ func TestReadSizeFollowsTheTraffic(t *testing.T) {
 	if (firstRead+8)&(firstRead+7) != 0 {
 		t.Fatalf("firstRead+8 = %d is not a power of two", firstRead+8)
 	}
+}
+
+// A bulk upload read from a local socket reaches the upstream server byte
+// for byte in frames of up to MaxWrite, which the server library takes (it
+// allows 16 MiB); no write carries more than one such frame.
+func TestBulkReadFromReachesUpstreamServer(t *testing.T) {
+	cli, streams := upstream(t)
+	c := NewConn(cli, nil, nil)
+	defer c.Close()
+	h := http.Header{}
+	h.Set("streamType", "data")
+	data, err := c.OpenStream(h, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srv httpstream.Stream
+	select {
+	case srv = <-streams:
+	case <-time.After(5 * time.Second):
+		t.Fatal("server saw no stream")
+	}
+	want := make([]byte, 16<<20)
+	for i := range want {
+		want[i] = byte(i*131 + i>>12)
+	}
+	local, peer := tcpPair(t)
+	go func() {
+		peer.Write(want)
+		peer.Close()
+	}()
+	done := make(chan error, 1)
+	go func() {
+		_, err := data.ReadFrom(local)
+		data.CloseWrite()
+		done <- err
+	}()
+	got, err := io.ReadAll(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("server read %d bytes, equal %v", len(got), bytes.Equal(got, want))
+	}
+	if m := cli.max.Load(); m > 8+MaxWrite {
+		t.Fatalf("a write of %d bytes: more than one frame of MaxWrite", m)
+	}
+	t.Logf("largest frame write: %d bytes", cli.max.Load())
 }
