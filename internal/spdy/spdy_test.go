@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/bufpool"
+	"github.com/kpf-dev/kpf/internal/testnet"
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	apispdy "k8s.io/apimachinery/pkg/util/httpstream/spdy"
 )
@@ -123,30 +124,11 @@ func TestResetSendsNothingForAClosedStream(t *testing.T) {
 	}
 }
 
-// tcpPair is two ends of a loopback TCP connection, closed at cleanup.
-func tcpPair(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() { c, _ := ln.Accept(); accepted <- c }()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-accepted
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
-
 // upstream is a connection to the server side of the kubelet's SPDY
 // library, counting what the client writes, and the streams it accepts.
 func upstream(t *testing.T) (*countingConn, <-chan httpstream.Stream) {
 	t.Helper()
-	raw, srv := tcpPair(t)
+	raw, srv := testnet.TCPPair(t)
 	streams := make(chan httpstream.Stream, 16)
 	server, err := apispdy.NewServerConnection(srv, func(s httpstream.Stream, _ <-chan struct{}) error {
 		streams <- s
@@ -204,9 +186,9 @@ func TestDoneAndBufferedReadAWholeStream(t *testing.T) {
 // which commits a connection that could otherwise be replayed on another
 // pod (a refused connection ends with the error message and FINs only).
 func TestFinAloneDoesNotCommit(t *testing.T) {
-	local, srv := tcpPair(t)
+	local, srv := testnet.TCPPair(t)
 	go io.Copy(io.Discard, srv)
-	rc, err := local.(*net.TCPConn).SyscallConn()
+	rc, err := local.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +263,7 @@ func TestBulkReadFromReachesUpstreamServer(t *testing.T) {
 	for i := range want {
 		want[i] = byte(i*131 + i>>12)
 	}
-	local, peer := tcpPair(t)
+	local, peer := testnet.TCPPair(t)
 	go func() {
 		peer.Write(want)
 		peer.Close()

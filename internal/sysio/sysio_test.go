@@ -5,31 +5,19 @@ import (
 	"net"
 	"syscall"
 	"testing"
+
+	"github.com/kpf-dev/kpf/internal/testnet"
 )
 
 // pair is a connected TCP pair on loopback and the raw connection of the
 // first (non-blocking, as the net package leaves it).
 func pair(t *testing.T) (*net.TCPConn, *net.TCPConn, syscall.RawConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	a, b := testnet.TCPPair(t)
+	rc, err := a.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	rc, err := a.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a.(*net.TCPConn), b.(*net.TCPConn), rc
+	return a, b, rc
 }
 
 func TestReadWaitsThenReads(t *testing.T) {

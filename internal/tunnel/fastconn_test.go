@@ -5,39 +5,20 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"testing"
 	"time"
 
 	ownspdy "github.com/kpf-dev/kpf/internal/spdy"
+	"github.com/kpf-dev/kpf/internal/testnet"
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	apispdy "k8s.io/apimachinery/pkg/util/httpstream/spdy"
 	"k8s.io/client-go/rest"
 )
 
-// tcpPair is two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() { c, _ := ln.Accept(); accepted <- c }()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-accepted
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
-
 func TestFastConnCorkSendsOneWrite(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := testnet.TCPPair(t)
 	f := newFastConn(c).(*fastConn)
 	f.Cork(100)
 	for i := range 100 {
@@ -80,7 +61,7 @@ func TestFastConnCorkSendsOneWrite(t *testing.T) {
 }
 
 func TestFastConnReadsAndSaysWhenItWaits(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := testnet.TCPPair(t)
 	f := newFastConn(c).(*fastConn)
 	waits := 0
 	f.BeforeWait(func() { waits++ })
@@ -108,7 +89,7 @@ func TestFastConnReadsAndSaysWhenItWaits(t *testing.T) {
 // library on the other, checking every byte; then a small request and
 // answer, which must not wait behind the read loop's batching.
 func TestDataPathAgainstUpstreamServer(t *testing.T) {
-	cli, srv := tcpPair(t)
+	cli, srv := testnet.TCPPair(t)
 	streams := make(chan httpstream.Stream, 16)
 	server, err := apispdy.NewServerConnection(srv, func(s httpstream.Stream, replySent <-chan struct{}) error {
 		streams <- s
@@ -153,11 +134,11 @@ func TestDataPathAgainstUpstreamServer(t *testing.T) {
 	// 16 MiB echoed, through local sockets on kpf's side.
 	payload := make([]byte, 16<<20)
 	rand.Read(payload)
-	app, local := tcpPair(t) // app is the local client; local is what kpf accepted
+	app, local := testnet.TCPPair(t) // app is the local client; local is what kpf accepted
 	data := open("bulk", payload[:100])
 	go func() {
 		app.Write(payload[100:])
-		app.(*net.TCPConn).CloseWrite()
+		app.CloseWrite()
 	}()
 	go func() { data.ReadFrom(local); data.CloseWrite() }()
 	go func() { data.WriteTo(local); local.Close() }()
@@ -171,7 +152,7 @@ func TestDataPathAgainstUpstreamServer(t *testing.T) {
 	}
 
 	// A small exchange right after the bulk one answers at once.
-	app2, local2 := tcpPair(t)
+	app2, local2 := testnet.TCPPair(t)
 	data2 := open("small", []byte("ping"))
 	go func() { data2.WriteTo(local2) }()
 	local2.SetDeadline(time.Now().Add(5 * time.Second))
@@ -199,7 +180,7 @@ func TestProxiedTunnelsTakeClientGoPath(t *testing.T) {
 // bytes are queued; a few bytes that come later, alone, must still be read
 // at once, and every byte of the bulk must arrive in order.
 func TestPacedReadsDoNotHoldBackTheLastBytes(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := testnet.TCPPair(t)
 	f := newFastConn(c).(*fastConn)
 	// 256 KiB at a time, each written once the reader has taken the one
 	// before: every read is short of the buffer and comes at loopback
