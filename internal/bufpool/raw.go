@@ -19,12 +19,7 @@ func ReadRaw(rc syscall.RawConn, headroom, size int, beforeWait func()) (*[]byte
 	var rerr error
 	err := rc.Read(func(fd uintptr) bool {
 		pb = Get(headroom + size)
-		for {
-			n, rerr = sysio.Read(int(fd), (*pb)[headroom:])
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
+		n, rerr = sysio.Read(int(fd), (*pb)[headroom:])
 		if rerr == syscall.EAGAIN {
 			Put(pb)
 			pb = nil

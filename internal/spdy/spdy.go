@@ -25,7 +25,6 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/bufpool"
 	"github.com/kpf-dev/kpf/internal/sysio"
-	"golang.org/x/sys/unix"
 )
 
 // Frame types and flags of SPDY/3.
@@ -555,12 +554,8 @@ func writeNow(rc syscall.RawConn, chunks []chunk) (int, []chunk) {
 	var n int
 	var werr error
 	if err := rc.Write(func(fd uintptr) bool {
-		for {
-			n, werr = sysio.Writev(int(fd), v)
-			if werr != unix.EINTR {
-				return true // never wait here: WriteTo's goroutine does
-			}
-		}
+		n, werr = sysio.Writev(int(fd), v)
+		return true // never wait here: WriteTo's goroutine does
 	}); err != nil || werr != nil || n <= 0 {
 		return 0, chunks
 	}

@@ -13,6 +13,7 @@
 // the calls that must wait (accept, close) still go through the
 // scheduler.
 //
-// Every function here requires a non-blocking descriptor: a raw call that
+// A call a signal interrupts (EINTR) is made again. Every function here
+// requires a non-blocking descriptor: a raw call that
 // blocked would hold its thread and its P for as long as it waited.
 package sysio

@@ -19,20 +19,27 @@ func base(p []byte) unsafe.Pointer {
 
 // Read reads from fd into p.
 func Read(fd int, p []byte) (int, error) {
-	n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(base(p)), uintptr(len(p)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
+	return retry(syscall.SYS_READ, fd, base(p), len(p))
 }
 
 // Write writes p to fd: what the socket takes now.
 func Write(fd int, p []byte) (int, error) {
-	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(base(p)), uintptr(len(p)))
-	if e != 0 {
+	return retry(syscall.SYS_WRITE, fd, base(p), len(p))
+}
+
+// retry makes the system call trap(fd, ptr, n), again if a signal
+// interrupted it.
+func retry(trap uintptr, fd int, ptr unsafe.Pointer, n int) (int, error) {
+	for {
+		r, _, e := syscall.RawSyscall(trap, uintptr(fd), uintptr(ptr), uintptr(n))
+		switch e {
+		case 0:
+			return int(r), nil
+		case syscall.EINTR:
+			continue
+		}
 		return 0, e
 	}
-	return int(n), nil
 }
 
 // Writev writes the buffers of v to fd in one call, at most maxIovecs of
@@ -54,21 +61,22 @@ func Writev(fd int, v [][]byte) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	w, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
-	if e != 0 {
-		return 0, e
-	}
-	return int(w), nil
+	return retry(syscall.SYS_WRITEV, fd, unsafe.Pointer(&iov[0]), n)
 }
 
 // Peek reports whether fd has a byte to read or its peer closed: nil when
 // it has, EAGAIN when it has not, or the socket's error.
 func Peek(fd int) error {
 	var one [1]byte
-	_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&one[0])), 1,
-		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-	if e != 0 {
+	for {
+		_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&one[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			return nil
+		case syscall.EINTR:
+			continue
+		}
 		return e
 	}
-	return nil
 }

@@ -293,8 +293,6 @@ func (f *fastConn) write(p []byte) (int, error) {
 		for len(p) > 0 {
 			n, err := sysio.Write(int(fd), p)
 			switch {
-			case err == syscall.EINTR:
-				continue
 			case err == syscall.EAGAIN:
 				return false // wait until writable
 			case err != nil:

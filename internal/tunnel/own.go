@@ -353,16 +353,10 @@ func ReadNowRaw(c net.Conn, p []byte) int {
 	}
 	n := 0
 	rc.Read(func(fd uintptr) bool {
-		for {
-			m, err := sysio.Read(int(fd), p)
-			if err == syscall.EINTR {
-				continue
-			}
-			if err == nil && m > 0 {
-				n = m
-			}
-			return true
+		if m, err := sysio.Read(int(fd), p); err == nil && m > 0 {
+			n = m
 		}
+		return true
 	})
 	return n
 }
