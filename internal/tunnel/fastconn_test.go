@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"io"
 	"net/http"
-	"net/url"
 	"testing"
 	"time"
 
@@ -14,7 +13,6 @@ import (
 	"github.com/kpf-dev/kpf/internal/testnet"
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	apispdy "k8s.io/apimachinery/pkg/util/httpstream/spdy"
-	"k8s.io/client-go/rest"
 )
 
 func TestFastConnCorkSendsOneWrite(t *testing.T) {
@@ -160,19 +158,6 @@ func TestDataPathAgainstUpstreamServer(t *testing.T) {
 	got := make([]byte, 4)
 	if _, err := io.ReadFull(app2, got); err != nil || string(got) != "ping" {
 		t.Fatalf("small echo: %q, %v", got, err)
-	}
-}
-
-func TestProxiedTunnelsTakeClientGoPath(t *testing.T) {
-	u, _ := url.Parse("https://api.example.com:6443/api/v1/namespaces/ns/pods/p/portforward")
-	cfg := &rest.Config{Host: "https://api.example.com:6443"}
-	cfg.Proxy = func(*http.Request) (*url.URL, error) { return url.Parse("http://proxy.example.com:3128") }
-	if !proxied(cfg, u) {
-		t.Fatal("a proxy-url in the kubeconfig was not seen")
-	}
-	cfg.Proxy = func(*http.Request) (*url.URL, error) { return nil, nil }
-	if proxied(cfg, u) {
-		t.Fatal("no proxy, yet proxied")
 	}
 }
 

@@ -35,16 +35,17 @@ import (
 
 const tunnelingProtocol = "SPDY/3.1+" + portforward.PortForwardProtocolV1Name
 
-// dialOwn opens a tunnel with kpf's SPDY client.
-func dialOwn(ctx context.Context, cfg *rest.Config, u *url.URL, t Transport) (*ownspdy.Conn, error) {
+// dialOwn opens a tunnel with kpf's SPDY client, through proxy if it is
+// not nil.
+func dialOwn(ctx context.Context, cfg *rest.Config, u, proxy *url.URL, t Transport) (*ownspdy.Conn, error) {
 	if t == SPDY {
-		return dialOwnSPDY(ctx, cfg, u)
+		return dialOwnSPDY(ctx, cfg, u, proxy)
 	}
-	return dialOwnWebSocket(ctx, cfg, u)
+	return dialOwnWebSocket(ctx, cfg, u, proxy)
 }
 
-func dialOwnWebSocket(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownspdy.Conn, error) {
-	up, err := newWSUpgrader(cfg)
+func dialOwnWebSocket(ctx context.Context, cfg *rest.Config, u, proxy *url.URL) (*ownspdy.Conn, error) {
+	up, err := newWSUpgrader(cfg, proxy)
 	if err != nil {
 		return nil, err
 	}
@@ -75,18 +76,18 @@ func dialOwnWebSocket(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownsp
 // does, but over a fastConn.
 type wsUpgrader struct {
 	tlsConfig *tls.Config
-	proxy     func(*http.Request) (*url.URL, error)
+	proxy     *url.URL // or nil
 
 	conn    *websocket.Conn
 	netConn net.Conn // the fastConn under TLS
 }
 
-func newWSUpgrader(cfg *rest.Config) (*wsUpgrader, error) {
+func newWSUpgrader(cfg *rest.Config, proxy *url.URL) (*wsUpgrader, error) {
 	tlsCfg, err := tlsConfigFor(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &wsUpgrader{tlsConfig: tlsCfg, proxy: proxyFor(cfg)}, nil
+	return &wsUpgrader{tlsConfig: tlsCfg, proxy: proxy}, nil
 }
 
 // tlsConfigs holds one TLS configuration per REST configuration, with a
@@ -145,15 +146,15 @@ func (w *wsUpgrader) RoundTrip(req *http.Request) (*http.Response, error) {
 	default:
 		return nil, fmt.Errorf("unknown url scheme: %s", u.Scheme)
 	}
-	nd := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 	d := websocket.Dialer{
-		Proxy:           w.proxy,
+		// The proxy's tunnel, if any, is dialTCP's: gorilla's would put
+		// its own connection type over the socket.
 		TLSClientConfig: w.tlsConfig,
 		Subprotocols:    []string{tunnelingProtocol},
 		ReadBufferSize:  32 << 10,
 		WriteBufferPool: wsWritePool,
 		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := nd.DialContext(ctx, network, addr)
+			c, err := dialTCP(ctx, w.proxy, addr)
 			if err != nil {
 				return nil, err
 			}
@@ -204,7 +205,7 @@ func (c *captureTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: r}, nil
 }
 
-func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownspdy.Conn, error) {
+func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u, proxy *url.URL) (*ownspdy.Conn, error) {
 	capture := &captureTransport{}
 	rt, err := rest.HTTPWrappersForConfig(cfg, capture)
 	if err != nil {
@@ -224,11 +225,6 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownspdy.Co
 	if err != nil {
 		return nil, err
 	}
-	addr := u.Host
-	if u.Port() == "" {
-		addr = net.JoinHostPort(u.Hostname(), map[string]string{"http": "80"}[u.Scheme]+map[string]string{"https": "443"}[u.Scheme])
-	}
-	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 	var conn net.Conn
 	if u.Scheme == "https" {
 		if tlsCfg == nil {
@@ -240,7 +236,7 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u *url.URL) (*ownspdy.Co
 		}
 		tlsCfg.NextProtos = []string{"http/1.1"}
 	}
-	raw, err := d.DialContext(ctx, "tcp", addr)
+	raw, err := dialTCP(ctx, proxy, canonicalAddr(u))
 	if err != nil {
 		return nil, err
 	}

@@ -104,10 +104,17 @@ func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transp
 	if err != nil {
 		return nil, err
 	}
-	// kpf's own SPDY dialer does not speak to proxies: through one, the
-	// tunnel takes client-go's path, which does (as kubectl).
-	if path == OwnDataPath && !proxied(cfg, u) {
-		return dialOwnTransport(ctx, cfg, u, namespace+"/"+pod, t)
+	// kpf's data path makes HTTP and SOCKS5 proxies' tunnels itself (see
+	// proxy.go); through an https:// proxy, the tunnel takes client-go's
+	// path.
+	if path == OwnDataPath {
+		p, err := ProxyURL(cfg, u)
+		if err != nil {
+			return nil, err
+		}
+		if ownPathProxies(p) {
+			return dialOwnTransport(ctx, cfg, u, p, namespace+"/"+pod, t)
+		}
 	}
 	dialSPDY := func() (httpstream.Connection, error) {
 		rt, upgrader, err := spdy.RoundTripperFor(cfg)
@@ -163,25 +170,19 @@ func proxyFor(cfg *rest.Config) func(*http.Request) (*url.URL, error) {
 	return utilnet.NewProxierWithNoProxyCIDR(http.ProxyFromEnvironment)
 }
 
-// proxied reports whether connections to u go through a proxy.
-func proxied(cfg *rest.Config, u *url.URL) bool {
-	p, err := proxyFor(cfg)(&http.Request{URL: u, Header: http.Header{}})
-	return err != nil || p != nil
-}
-
 // dialOwnTransport is Dial for kpf's data path, with the same fallback.
-func dialOwnTransport(ctx context.Context, cfg *rest.Config, u *url.URL, pod string, t Transport) (*Conn, error) {
+func dialOwnTransport(ctx context.Context, cfg *rest.Config, u, proxy *url.URL, pod string, t Transport) (*Conn, error) {
 	c := &Conn{Pod: pod}
 	var err error
 	switch t {
 	case SPDY, WebSocket:
-		c.own, err = dialOwn(ctx, cfg, u, t)
+		c.own, err = dialOwn(ctx, cfg, u, proxy, t)
 		c.Transport = t
 	default:
-		c.own, err = dialOwn(ctx, cfg, u, WebSocket)
+		c.own, err = dialOwn(ctx, cfg, u, proxy, WebSocket)
 		c.Transport = WebSocket
 		if err != nil && (IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)) {
-			c.own, err = dialOwn(ctx, cfg, u, SPDY)
+			c.own, err = dialOwn(ctx, cfg, u, proxy, SPDY)
 			c.Transport = SPDY
 		}
 	}
