@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"sort"
 	"strings"
@@ -128,12 +129,16 @@ func editDistance(a, b string) int {
 func explainNetwork(err error, cfg *rest.Config) error {
 	var ue *url.Error
 	var oe *net.OpError
-	if !errors.As(err, &ue) && !errors.As(err, &oe) {
+	var pe *tunnel.ProxyError
+	if !errors.As(err, &ue) && !errors.As(err, &oe) && !errors.As(err, &pe) {
 		return nil
 	}
 	host := ""
 	if cfg != nil {
 		host = cfg.Host
+	}
+	if e := explainProxy(err, cfg, host); e != nil {
+		return e
 	}
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
@@ -146,6 +151,68 @@ func explainNetwork(err error, cfg *rest.Config) error {
 		return fmt.Errorf("cannot reach the API server at %s: %v (check the server address in your kubeconfig)", host, dnsErr)
 	}
 	return nil
+}
+
+// explainProxy: the API server is reached through a proxy, which could
+// not be reached or refused the connection. client-go reports a refused
+// CONNECT with the status text alone ("Unauthorized"), which reads like
+// the API server's answer.
+func explainProxy(err error, cfg *rest.Config, host string) error {
+	if cfg == nil {
+		return nil
+	}
+	u, perr := url.Parse(host)
+	if perr != nil {
+		return nil
+	}
+	p, perr := tunnel.ProxyURL(cfg, u)
+	if perr != nil || p == nil {
+		return nil
+	}
+	where := "proxy-url in your kubeconfig"
+	if cfg.Proxy == nil {
+		where = "HTTPS_PROXY and NO_PROXY in your environment"
+	}
+	var ue *url.Error
+	var re *tunnel.RefusedError
+	var dnsErr *net.DNSError
+	var cause, hint string
+	switch {
+	case errors.As(err, &re):
+		cause, hint = "the proxy refused: "+re.Status, refusalHint(re.Status)
+	case errors.As(err, &ue) && isStatusText(ue.Err.Error()):
+		cause, hint = "the proxy refused: "+ue.Err.Error(), refusalHint(ue.Err.Error())
+	case errors.Is(err, syscall.ECONNREFUSED):
+		cause, hint = "the proxy refused the connection", "is the proxy running? "
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
+		cause = "timed out"
+	case errors.As(err, &dnsErr):
+		cause = dnsErr.Error()
+	default:
+		cause = err.Error()
+		if errors.As(err, &ue) {
+			cause = ue.Err.Error()
+		}
+	}
+	return fmt.Errorf("cannot reach the API server at %s through the proxy %s: %s (%scheck %s)", host, p.Redacted(), cause, hint, where)
+}
+
+// isStatusText reports whether s is an HTTP status text: what Go's HTTP
+// client reports for a refused CONNECT.
+func isStatusText(s string) bool {
+	for code := 400; code < 600; code++ {
+		if t := http.StatusText(code); t != "" && t == s {
+			return true
+		}
+	}
+	return false
+}
+
+func refusalHint(status string) string {
+	if strings.Contains(status, "Unauthorized") || strings.Contains(status, "Proxy Authentication Required") {
+		return "are the user and password in the proxy's URL right? "
+	}
+	return ""
 }
 
 func isTimeout(err error) bool {
