@@ -3,7 +3,7 @@
 # when they are missing. Needs root (or sudo) only if something is missing.
 set -euo pipefail
 need=()
-for pair in curl:curl python3:python3 nc:netcat-openbsd; do
+for pair in curl:curl python3:python3 nc:netcat-openbsd tinyproxy:tinyproxy microsocks:microsocks; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -1,0 +1,239 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kpf-dev/kpf/sandbox/cluster"
+	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
+	"github.com/kpf-dev/kpf/sandbox/workload"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// The proxies are real ones from Debian (scripts/deps.sh installs them):
+// tinyproxy for HTTP CONNECT, microsocks for SOCKS5, both with a user and
+// password, as in front of a private cluster.
+const proxyUser, proxyPass = "alice", "pr0xy-s3cret"
+
+// TestThroughProxies: with a proxy-url in the kubeconfig, kpf forwards
+// byte-exact over both transports and, like kubectl side by side, has no
+// connection to the API server but through the proxy.
+func TestThroughProxies(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := zooNamespace(t, sb)
+	api := portOf(t, sb.APIServer)
+	for _, px := range []struct {
+		name string
+		url  string
+	}{
+		{"http", startTinyproxy(t, proxyUser+" "+proxyPass)},
+		{"socks5", startMicrosocks(t, proxyUser, proxyPass)},
+	} {
+		cfg := kubeconfigVia(t, sb, px.url)
+		proxyPort := portOf(t, px.url)
+		for _, transport := range []string{"websocket", "spdy"} {
+			t.Run(px.name+"/"+transport, func(t *testing.T) {
+				ws := strconv.FormatBool(transport == "websocket")
+				for _, f := range []struct {
+					forwarder
+					args []string
+				}{
+					{forwarder{name: "kpf", argv: func(args ...string) []string {
+						return append([]string{kpfBin, "--kubeconfig", cfg, "forward"}, args...)
+					}}, []string{"--transport", transport}},
+					{forwarder{name: "kubectl", env: []string{"KUBECTL_PORT_FORWARD_WEBSOCKETS=" + ws}, argv: func(args ...string) []string {
+						return append([]string{sb.Kubectl, "--kubeconfig", cfg, "port-forward"}, args...)
+					}}, nil},
+				} {
+					p, ls := f.start(t, 2, append(f.args, "-n", ns, "pod/bulk", ":9000")...)
+					if err := workload.BulkDownload(ls[0].Addr, 8<<20, 30*time.Second); err != nil {
+						t.Fatalf("%s: download: %v", f.name, err)
+					}
+					if err := workload.BulkUpload(ls[0].Addr, 8<<20, 30*time.Second); err != nil {
+						t.Fatalf("%s: upload: %v", f.name, err)
+					}
+					// The tunnel that carried them is still open (kpf keeps
+					// tunnels for reuse; kubectl has one for its life).
+					remote := remotePorts(t, p.Cmd.Process.Pid)
+					if remote[api] > 0 || remote[proxyPort] == 0 {
+						t.Errorf("%s: %d connections to the API server's port %d, %d to the proxy's %d; want none and some",
+							f.name, remote[api], api, remote[proxyPort], proxyPort)
+					}
+					p.Stop()
+					if strings.Contains(p.Output(), proxyPass) {
+						t.Errorf("%s printed the proxy's password:\n%s", f.name, p.Output())
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestProxyErrorsNameTheProxy: a proxy that is down, or refuses the user,
+// is named (without its password) as what failed, not the API server.
+func TestProxyErrorsNameTheProxy(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := zooNamespace(t, sb)
+	good := startTinyproxy(t, proxyUser+" "+proxyPass)
+	wrongPass := strings.Replace(good, proxyPass, "not-the-"+proxyPass, 1)
+	down := fmt.Sprintf("http://%s:%s@127.0.0.1:%d", proxyUser, proxyPass, freePort(t))
+	socks := startMicrosocks(t, proxyUser, proxyPass)
+	socksWrongPass := strings.Replace(socks, proxyPass, "not-the-"+proxyPass, 1)
+	for _, tc := range []struct {
+		name, proxy, want string
+	}{
+		{"proxy down", down, "the proxy refused the connection (is the proxy running? check proxy-url in your kubeconfig)"},
+		{"wrong password", wrongPass, "the proxy refused: Unauthorized (are the user and password in the proxy's URL right? check proxy-url in your kubeconfig)"},
+		{"socks5 wrong password", socksWrongPass, "username/password authentication failed (check proxy-url in your kubeconfig)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := kubeconfigVia(t, sb, tc.proxy)
+			f := forwarder{name: "kpf", argv: func(args ...string) []string {
+				return append([]string{kpfBin, "--kubeconfig", cfg, "forward"}, args...)
+			}}
+			out, code := f.run(t, "-n", ns, "pod/bulk", ":9000")
+			u, _ := url.Parse(tc.proxy)
+			want := "error: cannot reach the API server at " + sb.APIServer + " through the proxy " + u.Redacted() + ": "
+			if code != 1 || !strings.Contains(out, want) || !strings.Contains(out, tc.want) {
+				t.Errorf("exit %d:\n%s\nwant %q ... %q", code, out, want, tc.want)
+			}
+			if strings.Contains(out, proxyPass) {
+				t.Errorf("printed the proxy's password:\n%s", out)
+			}
+		})
+	}
+}
+
+// needTool finds a program the tests need; CI must have it (scripts/deps.sh
+// installs it), elsewhere the test is skipped with what to install.
+func needTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is not installed: run scripts/deps.sh", name)
+		}
+		t.Skipf("%s is not installed (scripts/deps.sh installs it)", name)
+	}
+	return p
+}
+
+// startTinyproxy runs tinyproxy on a free loopback port, requiring the
+// basic auth "user password" if given, and returns its URL (with them).
+func startTinyproxy(t *testing.T, auth string) string {
+	bin := needTool(t, "tinyproxy")
+	port := freePort(t)
+	dir := t.TempDir()
+	conf := fmt.Sprintf("Port %d\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 600\nMaxClients 100\nLogLevel Connect\nLogFile %q\n",
+		port, filepath.Join(dir, "tinyproxy.log"))
+	userinfo := ""
+	if auth != "" {
+		conf += "BasicAuth " + auth + "\n"
+		userinfo = strings.Replace(auth, " ", ":", 1) + "@"
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tinyproxy.conf"), []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sandboxtest.Start(t, exec.Command(bin, "-d", "-c", filepath.Join(dir, "tinyproxy.conf")))
+	waitListening(t, "tinyproxy", port)
+	return fmt.Sprintf("http://%s127.0.0.1:%d", userinfo, port)
+}
+
+// startMicrosocks runs microsocks on a free loopback port with a user and
+// password, and returns its URL (with them).
+func startMicrosocks(t *testing.T, user, pass string) string {
+	bin := needTool(t, "microsocks")
+	port := freePort(t)
+	sandboxtest.Start(t, exec.Command(bin, "-i", "127.0.0.1", "-p", strconv.Itoa(port), "-u", user, "-P", pass))
+	waitListening(t, "microsocks", port)
+	return fmt.Sprintf("socks5://%s:%s@127.0.0.1:%d", user, pass, port)
+}
+
+func waitListening(t *testing.T, what string, port int) {
+	sandboxtest.WaitFor(t, 10*time.Second, what+" listening", func() (bool, error) {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err != nil {
+			return false, nil
+		}
+		c.Close()
+		return true, nil
+	})
+}
+
+// kubeconfigVia is the admin kubeconfig with proxy-url set on its clusters.
+func kubeconfigVia(t *testing.T, sb *sandboxtest.Sandbox, proxy string) string {
+	t.Helper()
+	kc, err := clientcmd.LoadFromFile(sb.Kubeconfig(cluster.UserAdmin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range kc.Clusters {
+		c.ProxyURL = proxy
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func portOf(t *testing.T, rawURL string) int {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatalf("no port in %s", rawURL)
+	}
+	return p
+}
+
+// remotePorts counts process pid's established TCP connections by remote
+// port (from /proc: its socket descriptors, and the kernel's TCP tables).
+func remotePorts(t *testing.T, pid int) map[int]int {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if ino, ok := strings.CutPrefix(link, "socket:["); err == nil && ok {
+			inodes[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	ports := map[int]int{}
+	for _, table := range []string{"tcp", "tcp6"} {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		sc.Scan() // header
+		for sc.Scan() {
+			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 10 || fields[3] != "01" || !inodes[fields[9]] {
+				continue
+			}
+			_, portHex, _ := strings.Cut(fields[2], ":")
+			if port, err := strconv.ParseInt(portHex, 16, 32); err == nil {
+				ports[int(port)]++
+			}
+		}
+		f.Close()
+	}
+	return ports
+}
