@@ -43,6 +43,10 @@ type fastConn struct {
 	// the network: the SPDY read loop hands on what it has collected.
 	beforeWait func()
 
+	// ackNow: every read sends the delayed ACK at once (see
+	// newProxiedFastConn).
+	ackNow bool
+
 	wmu      sync.Mutex
 	corked   bool
 	corkSize int     // the buffer a Cork takes
@@ -63,6 +67,21 @@ func newFastConn(c net.Conn) net.Conn {
 		return c
 	}
 	return &fastConn{Conn: c, rc: rc}
+}
+
+// newProxiedFastConn is newFastConn for a socket to a proxy. A proxy that
+// relays without TCP_NODELAY (tinyproxy does) holds each small segment
+// until the one before it is acknowledged (Nagle), and Linux delays the
+// ACK of a small segment by up to 40 ms once a connection looks
+// interactive: through such a proxy every request and answer that spans
+// two segments waited ~40 ms (new connections: p50 42 ms against 1 ms
+// without the proxy). Reads on such a socket acknowledge at once.
+func newProxiedFastConn(c net.Conn) net.Conn {
+	fc := newFastConn(c)
+	if f, ok := fc.(*fastConn); ok {
+		f.ackNow = true
+	}
+	return fc
 }
 
 func (f *fastConn) Read(p []byte) (int, error) {
@@ -94,6 +113,9 @@ func (f *fastConn) fill() error {
 	}
 	f.rbuf, f.rdata = b, (*b)[:n]
 	f.noteFill(n)
+	if f.ackNow {
+		quickAck(f.rc)
+	}
 	return nil
 }
 

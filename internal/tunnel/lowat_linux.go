@@ -26,3 +26,11 @@ func rcvLowat(rc syscall.RawConn, n int) int {
 	})
 	return set
 }
+
+// quickAck sends the socket's delayed ACK now, if one is pending, and
+// leaves delayed-ACK mode until the kernel enters it again.
+func quickAck(rc syscall.RawConn) {
+	rc.Control(func(fd uintptr) {
+		syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_QUICKACK, 1)
+	})
+}

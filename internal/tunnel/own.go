@@ -159,6 +159,9 @@ func (w *wsUpgrader) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, err
 			}
 			w.netConn = newFastConn(c)
+			if w.proxy != nil {
+				w.netConn = newProxiedFastConn(c)
+			}
 			return w.netConn, nil
 		},
 	}
@@ -241,6 +244,9 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u, proxy *url.URL) (*own
 		return nil, err
 	}
 	fast := newFastConn(raw)
+	if proxy != nil {
+		fast = newProxiedFastConn(raw)
+	}
 	conn = fast
 	if u.Scheme == "https" {
 		tc := tls.Client(fast, tlsCfg)
