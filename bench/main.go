@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,7 @@ import (
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 	"github.com/kpf-dev/kpf/sandbox/workload"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 type options struct {
@@ -41,6 +43,7 @@ type options struct {
 	workloads  string
 	stallBytes int64
 	breakdown  bool
+	proxy      string
 }
 
 func main() {
@@ -55,6 +58,7 @@ func main() {
 	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
 	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
 	flag.BoolVar(&o.breakdown, "breakdown", false, "also record the CPU per GiB of every process on the path (bench client, API server, node agent, pod)")
+	flag.StringVar(&o.proxy, "proxy", "", "a proxy URL (http://HOST:PORT or socks5://HOST:PORT) set as proxy-url in the kubeconfig of every kpf and kubectl path")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -189,6 +193,12 @@ spec:
 		}
 	}
 	admin := sb.Kubeconfig(cluster.UserAdmin)
+	if o.proxy != "" {
+		if admin, err = kubeconfigVia(admin, o.proxy); err != nil {
+			return err
+		}
+		defer os.Remove(admin)
+	}
 	kubectlPF := func(bin, ws string) func(context.Context) (*forwarder, error) {
 		return func(ctx context.Context) (*forwarder, error) {
 			return startForwarder(ctx, []string{bin, "--kubeconfig", admin, "port-forward", "-n", ns, "pod/bulk", ":9000"}, []string{"KUBECTL_PORT_FORWARD_WEBSOCKETS=" + ws})
@@ -546,7 +556,13 @@ func markdown(rs []result, paths []path, o options) string {
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nkpf benchmark, %s, %d cores, %s; %d rounds; median (min–max)\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.GOOS+"/"+runtime.GOARCH, o.rounds)
+	via := ""
+	if o.proxy != "" {
+		if u, err := url.Parse(o.proxy); err == nil {
+			via = "; tunnels through the proxy " + u.Redacted()
+		}
+	}
+	fmt.Fprintf(&b, "\nkpf benchmark, %s, %d cores, %s; %d rounds%s; median (min–max)\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.GOOS+"/"+runtime.GOARCH, o.rounds, via)
 	b.WriteString("| workload | metric |")
 	for _, p := range paths {
 		b.WriteString(" " + p.name + " |")
@@ -602,4 +618,25 @@ func markdown(rs []result, paths []path, o options) string {
 		}
 	}
 	return b.String()
+}
+
+// kubeconfigVia writes a copy of the kubeconfig at path with proxy-url set
+// on its clusters, and returns the copy's path.
+func kubeconfigVia(path, proxy string) (string, error) {
+	if _, err := url.Parse(proxy); err != nil {
+		return "", fmt.Errorf("-proxy %q: %v", proxy, err)
+	}
+	kc, err := clientcmd.LoadFromFile(path)
+	if err != nil {
+		return "", err
+	}
+	for _, c := range kc.Clusters {
+		c.ProxyURL = proxy
+	}
+	f, err := os.CreateTemp("", "kpf-bench-kubeconfig-")
+	if err != nil {
+		return "", err
+	}
+	f.Close()
+	return f.Name(), clientcmd.WriteToFile(*kc, f.Name())
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -61,6 +62,16 @@ func TestThroughProxies(t *testing.T) {
 					if err := workload.BulkUpload(ls[0].Addr, 8<<20, 30*time.Second); err != nil {
 						t.Fatalf("%s: upload: %v", f.name, err)
 					}
+					// Request and answer on a new connection: proxies that
+					// relay with Nagle's algorithm on (both of these) hold
+					// a small segment until the one before is acknowledged,
+					// which a delayed ACK puts off by 40 ms (kubectl pays it
+					// on every round trip of its stream setup).
+					p50 := echoP50(t, ls[0].Addr, 21)
+					t.Logf("%s: new-connection echo p50 %v", f.name, p50)
+					if f.name == "kpf" && p50 >= 20*time.Millisecond {
+						t.Errorf("kpf: new-connection echo p50 %v through the proxy: a delayed ACK (40 ms) is back", p50)
+					}
 					// The tunnel that carried them is still open (kpf keeps
 					// tunnels for reuse; kubectl has one for its life).
 					remote := remotePorts(t, p.Cmd.Process.Pid)
@@ -111,6 +122,23 @@ func TestProxyErrorsNameTheProxy(t *testing.T) {
 			}
 		})
 	}
+}
+
+// echoP50 is the median time of n 64-byte echoes, each on a new
+// connection to addr.
+func echoP50(t *testing.T, addr string, n int) time.Duration {
+	t.Helper()
+	payload := make([]byte, 64)
+	var ds []time.Duration
+	for range n {
+		start := time.Now()
+		if err := workload.BulkEcho(addr, payload, 10*time.Second); err != nil {
+			t.Fatalf("echo through %s: %v", addr, err)
+		}
+		ds = append(ds, time.Since(start))
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2]
 }
 
 // needTool finds a program the tests need; CI must have it (scripts/deps.sh
