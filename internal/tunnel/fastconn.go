@@ -3,6 +3,7 @@ package tunnel
 import (
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"sync"
 	"syscall"
@@ -43,8 +44,8 @@ type fastConn struct {
 	// the network: the SPDY read loop hands on what it has collected.
 	beforeWait func()
 
-	// ackNow: every read sends the delayed ACK at once (see
-	// newProxiedFastConn).
+	// ackNow: small reads send the delayed ACK at once (see
+	// tunnelSocket).
 	ackNow bool
 
 	wmu      sync.Mutex
@@ -55,7 +56,7 @@ type fastConn struct {
 }
 
 // ackNowMax: reads under this size on a socket to a proxy are
-// interactive, and acknowledged at once (see newProxiedFastConn).
+// interactive, and acknowledged at once (see tunnelSocket).
 const ackNowMax = 16 << 10
 
 // readChunk is what one read system call may take.
@@ -73,19 +74,20 @@ func newFastConn(c net.Conn) net.Conn {
 	return &fastConn{Conn: c, rc: rc}
 }
 
-// newProxiedFastConn is newFastConn for a socket to a proxy. A proxy that
-// relays without TCP_NODELAY (tinyproxy does) holds each small segment
-// until the one before it is acknowledged (Nagle), and Linux delays the
-// ACK of a small segment by up to 40 ms once a connection looks
-// interactive: through such a proxy every request and answer that spans
-// two segments waited ~40 ms (new connections: p50 42 ms against 1 ms
-// without the proxy). Small reads on such a socket acknowledge at once;
-// bulk reads (ackNowMax and more) leave ACKs to the kernel, which
-// acknowledges full segments promptly anyway: acknowledging after every
-// read cost kpf ~15% more CPU per downloaded GiB through tinyproxy.
-func newProxiedFastConn(c net.Conn) net.Conn {
+// tunnelSocket wraps the socket of a tunnel dialled through proxy (nil
+// for none) in a fastConn. A proxy that relays without TCP_NODELAY
+// (tinyproxy and microsocks do) holds each small segment until the one
+// before it is acknowledged (Nagle), and Linux delays the ACK of a small
+// segment by up to 40 ms once a connection looks interactive: through
+// such a proxy every request and answer that spans two segments waited
+// ~40 ms (new connections: p50 42 ms against 1 ms without the proxy).
+// Small reads on such a socket acknowledge at once; bulk reads
+// (ackNowMax and more) leave ACKs to the kernel, which acknowledges full
+// segments promptly anyway: acknowledging after every read cost kpf ~15%
+// more CPU per downloaded GiB through tinyproxy.
+func tunnelSocket(c net.Conn, proxy *url.URL) net.Conn {
 	fc := newFastConn(c)
-	if f, ok := fc.(*fastConn); ok {
+	if f, ok := fc.(*fastConn); ok && proxy != nil {
 		f.ackNow = true
 	}
 	return fc

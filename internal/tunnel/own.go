@@ -158,10 +158,7 @@ func (w *wsUpgrader) RoundTrip(req *http.Request) (*http.Response, error) {
 			if err != nil {
 				return nil, err
 			}
-			w.netConn = newFastConn(c)
-			if w.proxy != nil {
-				w.netConn = newProxiedFastConn(c)
-			}
+			w.netConn = tunnelSocket(c, w.proxy)
 			return w.netConn, nil
 		},
 	}
@@ -243,10 +240,7 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u, proxy *url.URL) (*own
 	if err != nil {
 		return nil, err
 	}
-	fast := newFastConn(raw)
-	if proxy != nil {
-		fast = newProxiedFastConn(raw)
-	}
+	fast := tunnelSocket(raw, proxy)
 	conn = fast
 	if u.Scheme == "https" {
 		tc := tls.Client(fast, tlsCfg)
