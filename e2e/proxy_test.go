@@ -144,6 +144,42 @@ func echoP50(t *testing.T, addr string, n int) time.Duration {
 	return ds[len(ds)/2]
 }
 
+// TestForwardOutlivesItsProxy: while the proxy is down, a new connection
+// waits, and the log says it waits for a tunnel (naming the proxy), not
+// for a pod; once the proxy is back the connection goes through.
+func TestForwardOutlivesItsProxy(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := zooNamespace(t, sb)
+	port := freePort(t)
+	proxy, px := runTinyproxy(t, port, "")
+	cfg := kubeconfigVia(t, sb, proxy)
+	f := forwarder{name: "kpf", argv: func(args ...string) []string {
+		return append([]string{kpfBin, "--kubeconfig", cfg, "forward"}, args...)
+	}}
+	p, ls := f.start(t, 2, "-n", ns, "--reconnect-wait", "90s", "pod/bulk", ":9000")
+	payload := []byte("through the proxy, before and after")
+	if err := workload.BulkEcho(ls[0].Addr, payload, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	px.Stop()
+	result := make(chan error, 1)
+	go func() { result <- workload.BulkEcho(ls[0].Addr, payload, 90*time.Second) }()
+	p.WaitLine(t, `waiting for a tunnel" pod=bulk`, 30*time.Second)
+	p.WaitLine(t, `tunnel failed" pod=bulk err="proxy http://127\.0\.0\.1:`+strconv.Itoa(port)+`: .*connection refused"`, 30*time.Second)
+	if strings.Contains(p.Output(), "waiting for a ready pod") {
+		t.Errorf("a pod that is ready was reported missing:\n%s", p.Output())
+	}
+	runTinyproxy(t, port, "")
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatalf("the waiting connection failed: %v\n%s", err, p.Output())
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("the waiting connection did not complete:\n%s", p.Output())
+	}
+}
+
 // needTool finds a program the tests need; CI must have it (scripts/deps.sh
 // installs it), elsewhere the test is skipped with what to install.
 func needTool(t *testing.T, name string) string {
@@ -161,8 +197,13 @@ func needTool(t *testing.T, name string) string {
 // startTinyproxy runs tinyproxy on a free loopback port, requiring the
 // basic auth "user password" if given, and returns its URL (with them).
 func startTinyproxy(t *testing.T, auth string) string {
+	u, _ := runTinyproxy(t, freePort(t), auth)
+	return u
+}
+
+// runTinyproxy runs tinyproxy on port, as startTinyproxy.
+func runTinyproxy(t *testing.T, port int, auth string) (string, *sandboxtest.Proc) {
 	bin := needTool(t, "tinyproxy")
-	port := freePort(t)
 	dir := t.TempDir()
 	conf := fmt.Sprintf("Port %d\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 600\nMaxClients 100\nLogLevel Connect\nLogFile %q\n",
 		port, filepath.Join(dir, "tinyproxy.log"))
@@ -174,9 +215,9 @@ func startTinyproxy(t *testing.T, auth string) string {
 	if err := os.WriteFile(filepath.Join(dir, "tinyproxy.conf"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	sandboxtest.Start(t, exec.Command(bin, "-d", "-c", filepath.Join(dir, "tinyproxy.conf")))
+	p := sandboxtest.Start(t, exec.Command(bin, "-d", "-c", filepath.Join(dir, "tinyproxy.conf")))
 	waitListening(t, "tinyproxy", port)
-	return fmt.Sprintf("http://%s127.0.0.1:%d", userinfo, port)
+	return fmt.Sprintf("http://%s127.0.0.1:%d", userinfo, port), p
 }
 
 // startMicrosocks runs microsocks on a free loopback port with a user and

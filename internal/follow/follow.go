@@ -77,6 +77,7 @@ type podState struct {
 	dialing  bool
 	failures int       // consecutive failed dials
 	retryAt  time.Time // no dial before this
+	lastErr  error     // of the last failed dial
 }
 
 // Follower is a forward's backend: forward.Serve hands it connections.
@@ -345,9 +346,16 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 			continue
 		}
 		changed := f.changed
+		down := f.tunnelDownLocked(exclude)
 		f.mu.Unlock()
 		if !waitedLogged {
-			f.o.Log.Info("waiting for a ready pod", "target", f.o.Ref, "for", time.Until(deadline).Round(time.Second))
+			// A ready pod whose tunnel cannot be dialled (the API server
+			// or a proxy on the way is down) is not a missing pod.
+			if down != nil {
+				f.o.Log.Info("waiting for a tunnel", keyPod, down.pod.Name, keyErr, down.err, "for", time.Until(deadline).Round(time.Second))
+			} else {
+				f.o.Log.Info("waiting for a ready pod", "target", f.o.Ref, "for", time.Until(deadline).Round(time.Second))
+			}
 			waitedLogged = true
 		}
 		timer := time.NewTimer(min(time.Until(deadline), time.Second))
@@ -373,9 +381,28 @@ func (f *Follower) dialPool(ctx context.Context, pod *corev1.Pod) (*tunnel.Pool,
 	})
 }
 
+// downPod is a ready pod whose tunnel is down, and why.
+type downPod struct {
+	pod *corev1.Pod
+	err error
+}
+
+// tunnelDownLocked is a ready pod that only its tunnel's backoff keeps
+// from being chosen, or nil; f.mu is held.
+func (f *Follower) tunnelDownLocked(exclude map[types.UID]bool) *downPod {
+	now := time.Now()
+	for uid, st := range f.pods {
+		if !exclude[uid] && usable(st.pod) && target.PodReady(st.pod) && st.retryAt.After(now) && st.lastErr != nil {
+			return &downPod{pod: st.pod, err: st.lastErr}
+		}
+	}
+	return nil
+}
+
 // failed records a failed dial and sets the backoff; f.mu is held.
 func (f *Follower) failed(st *podState, err error) {
 	f.reconnects.Add(1)
+	st.lastErr = err
 	st.failures++
 	f.retries++
 	wait := backoff(st.failures)
