@@ -21,9 +21,10 @@ import (
 
 // kpfCmd runs kpf with the admin kubeconfig and a daemon home of the test's.
 type kpfCmd struct {
-	sb   *sandboxtest.Sandbox
-	home string
-	dir  string
+	sb         *sandboxtest.Sandbox
+	home       string
+	dir        string
+	kubeconfig string // the admin's when empty
 }
 
 func newKpfCmd(t *testing.T, sb *sandboxtest.Sandbox) *kpfCmd {
@@ -41,7 +42,11 @@ func newKpfCmd(t *testing.T, sb *sandboxtest.Sandbox) *kpfCmd {
 }
 
 func (k *kpfCmd) cmd(args ...string) *exec.Cmd {
-	c := exec.Command(kpfBin, append([]string{"--kubeconfig", k.sb.Kubeconfig(cluster.UserAdmin)}, args...)...)
+	kc := k.kubeconfig
+	if kc == "" {
+		kc = k.sb.Kubeconfig(cluster.UserAdmin)
+	}
+	c := exec.Command(kpfBin, append([]string{"--kubeconfig", kc}, args...)...)
 	c.Env = append(os.Environ(), "KPF_HOME="+k.home)
 	c.Dir = k.dir
 	return c

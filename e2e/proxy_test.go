@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"fmt"
 	"net"
@@ -151,7 +152,7 @@ func TestForwardOutlivesItsProxy(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	ns := zooNamespace(t, sb)
 	port := freePort(t)
-	proxy, px := runTinyproxy(t, port, "")
+	proxy, px, _ := runTinyproxy(t, port, "")
 	cfg := kubeconfigVia(t, sb, proxy)
 	f := forwarder{name: "kpf", argv: func(args ...string) []string {
 		return append([]string{kpfBin, "--kubeconfig", cfg, "forward"}, args...)
@@ -180,6 +181,33 @@ func TestForwardOutlivesItsProxy(t *testing.T) {
 	}
 }
 
+// TestRunThroughAProxy: kpf run, as in a CI job, with health checks and
+// the job's own requests through an HTTP proxy with a password.
+func TestRunThroughAProxy(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "api", 1)
+	port := freePort(t)
+	proxy, _, log := runTinyproxy(t, port, proxyUser+" "+proxyPass)
+	k := newKpfCmd(t, sb)
+	k.kubeconfig = kubeconfigVia(t, sb, proxy)
+	k.write(t, "kpf.yaml", fmt.Sprintf("forwards:\n  - {name: my-api, namespace: %s, target: svc/api, ports: [\":80\"], health: {path: /healthz}}\n", ns))
+	c := k.cmd("run", "--", "sh", "-c", `curl -fsS "http://$KPF_MY_API_ADDR/" && exit 7`)
+	var out bytes.Buffer
+	c.Stdout, c.Stderr = &out, &out
+	err := c.Run()
+	if exitCode(err) != 7 || !strings.Contains(out.String(), "pod api-") {
+		t.Fatalf("kpf run through the proxy: exit %d, want 7:\n%s", exitCode(err), out.String())
+	}
+	if strings.Contains(out.String(), proxyPass) {
+		t.Errorf("kpf run printed the proxy's password:\n%s", out.String())
+	}
+	b, err := os.ReadFile(log)
+	api := strings.TrimPrefix(sb.APIServer, "https://")
+	if err != nil || !strings.Contains(string(b), "CONNECT "+api+" ") {
+		t.Errorf("the proxy's log has no CONNECT %s (%v):\n%s", api, err, b)
+	}
+}
+
 // needTool finds a program the tests need; CI must have it (scripts/deps.sh
 // installs it), elsewhere the test is skipped with what to install.
 func needTool(t *testing.T, name string) string {
@@ -197,16 +225,17 @@ func needTool(t *testing.T, name string) string {
 // startTinyproxy runs tinyproxy on a free loopback port, requiring the
 // basic auth "user password" if given, and returns its URL (with them).
 func startTinyproxy(t *testing.T, auth string) string {
-	u, _ := runTinyproxy(t, freePort(t), auth)
+	u, _, _ := runTinyproxy(t, freePort(t), auth)
 	return u
 }
 
-// runTinyproxy runs tinyproxy on port, as startTinyproxy.
-func runTinyproxy(t *testing.T, port int, auth string) (string, *sandboxtest.Proc) {
+// runTinyproxy runs tinyproxy on port, as startTinyproxy; it also returns
+// the process and its log (one line per CONNECT).
+func runTinyproxy(t *testing.T, port int, auth string) (string, *sandboxtest.Proc, string) {
 	bin := needTool(t, "tinyproxy")
 	dir := t.TempDir()
-	conf := fmt.Sprintf("Port %d\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 600\nMaxClients 100\nLogLevel Connect\nLogFile %q\n",
-		port, filepath.Join(dir, "tinyproxy.log"))
+	log := filepath.Join(dir, "tinyproxy.log")
+	conf := fmt.Sprintf("Port %d\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 600\nMaxClients 100\nLogLevel Connect\nLogFile %q\n", port, log)
 	userinfo := ""
 	if auth != "" {
 		conf += "BasicAuth " + auth + "\n"
@@ -217,7 +246,7 @@ func runTinyproxy(t *testing.T, port int, auth string) (string, *sandboxtest.Pro
 	}
 	p := sandboxtest.Start(t, exec.Command(bin, "-d", "-c", filepath.Join(dir, "tinyproxy.conf")))
 	waitListening(t, "tinyproxy", port)
-	return fmt.Sprintf("http://%s127.0.0.1:%d", userinfo, port), p
+	return fmt.Sprintf("http://%s127.0.0.1:%d", userinfo, port), p, log
 }
 
 // startMicrosocks runs microsocks on a free loopback port with a user and
