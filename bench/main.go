@@ -29,7 +29,6 @@ import (
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 	"github.com/kpf-dev/kpf/sandbox/workload"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 type options struct {
@@ -626,17 +625,10 @@ func kubeconfigVia(path, proxy string) (string, error) {
 	if _, err := url.Parse(proxy); err != nil {
 		return "", fmt.Errorf("-proxy %q: %v", proxy, err)
 	}
-	kc, err := clientcmd.LoadFromFile(path)
-	if err != nil {
-		return "", err
-	}
-	for _, c := range kc.Clusters {
-		c.ProxyURL = proxy
-	}
 	f, err := os.CreateTemp("", "kpf-bench-kubeconfig-")
 	if err != nil {
 		return "", err
 	}
 	f.Close()
-	return f.Name(), clientcmd.WriteToFile(*kc, f.Name())
+	return f.Name(), sandboxtest.WriteKubeconfigVia(path, proxy, f.Name())
 }

@@ -197,12 +197,19 @@ func TestScaleToZeroAndBack(t *testing.T) {
 	if out, err := sb.KubectlRun(t, "scale", "-n", ns, "deployment/scale", "--replicas=1"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
+	awaitWaitingConn(t, p, result, 45*time.Second)
+}
+
+// awaitWaitingConn fails the test unless the connection that waited (its
+// outcome on result) completes within timeout.
+func awaitWaitingConn(t *testing.T, p *sandboxtest.Proc, result <-chan error, timeout time.Duration) {
+	t.Helper()
 	select {
 	case err := <-result:
 		if err != nil {
 			t.Fatalf("the waiting connection failed: %v\n%s", err, p.Output())
 		}
-	case <-time.After(45 * time.Second):
+	case <-time.After(timeout):
 		t.Fatalf("the waiting connection did not complete:\n%s", p.Output())
 	}
 }

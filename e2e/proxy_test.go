@@ -19,7 +19,6 @@ import (
 	"github.com/kpf-dev/kpf/sandbox/cluster"
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 	"github.com/kpf-dev/kpf/sandbox/workload"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // The proxies are real ones from Debian (scripts/deps.sh installs them):
@@ -171,14 +170,7 @@ func TestForwardOutlivesItsProxy(t *testing.T) {
 		t.Errorf("a pod that is ready was reported missing:\n%s", p.Output())
 	}
 	runTinyproxy(t, port, "")
-	select {
-	case err := <-result:
-		if err != nil {
-			t.Fatalf("the waiting connection failed: %v\n%s", err, p.Output())
-		}
-	case <-time.After(90 * time.Second):
-		t.Fatalf("the waiting connection did not complete:\n%s", p.Output())
-	}
+	awaitWaitingConn(t, p, result, 90*time.Second)
 }
 
 // TestRunThroughAProxy: kpf run, as in a CI job, with health checks and
@@ -273,15 +265,8 @@ func waitListening(t *testing.T, what string, port int) {
 // kubeconfigVia is the admin kubeconfig with proxy-url set on its clusters.
 func kubeconfigVia(t *testing.T, sb *sandboxtest.Sandbox, proxy string) string {
 	t.Helper()
-	kc, err := clientcmd.LoadFromFile(sb.Kubeconfig(cluster.UserAdmin))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range kc.Clusters {
-		c.ProxyURL = proxy
-	}
 	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+	if err := sandboxtest.WriteKubeconfigVia(sb.Kubeconfig(cluster.UserAdmin), proxy, path); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -91,16 +91,7 @@ func TestResetSendsNothingForAClosedStream(t *testing.T) {
 	cli, streams := upstream(t)
 	c := NewConn(cli, nil, nil)
 	defer c.Close()
-	h := http.Header{}
-	h.Set("streamType", "data")
-	done, err := c.OpenStream(h, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	open, err := c.OpenStream(h, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	done, open := openData(t, c), openData(t, c)
 	for range 2 {
 		s := <-streams
 		go func() {
@@ -247,12 +238,7 @@ func TestBulkReadFromReachesUpstreamServer(t *testing.T) {
 	cli, streams := upstream(t)
 	c := NewConn(cli, nil, nil)
 	defer c.Close()
-	h := http.Header{}
-	h.Set("streamType", "data")
-	data, err := c.OpenStream(h, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := openData(t, c)
 	var srv httpstream.Stream
 	select {
 	case srv = <-streams:
@@ -288,4 +274,16 @@ func TestBulkReadFromReachesUpstreamServer(t *testing.T) {
 		t.Fatalf("a write of %d bytes: more than one frame of MaxWrite", m)
 	}
 	t.Logf("largest frame write: %d bytes", cli.max.Load())
+}
+
+// openData opens a data stream on c.
+func openData(t *testing.T, c *Conn) *Stream {
+	t.Helper()
+	h := http.Header{}
+	h.Set("streamType", "data")
+	s, err := c.OpenStream(h, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
