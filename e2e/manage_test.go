@@ -36,7 +36,7 @@ func newKpfCmd(t *testing.T, sb *sandboxtest.Sandbox) *kpfCmd {
 			}
 		}
 		// Whatever happened, leave no daemon behind.
-		k.run(t, "down")
+		k.run(t, "down", "--all")
 	})
 	return k
 }
@@ -120,7 +120,7 @@ forwards:
 		t.Fatalf("kpf up -d --wait: exit %d\n%s", code, out)
 	}
 	st := k.status(t)
-	if st.SchemaVersion != 1 || len(st.Forwards) != 5 {
+	if st.SchemaVersion != 2 || len(st.Forwards) != 5 {
 		t.Fatalf("status: %+v", st)
 	}
 	for _, f := range st.Forwards {
@@ -286,14 +286,19 @@ func TestInvalidFileReportsEveryProblem(t *testing.T) {
 forwards:
   - {name: a, target: svc/a, ports: ["8080:80"], colour: red}
   - {name: b, target: ingress/b, ports: ["70000"]}
-  - {name: c, target: svc/c, ports: ["8080:81"]}
+  - name: c
+    target: svc/c
+    ports:
+      - "9090:90"
+      - "8080:81"
 `)
 	out, code := k.run(t, "config", "validate", "-f", bad)
 	for _, want := range []string{
 		"line 3: forwards[0].colour: unknown key",
 		`line 4: forwards[1].target: unknown target kind "ingress"`,
 		`line 4: forwards[1].ports: invalid port "70000"`,
-		`line 5: ports: local port 8080 on 127.0.0.1 is also used by forward "a"`,
+		// At the line of the entry that binds the port again.
+		`line 9: forwards[2].ports: local port 8080 on 127.0.0.1 is also used by forward "a" (line 3)`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q:\n%s", want, out)

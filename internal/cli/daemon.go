@@ -7,26 +7,29 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
-	"github.com/kpf-dev/kpf/internal/tunnel"
 	"github.com/spf13/cobra"
 )
 
 // upDetached is kpf up -d: hand the file to the daemon, starting it if
-// needed. A second up -d updates the running daemon.
+// needed, with this command's identity and settings. Files applied by
+// other commands keep running.
 func (o *UpOptions) upDetached(ctx context.Context) error {
 	home := daemon.DefaultHome()
 	c := daemon.NewClient(home)
 	if !c.Running() {
-		if err := o.startDaemon(home); err != nil {
+		if err := startDaemon(home, o.g.errOut); err != nil {
 			return err
 		}
 		deadline := time.Now().Add(15 * time.Second)
@@ -41,7 +44,7 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := c.Apply(ctx, daemon.ApplyRequest{File: abs, Names: o.names})
+	res, err := c.Apply(ctx, daemon.ApplyRequest{File: abs, Names: o.names, Identity: o.id, Settings: o.Settings})
 	if err != nil {
 		return err
 	}
@@ -57,19 +60,37 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 		fmt.Fprintln(o.g.out, "kpf status shows how they are doing; kpf down stops them")
 		return nil
 	}
-	st, err := c.Wait(ctx, o.WaitTimeout)
+	st, err := c.Wait(ctx, abs, o.WaitTimeout)
 	if err != nil {
-		if st2, serr := c.Status(ctx); serr == nil {
-			writeTable(o.g.errOut, st2.Forwards)
+		if st2, serr := c.Status(ctx, abs); serr == nil {
+			writeTable(o.g.errOut, st2.Forwards, false)
 		}
 		return err
 	}
-	writeTable(o.g.out, st.Forwards)
+	writeTable(o.g.out, st.Forwards, false)
 	return nil
 }
 
+// daemonEnv is what the daemon keeps of the environment that started it.
+// Everything a forward needs from a command's environment (KUBECONFIG,
+// proxies, what exec plugins read) comes with each file it applies, so
+// one command's AWS_PROFILE never leaks into another's forwards.
+func daemonEnv(env []string) []string {
+	keep := []string{"HOME", "USER", "LOGNAME", "PATH", "TMPDIR", "TMP", "TEMP", "LANG", "LC_ALL", "XDG_RUNTIME_DIR",
+		"GODEBUG", "GOMAXPROCS", "GOCOVERDIR", "GORACE", "SYSTEMROOT", "LOCALAPPDATA", "APPDATA", "USERPROFILE"}
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "KPF_") || slices.Contains(keep, strings.ToUpper(k)) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
 // startDaemon runs kpf daemon detached, with its output in the home's log.
-func (o *UpOptions) startDaemon(home daemon.Home) error {
+// It gets no connection flags: each file brings its own identity.
+func startDaemon(home daemon.Home, errOut io.Writer) error {
 	if err := home.Ensure(); err != nil {
 		return err
 	}
@@ -82,30 +103,15 @@ func (o *UpOptions) startDaemon(home daemon.Home) error {
 		return err
 	}
 	defer logf.Close()
-	args := []string{"daemon"}
-	k := o.g.kube
-	for flag, v := range map[string]*string{"kubeconfig": k.KubeConfig, "context": k.Context, "cluster": k.ClusterName, "user": k.AuthInfoName,
-		"namespace": k.Namespace, "server": k.APIServer, "certificate-authority": k.CAFile} {
-		if v != nil && *v != "" {
-			args = append(args, "--"+flag, *v)
-		}
-	}
-	if k.Insecure != nil && *k.Insecure {
-		args = append(args, "--insecure-skip-tls-verify")
-	}
-	cmd := exec.Command(exe, args...)
-	cmd.Env = os.Environ()
-	if k.BearerToken != nil && *k.BearerToken != "" {
-		// Not on the command line, where ps would show it.
-		cmd.Env = append(cmd.Env, "KPF_DAEMON_TOKEN="+*k.BearerToken)
-	}
+	cmd := exec.Command(exe, "daemon")
+	cmd.Env = daemonEnv(os.Environ())
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Dir = filepath.VolumeName(exe) + string(filepath.Separator)
+	detach(cmd)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start the kpf daemon: %w", err)
 	}
-	fmt.Fprintf(o.g.errOut, "started the kpf daemon (pid %d; log %s)\n", cmd.Process.Pid, home.Log())
+	fmt.Fprintf(errOut, "started the kpf daemon (pid %d; log %s)\n", cmd.Process.Pid, home.Log())
 	return cmd.Process.Release()
 }
 
@@ -116,21 +122,16 @@ func newDaemonCommand(g *globals) *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if t := os.Getenv("KPF_DAEMON_TOKEN"); t != "" {
-				g.kube.BearerToken = &t
-				os.Unsetenv("KPF_DAEMON_TOKEN")
-			}
 			log := g.logger()
-			m := manager.New(manager.Options{
-				Open:          newOpener(g, log, g.errOut),
-				Transport:     tunnel.Auto,
-				ReconnectWait: 30 * time.Second,
-				Log:           log,
-				Events: func(e manager.Event) {
-					fmt.Fprintf(g.out, "%s %s: %s\n", e.Time.Format(time.RFC3339), e.Forward, e.Message)
+			s := &daemon.Server{
+				Home: daemon.DefaultHome(),
+				Log:  log,
+				Opener: func(id identity.Identity, log *slog.Logger) manager.Opener {
+					return newOpener(id, log, g.errOut)
 				},
-			})
-			s := &daemon.Server{Manager: m, Home: daemon.DefaultHome(), Log: log}
+				Describe: describeIdentity,
+				Events:   g.out,
+			}
 			return s.Serve(cmd.Context())
 		},
 	}
@@ -140,10 +141,10 @@ func newStatusCommand(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show the daemon's forwards: state, health, pod, connections, bytes, reconnects",
+		Short: "Show the daemon's forwards: file, user, state, health, pod, connections, bytes, reconnects",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := daemon.NewClient(daemon.DefaultHome()).Status(cmd.Context())
+			st, err := daemon.NewClient(daemon.DefaultHome()).Status(cmd.Context(), "")
 			if err != nil {
 				return err
 			}
@@ -152,8 +153,17 @@ func newStatusCommand(g *globals) *cobra.Command {
 				e.SetIndent("", "  ")
 				return e.Encode(st)
 			}
-			fmt.Fprintf(g.out, "kpf daemon pid %d, up %s, file %s\n\n", st.PID, time.Since(st.Started).Round(time.Second), st.File)
-			writeTable(g.out, st.Forwards)
+			fmt.Fprintf(g.out, "kpf daemon pid %d, up %s, %d file(s)\n", st.PID, time.Since(st.Started).Round(time.Second), len(st.Files))
+			for _, f := range st.Files {
+				var rows []manager.Row
+				for _, r := range st.Forwards {
+					if r.File == f {
+						rows = append(rows, r)
+					}
+				}
+				fmt.Fprintf(g.out, "\n%s\n", f)
+				writeTable(g.out, rows, true)
+			}
 			return nil
 		},
 	}
@@ -161,25 +171,96 @@ func newStatusCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
+// pickFlags are how down, restart and logs name forwards.
+type pickFlags struct {
+	file string
+	all  bool
+}
+
+func (p *pickFlags) add(cmd *cobra.Command, short bool) {
+	if short {
+		cmd.Flags().StringVarP(&p.file, "file", "f", "", "the forwards of this file (its path, as given to kpf up -d)")
+	} else {
+		cmd.Flags().StringVar(&p.file, "file", "", "the forwards of this file (its path, as given to kpf up -d)")
+	}
+	cmd.Flags().BoolVar(&p.all, "all", false, "every forward of every file")
+}
+
+// request turns names and flags into a daemon request. With neither
+// names, -f nor --all: the forwards of kpf.yaml in this folder if the
+// daemon runs it, else those of the daemon's only file.
+func (p *pickFlags) request(ctx context.Context, c *daemon.Client, names []string) (daemon.NamesRequest, error) {
+	req := daemon.NamesRequest{Names: names, All: p.all}
+	if p.all && (len(names) > 0 || p.file != "") {
+		return req, usagef("--all takes no names and no --file")
+	}
+	if p.file != "" {
+		abs, err := filepath.Abs(p.file)
+		if err != nil {
+			return req, err
+		}
+		req.File = abs
+		return req, nil
+	}
+	if p.all || len(names) > 0 {
+		return req, nil
+	}
+	st, err := c.Status(ctx, "")
+	if err != nil {
+		return req, err
+	}
+	if local, err := config.Find(""); err == nil {
+		if abs, err := filepath.Abs(local); err == nil && slices.Contains(st.Files, abs) {
+			req.File = abs
+			return req, nil
+		}
+	}
+	switch len(st.Files) {
+	case 0:
+		req.All = true
+	case 1:
+		req.File = st.Files[0]
+	default:
+		return req, usagef("the daemon runs %d files (%s): name forwards, a file with -f FILE, or --all", len(st.Files), strings.Join(st.Files, ", "))
+	}
+	return req, nil
+}
+
+func pickedText(ps []daemon.Picked) string {
+	var parts []string
+	for _, p := range ps {
+		parts = append(parts, fmt.Sprintf("%s (%s)", strings.Join(p.Names, ", "), p.File))
+	}
+	return strings.Join(parts, "; ")
+}
+
 func newDownCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "down [NAME...]",
-		Short: "Stop the named forwards of the daemon, or all; the daemon exits when none is left",
+	var p pickFlags
+	cmd := &cobra.Command{
+		Use:   "down [NAME...] [-f FILE | --all]",
+		Short: "Stop forwards of the daemon: the named ones, a file's, or all; the daemon exits when none is left",
+		Example: `  kpf down                 # the forwards of kpf.yaml in this folder (or of the daemon's only file)
+  kpf down api -f shop.yaml
+  kpf down --all`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := daemon.NewClient(daemon.DefaultHome())
-			st, err := c.Status(cmd.Context())
+			st, err := c.Status(cmd.Context(), "")
 			if err != nil {
 				return err
 			}
-			stopped, exits, err := c.Down(cmd.Context(), args)
+			req, err := p.request(cmd.Context(), c, args)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.out, "stopped: %s\n", strings.Join(stopped, ", "))
+			stopped, exits, err := c.Down(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "stopped: %s\n", pickedText(stopped))
 			if exits {
 				// Wait until the daemon process is gone: nothing is left behind.
 				deadline := time.Now().Add(15 * time.Second)
-				for syscall.Kill(st.PID, 0) == nil && time.Now().Before(deadline) && !isZombie(st.PID) {
+				for processAlive(st.PID) && time.Now().Before(deadline) {
 					time.Sleep(50 * time.Millisecond)
 				}
 				fmt.Fprintln(g.out, "the kpf daemon exited")
@@ -187,38 +268,39 @@ func newDownCommand(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-}
-
-func isZombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
+	p.add(cmd, true)
+	return cmd
 }
 
 func newRestartCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "restart [NAME...]",
-		Short: "Restart the named forwards of the daemon, or all",
+	var p pickFlags
+	cmd := &cobra.Command{
+		Use:   "restart [NAME...] [-f FILE | --all]",
+		Short: "Restart forwards of the daemon: the named ones, a file's, or all",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			names, err := daemon.NewClient(daemon.DefaultHome()).Restart(cmd.Context(), args)
+			c := daemon.NewClient(daemon.DefaultHome())
+			req, err := p.request(cmd.Context(), c, args)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.out, "restarted: %s\n", strings.Join(names, ", "))
+			restarted, err := c.Restart(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "restarted: %s\n", pickedText(restarted))
 			return nil
 		},
 	}
+	p.add(cmd, true)
+	return cmd
 }
 
 func newLogsCommand(g *globals) *cobra.Command {
 	var follow bool
+	var file string
 	cmd := &cobra.Command{
-		Use:   "logs [-f] [NAME]",
-		Short: "Show the daemon's log, or the lines of one forward",
+		Use:   "logs [-f] [NAME] [--file FILE]",
+		Short: "Show the daemon's log, or the lines of one forward (of one file with --file)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			home := daemon.DefaultHome()
@@ -230,17 +312,27 @@ func newLogsCommand(g *globals) *cobra.Command {
 				return err
 			}
 			defer f.Close()
-			keep := func(string) bool { return true }
-			if len(args) == 1 {
-				name := args[0]
-				keep = func(l string) bool {
+			var abs string
+			if file != "" {
+				if abs, err = filepath.Abs(file); err != nil {
+					return err
+				}
+			}
+			keep := func(l string) bool {
+				if abs != "" && !strings.Contains(l, "(file "+abs+")") && !strings.Contains(l, "file="+abs) {
+					return false
+				}
+				if len(args) == 1 {
+					name := args[0]
 					return strings.Contains(l, " "+name+": ") || strings.Contains(l, "forward="+name+" ")
 				}
+				return true
 			}
 			return copyLines(cmd.Context(), g.out, f, keep, follow)
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines")
+	cmd.Flags().StringVar(&file, "file", "", "only lines of this file's forwards")
 	return cmd
 }
 

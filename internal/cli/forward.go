@@ -8,13 +8,11 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/session"
-	"github.com/kpf-dev/kpf/internal/target"
-	"github.com/kpf-dev/kpf/internal/tunnel"
+	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 )
 
 const forwardExample = `  # Listen on ports 5000 and 6000 locally, forwarding to 5000 and 6000 in a pod of the deployment
@@ -36,31 +34,19 @@ const forwardExample = `  # Listen on ports 5000 and 6000 locally, forwarding to
 type ForwardOptions struct {
 	g *globals
 
-	Addresses         []string
-	PodRunningTimeout time.Duration
-	Transport         string
-	ReconnectWait     time.Duration
-	MaxRetries        int
-	NoReconnect       bool
-	Balance           bool
-	Timeout           time.Duration
-	IdleTimeout       time.Duration
-	DataPath          string
+	Addresses []string
+	Settings  spec.Settings
+	Balance   bool
+	Timeout   time.Duration
 
 	// Set by Complete.
-	namespace string
-	typeName  string
-	ports     []portspec.Port
-	addrs     []portspec.Address
-	transport tunnel.Transport
-	dataPath  tunnel.DataPath
-	config    *rest.Config
-	client    kubernetes.Interface
-	log       *slog.Logger
+	forward config.Forward
+	cluster *kubeCluster
+	log     *slog.Logger
 }
 
 func newForwardOptions(g *globals) *ForwardOptions {
-	return &ForwardOptions{g: g, Addresses: []string{"localhost"}, PodRunningTimeout: time.Minute, Transport: string(tunnel.Auto), ReconnectWait: 30 * time.Second, DataPath: string(tunnel.DefaultDataPath)}
+	return &ForwardOptions{g: g, Addresses: []string{"localhost"}, Settings: spec.Defaults()}
 }
 
 func newForwardCommand(g *globals) *cobra.Command {
@@ -78,7 +64,7 @@ connection only; the forward carries on.`,
 		Example:               forwardExample,
 		DisableFlagsInUseLine: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.Complete(args); err != nil {
+			if err := o.Complete(cmd, args); err != nil {
 				return err
 			}
 			if err := o.Validate(); err != nil {
@@ -95,67 +81,44 @@ connection only; the forward carries on.`,
 func (o *ForwardOptions) AddFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringSliceVar(&o.Addresses, "address", o.Addresses, "Addresses to listen on (comma separated). Only accepts IP addresses or localhost as a value. When localhost is supplied, kpf will try to bind on both 127.0.0.1 and ::1 and will fail if neither of these addresses are available to bind.")
-	f.DurationVar(&o.PodRunningTimeout, "pod-running-timeout", o.PodRunningTimeout, "The length of time (like 5s, 2m, or 3h, higher than zero) to wait until at least one pod is running")
-	f.StringVar(&o.Transport, "transport", o.Transport, "How to reach the API server: auto (WebSocket, then SPDY if the upgrade is refused), websocket or spdy")
-	f.DurationVar(&o.ReconnectWait, "reconnect-wait", o.ReconnectWait, "How long a new connection waits for a ready pod while the target has none (a rollout, a restart) before it is closed")
-	f.IntVar(&o.MaxRetries, "max-retries", 0, "Give up after this many failed reconnects in a row (0: never)")
-	f.BoolVar(&o.NoReconnect, "no-reconnect", false, "Exit like kubectl (code 3) when the pod goes away, instead of following the target to another pod")
+	o.Settings.AddFlags(f)
 	f.BoolVar(&o.Balance, "balance", false, "Spread new connections over every ready pod of a service or workload, as the Service would")
 	f.DurationVar(&o.Timeout, "timeout", 0, "Stop after this long (exit code 5); 0: never")
-	f.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "Stop after this long with no open connection (exit code 6); 0: never")
-	f.StringVar(&o.DataPath, "data-path", o.DataPath, "SPDY implementation on kpf's side: kpf (its own) or client-go (kubectl's), as an escape hatch")
 }
 
 // Complete reads the arguments and the kubeconfig.
-func (o *ForwardOptions) Complete(args []string) error {
+func (o *ForwardOptions) Complete(cmd *cobra.Command, args []string) error {
 	if len(args) < 2 {
 		return usagef("TYPE/NAME and list of ports are required for port-forward")
 	}
 	o.log = o.g.logger()
-	o.typeName = args[0]
-	var err error
-	if o.ports, err = portspec.ParsePorts(args[1:]); err != nil {
+	ports, err := portspec.ParsePorts(args[1:])
+	if err != nil {
 		return usageError{err}
 	}
-	if o.addrs, err = portspec.ParseAddresses(o.Addresses); err != nil {
+	if _, err = portspec.ParseAddresses(o.Addresses); err != nil {
 		return usageError{err}
 	}
-	if o.transport, err = tunnel.ParseTransport(o.Transport); err != nil {
+	if err := o.Settings.Validate(); err != nil {
 		return usageError{err}
 	}
-	if o.dataPath, err = tunnel.ParseDataPath(o.DataPath); err != nil {
-		return usageError{err}
-	}
-	if o.namespace, _, err = o.g.kube.ToRawKubeConfigLoader().Namespace(); err != nil {
-		return explainConfig(err)
-	}
-	if o.config, err = o.g.kube.ToRESTConfig(); err != nil {
-		return explainConfig(err)
-	}
-	o.config.UserAgent = userAgent()
-	cs, err := kubernetes.NewForConfig(o.config)
+	id, err := o.g.identity(cmd)
 	if err != nil {
 		return err
 	}
-	o.client = cs
+	if o.cluster, err = connect(id); err != nil {
+		return err
+	}
+	o.forward = config.Forward{Namespace: o.cluster.namespace, Target: args[0], Ports: ports, Addresses: o.Addresses, Balance: o.Balance}
 	return nil
 }
 
 // Validate checks what Complete could not.
 func (o *ForwardOptions) Validate() error {
-	if o.PodRunningTimeout <= 0 {
-		return usagef("--pod-running-timeout must be higher than zero")
-	}
-	if o.ReconnectWait <= 0 {
-		return usagef("--reconnect-wait %s: must be higher than zero", o.ReconnectWait)
-	}
-	if o.MaxRetries < 0 {
-		return usagef("--max-retries %d: must be 0 (no limit) or more", o.MaxRetries)
-	}
-	if o.Timeout < 0 || o.IdleTimeout < 0 {
+	if o.Timeout < 0 {
 		return usagef("--timeout and --idle-timeout must be 0 (never) or more")
 	}
-	if o.NoReconnect && o.Balance {
+	if o.Settings.NoReconnect && o.Balance {
 		return usagef("--balance and --no-reconnect do not go together: balancing follows every ready pod")
 	}
 	return nil
@@ -172,39 +135,19 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 		ctx, cancel = context.WithTimeoutCause(ctx, o.Timeout, errTimeout)
 		defer cancel()
 	}
-	s, err := session.Open(ctx, session.Spec{
-		Namespace:         o.namespace,
-		Target:            o.typeName,
-		Ports:             o.ports,
-		Addresses:         o.addrs,
-		Transport:         o.transport,
-		PodRunningTimeout: o.PodRunningTimeout,
-		ReconnectWait:     o.ReconnectWait,
-		MaxRetries:        o.MaxRetries,
-		NoReconnect:       o.NoReconnect,
-		Balance:           o.Balance,
-		IdleTimeout:       o.IdleTimeout,
-		DataPath:          o.dataPath,
-	}, o.deps())
+	sp, err := spec.Session(o.forward, o.Settings)
 	if err != nil {
-		return explainOpen(ctx, err, o.namespace, o.g.kube, o.config)
+		return usageError{err}
+	}
+	s, err := session.Open(ctx, sp, o.cluster.deps(o.g.out, o.g.errOut, o.log))
+	if err != nil {
+		return explainOpen(ctx, err, sp.Namespace, o.cluster.kube, o.cluster.config)
 	}
 	err = s.Serve(ctx)
 	if err == nil && errors.Is(context.Cause(ctx), errTimeout) {
 		return fmt.Errorf("%w: stopped after %s", errTimeout, o.Timeout)
 	}
 	return err
-}
-
-func (o *ForwardOptions) deps() session.Deps {
-	return session.Deps{
-		Config:  o.config,
-		Client:  o.client,
-		Objects: target.BuilderGetter{Flags: o.g.kube},
-		Out:     o.g.out,
-		ErrOut:  o.g.errOut,
-		Log:     o.log,
-	}
 }
 
 // errTimeout: --timeout ran out.

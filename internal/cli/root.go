@@ -12,14 +12,15 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"runtime/debug"
 	"strconv"
 
 	"github.com/go-logr/logr"
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/forward"
+	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/spf13/cobra"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/klog/v2"
 )
 
@@ -44,7 +45,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format
 
 // globals are the flags every command shares.
 type globals struct {
-	kube      *genericclioptions.ConfigFlags
+	kube      *identity.Flags
 	verbosity int
 	debugAddr string
 	out       io.Writer
@@ -86,7 +87,7 @@ func (g *globals) handler(level slog.Level) slog.Handler {
 
 // NewRoot builds the command tree.
 func NewRoot(out, errOut io.Writer) *cobra.Command {
-	g := &globals{kube: genericclioptions.NewConfigFlags(true), out: out, errOut: errOut}
+	g := &globals{kube: identity.NewFlags(), out: out, errOut: errOut}
 	root := &cobra.Command{
 		Use:           "kpf",
 		Short:         "Kubernetes port forwarding that does not fall over",
@@ -104,6 +105,16 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 		newStatusCommand(g), newDownCommand(g), newRestartCommand(g), newLogsCommand(g), newDaemonCommand(g))
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	return root
+}
+
+// identity is who cmd connects as: its connection flags, with this
+// process's environment and folder.
+func (g *globals) identity(cmd *cobra.Command) (identity.Identity, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return identity.Identity{}, err
+	}
+	return g.kube.Capture(cmd.Flags(), os.Environ(), dir)
 }
 
 func version() string {

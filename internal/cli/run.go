@@ -10,16 +10,18 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
-	"github.com/kpf-dev/kpf/internal/tunnel"
+	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/spf13/cobra"
 )
 
 // RunOptions is kpf run: forwards around one command.
 type RunOptions struct {
-	g       *globals
-	File    string
-	Timeout time.Duration
+	g        *globals
+	File     string
+	Timeout  time.Duration
+	Settings spec.Settings
 
 	names   []string
 	command []string
@@ -32,7 +34,7 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("the command exited with code %d", e.code) }
 
 func newRunCommand(g *globals) *cobra.Command {
-	o := &RunOptions{g: g, Timeout: 2 * time.Minute}
+	o := &RunOptions{g: g, Timeout: 2 * time.Minute, Settings: spec.Defaults()}
 	cmd := &cobra.Command{
 		Use:   "run [NAME...] [-f FILE] -- COMMAND [ARGS...]",
 		Short: "Start the forwards, wait until they are healthy, run COMMAND with their addresses, then stop them",
@@ -49,16 +51,24 @@ forwards stop, and kpf exits with COMMAND's exit code.`,
 				return usagef("give the command after --, like: kpf run -- make integration-test")
 			}
 			o.names, o.command = args[:dash], args[dash:]
-			return o.Run(cmd.Context())
+			if err := o.Settings.Validate(); err != nil {
+				return usageError{err}
+			}
+			id, err := g.identity(cmd)
+			if err != nil {
+				return err
+			}
+			return o.Run(cmd.Context(), id)
 		},
 	}
 	cmd.Flags().StringVarP(&o.File, "file", "f", "", "forwards file (default kpf.yaml in this folder)")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", o.Timeout, "how long to wait for every forward to be healthy before giving up")
+	o.Settings.AddFlags(cmd.Flags(), fileSettings...)
 	return cmd
 }
 
 // Run starts the forwards, runs the command and stops the forwards.
-func (o *RunOptions) Run(ctx context.Context) error {
+func (o *RunOptions) Run(ctx context.Context, id identity.Identity) error {
 	path, err := config.Find(o.File)
 	if err != nil {
 		return usageError{err}
@@ -72,10 +82,9 @@ func (o *RunOptions) Run(ctx context.Context) error {
 	}
 	log := o.g.logger()
 	m := manager.New(manager.Options{
-		Open:          newOpener(o.g, log, o.g.errOut),
-		Transport:     tunnel.Auto,
-		ReconnectWait: 30 * time.Second,
-		Log:           log,
+		Open:     newOpener(id, log, o.g.errOut),
+		Settings: o.Settings,
+		Log:      log,
 		Events: func(e manager.Event) {
 			fmt.Fprintf(o.g.errOut, "kpf: %s: %s\n", e.Forward, e.Message)
 		},

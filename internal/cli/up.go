@@ -12,10 +12,11 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/session"
+	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/kpf-dev/kpf/internal/target"
-	"github.com/kpf-dev/kpf/internal/tunnel"
 	"log/slog"
 
 	"github.com/spf13/cobra"
@@ -27,21 +28,25 @@ import (
 
 // UpOptions is kpf up: every forward of a file, in the foreground.
 type UpOptions struct {
-	g             *globals
-	File          string
-	Transport     string
-	ReconnectWait time.Duration
-	Table         string // auto, always, never
-	Detach        bool
-	Wait          bool
-	WaitTimeout   time.Duration
+	g           *globals
+	File        string
+	Settings    spec.Settings
+	Table       string // auto, always, never
+	Detach      bool
+	Wait        bool
+	WaitTimeout time.Duration
 
 	names []string
 	file  *config.File
+	id    identity.Identity
 }
 
+// fileSettings are the settings kpf up and kpf run take: how every forward
+// of the file runs.
+var fileSettings = []string{spec.FlagTransport, spec.FlagReconnectWait, spec.FlagPodRunningTimeout, spec.FlagDataPath}
+
 func newUpCommand(g *globals) *cobra.Command {
-	o := &UpOptions{g: g, Transport: string(tunnel.Auto), ReconnectWait: 30 * time.Second, Table: "auto"}
+	o := &UpOptions{g: g, Settings: spec.Defaults(), Table: "auto"}
 	cmd := &cobra.Command{
 		Use:   "up [NAME...] [-f FILE]",
 		Short: "Run the forwards of kpf.yaml (or -f FILE), all or the named ones, with a live status table",
@@ -52,15 +57,14 @@ On a terminal a live table shows each forward's state, health, pod, connections
 and bytes; otherwise each change is a log line. A forward that fails (a busy
 port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.Complete(args); err != nil {
+			if err := o.Complete(cmd, args); err != nil {
 				return err
 			}
 			return o.Run(cmd.Context())
 		},
 	}
 	cmd.Flags().StringVarP(&o.File, "file", "f", "", "forwards file (default kpf.yaml in this folder)")
-	cmd.Flags().StringVar(&o.Transport, "transport", o.Transport, "auto, websocket or spdy, as for kpf forward")
-	cmd.Flags().DurationVar(&o.ReconnectWait, "reconnect-wait", o.ReconnectWait, "how long a new connection waits for a ready pod")
+	o.Settings.AddFlags(cmd.Flags(), fileSettings...)
 	cmd.Flags().StringVar(&o.Table, "table", o.Table, "live table: auto (when stdout is a terminal), always or never")
 	cmd.Flags().BoolVarP(&o.Detach, "detach", "d", false, "run the forwards in the per-user background daemon (started if needed; a running one is updated: only changed forwards restart)")
 	cmd.Flags().BoolVar(&o.Wait, "wait", false, "run in the daemon (implies -d) and return once every forward is ready and healthy (exit 0), or fail with a summary after --timeout")
@@ -68,8 +72,9 @@ port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 	return cmd
 }
 
-// Complete loads the file and picks the named forwards.
-func (o *UpOptions) Complete(args []string) error {
+// Complete loads the file, picks the named forwards and captures who they
+// connect as.
+func (o *UpOptions) Complete(cmd *cobra.Command, args []string) error {
 	path, err := config.Find(o.File)
 	if err != nil {
 		return usageError{err}
@@ -81,8 +86,11 @@ func (o *UpOptions) Complete(args []string) error {
 	if _, err := o.file.Select(args); err != nil {
 		return usageError{err}
 	}
-	if _, err := tunnel.ParseTransport(o.Transport); err != nil {
+	if err := o.Settings.Validate(); err != nil {
 		return usageError{err}
+	}
+	if o.id, err = o.g.identity(cmd); err != nil {
+		return err
 	}
 	switch o.Table {
 	case "auto", "always", "never":
@@ -111,10 +119,9 @@ func (o *UpOptions) Run(ctx context.Context) error {
 		warnTo = lineWriter(events.add)
 	}
 	mo := manager.Options{
-		Open:          newOpener(o.g, log, warnTo),
-		Transport:     tunnel.Transport(o.Transport),
-		ReconnectWait: o.ReconnectWait,
-		Log:           log,
+		Open:     newOpener(o.id, log, warnTo),
+		Settings: o.Settings,
+		Log:      log,
 		Events: func(e manager.Event) {
 			line := fmt.Sprintf("%s %s: %s", e.Time.Format("15:04:05"), e.Forward, e.Message)
 			if table {
@@ -173,7 +180,7 @@ func drawLoop(ctx context.Context, out io.Writer, m *manager.Manager, events *ev
 		var b strings.Builder
 		b.WriteString("\x1b[?25l\x1b[H\x1b[2J") // hide cursor, home, clear
 		fmt.Fprintf(&b, "kpf up: %s (Ctrl-C stops)\n\n", path)
-		writeTable(&b, m.Snapshot())
+		writeTable(&b, m.Snapshot(), false)
 		b.WriteString("\nRecent events:\n")
 		for _, l := range events.last() {
 			b.WriteString("  " + l + "\n")
@@ -187,11 +194,18 @@ func drawLoop(ctx context.Context, out io.Writer, m *manager.Manager, events *ev
 	}
 }
 
-// writeTable prints rows as the status table (kpf up, kpf status).
-func writeTable(w io.Writer, rows []manager.Row) {
+// writeTable prints rows as the status table (kpf up, kpf status); with
+// who, the context and user each forward connects as.
+func writeTable(w io.Writer, rows []manager.Row, who bool) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if who {
+		fmt.Fprint(tw, "CONTEXT\tUSER\t")
+	}
 	fmt.Fprintln(tw, "NAME\tTARGET\tPOD\tLOCAL\tSTATE\tHEALTH\tCONNS\tIN\tOUT\tRECONNECTS\tLAST ERROR")
 	for _, r := range rows {
+		if who {
+			fmt.Fprintf(tw, "%s\t%s\t", dash(r.Context), dash(r.User))
+		}
 		local := "-"
 		if len(r.Local) > 0 {
 			local = r.Local[0]
@@ -235,9 +249,10 @@ func bytesText(n int64) string {
 	return strconv.FormatInt(n, 10)
 }
 
-// newOpener opens sessions for forwards of a file: one set of clients per
-// kubeconfig context, and errors explained as kpf forward explains them.
-func newOpener(g *globals, log *slog.Logger, warn io.Writer) manager.Opener {
+// newOpener opens sessions for forwards of a file as id: one set of
+// clients per kubeconfig context, and errors explained as kpf forward
+// explains them.
+func newOpener(id identity.Identity, log *slog.Logger, warn io.Writer) manager.Opener {
 	var mu sync.Mutex
 	clusters := map[string]*kubeCluster{}
 	get := func(name string) (*kubeCluster, error) {
@@ -246,7 +261,7 @@ func newOpener(g *globals, log *slog.Logger, warn io.Writer) manager.Opener {
 		if c, ok := clusters[name]; ok {
 			return c, nil
 		}
-		c, err := g.cluster(name)
+		c, err := connect(id.WithContext(name))
 		if err != nil {
 			return nil, err
 		}
@@ -261,45 +276,33 @@ func newOpener(g *globals, log *slog.Logger, warn io.Writer) manager.Opener {
 		if spec.Namespace == "" {
 			spec.Namespace = c.namespace
 		}
-		s, err := session.Open(ctx, spec, session.Deps{
-			Config:  c.config,
-			Client:  c.client,
-			Objects: target.BuilderGetter{Flags: c.flags},
-			Out:     io.Discard,
-			ErrOut:  warn,
-			Log:     log.With("forward", fw.Name),
-		})
+		s, err := session.Open(ctx, spec, c.deps(io.Discard, warn, log.With("forward", fw.Name)))
 		if err != nil {
-			return nil, explainOpen(ctx, err, spec.Namespace, c.flags, c.config)
+			return nil, explainOpen(ctx, err, spec.Namespace, c.kube, c.config)
 		}
 		return s, nil
 	}
 }
 
-// kubeCluster is the clients of one kubeconfig context.
+// kubeCluster is the clients of one identity.
 type kubeCluster struct {
-	flags     *genericclioptions.ConfigFlags
+	kube      *genericclioptions.ConfigFlags
 	config    *rest.Config
 	client    kubernetes.Interface
 	namespace string
 }
 
-// cluster returns clients for a kubeconfig context ("" is the one the
-// global flags select), with every other global flag applied.
-func (g *globals) cluster(context string) (*kubeCluster, error) {
-	f := genericclioptions.NewConfigFlags(true)
-	f.KubeConfig, f.ClusterName, f.AuthInfoName, f.BearerToken, f.APIServer = g.kube.KubeConfig, g.kube.ClusterName, g.kube.AuthInfoName, g.kube.BearerToken, g.kube.APIServer
-	f.Namespace, f.TLSServerName, f.ProxyURL = g.kube.Namespace, g.kube.TLSServerName, g.kube.ProxyURL
-	f.CAFile, f.CertFile, f.KeyFile, f.Insecure, f.Impersonate = g.kube.CAFile, g.kube.CertFile, g.kube.KeyFile, g.kube.Insecure, g.kube.Impersonate
-	f.Context = g.kube.Context
-	if context != "" {
-		f.Context = &context
+// connect makes the clients of an identity, as kubectl's flags would.
+func connect(id identity.Identity) (*kubeCluster, error) {
+	kube, err := id.Getter()
+	if err != nil {
+		return nil, err
 	}
-	ns, _, err := f.ToRawKubeConfigLoader().Namespace()
+	ns, _, err := kube.ToRawKubeConfigLoader().Namespace()
 	if err != nil {
 		return nil, explainConfig(err)
 	}
-	cfg, err := f.ToRESTConfig()
+	cfg, err := kube.ToRESTConfig()
 	if err != nil {
 		return nil, explainConfig(err)
 	}
@@ -308,7 +311,29 @@ func (g *globals) cluster(context string) (*kubeCluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &kubeCluster{flags: f, config: cfg, client: cs, namespace: ns}, nil
+	return &kubeCluster{kube: kube, config: cfg, client: cs, namespace: ns}, nil
+}
+
+// deps are what a session of this cluster needs.
+func (c *kubeCluster) deps(out, errOut io.Writer, log *slog.Logger) session.Deps {
+	return session.Deps{
+		Config:  c.config,
+		Client:  c.client,
+		Objects: target.BuilderGetter{Flags: c.kube},
+		Out:     out,
+		ErrOut:  errOut,
+		Log:     log,
+	}
+}
+
+// describeIdentity names the context, cluster and user of id with a
+// forward's context, for the daemon's status.
+func describeIdentity(id identity.Identity, context string) (string, string, string) {
+	kube, err := id.WithContext(context).Getter()
+	if err != nil {
+		return context, "", ""
+	}
+	return identity.Describe(kube)
 }
 
 // lineWriter hands each written line to a function.

@@ -45,7 +45,14 @@ type Forward struct {
 	Addresses []string
 	Balance   bool
 	Health    *Health
-	Line      int
+	Pos       Pos
+}
+
+// Pos is where a forward stands in its file, for problems.
+type Pos struct {
+	Line      int   // of the forward
+	Index     int   // in the forwards list
+	PortLines []int // of each entry of Ports
 }
 
 // Health is a forward's health check.
@@ -188,7 +195,8 @@ func parseLines(path string, b []byte) (*File, error) {
 			probs = append(probs, Problem{Line: n, Msg: fmt.Sprintf("%q: the service and namespace may not be empty", l)})
 			continue
 		}
-		f.Forwards = append(f.Forwards, Forward{Name: svc, Namespace: ns, Target: "svc/" + svc, Ports: []portspec.Port{port}, Addresses: []string{"localhost"}, Line: n})
+		f.Forwards = append(f.Forwards, Forward{Name: svc, Namespace: ns, Target: "svc/" + svc, Ports: []portspec.Port{port}, Addresses: []string{"localhost"},
+			Pos: Pos{Line: n, Index: len(f.Forwards), PortLines: []int{n}}})
 	}
 	// The same service in two namespaces: name them apart.
 	count := map[string]int{}
@@ -200,7 +208,7 @@ func parseLines(path string, b []byte) (*File, error) {
 			f.Forwards[i].Name += "-" + f.Forwards[i].Namespace
 		}
 	}
-	probs = append(probs, crossChecks(f.Forwards)...)
+	probs = append(probs, crossChecks(f.Forwards, false)...)
 	return f, asError(path, probs)
 }
 
@@ -212,37 +220,67 @@ func asError(path string, probs []Problem) error {
 	return &Error{Path: path, Problems: probs}
 }
 
-// crossChecks finds duplicate names and local ports bound twice.
-func crossChecks(fws []Forward) []Problem {
+// crossChecks finds duplicate names and local ports bound twice; a port
+// bound twice is reported at its own entry.
+// In kpf.yaml fields are named by their path (forwards[2].ports).
+func crossChecks(fws []Forward, yamlPaths bool) []Problem {
+	field := func(fw Forward, name string) string {
+		if yamlPaths {
+			return fmt.Sprintf("forwards[%d].%s", fw.Pos.Index, name)
+		}
+		return name
+	}
 	var probs []Problem
 	names := map[string]int{}
-	type bind struct {
-		addr string
-		port uint16
-	}
-	binds := map[bind]string{}
-	for _, fw := range fws {
+	for i, fw := range fws {
 		if prev, ok := names[fw.Name]; ok {
-			probs = append(probs, Problem{Line: fw.Line, Field: "name", Msg: fmt.Sprintf("%q is used twice (first on line %d)", fw.Name, prev)})
+			probs = append(probs, Problem{Line: fw.Pos.Line, Field: field(fw, "name"), Msg: fmt.Sprintf("%q is used twice (first on line %d)", fw.Name, prev)})
 		} else {
-			names[fw.Name] = fw.Line
+			names[fw.Name] = fw.Pos.Line
 		}
-		for _, p := range fw.Ports {
-			if p.Local == 0 {
-				continue // a free port each
+		for _, other := range fws[:i] {
+			if other.Name == fw.Name {
+				continue
 			}
-			for _, a := range expandAddresses(fw.Addresses) {
-				k := bind{a, p.Local}
-				if other, ok := binds[k]; ok && other != fw.Name {
-					probs = append(probs, Problem{Line: fw.Line, Field: "ports", Msg: fmt.Sprintf("local port %d on %s is also used by forward %q", p.Local, a, other)})
-					break
+			if port, addr, k, ok := overlap(fw, other); ok {
+				line := fw.Pos.Line
+				if k < len(fw.Pos.PortLines) {
+					line = fw.Pos.PortLines[k]
 				}
-				binds[k] = fw.Name
+				probs = append(probs, Problem{Line: line, Field: field(fw, "ports"),
+					Msg: fmt.Sprintf("local port %d on %s is also used by forward %q (line %d)", port, addr, other.Name, other.Pos.Line)})
+				break
 			}
 		}
 	}
 	return probs
 }
+
+// Overlap finds a local port that forwards a and b would both bind on the
+// same address, if any. A free port (0) never overlaps.
+func Overlap(a, b Forward) (port uint16, addr string, ok bool) {
+	port, addr, _, ok = overlap(a, b)
+	return
+}
+
+// overlap is Overlap, with the index of a's port entry.
+func overlap(a, b Forward) (uint16, string, int, bool) {
+	bAddrs := expandAddresses(b.Addresses)
+	for k, p := range a.Ports {
+		if p.Local == 0 || !slices.ContainsFunc(b.Ports, func(q portspec.Port) bool { return q.Local == p.Local }) {
+			continue
+		}
+		for _, addr := range expandAddresses(a.Addresses) {
+			if slices.Contains(bAddrs, addr) || isAny(addr) || slices.ContainsFunc(bAddrs, isAny) {
+				return p.Local, addr, k, true
+			}
+		}
+	}
+	return 0, "", 0, false
+}
+
+// isAny: an unspecified address binds every address of its family.
+func isAny(addr string) bool { return addr == "0.0.0.0" || addr == "::" }
 
 func expandAddresses(as []string) []string {
 	var out []string

@@ -43,10 +43,10 @@ func TestLoadBadReportsEverything(t *testing.T) {
 	}
 	want := []string{
 		"line 3: defaults.colour: unknown key (known here: address, context, health, namespace)",
-		`line 8: name: "api" is used twice (first on line 5)`,
+		`line 8: forwards[1].name: "api" is used twice (first on line 5)`,
 		`line 12: forwards[2].target: unknown target kind "ingress" in "ingress/web"`,
 		`line 13: forwards[2].ports: invalid port "99999:80": the local port "99999" is not a number`,
-		`line 14: ports: local port 8080 on 127.0.0.1 is also used by forward "api"`,
+		`line 16: forwards[3].ports: local port 8080 on 127.0.0.1 is also used by forward "api" (line 5)`,
 		`line 17: forwards[4].name: "Bad_Name": use lower-case letters`,
 		`line 19: forwards[4].prots: unknown key`,
 		`line 20: forwards[4].health.type: "udp": want tcp or http`,

@@ -81,7 +81,7 @@ func parseYAML(path string, b []byte) (*File, error) {
 			p.add(forwards, "forwards", "is empty")
 		}
 	}
-	p.probs = append(p.probs, crossChecks(f.Forwards)...)
+	p.probs = append(p.probs, crossChecks(f.Forwards, true)...)
 	return f, asError(path, p.probs)
 }
 
@@ -172,7 +172,7 @@ func (p *yamlParser) defaults(n *yaml.Node) defaults {
 
 func (p *yamlParser) forward(n *yaml.Node, i int, d defaults) (Forward, bool) {
 	where := fmt.Sprintf("forwards[%d]", i)
-	fw := Forward{Line: n.Line, Context: d.context, Namespace: d.namespace, Addresses: d.addresses, Health: d.health}
+	fw := Forward{Pos: Pos{Line: n.Line, Index: i}, Context: d.context, Namespace: d.namespace, Addresses: d.addresses, Health: d.health}
 	before := len(p.probs)
 	var gotName, gotTarget, gotPorts bool
 	p.mapping(n, where, map[string]func(k, v *yaml.Node){
@@ -219,6 +219,7 @@ func (p *yamlParser) forward(n *yaml.Node, i int, d defaults) (Forward, bool) {
 					continue
 				}
 				fw.Ports = append(fw.Ports, port)
+				fw.Pos.PortLines = append(fw.Pos.PortLines, it.Line)
 			}
 		},
 		"address": func(k, v *yaml.Node) { fw.Addresses = p.addresses(v, where+".address") },

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -36,7 +35,7 @@ func NewClient(home Home) *Client {
 
 // Running reports whether a daemon answers.
 func (c *Client) Running() bool {
-	_, err := c.Status(context.Background())
+	_, err := c.Status(context.Background(), "")
 	return err == nil
 }
 
@@ -72,10 +71,10 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	return json.NewDecoder(resp.Body).Decode(out)
 }
 
-// Status asks for the status of every forward.
-func (c *Client) Status(ctx context.Context) (*Status, error) {
+// Status asks for the status of every forward, or of one file's.
+func (c *Client) Status(ctx context.Context, file string) (*Status, error) {
 	var st Status
-	if err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st); err != nil {
+	if err := c.do(ctx, http.MethodGet, "/v1/status?"+url.Values{"file": {file}}.Encode(), nil, &st); err != nil {
 		return nil, err
 	}
 	return &st, nil
@@ -88,27 +87,29 @@ func (c *Client) Apply(ctx context.Context, req ApplyRequest) (*ApplyResult, err
 }
 
 // Down stops forwards; the daemon exits when none is left.
-func (c *Client) Down(ctx context.Context, names []string) (stopped []string, daemonExits bool, err error) {
+func (c *Client) Down(ctx context.Context, req NamesRequest) (stopped []Picked, daemonExits bool, err error) {
 	var res struct {
-		Stopped    []string `json:"stopped"`
+		Stopped    []Picked `json:"stopped"`
 		DaemonExit bool     `json:"daemonExits"`
 	}
-	err = c.do(ctx, http.MethodPost, "/v1/down", NamesRequest{names}, &res)
+	err = c.do(ctx, http.MethodPost, "/v1/down", req, &res)
 	return res.Stopped, res.DaemonExit, err
 }
 
 // Restart restarts forwards.
-func (c *Client) Restart(ctx context.Context, names []string) ([]string, error) {
+func (c *Client) Restart(ctx context.Context, req NamesRequest) ([]Picked, error) {
 	var res struct {
-		Restarted []string `json:"restarted"`
+		Restarted []Picked `json:"restarted"`
 	}
-	err := c.do(ctx, http.MethodPost, "/v1/restart", NamesRequest{names}, &res)
+	err := c.do(ctx, http.MethodPost, "/v1/restart", req, &res)
 	return res.Restarted, err
 }
 
-// Wait waits until every forward is ready and healthy.
-func (c *Client) Wait(ctx context.Context, timeout time.Duration) (*Status, error) {
+// Wait waits until every forward of file (of every file, with "") is
+// ready and healthy.
+func (c *Client) Wait(ctx context.Context, file string, timeout time.Duration) (*Status, error) {
 	var st Status
-	err := c.do(ctx, http.MethodPost, fmt.Sprintf("/v1/wait?timeout=%s", timeout), nil, &st)
+	q := url.Values{"timeout": {timeout.String()}, "file": {file}}
+	err := c.do(ctx, http.MethodPost, "/v1/wait?"+q.Encode(), nil, &st)
 	return &st, err
 }

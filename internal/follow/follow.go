@@ -82,14 +82,14 @@ type podState struct {
 
 // Follower is a forward's backend: forward.Serve hands it connections.
 type Follower struct {
-	o Options
+	o   Options
+	ctx context.Context // the follower's lifetime: its pools live as long
 
 	mu       sync.Mutex
 	changed  chan struct{} // closed and replaced on every change
 	pods     map[types.UID]*podState
 	current  types.UID
 	next     int // round robin for Balance
-	synced   bool
 	retries  int // consecutive failed reconnects, for MaxRetries
 	done     chan struct{}
 	doneErr  error
@@ -104,7 +104,7 @@ func New(ctx context.Context, o Options) (*Follower, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	f := &Follower{o: o, changed: make(chan struct{}), pods: map[types.UID]*podState{}, done: make(chan struct{})}
+	f := &Follower{o: o, ctx: ctx, changed: make(chan struct{}), pods: map[types.UID]*podState{}, done: make(chan struct{})}
 	if o.Initial != nil {
 		f.pods[o.Initial.UID] = &podState{pod: o.Initial}
 		f.current = o.Initial.UID
@@ -151,15 +151,6 @@ func (f *Follower) Err() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.doneErr
-}
-
-func (f *Follower) end(err error) {
-	f.doneOnce.Do(func() {
-		f.mu.Lock()
-		f.doneErr = err
-		f.mu.Unlock()
-		close(f.done)
-	})
 }
 
 // broadcast wakes every waiter; f.mu must be held.
@@ -308,7 +299,7 @@ func (f *Follower) switchReason() string {
 }
 
 // acquire waits until a pod with a working tunnel pool is available, up to
-// deadline, and returns it.
+// deadline or until ctx (the connection's) ends, and returns it.
 func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[types.UID]bool) (*podState, *corev1.Pod, *tunnel.Pool, error) {
 	waitedLogged := false
 	for {
@@ -329,7 +320,8 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 			st.dialing = true
 			pod := st.pod
 			f.mu.Unlock()
-			pool, err := f.dialPool(ctx, pod)
+			// The pool outlives this connection: it is the follower's.
+			pool, err := f.dialPool(f.ctx, pod)
 			f.mu.Lock()
 			st.dialing = false
 			if err != nil {
@@ -474,13 +466,13 @@ const refusedGrace = 2 * time.Second
 
 // Forward carries a local connection to the current pod (or the next one,
 // with Balance). A connection refused before the pod answered is sent
-// again, whole, to another pod, so rollouts lose no connection.
-func (f *Follower) Forward(local net.Conn, port uint16) (tunnel.Stats, error) {
+// again, whole, to another pod, so rollouts lose no connection. While it
+// waits for a pod, ctx ending (the forward stopping) ends it at once.
+func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16) (tunnel.Stats, error) {
 	rc := newReplayConn(local)
 	defer rc.finish()
 	deadline := time.Now().Add(f.o.ReconnectWait)
 	exclude := map[types.UID]bool{}
-	ctx := context.Background()
 	for attempt := 1; ; attempt++ {
 		st, pod, pool, err := f.acquire(ctx, deadline, exclude)
 		if err != nil {
@@ -522,6 +514,7 @@ func (f *Follower) Forward(local net.Conn, port uint16) (tunnel.Stats, error) {
 				f.o.Log.Info("every pod refused a new connection; the pods changed, trying again", keyPod, pod.Name, "attempt", attempt)
 				clear(exclude)
 				continue
+			case <-ctx.Done():
 			case <-time.After(min(time.Until(deadline), refusedGrace)):
 			}
 		}

@@ -135,7 +135,7 @@ var ErrIdle = errors.New("idle timeout")
 // Backend carries connections to the target (follow.Follower, or a fake in
 // tests).
 type Backend interface {
-	Forward(local net.Conn, port uint16) (tunnel.Stats, error)
+	Forward(ctx context.Context, local net.Conn, port uint16) (tunnel.Stats, error)
 	// Done is closed when the forward must end; Err says why.
 	Done() <-chan struct{}
 	Err() error
@@ -230,7 +230,7 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 						idle.free()
 					}()
 					opts.Counters.start()
-					st, err := tun.Forward(c, l.Port.Remote)
+					st, err := tun.Forward(ctx, c, l.Port.Remote)
 					c.Close()
 					opts.Counters.end(st, err)
 					if err != nil {
@@ -250,6 +250,7 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 	case <-idle.fired:
 		err = fmt.Errorf("%w: no connection for %s", ErrIdle, opts.IdleTimeout)
 	}
+	cancel() // connections waiting for a pod end now
 	for _, l := range listeners {
 		l.Close()
 	}

@@ -16,9 +16,8 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/config"
-	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/session"
-	"github.com/kpf-dev/kpf/internal/tunnel"
+	"github.com/kpf-dev/kpf/internal/spec"
 )
 
 // States of a forward.
@@ -45,10 +44,9 @@ type Opener func(ctx context.Context, fw config.Forward, spec session.Spec) (*se
 
 // Options configure a Manager.
 type Options struct {
-	Open          Opener
-	Transport     tunnel.Transport
-	ReconnectWait time.Duration
-	Log           *slog.Logger
+	Open     Opener
+	Settings spec.Settings
+	Log      *slog.Logger
 	// Events receives a line for every state or health change, if set.
 	Events func(Event)
 }
@@ -157,19 +155,11 @@ func (m *Manager) run(ctx context.Context, f *Forward) {
 		}
 		f.mu.Unlock()
 	}()
-	spec := f.Spec
-	addrs, _ := portspec.ParseAddresses(spec.Addresses) // validated by config
-	sess, err := m.o.Open(ctx, spec, session.Spec{
-		Namespace:         spec.Namespace,
-		Target:            spec.Target,
-		Ports:             spec.Ports,
-		Addresses:         addrs,
-		Transport:         m.o.Transport,
-		PodRunningTimeout: time.Minute,
-		ReconnectWait:     m.o.ReconnectWait,
-		Balance:           spec.Balance,
-		DataPath:          tunnel.DefaultDataPath,
-	})
+	sp, err := spec.Session(f.Spec, m.o.Settings)
+	var sess *session.Session
+	if err == nil {
+		sess, err = m.o.Open(ctx, f.Spec, sp)
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			m.setState(f, Failed, err.Error())
@@ -181,7 +171,7 @@ func (m *Manager) run(ctx context.Context, f *Forward) {
 	f.mu.Unlock()
 	st := sess.Status()
 	m.setState(f, Ready, fmt.Sprintf("%s -> %s %s", strings.Join(sess.Addrs(), ", "), sess.Target.Ref, st.Pod))
-	if spec.Health != nil {
+	if f.Spec.Health != nil {
 		go m.checkHealth(ctx, f, sess)
 	}
 	go m.watchState(ctx, f, sess)
@@ -222,9 +212,9 @@ func (m *Manager) checkHealth(ctx context.Context, f *Forward, sess *session.Ses
 	for {
 		var err error
 		if h.Type == "http" {
-			err = sess.CheckHTTP(h.Path, h.StatusMin, h.StatusMax, h.Timeout)
+			err = sess.CheckHTTP(ctx, h.Path, h.StatusMin, h.StatusMax, h.Timeout)
 		} else {
-			err = sess.CheckTCP(h.Timeout)
+			err = sess.CheckTCP(ctx, h.Timeout)
 		}
 		f.mu.Lock()
 		old := f.health
@@ -254,8 +244,13 @@ func (m *Manager) checkHealth(ctx context.Context, f *Forward, sess *session.Ses
 
 // Row is one forward in a status snapshot.
 type Row struct {
-	Name       string   `json:"name"`
+	Name string `json:"name"`
+	// File, Cluster and User are filled in by the daemon: which file the
+	// forward comes from, and who it connects as.
+	File       string   `json:"file,omitempty"`
 	Context    string   `json:"context,omitempty"`
+	Cluster    string   `json:"cluster,omitempty"`
+	User       string   `json:"user,omitempty"`
 	Namespace  string   `json:"namespace,omitempty"`
 	Target     string   `json:"target"`
 	Pod        string   `json:"pod,omitempty"`
@@ -436,6 +431,21 @@ func (m *Manager) Names() []string {
 	return n
 }
 
+// Specs are the forwards the manager runs, in order; with live, only
+// those that have not failed (a failed forward holds no port).
+func (m *Manager) Specs(live bool) []config.Forward {
+	m.mu.Lock()
+	fs := slices.Clone(m.forwards)
+	m.mu.Unlock()
+	var out []config.Forward
+	for _, f := range fs {
+		if !live || !f.stateIs(Failed) {
+			out = append(out, f.Spec)
+		}
+	}
+	return out
+}
+
 func (m *Manager) pick(names []string) []*Forward {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -474,6 +484,6 @@ func (f *Forward) stateIs(s string) bool {
 
 // sameSpec compares what a forward does, not where it was written.
 func sameSpec(a, b config.Forward) bool {
-	a.Line, b.Line = 0, 0
+	a.Pos, b.Pos = config.Pos{}, config.Pos{}
 	return reflect.DeepEqual(a, b)
 }

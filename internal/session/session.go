@@ -202,13 +202,15 @@ var ErrUnhealthy = errors.New("unhealthy")
 
 // CheckTCP opens a connection to the first port through the tunnel: it
 // fails if the pod refuses it within timeout.
-func (s *Session) CheckTCP(timeout time.Duration) error {
+func (s *Session) CheckTCP(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	local, remote := net.Pipe()
 	defer local.Close()
 	res := make(chan error, 1)
 	port := s.Listeners[0].Port.Remote
 	go func() {
-		_, err := s.follower.Forward(remote, port)
+		_, err := s.follower.Forward(ctx, remote, port)
 		res <- err
 	}()
 	// The kubelet reports a refused port at once; a connection that is
@@ -225,11 +227,13 @@ func (s *Session) CheckTCP(timeout time.Duration) error {
 }
 
 // CheckHTTP GETs path through the tunnel and wants a status in [lo, hi].
-func (s *Session) CheckHTTP(path string, lo, hi int, timeout time.Duration) error {
+func (s *Session) CheckHTTP(ctx context.Context, path string, lo, hi int, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	local, remote := net.Pipe()
 	defer local.Close()
 	port := s.Listeners[0].Port.Remote
-	go s.follower.Forward(remote, port)
+	go s.follower.Forward(ctx, remote, port)
 	local.SetDeadline(time.Now().Add(timeout))
 	if _, err := fmt.Fprintf(local, "GET %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: kpf-health\r\nConnection: close\r\n\r\n", path); err != nil {
 		return fmt.Errorf("%w: %v", ErrUnhealthy, err)

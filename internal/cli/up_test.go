@@ -1,0 +1,109 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/identity"
+	"github.com/kpf-dev/kpf/internal/manager"
+	"github.com/kpf-dev/kpf/internal/session"
+	"github.com/spf13/pflag"
+)
+
+// kpf up -d hands the daemon every kubectl connection flag it was given
+// (enumerated from the command's own flags, so a new one cannot be
+// forgotten), its environment and its settings, in canonical form.
+func TestUpDetachedSendsEveryFlagToTheDaemon(t *testing.T) {
+	home, err := os.MkdirTemp("", "kpfcli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	t.Setenv("KPF_HOME", home)
+	t.Setenv("AWS_PROFILE", "team-b")
+	var mu sync.Mutex
+	var gotID identity.Identity
+	var gotSpec session.Spec
+	opened := make(chan struct{}, 1)
+	s := &daemon.Server{Home: daemon.Home(home), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Opener: func(id identity.Identity, _ *slog.Logger) manager.Opener {
+			return func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
+				mu.Lock()
+				gotID, gotSpec = id, sp
+				mu.Unlock()
+				opened <- struct{}{}
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+		}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for !daemon.NewClient(daemon.Home(home)).Running() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "kpf.yaml")
+	os.WriteFile(file, []byte("forwards:\n  - {name: api, target: svc/api, ports: [\"18080:80\"]}\n"), 0o600)
+
+	// Every connection flag, with a value of its own.
+	kube := identity.NewFlags()
+	fs := pflag.NewFlagSet("probe", pflag.ContinueOnError)
+	kube.AddFlags(fs)
+	args := []string{"up", "-d", "-f", file, "--transport", "WebSocket", "--reconnect-wait", "2s"}
+	want := map[string][]string{}
+	for _, name := range kube.Names() {
+		fl := fs.Lookup(name)
+		switch fl.Value.Type() {
+		case "bool":
+			args = append(args, "--"+name)
+			want[name] = []string{"true"}
+		case "stringArray":
+			args = append(args, "--"+name, "x-"+name, "--"+name, "y-"+name)
+			want[name] = []string{"x-" + name, "y-" + name}
+		default:
+			args = append(args, "--"+name, "/v-"+name)
+			want[name] = []string{"/v-" + name}
+		}
+	}
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), args, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s%s", code, out.String(), errOut.String())
+	}
+	if !strings.Contains(out.String(), "started: api") {
+		t.Fatalf("output %q", out.String())
+	}
+	select {
+	case <-opened:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the daemon never opened the forward")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for name, w := range want {
+		if got := gotID.Flags[name]; !slices.Equal(got, w) {
+			t.Errorf("--%s reached the daemon as %q, want %q", name, got, w)
+		}
+	}
+	if len(gotID.Flags) != len(want) {
+		t.Errorf("the daemon got %d flags, want %d: %v", len(gotID.Flags), len(want), gotID.Flags)
+	}
+	if !slices.Contains(gotID.Env, "AWS_PROFILE=team-b") {
+		t.Errorf("the command's environment did not reach the daemon")
+	}
+	if gotSpec.Transport != "websocket" || gotSpec.ReconnectWait != 2*time.Second {
+		t.Errorf("settings reached the daemon as transport %q, reconnect wait %s", gotSpec.Transport, gotSpec.ReconnectWait)
+	}
+}

@@ -1,0 +1,298 @@
+package follow
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/fakeapi"
+	"github.com/kpf-dev/kpf/internal/target"
+	"github.com/kpf-dev/kpf/internal/testnet"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+	"k8s.io/apimachinery/pkg/labels"
+)
+
+const ns = "shop"
+
+var web = map[string]string{"app": "web"}
+
+// newFollower follows the pods labelled app=web through the fake API
+// server; it stops with the test (or with the returned cancel).
+func newFollower(t *testing.T, s *fakeapi.Server, tweak func(*Options)) (*Follower, context.CancelFunc) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	o := Options{
+		Namespace:     ns,
+		Ref:           "deployment/web",
+		Selector:      labels.SelectorFromSet(web),
+		Client:        s.Client,
+		ReconnectWait: 5 * time.Second,
+		Log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Dial: func(ctx context.Context, pod string) (*tunnel.Conn, error) {
+			return tunnel.Dial(ctx, s.Config, ns, pod, tunnel.SPDY, tunnel.OwnDataPath)
+		},
+	}
+	if tweak != nil {
+		tweak(&o)
+	}
+	f, err := New(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, cancel
+}
+
+// result is what one connection through the follower got.
+type result struct {
+	pod string // the first line the pod's echo server sent
+	err error
+}
+
+// connect sends one connection through f and reads which pod answered,
+// then checks the echo.
+func connect(t *testing.T, ctx context.Context, f *Follower) result {
+	t.Helper()
+	client, server := testnet.TCPPair(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Forward(ctx, server, 80)
+		server.Close()
+		done <- err
+	}()
+	r := bufio.NewReader(client)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		client.Close()
+		return result{err: errors.Join(err, <-done)}
+	}
+	io.WriteString(client, "ping")
+	client.CloseWrite()
+	rest, _ := io.ReadAll(r)
+	if string(rest) != "ping" {
+		t.Errorf("echo through %s: got %q, want ping", line, rest)
+	}
+	return result{pod: strings.TrimSpace(line), err: <-done}
+}
+
+func TestChoosesKubectlsPodAmongReady(t *testing.T) {
+	s := fakeapi.New(t)
+	// web-1 is older, but web-2 is the only ready one; web-3 is not ours.
+	s.Pod(t, ns, "web-1", web, false, fakeapi.Echo(t, "web-1"))
+	s.Pod(t, ns, "web-2", web, true, fakeapi.Echo(t, "web-2"))
+	s.Pod(t, ns, "web-3", map[string]string{"app": "other"}, true, fakeapi.Echo(t, "web-3"))
+	f, _ := newFollower(t, s, nil)
+	for range 3 {
+		if r := connect(t, context.Background(), f); r.pod != "web-2" || r.err != nil {
+			t.Fatalf("went to %q (%v), want the ready pod web-2", r.pod, r.err)
+		}
+	}
+	if pod, state := f.State(); pod != "web-2" || state != "ready" {
+		t.Fatalf("state %q %q, want web-2 ready", pod, state)
+	}
+}
+
+func TestSwitchesWhenThePodGoesAway(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
+	s.Pod(t, ns, "web-2", web, true, fakeapi.Echo(t, "web-2"))
+	f, _ := newFollower(t, s, nil)
+	first := connect(t, context.Background(), f)
+	if first.err != nil {
+		t.Fatal(first.err)
+	}
+	s.Delete(t, ns, first.pod)
+	waitFor(t, func() bool { pod, _ := f.State(); return pod != first.pod && pod != "" })
+	if r := connect(t, context.Background(), f); r.err != nil || r.pod == first.pod {
+		t.Fatalf("after deleting %s the connection went to %q (%v)", first.pod, r.pod, r.err)
+	}
+	// Not ready is as good as gone for new connections.
+	pod, _ := f.State()
+	s.Pod(t, ns, "web-3", web, true, fakeapi.Echo(t, "web-3"))
+	waitFor(t, func() bool { return f.knows("web-3", true) })
+	s.SetReady(t, ns, pod, false)
+	waitFor(t, func() bool { return f.knows(pod, false) })
+	if r := connect(t, context.Background(), f); r.err != nil || r.pod != "web-3" {
+		t.Fatalf("with %s not ready the connection went to %q (%v), want web-3", pod, r.pod, r.err)
+	}
+}
+
+func TestWaitsForAReadyPod(t *testing.T) {
+	s := fakeapi.New(t)
+	f, _ := newFollower(t, s, nil)
+	res := make(chan result, 1)
+	go func() { res <- connect(t, context.Background(), f) }()
+	// The connection waits: no pod yet.
+	select {
+	case r := <-res:
+		t.Fatalf("a connection with no pod returned %+v", r)
+	case <-time.After(200 * time.Millisecond):
+	}
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
+	if r := <-res; r.err != nil || r.pod != "web-1" {
+		t.Fatalf("got %+v, want web-1 once it is ready", r)
+	}
+}
+
+func TestWaitingEndsAfterReconnectWait(t *testing.T) {
+	s := fakeapi.New(t)
+	f, _ := newFollower(t, s, func(o *Options) { o.ReconnectWait = 300 * time.Millisecond })
+	start := time.Now()
+	r := connect(t, context.Background(), f)
+	if r.err == nil || !strings.Contains(r.err.Error(), "no ready pod for deployment/web in namespace \"shop\" within 300ms") {
+		t.Fatalf("err %v", r.err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("gave up after %s, want about 300ms", d)
+	}
+}
+
+// Stopping a forward (its context) ends every connection that waits for a
+// pod at once, not after --reconnect-wait.
+func TestStoppingEndsWaitingConnections(t *testing.T) {
+	s := fakeapi.New(t)
+	var waiting atomic.Int64
+	f, _ := newFollower(t, s, func(o *Options) {
+		o.ReconnectWait = time.Minute
+		o.Log = slog.New(countingHandler{slog.NewTextHandler(io.Discard, nil), "waiting for a ready pod", &waiting})
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	const n = 50
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		_, server := testnet.TCPPair(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := f.Forward(ctx, server, 80)
+			errs <- err
+		}()
+	}
+	waitFor(t, func() bool { return waiting.Load() == n })
+	start := time.Now()
+	cancel()
+	wg.Wait()
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("%d waiting connections took %s to end", n, d)
+	}
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("a waiting connection ended with %v, want context.Canceled", err)
+		}
+	}
+}
+
+// A connection the pod refuses before answering is sent again, whole, to
+// another pod.
+func TestReplaysARefusedConnectionOnAnotherPod(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Closed(t)) // older: chosen first, refuses
+	s.Pod(t, ns, "web-2", web, true, fakeapi.Echo(t, "web-2"))
+	f, _ := newFollower(t, s, nil)
+	client, server := testnet.TCPPair(t)
+	done := make(chan error, 1)
+	go func() { _, err := f.Forward(context.Background(), server, 80); server.Close(); done <- err }()
+	// The client speaks first: what it sent must reach web-2 intact.
+	io.WriteString(client, "hello")
+	client.CloseWrite()
+	b, err := io.ReadAll(client)
+	if err != nil || string(b) != "web-2\nhello" {
+		t.Fatalf("read %q (%v), want the greeting of web-2 and the replayed bytes", b, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestEveryPodRefusingFailsFast(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Closed(t))
+	f, _ := newFollower(t, s, nil)
+	start := time.Now()
+	r := connect(t, context.Background(), f)
+	var remote *tunnel.RemoteError
+	if !errors.As(r.err, &remote) || !strings.Contains(r.err.Error(), "via pod web-1: pod shop/web-1 refused the connection to port 80") {
+		t.Fatalf("err %v", r.err)
+	}
+	if d := time.Since(start); d > refusedGrace+2*time.Second {
+		t.Fatalf("failed after %s, want about %s", d, refusedGrace)
+	}
+}
+
+// A pod whose tunnels cannot be dialled is backed off (and counted as a
+// reconnect); with MaxRetries the forward gives up.
+func TestFailedDialsBackOffAndGiveUp(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
+	s.Refuse("web-1", errors.New("no tunnels today"))
+	f, _ := newFollower(t, s, func(o *Options) { o.MaxRetries = 2; o.ReconnectWait = 20 * time.Second })
+	r := connect(t, context.Background(), f)
+	if !errors.Is(r.err, ErrRetriesExhausted) {
+		t.Fatalf("err %v, want ErrRetriesExhausted", r.err)
+	}
+	select {
+	case <-f.Done():
+	default:
+		t.Fatal("the follower did not end")
+	}
+	if n := f.Reconnects(); n != 3 {
+		t.Fatalf("%d failed dials counted, want 3 (the first and two retries)", n)
+	}
+}
+
+func TestBackoffBounds(t *testing.T) {
+	for failures, want := range map[int]time.Duration{1: 250 * time.Millisecond, 2: 500 * time.Millisecond, 5: 4 * time.Second, 7: 10 * time.Second, 50: 10 * time.Second} {
+		for range 100 {
+			d := backoff(failures)
+			if d < want*8/10 || d > want*12/10 {
+				t.Fatalf("backoff(%d) = %s, want %s ±20%%", failures, d, want)
+			}
+		}
+	}
+}
+
+// knows reports whether the follower has seen pod name as ready (or not).
+func (f *Follower) knows(name string, ready bool) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, st := range f.pods {
+		if st.pod.Name == name && target.PodReady(st.pod) == ready {
+			return true
+		}
+	}
+	return false
+}
+
+// countingHandler counts log records with a message.
+type countingHandler struct {
+	slog.Handler
+	msg string
+	n   *atomic.Int64
+}
+
+func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.n.Add(1)
+	}
+	return nil
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,214 @@
+package identity
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+)
+
+// Every kubectl connection flag a command is given reaches the forward,
+// wherever it runs: the test enumerates cli-runtime's flags (a flag added
+// there is covered without a change here), gives each a value, sends the
+// identity through JSON (as to the daemon) and reads each value back from
+// the rebuilt ConfigFlags.
+func TestEveryConnectionFlagReachesTheForward(t *testing.T) {
+	f := NewFlags()
+	fs := pflag.NewFlagSet("kpf", pflag.ContinueOnError)
+	f.AddFlags(fs)
+	var all []string
+	probe := pflag.NewFlagSet("probe", pflag.ContinueOnError)
+	genericclioptions.NewConfigFlags(true).AddFlags(probe)
+	probe.VisitAll(func(fl *pflag.Flag) { all = append(all, fl.Name) })
+	if got := f.Names(); !slices.Equal(got, all) {
+		t.Fatalf("registered %v, cli-runtime has %v", got, all)
+	}
+	want := map[string]string{}
+	var args []string
+	for _, name := range all {
+		fl := fs.Lookup(name)
+		switch {
+		case fl.Value.Type() == "bool":
+			args = append(args, "--"+name+"=true")
+			want[name] = "true"
+		case fl.Value.Type() == "stringArray":
+			args = append(args, "--"+name+"=a-"+name, "--"+name+"=b-"+name)
+			want[name] = "[a-" + name + ",b-" + name + "]"
+		case slices.Contains(pathFlags, name):
+			args = append(args, "--"+name+"=rel/"+name)
+			want[name] = filepath.Join("/work/dir", "rel", name)
+		default:
+			args = append(args, "--"+name+"=v-"+name)
+			want[name] = "v-" + name
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	id, err := f.Capture(fs, []string{"KUBECONFIG=a.yaml" + string(filepath.ListSeparator) + "/abs/b.yaml", "AWS_PROFILE=dev"}, "/work/dir")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent Identity
+	if err := json.Unmarshal(b, &sent); err != nil {
+		t.Fatal(err)
+	}
+	kube, err := sent.Getter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registering the rebuilt ConfigFlags again shows each field's value as
+	// the flag's default.
+	back := pflag.NewFlagSet("back", pflag.ContinueOnError)
+	kube.AddFlags(back)
+	for _, name := range all {
+		if got := back.Lookup(name).DefValue; got != want[name] {
+			t.Errorf("--%s: the forward has %q, want %q", name, got, want[name])
+		}
+	}
+	if got := sent.getenv("KUBECONFIG"); got != "/work/dir/a.yaml"+string(filepath.ListSeparator)+"/abs/b.yaml" {
+		t.Errorf("KUBECONFIG %q: want the command's files, made absolute", got)
+	}
+}
+
+// The kubeconfig files are the command's KUBECONFIG (merged, as kubectl
+// merges them), not the environment of the process that rebuilds them.
+func TestKubeconfigFromTheCommandsEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.yaml", kubeconfig("ctx-a", "user-a", "https://a.example:6443", ""))
+	write(t, dir, "b.yaml", kubeconfig("ctx-b", "user-b", "https://b.example:6443", ""))
+	t.Setenv("KUBECONFIG", filepath.Join(dir, "nothing.yaml"))
+	id := Identity{Env: []string{"KUBECONFIG=" + filepath.Join(dir, "a.yaml") + string(filepath.ListSeparator) + filepath.Join(dir, "b.yaml")}}
+	kube, err := id.Getter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := kube.ToRESTConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Host != "https://a.example:6443" {
+		t.Fatalf("host %q, want the first file's current context", cfg.Host)
+	}
+	if c, cl, u := Describe(kube); c != "ctx-a" || cl != "ctx-a" || u != "user-a" {
+		t.Fatalf("described as %q %q %q", c, cl, u)
+	}
+	kube, err = id.WithContext("ctx-b").Getter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err = kube.ToRESTConfig(); err != nil || cfg.Host != "https://b.example:6443" {
+		t.Fatalf("with --context ctx-b: host %q, %v", cfg.Host, err)
+	}
+	if c, _, u := Describe(kube); c != "ctx-b" || u != "user-b" {
+		t.Fatalf("described as %q %q", c, u)
+	}
+}
+
+// Exec credential plugins run with the command's environment and PATH;
+// the kubeconfig's own env entries still win.
+func TestExecPluginsRunWithTheCommandsEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	os.Mkdir(bin, 0o755)
+	write(t, bin, "my-plugin", "#!/bin/sh\nexit 1\n")
+	os.Chmod(filepath.Join(bin, "my-plugin"), 0o755)
+	write(t, dir, "kc.yaml", kubeconfig("ctx", "u", "https://a.example:6443", `
+    exec:
+      apiVersion: client.authentication.k8s.io/v1
+      command: my-plugin
+      interactiveMode: Never
+      env:
+      - {name: REGION, value: from-kubeconfig}`))
+	id := Identity{Flags: map[string][]string{"kubeconfig": {filepath.Join(dir, "kc.yaml")}},
+		Env: []string{"PATH=" + bin, "AWS_PROFILE=dev", "REGION=from-command", "HTTPS_PROXY=http://proxy.example:3128"}}
+	kube, err := id.Getter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := kube.ToRESTConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := cfg.ExecProvider
+	if e.Command != filepath.Join(bin, "my-plugin") {
+		t.Errorf("command %q: want it found on the command's PATH", e.Command)
+	}
+	env := map[string]string{}
+	for _, v := range e.Env {
+		env[v.Name] = v.Value // later entries win, as in os/exec
+	}
+	if env["AWS_PROFILE"] != "dev" || env["REGION"] != "from-kubeconfig" {
+		t.Errorf("plugin environment %v", env)
+	}
+	// The proxy comes from the command's environment too.
+	req, _ := httpRequest("https://a.example:6443/api")
+	u, err := cfg.Proxy(req)
+	if err != nil || u == nil || u.Host != "proxy.example:3128" {
+		t.Errorf("proxy %v, %v: want the command's HTTPS_PROXY", u, err)
+	}
+	// Nothing of it shows when the configuration is printed.
+	if s := cfg.String(); strings.Contains(s, "from-command") || strings.Contains(s, "AWS_PROFILE") {
+		t.Errorf("the configuration prints the plugin's environment: %s", s)
+	}
+}
+
+func TestUnknownFlagIsAClearError(t *testing.T) {
+	_, err := Identity{Flags: map[string][]string{"warp-drive": {"on"}}}.Getter()
+	if err == nil || !strings.Contains(err.Error(), "unknown connection flag --warp-drive") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestWithContextLeavesTheOriginal(t *testing.T) {
+	id := Identity{Flags: map[string][]string{"context": {"a"}, "namespace": {"n"}}}
+	other := id.WithContext("b")
+	if id.Get("context") != "a" || other.Get("context") != "b" || other.Get("namespace") != "n" {
+		t.Fatalf("%v %v", id, other)
+	}
+	if !reflect.DeepEqual(id.WithContext(""), id) {
+		t.Fatal("an empty context changed the identity")
+	}
+}
+
+func kubeconfig(ctx, user, server, userBody string) string {
+	return `apiVersion: v1
+kind: Config
+current-context: ` + ctx + `
+clusters:
+- name: ` + ctx + `
+  cluster: {server: "` + server + `"}
+contexts:
+- name: ` + ctx + `
+  context: {cluster: ` + ctx + `, user: ` + user + `}
+users:
+- name: ` + user + `
+  user:` + orEmpty(userBody) + "\n"
+}
+
+func orEmpty(s string) string {
+	if s == "" {
+		return " {}"
+	}
+	return s
+}
+
+func write(t *testing.T, dir, name, body string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func httpRequest(u string) (*http.Request, error) { return http.NewRequest(http.MethodGet, u, nil) }

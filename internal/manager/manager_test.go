@@ -1,0 +1,254 @@
+package manager
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/fakeapi"
+	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/session"
+	"github.com/kpf-dev/kpf/internal/spec"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+)
+
+const ns = "shop"
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// podGetter finds pod/NAME targets in the fake clientset.
+type podGetter struct{ c kubernetes.Interface }
+
+func (g podGetter) Get(ctx context.Context, namespace, typeName string) (runtime.Object, error) {
+	return g.c.CoreV1().Pods(namespace).Get(ctx, strings.TrimPrefix(typeName, "pod/"), metav1.GetOptions{})
+}
+
+// harness is a manager whose sessions are real, through the fake API
+// server; it records the session specs it was asked to open.
+type harness struct {
+	s     *fakeapi.Server
+	m     *Manager
+	mu    sync.Mutex
+	specs map[string]session.Spec
+}
+
+func newHarness(t *testing.T, settings spec.Settings) *harness {
+	h := &harness{s: fakeapi.New(t), specs: map[string]session.Spec{}}
+	h.m = New(Options{
+		Settings: settings,
+		Log:      discard,
+		Open: func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
+			h.mu.Lock()
+			h.specs[fw.Name] = sp
+			h.mu.Unlock()
+			// The SPDY transport: the fake API server has no WebSocket.
+			sp.Transport = tunnel.SPDY
+			return session.Open(ctx, sp, session.Deps{Config: h.s.Config, Client: h.s.Client, Objects: podGetter{h.s.Client},
+				Out: io.Discard, ErrOut: io.Discard, Log: discard})
+		},
+	})
+	t.Cleanup(h.m.Stop)
+	return h
+}
+
+func fw(name, pod string, health *config.Health) config.Forward {
+	return config.Forward{Name: name, Namespace: ns, Target: "pod/" + pod, Ports: []portspec.Port{{Remote: "80", LocalSet: true}}, Addresses: []string{"127.0.0.1"}, Health: health}
+}
+
+func (h *harness) row(t *testing.T, name string) Row {
+	t.Helper()
+	for _, r := range h.m.Snapshot() {
+		if r.Name == name {
+			return r
+		}
+	}
+	t.Fatalf("no row %q in %v", name, h.m.Snapshot())
+	return Row{}
+}
+
+// greeting connects to a forward's local address and reads the pod's
+// first line.
+func greeting(t *testing.T, addr string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(line)
+}
+
+func TestStartWaitAndServe(t *testing.T) {
+	settings := spec.Defaults()
+	settings.ReconnectWait = 7 * time.Second
+	h := newHarness(t, settings)
+	h.s.Pod(t, ns, "web-1", nil, true, fakeapi.Echo(t, "web-1"))
+	tcp := &config.Health{Type: "tcp", Interval: 50 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
+	h.m.Start(context.Background(), []config.Forward{fw("api", "web-1", tcp)})
+	if err := h.m.WaitGood(context.Background(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	r := h.row(t, "api")
+	if r.State != Ready || r.Health != HealthHealthy || r.Pod != "web-1" || len(r.Local) != 1 {
+		t.Fatalf("row %+v", r)
+	}
+	if got := greeting(t, r.Local[0]); got != "web-1" {
+		t.Fatalf("the forward reached %q", got)
+	}
+	// The manager's settings reach the session.
+	h.mu.Lock()
+	sp := h.specs["api"]
+	h.mu.Unlock()
+	if sp.ReconnectWait != 7*time.Second || sp.PodRunningTimeout != time.Minute || sp.Transport != tunnel.Auto || sp.DataPath != tunnel.DefaultDataPath {
+		t.Fatalf("session spec %+v: want the manager's settings", sp)
+	}
+}
+
+// A forward that fails leaves the others running, and WaitGood says which
+// one failed and why.
+func TestOneFailureLeavesTheOthers(t *testing.T) {
+	h := newHarness(t, spec.Defaults())
+	h.s.Pod(t, ns, "web-1", nil, true, fakeapi.Echo(t, "web-1"))
+	h.m.Start(context.Background(), []config.Forward{fw("api", "web-1", nil), fw("ghost", "nope", nil)})
+	err := h.m.WaitGood(context.Background(), 10*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "ghost: failed: ") || !strings.Contains(err.Error(), `"nope" not found`) {
+		t.Fatalf("err %v", err)
+	}
+	waitFor(t, func() bool { return h.row(t, "api").State == Ready })
+	if r := h.row(t, "ghost"); r.State != Failed || r.LastError == "" {
+		t.Fatalf("row %+v", r)
+	}
+	if got := greeting(t, h.row(t, "api").Local[0]); got != "web-1" {
+		t.Fatalf("api reached %q", got)
+	}
+}
+
+// Apply restarts only what changed; unchanged forwards keep their
+// listener (and connections); with prune, forwards gone from the file
+// stop.
+func TestApplyRestartsOnlyWhatChanged(t *testing.T) {
+	h := newHarness(t, spec.Defaults())
+	h.s.Pod(t, ns, "web-1", nil, true, fakeapi.Echo(t, "web-1"))
+	ctx := context.Background()
+	h.m.Start(ctx, []config.Forward{fw("keep", "web-1", nil), fw("change", "web-1", nil), fw("drop", "web-1", nil)})
+	if err := h.m.WaitGood(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	keepAddr := h.row(t, "keep").Local[0]
+	held, err := net.Dial("tcp", keepAddr) // a connection that must survive
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	bufio.NewReader(held).ReadString('\n')
+	changed := fw("change", "web-1", nil)
+	changed.Balance = true
+	// The line a forward stands on is not a change.
+	kept := fw("keep", "web-1", nil)
+	kept.Pos = config.Pos{Line: 40, Index: 3}
+	started, restarted, unchanged, stopped := h.m.Apply(ctx, []config.Forward{kept, changed, fw("new", "web-1", nil)}, true)
+	if !slices.Equal(started, []string{"new"}) || !slices.Equal(restarted, []string{"change"}) || !slices.Equal(unchanged, []string{"keep"}) || !slices.Equal(stopped, []string{"drop"}) {
+		t.Fatalf("started %v restarted %v unchanged %v stopped %v", started, restarted, unchanged, stopped)
+	}
+	if err := h.m.WaitGood(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.row(t, "keep").Local[0]; got != keepAddr {
+		t.Fatalf("unchanged forward moved from %s to %s", keepAddr, got)
+	}
+	if _, err := held.Write([]byte("x")); err != nil {
+		t.Fatalf("the unchanged forward's connection broke: %v", err)
+	}
+	if !slices.Equal(sorted(h.m.Names()), []string{"change", "keep", "new"}) {
+		t.Fatalf("running %v", h.m.Names())
+	}
+	// Without prune, forwards not named keep running.
+	_, _, _, stopped = h.m.Apply(ctx, []config.Forward{kept}, false)
+	if len(stopped) != 0 || h.m.Len() != 3 {
+		t.Fatalf("stopped %v, running %v", stopped, h.m.Names())
+	}
+	if got := h.m.StopNames([]string{"new"}); !slices.Equal(got, []string{"new"}) || h.m.Len() != 2 {
+		t.Fatalf("StopNames: %v, running %v", got, h.m.Names())
+	}
+}
+
+// Stopping a forward whose session is still opening (waiting for a pod to
+// run) is prompt.
+func TestStopWhileOpening(t *testing.T) {
+	settings := spec.Defaults()
+	settings.PodRunningTimeout = time.Hour
+	m := New(Options{Settings: settings, Log: discard, Open: func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}})
+	m.Start(context.Background(), []config.Forward{fw("a", "x", nil), fw("b", "y", nil)})
+	done := make(chan struct{})
+	go func() { m.Stop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Stop did not return")
+	}
+	if m.Len() != 0 {
+		t.Fatalf("%d forwards left", m.Len())
+	}
+}
+
+// Snapshots, applies and stops from many goroutines at once (run with
+// -race).
+func TestConcurrentUse(t *testing.T) {
+	m := New(Options{Settings: spec.Defaults(), Log: discard, Open: func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
+		return nil, errors.New("no cluster here")
+	}})
+	defer m.Stop()
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 20 {
+				switch (i + j) % 4 {
+				case 0:
+					m.Apply(context.Background(), []config.Forward{fw("a", "x", nil), fw("b", "y", nil)}, true)
+				case 1:
+					m.Snapshot()
+				case 2:
+					m.RestartNames(context.Background(), []string{"a"})
+				case 3:
+					m.WaitGood(context.Background(), time.Millisecond)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

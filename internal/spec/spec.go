@@ -1,0 +1,162 @@
+// Package spec is the one description of a forward that every command and
+// the daemon run: what to forward (a config.Forward: target, ports,
+// addresses, balance, health), how (Settings: transport, reconnects,
+// timeouts, data path) and as whom (an identity.Identity). Flags, kpf.yaml
+// and defaults meet here and nowhere else: Defaults holds every default,
+// AddFlags binds the same settings for every command, and Session is the
+// only place a session.Spec is made.
+package spec
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/session"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+	"github.com/spf13/pflag"
+)
+
+// Settings are how a forward runs. They travel to the daemon as JSON.
+type Settings struct {
+	Transport         tunnel.Transport `json:"transport"`
+	PodRunningTimeout time.Duration    `json:"podRunningTimeout"`
+	ReconnectWait     time.Duration    `json:"reconnectWait"`
+	MaxRetries        int              `json:"maxRetries,omitempty"`
+	NoReconnect       bool             `json:"noReconnect,omitempty"`
+	IdleTimeout       time.Duration    `json:"idleTimeout,omitempty"`
+	DataPath          tunnel.DataPath  `json:"dataPath"`
+}
+
+// Defaults are every setting's default, for every command.
+func Defaults() Settings {
+	return Settings{
+		Transport:         tunnel.Auto,
+		PodRunningTimeout: time.Minute,
+		ReconnectWait:     30 * time.Second,
+		DataPath:          tunnel.DefaultDataPath,
+	}
+}
+
+// Flag names, for AddFlags' which.
+const (
+	FlagTransport         = "transport"
+	FlagPodRunningTimeout = "pod-running-timeout"
+	FlagReconnectWait     = "reconnect-wait"
+	FlagMaxRetries        = "max-retries"
+	FlagNoReconnect       = "no-reconnect"
+	FlagIdleTimeout       = "idle-timeout"
+	FlagDataPath          = "data-path"
+)
+
+// AddFlags binds the named settings (all when which is empty) to flags.
+// Transport and data path are stored in their canonical form as they are
+// set ("WebSocket" runs as websocket); a bad value is kept for Validate to
+// name.
+func (s *Settings) AddFlags(fs *pflag.FlagSet, which ...string) {
+	want := func(name string) bool {
+		if len(which) == 0 {
+			return true
+		}
+		for _, w := range which {
+			if w == name {
+				return true
+			}
+		}
+		return false
+	}
+	if want(FlagPodRunningTimeout) {
+		fs.DurationVar(&s.PodRunningTimeout, FlagPodRunningTimeout, s.PodRunningTimeout, "The length of time (like 5s, 2m, or 3h, higher than zero) to wait until at least one pod is running")
+	}
+	if want(FlagTransport) {
+		fs.Var((*transportValue)(&s.Transport), FlagTransport, "How to reach the API server: auto (WebSocket, then SPDY if the upgrade is refused), websocket or spdy")
+	}
+	if want(FlagReconnectWait) {
+		fs.DurationVar(&s.ReconnectWait, FlagReconnectWait, s.ReconnectWait, "How long a new connection waits for a ready pod while the target has none (a rollout, a restart) before it is closed")
+	}
+	if want(FlagMaxRetries) {
+		fs.IntVar(&s.MaxRetries, FlagMaxRetries, s.MaxRetries, "Give up after this many failed reconnects in a row (0: never)")
+	}
+	if want(FlagNoReconnect) {
+		fs.BoolVar(&s.NoReconnect, FlagNoReconnect, s.NoReconnect, "Exit like kubectl (code 3) when the pod goes away, instead of following the target to another pod")
+	}
+	if want(FlagIdleTimeout) {
+		fs.DurationVar(&s.IdleTimeout, FlagIdleTimeout, s.IdleTimeout, "Stop after this long with no open connection (exit code 6); 0: never")
+	}
+	if want(FlagDataPath) {
+		fs.Var((*dataPathValue)(&s.DataPath), FlagDataPath, "SPDY implementation on kpf's side: kpf (its own) or client-go (kubectl's), as an escape hatch")
+	}
+}
+
+// Validate checks the settings together; errors name the flag.
+func (s Settings) Validate() error {
+	if _, err := tunnel.ParseTransport(string(s.Transport)); err != nil {
+		return err
+	}
+	if _, err := tunnel.ParseDataPath(string(s.DataPath)); err != nil {
+		return err
+	}
+	if s.PodRunningTimeout <= 0 {
+		return fmt.Errorf("--%s must be higher than zero", FlagPodRunningTimeout)
+	}
+	if s.ReconnectWait <= 0 {
+		return fmt.Errorf("--%s %s: must be higher than zero", FlagReconnectWait, s.ReconnectWait)
+	}
+	if s.MaxRetries < 0 {
+		return fmt.Errorf("--%s %d: must be 0 (no limit) or more", FlagMaxRetries, s.MaxRetries)
+	}
+	if s.IdleTimeout < 0 {
+		return fmt.Errorf("--%s %s: must be 0 (never) or more", FlagIdleTimeout, s.IdleTimeout)
+	}
+	return nil
+}
+
+// Session is the session.Spec of a forward run with these settings. A
+// forward with no namespace takes the identity's (the caller fills it in).
+func Session(fw config.Forward, s Settings) (session.Spec, error) {
+	addrs, err := portspec.ParseAddresses(fw.Addresses)
+	if err != nil {
+		return session.Spec{}, err
+	}
+	return session.Spec{
+		Namespace:         fw.Namespace,
+		Target:            fw.Target,
+		Ports:             fw.Ports,
+		Addresses:         addrs,
+		Transport:         s.Transport,
+		PodRunningTimeout: s.PodRunningTimeout,
+		ReconnectWait:     s.ReconnectWait,
+		MaxRetries:        s.MaxRetries,
+		NoReconnect:       s.NoReconnect,
+		Balance:           fw.Balance,
+		IdleTimeout:       s.IdleTimeout,
+		DataPath:          s.DataPath,
+	}, nil
+}
+
+type transportValue tunnel.Transport
+
+func (v *transportValue) String() string { return string(*v) }
+func (v *transportValue) Type() string   { return "string" }
+func (v *transportValue) Set(s string) error {
+	t, err := tunnel.ParseTransport(s)
+	if err != nil {
+		t = tunnel.Transport(s) // Validate names it
+	}
+	*v = transportValue(t)
+	return nil
+}
+
+type dataPathValue tunnel.DataPath
+
+func (v *dataPathValue) String() string { return string(*v) }
+func (v *dataPathValue) Type() string   { return "string" }
+func (v *dataPathValue) Set(s string) error {
+	d, err := tunnel.ParseDataPath(s)
+	if err != nil {
+		d = tunnel.DataPath(s) // Validate names it
+	}
+	*v = dataPathValue(d)
+	return nil
+}
