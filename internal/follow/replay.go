@@ -183,8 +183,8 @@ func (r *replayConn) WaitReadable() {
 	r.mu.Lock()
 	pending := r.pos < len(r.buf) || r.eof
 	r.mu.Unlock()
-	if pending {
-		return
+	if pending || !sysio.Raw {
+		return // the portable build reads (and takes a buffer) at once
 	}
 	sc, ok := r.Conn.(syscall.Conn)
 	if !ok {

@@ -205,7 +205,6 @@ type Stream struct {
 	eof     bool
 	err     error
 	done    chan struct{} // closed when eof is set
-	reset   bool
 	closedW bool
 
 	// direct is the local connection WriteTo writes to, when the read loop
@@ -521,6 +520,9 @@ type DirectWriter interface {
 
 // rawConnOf is w's socket when the read loop may write to it directly.
 func rawConnOf(w io.Writer) (syscall.RawConn, func()) {
+	if !sysio.Raw {
+		return nil, nil // the portable build: WriteTo's goroutine writes
+	}
 	if d, ok := w.(DirectWriter); ok {
 		return d.DirectWrite()
 	}
@@ -618,7 +620,7 @@ func nextReadSize(size, n int) int {
 // readFrame reads at most size bytes from r into a pooled buffer, leaving
 // 8 bytes in front for the frame header.
 func readFrame(r io.Reader, size int) (*[]byte, int, error) {
-	if sc, ok := r.(syscall.Conn); ok {
+	if sc, ok := r.(syscall.Conn); ok && sysio.Raw {
 		if rc, err := sc.SyscallConn(); err == nil {
 			return bufpool.ReadRaw(rc, 8, size, nil)
 		}

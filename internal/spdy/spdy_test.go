@@ -12,8 +12,8 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/bufpool"
 	"github.com/kpf-dev/kpf/internal/testnet"
-	"k8s.io/apimachinery/pkg/util/httpstream"
-	apispdy "k8s.io/apimachinery/pkg/util/httpstream/spdy"
+	"k8s.io/streaming/pkg/httpstream"
+	apispdy "k8s.io/streaming/pkg/httpstream/spdy"
 )
 
 // TestAgainstUpstreamServer runs the client against the server side of

@@ -1,9 +1,14 @@
+//go:build linux && !kpf_portable
+
 package sysio
 
 import (
 	"syscall"
 	"unsafe"
 )
+
+// Raw is true: the data path makes these system calls itself.
+const Raw = true
 
 // maxIovecs is the most buffers one Writev passes (the kernel takes 1024).
 const maxIovecs = 64

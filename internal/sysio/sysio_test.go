@@ -1,3 +1,5 @@
+//go:build linux && !kpf_portable
+
 package sysio
 
 import (

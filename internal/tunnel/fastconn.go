@@ -63,6 +63,9 @@ const ackNowMax = 16 << 10
 const readChunk = 1 << 20
 
 func newFastConn(c net.Conn) net.Conn {
+	if !sysio.Raw {
+		return c // the portable build reads and writes through net
+	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return c

@@ -10,12 +10,14 @@ import (
 	"time"
 
 	ownspdy "github.com/kpf-dev/kpf/internal/spdy"
+	"github.com/kpf-dev/kpf/internal/sysio"
 	"github.com/kpf-dev/kpf/internal/testnet"
-	"k8s.io/apimachinery/pkg/util/httpstream"
-	apispdy "k8s.io/apimachinery/pkg/util/httpstream/spdy"
+	"k8s.io/streaming/pkg/httpstream"
+	apispdy "k8s.io/streaming/pkg/httpstream/spdy"
 )
 
 func TestFastConnCorkSendsOneWrite(t *testing.T) {
+	needRaw(t)
 	c, s := testnet.TCPPair(t)
 	f := newFastConn(c).(*fastConn)
 	f.Cork(100)
@@ -59,6 +61,7 @@ func TestFastConnCorkSendsOneWrite(t *testing.T) {
 }
 
 func TestFastConnReadsAndSaysWhenItWaits(t *testing.T) {
+	needRaw(t)
 	c, s := testnet.TCPPair(t)
 	f := newFastConn(c).(*fastConn)
 	waits := 0
@@ -165,6 +168,7 @@ func TestDataPathAgainstUpstreamServer(t *testing.T) {
 // bytes are queued; a few bytes that come later, alone, must still be read
 // at once, and every byte of the bulk must arrive in order.
 func TestPacedReadsDoNotHoldBackTheLastBytes(t *testing.T) {
+	needRaw(t)
 	c, s := testnet.TCPPair(t)
 	f := newFastConn(c).(*fastConn)
 	// 256 KiB at a time, each written once the reader has taken the one
@@ -215,5 +219,12 @@ func TestPacedReadsDoNotHoldBackTheLastBytes(t *testing.T) {
 		if d := time.Since(<-sent); d > 100*time.Millisecond {
 			t.Fatalf("message %d: 4 bytes after a bulk stream took %v to read", i, d)
 		}
+	}
+}
+
+// needRaw skips tests of fastConn in the portable build, which has none.
+func needRaw(t *testing.T) {
+	if !sysio.Raw {
+		t.Skip("the portable build has no fastConn")
 	}
 }

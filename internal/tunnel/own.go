@@ -339,6 +339,9 @@ func readNow(local net.Conn, p []byte) int {
 
 // ReadNowRaw is a non-blocking read from c's socket, if it has one.
 func ReadNowRaw(c net.Conn, p []byte) int {
+	if !sysio.Raw {
+		return 0
+	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return 0
