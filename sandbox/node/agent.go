@@ -311,7 +311,6 @@ func (a *Agent) updateNodeStatus(ctx context.Context) error {
 			OSImage:                 "kpf-sandbox",
 			ContainerRuntimeVersion: "kpf-sandbox://processes",
 			KubeletVersion:          KubeletVersion,
-			KubeProxyVersion:        "",
 			OperatingSystem:         runtime.GOOS,
 			Architecture:            runtime.GOARCH,
 		},
