@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -234,4 +235,127 @@ func TestInterruptWithConnectionsWaiting(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// An exec credential plugin's token is revoked and replaced while kpf
+// runs: client-go asks the plugin again when the credential expires, so
+// the tunnels dialled after the swap (to a new pod) use the new token, in
+// kpf forward and in the daemon. The plugin finds its token through a
+// variable of the command's environment, which the daemon itself never
+// has: it reaches the plugin with the file's identity.
+func TestExecPluginTokenIsRenewed(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, `
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: tok-a}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: tok-b}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: forwarder}
+rules:
+- {apiGroups: [""], resources: [pods], verbs: [get, list, watch]}
+- {apiGroups: [""], resources: [pods/portforward], verbs: [get, create]}
+- {apiGroups: [apps], resources: [deployments, replicasets], verbs: [get, list]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: forwarder}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: forwarder}
+subjects: [{kind: ServiceAccount, name: tok-a}, {kind: ServiceAccount, name: tok-b}]
+---
+`+httpApp("rot", 1))
+	sb.ReadyPods(t, ns, "app=rot", 1)
+	token := func(sa string) string {
+		out, err := sb.KubectlRun(t, "create", "token", "-n", ns, sa, "--duration=10m")
+		if err != nil {
+			t.Fatalf("kubectl create token %s: %v\n%s", sa, err, out)
+		}
+		return strings.TrimSpace(out)
+	}
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	os.WriteFile(tokFile, []byte(token("tok-a")), 0o600)
+	plugin := filepath.Join(dir, "plugin.sh")
+	os.WriteFile(plugin, []byte(`#!/bin/sh
+# A credential that expires in 3 s: client-go asks again after that.
+printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"%s","expirationTimestamp":"%s"}}' \
+  "$(cat "$ROT_TOKEN_FILE")" "$(date -u -d '+3 seconds' +%Y-%m-%dT%H:%M:%SZ)"
+`), 0o755)
+	kc := filepath.Join(dir, "kubeconfig")
+	os.WriteFile(kc, []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: s
+  cluster: {server: %q, certificate-authority: %q}
+contexts:
+- name: s
+  context: {cluster: s, user: plugin, namespace: %s}
+current-context: s
+users:
+- name: plugin
+  user:
+    exec: {apiVersion: client.authentication.k8s.io/v1, command: %q, interactiveMode: Never}
+`, sb.APIServer, filepath.Join(string(sb.Dir), "pki", "ca.crt"), ns, plugin)), 0o600)
+	env := append(os.Environ(), "ROT_TOKEN_FILE="+tokFile)
+
+	fwd := forwarder{name: "kpf with an exec plugin", env: []string{"ROT_TOKEN_FILE=" + tokFile}, argv: func(args ...string) []string {
+		return append([]string{kpfBin, "--kubeconfig", kc, "forward"}, args...)
+	}}
+	_, ls := fwd.start(t, 1, "--address", "127.0.0.1", "deployment/rot", ":8080")
+	k := newKpfCmd(t, sb)
+	k.kubeconfig = kc
+	k.write(t, "kpf.yaml", "forwards:\n  - {name: rot, target: deployment/rot, ports: [\":8080\"]}\n")
+	up := k.cmd("up", "-d", "--wait", "--timeout", "60s")
+	up.Env = append(env, "KPF_HOME="+k.home)
+	if out, err := up.CombinedOutput(); err != nil {
+		t.Fatalf("kpf up -d: %v\n%s", err, out)
+	}
+	daemonAddr := k.status(t).Forwards[0].Local[0]
+	for _, addr := range []string{ls[0].Addr, daemonAddr} {
+		if _, err := fetch(addr, 1024); err != nil {
+			t.Fatalf("before the swap, through %s: %v", addr, err)
+		}
+	}
+
+	// Revoke tok-a (its service account goes) and hand out tok-b; a new
+	// pod makes both forwards dial new tunnels.
+	tokA, _ := os.ReadFile(tokFile)
+	os.WriteFile(tokFile, []byte(token("tok-b")), 0o600)
+	if out, err := sb.KubectlRun(t, "delete", "serviceaccount", "-n", ns, "tok-a"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	sandboxtest.WaitFor(t, 30*time.Second, "the API server refusing tok-a", func() (bool, error) {
+		out, err := exec.Command(sb.Kubectl, "--server", sb.APIServer, "--certificate-authority", filepath.Join(string(sb.Dir), "pki", "ca.crt"),
+			"--token", string(tokA), "get", "pods", "-n", ns).CombinedOutput()
+		return err != nil && strings.Contains(string(out), "Unauthorized"), nil
+	})
+	from := sb.AuditOffset()
+	if out, err := sb.KubectlRun(t, "delete", "pod", "-n", ns, "-l", "app=rot", "--wait=false"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	pods := sb.ReadyPods(t, ns, "app=rot", 1)
+	for _, addr := range []string{ls[0].Addr, daemonAddr} {
+		pod, err := fetch(addr, 1024)
+		if err != nil || pod != pods[0].Name {
+			t.Fatalf("after the swap, through %s: %q, %v (want the new pod %s)", addr, pod, err, pods[0].Name)
+		}
+	}
+	var asB int
+	for _, e := range sb.AuditEvents(t, from) {
+		if e.ObjectRef.Subresource == "portforward" && e.ObjectRef.Name == pods[0].Name && e.ResponseStatus.Code == 101 {
+			if e.User.Username != "system:serviceaccount:"+ns+":tok-b" {
+				t.Errorf("a tunnel to the new pod as %s", e.User.Username)
+			}
+			asB++
+		}
+	}
+	if asB < 2 {
+		t.Errorf("%d tunnels to the new pod as tok-b, want one from each forward at least", asB)
+	}
 }

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests and the demo use as real clients,
+# Installs the Debian packages the tests and the demo use as real clients
+# (and the shells completion is tested in),
 # when they are missing. Needs root (or sudo) only if something is missing.
 set -euo pipefail
 need=()
-for pair in curl:curl python3:python3 nc:netcat-openbsd tinyproxy:tinyproxy microsocks:microsocks; do
+for pair in curl:curl python3:python3 nc:netcat-openbsd tinyproxy:tinyproxy microsocks:microsocks zsh:zsh; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+# Shell completion is tested in bash (with bash-completion) and zsh.
+[ -f /usr/share/bash-completion/bash_completion ] || need+=(bash-completion)
 if ! command -v go >/dev/null 2>&1; then
   echo "deps: Go is not installed (this project needs Go 1.26)" >&2
   exit 1

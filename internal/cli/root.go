@@ -13,8 +13,8 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"runtime/debug"
 	"strconv"
+	"strings"
 
 	"github.com/go-logr/logr"
 	"github.com/kpf-dev/kpf/internal/follow"
@@ -102,7 +102,10 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.debugAddr, "debug-addr", "", "serve Go's /debug/pprof on this loopback address (for profiles and leak checks)")
 	root.PersistentFlags().MarkHidden("debug-addr")
 	root.AddCommand(newForwardCommand(g), newUpCommand(g), newRunCommand(g), newConfigCommand(g),
-		newStatusCommand(g), newDownCommand(g), newRestartCommand(g), newLogsCommand(g), newDaemonCommand(g))
+		newStatusCommand(g), newDownCommand(g), newRestartCommand(g), newLogsCommand(g), newDaemonCommand(g),
+		newVersionCommand(g))
+	root.SetVersionTemplate("kpf {{.Version}}\n")
+	g.registerCompletions(root)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	return root
 }
@@ -117,16 +120,23 @@ func (g *globals) identity(cmd *cobra.Command) (identity.Identity, error) {
 	return g.kube.Capture(cmd.Flags(), os.Environ(), dir)
 }
 
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "devel"
-}
-
 // Run executes kpf with args and returns the exit code.
 func Run(ctx context.Context, args []string, out, errOut io.Writer) int {
+	return RunAs(ctx, "kpf", args, out, errOut)
+}
+
+// PluginName is kpf's name as a kubectl plugin: the same binary, named
+// kubectl-pf on the PATH, answers kubectl pf.
+const PluginName = "kubectl-pf"
+
+// RunAs is Run for a binary of the given name: as kubectl-pf, help and
+// errors name "kubectl pf".
+func RunAs(ctx context.Context, name string, args []string, out, errOut io.Writer) int {
 	root := NewRoot(out, errOut)
+	if strings.TrimSuffix(name, ".exe") == PluginName {
+		root.Annotations = map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl pf"}
+	}
+	args = dropIn(root, args)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {

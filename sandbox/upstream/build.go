@@ -228,7 +228,7 @@ func build(ctx context.Context, modDir, out string, pkgs []string, w io.Writer) 
 		done++
 		if time.Since(last) > 5*time.Second {
 			last = time.Now()
-			fmt.Fprintf(w, "  [%s] compiled %d/%d packages (%s)\n", filepath.Base(modDir), done, total, time.Since(start).Round(time.Second))
+			fmt.Fprintf(w, "  [%s] %s (%s)\n", filepath.Base(modDir), progress(done, total), time.Since(start).Round(time.Second))
 		}
 	}
 	if err := cmd.Wait(); err != nil {
@@ -238,11 +238,22 @@ func build(ctx context.Context, modDir, out string, pkgs []string, w io.Writer) 
 	return nil
 }
 
-// countDeps estimates how many packages go build -v will print; 0 if unknown.
+// progress is the count of compiled packages. go build -v prints the
+// standard library's too when it compiles them (a cold cache, other
+// build flags): the total counts them, and the count never passes it.
+func progress(done, total int) string {
+	if total <= 0 || done > total {
+		return fmt.Sprintf("compiled %d packages", done)
+	}
+	return fmt.Sprintf("compiled %d/%d packages", done, total)
+}
+
+// countDeps is how many packages go build -v may print (every package the
+// build needs, the standard library's included); 0 if unknown.
 func countDeps(ctx context.Context, modDir string, pkgs []string) int {
-	cmd := exec.CommandContext(ctx, "go", append([]string{"list", "-deps", "-f", "{{if not .Standard}}x{{end}}"}, pkgs...)...)
+	cmd := exec.CommandContext(ctx, "go", append([]string{"list", "-deps", "-f", "x"}, pkgs...)...)
 	cmd.Dir = modDir
-	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=mod")
 	out, err := cmd.Output()
 	if err != nil {
 		return 0
