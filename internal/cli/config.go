@@ -9,14 +9,16 @@ import (
 
 func newConfigCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "config",
-		Short: "Check, convert and describe forwards files",
+		Use:     "config",
+		Short:   "Check, convert and describe forwards files",
+		Example: "  kpf config validate -f shop.yaml\n  kpf config schema > kpf.schema.json\n  kpf config convert -f forwards.conf > kpf.yaml",
 	}
 	var file string
 	validate := &cobra.Command{
-		Use:   "validate [-f FILE]",
-		Short: "Report every problem of a forwards file at once, with line numbers",
-		Args:  cobra.NoArgs,
+		Use:     "validate [-f FILE]",
+		Short:   "Report every problem of a forwards file at once, with line numbers",
+		Example: "  kpf config validate\n  kpf config validate -f shop.yaml",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path, err := config.Find(file)
 			if err != nil {
@@ -32,9 +34,10 @@ func newConfigCommand(g *globals) *cobra.Command {
 	}
 	validate.Flags().StringVarP(&file, "file", "f", "", "forwards file (default kpf.yaml in this folder)")
 	schema := &cobra.Command{
-		Use:   "schema",
-		Short: "Print the JSON Schema of kpf.yaml, for editors",
-		Args:  cobra.NoArgs,
+		Use:     "schema",
+		Short:   "Print the JSON Schema of kpf.yaml, for editors",
+		Example: "  kpf config schema > kpf.schema.json",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			_, err := g.out.Write(config.Schema)
 			return err
@@ -42,9 +45,10 @@ func newConfigCommand(g *globals) *cobra.Command {
 	}
 	var convertFile string
 	convert := &cobra.Command{
-		Use:   "convert -f FILE",
-		Short: "Turn a SERVICE:NAMESPACE:LOCAL_PORT:REMOTE_PORT file into kpf.yaml (on stdout)",
-		Args:  cobra.NoArgs,
+		Use:     "convert -f FILE",
+		Short:   "Turn a SERVICE:NAMESPACE:LOCAL_PORT:REMOTE_PORT file into kpf.yaml (on stdout)",
+		Example: "  kpf config convert -f forwards.conf > kpf.yaml",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if convertFile == "" {
 				return usagef("give the file to convert with -f FILE")

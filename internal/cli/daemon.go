@@ -19,6 +19,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/daemon"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
+	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/spf13/cobra"
 )
 
@@ -116,11 +117,16 @@ func startDaemon(home daemon.Home, errOut io.Writer) error {
 }
 
 func newDaemonCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:    "daemon",
-		Short:  "Run the background daemon (kpf up -d starts it)",
-		Hidden: true,
-		Args:   cobra.NoArgs,
+	var apply []string
+	cmd := &cobra.Command{
+		Use:   "daemon [--apply FILE...]",
+		Short: "Run the background daemon (kpf up -d starts it; kpf daemon install starts it at login)",
+		Long: `Run the per-user background daemon in the foreground. kpf up -d starts one
+when none runs; kpf daemon install makes the user's service manager start
+one at login. With --apply, it runs those files at start as the identity of
+its own flags and environment, as kpf up -d would.`,
+		Example: "  kpf daemon install -f kpf.yaml\n  kpf daemon --apply /src/shop/kpf.yaml --context staging",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := g.logger()
 			s := &daemon.Server{
@@ -132,17 +138,34 @@ func newDaemonCommand(g *globals) *cobra.Command {
 				Describe: describeIdentity,
 				Events:   g.out,
 			}
+			if len(apply) > 0 {
+				id, err := g.identity(cmd)
+				if err != nil {
+					return err
+				}
+				for _, f := range apply {
+					abs, err := filepath.Abs(f)
+					if err != nil {
+						return err
+					}
+					s.Initial = append(s.Initial, daemon.ApplyRequest{File: abs, Identity: id, Settings: spec.Defaults()})
+				}
+			}
 			return s.Serve(cmd.Context())
 		},
 	}
+	cmd.Flags().StringArrayVar(&apply, "apply", nil, "a forwards file to run at start (repeatable)")
+	cmd.AddCommand(newServiceCommands(g)...)
+	return cmd
 }
 
 func newStatusCommand(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "Show the daemon's forwards: file, user, state, health, pod, connections, bytes, reconnects",
-		Args:  cobra.NoArgs,
+		Use:     "status",
+		Short:   "Show the daemon's forwards: file, user, state, health, pod, connections, bytes, reconnects",
+		Example: "  kpf status\n  kpf status --json | jq '.forwards[] | select(.state != \"ready\")'",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := daemon.NewClient(daemon.DefaultHome()).Status(cmd.Context(), "")
 			if err != nil {
@@ -275,8 +298,9 @@ func newDownCommand(g *globals) *cobra.Command {
 func newRestartCommand(g *globals) *cobra.Command {
 	var p pickFlags
 	cmd := &cobra.Command{
-		Use:   "restart [NAME...] [-f FILE | --all]",
-		Short: "Restart forwards of the daemon: the named ones, a file's, or all",
+		Use:     "restart [NAME...] [-f FILE | --all]",
+		Short:   "Restart forwards of the daemon: the named ones, a file's, or all",
+		Example: "  kpf restart api\n  kpf restart -f shop.yaml\n  kpf restart --all",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := daemon.NewClient(daemon.DefaultHome())
 			req, err := p.request(cmd.Context(), c, args)
@@ -299,9 +323,10 @@ func newLogsCommand(g *globals) *cobra.Command {
 	var follow bool
 	var file string
 	cmd := &cobra.Command{
-		Use:   "logs [-f] [NAME] [--file FILE]",
-		Short: "Show the daemon's log, or the lines of one forward (of one file with --file)",
-		Args:  cobra.MaximumNArgs(1),
+		Use:     "logs [-f] [NAME] [--file FILE]",
+		Short:   "Show the daemon's log, or the lines of one forward (of one file with --file)",
+		Example: "  kpf logs\n  kpf logs -f api --file shop.yaml",
+		Args:    cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			home := daemon.DefaultHome()
 			f, err := os.Open(home.Log())

@@ -89,8 +89,14 @@ func (g *globals) handler(level slog.Level) slog.Handler {
 func NewRoot(out, errOut io.Writer) *cobra.Command {
 	g := &globals{kube: identity.NewFlags(), out: out, errOut: errOut}
 	root := &cobra.Command{
-		Use:           "kpf",
-		Short:         "Kubernetes port forwarding that does not fall over",
+		Use:   "kpf",
+		Short: "Kubernetes port forwarding that does not fall over",
+		Long: `Kubernetes port forwarding that does not fall over: kubectl port-forward's
+syntax and flags (kpf TYPE/NAME [LOCAL_PORT:]REMOTE_PORT... is kpf forward),
+forwards that follow their pods, and many forwards from one file.`,
+		Example: `  kpf svc/api 8080:80                 # as kubectl port-forward svc/api 8080:80
+  kpf up -d --wait                    # every forward of kpf.yaml, in the background
+  kpf status`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       version(),
@@ -103,9 +109,10 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.PersistentFlags().MarkHidden("debug-addr")
 	root.AddCommand(newForwardCommand(g), newUpCommand(g), newRunCommand(g), newConfigCommand(g),
 		newStatusCommand(g), newDownCommand(g), newRestartCommand(g), newLogsCommand(g), newDaemonCommand(g),
-		newVersionCommand(g))
+		newVersionCommand(g), newOptionsCommand(g))
 	root.SetVersionTemplate("kpf {{.Version}}\n")
 	g.registerCompletions(root)
+	g.setHelp(root)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	return root
 }

@@ -56,6 +56,9 @@ func newUpCommand(g *globals) *cobra.Command {
 On a terminal a live table shows each forward's state, health, pod, connections
 and bytes; otherwise each change is a log line. A forward that fails (a busy
 port, a missing target) does not stop the others. Ctrl-C stops everything.`,
+		Example: `  kpf up                              # kpf.yaml here, with a live table
+  kpf up api db -f shop.yaml          # two forwards of another file
+  kpf up -d --wait --context staging  # in the daemon, as the staging context`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.Complete(cmd, args); err != nil {
 				return err

@@ -124,6 +124,8 @@ type Server struct {
 	Describe DescribeFunc
 	// Events receives every forward's state changes, as log lines.
 	Events io.Writer
+	// Initial are files to apply at start (a user service's files).
+	Initial []ApplyRequest
 
 	started time.Time
 	ctx     context.Context
@@ -165,6 +167,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	srv := &http.Server{Handler: s.Handler(), ConnContext: withConn}
 	go func() { <-s.ctx.Done(); srv.Close() }()
 	s.Log.Info("daemon listening", "socket", s.Home.Socket(), "pid", os.Getpid())
+	for _, req := range s.Initial {
+		if err := s.applyInitial(req); err != nil {
+			s.Log.Error("apply", "file", req.File, "err", err)
+		}
+	}
 	err = srv.Serve(ln)
 	s.stopAll()
 	os.Remove(s.Home.Socket())
@@ -303,6 +310,22 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 	res := s.applyFile(req, fws)
 	s.Log.Info("applied", "file", req.File, "started", res.Started, "restarted", res.Restarted, "unchanged", res.Unchanged, "stopped", res.Stopped)
 	writeJSON(w, res)
+}
+
+// applyInitial applies a file the daemon was started with.
+func (s *Server) applyInitial(req ApplyRequest) error {
+	if err := req.Settings.Validate(); err != nil {
+		return err
+	}
+	f, err := config.Load(req.File)
+	if err != nil {
+		return err
+	}
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	res := s.applyFile(req, f.Forwards)
+	s.Log.Info("applied", "file", req.File, "started", res.Started)
+	return nil
 }
 
 // applyFile makes the file's running forwards match fws. A file applied

@@ -277,3 +277,24 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A daemon started with files (a user service) runs them at once, as the
+// identity it was given.
+func TestInitialFilesRunAtStart(t *testing.T) {
+	dir := t.TempDir()
+	a := writeFile(t, dir, "a.yaml", fileA)
+	home, _ := os.MkdirTemp("", "kpfd")
+	defer os.RemoveAll(home)
+	o := &opened{byFwd: map[string]openCall{}}
+	s := &Server{Home: Home(home), Log: discard, Opener: o.opener,
+		Initial: []ApplyRequest{{File: a, Identity: as("login", "me"), Settings: spec.Defaults()}}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, func() bool { _, ok := o.get("db@login"); return ok })
+	st, err := NewClient(Home(home)).Status(context.Background(), "")
+	if err != nil || !slices.Equal(st.Files, []string{a}) || len(st.Forwards) != 2 {
+		t.Fatalf("status %+v, %v", st, err)
+	}
+}
