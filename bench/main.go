@@ -52,7 +52,7 @@ func main() {
 	flag.IntVar(&o.conns, "latency-conns", 1000, "sequential connections for the latency test")
 	flag.IntVar(&o.idle, "idle-conns", 1000, "idle connections for the memory test")
 	flag.Int64Var(&o.stallBytes, "stall-bytes", 256<<20, "download next to a stalled connection")
-	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl", "paths to measure")
+	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl", "paths to measure (also kpf-portable-ws and kpf-portable-spdy: the build macOS and Windows run)")
 	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle", "workloads to run")
 	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
 	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
@@ -145,10 +145,16 @@ func run(o options) error {
 	kpf := o.kpf
 	if kpf == "" {
 		kpf = filepath.Join(os.TempDir(), "kpf-bench")
-		build := exec.Command("go", "build", "-o", kpf, "./cmd/kpf")
-		build.Dir = ".."
-		if out, err := build.CombinedOutput(); err != nil {
-			return fmt.Errorf("build kpf: %v\n%s", err, out)
+		if err := buildKpf(kpf); err != nil {
+			return err
+		}
+	}
+	// The portable build (what macOS and Windows run) of the same source.
+	var kpfPortable string
+	if strings.Contains(o.paths, "kpf-portable") {
+		kpfPortable = filepath.Join(os.TempDir(), "kpf-bench-portable")
+		if err := buildKpf(kpfPortable, "-tags", "kpf_portable"); err != nil {
+			return err
 		}
 	}
 	ctx := context.Background()
@@ -203,18 +209,20 @@ spec:
 			return startForwarder(ctx, []string{bin, "--kubeconfig", admin, "port-forward", "-n", ns, "pod/bulk", ":9000"}, []string{"KUBECTL_PORT_FORWARD_WEBSOCKETS=" + ws})
 		}
 	}
-	kpfPF := func(transport string) func(context.Context) (*forwarder, error) {
+	kpfPF := func(bin, transport string) func(context.Context) (*forwarder, error) {
 		return func(ctx context.Context) (*forwarder, error) {
-			return startForwarder(ctx, []string{kpf, "--kubeconfig", admin, "forward", "--transport", transport, "-n", ns, "pod/bulk", ":9000"}, nil)
+			return startForwarder(ctx, []string{bin, "--kubeconfig", admin, "forward", "--transport", transport, "-n", ns, "pod/bulk", ":9000"}, nil)
 		}
 	}
 	all := map[string]path{
-		"direct":         {"direct", func(context.Context) (*forwarder, error) { return &forwarder{addr: direct}, nil }},
-		"kpf-ws":         {"kpf-ws", kpfPF("websocket")},
-		"kpf-spdy":       {"kpf-spdy", kpfPF("spdy")},
-		"kubectl-ws":     {"kubectl-ws", kubectlPF(sb.Kubectl, "true")},
-		"kubectl-spdy":   {"kubectl-spdy", kubectlPF(sb.Kubectl, "false")},
-		"system-kubectl": {"system-kubectl", kubectlPF("/usr/bin/kubectl", "true")},
+		"direct":            {"direct", func(context.Context) (*forwarder, error) { return &forwarder{addr: direct}, nil }},
+		"kpf-ws":            {"kpf-ws", kpfPF(kpf, "websocket")},
+		"kpf-spdy":          {"kpf-spdy", kpfPF(kpf, "spdy")},
+		"kpf-portable-ws":   {"kpf-portable-ws", kpfPF(kpfPortable, "websocket")},
+		"kpf-portable-spdy": {"kpf-portable-spdy", kpfPF(kpfPortable, "spdy")},
+		"kubectl-ws":        {"kubectl-ws", kubectlPF(sb.Kubectl, "true")},
+		"kubectl-spdy":      {"kubectl-spdy", kubectlPF(sb.Kubectl, "false")},
+		"system-kubectl":    {"system-kubectl", kubectlPF("/usr/bin/kubectl", "true")},
 	}
 	var paths []path
 	for _, n := range strings.Split(o.paths, ",") {
@@ -536,6 +544,16 @@ func concurrent(addr string, n int, per int64) int {
 	}
 	wg.Wait()
 	return errs
+}
+
+// buildKpf builds ./cmd/kpf into out, with extra go build arguments.
+func buildKpf(out string, extra ...string) error {
+	build := exec.Command("go", append(append([]string{"build"}, extra...), "-o", out, "./cmd/kpf")...)
+	build.Dir = ".."
+	if b, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("build kpf %s: %v\n%s", strings.Join(extra, " "), err, b)
+	}
+	return nil
 }
 
 func markdown(rs []result, paths []path, o options) string {

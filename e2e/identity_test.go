@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -17,28 +16,6 @@ import (
 	"github.com/kpf-dev/kpf/sandbox/cluster"
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 )
-
-// fileStatus is kpf status --json with each forward's file and identity.
-type fileStatus struct {
-	Files    []string `json:"files"`
-	Forwards []struct {
-		Name, File, Context, User, State, LastError string
-		Local                                       []string
-	} `json:"forwards"`
-}
-
-func (k *kpfCmd) fileStatus(t *testing.T) fileStatus {
-	t.Helper()
-	out, code := k.run(t, "status", "--json")
-	if code != 0 {
-		t.Fatalf("kpf status --json: exit %d\n%s", code, out)
-	}
-	var st fileStatus
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("status JSON: %v\n%s", err, out)
-	}
-	return st
-}
 
 // The daemon runs each file as the command that applied it asked: two
 // projects side by side, each with its own user, transport and reconnect
@@ -72,7 +49,7 @@ func TestDaemonRunsEachFileAsItsIdentity(t *testing.T) {
 	if strings.Contains(out, "stopped") {
 		t.Fatalf("applying b stopped a's forwards:\n%s", out)
 	}
-	st := k.fileStatus(t)
+	st := k.status(t)
 	if len(st.Files) != 2 || len(st.Forwards) != 2 {
 		t.Fatalf("status: %+v", st)
 	}
@@ -101,7 +78,7 @@ func TestDaemonRunsEachFileAsItsIdentity(t *testing.T) {
 		t.Fatalf("up -d b as dev: exit %d\n%s", code, out)
 	}
 	var addrB string
-	for _, f := range k.fileStatus(t).Forwards {
+	for _, f := range k.status(t).Forwards {
 		if f.File == b {
 			addrB = f.Local[0]
 			if f.User != "kpf-sandbox-dev" || f.Context != "kpf-sandbox-dev" {
@@ -156,7 +133,7 @@ func TestDaemonRunsEachFileAsItsIdentity(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	sandboxtest.WaitFor(t, 60*time.Second, "b waiting for a pod", func() (bool, error) {
-		for _, f := range k.fileStatus(t).Forwards {
+		for _, f := range k.status(t).Forwards {
 			if f.File == b {
 				return f.State == "waiting for pod", nil
 			}
@@ -182,7 +159,7 @@ func TestDaemonRunsEachFileAsItsIdentity(t *testing.T) {
 	if out, code := k.run(t, "down", "-f", b); code != 0 || !strings.Contains(out, "stopped: web ("+b+")") {
 		t.Fatalf("down -f b: exit %d\n%s", code, out)
 	}
-	st = k.fileStatus(t)
+	st = k.status(t)
 	if len(st.Files) != 1 || st.Files[0] != a {
 		t.Fatalf("after down -f b: %+v", st)
 	}

@@ -68,12 +68,14 @@ func (k *kpfCmd) write(t *testing.T, name, content string) string {
 }
 
 type statusJSON struct {
-	SchemaVersion int `json:"schemaVersion"`
-	PID           int `json:"pid"`
+	SchemaVersion int      `json:"schemaVersion"`
+	PID           int      `json:"pid"`
+	Files         []string `json:"files"`
 	Forwards      []struct {
-		Name, State, Health, Pod string
-		Local                    []string
-		Connections              int64
+		Name, State, Health, Pod       string
+		File, Context, User, LastError string
+		Local                          []string
+		Connections                    int64
 	} `json:"forwards"`
 }
 

@@ -172,9 +172,7 @@ func newStatusCommand(g *globals) *cobra.Command {
 				return err
 			}
 			if asJSON {
-				e := json.NewEncoder(g.out)
-				e.SetIndent("", "  ")
-				return e.Encode(st)
+				return printJSON(g.out, st)
 			}
 			fmt.Fprintf(g.out, "kpf daemon pid %d, up %s, %d file(s)\n", st.PID, time.Since(st.Started).Round(time.Second), len(st.Files))
 			for _, f := range st.Files {
@@ -359,6 +357,13 @@ func newLogsCommand(g *globals) *cobra.Command {
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines")
 	cmd.Flags().StringVar(&file, "file", "", "only lines of this file's forwards")
 	return cmd
+}
+
+// printJSON prints v as indented JSON, for scripts.
+func printJSON(w io.Writer, v any) error {
+	e := json.NewEncoder(w)
+	e.SetIndent("", "  ")
+	return e.Encode(v)
 }
 
 func copyLines(ctx context.Context, w io.Writer, f *os.File, keep func(string) bool, follow bool) error {

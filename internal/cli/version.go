@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"runtime"
 	"runtime/debug"
@@ -72,9 +71,7 @@ func newVersionCommand(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(g.out, "  go:     %s %s\n", v.GoVersion, v.Platform)
 			case "json":
-				e := json.NewEncoder(g.out)
-				e.SetIndent("", "  ")
-				return e.Encode(v)
+				return printJSON(g.out, v)
 			default:
 				return usagef("--output %q: want json (or nothing, for text)", output)
 			}

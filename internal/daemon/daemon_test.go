@@ -18,6 +18,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
+	"github.com/kpf-dev/kpf/internal/testnet"
 )
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -131,7 +132,7 @@ func TestFilesRunSideBySideAsTheirIdentities(t *testing.T) {
 	if !slices.Equal(res.Started, []string{"api"}) || len(res.Stopped) != 0 {
 		t.Fatalf("applying b: %+v (a's forwards must keep running)", res)
 	}
-	waitFor(t, func() bool {
+	testnet.WaitFor(t, func() bool {
 		_, ok1 := o.get("api@staging")
 		_, ok2 := o.get("api@prod")
 		_, ok3 := o.get("db@staging")
@@ -178,7 +179,7 @@ func TestFilesRunSideBySideAsTheirIdentities(t *testing.T) {
 	if err != nil || !slices.Equal(res.Restarted, []string{"api"}) || !slices.Equal(res.Started, []string{"db"}) {
 		t.Fatalf("re-apply as dev: %+v %v", res, err)
 	}
-	waitFor(t, func() bool { p, _ := o.get("api@staging"); return p.id.Get("user") == "dev" })
+	testnet.WaitFor(t, func() bool { p, _ := o.get("api@staging"); return p.id.Get("user") == "dev" })
 	// The last forward gone, the daemon says it exits.
 	if _, exits, err := c.Down(ctx, NamesRequest{All: true}); err != nil || !exits {
 		t.Fatalf("down --all: exits %v, %v", exits, err)
@@ -267,17 +268,6 @@ func TestConcurrentApplyAndStatus(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // A daemon started with files (a user service) runs them at once, as the
 // identity it was given.
 func TestInitialFilesRunAtStart(t *testing.T) {
@@ -292,7 +282,7 @@ func TestInitialFilesRunAtStart(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx) }()
 	defer func() { cancel(); <-done }()
-	waitFor(t, func() bool { _, ok := o.get("db@login"); return ok })
+	testnet.WaitFor(t, func() bool { _, ok := o.get("db@login"); return ok })
 	st, err := NewClient(Home(home)).Status(context.Background(), "")
 	if err != nil || !slices.Equal(st.Files, []string{a}) || len(st.Forwards) != 2 {
 		t.Fatalf("status %+v, %v", st, err)

@@ -109,16 +109,16 @@ func TestSwitchesWhenThePodGoesAway(t *testing.T) {
 		t.Fatal(first.err)
 	}
 	s.Delete(t, ns, first.pod)
-	waitFor(t, func() bool { pod, _ := f.State(); return pod != first.pod && pod != "" })
+	testnet.WaitFor(t, func() bool { pod, _ := f.State(); return pod != first.pod && pod != "" })
 	if r := connect(t, context.Background(), f); r.err != nil || r.pod == first.pod {
 		t.Fatalf("after deleting %s the connection went to %q (%v)", first.pod, r.pod, r.err)
 	}
 	// Not ready is as good as gone for new connections.
 	pod, _ := f.State()
 	s.Pod(t, ns, "web-3", web, true, fakeapi.Echo(t, "web-3"))
-	waitFor(t, func() bool { return f.knows("web-3", true) })
+	testnet.WaitFor(t, func() bool { return f.knows("web-3", true) })
 	s.SetReady(t, ns, pod, false)
-	waitFor(t, func() bool { return f.knows(pod, false) })
+	testnet.WaitFor(t, func() bool { return f.knows(pod, false) })
 	if r := connect(t, context.Background(), f); r.err != nil || r.pod != "web-3" {
 		t.Fatalf("with %s not ready the connection went to %q (%v), want web-3", pod, r.pod, r.err)
 	}
@@ -176,7 +176,7 @@ func TestStoppingEndsWaitingConnections(t *testing.T) {
 			errs <- err
 		}()
 	}
-	waitFor(t, func() bool { return waiting.Load() == n })
+	testnet.WaitFor(t, func() bool { return waiting.Load() == n })
 	start := time.Now()
 	cancel()
 	wg.Wait()
@@ -284,15 +284,4 @@ func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
 		h.n.Add(1)
 	}
 	return nil
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

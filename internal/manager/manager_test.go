@@ -18,6 +18,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
+	"github.com/kpf-dev/kpf/internal/testnet"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -131,7 +132,7 @@ func TestOneFailureLeavesTheOthers(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "ghost: failed: ") || !strings.Contains(err.Error(), `"nope" not found`) {
 		t.Fatalf("err %v", err)
 	}
-	waitFor(t, func() bool { return h.row(t, "api").State == Ready })
+	testnet.WaitFor(t, func() bool { return h.row(t, "api").State == Ready })
 	if r := h.row(t, "ghost"); r.State != Failed || r.LastError == "" {
 		t.Fatalf("row %+v", r)
 	}
@@ -241,14 +242,3 @@ func TestConcurrentUse(t *testing.T) {
 }
 
 func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}

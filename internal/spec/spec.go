@@ -70,7 +70,7 @@ func (s *Settings) AddFlags(fs *pflag.FlagSet, which ...string) {
 		fs.DurationVar(&s.PodRunningTimeout, FlagPodRunningTimeout, s.PodRunningTimeout, "The length of time (like 5s, 2m, or 3h, higher than zero) to wait until at least one pod is running")
 	}
 	if want(FlagTransport) {
-		fs.Var((*transportValue)(&s.Transport), FlagTransport, "How to reach the API server: auto (WebSocket, then SPDY if the upgrade is refused), websocket or spdy")
+		fs.Var(canonical[tunnel.Transport]{&s.Transport, tunnel.ParseTransport}, FlagTransport, "How to reach the API server: auto (WebSocket, then SPDY if the upgrade is refused), websocket or spdy")
 	}
 	if want(FlagReconnectWait) {
 		fs.DurationVar(&s.ReconnectWait, FlagReconnectWait, s.ReconnectWait, "How long a new connection waits for a ready pod while the target has none (a rollout, a restart) before it is closed")
@@ -85,7 +85,7 @@ func (s *Settings) AddFlags(fs *pflag.FlagSet, which ...string) {
 		fs.DurationVar(&s.IdleTimeout, FlagIdleTimeout, s.IdleTimeout, "Stop after this long with no open connection (exit code 6); 0: never")
 	}
 	if want(FlagDataPath) {
-		fs.Var((*dataPathValue)(&s.DataPath), FlagDataPath, "SPDY implementation on kpf's side: kpf (its own) or client-go (kubectl's), as an escape hatch")
+		fs.Var(canonical[tunnel.DataPath]{&s.DataPath, tunnel.ParseDataPath}, FlagDataPath, "SPDY implementation on kpf's side: kpf (its own) or client-go (kubectl's), as an escape hatch")
 	}
 }
 
@@ -135,28 +135,28 @@ func Session(fw config.Forward, s Settings) (session.Spec, error) {
 	}, nil
 }
 
-type transportValue tunnel.Transport
-
-func (v *transportValue) String() string { return string(*v) }
-func (v *transportValue) Type() string   { return "string" }
-func (v *transportValue) Set(s string) error {
-	t, err := tunnel.ParseTransport(s)
-	if err != nil {
-		t = tunnel.Transport(s) // Validate names it
-	}
-	*v = transportValue(t)
-	return nil
+// canonical is a flag whose value is stored in its canonical form when
+// parse accepts it ("WebSocket" as websocket), and as typed otherwise, for
+// Validate to name.
+type canonical[T ~string] struct {
+	p     *T
+	parse func(string) (T, error)
 }
 
-type dataPathValue tunnel.DataPath
-
-func (v *dataPathValue) String() string { return string(*v) }
-func (v *dataPathValue) Type() string   { return "string" }
-func (v *dataPathValue) Set(s string) error {
-	d, err := tunnel.ParseDataPath(s)
-	if err != nil {
-		d = tunnel.DataPath(s) // Validate names it
+func (v canonical[T]) String() string {
+	if v.p == nil {
+		return ""
 	}
-	*v = dataPathValue(d)
+	return string(*v.p)
+}
+
+func (v canonical[T]) Type() string { return "string" }
+
+func (v canonical[T]) Set(s string) error {
+	t, err := v.parse(s)
+	if err != nil {
+		t = T(s)
+	}
+	*v.p = t
 	return nil
 }

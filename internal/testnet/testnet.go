@@ -1,10 +1,24 @@
-// Package testnet has network helpers for tests; only tests import it.
+// Package testnet has helpers for tests of the network code: loopback TCP
+// pairs, and waiting on a condition; only tests import it.
 package testnet
 
 import (
 	"net"
 	"testing"
+	"time"
 )
+
+// WaitFor polls cond until it holds, failing the test after 10 s.
+func WaitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
 
 // TCPPair is two ends of a loopback TCP connection, closed when the test
 // ends.

@@ -1,0 +1,64 @@
+package spec
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/tunnel"
+	"github.com/spf13/pflag"
+)
+
+func TestFlagsStoreCanonicalValuesAndValidateNamesBadOnes(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string // error, or "" for none
+	}{
+		{nil, ""},
+		{[]string{"--transport", "WebSocket", "--data-path", "client-go"}, ""},
+		{[]string{"--transport", "carrier-pigeon"}, `--transport "carrier-pigeon": want auto, websocket or spdy`},
+		{[]string{"--data-path", "fast"}, `--data-path "fast": want kpf or client-go`},
+		{[]string{"--reconnect-wait", "0s"}, "--reconnect-wait 0s: must be higher than zero"},
+		{[]string{"--pod-running-timeout", "-1s"}, "--pod-running-timeout must be higher than zero"},
+		{[]string{"--max-retries", "-2"}, "--max-retries -2: must be 0 (no limit) or more"},
+		{[]string{"--idle-timeout", "-1s"}, "--idle-timeout -1s: must be 0 (never) or more"},
+	} {
+		s := Defaults()
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		s.AddFlags(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		err := s.Validate()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%v: %v", c.args, err)
+		case c.want != "" && (err == nil || err.Error() != c.want):
+			t.Errorf("%v: %v, want %q", c.args, err, c.want)
+		}
+		if len(c.args) > 0 && c.args[1] == "WebSocket" && (s.Transport != tunnel.WebSocket || s.DataPath != tunnel.ClientGoDataPath) {
+			t.Errorf("stored %q %q, want the canonical websocket and client-go", s.Transport, s.DataPath)
+		}
+	}
+}
+
+func TestOnlySomeFlagsAndTheSessionSpec(t *testing.T) {
+	s := Defaults()
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	s.AddFlags(fs, FlagTransport, FlagReconnectWait)
+	if fs.Lookup(FlagMaxRetries) != nil || fs.Lookup(FlagTransport) == nil {
+		t.Fatal("AddFlags bound other flags than those named")
+	}
+	fs.Parse([]string{"--reconnect-wait", "3s"})
+	fw := config.Forward{Namespace: "ns", Target: "svc/api", Ports: []portspec.Port{{Remote: "80"}}, Addresses: []string{"localhost"}, Balance: true}
+	sp, err := Session(fw, s)
+	if err != nil || sp.ReconnectWait != 3*time.Second || sp.PodRunningTimeout != time.Minute || !sp.Balance || sp.Target != "svc/api" || len(sp.Addresses) != 2 {
+		t.Fatalf("%+v, %v", sp, err)
+	}
+	fw.Addresses = []string{"nowhere"}
+	if _, err := Session(fw, s); err == nil || !strings.Contains(err.Error(), "nowhere") {
+		t.Fatalf("a bad address: %v", err)
+	}
+}
