@@ -48,6 +48,10 @@ type fastConn struct {
 	// tunnelSocket).
 	ackNow bool
 
+	// portableRead is the next read's size in the portable build (0 in
+	// the raw one): see fillPortable.
+	portableRead int
+
 	wmu      sync.Mutex
 	corked   bool
 	corkSize int     // the buffer a Cork takes
@@ -64,7 +68,9 @@ const readChunk = 1 << 20
 
 func newFastConn(c net.Conn) net.Conn {
 	if !sysio.Raw {
-		return c // the portable build reads and writes through net
+		// The portable build: large reads and corked writes through the
+		// net package, no raw system calls and no pacing.
+		return &fastConn{Conn: c, portableRead: minPortableRead}
 	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
@@ -117,6 +123,9 @@ func (f *fastConn) Read(p []byte) (int, error) {
 // fill reads what the socket holds into a pooled buffer, waiting for data
 // without holding one.
 func (f *fastConn) fill() error {
+	if f.portableRead > 0 {
+		return f.fillPortable()
+	}
 	f.pace()
 	b, n, err := bufpool.ReadRaw(f.rc, 0, readChunk, f.unpace)
 	if err != nil {
@@ -128,6 +137,37 @@ func (f *fastConn) fill() error {
 	if f.ackNow && n < ackNowMax {
 		quickAck(f.rc)
 	}
+	return nil
+}
+
+// minPortableRead is the portable build's smallest read: what an idle
+// tunnel's buffer costs while it waits.
+const minPortableRead = 16 << 10
+
+// fillPortable is fill without raw system calls: the read waits holding
+// its buffer, so the buffer follows the traffic (a read that fills it
+// doubles the next, up to readChunk; one under a quarter halves it), and
+// an idle tunnel holds a small one.
+func (f *fastConn) fillPortable() error {
+	if f.beforeWait != nil {
+		f.beforeWait() // the read may wait: hand on what was collected
+	}
+	b := bufpool.Get(f.portableRead)
+	n, err := f.Conn.Read(*b)
+	if n == 0 {
+		bufpool.Put(b)
+		if err == nil {
+			err = io.ErrNoProgress
+		}
+		return err
+	}
+	switch {
+	case n == len(*b) && f.portableRead < readChunk:
+		f.portableRead *= 2
+	case n < len(*b)/4 && f.portableRead > minPortableRead:
+		f.portableRead /= 2
+	}
+	f.rbuf, f.rdata = b, (*b)[:n]
 	return nil
 }
 
@@ -321,6 +361,9 @@ func (f *fastConn) flushLocked() error {
 // write deadline allows), with system calls that do not enter the
 // scheduler (see sysio).
 func (f *fastConn) write(p []byte) (int, error) {
+	if f.rc == nil {
+		return f.Conn.Write(p) // the portable build
+	}
 	written := 0
 	var werr error
 	err := f.rc.Write(func(fd uintptr) bool {

@@ -17,7 +17,6 @@ import (
 )
 
 func TestFastConnCorkSendsOneWrite(t *testing.T) {
-	needRaw(t)
 	c, s := testnet.TCPPair(t)
 	f := newFastConn(c).(*fastConn)
 	f.Cork(100)
@@ -61,7 +60,6 @@ func TestFastConnCorkSendsOneWrite(t *testing.T) {
 }
 
 func TestFastConnReadsAndSaysWhenItWaits(t *testing.T) {
-	needRaw(t)
 	c, s := testnet.TCPPair(t)
 	f := newFastConn(c).(*fastConn)
 	waits := 0
@@ -222,9 +220,41 @@ func TestPacedReadsDoNotHoldBackTheLastBytes(t *testing.T) {
 	}
 }
 
-// needRaw skips tests of fastConn in the portable build, which has none.
+// needRaw skips tests of read pacing in the portable build, which has
+// none.
 func needRaw(t *testing.T) {
 	if !sysio.Raw {
-		t.Skip("the portable build has no fastConn")
+		t.Skip("the portable build does not pace reads")
+	}
+}
+
+// In the portable build a read waits holding its buffer: the buffer grows
+// while reads fill it and shrinks when they do not, so bulk traffic takes
+// large reads and an idle tunnel holds a small buffer.
+func TestPortableReadsFollowTheTraffic(t *testing.T) {
+	c, s := testnet.TCPPair(t)
+	f := &fastConn{Conn: c, portableRead: minPortableRead}
+	payload := make([]byte, 4<<20)
+	rand.Read(payload)
+	go func() { s.Write(payload); s.CloseWrite() }()
+	got, err := io.ReadAll(f)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("read %d bytes (%v), equal %v", len(got), err, bytes.Equal(got, payload))
+	}
+	if f.portableRead <= minPortableRead {
+		t.Errorf("after 4 MiB in a row the read size is %d, want it grown", f.portableRead)
+	}
+	// A trickle after the bulk brings it back down.
+	c2, s2 := testnet.TCPPair(t)
+	f.Conn = c2
+	big := f.portableRead
+	for range 8 {
+		s2.Write([]byte("x"))
+		if _, err := f.Read(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f.portableRead >= big || f.portableRead < minPortableRead {
+		t.Errorf("after small reads the read size is %d (was %d), want it smaller, at least %d", f.portableRead, big, minPortableRead)
 	}
 }
