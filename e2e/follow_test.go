@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpf-dev/kpf/sandbox/cluster"
 	"github.com/kpf-dev/kpf/sandbox/pattern"
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,6 +33,20 @@ func httpAppIn(t *testing.T, sb *sandboxtest.Sandbox, name string, replicas int)
 	sb.Apply(t, ns, httpApp(name, replicas))
 	sb.ReadyPods(t, ns, "app="+name, replicas)
 	return ns
+}
+
+// httpAppInDev runs httpApp under a fresh name in the dev namespace (the
+// one the dev user may forward in), waits until it is ready, deletes it
+// when the test ends, and returns the name.
+func httpAppInDev(t *testing.T, sb *sandboxtest.Sandbox, prefix string) string {
+	t.Helper()
+	name := fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%100000)
+	sb.Apply(t, cluster.DevNamespace, httpApp(name, 1))
+	t.Cleanup(func() {
+		sb.KubectlRun(t, "delete", "-n", cluster.DevNamespace, "deployment/"+name, "svc/"+name, "--wait=false")
+	})
+	sb.ReadyPods(t, cluster.DevNamespace, "app="+name, 1)
+	return name
 }
 
 // fetch makes one new connection, downloads n checked pattern bytes and

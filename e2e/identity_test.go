@@ -25,12 +25,7 @@ import (
 func TestDaemonRunsEachFileAsItsIdentity(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	nsA := httpAppIn(t, sb, "alpha", 1)
-	beta := fmt.Sprintf("beta-%d", time.Now().UnixNano()%100000)
-	sb.Apply(t, cluster.DevNamespace, httpApp(beta, 1))
-	t.Cleanup(func() {
-		sb.KubectlRun(t, "delete", "-n", cluster.DevNamespace, "deployment/"+beta, "svc/"+beta, "--wait=false")
-	})
-	sb.ReadyPods(t, cluster.DevNamespace, "app="+beta, 1)
+	beta := httpAppInDev(t, sb, "beta")
 	k := newKpfCmd(t, sb)
 	// Two projects, each with a forward named web.
 	a := k.write(t, "a.yaml", fmt.Sprintf("forwards:\n  - {name: web, namespace: %s, target: svc/alpha, ports: [\":80\"]}\n", nsA))

@@ -381,12 +381,7 @@ forwards:
 func TestTwoContextsInOneFile(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	ns := httpAppIn(t, sb, "adm", 1)
-	name := fmt.Sprintf("ctx-%d", time.Now().UnixNano()%100000)
-	sb.Apply(t, cluster.DevNamespace, httpApp(name, 1))
-	t.Cleanup(func() {
-		sb.KubectlRun(t, "delete", "-n", cluster.DevNamespace, "deployment/"+name, "svc/"+name, "--wait=false")
-	})
-	sb.ReadyPods(t, cluster.DevNamespace, "app="+name, 1)
+	name := httpAppInDev(t, sb, "ctx")
 	k := newKpfCmd(t, sb)
 	// One kubeconfig with both users' contexts.
 	merged := filepath.Join(k.dir, "kubeconfig")
