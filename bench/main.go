@@ -160,6 +160,17 @@ func run(o options) error {
 	ctx := context.Background()
 	ns := "kpf-bench"
 	exec.Command(sb.Kubectl, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "create", "namespace", ns).Run()
+	// A pod is refused until the namespace's default service account
+	// exists (made by the controller-manager, a moment after a start).
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		if _, err := sb.Admin.CoreV1().ServiceAccounts(ns).Get(context.Background(), "default", metav1.GetOptions{}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("namespace %s has no default service account after 60s", ns)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	apply := exec.Command(sb.Kubectl, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "apply", "-n", ns, "-f", "-")
 	apply.Stdin = strings.NewReader(`
 apiVersion: v1

@@ -157,6 +157,7 @@ func zooNamespace(t *testing.T, sb *sandboxtest.Sandbox) string {
 		sandboxtest.AfterAll(func(sb *sandboxtest.Sandbox) {
 			exec.Command(sb.Kubectl, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "delete", "namespace", zooNS, "--wait=false").Run()
 		})
+		sb.NamespaceReady(t, zooNS)
 		sb.Apply(t, zooNS, zoo)
 		for sel, n := range map[string]int{"app=web": 3, "app=sts": 1, "app=ds": 1, "app=rs": 2, "app=rc": 1, "app=job": 1, "app=solo": 1, "app=bulk": 1} {
 			sb.ReadyPods(t, zooNS, sel, n)

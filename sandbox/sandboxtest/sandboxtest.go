@@ -207,7 +207,20 @@ func (s *Sandbox) Namespace(t testing.TB) string {
 	t.Cleanup(func() {
 		s.Admin.CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
+	s.NamespaceReady(t, name)
 	return name
+}
+
+// NamespaceReady waits until pods can be created in a new namespace: the
+// ServiceAccount admission refuses them until the controller-manager has
+// made the namespace's default service account, which right after the
+// sandbox starts takes a moment.
+func (s *Sandbox) NamespaceReady(t testing.TB, name string) {
+	t.Helper()
+	WaitFor(t, 60*time.Second, "the default service account of "+name, func() (bool, error) {
+		_, err := s.Admin.CoreV1().ServiceAccounts(name).Get(context.Background(), "default", metav1.GetOptions{})
+		return err == nil, nil
+	})
 }
 
 // Kubectl runs the sandbox's kubectl as admin and returns its output.
