@@ -198,12 +198,8 @@ type pickFlags struct {
 	all  bool
 }
 
-func (p *pickFlags) add(cmd *cobra.Command, short bool) {
-	if short {
-		cmd.Flags().StringVarP(&p.file, "file", "f", "", "the forwards of this file (its path, as given to kpf up -d)")
-	} else {
-		cmd.Flags().StringVar(&p.file, "file", "", "the forwards of this file (its path, as given to kpf up -d)")
-	}
+func (p *pickFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&p.file, "file", "f", "", "the forwards of this file (its path, as given to kpf up -d)")
 	cmd.Flags().BoolVar(&p.all, "all", false, "every forward of every file")
 }
 
@@ -289,7 +285,7 @@ func newDownCommand(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	p.add(cmd, true)
+	p.add(cmd)
 	return cmd
 }
 
@@ -313,7 +309,7 @@ func newRestartCommand(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	p.add(cmd, true)
+	p.add(cmd)
 	return cmd
 }
 

@@ -124,7 +124,7 @@ func (g *globals) identity(cmd *cobra.Command) (identity.Identity, error) {
 	if err != nil {
 		return identity.Identity{}, err
 	}
-	return g.kube.Capture(cmd.Flags(), os.Environ(), dir)
+	return g.kube.Capture(cmd.Flags(), os.Environ(), dir), nil
 }
 
 // Run executes kpf with args and returns the exit code.

@@ -66,18 +66,10 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 // Names lists the connection flags.
 func (f *Flags) Names() []string { return slices.Clone(f.names) }
 
-// Namespace is the -n flag's value ("" when not given).
-func (f *Flags) Namespace() string {
-	if f.kube.Namespace == nil {
-		return ""
-	}
-	return *f.kube.Namespace
-}
-
 // Capture records the connection flags given on fs (the command's flag
 // set after parsing), env and the kubeconfig paths in effect, with
 // relative paths resolved against dir.
-func (f *Flags) Capture(fs *pflag.FlagSet, env []string, dir string) (Identity, error) {
+func (f *Flags) Capture(fs *pflag.FlagSet, env []string, dir string) Identity {
 	id := Identity{Flags: map[string][]string{}}
 	for _, name := range f.names {
 		fl := fs.Lookup(name)
@@ -107,7 +99,7 @@ func (f *Flags) Capture(fs *pflag.FlagSet, env []string, dir string) (Identity, 
 		}
 		id.Env = append(id.Env, kv)
 	}
-	return id, nil
+	return id
 }
 
 func abs(dir, p string) string {

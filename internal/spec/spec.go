@@ -9,6 +9,7 @@ package spec
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/config"
@@ -55,17 +56,7 @@ const (
 // set ("WebSocket" runs as websocket); a bad value is kept for Validate to
 // name.
 func (s *Settings) AddFlags(fs *pflag.FlagSet, which ...string) {
-	want := func(name string) bool {
-		if len(which) == 0 {
-			return true
-		}
-		for _, w := range which {
-			if w == name {
-				return true
-			}
-		}
-		return false
-	}
+	want := func(name string) bool { return len(which) == 0 || slices.Contains(which, name) }
 	if want(FlagPodRunningTimeout) {
 		fs.DurationVar(&s.PodRunningTimeout, FlagPodRunningTimeout, s.PodRunningTimeout, "The length of time (like 5s, 2m, or 3h, higher than zero) to wait until at least one pod is running")
 	}
