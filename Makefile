@@ -84,6 +84,9 @@ vet:
 	@for p in $(PLATFORMS); do echo "vet $$p"; GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) vet ./... || exit 1; \
 		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -o /dev/null ./cmd/kpf || exit 1; done
 	$(GO) vet -tags kpf_portable ./...
+	@mkdir -p $(BIN); CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/kpf-lean ./cmd/kpf; \
+		s=$$(stat -c %s $(BIN)/kpf-lean); echo "kpf, built as released: $$((s / 1000000)) MB"; \
+		[ $$s -le 50000000 ] || { echo "that is above 50 MB: see Binary in docs/benchmarks.md"; exit 1; }
 
 # The benchmark: kpf against kubectl on the sandbox (docs/benchmarks.md).
 # BENCH_ARGS=-rounds=1 -size=268435456 for a quick look.

@@ -9,12 +9,12 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes"
 )
 
 // completionTimeout bounds what one TAB waits for the cluster: on a slow
@@ -48,7 +48,7 @@ func (g *globals) completionCluster(cmd *cobra.Command) (*kubeCluster, context.C
 		return nil, nil, nil, false
 	}
 	c.config.Timeout = completionTimeout
-	if c.client, err = kubernetes.NewForConfig(c.config); err != nil {
+	if c.client, err = kube.NewForConfig(c.config); err != nil {
 		return nil, nil, nil, false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), completionTimeout)

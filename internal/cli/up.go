@@ -11,18 +11,19 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"log/slog"
+
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/kpf-dev/kpf/internal/target"
-	"log/slog"
 
+	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
 
@@ -291,30 +292,30 @@ func newOpener(id identity.Identity, log *slog.Logger, warn io.Writer) manager.O
 type kubeCluster struct {
 	kube      *genericclioptions.ConfigFlags
 	config    *rest.Config
-	client    kubernetes.Interface
+	client    kube.Interface
 	namespace string
 }
 
 // connect makes the clients of an identity, as kubectl's flags would.
 func connect(id identity.Identity) (*kubeCluster, error) {
-	kube, err := id.Getter()
+	flags, err := id.Getter()
 	if err != nil {
 		return nil, err
 	}
-	ns, _, err := kube.ToRawKubeConfigLoader().Namespace()
+	ns, _, err := flags.ToRawKubeConfigLoader().Namespace()
 	if err != nil {
 		return nil, explainConfig(err)
 	}
-	cfg, err := kube.ToRESTConfig()
+	cfg, err := flags.ToRESTConfig()
 	if err != nil {
 		return nil, explainConfig(err)
 	}
 	cfg.UserAgent = userAgent()
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := kube.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &kubeCluster{kube: kube, config: cfg, client: cs, namespace: ns}, nil
+	return &kubeCluster{kube: flags, config: cfg, client: cs, namespace: ns}, nil
 }
 
 // deps are what a session of this cluster needs.

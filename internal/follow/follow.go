@@ -19,15 +19,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -57,7 +58,7 @@ type Options struct {
 	PodName  string
 	Selector labels.Selector
 
-	Client kubernetes.Interface
+	Client kube.Interface
 	// Dial opens a tunnel to the named pod.
 	Dial func(ctx context.Context, pod string) (*tunnel.Conn, error)
 
@@ -116,9 +117,7 @@ func New(ctx context.Context, o Options) (*Follower, error) {
 			lo.LabelSelector = o.Selector.String()
 		}
 	}
-	factory := informers.NewSharedInformerFactoryWithOptions(o.Client, 0,
-		informers.WithNamespace(o.Namespace), informers.WithTweakListOptions(tweak))
-	inf := factory.Core().V1().Pods().Informer()
+	inf := podInformer(o.Client, o.Namespace, tweak)
 	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { f.upsert(obj.(*corev1.Pod)) },
 		UpdateFunc: func(_, obj any) { f.upsert(obj.(*corev1.Pod)) },
@@ -134,10 +133,8 @@ func New(ctx context.Context, o Options) (*Follower, error) {
 	if err != nil {
 		return nil, err
 	}
-	factory.Start(ctx.Done())
 	go func() {
-		<-ctx.Done()
-		factory.Shutdown()
+		inf.RunWithContext(ctx)
 		f.closeAll()
 	}()
 	return f, nil
@@ -572,3 +569,21 @@ func (f *Follower) State() (pod, state string) {
 
 // Reconnects counts the tunnels redialled after a loss or failure.
 func (f *Follower) Reconnects() int64 { return f.reconnects.Load() }
+
+// podInformer watches the pods of namespace that tweak selects. It is
+// client-go's pod informer without its informer factory, which would link
+// every API group's informers.
+func podInformer(client kube.Interface, namespace string, tweak func(*metav1.ListOptions)) cache.SharedIndexInformer {
+	pods := client.CoreV1().Pods(namespace)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) {
+			tweak(&lo)
+			return pods.List(ctx, lo)
+		},
+		WatchFuncWithContext: func(ctx context.Context, lo metav1.ListOptions) (watch.Interface, error) {
+			tweak(&lo)
+			return pods.Watch(ctx, lo)
+		},
+	}
+	return cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, client), &corev1.Pod{}, 0, cache.Indexers{})
+}

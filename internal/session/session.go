@@ -16,11 +16,11 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/forward"
+	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
 
@@ -43,7 +43,7 @@ type Spec struct {
 // Deps are the session's connections to the world.
 type Deps struct {
 	Config  *rest.Config
-	Client  kubernetes.Interface
+	Client  kube.Interface
 	Objects target.Getter
 	Out     io.Writer // "Forwarding from", "Handling connection for"
 	ErrOut  io.Writer // bind warnings

@@ -1,0 +1,73 @@
+// Package kube holds the API clients kpf uses: the typed clients of the
+// groups whose objects a forward can name (core, apps, batch).
+//
+// client-go's Clientset links the typed clients of every API group, and
+// its informer factory every group's informers and listers; together they
+// were a third of kpf's binary. kube.Interface is the part of
+// kubernetes.Interface kpf calls, so client-go's fake Clientset still
+// serves the unit tests.
+package kube
+
+import (
+	"fmt"
+
+	appsv1 "k8s.io/client-go/kubernetes/typed/apps/v1"
+	batchv1 "k8s.io/client-go/kubernetes/typed/batch/v1"
+	corev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/flowcontrol"
+)
+
+// Interface is what kpf asks of the API server.
+type Interface interface {
+	CoreV1() corev1.CoreV1Interface
+	AppsV1() appsv1.AppsV1Interface
+	BatchV1() batchv1.BatchV1Interface
+}
+
+// Clients implements Interface over one shared HTTP client and rate
+// limiter, as kubernetes.NewForConfig would.
+type Clients struct {
+	core  *corev1.CoreV1Client
+	apps  *appsv1.AppsV1Client
+	batch *batchv1.BatchV1Client
+}
+
+// CoreV1 implements Interface.
+func (c *Clients) CoreV1() corev1.CoreV1Interface { return c.core }
+
+// AppsV1 implements Interface.
+func (c *Clients) AppsV1() appsv1.AppsV1Interface { return c.apps }
+
+// BatchV1 implements Interface.
+func (c *Clients) BatchV1() batchv1.BatchV1Interface { return c.batch }
+
+// NewForConfig builds the clients of c. Like kubernetes.NewForConfig, the
+// groups share one transport and one token bucket of c.QPS and c.Burst.
+func NewForConfig(c *rest.Config) (*Clients, error) {
+	cfg := *c
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = rest.DefaultKubernetesUserAgent()
+	}
+	if cfg.RateLimiter == nil && cfg.QPS > 0 {
+		if cfg.Burst <= 0 {
+			return nil, fmt.Errorf("the client's burst must be above 0 when its QPS is set (QPS %v, burst %d)", cfg.QPS, cfg.Burst)
+		}
+		cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
+	}
+	hc, err := rest.HTTPClientFor(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	var cs Clients
+	if cs.core, err = corev1.NewForConfigAndClient(&cfg, hc); err != nil {
+		return nil, err
+	}
+	if cs.apps, err = appsv1.NewForConfigAndClient(&cfg, hc); err != nil {
+		return nil, err
+	}
+	if cs.batch, err = batchv1.NewForConfigAndClient(&cfg, hc); err != nil {
+		return nil, err
+	}
+	return &cs, nil
+}
