@@ -37,6 +37,9 @@ func explain(ctx context.Context, err error, namespace string, kube *genericclio
 	switch {
 	case apierrors.IsNotFound(err) && errors.As(err, &status) && status.Status().Details != nil:
 		d := status.Status().Details
+		if d.Kind == "namespaces" {
+			return fmt.Errorf("namespace %q does not exist (kubectl get namespaces lists them; choose one with -n NAMESPACE)", d.Name)
+		}
 		kind := strings.TrimSuffix(d.Kind, "s")
 		msg := fmt.Sprintf("%s %q not found in namespace %q", kind, d.Name, namespace)
 		if hint := notFoundHint(d.Kind, d.Group, d.Name, namespace, kube); hint != "" {

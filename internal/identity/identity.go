@@ -239,7 +239,7 @@ func (id Identity) execEnv(c *rest.Config) *rest.Config {
 	}
 	e.Env = append(e.Env, c.ExecProvider.Env...)
 	if !strings.ContainsRune(e.Command, filepath.Separator) {
-		if p := lookPath(e.Command, id.getenv("PATH")); p != "" {
+		if p := LookPath(e.Command, id.getenv("PATH")); p != "" {
 			e.Command = p
 		}
 	}
@@ -247,8 +247,8 @@ func (id Identity) execEnv(c *rest.Config) *rest.Config {
 	return c
 }
 
-// lookPath finds a program on a PATH other than this process's.
-func lookPath(name, path string) string {
+// LookPath finds a program on a PATH other than this process's.
+func LookPath(name, path string) string {
 	for _, dir := range filepath.SplitList(path) {
 		if dir == "" {
 			continue

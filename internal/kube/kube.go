@@ -12,6 +12,8 @@ import (
 	"fmt"
 
 	appsv1 "k8s.io/client-go/kubernetes/typed/apps/v1"
+	authnv1 "k8s.io/client-go/kubernetes/typed/authentication/v1"
+	authzv1 "k8s.io/client-go/kubernetes/typed/authorization/v1"
 	batchv1 "k8s.io/client-go/kubernetes/typed/batch/v1"
 	corev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
@@ -23,6 +25,8 @@ type Interface interface {
 	CoreV1() corev1.CoreV1Interface
 	AppsV1() appsv1.AppsV1Interface
 	BatchV1() batchv1.BatchV1Interface
+	AuthenticationV1() authnv1.AuthenticationV1Interface
+	AuthorizationV1() authzv1.AuthorizationV1Interface
 }
 
 // Clients implements Interface over one shared HTTP client and rate
@@ -31,6 +35,8 @@ type Clients struct {
 	core  *corev1.CoreV1Client
 	apps  *appsv1.AppsV1Client
 	batch *batchv1.BatchV1Client
+	authn *authnv1.AuthenticationV1Client
+	authz *authzv1.AuthorizationV1Client
 }
 
 // CoreV1 implements Interface.
@@ -41,6 +47,12 @@ func (c *Clients) AppsV1() appsv1.AppsV1Interface { return c.apps }
 
 // BatchV1 implements Interface.
 func (c *Clients) BatchV1() batchv1.BatchV1Interface { return c.batch }
+
+// AuthenticationV1 implements Interface.
+func (c *Clients) AuthenticationV1() authnv1.AuthenticationV1Interface { return c.authn }
+
+// AuthorizationV1 implements Interface.
+func (c *Clients) AuthorizationV1() authzv1.AuthorizationV1Interface { return c.authz }
 
 // NewForConfig builds the clients of c. Like kubernetes.NewForConfig, the
 // groups share one transport and one token bucket of c.QPS and c.Burst.
@@ -67,6 +79,12 @@ func NewForConfig(c *rest.Config) (*Clients, error) {
 		return nil, err
 	}
 	if cs.batch, err = batchv1.NewForConfigAndClient(&cfg, hc); err != nil {
+		return nil, err
+	}
+	if cs.authn, err = authnv1.NewForConfigAndClient(&cfg, hc); err != nil {
+		return nil, err
+	}
+	if cs.authz, err = authzv1.NewForConfigAndClient(&cfg, hc); err != nil {
 		return nil, err
 	}
 	return &cs, nil

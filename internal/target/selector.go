@@ -46,3 +46,27 @@ func Selector(obj runtime.Object) (labels.Selector, error) {
 	}
 	return sel, nil
 }
+
+// PodSpec is the spec of a pod, or of the pods a workload makes; nil for a
+// Service and other kinds.
+func PodSpec(obj runtime.Object) *corev1.PodSpec {
+	switch t := obj.(type) {
+	case *corev1.Pod:
+		return &t.Spec
+	case *appsv1.Deployment:
+		return &t.Spec.Template.Spec
+	case *appsv1.ReplicaSet:
+		return &t.Spec.Template.Spec
+	case *appsv1.StatefulSet:
+		return &t.Spec.Template.Spec
+	case *appsv1.DaemonSet:
+		return &t.Spec.Template.Spec
+	case *batchv1.Job:
+		return &t.Spec.Template.Spec
+	case *corev1.ReplicationController:
+		if t.Spec.Template != nil {
+			return &t.Spec.Template.Spec
+		}
+	}
+	return nil
+}

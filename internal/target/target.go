@@ -62,10 +62,7 @@ func (r *Resolver) Resolve(ctx context.Context, namespace, typeName string, port
 	if err != nil {
 		return nil, err
 	}
-	t := &Target{Namespace: namespace, Object: obj, Ref: refOf(obj, typeName)}
-	if m, err := metaNamespace(obj); err == nil && m != "" {
-		t.Namespace = m
-	}
+	t := New(namespace, typeName, obj)
 	if svc, ok := obj.(*corev1.Service); ok {
 		if err := checkUDP(servicePortProtocols(svc), ports, func(name string) (int32, error) {
 			return util.LookupServicePortNumberByName(*svc, name)
@@ -73,24 +70,43 @@ func (r *Resolver) Resolve(ctx context.Context, namespace, typeName string, port
 			return nil, err
 		}
 	}
-	if t.Pod, err = r.runningPod(ctx, t); err != nil {
-		return nil, err
-	}
-	switch o := obj.(type) {
-	case *corev1.Service:
-		t.Ports, err = translateServicePorts(ports, o, t.Pod)
-	default:
-		if err := checkUDP(podPortProtocols(t.Pod), ports, func(name string) (int32, error) {
-			return util.LookupContainerPortNumberByName(*t.Pod, name)
-		}, "pod/"+t.Pod.Name); err != nil {
-			return nil, err
-		}
-		t.Ports, err = podPorts(ports, t.Pod)
-	}
+	pod, err := r.runningPod(ctx, t)
 	if err != nil {
 		return nil, err
 	}
+	if err := t.SetPod(pod, ports); err != nil {
+		return nil, err
+	}
 	return t, nil
+}
+
+// New is the target obj, found as typeName in namespace, before a pod is
+// chosen.
+func New(namespace, typeName string, obj runtime.Object) *Target {
+	t := &Target{Namespace: namespace, Object: obj, Ref: refOf(obj, typeName)}
+	if m, err := metaNamespace(obj); err == nil && m != "" {
+		t.Namespace = m
+	}
+	return t
+}
+
+// SetPod makes pod the target's pod and translates ports to its container
+// ports, by kubectl's rules.
+func (t *Target) SetPod(pod *corev1.Pod, ports []portspec.Port) error {
+	t.Pod = pod
+	var err error
+	switch o := t.Object.(type) {
+	case *corev1.Service:
+		t.Ports, err = translateServicePorts(ports, o, pod)
+	default:
+		if err := checkUDP(podPortProtocols(pod), ports, func(name string) (int32, error) {
+			return util.LookupContainerPortNumberByName(*pod, name)
+		}, "pod/"+pod.Name); err != nil {
+			return err
+		}
+		t.Ports, err = podPorts(ports, pod)
+	}
+	return err
 }
 
 // ErrPodNotRunning is wrapped when no pod ran within the timeout.

@@ -1,0 +1,128 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/rbac"
+	"github.com/spf13/cobra"
+)
+
+const rbacExample = `  # A Role for forwarding to a service and a deployment of the current namespace
+  kpf rbac svc/api deploy/web
+
+  # A Role and RoleBinding per namespace for the forwards of kpf.yaml, for user alice
+  kpf rbac -f kpf.yaml --subject user:alice | kubectl apply -f -`
+
+// RBACOptions is kpf rbac.
+type RBACOptions struct {
+	g *globals
+
+	File    string
+	Subject string
+	Name    string
+
+	byNamespace map[string][]rbac.Kind
+	subject     *rbac.Subject
+}
+
+func newRBACCommand(g *globals) *cobra.Command {
+	o := &RBACOptions{g: g, Name: "kpf-port-forward"}
+	cmd := &cobra.Command{
+		Use:   "rbac (TYPE/NAME... | -f FILE [NAME...])",
+		Short: "Print the least-privilege Role (and RoleBinding) kpf needs for these forwards",
+		Long: `Print, as YAML for kubectl apply -f -, a Role per namespace with exactly
+what kpf needs to forward to these targets: get, list and watch on pods
+(kpf follows the pods behind a target), get on each target kind, and create
+and get on pods/portforward (SPDY's upgrade needs create, WebSocket's get).
+With --subject, a RoleBinding to that user, group or service account too.
+kpf doctor checks the same rules.`,
+		Example:               rbacExample,
+		DisableFlagsInUseLine: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.Complete(cmd, args); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.File, "file", "f", "", "the forwards of this kpf.yaml (all, or the NAMEs given)")
+	f.StringVar(&o.Subject, "subject", "", "also bind the Role to user:NAME, group:NAME or sa:NAMESPACE/NAME")
+	f.StringVar(&o.Name, "name", o.Name, "name of the Role and RoleBinding")
+	return cmd
+}
+
+// Complete reads the targets and their namespaces.
+func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
+	if o.Subject != "" {
+		s, err := rbac.ParseSubject(o.Subject)
+		if err != nil {
+			return usageError{err}
+		}
+		o.subject = &s
+	}
+	if o.Name == "" {
+		return usagef("--name: the Role needs a name")
+	}
+	var fws []config.Forward
+	if o.File != "" {
+		path, err := config.Find(o.File)
+		if err != nil {
+			return usageError{err}
+		}
+		file, err := config.Load(path)
+		if err != nil {
+			return err
+		}
+		if fws, err = file.Select(args); err != nil {
+			return usageError{err}
+		}
+	} else {
+		if len(args) == 0 {
+			return usagef("kpf rbac needs TYPE/NAME arguments, or -f FILE")
+		}
+		for _, a := range args {
+			fws = append(fws, config.Forward{Target: a})
+		}
+	}
+	// The namespace of a forward without one: -n, or the kubeconfig's.
+	id, err := o.g.identity(cmd)
+	if err != nil {
+		return err
+	}
+	def := "default"
+	if flags, err := id.Getter(); err == nil {
+		if ns, _, err := flags.ToRawKubeConfigLoader().Namespace(); err == nil && ns != "" {
+			def = ns
+		}
+	}
+	o.byNamespace = map[string][]rbac.Kind{}
+	for _, fw := range fws {
+		k, err := rbac.KindOf(fw.Target)
+		if err != nil {
+			return usageError{fmt.Errorf("%s: %w", fw.Target, err)}
+		}
+		ns := fw.Namespace
+		if ns == "" {
+			ns = def
+		}
+		o.byNamespace[ns] = append(o.byNamespace[ns], k)
+	}
+	return nil
+}
+
+// Run prints the manifest.
+func (o *RBACOptions) Run(context.Context) error {
+	rules := map[string][]rbac.Rule{}
+	for ns, kinds := range o.byNamespace {
+		rules[ns] = rbac.For(kinds)
+	}
+	out, err := rbac.Manifest(o.Name, rules, o.subject)
+	if err != nil {
+		return err
+	}
+	_, err = o.g.out.Write(out)
+	return err
+}
