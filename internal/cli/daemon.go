@@ -132,8 +132,8 @@ its own flags and environment, as kpf up -d would.`,
 			s := &daemon.Server{
 				Home: daemon.DefaultHome(),
 				Log:  log,
-				Opener: func(id identity.Identity, log *slog.Logger) manager.Opener {
-					return newOpener(id, log, g.errOut)
+				Opener: func(file string, id identity.Identity, log *slog.Logger) manager.Opener {
+					return newOpener(file, id, log, g.errOut)
 				},
 				Describe: describeIdentity,
 				Events:   g.out,

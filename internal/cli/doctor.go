@@ -264,3 +264,54 @@ func printCheck(w io.Writer, c doctor.Check, named bool) {
 		fmt.Fprintf(w, "  %-11s fix: %s\n", "", strings.TrimSpace(c.Fix))
 	}
 }
+
+// withDoctor ends err with the kpf doctor command that diagnoses it, on
+// the same line (kpf up's table and the daemon's status show one line).
+func withDoctor(ctx context.Context, err error, cmd string) error {
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	return doctorHint{err, cmd}
+}
+
+type doctorHint struct {
+	err error
+	cmd string
+}
+
+func (e doctorHint) Error() string { return e.err.Error() + " (diagnose: " + e.cmd + ")" }
+func (e doctorHint) Unwrap() error { return e.err }
+
+// doctorCommand is kpf doctor for what cmd was given: its arguments and
+// the flags that choose the cluster, namespace, transport and addresses
+// (never a credential).
+func doctorCommand(cmd *cobra.Command, args []string) string {
+	words := []string{"kpf", "doctor"}
+	for _, a := range args {
+		words = append(words, shellQuote(a))
+	}
+	for _, name := range []string{"namespace", "context", "kubeconfig", "cluster", "user", "server", "transport", "address", "data-path"} {
+		if f := cmd.Flags().Lookup(name); f != nil && f.Changed {
+			v := f.Value.String()
+			if sv, ok := f.Value.(interface{ GetSlice() []string }); ok {
+				v = strings.Join(sv.GetSlice(), ",")
+			}
+			if name == "namespace" {
+				words = append(words, "-n", shellQuote(v))
+				continue
+			}
+			words = append(words, "--"+name+"="+shellQuote(v))
+		}
+	}
+	return strings.Join(words, " ")
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=,@+%", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

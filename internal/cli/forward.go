@@ -40,6 +40,7 @@ type ForwardOptions struct {
 	Timeout   time.Duration
 
 	// Set by Complete.
+	doctor  string // the kpf doctor command for this forward
 	forward config.Forward
 	cluster *kubeCluster
 	log     *slog.Logger
@@ -109,6 +110,7 @@ func (o *ForwardOptions) Complete(cmd *cobra.Command, args []string) error {
 	if o.cluster, err = connect(id); err != nil {
 		return err
 	}
+	o.doctor = doctorCommand(cmd, args)
 	o.forward = config.Forward{Namespace: o.cluster.namespace, Target: args[0], Ports: ports, Addresses: o.Addresses, Balance: o.Balance}
 	return nil
 }
@@ -141,7 +143,7 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 	}
 	s, err := session.Open(ctx, sp, o.cluster.deps(o.g.out, o.g.errOut, o.log))
 	if err != nil {
-		return explainOpen(ctx, err, sp.Namespace, o.cluster.kube, o.cluster.config)
+		return withDoctor(ctx, explainOpen(ctx, err, sp.Namespace, o.cluster.kube, o.cluster.config), o.doctor)
 	}
 	err = s.Serve(ctx)
 	if err == nil && errors.Is(context.Cause(ctx), errTimeout) {

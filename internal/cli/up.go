@@ -123,7 +123,7 @@ func (o *UpOptions) Run(ctx context.Context) error {
 		warnTo = lineWriter(events.add)
 	}
 	mo := manager.Options{
-		Open:     newOpener(o.id, log, warnTo),
+		Open:     newOpener(o.file.Path, o.id, log, warnTo),
 		Settings: o.Settings,
 		Log:      log,
 		Events: func(e manager.Event) {
@@ -256,7 +256,9 @@ func bytesText(n int64) string {
 // newOpener opens sessions for forwards of a file as id: one set of
 // clients per kubeconfig context, and errors explained as kpf forward
 // explains them.
-func newOpener(id identity.Identity, log *slog.Logger, warn io.Writer) manager.Opener {
+//
+// An error ends with the kpf doctor command for the forward of file.
+func newOpener(file string, id identity.Identity, log *slog.Logger, warn io.Writer) manager.Opener {
 	var mu sync.Mutex
 	clusters := map[string]*kubeCluster{}
 	get := func(name string) (*kubeCluster, error) {
@@ -282,7 +284,7 @@ func newOpener(id identity.Identity, log *slog.Logger, warn io.Writer) manager.O
 		}
 		s, err := session.Open(ctx, spec, c.deps(io.Discard, warn, log.With("forward", fw.Name)))
 		if err != nil {
-			return nil, explainOpen(ctx, err, spec.Namespace, c.kube, c.config)
+			return nil, withDoctor(ctx, explainOpen(ctx, err, spec.Namespace, c.kube, c.config), doctorForFile(file, fw))
 		}
 		return s, nil
 	}
@@ -348,4 +350,10 @@ func (w lineWriter) Write(p []byte) (int, error) {
 		w(l)
 	}
 	return len(p), nil
+}
+
+// doctorForFile is kpf doctor for a forward of a file, as the user would
+// type it in the file's folder or anywhere else.
+func doctorForFile(file string, fw config.Forward) string {
+	return "kpf doctor -f " + shellQuote(file) + " " + shellQuote(fw.Name)
 }

@@ -37,7 +37,7 @@ func TestUpDetachedSendsEveryFlagToTheDaemon(t *testing.T) {
 	var gotSpec session.Spec
 	opened := make(chan struct{}, 1)
 	s := &daemon.Server{Home: daemon.Home(home), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Opener: func(id identity.Identity, _ *slog.Logger) manager.Opener {
+		Opener: func(_ string, id identity.Identity, _ *slog.Logger) manager.Opener {
 			return func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
 				mu.Lock()
 				gotID, gotSpec = id, sp

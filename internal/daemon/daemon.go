@@ -110,7 +110,7 @@ type Picked struct {
 }
 
 // OpenerFunc makes the opener of a file's sessions, connecting as id.
-type OpenerFunc func(id identity.Identity, log *slog.Logger) manager.Opener
+type OpenerFunc func(file string, id identity.Identity, log *slog.Logger) manager.Opener
 
 // DescribeFunc names the context, cluster and user that id, with a
 // forward's own context ("" for the identity's), connects as.
@@ -391,7 +391,7 @@ func (s *Server) newRun(req ApplyRequest, fws []config.Forward) *fileRun {
 	run := &fileRun{path: req.File, id: req.Identity, settings: req.Settings}
 	run.describe(s.Describe, fws)
 	run.m = manager.New(manager.Options{
-		Open:     s.guard(req.File, s.Opener(req.Identity, log)),
+		Open:     s.guard(req.File, s.Opener(req.File, req.Identity, log)),
 		Settings: req.Settings,
 		Log:      log,
 		Events: func(e manager.Event) {

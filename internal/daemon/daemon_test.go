@@ -36,7 +36,7 @@ type openCall struct {
 	sp session.Spec
 }
 
-func (o *opened) opener(id identity.Identity, log *slog.Logger) manager.Opener {
+func (o *opened) opener(_ string, id identity.Identity, log *slog.Logger) manager.Opener {
 	return func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
 		o.mu.Lock()
 		o.byFwd[fw.Name+"@"+id.Get("context")] = openCall{id, sp}

@@ -26,7 +26,7 @@ func (d *Doctor) local(fw config.Forward) Check {
 		c.Status, c.Summary = Fail, err.Error()
 		return c
 	}
-	var free, taken []string
+	var free, taken, half []string
 	for _, p := range fw.Ports {
 		if p.Local == 0 {
 			continue // a free port is chosen when it listens
@@ -52,7 +52,9 @@ func (d *Doctor) local(fw config.Forward) Check {
 		if !lhFree {
 			taken = append(taken, lhTaken...)
 		} else if len(lhTaken) > 0 {
-			c.Details = append(c.Details, "taken, so kpf listens on the other loopback address only: "+strings.Join(lhTaken, "; "))
+			// kpf (like kubectl) listens on the other one, and clients that
+			// try this one first reach whatever holds it.
+			half = append(half, lhTaken...)
 		}
 	}
 	switch {
@@ -60,6 +62,11 @@ func (d *Doctor) local(fw config.Forward) Check {
 		c.Status = Fail
 		c.Summary = "local port in use: " + strings.Join(taken, "; ")
 		c.Fix = "stop what holds it, or choose another local port (LOCAL:REMOTE, or :REMOTE for any free one)"
+	case len(half) > 0:
+		c.Status = Warn
+		c.Summary = "one loopback address is taken: " + strings.Join(half, "; ")
+		c.Details = append(c.Details, "kpf listens on the other one only (free: "+strings.Join(free, ", ")+"); clients that try the taken one reach what holds it, not the pod")
+		c.Fix = "stop what holds it, or choose another local port"
 	case len(free) > 0:
 		c.Summary = "free: " + strings.Join(free, ", ")
 	default:

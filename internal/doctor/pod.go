@@ -143,7 +143,18 @@ func (d *Doctor) events(ctx context.Context, p *corev1.Pod) []string {
 	if err != nil {
 		return nil
 	}
+	// The warnings say what is wrong; without any, the latest events say
+	// where the pod stands.
 	evs := list.Items
+	var warnings []corev1.Event
+	for _, e := range evs {
+		if e.Type == corev1.EventTypeWarning {
+			warnings = append(warnings, e)
+		}
+	}
+	if len(warnings) > 0 {
+		evs = warnings
+	}
 	last := func(e corev1.Event) time.Time {
 		switch {
 		case !e.LastTimestamp.IsZero():
@@ -154,8 +165,8 @@ func (d *Doctor) events(ctx context.Context, p *corev1.Pod) []string {
 		return e.CreationTimestamp.Time
 	}
 	sort.SliceStable(evs, func(i, j int) bool { return last(evs[i]).Before(last(evs[j])) })
-	if len(evs) > 5 {
-		evs = evs[len(evs)-5:]
+	if len(evs) > 3 {
+		evs = evs[len(evs)-3:]
 	}
 	var out []string
 	for _, e := range evs {

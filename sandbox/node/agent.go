@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,6 +68,10 @@ type Agent struct {
 	addrs *addrPool
 	pids  *pidFile
 
+	kubelet   *recorder // events as the kubelet
+	scheduler *recorder // events as the scheduler
+	labels    map[string]string
+
 	mu      sync.Mutex
 	workers map[types.UID]*podWorker
 }
@@ -86,11 +91,18 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{
-		cfg:     cfg,
-		log:     cfg.Log,
-		addrs:   newAddrPool(cfg.AddrPrefix),
-		pids:    &pidFile{path: filepath.Join(cfg.StateDir, "container-pgids")},
-		workers: map[types.UID]*podWorker{},
+		cfg:       cfg,
+		log:       cfg.Log,
+		addrs:     newAddrPool(cfg.AddrPrefix),
+		pids:      &pidFile{path: filepath.Join(cfg.StateDir, "container-pgids")},
+		workers:   map[types.UID]*podWorker{},
+		kubelet:   newRecorder(cfg.Node, "kubelet", cfg.NodeName, cfg.Log),
+		scheduler: newRecorder(cfg.Scheduler, "default-scheduler", "", cfg.Log),
+		labels: map[string]string{
+			corev1.LabelHostname:   cfg.NodeName,
+			corev1.LabelOSStable:   runtime.GOOS,
+			corev1.LabelArchStable: runtime.GOARCH,
+		},
 	}, nil
 }
 
@@ -115,6 +127,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.register(ctx); err != nil {
 		return err
 	}
+	go a.kubelet.run(ctx)
+	go a.scheduler.run(ctx)
 	go a.heartbeat(ctx)
 
 	factory := informers.NewSharedInformerFactory(a.cfg.Scheduler, 0)
@@ -155,7 +169,11 @@ func (a *Agent) listen() (net.Listener, error) {
 func (a *Agent) observe(ctx context.Context, pod *corev1.Pod) {
 	if pod.Spec.NodeName == "" {
 		if pod.DeletionTimestamp == nil && (pod.Spec.SchedulerName == "" || pod.Spec.SchedulerName == corev1.DefaultSchedulerName) {
-			go a.bind(ctx, pod)
+			if msg := a.unfit(pod); msg != "" {
+				go a.unschedulable(ctx, pod, msg)
+			} else {
+				go a.bind(ctx, pod)
+			}
 		}
 		return
 	}
@@ -206,7 +224,43 @@ func (a *Agent) bind(ctx context.Context, pod *corev1.Pod) {
 	})
 	if err != nil {
 		a.log.Warn("bind pod", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+		return
 	}
+	a.scheduler.event(pod.Namespace, pod.Name, pod.UID, "", corev1.EventTypeNormal, "Scheduled", "Successfully assigned %s/%s to %s", pod.Namespace, pod.Name, a.cfg.NodeName)
+}
+
+// unfit says why this node cannot take pod, as the scheduler would; ""
+// if it can. The sandbox checks the node selector and required node
+// affinity on the node's labels only.
+func (a *Agent) unfit(pod *corev1.Pod) string {
+	for k, v := range pod.Spec.NodeSelector {
+		if a.labels[k] != v {
+			return "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+		}
+	}
+	return ""
+}
+
+// unschedulable reports, as the scheduler does, that no node fits: the
+// PodScheduled condition False with reason Unschedulable, and a
+// FailedScheduling event.
+func (a *Agent) unschedulable(ctx context.Context, pod *corev1.Pod, msg string) {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Message == msg {
+			return // said already
+		}
+	}
+	p := pod.DeepCopy()
+	p.Status.Phase = corev1.PodPending
+	cond := corev1.PodCondition{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable, Message: msg, LastTransitionTime: metav1.Now()}
+	p.Status.Conditions = append(slices.DeleteFunc(p.Status.Conditions, func(c corev1.PodCondition) bool { return c.Type == corev1.PodScheduled }), cond)
+	if _, err := a.cfg.Scheduler.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+			a.log.Warn("report unschedulable pod", "pod", p.Namespace+"/"+p.Name, "err", err)
+		}
+		return
+	}
+	a.scheduler.event(p.Namespace, p.Name, p.UID, "", corev1.EventTypeWarning, "FailedScheduling", "%s", msg)
 }
 
 // worker finds the running worker of a pod by namespace and name.
@@ -249,12 +303,8 @@ func (a *Agent) stopAll() {
 func (a *Agent) register(ctx context.Context) error {
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: a.cfg.NodeName,
-			Labels: map[string]string{
-				corev1.LabelHostname:   a.cfg.NodeName,
-				corev1.LabelOSStable:   runtime.GOOS,
-				corev1.LabelArchStable: runtime.GOARCH,
-			},
+			Name:   a.cfg.NodeName,
+			Labels: a.labels,
 		},
 	}
 	return retry(ctx, func(ctx context.Context) error {

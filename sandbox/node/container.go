@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kpf-dev/kpf/sandbox/workload"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -46,6 +47,8 @@ type ctr struct {
 	lastTerm     *corev1.ContainerStateTerminated
 	restarts     int32
 	ready        bool
+	pullFailures int    // consecutive failed pulls, for the back-off
+	pullMsg      string // why the last pull failed
 	restartTimer *time.Timer
 	stopProbes   context.CancelFunc
 }
@@ -66,6 +69,12 @@ func (c *ctr) terminal() bool { return c.everStarted && !c.isRunning && c.restar
 func (c *ctr) start() error {
 	c.run++
 	c.restartTimer = nil
+	if msg := c.pullError(); msg != "" {
+		c.pullFailed(msg)
+		return nil
+	}
+	c.pullFailures = 0
+	c.w.event(c, corev1.EventTypeNormal, "Pulled", "Container image %q already present on machine", c.spec.Image)
 	if c.everStarted {
 		c.lastTerm = c.terminated()
 		c.restarts++
@@ -81,10 +90,59 @@ func (c *ctr) start() error {
 		c.exitCode, c.termReason = 128, "StartError"
 		c.waitReason, c.waitMessage = "RunContainerError", err.Error()
 		c.finishedAt = time.Now()
+		c.w.event(c, corev1.EventTypeWarning, "Failed", "Error: %v", err)
 		return err
 	}
 	c.waitReason, c.waitMessage = "", ""
+	c.w.event(c, corev1.EventTypeNormal, "Created", "Created container: %s", c.spec.Name)
+	c.w.event(c, corev1.EventTypeNormal, "Started", "Started container %s", c.spec.Name)
 	return nil
+}
+
+// pullError is why the image cannot be had, as a failed pull would say:
+// the sandbox's registry is its built-in kpf.test/* images; any other
+// image runs the container's command on this machine, so without one
+// there is nothing to run.
+func (c *ctr) pullError() string {
+	img := c.spec.Image
+	if name, ok := strings.CutPrefix(img, BuiltinPrefix); ok {
+		name, _, _ = strings.Cut(name, ":")
+		if _, ok := workload.Names[name]; !ok {
+			return fmt.Sprintf("rpc error: code = NotFound desc = failed to pull and unpack image %q: %s: not found (the sandbox's images: kpf.test/http, echo, bulk, udp-echo)", img, img)
+		}
+		return ""
+	}
+	if len(c.spec.Command) == 0 {
+		return fmt.Sprintf("image %q: the sandbox pulls no images, it runs local programs: set the container's command (e.g. [redis-server]) or use a built-in kpf.test/* image", img)
+	}
+	return ""
+}
+
+// pullFailed reports a failed pull as the kubelet does: ErrImagePull, a
+// moment later ImagePullBackOff, and another try after a back-off that
+// doubles from 2 s to 20 s. The container has not started: no restart.
+func (c *ctr) pullFailed(msg string) {
+	c.pullFailures++
+	c.pullMsg = msg
+	c.waitReason, c.waitMessage = "ErrImagePull", msg
+	c.w.event(c, corev1.EventTypeNormal, "Pulling", "Pulling image %q", c.spec.Image)
+	c.w.event(c, corev1.EventTypeWarning, "Failed", "Failed to pull image %q: %s", c.spec.Image, msg)
+	c.w.event(c, corev1.EventTypeWarning, "Failed", "Error: ErrImagePull")
+	run := c.run
+	delay := min(time.Second<<min(c.pullFailures, 5), 20*time.Second)
+	time.AfterFunc(time.Second, func() { c.w.send(evPullBackOff{c: c, run: run}) })
+	c.restartTimer = time.AfterFunc(delay, func() { c.w.send(evRestart{c: c, run: run}) })
+}
+
+// pullBackOff: waiting to try the pull again.
+func (c *ctr) pullBackOff(ev evPullBackOff) {
+	if ev.run != c.run || c.waitReason != "ErrImagePull" {
+		return
+	}
+	c.waitReason = "ImagePullBackOff"
+	c.waitMessage = fmt.Sprintf("Back-off pulling image %q: ErrImagePull: %s", c.spec.Image, c.pullMsg)
+	c.w.event(c, corev1.EventTypeNormal, "BackOff", "Back-off pulling image %q", c.spec.Image)
+	c.w.event(c, corev1.EventTypeWarning, "Failed", "Error: ImagePullBackOff")
 }
 
 func (c *ctr) exec(argv []string) error {
@@ -184,6 +242,7 @@ func (c *ctr) scheduleRestart() {
 	if c.restarts > 0 || c.exitCode != 0 {
 		c.waitReason = "CrashLoopBackOff"
 		c.waitMessage = fmt.Sprintf("back-off %s restarting failed container=%s pod=%s_%s(%s)", delay, c.spec.Name, c.w.name, c.w.namespace, c.w.uid)
+		c.w.event(c, corev1.EventTypeWarning, "BackOff", "Back-off restarting failed container %s in pod %s_%s(%s)", c.spec.Name, c.w.name, c.w.namespace, c.w.uid)
 	}
 	run := c.run
 	c.restartTimer = time.AfterFunc(delay, func() { c.w.send(evRestart{c: c, run: run}) })

@@ -66,6 +66,10 @@ type (
 		ok   bool
 		msg  string
 	}
+	evPullBackOff struct {
+		c   *ctr
+		run int
+	}
 	evRestart struct {
 		c   *ctr
 		run int
@@ -145,6 +149,20 @@ func (w *podWorker) target() (netip.Addr, error) {
 	return w.local, nil
 }
 
+// event records an event about the pod (c nil) or one of its containers,
+// as the kubelet. Safe for concurrent use: it reads only what never
+// changes.
+func (w *podWorker) event(c *ctr, typ, reason, format string, args ...any) {
+	field := ""
+	if c != nil {
+		field = "spec.containers{" + c.spec.Name + "}"
+		if c.init {
+			field = "spec.initContainers{" + c.spec.Name + "}"
+		}
+	}
+	w.a.kubelet.event(w.namespace, w.name, w.uid, field, typ, reason, format, args...)
+}
+
 func (w *podWorker) log() *slog.Logger { return w.a.log.With("pod", w.namespace+"/"+w.name) }
 
 func (w *podWorker) run(ctx context.Context) {
@@ -212,6 +230,8 @@ func (w *podWorker) handle(ev any) {
 		}
 	case evProbe:
 		ev.c.probed(ev)
+	case evPullBackOff:
+		ev.c.pullBackOff(ev)
 	case evRestart:
 		if ev.run == ev.c.run && !w.terminating && !w.stopping {
 			w.startCtr(ev.c)

@@ -90,6 +90,10 @@ func (c *ctr) probeLoop(ctx context.Context, run int, kind probeKind, p *corev1.
 			}
 		} else {
 			okRun, failRun = 0, failRun+1
+			c.w.event(c, corev1.EventTypeWarning, "Unhealthy", "%s probe failed: %v", capitalized(kind.String()), err)
+			if kind == liveness && failRun >= failure {
+				c.w.event(c, corev1.EventTypeNormal, "Killing", "Container %s failed liveness probe, will be restarted", c.spec.Name)
+			}
 			if (verdict || kind == liveness) && failRun >= failure {
 				verdict = false
 				c.w.send(evProbe{c: c, run: run, kind: kind, ok: false, msg: err.Error()})
@@ -210,3 +214,5 @@ func (c *ctr) resolvePort(p intstr.IntOrString) (int, error) {
 	}
 	return 0, fmt.Errorf("probe port %q is not a port name of container %s", p.StrVal, c.spec.Name)
 }
+
+func capitalized(s string) string { return strings.ToUpper(s[:1]) + s[1:] }

@@ -43,8 +43,8 @@ func (w *podWorker) status() corev1.PodStatus {
 		if c.running() {
 			anyRunning = true
 		}
-		if c.neverStarted() {
-			mainStarted = false
+		if !c.everStarted {
+			mainStarted = false // not yet, or its image cannot be pulled
 		}
 		if !c.terminal() {
 			allDone = false
