@@ -285,7 +285,7 @@ metadata: {name: creator}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: creator}
 subjects: [{kind: ServiceAccount, name: creator}]
 `)
-		cfg := serviceAccountKubeconfig(t, sb, ns, "creator")
+		cfg, _ := serviceAccountKubeconfig(t, sb, ns, "creator")
 		var r doctorRun
 		sandboxtest.WaitFor(t, 10*time.Second, "the Role in effect", func() (bool, error) {
 			r = doctor(t, nil, cfg, "-n", ns, "pod/web", "8080")
@@ -307,9 +307,9 @@ subjects: [{kind: ServiceAccount, name: creator}]
 }
 
 // serviceAccountKubeconfig writes a kubeconfig for a service account of
-// ns: the sandbox's cluster, and a token from kubectl create token. The
-// token is kept out of the test's output.
-func serviceAccountKubeconfig(t *testing.T, sb *sandboxtest.Sandbox, ns, sa string) string {
+// ns: the sandbox's cluster, and a token from kubectl create token, which
+// it returns too (kept out of the test's output).
+func serviceAccountKubeconfig(t *testing.T, sb *sandboxtest.Sandbox, ns, sa string) (string, string) {
 	t.Helper()
 	token, err := sb.KubectlRun(t, "create", "token", "-n", ns, sa)
 	if err != nil {
@@ -321,7 +321,7 @@ func serviceAccountKubeconfig(t *testing.T, sb *sandboxtest.Sandbox, ns, sa stri
 	if err := os.WriteFile(cfg, []byte(kc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return cfg
+	return cfg, strings.TrimSpace(token)
 }
 
 // TestRBACRoleIsExactlyEnough: the Role kpf rbac prints, bound to a
@@ -343,7 +343,7 @@ kind: ServiceAccount
 metadata: {name: forwarder}
 `)
 	sb.ReadyPods(t, ns, "app=web", 1)
-	cfg := serviceAccountKubeconfig(t, sb, ns, "forwarder")
+	cfg, _ := serviceAccountKubeconfig(t, sb, ns, "forwarder")
 	out, err := exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "rbac", "-n", ns, "svc/web", "--subject", "sa:"+ns+"/forwarder").Output()
 	if err != nil {
 		t.Fatalf("kpf rbac: %v", err)

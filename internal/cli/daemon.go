@@ -118,6 +118,8 @@ func startDaemon(home daemon.Home, errOut io.Writer) error {
 
 func newDaemonCommand(g *globals) *cobra.Command {
 	var apply []string
+	home := daemon.DefaultHome()
+	auditPath := home.AuditLog()
 	cmd := &cobra.Command{
 		Use:   "daemon [--apply FILE...]",
 		Short: "Run the background daemon (kpf up -d starts it; kpf daemon install starts it at login)",
@@ -129,11 +131,19 @@ its own flags and environment, as kpf up -d would.`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := g.logger()
+			if err := home.Ensure(); err != nil {
+				return err
+			}
+			auditLog, err := openAudit(auditPath)
+			if err != nil {
+				return err
+			}
+			defer auditLog.Close()
 			s := &daemon.Server{
-				Home: daemon.DefaultHome(),
+				Home: home,
 				Log:  log,
 				Opener: func(file string, id identity.Identity, log *slog.Logger) manager.Opener {
-					return newOpener(file, id, log, g.errOut)
+					return newOpener(file, id, log, g.errOut, auditLog)
 				},
 				Describe: describeIdentity,
 				Events:   g.out,
@@ -155,6 +165,7 @@ its own flags and environment, as kpf up -d would.`,
 		},
 	}
 	cmd.Flags().StringArrayVar(&apply, "apply", nil, "a forwards file to run at start (repeatable)")
+	cmd.Flags().StringVar(&auditPath, "audit-log", auditPath, "the daemon's audit log: a JSON line per connection and per forward start, stop and pod switch (0600, rotated at 10 MB); \"\" for none")
 	cmd.AddCommand(newServiceCommands(g)...)
 	return cmd
 }

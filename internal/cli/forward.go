@@ -38,6 +38,7 @@ type ForwardOptions struct {
 	Settings  spec.Settings
 	Balance   bool
 	Timeout   time.Duration
+	AuditLog  string
 
 	// Set by Complete.
 	doctor  string // the kpf doctor command for this forward
@@ -85,6 +86,7 @@ func (o *ForwardOptions) AddFlags(cmd *cobra.Command) {
 	o.Settings.AddFlags(f)
 	f.BoolVar(&o.Balance, "balance", false, "Spread new connections over every ready pod of a service or workload, as the Service would")
 	f.DurationVar(&o.Timeout, "timeout", 0, "Stop after this long (exit code 5); 0: never")
+	f.StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
 }
 
 // Complete reads the arguments and the kubeconfig.
@@ -141,7 +143,15 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return usageError{err}
 	}
-	s, err := session.Open(ctx, sp, o.cluster.deps(o.g.out, o.g.errOut, o.log))
+	deps := o.cluster.deps(o.g.out, o.g.errOut, o.log)
+	if o.AuditLog != "" {
+		if deps.Audit, err = openAudit(o.AuditLog); err != nil {
+			return err
+		}
+		defer deps.Audit.Close()
+		deps.Who = o.cluster.auditWho(ctx)
+	}
+	s, err := session.Open(ctx, sp, deps)
 	if err != nil {
 		return withDoctor(ctx, explainOpen(ctx, err, sp.Namespace, o.cluster.kube, o.cluster.config), o.doctor)
 	}

@@ -13,7 +13,9 @@ import (
 
 	"log/slog"
 
+	"github.com/kpf-dev/kpf/internal/audit"
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/daemon"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/session"
@@ -36,6 +38,7 @@ type UpOptions struct {
 	Detach      bool
 	Wait        bool
 	WaitTimeout time.Duration
+	AuditLog    string
 
 	names []string
 	file  *config.File
@@ -73,6 +76,7 @@ port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 	cmd.Flags().BoolVarP(&o.Detach, "detach", "d", false, "run the forwards in the per-user background daemon (started if needed; a running one is updated: only changed forwards restart)")
 	cmd.Flags().BoolVar(&o.Wait, "wait", false, "run in the daemon (implies -d) and return once every forward is ready and healthy (exit 0), or fail with a summary after --timeout")
 	cmd.Flags().DurationVar(&o.WaitTimeout, "timeout", 2*time.Minute, "with --wait: how long to wait")
+	cmd.Flags().StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
 	return cmd
 }
 
@@ -106,6 +110,9 @@ func (o *UpOptions) Complete(cmd *cobra.Command, args []string) error {
 		// running: in the daemon.
 		o.Detach = true
 	}
+	if o.Detach && o.AuditLog != "" {
+		return usagef("--audit-log with -d: the daemon keeps the audit log of its forwards itself (%s)", daemon.DefaultHome().AuditLog())
+	}
 	return nil
 }
 
@@ -116,6 +123,11 @@ func (o *UpOptions) Run(ctx context.Context) error {
 	}
 	log := o.g.logger()
 	fws, _ := o.file.Select(o.names)
+	auditLog, err := openAudit(o.AuditLog)
+	if err != nil {
+		return err
+	}
+	defer auditLog.Close()
 	table := o.Table == "always" || (o.Table == "auto" && isTerminal(o.g.out))
 	events := &eventLog{}
 	var warnTo io.Writer = o.g.errOut
@@ -123,7 +135,7 @@ func (o *UpOptions) Run(ctx context.Context) error {
 		warnTo = lineWriter(events.add)
 	}
 	mo := manager.Options{
-		Open:     newOpener(o.file.Path, o.id, log, warnTo),
+		Open:     newOpener(o.file.Path, o.id, log, warnTo, auditLog),
 		Settings: o.Settings,
 		Log:      log,
 		Events: func(e manager.Event) {
@@ -258,7 +270,7 @@ func bytesText(n int64) string {
 // explains them.
 //
 // An error ends with the kpf doctor command for the forward of file.
-func newOpener(file string, id identity.Identity, log *slog.Logger, warn io.Writer) manager.Opener {
+func newOpener(file string, id identity.Identity, log *slog.Logger, warn io.Writer, auditLog *audit.Log) manager.Opener {
 	var mu sync.Mutex
 	clusters := map[string]*kubeCluster{}
 	get := func(name string) (*kubeCluster, error) {
@@ -282,7 +294,11 @@ func newOpener(file string, id identity.Identity, log *slog.Logger, warn io.Writ
 		if spec.Namespace == "" {
 			spec.Namespace = c.namespace
 		}
-		s, err := session.Open(ctx, spec, c.deps(io.Discard, warn, log.With("forward", fw.Name)))
+		deps := c.deps(io.Discard, warn, log.With("forward", fw.Name))
+		if auditLog != nil {
+			deps.Audit, deps.Who = auditLog, c.auditWho(ctx)
+		}
+		s, err := session.Open(ctx, spec, deps)
 		if err != nil {
 			return nil, withDoctor(ctx, explainOpen(ctx, err, spec.Namespace, c.kube, c.config), doctorForFile(file, fw))
 		}
@@ -296,6 +312,7 @@ type kubeCluster struct {
 	config    *rest.Config
 	client    kube.Interface
 	namespace string
+	who       whoOnce // for the audit log
 }
 
 // connect makes the clients of an identity, as kubectl's flags would.

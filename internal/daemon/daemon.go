@@ -54,6 +54,10 @@ func (h Home) Socket() string { return filepath.Join(string(h), "kpf.sock") }
 // Log is the daemon's log file.
 func (h Home) Log() string { return filepath.Join(string(h), "daemon.log") }
 
+// AuditLog is the daemon's audit trail: a line per connection and per
+// forward start, stop and pod switch (see package audit).
+func (h Home) AuditLog() string { return filepath.Join(string(h), "audit.log") }
+
 // Ensure creates the folder, readable by the user only.
 func (h Home) Ensure() error {
 	if err := os.MkdirAll(string(h), 0o700); err != nil {

@@ -69,6 +69,9 @@ type Options struct {
 	// Initial is the pod the target resolved to; it is used first.
 	Initial *corev1.Pod
 	Log     *slog.Logger
+	// OnSwitch, if set, hears of every switch to another pod; it is called
+	// with the follower's lock held and must not block.
+	OnSwitch func(from, to, reason string)
 }
 
 // podState is what the Follower knows of one pod.
@@ -273,7 +276,11 @@ func (f *Follower) choose(exclude map[types.UID]bool) *podState {
 			from = "(gone)"
 		}
 		if f.everUsed {
-			f.o.Log.Info("switching pod", keyFrom, from, keyTo, best.Name, keyReason, f.switchReason())
+			reason := f.switchReason()
+			f.o.Log.Info("switching pod", keyFrom, from, keyTo, best.Name, keyReason, reason)
+			if f.o.OnSwitch != nil {
+				f.o.OnSwitch(from, best.Name, reason)
+			}
 		}
 		f.current = best.UID
 	}
@@ -488,6 +495,7 @@ func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16) (tu
 		}
 		stats, err := conn.Forward(rc, port)
 		pool.Release(conn)
+		stats.Pod = pod.Name
 		if err == nil {
 			return stats, nil
 		}

@@ -148,6 +148,17 @@ type Options struct {
 	IdleTimeout time.Duration
 	// Counters, if set, are kept up to date.
 	Counters *Counters
+	// Ended, if set, hears of each connection when it ends.
+	Ended func(Ended)
+}
+
+// Ended is a connection that ended.
+type Ended struct {
+	Start       time.Time
+	Local, Peer string // the address kpf listened on, and the client's
+	Remote      uint16
+	Stats       tunnel.Stats
+	Err         error
 }
 
 // Counters are a forward's connection and byte counts. Bytes are counted
@@ -230,9 +241,13 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 						idle.free()
 					}()
 					opts.Counters.start()
+					start := time.Now()
 					st, err := tun.Forward(ctx, c, l.Port.Remote)
 					c.Close()
 					opts.Counters.end(st, err)
+					if opts.Ended != nil {
+						opts.Ended(Ended{Start: start, Local: l.Addr().String(), Peer: c.RemoteAddr().String(), Remote: l.Port.Remote, Stats: st, Err: err})
+					}
 					if err != nil {
 						log.Error("connection failed", keyClient, c.RemoteAddr().String(), keyLocal, l.Port.Local, keyRemote, l.Port.Remote, keyErr, err)
 						return

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/audit"
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/kube"
@@ -26,6 +27,7 @@ import (
 
 // Spec says what to forward and how.
 type Spec struct {
+	Name              string // in a kpf.yaml, for the audit log
 	Namespace         string
 	Target            string // TYPE/NAME
 	Ports             []portspec.Port
@@ -45,9 +47,13 @@ type Deps struct {
 	Config  *rest.Config
 	Client  kube.Interface
 	Objects target.Getter
-	Out     io.Writer // "Forwarding from", "Handling connection for"
-	ErrOut  io.Writer // bind warnings
-	Log     *slog.Logger
+	// Audit, if set, gets a record of every connection, and of the
+	// forward starting, stopping and switching pods, as Who.
+	Audit  *audit.Log
+	Who    audit.Who
+	Out    io.Writer // "Forwarding from", "Handling connection for"
+	ErrOut io.Writer // bind warnings
+	Log    *slog.Logger
 }
 
 // Stage says where Open failed, so the caller can explain the error.
@@ -78,6 +84,7 @@ type Session struct {
 	deps      Deps
 	counters  forward.Counters
 	cancel    context.CancelFunc
+	audit     audit.Forward // the forward, as its audit records name it
 }
 
 // Open resolves the target, opens the first tunnel and listens. The
@@ -119,6 +126,12 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		Initial:       t.Pod,
 		Log:           deps.Log,
 	}
+	id := audit.Forward{Who: deps.Who, Namespace: t.Namespace, Name: spec.Name, Target: t.Ref}
+	if deps.Audit != nil {
+		fo.OnSwitch = func(from, to, reason string) {
+			deps.Audit.Event(audit.Event{Forward: id, Event: "switch", From: from, Pod: to, Reason: reason})
+		}
+	}
 	if _, isPod := t.Object.(*corev1.Pod); isPod {
 		fo.PodName = t.Pod.Name
 	} else if fo.Selector, err = target.Selector(t.Object); err != nil {
@@ -139,7 +152,10 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		cancel()
 		return nil, &StageError{Stage: StageListen, Target: t, Err: err}
 	}
-	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, cancel: cancel}
+	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, cancel: cancel, audit: id}
+	if deps.Audit != nil {
+		deps.Audit.Event(audit.Event{Forward: id, Event: "start", Pod: t.Pod.Name, Listen: s.Addrs()})
+	}
 	go follow.WatchAPIServer(ctx, deps.Client.CoreV1().RESTClient(), f, 5*time.Second, 15*time.Second)
 	return s, nil
 }
@@ -148,8 +164,33 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 // or the idle timeout runs out.
 func (s *Session) Serve(ctx context.Context) error {
 	defer s.cancel()
-	return forward.Serve(ctx, s.Listeners, s.follower, s.deps.Out, s.deps.Log,
-		forward.Options{IdleTimeout: s.spec.IdleTimeout, Counters: &s.counters})
+	opts := forward.Options{IdleTimeout: s.spec.IdleTimeout, Counters: &s.counters}
+	if s.deps.Audit != nil {
+		opts.Ended = s.audited
+	}
+	err := forward.Serve(ctx, s.Listeners, s.follower, s.deps.Out, s.deps.Log, opts)
+	if s.deps.Audit != nil {
+		e := audit.Event{Forward: s.audit, Event: "stop"}
+		e.Pod, _ = s.follower.State()
+		if err != nil {
+			e.Error = err.Error()
+		}
+		s.deps.Audit.Event(e)
+	}
+	return err
+}
+
+// audited writes a connection's audit record.
+func (s *Session) audited(e forward.Ended) {
+	c := audit.Connection{
+		Forward: s.audit, Pod: e.Stats.Pod, RemotePort: e.Remote, Local: e.Local, Peer: e.Peer,
+		Start: e.Start.UTC().Format(time.RFC3339Nano), Seconds: time.Since(e.Start).Seconds(),
+		BytesIn: e.Stats.In, BytesOut: e.Stats.Out, Result: "ok",
+	}
+	if e.Err != nil {
+		c.Result, c.Error = "error", e.Err.Error()
+	}
+	s.deps.Audit.Connection(c)
 }
 
 // Close stops the session's follower; Serve's listeners close when its

@@ -111,6 +111,7 @@ func Session(fw config.Forward, s Settings) (session.Spec, error) {
 		return session.Spec{}, err
 	}
 	return session.Spec{
+		Name:              fw.Name,
 		Namespace:         fw.Namespace,
 		Target:            fw.Target,
 		Ports:             fw.Ports,

@@ -245,7 +245,8 @@ func (e *RemoteError) Error() string {
 
 // Stats counts one connection's bytes.
 type Stats struct {
-	In, Out int64 // to the local client, and to the pod
+	In, Out int64  // to the local client, and to the pod
+	Pod     string // the pod that carried it, when a follower chose one
 }
 
 // Forward carries one local connection to a port of the pod until either
