@@ -190,3 +190,45 @@ metadata: {name: auditor}
 		}
 	}
 }
+
+// TestSecurityDocAuditPolicy: the API-server audit policy that
+// docs/security.md gives users is the sandbox's, and a kpf forward leaves
+// the entry it promises: the user, the verb, the pod, kpf's user agent,
+// and 101 for the opened tunnel.
+func TestSecurityDocAuditPolicy(t *testing.T) {
+	doc, err := os.ReadFile("../docs/security.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "## The API server's audit log")
+	_, block, ok2 := strings.Cut(rest, "```yaml\n")
+	block, _, ok3 := strings.Cut(block, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("docs/security.md has no audit policy block")
+	}
+	var policy []string
+	for _, l := range strings.Split(cluster.AuditPolicy, "\n") {
+		if !strings.HasPrefix(l, "#") {
+			policy = append(policy, l)
+		}
+	}
+	if strings.TrimSpace(block) != strings.TrimSpace(strings.Join(policy, "\n")) {
+		t.Errorf("docs/security.md's policy:\n%s\nthe sandbox's:\n%s", block, cluster.AuditPolicy)
+	}
+	sb := sandboxtest.Get(t)
+	ns := zooNamespace(t, sb)
+	from := sb.AuditOffset()
+	p, ls := kpf(sb).start(t, 2, "-n", ns, "pod/solo", ":8080")
+	servedBy(t, ls[0].Addr)
+	p.Stop()
+	sandboxtest.WaitFor(t, 10*time.Second, "kpf's pods/portforward entry", func() (bool, error) {
+		for _, e := range sb.AuditEvents(t, from) {
+			if e.ObjectRef.Subresource == "portforward" && e.ObjectRef.Namespace == ns && e.ObjectRef.Name == "solo" &&
+				e.User.Username == "kpf-sandbox-admin" && strings.HasPrefix(e.UserAgent, "kpf/") && e.ResponseStatus.Code == 101 &&
+				(e.Verb == "get" || e.Verb == "create") {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+}

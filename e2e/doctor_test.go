@@ -261,6 +261,45 @@ spec:
 		r := doctor(t, nil, viaDead, "-n", ns, "pod/web", "8080")
 		fail(t, r, "api-server", fmt.Sprintf("through the proxy http://127.0.0.1:%d", dead), "the proxy refused the connection", "proxy-url in your kubeconfig")
 	})
+	t.Run("a file", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "kpf.yaml")
+		content := fmt.Sprintf("forwards:\n- name: web\n  namespace: %s\n  target: pod/web\n  ports: [\"%d:8080\"]\n- name: gone\n  namespace: %s\n  target: svc/gone\n  ports: [\"80\"]\n", ns, freePort(t), ns)
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := doctor(t, nil, admin, "-f", file)
+		if r.Code != 1 {
+			t.Errorf("exit %d", r.Code)
+		}
+		clusterSteps := 0
+		for _, c := range r.Checks {
+			switch {
+			case c.Forward == "":
+				clusterSteps++
+			case c.Forward == "web" && c.Status != "ok":
+				t.Errorf("web: %s %s %s", c.Step, c.Status, c.Summary)
+			case c.Forward == "gone" && c.Step == "target" && (c.Status != "fail" || !strings.Contains(c.Summary, `service "gone" not found`)):
+				t.Errorf("gone: %+v", c)
+			}
+		}
+		if clusterSteps != 3 {
+			t.Errorf("%d cluster-wide checks, want kubeconfig, api-server and identity once:\n%s", clusterSteps, r.Out)
+		}
+		r = doctor(t, nil, admin, "-f", file, "web")
+		if r.Code != 0 {
+			t.Errorf("-f FILE web: exit %d\n%s", r.Code, r.Out)
+		}
+	})
+	t.Run("exec plugin missing", func(t *testing.T) {
+		cfg := filepath.Join(t.TempDir(), "kubeconfig")
+		kc := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster: {server: %q, certificate-authority: %q}\ncontexts:\n- name: s\n  context: {cluster: s, user: u}\ncurrent-context: s\nusers:\n- name: u\n  user:\n    exec: {apiVersion: client.authentication.k8s.io/v1, command: kpf-no-such-plugin, interactiveMode: Never, installHint: \"brew install kpf-no-such-plugin\"}\n",
+			sb.APIServer, filepath.Join(string(sb.Dir), "pki", "ca.crt"))
+		if err := os.WriteFile(cfg, []byte(kc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := doctor(t, nil, cfg, "-n", ns, "pod/web", "8080")
+		fail(t, r, "kubeconfig", `its credential plugin "kpf-no-such-plugin" is not on your PATH`, "brew install kpf-no-such-plugin")
+	})
 	t.Run("no pods/portforward", func(t *testing.T) {
 		// viewer reads the dev namespace and may not port-forward.
 		r := doctor(t, nil, sb.Kubeconfig(cluster.UserViewer), "-n", cluster.DevNamespace, "pod/nosuch", "8080")

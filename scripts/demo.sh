@@ -83,6 +83,8 @@ if [ "${FWD[0]##*/}" = kpf ] && [ "$NS" = kpf-demo ]; then
   "$BIN/kpf" down --all >/dev/null
   echo "== kpf takes kubectl port-forward's words as they are: kpf svc/api :80"
   "$BIN/kpf" -n "$NS" --timeout 3s svc/api :80 2>&1 | head -2 || true
+  echo "== kpf doctor: why a forward to port 80 of the frontend gets nothing (it listens on 8080)"
+  "$BIN/kpf" doctor -n "$NS" deploy/frontend 8080:80 2>&1 | grep -v '^ *from \|^ *server ' | cut -c1-160 || true
 fi
 echo
 echo "demo done. The sandbox keeps running: kpf-sandbox down (or make sandbox-down) stops it."

@@ -52,9 +52,10 @@ func (d *Doctor) ports(ctx context.Context, fw config.Forward, s spec.Settings, 
 		}
 		declared := declaredBy(t.Pod, r.Remote)
 		c.Status = OK
+		undeclared := ""
 		if declared == "" {
 			c.Status = Warn
-			c.Details = append(c.Details, fmt.Sprintf("no container declares port %d (declared: %s); kpf forwards to it anyway", r.Remote, portsOf(&target.Target{Pod: t.Pod})))
+			undeclared = fmt.Sprintf("no container declares port %d (declared: %s); kpf forwards to it anyway", r.Remote, portsOf(&target.Target{Pod: t.Pod}))
 		} else {
 			c.Details = append(c.Details, "declared by container "+declared)
 		}
@@ -80,6 +81,9 @@ func (d *Doctor) ports(ctx context.Context, fw config.Forward, s spec.Settings, 
 			default:
 				c.Details = append(c.Details, "a test connection through the tunnel was accepted")
 			}
+		}
+		if undeclared != "" && c.Status != Fail {
+			c.Details = append(c.Details, undeclared) // a failure's summary names the declared ports
 		}
 		out = append(out, c)
 	}

@@ -109,7 +109,9 @@ func (c *Cluster) APIServerURL() string {
 	return fmt.Sprintf("https://127.0.0.1:%d", c.state.Ports.APIServer)
 }
 
-const auditPolicy = `# Written by kpf-sandbox: port-forward and exec sessions at Metadata level,
+// AuditPolicy is the API server's audit policy (docs/security.md gives it to
+// users; a test keeps the two the same).
+const AuditPolicy = `# Written by kpf-sandbox: port-forward and exec sessions at Metadata level,
 # nothing else, so the log stays small and easy to read in tests.
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -124,7 +126,7 @@ rules:
 
 func (c *Cluster) writeAuditPolicy() (string, error) {
 	p := c.dir.path("audit-policy.yaml")
-	return p, os.WriteFile(p, []byte(auditPolicy), 0o600)
+	return p, os.WriteFile(p, []byte(AuditPolicy), 0o600)
 }
 
 // readRules are what dev and viewer may read in DevNamespace.
