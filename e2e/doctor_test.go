@@ -152,6 +152,16 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: unready}
+spec:
+  containers:
+  - name: web
+    image: kpf.test/http
+    ports: [{containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /no-such-path, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: loopback-only, labels: {app: loopback-only}}
 spec:
   containers:
@@ -210,6 +220,23 @@ spec:
 	t.Run("wrong name", func(t *testing.T) {
 		r := doctor(t, nil, admin, "-n", ns, "pod/webb", "8080")
 		fail(t, r, "target", `pod "webb" not found`, "close names here: web")
+		// kpf forward's error ends with the doctor command for it.
+		out, code := kpf(sb).run(t, "-n", ns, "pod/webb", "8080")
+		if want := "(diagnose: kpf doctor pod/webb 8080 -n " + ns + " --kubeconfig=" + admin + ")"; code != 1 || !strings.Contains(out, want) {
+			t.Errorf("kpf forward: exit %d, want %q in:\n%s", code, want, out)
+		}
+	})
+	t.Run("readiness probe failing", func(t *testing.T) {
+		var r doctorRun
+		sandboxtest.WaitFor(t, 30*time.Second, "a failed readiness probe event", func() (bool, error) {
+			r = doctor(t, nil, admin, "-n", ns, "pod/unready", "8080")
+			return strings.Contains(strings.Join(r.step(t, "target").Details, "\n"), "Readiness probe failed"), nil
+		})
+		c := r.step(t, "target")
+		if c.Status != "warn" || !strings.Contains(c.Summary, "Running but not ready") ||
+			!strings.Contains(strings.Join(c.Details, "\n"), "Warning Unhealthy: Readiness probe failed: HTTP probe failed with statuscode: 404") {
+			t.Errorf("target: %+v", c)
+		}
 	})
 	t.Run("CrashLoopBackOff", func(t *testing.T) {
 		var r doctorRun

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpf-dev/kpf/sandbox/cluster"
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -78,6 +79,15 @@ func TestAPIServerPaused(t *testing.T) {
 			fault(t, sb, "resume", "apiserver")
 		}
 	}()
+	// kpf doctor says so within its step timeout, not minutes later.
+	start := time.Now()
+	r := doctor(t, nil, sb.Kubeconfig(cluster.UserAdmin), "--step-timeout", "1s", "pod/paused", "8080")
+	if c := r.step(t, "api-server"); c.Status != "fail" || !strings.Contains(c.Summary, "no answer within 1s") || r.Code != 1 {
+		t.Errorf("doctor with the API server frozen: exit %d, %+v", r.Code, c)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("doctor took %s with a frozen API server and --step-timeout 1s", d)
+	}
 	// The bound is 15 s of silence, seen by a probe every 5 s.
 	p.WaitLine(t, `tunnels dropped.*did not answer`, 30*time.Second)
 	d := time.Since(paused)

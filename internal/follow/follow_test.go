@@ -103,13 +103,27 @@ func TestSwitchesWhenThePodGoesAway(t *testing.T) {
 	s := fakeapi.New(t)
 	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
 	s.Pod(t, ns, "web-2", web, true, fakeapi.Echo(t, "web-2"))
-	f, _ := newFollower(t, s, nil)
+	var mu sync.Mutex
+	var switches []string
+	f, _ := newFollower(t, s, func(o *Options) {
+		o.OnSwitch = func(from, to, reason string) {
+			mu.Lock()
+			switches = append(switches, from+">"+to+": "+reason)
+			mu.Unlock()
+		}
+	})
 	first := connect(t, context.Background(), f)
 	if first.err != nil {
 		t.Fatal(first.err)
 	}
 	s.Delete(t, ns, first.pod)
 	testnet.WaitFor(t, func() bool { pod, _ := f.State(); return pod != first.pod && pod != "" })
+	r := connect(t, context.Background(), f)
+	mu.Lock()
+	if len(switches) == 0 || !strings.HasPrefix(switches[0], first.pod+">"+r.pod) && !strings.HasPrefix(switches[0], "(gone)>"+r.pod) {
+		t.Errorf("switches heard: %q, want %s to %s", switches, first.pod, r.pod)
+	}
+	mu.Unlock()
 	if r := connect(t, context.Background(), f); r.err != nil || r.pod == first.pod {
 		t.Fatalf("after deleting %s the connection went to %q (%v)", first.pod, r.pod, r.err)
 	}
