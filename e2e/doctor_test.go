@@ -333,24 +333,7 @@ spec:
 		fail(t, r, "rbac", "you may not create, get pods/portforward", "kpf rbac pod/nosuch -n "+cluster.DevNamespace)
 	})
 	t.Run("create but not get on pods/portforward", func(t *testing.T) {
-		sb.Apply(t, ns, `
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: creator}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: creator}
-rules:
-- {apiGroups: [""], resources: [pods], verbs: [get, list, watch]}
-- {apiGroups: [""], resources: [pods/portforward], verbs: [create]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: creator}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: creator}
-subjects: [{kind: ServiceAccount, name: creator}]
-`)
+		sb.Apply(t, ns, createOnlyRole)
 		cfg, _ := serviceAccountKubeconfig(t, sb, ns, "creator")
 		var r doctorRun
 		sandboxtest.WaitFor(t, 10*time.Second, "the Role in effect", func() (bool, error) {

@@ -649,14 +649,9 @@ func TestVerboseNeverPrintsSecrets(t *testing.T) {
 	}
 }
 
-// TestCreateOnlyRBACFallsBackToSPDY: a user allowed only create on
-// pods/portforward (SPDY's verb, not WebSocket's get) still forwards with
-// --transport auto, as with kubectl; forcing WebSocket is refused with the
-// missing verb named. The user is a service account with a bearer token.
-func TestCreateOnlyRBACFallsBackToSPDY(t *testing.T) {
-	sb := sandboxtest.Get(t)
-	ns := sb.Namespace(t)
-	sb.Apply(t, ns, `
+// createOnlyRole is a service account, creator, that may read pods and
+// create pods/portforward (SPDY's verb) but not get it (WebSocket's).
+const createOnlyRole = `
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: creator}
@@ -673,7 +668,16 @@ kind: RoleBinding
 metadata: {name: creator}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: creator}
 subjects: [{kind: ServiceAccount, name: creator}]
----
+`
+
+// TestCreateOnlyRBACFallsBackToSPDY: a user allowed only create on
+// pods/portforward (SPDY's verb, not WebSocket's get) still forwards with
+// --transport auto, as with kubectl; forcing WebSocket is refused with the
+// missing verb named. The user is a service account with a bearer token.
+func TestCreateOnlyRBACFallsBackToSPDY(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, createOnlyRole+`---
 apiVersion: v1
 kind: Pod
 metadata: {name: bulk, labels: {app: bulk}}

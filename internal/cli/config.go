@@ -65,3 +65,22 @@ func newConfigCommand(g *globals) *cobra.Command {
 	cmd.AddCommand(validate, schema, convert)
 	return cmd
 }
+
+// loadForwards loads the forwards file (kpf.yaml here when file is "")
+// and picks the named forwards (all when none are named). A file that
+// cannot be found and unknown names are usage errors.
+func loadForwards(file string, names []string) (*config.File, []config.Forward, error) {
+	path, err := config.Find(file)
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	f, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	fws, err := f.Select(names)
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	return f, fws, nil
+}

@@ -95,18 +95,8 @@ func (o *DoctorOptions) Complete(cmd *cobra.Command, args []string) error {
 		return usagef("--step-timeout %s: want a duration above 0, such as 5s", o.StepTimeout)
 	}
 	if o.File != "" {
-		path, err := config.Find(o.File)
-		if err != nil {
-			return usageError{err}
-		}
-		file, err := config.Load(path)
-		if err != nil {
-			return err
-		}
-		if o.forwards, err = file.Select(args); err != nil {
-			return usageError{err}
-		}
-		return nil
+		_, o.forwards, err = loadForwards(o.File, args)
+		return err
 	}
 	if len(args) < 1 {
 		return usagef("kpf doctor needs TYPE/NAME (and optional ports), or -f FILE")

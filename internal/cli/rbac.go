@@ -68,16 +68,9 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 	}
 	var fws []config.Forward
 	if o.File != "" {
-		path, err := config.Find(o.File)
-		if err != nil {
-			return usageError{err}
-		}
-		file, err := config.Load(path)
-		if err != nil {
+		var err error
+		if _, fws, err = loadForwards(o.File, args); err != nil {
 			return err
-		}
-		if fws, err = file.Select(args); err != nil {
-			return usageError{err}
 		}
 	} else {
 		if len(args) == 0 {

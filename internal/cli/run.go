@@ -69,16 +69,10 @@ forwards stop, and kpf exits with COMMAND's exit code.`,
 
 // Run starts the forwards, runs the command and stops the forwards.
 func (o *RunOptions) Run(ctx context.Context, id identity.Identity) error {
-	path, err := config.Find(o.File)
-	if err != nil {
-		return usageError{err}
-	}
-	if o.file, err = config.Load(path); err != nil {
+	var fws []config.Forward
+	var err error
+	if o.file, fws, err = loadForwards(o.File, o.names); err != nil {
 		return err
-	}
-	fws, err := o.file.Select(o.names)
-	if err != nil {
-		return usageError{err}
 	}
 	log := o.g.logger()
 	m := manager.New(manager.Options{

@@ -83,17 +83,11 @@ port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 // Complete loads the file, picks the named forwards and captures who they
 // connect as.
 func (o *UpOptions) Complete(cmd *cobra.Command, args []string) error {
-	path, err := config.Find(o.File)
-	if err != nil {
-		return usageError{err}
-	}
-	if o.file, err = config.Load(path); err != nil {
+	var err error
+	if o.file, _, err = loadForwards(o.File, args); err != nil {
 		return err
 	}
 	o.names = args
-	if _, err := o.file.Select(args); err != nil {
-		return usageError{err}
-	}
 	if err := o.Settings.Validate(); err != nil {
 		return usageError{err}
 	}
