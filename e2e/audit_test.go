@@ -232,3 +232,49 @@ func TestSecurityDocAuditPolicy(t *testing.T) {
 		return false, nil
 	})
 }
+
+// TestStatusCountsBytesAsTheyMove: a connection that stays open shows its
+// bytes in kpf status while it lasts (they used to count at its end), and
+// kpf status --watch redraws until interrupted.
+func TestStatusCountsBytesAsTheyMove(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, `
+apiVersion: v1
+kind: Pod
+metadata: {name: echo, labels: {app: echo}}
+spec:
+  containers: [{name: echo, image: kpf.test/echo, ports: [{containerPort: 7070}]}]
+`)
+	sb.ReadyPods(t, ns, "app=echo", 1)
+	k := newKpfCmd(t, sb)
+	k.write(t, "kpf.yaml", fmt.Sprintf("forwards:\n- name: echo\n  namespace: %s\n  target: pod/echo\n  ports: [\"%d:7070\"]\n", ns, freePort(t)))
+	if out, code := k.run(t, "up", "-d", "--wait"); code != 0 {
+		t.Fatalf("kpf up -d --wait: exit %d\n%s", code, out)
+	}
+	c, err := net.Dial("tcp", k.status(t).Forwards[0].Local[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 1 << 20
+	go c.Write(make([]byte, n))
+	if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	sandboxtest.WaitFor(t, 10*time.Second, "1 MiB each way, counted while the connection is open", func() (bool, error) {
+		f := k.status(t).Forwards[0]
+		return f.OpenConnections == 1 && f.BytesIn == n && f.BytesOut == n, nil
+	})
+	w := sandboxtest.Start(t, k.cmd("status", "--watch"))
+	sandboxtest.WaitFor(t, 10*time.Second, "two snapshots", func() (bool, error) {
+		return strings.Count(w.Output(), "kpf daemon pid") >= 2, nil
+	})
+	w.Signal(syscall.SIGINT)
+	if err, exited := w.Wait(10 * time.Second); !exited || err != nil {
+		t.Errorf("kpf status --watch after SIGINT: exited %v, %v", exited, err)
+	}
+	if !strings.Contains(w.Output(), "IN/S") {
+		t.Errorf("no rates in the table:\n%s", w.Output())
+	}
+}

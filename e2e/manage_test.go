@@ -76,6 +76,9 @@ type statusJSON struct {
 		File, Context, User, LastError string
 		Local                          []string
 		Connections                    int64
+		OpenConnections                int64
+		BytesIn, BytesOut              int64
+		BytesInPerSecond               int64
 	} `json:"forwards"`
 }
 

@@ -171,36 +171,72 @@ its own flags and environment, as kpf up -d would.`,
 }
 
 func newStatusCommand(g *globals) *cobra.Command {
-	var asJSON bool
+	var asJSON, watch bool
 	cmd := &cobra.Command{
-		Use:     "status",
-		Short:   "Show the daemon's forwards: file, user, state, health, pod, connections, bytes, reconnects",
-		Example: "  kpf status\n  kpf status --json | jq '.forwards[] | select(.state != \"ready\")'",
+		Use:   "status",
+		Short: "Show the daemon's forwards: file, user, state, health, pod, connections, bytes and rates, reconnects",
+		Long: `Show the daemon's forwards: for each, its file, who it connects as, state,
+health, pod, local addresses, connections (open/total, failed), bytes each
+way (counted as they move) and bytes per second over the last second,
+reconnects and pod switches. --watch redraws every second until Ctrl-C.`,
+		Example: "  kpf status\n  kpf status --watch\n  kpf status --json | jq '.forwards[] | select(.state != \"ready\")'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := daemon.NewClient(daemon.DefaultHome()).Status(cmd.Context(), "")
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(g.out, st)
-			}
-			fmt.Fprintf(g.out, "kpf daemon pid %d, up %s, %d file(s)\n", st.PID, time.Since(st.Started).Round(time.Second), len(st.Files))
-			for _, f := range st.Files {
-				var rows []manager.Row
-				for _, r := range st.Forwards {
-					if r.File == f {
-						rows = append(rows, r)
+			c := daemon.NewClient(daemon.DefaultHome())
+			ctx := cmd.Context()
+			term := isTerminal(g.out)
+			for {
+				st, err := c.Status(ctx, "")
+				if err != nil {
+					if watch && ctx.Err() != nil {
+						return nil
 					}
+					return err
 				}
-				fmt.Fprintf(g.out, "\n%s\n", f)
-				writeTable(g.out, rows, true)
+				var b strings.Builder
+				if asJSON {
+					if err := printJSON(&b, st); err != nil {
+						return err
+					}
+				} else {
+					writeStatus(&b, st)
+				}
+				if watch && term {
+					io.WriteString(g.out, "\x1b[H\x1b[2J") // home, clear
+				}
+				io.WriteString(g.out, b.String())
+				if !watch {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(time.Second):
+				}
+				if !term {
+					fmt.Fprintln(g.out)
+				}
 			}
-			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, fmt.Sprintf("print JSON (schemaVersion %d)", daemon.SchemaVersion))
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "redraw every second until interrupted")
 	return cmd
+}
+
+// writeStatus writes the daemon's status as kpf status shows it.
+func writeStatus(w io.Writer, st *daemon.Status) {
+	fmt.Fprintf(w, "kpf daemon pid %d, up %s, %d file(s)\n", st.PID, time.Since(st.Started).Round(time.Second), len(st.Files))
+	for _, f := range st.Files {
+		var rows []manager.Row
+		for _, r := range st.Forwards {
+			if r.File == f {
+				rows = append(rows, r)
+			}
+		}
+		fmt.Fprintf(w, "\n%s\n", f)
+		writeTable(w, rows, true)
+	}
 }
 
 // pickFlags are how down, restart and logs name forwards.

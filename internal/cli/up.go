@@ -211,7 +211,7 @@ func writeTable(w io.Writer, rows []manager.Row, who bool) {
 	if who {
 		fmt.Fprint(tw, "CONTEXT\tUSER\t")
 	}
-	fmt.Fprintln(tw, "NAME\tTARGET\tPOD\tLOCAL\tSTATE\tHEALTH\tCONNS\tIN\tOUT\tRECONNECTS\tLAST ERROR")
+	fmt.Fprintln(tw, "NAME\tTARGET\tPOD\tLOCAL\tSTATE\tHEALTH\tCONNS\tFAILED\tIN\tOUT\tIN/S\tOUT/S\tRECONNECTS\tSWITCHES\tLAST ERROR")
 	for _, r := range rows {
 		if who {
 			fmt.Fprintf(tw, "%s\t%s\t", dash(r.Context), dash(r.User))
@@ -227,8 +227,9 @@ func writeTable(w io.Writer, rows []manager.Row, who bool) {
 		if r.Namespace != "" {
 			target = r.Namespace + "/" + target
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%d\t%s\n", r.Name, target, dash(r.Pod), local, r.State, r.Health,
-			r.Open, r.Total, bytesText(r.BytesIn), bytesText(r.BytesOut), r.Reconnects, dash(shorten(r.LastError, 60)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", r.Name, target, dash(r.Pod), local, r.State, r.Health,
+			r.Open, r.Total, r.Failed, bytesText(r.BytesIn), bytesText(r.BytesOut), bytesText(r.RateIn), bytesText(r.RateOut),
+			r.Reconnects, r.Switches, dash(shorten(r.LastError, 60)))
 	}
 	tw.Flush()
 }

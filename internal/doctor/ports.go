@@ -97,7 +97,7 @@ func (d *Doctor) connect(ctx context.Context, conn *tunnel.Conn, port uint16) er
 	defer local.Close()
 	res := make(chan error, 1)
 	go func() {
-		_, err := conn.Forward(remote, port)
+		_, err := conn.Forward(remote, port, nil)
 		remote.Close()
 		res <- err
 	}()

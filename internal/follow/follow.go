@@ -101,6 +101,7 @@ type Follower struct {
 	everUsed bool
 
 	reconnects atomic.Int64
+	switches   atomic.Int64
 }
 
 // New starts watching the target's pods; the Follower works until ctx ends.
@@ -276,6 +277,7 @@ func (f *Follower) choose(exclude map[types.UID]bool) *podState {
 			from = "(gone)"
 		}
 		if f.everUsed {
+			f.switches.Add(1)
 			reason := f.switchReason()
 			f.o.Log.Info("switching pod", keyFrom, from, keyTo, best.Name, keyReason, reason)
 			if f.o.OnSwitch != nil {
@@ -472,7 +474,9 @@ const refusedGrace = 2 * time.Second
 // with Balance). A connection refused before the pod answered is sent
 // again, whole, to another pod, so rollouts lose no connection. While it
 // waits for a pod, ctx ending (the forward stopping) ends it at once.
-func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16) (tunnel.Stats, error) {
+//
+// m, if set, counts the bytes as they move.
+func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16, m *tunnel.Meter) (tunnel.Stats, error) {
 	rc := newReplayConn(local)
 	defer rc.finish()
 	deadline := time.Now().Add(f.o.ReconnectWait)
@@ -493,7 +497,7 @@ func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16) (tu
 			f.mu.Unlock()
 			continue
 		}
-		stats, err := conn.Forward(rc, port)
+		stats, err := conn.Forward(rc, port, m)
 		pool.Release(conn)
 		stats.Pod = pod.Name
 		if err == nil {
@@ -595,3 +599,6 @@ func podInformer(client kube.Interface, namespace string, tweak func(*metav1.Lis
 	}
 	return cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, client), &corev1.Pod{}, 0, cache.Indexers{})
 }
+
+// Switches counts moves to another pod since the forward started.
+func (f *Follower) Switches() int64 { return f.switches.Load() }

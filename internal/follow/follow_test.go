@@ -63,7 +63,7 @@ func connect(t *testing.T, ctx context.Context, f *Follower) result {
 	client, server := testnet.TCPPair(t)
 	done := make(chan error, 1)
 	go func() {
-		_, err := f.Forward(ctx, server, 80)
+		_, err := f.Forward(ctx, server, 80, nil)
 		server.Close()
 		done <- err
 	}()
@@ -186,7 +186,7 @@ func TestStoppingEndsWaitingConnections(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := f.Forward(ctx, server, 80)
+			_, err := f.Forward(ctx, server, 80, nil)
 			errs <- err
 		}()
 	}
@@ -214,7 +214,7 @@ func TestReplaysARefusedConnectionOnAnotherPod(t *testing.T) {
 	f, _ := newFollower(t, s, nil)
 	client, server := testnet.TCPPair(t)
 	done := make(chan error, 1)
-	go func() { _, err := f.Forward(context.Background(), server, 80); server.Close(); done <- err }()
+	go func() { _, err := f.Forward(context.Background(), server, 80, nil); server.Close(); done <- err }()
 	// The client speaks first: what it sent must reach web-2 intact.
 	io.WriteString(client, "hello")
 	client.CloseWrite()
@@ -298,4 +298,37 @@ func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
 		h.n.Add(1)
 	}
 	return nil
+}
+
+// TestMeterCountsWhileOpen: bytes are counted as they move, not when the
+// connection ends (a long database session shows its traffic).
+func TestMeterCountsWhileOpen(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
+	f, _ := newFollower(t, s, nil)
+	client, server := testnet.TCPPair(t)
+	var m tunnel.Meter
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Forward(context.Background(), server, 80, m.Child())
+		server.Close()
+		done <- err
+	}()
+	r := bufio.NewReader(client)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(client, "ping")
+	if b := make([]byte, 4); func() error { _, err := io.ReadFull(r, b); return err }() != nil {
+		t.Fatal("no echo")
+	}
+	testnet.WaitFor(t, func() bool { return m.In.Load() == int64(len(line))+4 && m.Out.Load() == 4 })
+	if m.FirstIn().IsZero() {
+		t.Error("no time for the first byte")
+	}
+	client.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }

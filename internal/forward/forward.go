@@ -135,7 +135,7 @@ var ErrIdle = errors.New("idle timeout")
 // Backend carries connections to the target (follow.Follower, or a fake in
 // tests).
 type Backend interface {
-	Forward(ctx context.Context, local net.Conn, port uint16) (tunnel.Stats, error)
+	Forward(ctx context.Context, local net.Conn, port uint16, m *tunnel.Meter) (tunnel.Stats, error)
 	// Done is closed when the forward must end; Err says why.
 	Done() <-chan struct{}
 	Err() error
@@ -162,11 +162,20 @@ type Ended struct {
 }
 
 // Counters are a forward's connection and byte counts. Bytes are counted
-// when a connection ends.
+// as they move.
 type Counters struct {
-	Open, Total, Failed, BytesIn, BytesOut atomic.Int64
-	mu                                     sync.Mutex
-	lastErr                                string
+	Open, Total, Failed atomic.Int64
+	Bytes               tunnel.Meter
+	mu                  sync.Mutex
+	lastErr             string
+}
+
+// meter is a new connection's meter, counting into c's.
+func (c *Counters) meter() *tunnel.Meter {
+	if c == nil {
+		return nil
+	}
+	return c.Bytes.Child()
 }
 
 // LastError is the last connection error.
@@ -183,13 +192,11 @@ func (c *Counters) start() {
 	}
 }
 
-func (c *Counters) end(st tunnel.Stats, err error) {
+func (c *Counters) end(err error) {
 	if c == nil {
 		return
 	}
 	c.Open.Add(-1)
-	c.BytesIn.Add(st.In)
-	c.BytesOut.Add(st.Out)
 	if err != nil {
 		c.Failed.Add(1)
 		c.mu.Lock()
@@ -242,9 +249,9 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 					}()
 					opts.Counters.start()
 					start := time.Now()
-					st, err := tun.Forward(ctx, c, l.Port.Remote)
+					st, err := tun.Forward(ctx, c, l.Port.Remote, opts.Counters.meter())
 					c.Close()
-					opts.Counters.end(st, err)
+					opts.Counters.end(err)
 					if opts.Ended != nil {
 						opts.Ended(Ended{Start: start, Local: l.Addr().String(), Peer: c.RemoteAddr().String(), Remote: l.Port.Remote, Stats: st, Err: err})
 					}

@@ -126,11 +126,13 @@ func TestListenWarnsOffLoopback(t *testing.T) {
 // fakeTunnel echoes, except to remote port 666, which it refuses.
 type fakeTunnel struct{ done chan struct{} }
 
-func (f *fakeTunnel) Forward(_ context.Context, c net.Conn, port uint16) (tunnel.Stats, error) {
+func (f *fakeTunnel) Forward(_ context.Context, c net.Conn, port uint16, m *tunnel.Meter) (tunnel.Stats, error) {
 	if port == 666 {
 		return tunnel.Stats{}, &tunnel.RemoteError{Pod: "ns/p", Port: port, Message: "connection refused"}
 	}
 	n, err := io.Copy(c, c)
+	m.AddIn(n)
+	m.AddOut(n)
 	return tunnel.Stats{In: n, Out: n}, err
 }
 

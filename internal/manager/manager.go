@@ -260,9 +260,13 @@ type Row struct {
 	HealthNote string   `json:"healthDetail,omitempty"`
 	Open       int64    `json:"openConnections"`
 	Total      int64    `json:"connections"`
-	BytesIn    int64    `json:"bytesIn"`
-	BytesOut   int64    `json:"bytesOut"`
+	Failed     int64    `json:"failedConnections"`
+	BytesIn    int64    `json:"bytesIn"`  // to the local clients, counted as they move
+	BytesOut   int64    `json:"bytesOut"` // to the pod
+	RateIn     int64    `json:"bytesInPerSecond"`
+	RateOut    int64    `json:"bytesOutPerSecond"`
 	Reconnects int64    `json:"reconnects"`
+	Switches   int64    `json:"podSwitches"`
 	LastError  string   `json:"lastError,omitempty"`
 }
 
@@ -280,7 +284,8 @@ func (m *Manager) Snapshot() []Row {
 		f.mu.Unlock()
 		if sess != nil {
 			st := sess.Status()
-			r.Pod, r.Open, r.Total, r.BytesIn, r.BytesOut, r.Reconnects = st.Pod, st.Open, st.Total, st.BytesIn, st.BytesOut, st.Reconnects
+			r.Pod, r.Open, r.Total, r.Failed, r.BytesIn, r.BytesOut = st.Pod, st.Open, st.Total, st.Failed, st.BytesIn, st.BytesOut
+			r.RateIn, r.RateOut, r.Reconnects, r.Switches = st.RateIn, st.RateOut, st.Reconnects, st.Switches
 			r.Local = sess.Addrs()
 			if r.LastError == "" {
 				r.LastError = st.LastError

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/audit"
@@ -85,6 +86,9 @@ type Session struct {
 	counters  forward.Counters
 	cancel    context.CancelFunc
 	audit     audit.Forward // the forward, as its audit records name it
+
+	// Bytes per second to the client and to the pod over the last second.
+	rateIn, rateOut atomic.Int64
 }
 
 // Open resolves the target, opens the first tunnel and listens. The
@@ -164,6 +168,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 // or the idle timeout runs out.
 func (s *Session) Serve(ctx context.Context) error {
 	defer s.cancel()
+	go s.measureRates(ctx)
 	opts := forward.Options{IdleTimeout: s.spec.IdleTimeout, Counters: &s.counters}
 	if s.deps.Audit != nil {
 		opts.Ended = s.audited
@@ -178,6 +183,27 @@ func (s *Session) Serve(ctx context.Context) error {
 		s.deps.Audit.Event(e)
 	}
 	return err
+}
+
+// measureRates updates the byte rates every second until ctx ends.
+func (s *Session) measureRates(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	lastIn, lastOut, last := s.counters.Bytes.In.Load(), s.counters.Bytes.Out.Load(), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			s.rateIn.Store(0)
+			s.rateOut.Store(0)
+			return
+		case now := <-t.C:
+			in, out := s.counters.Bytes.In.Load(), s.counters.Bytes.Out.Load()
+			secs := now.Sub(last).Seconds()
+			s.rateIn.Store(int64(float64(in-lastIn) / secs))
+			s.rateOut.Store(int64(float64(out-lastOut) / secs))
+			lastIn, lastOut, last = in, out, now
+		}
+	}
 }
 
 // audited writes a connection's audit record.
@@ -206,7 +232,10 @@ type Status struct {
 	Failed     int64
 	BytesIn    int64
 	BytesOut   int64
+	RateIn     int64 // bytes per second to the client, over the last second
+	RateOut    int64 // and to the pod
 	Reconnects int64
+	Switches   int64
 	LastError  string
 }
 
@@ -219,9 +248,12 @@ func (s *Session) Status() Status {
 		Open:       s.counters.Open.Load(),
 		Total:      s.counters.Total.Load(),
 		Failed:     s.counters.Failed.Load(),
-		BytesIn:    s.counters.BytesIn.Load(),
-		BytesOut:   s.counters.BytesOut.Load(),
+		BytesIn:    s.counters.Bytes.In.Load(),
+		BytesOut:   s.counters.Bytes.Out.Load(),
+		RateIn:     s.rateIn.Load(),
+		RateOut:    s.rateOut.Load(),
 		Reconnects: s.follower.Reconnects(),
+		Switches:   s.follower.Switches(),
 	}
 	if e := s.counters.LastError(); e != "" {
 		st.LastError = e
@@ -251,7 +283,7 @@ func (s *Session) CheckTCP(ctx context.Context, timeout time.Duration) error {
 	res := make(chan error, 1)
 	port := s.Listeners[0].Port.Remote
 	go func() {
-		_, err := s.follower.Forward(ctx, remote, port)
+		_, err := s.follower.Forward(ctx, remote, port, nil)
 		res <- err
 	}()
 	// The kubelet reports a refused port at once; a connection that is
@@ -274,7 +306,7 @@ func (s *Session) CheckHTTP(ctx context.Context, path string, lo, hi int, timeou
 	local, remote := net.Pipe()
 	defer local.Close()
 	port := s.Listeners[0].Port.Remote
-	go s.follower.Forward(ctx, remote, port)
+	go s.follower.Forward(ctx, remote, port, nil)
 	local.SetDeadline(time.Now().Add(timeout))
 	if _, err := fmt.Fprintf(local, "GET %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: kpf-health\r\nConnection: close\r\n\r\n", path); err != nil {
 		return fmt.Errorf("%w: %v", ErrUnhealthy, err)

@@ -214,6 +214,10 @@ type Stream struct {
 	prepare func() // before each direct write, if set
 	writing bool
 	directN int64 // bytes the read loop wrote, for WriteTo's count
+
+	// countIn and countOut, if set, hear of bytes as they move: written
+	// to the local connection, and sent to the server.
+	countIn, countOut func(int64)
 }
 
 // chunk is a DATA frame's payload waiting for the stream's reader, in a
@@ -465,6 +469,7 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 			s.mu.Unlock()
 			return total + s.takeDirect(), err
 		}
+		count := s.countIn
 		batch = append(batch[:0], s.chunks...)
 		clear(s.chunks)
 		s.chunks = s.chunks[:0]
@@ -488,6 +493,9 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 			batch[i] = chunk{}
 		}
 		total += n
+		if count != nil && n > 0 {
+			count(n)
+		}
 		s.mu.Lock()
 		s.writing = false
 		if err != nil {
@@ -499,6 +507,15 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 			return total + s.takeDirect(), err
 		}
 	}
+}
+
+// Count makes the stream report bytes as they move: in, written to the
+// local connection by WriteTo (or the read loop for it); out, sent by
+// ReadFrom. Set it before either runs.
+func (s *Stream) Count(in, out func(int64)) {
+	s.mu.Lock()
+	s.countIn, s.countOut = in, out
+	s.mu.Unlock()
 }
 
 // takeDirect returns what the read loop wrote directly so far, resetting
@@ -582,6 +599,9 @@ func writeNow(rc syscall.RawConn, chunks []chunk) (int, []chunk) {
 // at most smallRead bytes at a time.
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 	var total int64
+	s.mu.Lock()
+	count := s.countOut
+	s.mu.Unlock()
 	size := firstRead
 	for {
 		pb, n, err := readFrame(r, size)
@@ -593,6 +613,9 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 				return total, werr
 			}
 			total += int64(n)
+			if count != nil {
+				count(int64(n))
+			}
 		}
 		bufpool.Put(pb)
 		if err == io.EOF {
@@ -658,13 +681,16 @@ func (s *Stream) deliver(chunks []chunk, fin bool) {
 	// connection) runs only for data.
 	if hasData(chunks) && len(s.chunks) == 0 && !s.writing && s.direct != nil {
 		s.writing = true
-		rc, prepare := s.direct, s.prepare
+		rc, prepare, count := s.direct, s.prepare, s.countIn
 		s.mu.Unlock()
 		if prepare != nil {
 			prepare()
 		}
 		var n int
 		n, chunks = writeNow(rc, chunks)
+		if count != nil && n > 0 {
+			count(int64(n))
+		}
 		s.mu.Lock()
 		s.writing = false
 		s.directN += int64(n)

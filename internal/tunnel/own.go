@@ -287,7 +287,7 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u, proxy *url.URL) (*own
 
 // forwardOwn is Forward over kpf's SPDY client: both streams are opened
 // back to back without waiting for replies.
-func (c *Conn) forwardOwn(local net.Conn, port uint16) (Stats, error) {
+func (c *Conn) forwardOwn(local net.Conn, port uint16, m *Meter) (Stats, error) {
 	id := strconv.FormatInt(c.nextID.Add(1), 10)
 	h := http.Header{}
 	h.Set(corev1.StreamType, corev1.StreamTypeError)
@@ -302,6 +302,10 @@ func (c *Conn) forwardOwn(local net.Conn, port uint16) (Stats, error) {
 	bufpool.Put(pb)
 	if err != nil {
 		return Stats{}, fmt.Errorf("create streams: %w", err)
+	}
+	if m != nil {
+		m.AddOut(int64(len(first)))
+		data.Count(m.AddIn, m.AddOut)
 	}
 	// The kubelet's verdict comes on the error stream, whole, before its
 	// FIN: read once the stream is done, by no goroutine of its own.

@@ -3,7 +3,6 @@ package tunnel
 import (
 	"context"
 	"errors"
-	"net"
 	"sync"
 	"time"
 )
@@ -123,18 +122,6 @@ func (p *Pool) isClosed() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.closed
-}
-
-// Forward carries one local connection on a tunnel of its own.
-func (p *Pool) Forward(local net.Conn, port uint16) (Stats, error) {
-	c, err := p.Acquire()
-	if err != nil {
-		local.Close()
-		return Stats{}, err
-	}
-	st, ferr := c.Forward(local, port)
-	p.Release(c)
-	return st, ferr
 }
 
 // Acquire returns a tunnel for one connection; give it back with Release.

@@ -243,6 +243,44 @@ func (e *RemoteError) Error() string {
 	return fmt.Sprintf("error forwarding to port %d of pod %s: %s", e.Port, e.Pod, msg)
 }
 
+// Meter counts bytes as they move, so that totals and rates are live
+// while a connection lasts (Stats counts them when it ends). A meter made
+// with Child adds to its parent as well: a connection's meter feeds its
+// forward's. A nil *Meter counts nothing.
+type Meter struct {
+	In, Out atomic.Int64 // to the local client, and to the pod
+	parent  *Meter
+	// first is when the first byte reached the client (unix ns); 0 before.
+	first atomic.Int64
+}
+
+// Child is a meter that also counts into m.
+func (m *Meter) Child() *Meter { return &Meter{parent: m} }
+
+// AddIn counts n bytes written to the local client.
+func (m *Meter) AddIn(n int64) {
+	for ; m != nil; m = m.parent {
+		if m.In.Add(n) == n && n > 0 {
+			m.first.CompareAndSwap(0, time.Now().UnixNano())
+		}
+	}
+}
+
+// AddOut counts n bytes sent to the pod.
+func (m *Meter) AddOut(n int64) {
+	for ; m != nil; m = m.parent {
+		m.Out.Add(n)
+	}
+}
+
+// FirstIn is when the first byte reached the client, zero before.
+func (m *Meter) FirstIn() time.Time {
+	if ns := m.first.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
 // Stats counts one connection's bytes.
 type Stats struct {
 	In, Out int64  // to the local client, and to the pod
@@ -253,9 +291,11 @@ type Stats struct {
 // side is done. It half-closes: when the local client stops writing, the
 // pod is told so and its answer still flows back. The error names the
 // first failure; the tunnel itself stays open.
-func (c *Conn) Forward(local net.Conn, port uint16) (Stats, error) {
+//
+// m, if set, counts the bytes as they move.
+func (c *Conn) Forward(local net.Conn, port uint16, m *Meter) (Stats, error) {
 	if c.own != nil {
-		return c.forwardOwn(local, port)
+		return c.forwardOwn(local, port, m)
 	}
 	var st Stats
 	id := strconv.FormatInt(c.nextID.Add(1), 10)
@@ -289,7 +329,7 @@ func (c *Conn) Forward(local net.Conn, port uint16) (Stats, error) {
 	}
 	defer c.conn.RemoveStreams(data)
 
-	return pump(local, apiStream{data}, errDone, func() error { return remoteErr }, c.done)
+	return pump(local, apiStream{data, m}, errDone, func() error { return remoteErr }, c.done)
 }
 
 // dataStream is the data stream of a connection, on either data path.
@@ -301,10 +341,36 @@ type dataStream interface {
 }
 
 // apiStream is client-go's stream.
-type apiStream struct{ s httpstream.Stream }
+type apiStream struct {
+	s httpstream.Stream
+	m *Meter
+}
 
-func (a apiStream) copyIn(l net.Conn) (int64, error)  { return io.Copy(l, a.s) }
-func (a apiStream) copyOut(l net.Conn) (int64, error) { return io.Copy(a.s, l) }
+func (a apiStream) copyIn(l net.Conn) (int64, error) {
+	if a.m == nil {
+		return io.Copy(l, a.s)
+	}
+	return io.Copy(meterWriter{l, a.m.AddIn}, a.s)
+}
+
+func (a apiStream) copyOut(l net.Conn) (int64, error) {
+	if a.m == nil {
+		return io.Copy(a.s, l)
+	}
+	return io.Copy(meterWriter{a.s, a.m.AddOut}, l)
+}
+
+// meterWriter counts what it writes.
+type meterWriter struct {
+	w   io.Writer
+	add func(int64)
+}
+
+func (w meterWriter) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	w.add(int64(n))
+	return n, err
+}
 func (a apiStream) closeWrite()                       { a.s.Close() }
 func (a apiStream) reset()                            { a.s.Reset() }
 
