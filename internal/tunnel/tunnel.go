@@ -371,8 +371,8 @@ func (w meterWriter) Write(p []byte) (int, error) {
 	w.add(int64(n))
 	return n, err
 }
-func (a apiStream) closeWrite()                       { a.s.Close() }
-func (a apiStream) reset()                            { a.s.Reset() }
+func (a apiStream) closeWrite() { a.s.Close() }
+func (a apiStream) reset()      { a.s.Reset() }
 
 // pump moves bytes both ways until the pod is done or either side fails,
 // then waits (bounded) for the kubelet's verdict: verdict() once errDone is
