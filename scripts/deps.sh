@@ -4,7 +4,8 @@
 # when they are missing. Needs root (or sudo) only if something is missing.
 set -euo pipefail
 need=()
-for pair in curl:curl python3:python3 nc:netcat-openbsd tinyproxy:tinyproxy microsocks:microsocks zsh:zsh; do
+# prometheus and promtool check kpf's metrics the way users will read them.
+for pair in curl:curl python3:python3 nc:netcat-openbsd tinyproxy:tinyproxy microsocks:microsocks zsh:zsh prometheus:prometheus promtool:prometheus; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -18,4 +19,4 @@ if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "deps: installing ${need[*]}"
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $(printf "%s\n" "${need[@]}" | sort -u)

@@ -29,8 +29,16 @@ import (
 func (o *UpOptions) upDetached(ctx context.Context) error {
 	home := daemon.DefaultHome()
 	c := daemon.NewClient(home)
+	metricsAddr := o.Metrics
+	if metricsAddr == "" {
+		metricsAddr = o.file.Metrics
+	}
 	if !c.Running() {
-		if err := startDaemon(home, o.g.errOut); err != nil {
+		var args []string
+		if metricsAddr != "" {
+			args = append(args, "--metrics-addr", metricsAddr)
+		}
+		if err := startDaemon(home, o.g.errOut, args...); err != nil {
 			return err
 		}
 		deadline := time.Now().Add(15 * time.Second)
@@ -48,6 +56,11 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 	res, err := c.Apply(ctx, daemon.ApplyRequest{File: abs, Names: o.names, Identity: o.id, Settings: o.Settings})
 	if err != nil {
 		return err
+	}
+	if metricsAddr != "" {
+		if st, err := c.Status(ctx, abs); err == nil && st.Metrics == "" {
+			fmt.Fprintf(o.g.errOut, "note: the daemon was running already without metrics; they are served by a daemon started with kpf daemon --metrics-addr %s\n", metricsAddr)
+		}
 	}
 	for _, part := range []struct {
 		what  string
@@ -91,7 +104,7 @@ func daemonEnv(env []string) []string {
 
 // startDaemon runs kpf daemon detached, with its output in the home's log.
 // It gets no connection flags: each file brings its own identity.
-func startDaemon(home daemon.Home, errOut io.Writer) error {
+func startDaemon(home daemon.Home, errOut io.Writer, args ...string) error {
 	if err := home.Ensure(); err != nil {
 		return err
 	}
@@ -104,7 +117,7 @@ func startDaemon(home daemon.Home, errOut io.Writer) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, "daemon")
+	cmd := exec.Command(exe, append([]string{"daemon"}, args...)...)
 	cmd.Env = daemonEnv(os.Environ())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = filepath.VolumeName(exe) + string(filepath.Separator)
@@ -120,6 +133,7 @@ func newDaemonCommand(g *globals) *cobra.Command {
 	var apply []string
 	home := daemon.DefaultHome()
 	auditPath := home.AuditLog()
+	var metricsAddr string
 	cmd := &cobra.Command{
 		Use:   "daemon [--apply FILE...]",
 		Short: "Run the background daemon (kpf up -d starts it; kpf daemon install starts it at login)",
@@ -148,6 +162,13 @@ its own flags and environment, as kpf up -d would.`,
 				Describe: describeIdentity,
 				Events:   g.out,
 			}
+			at, err := serveMetrics(cmd.Context(), metricsAddr, s.Metrics, g.errOut)
+			if err != nil {
+				return err
+			}
+			if at != nil {
+				s.MetricsURL = "http://" + at.String() + "/metrics"
+			}
 			if len(apply) > 0 {
 				id, err := g.identity(cmd)
 				if err != nil {
@@ -165,6 +186,7 @@ its own flags and environment, as kpf up -d would.`,
 		},
 	}
 	cmd.Flags().StringArrayVar(&apply, "apply", nil, "a forwards file to run at start (repeatable)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", metricsAddrUsage)
 	cmd.Flags().StringVar(&auditPath, "audit-log", auditPath, "the daemon's audit log: a JSON line per connection and per forward start, stop and pod switch (0600, rotated at 10 MB); \"\" for none")
 	cmd.AddCommand(newServiceCommands(g)...)
 	return cmd

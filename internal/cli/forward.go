@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/metrics"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
@@ -39,6 +41,7 @@ type ForwardOptions struct {
 	Balance   bool
 	Timeout   time.Duration
 	AuditLog  string
+	Metrics   string
 
 	// Set by Complete.
 	doctor  string // the kpf doctor command for this forward
@@ -87,6 +90,7 @@ func (o *ForwardOptions) AddFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.Balance, "balance", false, "Spread new connections over every ready pod of a service or workload, as the Service would")
 	f.DurationVar(&o.Timeout, "timeout", 0, "Stop after this long (exit code 5); 0: never")
 	f.StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
+	f.StringVar(&o.Metrics, "metrics-addr", "", metricsAddrUsage)
 }
 
 // Complete reads the arguments and the kubeconfig.
@@ -151,7 +155,21 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 		defer deps.Audit.Close()
 		deps.Who = o.cluster.auditWho(ctx)
 	}
+	var sess atomic.Pointer[session.Session]
+	if _, err := serveMetrics(ctx, o.Metrics, func() []metrics.Forward {
+		f := metrics.Forward{Name: o.forward.Target, Namespace: sp.Namespace, Target: o.forward.Target}
+		if s := sess.Load(); s != nil {
+			m := s.Metrics()
+			f.Session, f.Ready, f.Pod, f.Target, f.Namespace = &m, true, s.Status().Pod, s.Target.Ref, s.Target.Namespace
+		}
+		return []metrics.Forward{f}
+	}, o.g.errOut); err != nil {
+		return err
+	}
 	s, err := session.Open(ctx, sp, deps)
+	if err == nil {
+		sess.Store(s)
+	}
 	if err != nil {
 		return withDoctor(ctx, explainOpen(ctx, err, sp.Namespace, o.cluster.kube, o.cluster.config), o.doctor)
 	}

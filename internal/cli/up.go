@@ -18,6 +18,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/daemon"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
+	"github.com/kpf-dev/kpf/internal/metrics"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/kpf-dev/kpf/internal/target"
@@ -39,6 +40,7 @@ type UpOptions struct {
 	Wait        bool
 	WaitTimeout time.Duration
 	AuditLog    string
+	Metrics     string
 
 	names []string
 	file  *config.File
@@ -77,6 +79,7 @@ port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 	cmd.Flags().BoolVar(&o.Wait, "wait", false, "run in the daemon (implies -d) and return once every forward is ready and healthy (exit 0), or fail with a summary after --timeout")
 	cmd.Flags().DurationVar(&o.WaitTimeout, "timeout", 2*time.Minute, "with --wait: how long to wait")
 	cmd.Flags().StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
+	cmd.Flags().StringVar(&o.Metrics, "metrics-addr", "", metricsAddrUsage+"; default: the file's metrics: key")
 	return cmd
 }
 
@@ -142,6 +145,15 @@ func (o *UpOptions) Run(ctx context.Context) error {
 		},
 	}
 	m := manager.New(mo)
+	addr := o.Metrics
+	if addr == "" {
+		addr = o.file.Metrics
+	}
+	if at, err := serveMetrics(ctx, addr, func() []metrics.Forward { return m.Metrics(o.file.Path) }, o.g.errOut); err != nil {
+		return err
+	} else if at != nil {
+		fmt.Fprintf(o.g.errOut, "metrics: http://%s/metrics\n", at)
+	}
 	m.Start(ctx, fws)
 	if table {
 		drawLoop(ctx, o.g.out, m, events, o.file.Path)

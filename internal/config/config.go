@@ -33,6 +33,8 @@ var DefaultFiles = []string{"kpf.yaml", "kpf.yml"}
 type File struct {
 	Path     string
 	Forwards []Forward
+	// Metrics is where kpf up serves Prometheus metrics ("" none).
+	Metrics string
 }
 
 // Forward is one named forward with defaults applied.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -64,6 +65,12 @@ func parseYAML(path string, b []byte) (*File, error) {
 		},
 		"defaults": func(k, v *yaml.Node) { def = p.defaults(v) },
 		"forwards": func(k, v *yaml.Node) { forwards = v },
+		"metrics": func(k, v *yaml.Node) {
+			f.Metrics = p.str(v, "metrics")
+			if _, _, err := net.SplitHostPort(f.Metrics); err != nil {
+				p.add(v, "metrics", "%q: want HOST:PORT for Prometheus metrics, such as 127.0.0.1:9090", f.Metrics)
+			}
+		},
 	})
 	if forwards == nil {
 		p.add(root, "forwards", "missing: list the forwards to run")

@@ -26,6 +26,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
+	"github.com/kpf-dev/kpf/internal/metrics"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
 )
@@ -80,6 +81,7 @@ type Status struct {
 	Started       time.Time     `json:"started"`
 	Files         []string      `json:"files"`
 	Forwards      []manager.Row `json:"forwards"`
+	Metrics       string        `json:"metrics,omitempty"` // the URL of its Prometheus metrics, if served
 }
 
 // ApplyRequest asks the daemon to run the forwards of a file as the
@@ -125,6 +127,8 @@ type Server struct {
 	Home     Home
 	Log      *slog.Logger
 	Opener   OpenerFunc
+	// MetricsURL is where the daemon's metrics are served, for status.
+	MetricsURL string
 	Describe DescribeFunc
 	// Events receives every forward's state changes, as log lines.
 	Events io.Writer
@@ -183,6 +187,15 @@ func (s *Server) Serve(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// Metrics are every file's forwards, for the metrics endpoint.
+func (s *Server) Metrics() []metrics.Forward {
+	var out []metrics.Forward
+	for _, r := range s.runs() {
+		out = append(out, r.m.Metrics(r.path)...)
+	}
+	return out
 }
 
 // Handler is the daemon's API, behind the same-user check.
@@ -265,7 +278,7 @@ func (s *Server) run(path string) *fileRun {
 }
 
 func (s *Server) snapshot(only string) Status {
-	st := Status{SchemaVersion: SchemaVersion, PID: os.Getpid(), Started: s.started, Files: []string{}, Forwards: []manager.Row{}}
+	st := Status{SchemaVersion: SchemaVersion, PID: os.Getpid(), Started: s.started, Files: []string{}, Forwards: []manager.Row{}, Metrics: s.MetricsURL}
 	for _, r := range s.runs() {
 		if only != "" && r.path != only {
 			continue

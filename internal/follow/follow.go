@@ -48,6 +48,8 @@ var (
 	ErrTargetGone = errors.New("lost connection to pod")
 	// ErrRetriesExhausted: --max-retries reconnects in a row failed.
 	ErrRetriesExhausted = errors.New("gave up reconnecting")
+	// ErrNoReadyPod: a connection waited --reconnect-wait for a pod.
+	ErrNoReadyPod = errors.New("no ready pod")
 )
 
 // Options configure a Follower.
@@ -368,7 +370,7 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 		case <-timer.C: // retryAt may have passed
 		}
 		if time.Now().After(deadline) {
-			return nil, nil, nil, fmt.Errorf("no ready pod for %s in namespace %q within %s (see --reconnect-wait)", f.o.Ref, f.o.Namespace, f.o.ReconnectWait)
+			return nil, nil, nil, fmt.Errorf("%w for %s in namespace %q within %s (see --reconnect-wait)", ErrNoReadyPod, f.o.Ref, f.o.Namespace, f.o.ReconnectWait)
 		}
 	}
 }

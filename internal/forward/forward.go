@@ -146,8 +146,9 @@ type Options struct {
 	// IdleTimeout ends the forward after this long with no open
 	// connection; 0 never.
 	IdleTimeout time.Duration
-	// Counters, if set, are kept up to date.
-	Counters *Counters
+	// Counters, if set, gives the counters of a remote port, kept up to
+	// date as connections come and go.
+	Counters func(remote uint16) *Counters
 	// Ended, if set, hears of each connection when it ends.
 	Ended func(Ended)
 }
@@ -159,6 +160,9 @@ type Ended struct {
 	Remote      uint16
 	Stats       tunnel.Stats
 	Err         error
+	// FirstByte is how long the first byte from the pod took to reach the
+	// client; 0 if none did.
+	FirstByte time.Duration
 }
 
 // Counters are a forward's connection and byte counts. Bytes are counted
@@ -166,8 +170,6 @@ type Ended struct {
 type Counters struct {
 	Open, Total, Failed atomic.Int64
 	Bytes               tunnel.Meter
-	mu                  sync.Mutex
-	lastErr             string
 }
 
 // meter is a new connection's meter, counting into c's.
@@ -176,13 +178,6 @@ func (c *Counters) meter() *tunnel.Meter {
 		return nil
 	}
 	return c.Bytes.Child()
-}
-
-// LastError is the last connection error.
-func (c *Counters) LastError() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.lastErr
 }
 
 func (c *Counters) start() {
@@ -199,9 +194,6 @@ func (c *Counters) end(err error) {
 	c.Open.Add(-1)
 	if err != nil {
 		c.Failed.Add(1)
-		c.mu.Lock()
-		c.lastErr = err.Error()
-		c.mu.Unlock()
 	}
 }
 
@@ -247,13 +239,22 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 						connsMu.Unlock()
 						idle.free()
 					}()
-					opts.Counters.start()
+					var counters *Counters
+					if opts.Counters != nil {
+						counters = opts.Counters(l.Port.Remote)
+					}
+					counters.start()
 					start := time.Now()
-					st, err := tun.Forward(ctx, c, l.Port.Remote, opts.Counters.meter())
+					m := counters.meter()
+					st, err := tun.Forward(ctx, c, l.Port.Remote, m)
 					c.Close()
-					opts.Counters.end(err)
+					counters.end(err)
 					if opts.Ended != nil {
-						opts.Ended(Ended{Start: start, Local: l.Addr().String(), Peer: c.RemoteAddr().String(), Remote: l.Port.Remote, Stats: st, Err: err})
+						e := Ended{Start: start, Local: l.Addr().String(), Peer: c.RemoteAddr().String(), Remote: l.Port.Remote, Stats: st, Err: err}
+						if first := m.FirstIn(); !first.IsZero() {
+							e.FirstByte = first.Sub(start)
+						}
+						opts.Ended(e)
 					}
 					if err != nil {
 						log.Error("connection failed", keyClient, c.RemoteAddr().String(), keyLocal, l.Port.Local, keyRemote, l.Port.Remote, keyErr, err)

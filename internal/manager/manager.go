@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/metrics"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
 )
@@ -294,6 +295,35 @@ func (m *Manager) Snapshot() []Row {
 		rows = append(rows, r)
 	}
 	return rows
+}
+
+// Metrics are the forwards as the metrics endpoint shows them, file
+// naming where they come from.
+func (m *Manager) Metrics(file string) []metrics.Forward {
+	m.mu.Lock()
+	fws := append([]*Forward(nil), m.forwards...)
+	m.mu.Unlock()
+	out := make([]metrics.Forward, 0, len(fws))
+	for _, f := range fws {
+		f.mu.Lock()
+		mf := metrics.Forward{Name: f.Spec.Name, File: file, Namespace: f.Spec.Namespace, Target: f.Spec.Target, Ready: f.state == Ready}
+		if f.Spec.Health != nil {
+			ok := f.health == HealthHealthy
+			mf.Healthy = &ok
+		}
+		sess := f.sess
+		f.mu.Unlock()
+		if sess != nil {
+			sm := sess.Metrics()
+			mf.Session = &sm
+			mf.Pod = sess.Status().Pod
+			if mf.Namespace == "" {
+				mf.Namespace = sess.Target.Namespace
+			}
+		}
+		out = append(out, mf)
+	}
+	return out
 }
 
 // Good reports whether a row is ready and, if checked, healthy.

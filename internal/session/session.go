@@ -83,7 +83,7 @@ type Session struct {
 	follower  *follow.Follower
 	spec      Spec
 	deps      Deps
-	counters  forward.Counters
+	stats     *stats
 	cancel    context.CancelFunc
 	audit     audit.Forward // the forward, as its audit records name it
 
@@ -102,13 +102,19 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	deps.Log.Debug("target resolved", "target", t.Ref, "pod", t.Pod.Name, "namespace", t.Namespace)
 	// The first tunnel settles the transport (auto may fall back to
 	// SPDY); every later one is dialled the same way.
+	st := newStats(spec.Transport)
+	for _, p := range t.Ports {
+		st.ports[p.Remote] = &forward.Counters{}
+	}
 	var mu sync.Mutex
 	transport := spec.Transport
 	dial := func(ctx context.Context, pod string) (*tunnel.Conn, error) {
 		mu.Lock()
 		tr := transport
 		mu.Unlock()
+		start := time.Now()
 		c, err := tunnel.Dial(ctx, deps.Config, t.Namespace, pod, tr, spec.DataPath)
+		st.dialled(time.Since(start), c, err)
 		if err == nil && tr == tunnel.Auto {
 			mu.Lock()
 			transport = c.Transport
@@ -156,7 +162,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		cancel()
 		return nil, &StageError{Stage: StageListen, Target: t, Err: err}
 	}
-	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, cancel: cancel, audit: id}
+	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, cancel: cancel, audit: id, stats: st}
 	if deps.Audit != nil {
 		deps.Audit.Event(audit.Event{Forward: id, Event: "start", Pod: t.Pod.Name, Listen: s.Addrs()})
 	}
@@ -169,10 +175,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 func (s *Session) Serve(ctx context.Context) error {
 	defer s.cancel()
 	go s.measureRates(ctx)
-	opts := forward.Options{IdleTimeout: s.spec.IdleTimeout, Counters: &s.counters}
-	if s.deps.Audit != nil {
-		opts.Ended = s.audited
-	}
+	opts := forward.Options{IdleTimeout: s.spec.IdleTimeout, Counters: s.stats.counters, Ended: s.ended}
 	err := forward.Serve(ctx, s.Listeners, s.follower, s.deps.Out, s.deps.Log, opts)
 	if s.deps.Audit != nil {
 		e := audit.Event{Forward: s.audit, Event: "stop"}
@@ -189,7 +192,8 @@ func (s *Session) Serve(ctx context.Context) error {
 func (s *Session) measureRates(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	lastIn, lastOut, last := s.counters.Bytes.In.Load(), s.counters.Bytes.Out.Load(), time.Now()
+	lastIn, lastOut := s.bytes()
+	last := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -197,7 +201,7 @@ func (s *Session) measureRates(ctx context.Context) {
 			s.rateOut.Store(0)
 			return
 		case now := <-t.C:
-			in, out := s.counters.Bytes.In.Load(), s.counters.Bytes.Out.Load()
+			in, out := s.bytes()
 			secs := now.Sub(last).Seconds()
 			s.rateIn.Store(int64(float64(in-lastIn) / secs))
 			s.rateOut.Store(int64(float64(out-lastOut) / secs))
@@ -206,8 +210,12 @@ func (s *Session) measureRates(ctx context.Context) {
 	}
 }
 
-// audited writes a connection's audit record.
-func (s *Session) audited(e forward.Ended) {
+// ended counts a connection's end and writes its audit record.
+func (s *Session) ended(e forward.Ended) {
+	s.stats.ended(e)
+	if s.deps.Audit == nil {
+		return
+	}
 	c := audit.Connection{
 		Forward: s.audit, Pod: e.Stats.Pod, RemotePort: e.Remote, Local: e.Local, Peer: e.Peer,
 		Start: e.Start.UTC().Format(time.RFC3339Nano), Seconds: time.Since(e.Start).Seconds(),
@@ -245,20 +253,30 @@ func (s *Session) Status() Status {
 	st := Status{
 		Pod:        pod,
 		State:      state,
-		Open:       s.counters.Open.Load(),
-		Total:      s.counters.Total.Load(),
-		Failed:     s.counters.Failed.Load(),
-		BytesIn:    s.counters.Bytes.In.Load(),
-		BytesOut:   s.counters.Bytes.Out.Load(),
 		RateIn:     s.rateIn.Load(),
 		RateOut:    s.rateOut.Load(),
 		Reconnects: s.follower.Reconnects(),
 		Switches:   s.follower.Switches(),
 	}
-	if e := s.counters.LastError(); e != "" {
-		st.LastError = e
+	for _, c := range s.stats.ports {
+		st.Open += c.Open.Load()
+		st.Total += c.Total.Load()
+		st.Failed += c.Failed.Load()
 	}
+	st.BytesIn, st.BytesOut = s.bytes()
+	s.stats.mu.Lock()
+	st.LastError = s.stats.lastErr
+	s.stats.mu.Unlock()
 	return st
+}
+
+// bytes are the totals to the clients and to the pod, over every port.
+func (s *Session) bytes() (in, out int64) {
+	for _, c := range s.stats.ports {
+		in += c.Bytes.In.Load()
+		out += c.Bytes.Out.Load()
+	}
+	return in, out
 }
 
 // Addrs are the local addresses the session listens on.

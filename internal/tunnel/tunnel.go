@@ -273,8 +273,12 @@ func (m *Meter) AddOut(n int64) {
 	}
 }
 
-// FirstIn is when the first byte reached the client, zero before.
+// FirstIn is when the first byte reached the client, zero before (and
+// for a nil meter).
 func (m *Meter) FirstIn() time.Time {
+	if m == nil {
+		return time.Time{}
+	}
 	if ns := m.first.Load(); ns != 0 {
 		return time.Unix(0, ns)
 	}
