@@ -124,12 +124,12 @@ type DescribeFunc func(id identity.Identity, context string) (ctx, cluster, user
 
 // Server is the daemon.
 type Server struct {
-	Home     Home
-	Log      *slog.Logger
-	Opener   OpenerFunc
+	Home   Home
+	Log    *slog.Logger
+	Opener OpenerFunc
 	// MetricsURL is where the daemon's metrics are served, for status.
 	MetricsURL string
-	Describe DescribeFunc
+	Describe   DescribeFunc
 	// Events receives every forward's state changes, as log lines.
 	Events io.Writer
 	// Initial are files to apply at start (a user service's files).
