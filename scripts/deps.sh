@@ -4,8 +4,9 @@
 # when they are missing. Needs root (or sudo) only if something is missing.
 set -euo pipefail
 need=()
-# prometheus and promtool check kpf's metrics the way users will read them.
-for pair in curl:curl python3:python3 nc:netcat-openbsd tinyproxy:tinyproxy microsocks:microsocks zsh:zsh prometheus:prometheus promtool:prometheus; do
+# prometheus and promtool check kpf's metrics the way users will read them;
+# redis-benchmark is a client the HTTP log must pass through untouched.
+for pair in curl:curl python3:python3 nc:netcat-openbsd tinyproxy:tinyproxy microsocks:microsocks zsh:zsh prometheus:prometheus promtool:prometheus redis-server:redis-server redis-benchmark:redis-tools; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

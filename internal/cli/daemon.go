@@ -383,14 +383,17 @@ func newRestartCommand(g *globals) *cobra.Command {
 }
 
 func newLogsCommand(g *globals) *cobra.Command {
-	var follow bool
+	var follow, httpLog bool
 	var file string
 	cmd := &cobra.Command{
-		Use:     "logs [-f] [NAME] [--file FILE]",
-		Short:   "Show the daemon's log, or the lines of one forward (of one file with --file)",
-		Example: "  kpf logs\n  kpf logs -f api --file shop.yaml",
+		Use:     "logs [-f] [NAME] [--file FILE] [--http]",
+		Short:   "Show the daemon's log, or the lines of one forward (of one file with --file); --http: its HTTP request log",
+		Example: "  kpf logs\n  kpf logs -f api --file shop.yaml\n  kpf logs --http -f api",
 		Args:    cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if httpLog {
+				return httpLogOf(cmd.Context(), g.out, args, file, follow)
+			}
 			home := daemon.DefaultHome()
 			f, err := os.Open(home.Log())
 			if errors.Is(err, os.ErrNotExist) {
@@ -421,7 +424,49 @@ func newLogsCommand(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines")
 	cmd.Flags().StringVar(&file, "file", "", "only lines of this file's forwards")
+	cmd.Flags().BoolVar(&httpLog, "http", false, "show the forward's HTTP request log (its httpLog: in kpf.yaml)")
 	return cmd
+}
+
+// httpLogOf prints the HTTP request log of the named forward.
+func httpLogOf(ctx context.Context, out io.Writer, args []string, file string, follow bool) error {
+	if len(args) != 1 {
+		return usagef("kpf logs --http takes the name of a forward")
+	}
+	abs := ""
+	if file != "" {
+		var err error
+		if abs, err = filepath.Abs(file); err != nil {
+			return err
+		}
+	}
+	st, err := daemon.NewClient(daemon.DefaultHome()).Status(ctx, abs)
+	if err != nil {
+		return err
+	}
+	var found []manager.Row
+	for _, r := range st.Forwards {
+		if r.Name == args[0] {
+			found = append(found, r)
+		}
+	}
+	switch {
+	case len(found) == 0:
+		return fmt.Errorf("the daemon runs no forward %q (kpf status lists them)", args[0])
+	case len(found) > 1:
+		return usagef("forward %q is in %d files: say which with --file", args[0], len(found))
+	case found[0].HTTPLog == "" || found[0].HTTPLog == "-":
+		return fmt.Errorf("forward %q logs no HTTP requests to a file: add httpLog: FILE to it in %s", args[0], found[0].File)
+	}
+	f, err := os.Open(found[0].HTTPLog)
+	if errors.Is(err, os.ErrNotExist) && follow {
+		return fmt.Errorf("%s does not exist yet: no request has been logged", found[0].HTTPLog)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return copyLines(ctx, out, f, func(string) bool { return true }, follow)
 }
 
 // printJSON prints v as indented JSON, for scripts.

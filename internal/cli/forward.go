@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/httplog"
 	"github.com/kpf-dev/kpf/internal/metrics"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/session"
@@ -42,6 +43,8 @@ type ForwardOptions struct {
 	Timeout   time.Duration
 	AuditLog  string
 	Metrics   string
+	HTTPLog   string
+	Bodies    int
 
 	// Set by Complete.
 	doctor  string // the kpf doctor command for this forward
@@ -91,6 +94,8 @@ func (o *ForwardOptions) AddFlags(cmd *cobra.Command) {
 	f.DurationVar(&o.Timeout, "timeout", 0, "Stop after this long (exit code 5); 0: never")
 	f.StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
 	f.StringVar(&o.Metrics, "metrics-addr", "", metricsAddrUsage)
+	f.StringVar(&o.HTTPLog, "http-log", "", "log each HTTP/1.x request as a JSON line to this file (- for stderr): method, path, status, sizes, duration, pod; never header values")
+	f.IntVar(&o.Bodies, "http-log-bodies", 0, "with --http-log: also log the first N bytes of text bodies")
 }
 
 // Complete reads the arguments and the kubeconfig.
@@ -154,6 +159,13 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 		}
 		defer deps.Audit.Close()
 		deps.Who = o.cluster.auditWho(ctx)
+	}
+	if o.HTTPLog != "" {
+		if deps.HTTPLog, err = httplog.Open(o.HTTPLog, o.forward.Target, o.Bodies); err != nil {
+			return usageError{err}
+		}
+	} else if o.Bodies != 0 {
+		return usagef("--http-log-bodies %d without --http-log: say where to log with --http-log FILE", o.Bodies)
 	}
 	var sess atomic.Pointer[session.Session]
 	if _, err := serveMetrics(ctx, o.Metrics, func() []metrics.Forward {

@@ -16,6 +16,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/audit"
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/httplog"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/metrics"
@@ -305,7 +306,15 @@ func newOpener(file string, id identity.Identity, log *slog.Logger, warn io.Writ
 		if auditLog != nil {
 			deps.Audit, deps.Who = auditLog, c.auditWho(ctx)
 		}
+		if fw.HTTPLog != "" {
+			if deps.HTTPLog, err = httplog.Open(fw.HTTPLog, fw.Name, 0); err != nil {
+				return nil, err
+			}
+		}
 		s, err := session.Open(ctx, spec, deps)
+		if err != nil {
+			deps.HTTPLog.Close()
+		}
 		if err != nil {
 			return nil, withDoctor(ctx, explainOpen(ctx, err, spec.Namespace, c.kube, c.config), doctorForFile(file, fw))
 		}

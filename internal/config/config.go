@@ -47,7 +47,10 @@ type Forward struct {
 	Addresses []string
 	Balance   bool
 	Health    *Health
-	Pos       Pos
+	// HTTPLog is where to log its HTTP requests ("" none, "-" standard
+	// error); a relative path is taken from the file's folder.
+	HTTPLog string
+	Pos     Pos
 }
 
 // Pos is where a forward stands in its file, for problems.

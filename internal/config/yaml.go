@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 // line, and unknown keys are caught.
 type yamlParser struct {
 	probs []Problem
+	dir   string // the file's folder, for relative paths in it
 }
 
 func (p *yamlParser) add(n *yaml.Node, field, format string, a ...any) {
@@ -38,7 +40,7 @@ type defaults struct {
 
 func parseYAML(path string, b []byte) (*File, error) {
 	var doc yaml.Node
-	p := &yamlParser{}
+	p := &yamlParser{dir: filepath.Dir(path)}
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		line := 0
 		if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
@@ -236,6 +238,12 @@ func (p *yamlParser) forward(n *yaml.Node, i int, d defaults) (Forward, bool) {
 			}
 		},
 		"health": func(k, v *yaml.Node) { fw.Health = p.health(v, where+".health", d.health) },
+		"httpLog": func(k, v *yaml.Node) {
+			fw.HTTPLog = p.str(v, where+".httpLog")
+			if fw.HTTPLog != "" && fw.HTTPLog != "-" && !filepath.IsAbs(fw.HTTPLog) {
+				fw.HTTPLog = filepath.Join(p.dir, fw.HTTPLog)
+			}
+		},
 	})
 	if !gotName {
 		p.add(n, where+".name", "missing")

@@ -499,6 +499,7 @@ func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16, m *
 			f.mu.Unlock()
 			continue
 		}
+		m.SetPod(pod.Name)
 		stats, err := conn.Forward(rc, port, m)
 		pool.Release(conn)
 		stats.Pod = pod.Name

@@ -151,6 +151,16 @@ type Options struct {
 	Counters func(remote uint16) *Counters
 	// Ended, if set, hears of each connection when it ends.
 	Ended func(Ended)
+	// Tap, if set, gives each connection a tap that sees its bytes (the
+	// HTTP log), closed when the connection ends; peer is the client's
+	// address, pod says which pod carries it.
+	Tap func(peer string, pod func() string) ConnTap
+}
+
+// ConnTap watches one connection's bytes.
+type ConnTap interface {
+	tunnel.Tap
+	Close()
 }
 
 // Ended is a connection that ended.
@@ -246,6 +256,14 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 					counters.start()
 					start := time.Now()
 					m := counters.meter()
+					if opts.Tap != nil {
+						if m == nil {
+							m = &tunnel.Meter{}
+						}
+						tap := opts.Tap(c.RemoteAddr().String(), m.Pod)
+						m.SetTap(tap)
+						defer tap.Close()
+					}
 					st, err := tun.Forward(ctx, c, l.Port.Remote, m)
 					c.Close()
 					counters.end(err)

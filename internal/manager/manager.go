@@ -268,6 +268,7 @@ type Row struct {
 	RateOut    int64    `json:"bytesOutPerSecond"`
 	Reconnects int64    `json:"reconnects"`
 	Switches   int64    `json:"podSwitches"`
+	HTTPLog    string   `json:"httpLog,omitempty"` // where its HTTP requests are logged
 	LastError  string   `json:"lastError,omitempty"`
 }
 
@@ -279,7 +280,7 @@ func (m *Manager) Snapshot() []Row {
 	rows := make([]Row, 0, len(fws))
 	for _, f := range fws {
 		f.mu.Lock()
-		r := Row{Name: f.Spec.Name, Context: f.Spec.Context, Namespace: f.Spec.Namespace, Target: f.Spec.Target,
+		r := Row{Name: f.Spec.Name, Context: f.Spec.Context, Namespace: f.Spec.Namespace, Target: f.Spec.Target, HTTPLog: f.Spec.HTTPLog,
 			State: f.state, Health: f.health, HealthNote: f.healthNote, LastError: f.err}
 		sess := f.sess
 		f.mu.Unlock()

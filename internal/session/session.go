@@ -18,6 +18,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/audit"
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/forward"
+	"github.com/kpf-dev/kpf/internal/httplog"
 	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/target"
@@ -50,11 +51,14 @@ type Deps struct {
 	Objects target.Getter
 	// Audit, if set, gets a record of every connection, and of the
 	// forward starting, stopping and switching pods, as Who.
-	Audit  *audit.Log
-	Who    audit.Who
-	Out    io.Writer // "Forwarding from", "Handling connection for"
-	ErrOut io.Writer // bind warnings
-	Log    *slog.Logger
+	Audit *audit.Log
+	Who   audit.Who
+	// HTTPLog, if set, gets a line per HTTP request of the connections;
+	// Serve closes it when it returns.
+	HTTPLog *httplog.Log
+	Out     io.Writer // "Forwarding from", "Handling connection for"
+	ErrOut  io.Writer // bind warnings
+	Log     *slog.Logger
 }
 
 // Stage says where Open failed, so the caller can explain the error.
@@ -175,7 +179,11 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 func (s *Session) Serve(ctx context.Context) error {
 	defer s.cancel()
 	go s.measureRates(ctx)
+	defer s.deps.HTTPLog.Close()
 	opts := forward.Options{IdleTimeout: s.spec.IdleTimeout, Counters: s.stats.counters, Ended: s.ended}
+	if l := s.deps.HTTPLog; l != nil {
+		opts.Tap = func(peer string, pod func() string) forward.ConnTap { return l.Conn(peer, pod) }
+	}
 	err := forward.Serve(ctx, s.Listeners, s.follower, s.deps.Out, s.deps.Log, opts)
 	if s.deps.Audit != nil {
 		e := audit.Event{Forward: s.audit, Event: "stop"}

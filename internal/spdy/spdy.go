@@ -215,9 +215,10 @@ type Stream struct {
 	writing bool
 	directN int64 // bytes the read loop wrote, for WriteTo's count
 
-	// countIn and countOut, if set, hear of bytes as they move: written
-	// to the local connection, and sent to the server.
-	countIn, countOut func(int64)
+	// countIn and countOut, if set, see bytes as they move: written to
+	// the local connection, and sent to the server. They must not keep
+	// the slices: the buffers go back to the pool.
+	countIn, countOut func([]byte)
 }
 
 // chunk is a DATA frame's payload waiting for the stream's reader, in a
@@ -488,14 +489,22 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 		} else {
 			n, err = bufs.WriteTo(w)
 		}
+		if count != nil {
+			left := n
+			for _, c := range batch {
+				if left <= 0 {
+					break
+				}
+				k := min(int64(len(c.b)), left)
+				count(c.b[:k])
+				left -= k
+			}
+		}
 		for i := range batch {
 			bufpool.Put(batch[i].pb)
 			batch[i] = chunk{}
 		}
 		total += n
-		if count != nil && n > 0 {
-			count(n)
-		}
 		s.mu.Lock()
 		s.writing = false
 		if err != nil {
@@ -512,7 +521,7 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 // Count makes the stream report bytes as they move: in, written to the
 // local connection by WriteTo (or the read loop for it); out, sent by
 // ReadFrom. Set it before either runs.
-func (s *Stream) Count(in, out func(int64)) {
+func (s *Stream) Count(in, out func([]byte)) {
 	s.mu.Lock()
 	s.countIn, s.countOut = in, out
 	s.mu.Unlock()
@@ -556,7 +565,9 @@ func rawConnOf(w io.Writer) (syscall.RawConn, func()) {
 
 // writeNow writes chunks to rc without waiting: what the socket takes at
 // once. It returns the bytes written and what is left.
-func writeNow(rc syscall.RawConn, chunks []chunk) (int, []chunk) {
+//
+// count, if set, sees each written piece before its buffer is released.
+func writeNow(rc syscall.RawConn, chunks []chunk, count func([]byte)) (int, []chunk) {
 	var iov [64][]byte
 	v := iov[:0]
 	for _, c := range chunks {
@@ -581,8 +592,14 @@ func writeNow(rc syscall.RawConn, chunks []chunk) (int, []chunk) {
 	written := n
 	for n > 0 && len(chunks) > 0 {
 		if n < len(chunks[0].b) {
+			if count != nil {
+				count(chunks[0].b[:n])
+			}
 			chunks[0].b = chunks[0].b[n:]
 			break
+		}
+		if count != nil {
+			count(chunks[0].b)
 		}
 		n -= len(chunks[0].b)
 		bufpool.Put(chunks[0].pb)
@@ -614,7 +631,7 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 			}
 			total += int64(n)
 			if count != nil {
-				count(int64(n))
+				count((*pb)[8 : 8+n])
 			}
 		}
 		bufpool.Put(pb)
@@ -687,10 +704,7 @@ func (s *Stream) deliver(chunks []chunk, fin bool) {
 			prepare()
 		}
 		var n int
-		n, chunks = writeNow(rc, chunks)
-		if count != nil && n > 0 {
-			count(int64(n))
-		}
+		n, chunks = writeNow(rc, chunks, count)
 		s.mu.Lock()
 		s.writing = false
 		s.directN += int64(n)

@@ -299,13 +299,13 @@ func (c *Conn) forwardOwn(local net.Conn, port uint16, m *Meter) (Stats, error) 
 	pb := bufpool.Get(firstRead)
 	first := (*pb)[:readNow(local, *pb)]
 	errStream, data, err := c.own.OpenPair(h, dh, first)
+	if err == nil && m != nil {
+		m.WroteOut(first) // before its buffer goes back to the pool
+		data.Count(m.WroteIn, m.WroteOut)
+	}
 	bufpool.Put(pb)
 	if err != nil {
 		return Stats{}, fmt.Errorf("create streams: %w", err)
-	}
-	if m != nil {
-		m.AddOut(int64(len(first)))
-		data.Count(m.AddIn, m.AddOut)
 	}
 	// The kubelet's verdict comes on the error stream, whole, before its
 	// FIN: read once the stream is done, by no goroutine of its own.

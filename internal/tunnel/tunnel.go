@@ -250,12 +250,62 @@ func (e *RemoteError) Error() string {
 type Meter struct {
 	In, Out atomic.Int64 // to the local client, and to the pod
 	parent  *Meter
+	tap     Tap
+	pod     atomic.Pointer[string]
 	// first is when the first byte reached the client (unix ns); 0 before.
 	first atomic.Int64
 }
 
+// Tap sees a connection's bytes as they move, without keeping or
+// changing them (the HTTP log): In what reaches the client, Out what is
+// sent to the pod. Each is called from one goroutine at a time.
+type Tap interface {
+	In(p []byte)
+	Out(p []byte)
+}
+
 // Child is a meter that also counts into m.
 func (m *Meter) Child() *Meter { return &Meter{parent: m} }
+
+// SetTap makes m show its bytes to t; set it before the connection runs.
+func (m *Meter) SetTap(t Tap) { m.tap = t }
+
+// SetPod records the pod that carries the connection.
+func (m *Meter) SetPod(name string) {
+	if m != nil {
+		m.pod.Store(&name)
+	}
+}
+
+// Pod is the pod that carries the connection, "" before one was chosen.
+func (m *Meter) Pod() string {
+	if p := m.pod.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// WroteIn counts (and shows a tap) p, written to the local client.
+func (m *Meter) WroteIn(p []byte) {
+	if m == nil {
+		return
+	}
+	if m.tap != nil {
+		m.tap.In(p)
+	}
+	m.AddIn(int64(len(p)))
+}
+
+// WroteOut counts (and shows a tap) p, sent to the pod.
+func (m *Meter) WroteOut(p []byte) {
+	if m == nil {
+		return
+	}
+	if m.tap != nil {
+		m.tap.Out(p)
+	}
+	m.AddOut(int64(len(p)))
+}
 
 // AddIn counts n bytes written to the local client.
 func (m *Meter) AddIn(n int64) {
@@ -354,25 +404,25 @@ func (a apiStream) copyIn(l net.Conn) (int64, error) {
 	if a.m == nil {
 		return io.Copy(l, a.s)
 	}
-	return io.Copy(meterWriter{l, a.m.AddIn}, a.s)
+	return io.Copy(meterWriter{l, a.m.WroteIn}, a.s)
 }
 
 func (a apiStream) copyOut(l net.Conn) (int64, error) {
 	if a.m == nil {
 		return io.Copy(a.s, l)
 	}
-	return io.Copy(meterWriter{a.s, a.m.AddOut}, l)
+	return io.Copy(meterWriter{a.s, a.m.WroteOut}, l)
 }
 
 // meterWriter counts what it writes.
 type meterWriter struct {
-	w   io.Writer
-	add func(int64)
+	w     io.Writer
+	wrote func([]byte)
 }
 
 func (w meterWriter) Write(p []byte) (int, error) {
 	n, err := w.w.Write(p)
-	w.add(int64(n))
+	w.wrote(p[:n])
 	return n, err
 }
 func (a apiStream) closeWrite() { a.s.Close() }
