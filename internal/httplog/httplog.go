@@ -115,9 +115,9 @@ type Conn struct {
 	pending   []*request // in order, not yet answered
 	current   *request   // being read from the client
 	nextStart time.Time  // when the next request's first byte came
-	respReq *request   // the request the response being read answers
-	status  int
-	stopped bool
+	respReq   *request   // the request the response being read answers
+	status    int
+	stopped   bool
 }
 
 // Conn starts watching a connection from client id; pod says which pod
