@@ -52,8 +52,8 @@ func main() {
 	flag.IntVar(&o.conns, "latency-conns", 1000, "sequential connections for the latency test")
 	flag.IntVar(&o.idle, "idle-conns", 1000, "idle connections for the memory test")
 	flag.Int64Var(&o.stallBytes, "stall-bytes", 256<<20, "download next to a stalled connection")
-	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl", "paths to measure (also kpf-portable-ws and kpf-portable-spdy: the build macOS and Windows run)")
-	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle", "workloads to run")
+	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl", "paths to measure (also kpf-portable-ws and kpf-portable-spdy: the build macOS and Windows run; kpf-ws-httplog and kpf-spdy-httplog: with --http-log, for http-download)")
+	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle", "workloads to run (also http-download: the download as an HTTP response, for the HTTP log's cost)")
 	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
 	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
 	flag.BoolVar(&o.breakdown, "breakdown", false, "also record the CPU per GiB of every process on the path (bench client, API server, node agent, pod)")
@@ -220,15 +220,22 @@ spec:
 			return startForwarder(ctx, []string{bin, "--kubeconfig", admin, "port-forward", "-n", ns, "pod/bulk", ":9000"}, []string{"KUBECTL_PORT_FORWARD_WEBSOCKETS=" + ws})
 		}
 	}
-	kpfPF := func(bin, transport string) func(context.Context) (*forwarder, error) {
+	kpfPF := func(bin, transport string, extra ...string) func(context.Context) (*forwarder, error) {
 		return func(ctx context.Context) (*forwarder, error) {
-			return startForwarder(ctx, []string{bin, "--kubeconfig", admin, "forward", "--transport", transport, "-n", ns, "pod/bulk", ":9000"}, nil)
+			args := append([]string{bin, "--kubeconfig", admin, "forward", "--transport", transport, "-n", ns}, extra...)
+			return startForwarder(ctx, append(args, "pod/bulk", ":9000"), nil)
 		}
 	}
+	// The HTTP log's cost: the same forward with --http-log (its lines go
+	// to a file that is emptied with each run), on http-download.
+	httpLog := filepath.Join(os.TempDir(), fmt.Sprintf("kpf-bench-http-%d.log", os.Getpid()))
+	defer os.Remove(httpLog)
 	all := map[string]path{
 		"direct":            {"direct", func(context.Context) (*forwarder, error) { return &forwarder{addr: direct}, nil }},
 		"kpf-ws":            {"kpf-ws", kpfPF(kpf, "websocket")},
 		"kpf-spdy":          {"kpf-spdy", kpfPF(kpf, "spdy")},
+		"kpf-ws-httplog":    {"kpf-ws-httplog", kpfPF(kpf, "websocket", "--http-log", httpLog)},
+		"kpf-spdy-httplog":  {"kpf-spdy-httplog", kpfPF(kpf, "spdy", "--http-log", httpLog)},
 		"kpf-portable-ws":   {"kpf-portable-ws", kpfPF(kpfPortable, "websocket")},
 		"kpf-portable-spdy": {"kpf-portable-spdy", kpfPF(kpfPortable, "spdy")},
 		"kubectl-ws":        {"kubectl-ws", kubectlPF(sb.Kubectl, "true")},
@@ -393,6 +400,17 @@ func measure(ctx context.Context, o options, p path, round int, w map[string]boo
 		rec("idle", "per-conn", (rssMiB(f.pid())-base)*1024/float64(len(conns)), "KiB/conn")
 		for _, c := range conns {
 			c.Close()
+		}
+	}
+	if w["http-download"] {
+		cpu0, t0 := cpuSeconds(f.pid()), time.Now()
+		if err := workload.HTTPDownload(f.addr, uint64(o.size), 10*time.Minute); err != nil {
+			return fmt.Errorf("http-download: %w", err)
+		}
+		d := time.Since(t0)
+		rec("http-download", "throughput", mib(o.size, d), "MiB/s")
+		if f.pid() != 0 {
+			rec("http-download", "cpu", (cpuSeconds(f.pid())-cpu0)/(float64(o.size)/(1<<30)), "CPU s/GiB")
 		}
 	}
 	if w["download"] {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"time"
 
@@ -31,6 +32,35 @@ func BulkDownload(addr string, n uint64, timeout time.Duration) error {
 	}
 	if uint64(got) != n {
 		return fmt.Errorf("download from %s: got %d bytes, want %d", addr, got, n)
+	}
+	return nil
+}
+
+// HTTPDownload is BulkDownload over HTTP/1.1: GET /bytes/n from a
+// kpf.test/bulk server, the body checked against the pattern.
+func HTTPDownload(addr string, n uint64, timeout time.Duration) error {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := fmt.Fprintf(c, "GET /bytes/%d HTTP/1.1\r\nHost: bulk\r\nUser-Agent: kpf-bench\r\n\r\n", n); err != nil {
+		return err
+	}
+	br := bufio.NewReaderSize(c, 64<<10)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return fmt.Errorf("GET /bytes/%d from %s: %w", n, addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ContentLength != int64(n) {
+		return fmt.Errorf("GET /bytes/%d from %s: %s, %d bytes", n, addr, resp.Status, resp.ContentLength)
+	}
+	var v pattern.Verifier
+	got, err := pattern.Copy(&v, resp.Body, make([]byte, 256*1024))
+	if err != nil || uint64(got) != n {
+		return fmt.Errorf("GET /bytes/%d from %s: %d bytes, %v", n, addr, got, err)
 	}
 	return nil
 }

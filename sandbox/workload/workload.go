@@ -188,6 +188,25 @@ func bulk(c *net.TCPConn) {
 	verb, arg, _ := strings.Cut(strings.TrimSpace(line), " ")
 	n, _ := strconv.ParseUint(arg, 10, 64)
 	buf := make([]byte, 256*1024)
+	if verb == "GET" {
+		// GET /bytes/N HTTP/1.1: SEND as an HTTP response, so that the
+		// same bulk transfer can be measured as HTTP (the HTTP log's cost).
+		path, _, _ := strings.Cut(arg, " ")
+		n, _ = strconv.ParseUint(strings.TrimPrefix(path, "/bytes/"), 10, 64)
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if strings.TrimSpace(l) == "" {
+				break
+			}
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", n)
+		pattern.Copy(c, pattern.NewReader(n), buf)
+		c.CloseWrite()
+		return
+	}
 	switch strings.ToUpper(verb) {
 	case "SEND":
 		pattern.Copy(c, pattern.NewReader(n), buf)
