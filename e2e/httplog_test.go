@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 )
@@ -201,4 +202,34 @@ print("ok")
 		}
 	}
 	t.Logf("%d requests, %d pipelined, %d not-HTTP connections; redis-benchmark: %s", len(reqs), len(pipelined), notHTTP, strings.Join(strings.Fields(string(bench)), " "))
+}
+
+// TestDaemonHTTPLog: httpLog: in kpf.yaml (relative to the file) in the
+// daemon, read back with kpf logs --http NAME.
+func TestDaemonHTTPLog(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "web", 1)
+	k := newKpfCmd(t, sb)
+	k.write(t, "kpf.yaml", fmt.Sprintf("forwards:\n- name: web\n  namespace: %s\n  target: deployment/web\n  ports: [\"%d:8080\"]\n  httpLog: web-http.log\n", ns, freePort(t)))
+	if out, code := k.run(t, "up", "-d", "--wait"); code != 0 {
+		t.Fatalf("kpf up -d --wait: exit %d\n%s", code, out)
+	}
+	addr := k.status(t).Forwards[0].Local[0]
+	if out, err := exec.Command("curl", "-fsS", "-o", "/dev/null", "http://"+addr+"/bytes/123?from=daemon").CombinedOutput(); err != nil {
+		t.Fatalf("curl: %v\n%s", err, out)
+	}
+	var out string
+	sandboxtest.WaitFor(t, 10*time.Second, "the request in kpf logs --http web", func() (bool, error) {
+		out, _ = k.run(t, "logs", "--http", "web")
+		return strings.Contains(out, `"path":"/bytes/123?from=daemon"`), nil
+	})
+	if _, err := os.Stat(filepath.Join(k.dir, "web-http.log")); err != nil {
+		t.Errorf("the log is not next to kpf.yaml: %v", err)
+	}
+	if !strings.Contains(out, `"status":200`) || !strings.Contains(out, `"forward":"web"`) {
+		t.Errorf("kpf logs --http web:\n%s", out)
+	}
+	if out, code := k.run(t, "logs", "--http", "nosuch"); code == 0 || !strings.Contains(out, `no forward "nosuch"`) {
+		t.Errorf("kpf logs --http nosuch: exit %d\n%s", code, out)
+	}
 }

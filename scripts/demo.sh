@@ -83,6 +83,15 @@ if [ "${FWD[0]##*/}" = kpf ] && [ "$NS" = kpf-demo ]; then
   "$BIN/kpf" down --all >/dev/null
   echo "== kpf takes kubectl port-forward's words as they are: kpf svc/api :80"
   "$BIN/kpf" -n "$NS" --timeout 3s svc/api :80 2>&1 | head -2 || true
+  echo "== watching what flows: kpf forward --http-log FILE --metrics-addr 127.0.0.1:0"
+  forward watch svc/api :80 --http-log "$logs/http.log" --metrics-addr 127.0.0.1:0; w=$port
+  curl -fsS -o /dev/null "http://127.0.0.1:$w/"
+  curl -fsS -o /dev/null "http://127.0.0.1:$w/bytes/100000"
+  curl -fsS -o /dev/null -X POST --data-binary 'hello' -H 'Authorization: Bearer never-logged' "http://127.0.0.1:$w/echo"
+  sleep 0.2
+  cut -c1-190 "$logs/http.log"
+  metrics=$(sed -n 's/^metrics: \(http.*\)/\1/p' "$logs/watch.log" | head -1)
+  curl -fsS "$metrics" | grep -E '^kpf_(connections_total|client_bytes_total|pod_bytes_total)' | cut -c1-190
   echo "== kpf doctor: why a forward to port 80 of the frontend gets nothing (it listens on 8080)"
   "$BIN/kpf" doctor -n "$NS" deploy/frontend 8080:80 2>&1 | grep -v '^ *from \|^ *server ' | cut -c1-160 || true
 fi

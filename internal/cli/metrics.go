@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 
@@ -21,5 +22,6 @@ func serveMetrics(ctx context.Context, addr string, src metrics.Source, errOut i
 		return nil, usageError{err}
 	}
 	go metrics.Serve(ctx, ln, src)
+	fmt.Fprintf(errOut, "metrics: http://%s/metrics\n", ln.Addr())
 	return ln.Addr(), nil
 }

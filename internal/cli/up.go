@@ -150,10 +150,8 @@ func (o *UpOptions) Run(ctx context.Context) error {
 	if addr == "" {
 		addr = o.file.Metrics
 	}
-	if at, err := serveMetrics(ctx, addr, func() []metrics.Forward { return m.Metrics(o.file.Path) }, o.g.errOut); err != nil {
+	if _, err := serveMetrics(ctx, addr, func() []metrics.Forward { return m.Metrics(o.file.Path) }, o.g.errOut); err != nil {
 		return err
-	} else if at != nil {
-		fmt.Fprintf(o.g.errOut, "metrics: http://%s/metrics\n", at)
 	}
 	m.Start(ctx, fws)
 	if table {
