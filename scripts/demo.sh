@@ -79,7 +79,7 @@ if [ "${FWD[0]##*/}" = kpf ] && [ "$NS" = kpf-demo ]; then
   echo "== the same forwards from a file, in kpf's background daemon (kpf up -d --wait)"
   export KPF_HOME="$logs/home"
   "$BIN/kpf" up -d --wait --timeout 60s -f demo/kpf.yaml >"$logs/up.log" 2>&1 || { cat "$logs/up.log"; exit 1; }
-  "$BIN/kpf" status | cut -c1-150
+  "$BIN/kpf" status | cut -c1-200
   "$BIN/kpf" down --all >/dev/null
   echo "== kpf takes kubectl port-forward's words as they are: kpf svc/api :80"
   "$BIN/kpf" -n "$NS" --timeout 3s svc/api :80 2>&1 | head -2 || true
