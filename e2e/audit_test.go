@@ -90,23 +90,13 @@ func echoOnce(addr string, n int) error {
 func TestAuditLogCountsEveryConnection(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	ns := sb.Namespace(t)
-	sb.Apply(t, ns, `
-apiVersion: v1
-kind: Pod
-metadata: {name: echo, labels: {app: echo}}
-spec:
-  containers: [{name: echo, image: kpf.test/echo, ports: [{containerPort: 7070}]}]
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: auditor}
-`)
+	sb.Apply(t, ns, "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: auditor}\n")
 	role, err := exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "rbac", "-n", ns, "pod/echo", "--subject", "sa:"+ns+"/auditor").Output()
 	if err != nil {
 		t.Fatalf("kpf rbac: %v", err)
 	}
 	sb.Apply(t, ns, string(role))
-	sb.ReadyPods(t, ns, "app=echo", 1)
+	echoPodIn(t, sb, ns)
 	cfg, token := serviceAccountKubeconfig(t, sb, ns, "auditor")
 	sandboxtest.WaitFor(t, 15*time.Second, "the Role in effect", func() (bool, error) {
 		return doctor(t, nil, cfg, "pod/echo", "7070").step(t, "rbac").Status == "ok", nil
@@ -239,14 +229,7 @@ func TestSecurityDocAuditPolicy(t *testing.T) {
 func TestStatusCountsBytesAsTheyMove(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	ns := sb.Namespace(t)
-	sb.Apply(t, ns, `
-apiVersion: v1
-kind: Pod
-metadata: {name: echo, labels: {app: echo}}
-spec:
-  containers: [{name: echo, image: kpf.test/echo, ports: [{containerPort: 7070}]}]
-`)
-	sb.ReadyPods(t, ns, "app=echo", 1)
+	echoPodIn(t, sb, ns)
 	k := newKpfCmd(t, sb)
 	k.write(t, "kpf.yaml", fmt.Sprintf("forwards:\n- name: echo\n  namespace: %s\n  target: pod/echo\n  ports: [\"%d:7070\"]\n", ns, freePort(t)))
 	if out, code := k.run(t, "up", "-d", "--wait"); code != 0 {
@@ -276,5 +259,30 @@ spec:
 	}
 	if !strings.Contains(w.Output(), "IN/S") {
 		t.Errorf("no rates in the table:\n%s", w.Output())
+	}
+}
+
+// echoPodIn runs pod/echo (kpf.test/echo on 7070) in ns and waits until
+// it is ready.
+func echoPodIn(t *testing.T, sb *sandboxtest.Sandbox, ns string) {
+	t.Helper()
+	sb.Apply(t, ns, `
+apiVersion: v1
+kind: Pod
+metadata: {name: echo, labels: {app: echo}}
+spec:
+  containers: [{name: echo, image: kpf.test/echo, ports: [{containerPort: 7070}]}]
+`)
+	sb.ReadyPods(t, ns, "app=echo", 1)
+}
+
+// needPrograms fails the test when a program it runs as a witness is
+// missing.
+func needPrograms(t *testing.T, names ...string) {
+	t.Helper()
+	for _, bin := range names {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Fatalf("%s is not installed: run scripts/deps.sh", bin)
+		}
 	}
 }

@@ -47,11 +47,7 @@ func readHTTPLog(t *testing.T, path string) ([]httpLine, string) {
 // through another port of the same forward is logged as "not HTTP" and
 // runs as it would without the log.
 func TestHTTPLog(t *testing.T) {
-	for _, bin := range []string{"curl", "python3", "redis-server", "redis-benchmark"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s is not installed: run scripts/deps.sh", bin)
-		}
-	}
+	needPrograms(t, "curl", "python3", "redis-server", "redis-benchmark")
 	sb := sandboxtest.Get(t)
 	ns := sb.Namespace(t)
 	sb.Apply(t, ns, `

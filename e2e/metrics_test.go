@@ -24,21 +24,10 @@ import (
 // moved through each (within 1%) and the connection counts, and promtool
 // finds nothing wrong with the exposition.
 func TestPrometheusScrapesKpfUp(t *testing.T) {
-	for _, bin := range []string{"prometheus", "promtool"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s is not installed: run scripts/deps.sh", bin)
-		}
-	}
+	needPrograms(t, "prometheus", "promtool")
 	sb := sandboxtest.Get(t)
 	ns := sb.Namespace(t)
-	sb.Apply(t, ns, `
-apiVersion: v1
-kind: Pod
-metadata: {name: echo, labels: {app: echo}}
-spec:
-  containers: [{name: echo, image: kpf.test/echo, ports: [{containerPort: 7070}]}]
-`)
-	sb.ReadyPods(t, ns, "app=echo", 1)
+	echoPodIn(t, sb, ns)
 	dir := t.TempDir()
 	metricsPort := freePort(t)
 	names := []string{"a", "b", "c"}

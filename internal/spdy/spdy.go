@@ -216,7 +216,8 @@ type Stream struct {
 	directN int64 // bytes the read loop wrote, for WriteTo's count
 
 	// countIn and countOut, if set, see bytes as they move: written to
-	// the local connection, and sent to the server. They must not keep
+	// the local connection, and about to be sent to the server (before,
+	// so that a request is seen before its answer). They must not keep
 	// the slices: the buffers go back to the pool.
 	countIn, countOut func([]byte)
 }
@@ -624,15 +625,17 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 		pb, n, err := readFrame(r, size)
 		size = nextReadSize(size, n)
 		if n > 0 {
+			// Shown before it is sent: whatever watches the request (the
+			// HTTP log) must see it before the server's answer can come.
+			if count != nil {
+				count((*pb)[8 : 8+n])
+			}
 			werr := s.writeData(*pb, n)
 			if werr != nil {
 				bufpool.Put(pb)
 				return total, werr
 			}
 			total += int64(n)
-			if count != nil {
-				count((*pb)[8 : 8+n])
-			}
 		}
 		bufpool.Put(pb)
 		if err == io.EOF {

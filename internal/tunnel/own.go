@@ -298,9 +298,9 @@ func (c *Conn) forwardOwn(local net.Conn, port uint16, m *Meter) (Stats, error) 
 	// What the client has already sent goes out with the streams' frames.
 	pb := bufpool.Get(firstRead)
 	first := (*pb)[:readNow(local, *pb)]
+	m.WroteOut(first) // before it is sent: a request before its answer
 	errStream, data, err := c.own.OpenPair(h, dh, first)
 	if err == nil && m != nil {
-		m.WroteOut(first) // before its buffer goes back to the pool
 		data.Count(m.WroteIn, m.WroteOut)
 	}
 	bufpool.Put(pb)

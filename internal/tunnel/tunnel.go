@@ -296,7 +296,8 @@ func (m *Meter) WroteIn(p []byte) {
 	m.AddIn(int64(len(p)))
 }
 
-// WroteOut counts (and shows a tap) p, sent to the pod.
+// WroteOut counts (and shows a tap) p, sent to the pod; call it before
+// sending, so that a tap sees a request before its answer.
 func (m *Meter) WroteOut(p []byte) {
 	if m == nil {
 		return
@@ -411,7 +412,23 @@ func (a apiStream) copyOut(l net.Conn) (int64, error) {
 	if a.m == nil {
 		return io.Copy(a.s, l)
 	}
-	return io.Copy(meterWriter{a.s, a.m.WroteOut}, l)
+	return io.Copy(tapFirstWriter{a.s, a.m}, l)
+}
+
+// tapFirstWriter shows what it writes to the pod to the meter's tap
+// before writing (a request is seen before its answer), and counts it.
+type tapFirstWriter struct {
+	w io.Writer
+	m *Meter
+}
+
+func (w tapFirstWriter) Write(p []byte) (int, error) {
+	if w.m.tap != nil {
+		w.m.tap.Out(p)
+	}
+	n, err := w.w.Write(p)
+	w.m.AddOut(int64(n))
+	return n, err
 }
 
 // meterWriter counts what it writes.
