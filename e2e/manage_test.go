@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -412,5 +413,46 @@ forwards:
 		if _, err := fetch(f.Local[0], 1024); err != nil {
 			t.Errorf("%s: %v", f.Name, err)
 		}
+	}
+}
+
+// TestOnePodWatchPerNamespace: thirty forwards of one file in one
+// namespace open one pod watch on the API server, not thirty.
+func TestOnePodWatchPerNamespace(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "web", 1)
+	var svcs, fws strings.Builder
+	fws.WriteString("forwards:\n")
+	for i := range 30 {
+		fmt.Fprintf(&svcs, "---\napiVersion: v1\nkind: Service\nmetadata: {name: s%d}\nspec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n", i)
+		fmt.Fprintf(&fws, "- {name: s%d, namespace: %s, target: svc/s%d, ports: [':80']}\n", i, ns, i)
+	}
+	sb.Apply(t, ns, svcs.String())
+	watches := func() int {
+		out, err := sb.KubectlRun(t, "get", "--raw", "/metrics")
+		if err != nil {
+			t.Fatalf("API server metrics: %v", err)
+		}
+		n := 0
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "apiserver_longrunning_requests{") && strings.Contains(l, `resource="pods"`) && strings.Contains(l, `verb="WATCH"`) {
+				f := strings.Fields(l)
+				v, _ := strconv.Atoi(f[len(f)-1])
+				n += v
+			}
+		}
+		return n
+	}
+	before := watches()
+	k := newKpfCmd(t, sb)
+	k.write(t, "kpf.yaml", fws.String())
+	if out, code := k.run(t, "up", "-d", "--wait"); code != 0 {
+		t.Fatalf("kpf up -d --wait: exit %d\n%s", code, out)
+	}
+	if got := watches() - before; got != 1 {
+		t.Errorf("30 forwards in one namespace added %d pod watches, want 1", got)
+	}
+	if st := k.status(t); len(st.Forwards) != 30 || servedBy(t, st.Forwards[29].Local[0]) == "" {
+		t.Errorf("status: %d forwards", len(st.Forwards))
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/audit"
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/httplog"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
@@ -327,7 +328,15 @@ type kubeCluster struct {
 	client    kube.Interface
 	namespace string
 	who       whoOnce // for the audit log
+	watches   *follow.Watches
 }
+
+// The client-side rate limit of every cluster connection, when the
+// kubeconfig sets none.
+const (
+	clientQPS   = 100
+	clientBurst = 200
+)
 
 // connect makes the clients of an identity, as kubectl's flags would.
 func connect(id identity.Identity) (*kubeCluster, error) {
@@ -344,11 +353,17 @@ func connect(id identity.Identity) (*kubeCluster, error) {
 		return nil, explainConfig(err)
 	}
 	cfg.UserAgent = userAgent()
+	if cfg.QPS == 0 && cfg.RateLimiter == nil {
+		// client-go's default (5 requests/s, bursts of 10) paces a file of
+		// a hundred forwards to tens of seconds at start; the API server
+		// protects itself with its own flow control.
+		cfg.QPS, cfg.Burst = clientQPS, clientBurst
+	}
 	cs, err := kube.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &kubeCluster{kube: flags, config: cfg, client: cs, namespace: ns}, nil
+	return &kubeCluster{kube: flags, config: cfg, client: cs, namespace: ns, watches: follow.NewWatches(cs)}, nil
 }
 
 // deps are what a session of this cluster needs.
@@ -357,6 +372,7 @@ func (c *kubeCluster) deps(out, errOut io.Writer, log *slog.Logger) session.Deps
 		Config:  c.config,
 		Client:  c.client,
 		Objects: target.BuilderGetter{Flags: c.kube},
+		Watches: c.watches,
 		Out:     out,
 		ErrOut:  errOut,
 		Log:     log,

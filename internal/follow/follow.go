@@ -74,6 +74,9 @@ type Options struct {
 	// OnSwitch, if set, hears of every switch to another pod; it is called
 	// with the follower's lock held and must not block.
 	OnSwitch func(from, to, reason string)
+	// Watches, if set, is the cluster's shared pod watches; without it the
+	// follower watches its own pods.
+	Watches *Watches
 }
 
 // podState is what the Follower knows of one pod.
@@ -116,6 +119,30 @@ func New(ctx context.Context, o Options) (*Follower, error) {
 		f.pods[o.Initial.UID] = &podState{pod: o.Initial}
 		f.current = o.Initial.UID
 	}
+	h := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { f.seen(obj.(*corev1.Pod)) },
+		UpdateFunc: func(_, obj any) { f.seen(obj.(*corev1.Pod)) },
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if p, ok := obj.(*corev1.Pod); ok && f.mine(p) {
+				f.remove(p.UID, "deleted")
+			}
+		},
+	}
+	if o.Watches != nil {
+		unsubscribe, err := o.Watches.subscribe(o.Namespace, h)
+		if err != nil {
+			return nil, err
+		}
+		go func() {
+			<-ctx.Done()
+			unsubscribe()
+			f.closeAll()
+		}()
+		return f, nil
+	}
 	tweak := func(lo *metav1.ListOptions) {
 		if o.PodName != "" {
 			lo.FieldSelector = fields.OneTermEqualSelector("metadata.name", o.PodName).String()
@@ -124,19 +151,7 @@ func New(ctx context.Context, o Options) (*Follower, error) {
 		}
 	}
 	inf := podInformer(o.Client, o.Namespace, tweak)
-	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { f.upsert(obj.(*corev1.Pod)) },
-		UpdateFunc: func(_, obj any) { f.upsert(obj.(*corev1.Pod)) },
-		DeleteFunc: func(obj any) {
-			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = t.Obj
-			}
-			if p, ok := obj.(*corev1.Pod); ok {
-				f.remove(p.UID, "deleted")
-			}
-		},
-	})
-	if err != nil {
+	if _, err := inf.AddEventHandler(h); err != nil {
 		return nil, err
 	}
 	go func() {
@@ -144,6 +159,21 @@ func New(ctx context.Context, o Options) (*Follower, error) {
 		f.closeAll()
 	}()
 	return f, nil
+}
+
+// seen takes a pod from the watch: one of ours is added or updated; one
+// that no longer matches (its labels changed) is as good as gone.
+func (f *Follower) seen(p *corev1.Pod) {
+	if f.mine(p) {
+		f.upsert(p)
+		return
+	}
+	f.mu.Lock()
+	_, known := f.pods[p.UID]
+	f.mu.Unlock()
+	if known {
+		f.remove(p.UID, "no longer matches")
+	}
 }
 
 // Done is closed when the forward must end; Err says why.

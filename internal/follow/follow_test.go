@@ -36,6 +36,7 @@ func newFollower(t *testing.T, s *fakeapi.Server, tweak func(*Options)) (*Follow
 		Client:        s.Client,
 		ReconnectWait: 5 * time.Second,
 		Log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Watches:       NewWatches(s.Client), // as production: the cluster's shared watches
 		Dial: func(ctx context.Context, pod string) (*tunnel.Conn, error) {
 			return tunnel.Dial(ctx, s.Config, ns, pod, tunnel.SPDY, tunnel.OwnDataPath)
 		},
@@ -330,5 +331,56 @@ func TestMeterCountsWhileOpen(t *testing.T) {
 	client.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWatchesAreSharedPerNamespace: followers of one namespace share one
+// pod watch, each seeing only its own pods; the watch ends with the last.
+func TestWatchesAreSharedPerNamespace(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
+	s.Pod(t, ns, "db-0", map[string]string{"app": "db"}, true, fakeapi.Echo(t, "db-0"))
+	w := NewWatches(s.Client)
+	webF, stopWeb := newFollower(t, s, func(o *Options) { o.Watches = w })
+	dbF, stopDB := newFollower(t, s, func(o *Options) {
+		o.Watches, o.Selector, o.Ref = w, labels.SelectorFromSet(map[string]string{"app": "db"}), "statefulset/db"
+	})
+	if n := w.Namespaces(); n != 1 {
+		t.Fatalf("%d namespace watches for two followers of one namespace, want 1", n)
+	}
+	if r := connect(t, context.Background(), webF); r.err != nil || r.pod != "web-1" {
+		t.Fatalf("web: %q %v", r.pod, r.err)
+	}
+	if r := connect(t, context.Background(), dbF); r.err != nil || r.pod != "db-0" {
+		t.Fatalf("db: %q %v", r.pod, r.err)
+	}
+	// A new pod of web reaches web's follower only.
+	s.Pod(t, ns, "web-2", web, true, fakeapi.Echo(t, "web-2"))
+	testnet.WaitFor(t, func() bool { return webF.knows("web-2", true) })
+	if dbF.knows("web-2", true) || dbF.knows("web-2", false) {
+		t.Error("db's follower took web's pod")
+	}
+	stopWeb()
+	if r := connect(t, context.Background(), dbF); r.err != nil || r.pod != "db-0" {
+		t.Fatalf("db after web stopped: %q %v", r.pod, r.err)
+	}
+	stopDB()
+	testnet.WaitFor(t, func() bool { return w.Namespaces() == 0 })
+}
+
+// TestOwnWatchWithoutShared: with no shared watches, a follower watches
+// its own pods (by label selector), and follows a deleted pod's successor.
+func TestOwnWatchWithoutShared(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
+	f, _ := newFollower(t, s, func(o *Options) { o.Watches = nil })
+	if r := connect(t, context.Background(), f); r.err != nil || r.pod != "web-1" {
+		t.Fatalf("%q %v", r.pod, r.err)
+	}
+	s.Pod(t, ns, "web-2", web, true, fakeapi.Echo(t, "web-2"))
+	s.Delete(t, ns, "web-1")
+	testnet.WaitFor(t, func() bool { pod, _ := f.State(); return pod == "web-2" })
+	if r := connect(t, context.Background(), f); r.err != nil || r.pod != "web-2" {
+		t.Fatalf("after web-1 went: %q %v", r.pod, r.err)
 	}
 }

@@ -53,6 +53,9 @@ type Deps struct {
 	// forward starting, stopping and switching pods, as Who.
 	Audit *audit.Log
 	Who   audit.Who
+	// Watches, if set, are the cluster's shared pod watches (one per
+	// namespace for all its forwards).
+	Watches *follow.Watches
 	// HTTPLog, if set, gets a line per HTTP request of the connections;
 	// Serve closes it when it returns.
 	HTTPLog *httplog.Log
@@ -139,6 +142,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		NoReconnect:   spec.NoReconnect,
 		Initial:       t.Pod,
 		Log:           deps.Log,
+		Watches:       deps.Watches,
 	}
 	id := audit.Forward{Who: deps.Who, Namespace: t.Namespace, Name: spec.Name, Target: t.Ref}
 	if deps.Audit != nil {
