@@ -132,6 +132,8 @@ func TestShellCompletionFromTheCluster(t *testing.T) {
 				{"kpf forward -n " + ns + " deployment/", []string{"deployment/catalog", "deployment/orders"}},
 				{"kpf forward -n " + ns + " pod/" + pods[0].Name + " ", []string{"8080", ":main"}},
 				{"kpf down ", []string{"shop-api"}},
+				{"kpf doctor -n " + ns + " svc/", []string{"svc/catalog", "svc/orders"}},
+				{"kpf rbac -n " + ns + " svc/catalog deployment/", []string{"deployment/catalog", "deployment/orders"}},
 			}
 			for _, c := range cases {
 				s := startShell(t, sh, env) // one each: no completion still running

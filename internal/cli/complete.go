@@ -317,6 +317,19 @@ func (g *globals) registerCompletions(root *cobra.Command) {
 		switch c.Name() {
 		case "forward":
 			c.ValidArgsFunction = g.completeForward
+		case "doctor", "rbac":
+			// Like forward (rbac: every word a TYPE/NAME), or a file's
+			// forwards with -f.
+			rbac := c.Name() == "rbac"
+			c.ValidArgsFunction = func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+				if f := cmd.Flags().Lookup("file"); f != nil && f.Changed {
+					return completeFileForwards(cmd, args, toComplete)
+				}
+				if rbac {
+					args = nil
+				}
+				return g.completeForward(cmd, args, toComplete)
+			}
 		case "up", "run":
 			c.ValidArgsFunction = completeFileForwards
 		case "down", "restart", "logs":
