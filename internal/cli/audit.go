@@ -7,8 +7,7 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/audit"
 	"github.com/kpf-dev/kpf/internal/identity"
-	authnv1 "k8s.io/api/authentication/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"github.com/kpf-dev/kpf/internal/kube"
 )
 
 const auditLogUsage = "append a JSON line per connection (who, pod, ports, client, bytes, result) and per forward start, stop and pod switch to this file (created 0600, rotated at 10 MB, 3 kept)"
@@ -34,8 +33,8 @@ func (c *kubeCluster) auditWho(ctx context.Context) audit.Who {
 		w.Context, w.Cluster, w.User = identity.Describe(c.kube)
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		if r, err := c.client.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authnv1.SelfSubjectReview{}, metav1.CreateOptions{}); err == nil && r.Status.UserInfo.Username != "" {
-			w.User = r.Status.UserInfo.Username
+		if u, err := kube.WhoAmI(ctx, c.client); err == nil && u.Username != "" {
+			w.User = u.Username
 		}
 	})
 	return c.who.who

@@ -172,7 +172,7 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 		f := metrics.Forward{Name: o.forward.Target, Namespace: sp.Namespace, Target: o.forward.Target}
 		if s := sess.Load(); s != nil {
 			m := s.Metrics()
-			f.Session, f.Ready, f.Pod, f.Target, f.Namespace = &m, true, s.Status().Pod, s.Target.Ref, s.Target.Namespace
+			f.Session, f.Ready, f.Pod, f.Target, f.Namespace = &m, true, m.Pod, s.Target.Ref, s.Target.Namespace
 		}
 		return []metrics.Forward{f}
 	}, o.g.errOut); err != nil {

@@ -13,10 +13,9 @@ import (
 	"strings"
 
 	"github.com/kpf-dev/kpf/internal/identity"
+	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/kpf-dev/kpf/internal/tunnel"
-	authnv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/version"
 	"k8s.io/client-go/discovery"
 )
@@ -151,7 +150,7 @@ func (d *Doctor) whoAmI(ctx context.Context) Check {
 	c := Check{Step: "identity"}
 	ctx, cancel := d.step(ctx)
 	defer cancel()
-	r, err := d.Client.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authnv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	u, err := kube.WhoAmI(ctx, d.Client)
 	switch {
 	case apierrors.IsNotFound(err):
 		c.Status, c.Summary = Warn, "the API server cannot say who you are (SelfSubjectReview: Kubernetes 1.28 and later)"
@@ -163,7 +162,6 @@ func (d *Doctor) whoAmI(ctx context.Context) Check {
 		c.Status, c.Summary = Warn, "cannot ask who you are: "+d.explain(ctx, err)
 		return c
 	}
-	u := r.Status.UserInfo
 	c.Status, c.Summary = OK, "the API server knows you as "+u.Username
 	if len(u.Groups) > 0 {
 		c.Summary += " (groups: " + strings.Join(u.Groups, ", ") + ")"

@@ -133,11 +133,16 @@ func (d *Doctor) CheckForward(ctx context.Context, fw config.Forward, s spec.Set
 		rep(Check{Step: "transports", Status: Skip, Summary: "skipped: no pod to test"})
 		return
 	}
-	for _, c := range d.ports(ctx, fw, s, t) {
+	// One tunnel per transport, for the port tests and the transports
+	// step alike.
+	tn := d.dialBoth(ctx, s, t)
+	defer tn.close()
+	conn, err := tn.pick(s.Transport)
+	for _, c := range d.ports(ctx, fw, t, conn, err) {
 		rep(c)
 	}
 	rep(d.local(fw))
-	rep(d.transports(ctx, s, t))
+	rep(d.transports(s, tn))
 }
 
 // step bounds one step's requests; its error says when the bound ran out.

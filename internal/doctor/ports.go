@@ -15,24 +15,14 @@ import (
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/streaming/pkg/httpstream"
 )
 
 // ports checks each port: it maps to a container port, a container
 // declares it, and a test connection through a tunnel is not refused.
-func (d *Doctor) ports(ctx context.Context, fw config.Forward, s spec.Settings, t *target.Target) []Check {
-	var conn *tunnel.Conn
-	var dialErr error
-	if t.Pod.Status.Phase == corev1.PodRunning {
-		dctx, cancel := d.step(ctx)
-		conn, dialErr = tunnel.Dial(dctx, d.Config, t.Namespace, t.Pod.Name, s.Transport, s.DataPath)
-		if dialErr != nil {
-			dialErr = errors.New(d.explain(dctx, dialErr))
-		}
-		cancel()
-		if conn != nil {
-			defer conn.Close()
-		}
-	}
+//
+// conn is the tunnel the forward would use (dialErr why there is none).
+func (d *Doctor) ports(ctx context.Context, fw config.Forward, t *target.Target, conn *tunnel.Conn, dialErr error) []Check {
 	var out []Check
 	for _, p := range fw.Ports {
 		c := Check{Step: "port"}
@@ -164,27 +154,67 @@ func portsOf(t *target.Target) string {
 	return strings.Join(out, ", ")
 }
 
-// transports opens a tunnel with each transport and says which one auto
-// takes: WebSocket, or SPDY when the WebSocket upgrade is refused.
-func (d *Doctor) transports(ctx context.Context, s spec.Settings, t *target.Target) Check {
-	c := Check{Step: "transports"}
+// tunnels are a test tunnel per transport to the forward's pod, dialled
+// once: the port tests use the one the forward would, the transports step
+// reports both.
+type tunnels struct {
+	ws, spdy       *tunnel.Conn
+	wsErr, spdyErr error // explained; upgrade refusals as they are
+	dialled        bool  // the pod runs, so both were tried
+}
+
+// dialBoth opens a tunnel with each transport, each within a step's time.
+func (d *Doctor) dialBoth(ctx context.Context, s spec.Settings, t *target.Target) tunnels {
+	var tn tunnels
 	if t.Pod.Status.Phase != corev1.PodRunning {
-		c.Status, c.Summary = Skip, "skipped: the pod is not running"
-		return c
+		return tn
 	}
-	try := func(tr tunnel.Transport) error {
+	try := func(tr tunnel.Transport) (*tunnel.Conn, error) {
 		ctx, cancel := d.step(ctx)
 		defer cancel()
 		conn, err := tunnel.Dial(ctx, d.Config, t.Namespace, t.Pod.Name, tr, s.DataPath)
-		if err != nil {
-			if tunnel.IsUpgradeFailure(err) {
-				return err
-			}
-			return errors.New(d.explain(ctx, err))
+		if err != nil && !tunnel.IsUpgradeFailure(err) {
+			return nil, errors.New(d.explain(ctx, err))
 		}
-		return conn.Close()
+		return conn, err
 	}
-	wsErr, spdyErr := try(tunnel.WebSocket), try(tunnel.SPDY)
+	tn.ws, tn.wsErr = try(tunnel.WebSocket)
+	tn.spdy, tn.spdyErr = try(tunnel.SPDY)
+	tn.dialled = true
+	return tn
+}
+
+// pick is the tunnel transport tr would use: auto takes WebSocket, and
+// SPDY when the WebSocket upgrade is refused, as tunnel.Dial does.
+func (tn tunnels) pick(tr tunnel.Transport) (*tunnel.Conn, error) {
+	switch {
+	case !tn.dialled:
+		return nil, errors.New("the pod is not running")
+	case tr == tunnel.SPDY:
+		return tn.spdy, tn.spdyErr
+	case tr == tunnel.Auto && tn.wsErr != nil && (tunnel.IsUpgradeFailure(tn.wsErr) || httpstream.IsHTTPSProxyError(tn.wsErr)):
+		return tn.spdy, tn.spdyErr
+	}
+	return tn.ws, tn.wsErr
+}
+
+func (tn tunnels) close() {
+	for _, c := range []*tunnel.Conn{tn.ws, tn.spdy} {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+// transports says which transports open a tunnel and which one auto
+// takes: WebSocket, or SPDY when the WebSocket upgrade is refused.
+func (d *Doctor) transports(s spec.Settings, tn tunnels) Check {
+	c := Check{Step: "transports"}
+	if !tn.dialled {
+		c.Status, c.Summary = Skip, "skipped: the pod is not running"
+		return c
+	}
+	wsErr, spdyErr := tn.wsErr, tn.spdyErr
 	say := func(name string, err error) string {
 		if err != nil {
 			return name + " ✗ (" + err.Error() + ")"

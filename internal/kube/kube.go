@@ -9,7 +9,11 @@
 package kube
 
 import (
+	"context"
 	"fmt"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	appsv1 "k8s.io/client-go/kubernetes/typed/apps/v1"
 	authnv1 "k8s.io/client-go/kubernetes/typed/authentication/v1"
@@ -88,4 +92,14 @@ func NewForConfig(c *rest.Config) (*Clients, error) {
 		return nil, err
 	}
 	return &cs, nil
+}
+
+// WhoAmI is who the API server takes the client's credentials for
+// (SelfSubjectReview: Kubernetes 1.28 and later).
+func WhoAmI(ctx context.Context, c Interface) (authenticationv1.UserInfo, error) {
+	r, err := c.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil {
+		return authenticationv1.UserInfo{}, err
+	}
+	return r.Status.UserInfo, nil
 }

@@ -316,8 +316,7 @@ func (m *Manager) Metrics(file string) []metrics.Forward {
 		f.mu.Unlock()
 		if sess != nil {
 			sm := sess.Metrics()
-			mf.Session = &sm
-			mf.Pod = sess.Status().Pod
+			mf.Session, mf.Pod = &sm, sm.Pod
 			if mf.Namespace == "" {
 				mf.Namespace = sess.Target.Namespace
 			}

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -113,19 +112,12 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	for _, p := range t.Ports {
 		st.ports[p.Remote] = &forward.Counters{}
 	}
-	var mu sync.Mutex
-	transport := spec.Transport
 	dial := func(ctx context.Context, pod string) (*tunnel.Conn, error) {
-		mu.Lock()
-		tr := transport
-		mu.Unlock()
+		tr := st.inUse()
 		start := time.Now()
 		c, err := tunnel.Dial(ctx, deps.Config, t.Namespace, pod, tr, spec.DataPath)
 		st.dialled(time.Since(start), c, err)
 		if err == nil && tr == tunnel.Auto {
-			mu.Lock()
-			transport = c.Transport
-			mu.Unlock()
 			deps.Log.Debug("tunnel open", "pod", c.Pod, "transport", c.Transport)
 		}
 		return c, err

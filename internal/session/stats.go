@@ -22,7 +22,7 @@ type stats struct {
 	ports map[uint16]*forward.Counters // by remote port; fixed at Open
 
 	mu        sync.Mutex
-	transport tunnel.Transport // the one in use once a tunnel opened
+	transport tunnel.Transport // the one in use once a tunnel opened: later dials take it too
 	failures  map[failure]int64
 	lastErr   string
 
@@ -41,6 +41,14 @@ func newStats(transport tunnel.Transport) *stats {
 
 // counters are a remote port's.
 func (s *stats) counters(port uint16) *forward.Counters { return s.ports[port] }
+
+// inUse is the transport to dial with: the spec's until a tunnel opened
+// (auto may fall back to SPDY), then the one that tunnel took.
+func (s *stats) inUse() tunnel.Transport {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.transport
+}
 
 // dialled records a tunnel dial.
 func (s *stats) dialled(took time.Duration, c *tunnel.Conn, err error) {
@@ -93,6 +101,7 @@ func Reason(err error) string {
 
 // Metrics is a session's counters at one moment.
 type Metrics struct {
+	Pod                 string // the pod new connections go to now
 	Transport           string
 	Ports               []PortMetrics
 	Dials, DialFailures int64
@@ -133,5 +142,6 @@ func (s *Session) Metrics() Metrics {
 	m.Dials, m.DialFailures = st.dials.Load(), st.dialFailures.Load()
 	m.DialTime, m.FirstByte = st.dialTime.Snapshot(), st.firstByte.Snapshot()
 	m.Reconnects, m.Switches = s.follower.Reconnects(), s.follower.Switches()
+	m.Pod, _ = s.follower.State()
 	return m
 }
