@@ -2,10 +2,7 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -89,7 +86,7 @@ func (o *RunOptions) Run(ctx context.Context, id identity.Identity) error {
 	if err := m.WaitGood(ctx, o.Timeout); err != nil {
 		return err
 	}
-	env := os.Environ()
+	var env []string
 	for _, r := range m.Snapshot() {
 		if len(r.Local) == 0 {
 			continue
@@ -98,18 +95,7 @@ func (o *RunOptions) Run(ctx context.Context, id identity.Identity) error {
 		host, port := splitHostPort(r.Local[0])
 		env = append(env, key+"_ADDR="+r.Local[0], key+"_HOST="+host, key+"_PORT="+port)
 	}
-	c := exec.CommandContext(ctx, o.command[0], o.command[1:]...)
-	c.Env = env
-	c.Stdin, c.Stdout, c.Stderr = os.Stdin, o.g.out, o.g.errOut
-	err = c.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &ee):
-		return exitError{ee.ExitCode()}
-	}
-	return fmt.Errorf("run %s: %w", o.command[0], err)
+	return runWithEnv(ctx, o.command, env, o.g.out, o.g.errOut)
 }
 
 func splitHostPort(addr string) (string, string) {

@@ -104,6 +104,9 @@ type Follower struct {
 	doneErr  error
 	doneOnce sync.Once
 	everUsed bool
+	// synced says whether the watch has delivered the pods that existed
+	// when it started: until then, no pod is not yet news.
+	synced func() bool
 
 	reconnects atomic.Int64
 	switches   atomic.Int64
@@ -132,7 +135,7 @@ func New(ctx context.Context, o Options) (*Follower, error) {
 		},
 	}
 	if o.Watches != nil {
-		unsubscribe, err := o.Watches.subscribe(o.Namespace, h)
+		unsubscribe, synced, err := o.Watches.subscribe(o.Namespace, h)
 		if err != nil {
 			return nil, err
 		}
@@ -141,6 +144,7 @@ func New(ctx context.Context, o Options) (*Follower, error) {
 			unsubscribe()
 			f.closeAll()
 		}()
+		f.synced = synced
 		return f, nil
 	}
 	tweak := func(lo *metav1.ListOptions) {
@@ -154,6 +158,7 @@ func New(ctx context.Context, o Options) (*Follower, error) {
 	if _, err := inf.AddEventHandler(h); err != nil {
 		return nil, err
 	}
+	f.synced = inf.HasSynced
 	go func() {
 		inf.RunWithContext(ctx)
 		f.closeAll()
@@ -378,7 +383,7 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 		changed := f.changed
 		down := f.tunnelDownLocked(exclude)
 		f.mu.Unlock()
-		if !waitedLogged {
+		if !waitedLogged && f.synced() {
 			// A ready pod whose tunnel cannot be dialled (the API server
 			// or a proxy on the way is down) is not a missing pod.
 			if down != nil {

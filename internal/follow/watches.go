@@ -36,7 +36,7 @@ func NewWatches(client kube.Interface) *Watches {
 // subscribe adds h to the watch of namespace's pods, starting the watch
 // for its first follower; the returned function removes h, and stops the
 // watch with its last follower.
-func (w *Watches) subscribe(namespace string, h cache.ResourceEventHandler) (func(), error) {
+func (w *Watches) subscribe(namespace string, h cache.ResourceEventHandler) (unsubscribe func(), synced func() bool, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	nw := w.byNS[namespace]
@@ -52,7 +52,7 @@ func (w *Watches) subscribe(namespace string, h cache.ResourceEventHandler) (fun
 			nw.cancel()
 			delete(w.byNS, namespace)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	nw.users++
 	return func() {
@@ -66,7 +66,7 @@ func (w *Watches) subscribe(namespace string, h cache.ResourceEventHandler) (fun
 				delete(w.byNS, namespace)
 			}
 		}
-	}, nil
+	}, reg.HasSynced, nil
 }
 
 // Namespaces is how many namespaces are watched now.
