@@ -52,7 +52,12 @@ func httpAppInDev(t *testing.T, sb *sandboxtest.Sandbox, prefix string) string {
 // fetch makes one new connection, downloads n checked pattern bytes and
 // returns the pod that served them.
 func fetch(addr string, n int) (string, error) {
-	c := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	return fetchWith(&http.Transport{DisableKeepAlives: true}, addr, n)
+}
+
+// fetchWith is fetch through a transport (a proxy's).
+func fetchWith(tr *http.Transport, addr string, n int) (string, error) {
+	c := &http.Client{Timeout: 60 * time.Second, Transport: tr}
 	resp, err := c.Get(fmt.Sprintf("http://%s/bytes/%d", addr, n))
 	if err != nil {
 		return "", err
@@ -83,6 +88,12 @@ type traffic struct {
 }
 
 func startTraffic(addr string) *traffic {
+	return startTrafficWith(func() (string, error) { return fetch(addr, 256<<10) })
+}
+
+// startTrafficWith runs get (one checked download, returning its pod)
+// until stopped.
+func startTrafficWith(get func() (string, error)) *traffic {
 	tr := &traffic{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(tr.done)
@@ -92,7 +103,7 @@ func startTraffic(addr string) *traffic {
 				return
 			default:
 			}
-			pod, err := fetch(addr, 256<<10)
+			pod, err := get()
 			tr.mu.Lock()
 			if err != nil {
 				tr.failed.Add(1)
