@@ -71,10 +71,12 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 		}
 	}
 	if !o.Wait {
+		refreshHostsFiles(ctx, o.g, home)
 		fmt.Fprintln(o.g.out, "kpf status shows how they are doing; kpf down stops them")
 		return nil
 	}
 	st, err := c.Wait(ctx, abs, o.WaitTimeout)
+	refreshHostsFiles(ctx, o.g, home)
 	if err != nil {
 		if st2, serr := c.Status(ctx, abs); serr == nil {
 			writeTable(o.g.errOut, st2.Forwards, false)
@@ -351,6 +353,7 @@ func newDownCommand(g *globals) *cobra.Command {
 				}
 				fmt.Fprintln(g.out, "the kpf daemon exited")
 			}
+			refreshHostsFiles(cmd.Context(), g, c.Home)
 			return nil
 		},
 	}

@@ -45,8 +45,11 @@ type Forward struct {
 	Target    string
 	Ports     []portspec.Port
 	Addresses []string
-	Balance   bool
-	Health    *Health
+	// AutoAddress: the file said address: auto, and Addresses holds the
+	// forward's own loopback address (AutoAddress).
+	AutoAddress bool
+	Balance     bool
+	Health      *Health
 	// HTTPLog is where to log its HTTP requests ("" none, "-" standard
 	// error); a relative path is taken from the file's folder.
 	HTTPLog string

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -133,4 +134,47 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestAutoAddressIsStableAndOwnPerTarget(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "kpf.yaml")
+	os.WriteFile(path, []byte(`defaults: {namespace: shop, address: auto}
+forwards:
+- {name: db, target: svc/postgres, ports: ["5432"]}
+- {name: db-again, target: service/postgres, ports: ["15432:5432"]}
+- {name: cache, target: svc/redis, ports: ["6379"]}
+- {name: web, target: svc/web, ports: ["8080"], address: localhost}
+`), 0o644)
+	f, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, again, cache, web := f.Forwards[0], f.Forwards[1], f.Forwards[2], f.Forwards[3]
+	if !db.AutoAddress || !strings.HasPrefix(db.Addresses[0], "127.20.") {
+		t.Fatalf("db: %v auto=%v", db.Addresses, db.AutoAddress)
+	}
+	if again.Addresses[0] != db.Addresses[0] {
+		t.Errorf("svc/postgres and service/postgres got %s and %s; one service, one address", db.Addresses[0], again.Addresses[0])
+	}
+	if cache.Addresses[0] == db.Addresses[0] {
+		t.Errorf("two services share %s", db.Addresses[0])
+	}
+	if web.AutoAddress || web.Addresses[0] != "localhost" {
+		t.Errorf("web: %v", web.Addresses)
+	}
+	f2, _ := Load(path)
+	if f2.Forwards[0].Addresses[0] != db.Addresses[0] {
+		t.Errorf("the address changed between loads: %s, %s", db.Addresses[0], f2.Forwards[0].Addresses[0])
+	}
+	// A hash collision within a file takes the next address.
+	p := &yamlParser{}
+	p.autoOwner = map[string]string{AutoAddress("", "shop", "svc/x", 0).String(): "someone else"}
+	if got := p.autoAddress(Forward{Namespace: "shop", Target: "svc/x"}); got == AutoAddress("", "shop", "svc/x", 0).String() {
+		t.Errorf("a taken address was given again: %s", got)
+	}
+	os.WriteFile(path, []byte("forwards:\n- {name: db, target: svc/db, ports: [\"5432\"], address: \"auto,127.0.0.1\"}\n"), 0o644)
+	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), `"auto" gives the forward a loopback address of its own and goes alone, not with 127.0.0.1`) {
+		t.Errorf("auto with another address: %v", err)
+	}
 }

@@ -23,7 +23,9 @@ func ToYAML(f *File) []byte {
 			ports = append(ports, fmt.Sprintf("%q", p.String()))
 		}
 		fmt.Fprintf(&b, "    ports: [%s]\n", strings.Join(ports, ", "))
-		if len(fw.Addresses) > 0 && !(len(fw.Addresses) == 1 && fw.Addresses[0] == "localhost") {
+		if fw.AutoAddress {
+			fmt.Fprintf(&b, "    address: %s\n", Auto)
+		} else if len(fw.Addresses) > 0 && !(len(fw.Addresses) == 1 && fw.Addresses[0] == "localhost") {
 			fmt.Fprintf(&b, "    address: %q\n", strings.Join(fw.Addresses, ","))
 		}
 		if fw.Balance {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,8 +17,9 @@ import (
 // yamlParser walks the YAML node tree so that every problem carries its
 // line, and unknown keys are caught.
 type yamlParser struct {
-	probs []Problem
-	dir   string // the file's folder, for relative paths in it
+	autoOwner map[string]string // auto address -> the target that has it
+	probs     []Problem
+	dir       string // the file's folder, for relative paths in it
 }
 
 func (p *yamlParser) add(n *yaml.Node, field, format string, a ...any) {
@@ -161,6 +163,13 @@ func (p *yamlParser) addresses(v *yaml.Node, field string) []string {
 			out = append(out, strings.TrimSpace(a))
 		}
 	}
+	if slices.Contains(out, Auto) {
+		if len(out) > 1 {
+			p.add(v, field, "%q gives the forward a loopback address of its own and goes alone, not with %s", Auto, strings.Join(slices.DeleteFunc(slices.Clone(out), func(a string) bool { return a == Auto }), ", "))
+			return nil
+		}
+		return out
+	}
 	if _, err := portspec.ParseAddresses(out); err != nil {
 		p.add(v, field, "%s", strings.TrimPrefix(err.Error(), "--address "))
 		return nil
@@ -256,6 +265,10 @@ func (p *yamlParser) forward(n *yaml.Node, i int, d defaults) (Forward, bool) {
 	}
 	if len(fw.Addresses) == 0 {
 		fw.Addresses = []string{"localhost"}
+	}
+	if len(fw.Addresses) == 1 && fw.Addresses[0] == Auto {
+		fw.AutoAddress = true
+		fw.Addresses = []string{p.autoAddress(fw)}
 	}
 	return fw, len(p.probs) == before
 }

@@ -45,21 +45,31 @@ var ErrNoListener = errors.New("unable to listen on any of the requested ports")
 // It prints "Forwarding from ..." to out and problems to errOut.
 func Listen(addrs []portspec.Address, ports []portspec.Resolved, out, errOut io.Writer) ([]*Listener, error) {
 	var all []*Listener
-	ok := false
+	var errs []error
 	for _, p := range ports {
 		ls, err := listenPort(addrs, p, out, errOut)
 		if err != nil {
 			fmt.Fprintf(errOut, "Unable to listen on port %d: %v\n", p.Local, err)
+			errs = append(errs, err)
 			continue
 		}
-		ok = true
 		all = append(all, ls...)
 	}
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrNoListener, describe(ports))
+	if len(all) == 0 {
+		return nil, &listenError{fmt.Sprintf("%v: %s", ErrNoListener, describe(ports)), errs}
 	}
 	return all, nil
 }
+
+// listenError is ErrNoListener, with the reason of each port (what
+// errors.Is sees, the message being kubectl's).
+type listenError struct {
+	msg  string
+	errs []error
+}
+
+func (e *listenError) Error() string   { return e.msg }
+func (e *listenError) Unwrap() []error { return append([]error{ErrNoListener}, e.errs...) }
 
 func listenPort(addrs []portspec.Address, p portspec.Resolved, out, errOut io.Writer) ([]*Listener, error) {
 	var ls []*Listener

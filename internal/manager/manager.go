@@ -248,14 +248,17 @@ type Row struct {
 	Name string `json:"name"`
 	// File, Cluster and User are filled in by the daemon: which file the
 	// forward comes from, and who it connects as.
-	File       string   `json:"file,omitempty"`
-	Context    string   `json:"context,omitempty"`
-	Cluster    string   `json:"cluster,omitempty"`
-	User       string   `json:"user,omitempty"`
-	Namespace  string   `json:"namespace,omitempty"`
-	Target     string   `json:"target"`
-	Pod        string   `json:"pod,omitempty"`
-	Local      []string `json:"local,omitempty"`
+	File      string   `json:"file,omitempty"`
+	Context   string   `json:"context,omitempty"`
+	Cluster   string   `json:"cluster,omitempty"`
+	User      string   `json:"user,omitempty"`
+	Namespace string   `json:"namespace,omitempty"`
+	Target    string   `json:"target"`
+	Pod       string   `json:"pod,omitempty"`
+	Local     []string `json:"local,omitempty"`
+	// Addresses are the ones the file gives it (an auto address as the
+	// address it stands for), listening or not.
+	Addresses  []string `json:"addresses,omitempty"`
 	State      string   `json:"state"`
 	Health     string   `json:"health"`
 	HealthNote string   `json:"healthDetail,omitempty"`
@@ -281,7 +284,7 @@ func (m *Manager) Snapshot() []Row {
 	for _, f := range fws {
 		f.mu.Lock()
 		r := Row{Name: f.Spec.Name, Context: f.Spec.Context, Namespace: f.Spec.Namespace, Target: f.Spec.Target, HTTPLog: f.Spec.HTTPLog,
-			State: f.state, Health: f.health, HealthNote: f.healthNote, LastError: f.err}
+			Addresses: f.Spec.Addresses, State: f.state, Health: f.health, HealthNote: f.healthNote, LastError: f.err}
 		sess := f.sess
 		f.mu.Unlock()
 		if sess != nil {
@@ -289,6 +292,9 @@ func (m *Manager) Snapshot() []Row {
 			r.Pod, r.Open, r.Total, r.Failed, r.BytesIn, r.BytesOut = st.Pod, st.Open, st.Total, st.Failed, st.BytesIn, st.BytesOut
 			r.RateIn, r.RateOut, r.Reconnects, r.Switches = st.RateIn, st.RateOut, st.Reconnects, st.Switches
 			r.Local = sess.Addrs()
+			if r.Namespace == "" {
+				r.Namespace = sess.Target.Namespace
+			}
 			if r.LastError == "" {
 				r.LastError = st.LastError
 			}

@@ -242,3 +242,25 @@ func TestConcurrentUse(t *testing.T) {
 }
 
 func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
+
+// TestAutoAddressFallsBackWhereTheSystemLacksIt: a forward whose own
+// address the system does not have (macOS without an lo0 alias; here a
+// TEST-NET address) listens on 127.0.0.1 with a free port, and serves.
+func TestAutoAddressFallsBackWhereTheSystemLacksIt(t *testing.T) {
+	h := newHarness(t, spec.Defaults())
+	h.s.Pod(t, ns, "db-0", nil, true, fakeapi.Echo(t, "db-0"))
+	f := fw("db", "db-0", nil)
+	f.Addresses, f.AutoAddress = []string{"192.0.2.77"}, true
+	f.Ports = []portspec.Port{{Remote: "5432", Local: 5432, LocalSet: true}}
+	h.m.Start(context.Background(), []config.Forward{f})
+	if err := h.m.WaitGood(context.Background(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	r := h.row(t, "db")
+	if len(r.Local) != 1 || !strings.HasPrefix(r.Local[0], "127.0.0.1:") || r.Local[0] == "127.0.0.1:5432" {
+		t.Fatalf("listening on %v, want 127.0.0.1 with a free port", r.Local)
+	}
+	if got := greeting(t, r.Local[0]); got != "db-0" {
+		t.Fatalf("greeting %q", got)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/audit"
@@ -33,6 +34,10 @@ type Spec struct {
 	Target            string // TYPE/NAME
 	Ports             []portspec.Port
 	Addresses         []portspec.Address
+	// AutoAddress: Addresses is the forward's own loopback address
+	// (address: auto); where the system lacks it, 127.0.0.1 with free
+	// ports stands in.
+	AutoAddress bool
 	Transport         tunnel.Transport
 	PodRunningTimeout time.Duration
 	ReconnectWait     time.Duration
@@ -158,6 +163,9 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		return nil, &StageError{Stage: StageDial, Target: t, Err: err}
 	}
 	ls, err := forward.Listen(spec.Addresses, t.Ports, deps.Out, deps.ErrOut)
+	if err != nil && spec.AutoAddress && errors.Is(err, syscall.EADDRNOTAVAIL) {
+		ls, err = listenInstead(spec, t.Ports, deps)
+	}
 	if err != nil {
 		cancel()
 		return nil, &StageError{Stage: StageListen, Target: t, Err: err}
@@ -342,4 +350,21 @@ func (s *Session) CheckHTTP(ctx context.Context, path string, lo, hi int, timeou
 		return fmt.Errorf("%w: GET %s: status %d, want %d-%d", ErrUnhealthy, path, code, lo, hi)
 	}
 	return nil
+}
+
+// listenInstead listens on 127.0.0.1 with free ports when the forward's
+// own loopback address is not the system's (macOS has only 127.0.0.1 until
+// an alias is added), and says how to add it.
+func listenInstead(spec Spec, ports []portspec.Resolved, deps Deps) ([]*forward.Listener, error) {
+	own := spec.Addresses[0].IP
+	fmt.Fprintf(deps.ErrOut, "kpf: %s: %s is not an address of this machine, so it listens on 127.0.0.1 with a free port instead; to give the forward its own address and real port, run once (until the next reboot): sudo ifconfig lo0 alias %s up\n", spec.Name, own, own)
+	free := make([]portspec.Resolved, len(ports))
+	for i, p := range ports {
+		free[i] = portspec.Resolved{Remote: p.Remote}
+	}
+	lo, err := portspec.ParseAddresses([]string{"127.0.0.1"})
+	if err != nil {
+		return nil, err
+	}
+	return forward.Listen(lo, free, deps.Out, deps.ErrOut)
 }

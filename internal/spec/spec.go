@@ -116,6 +116,7 @@ func Session(fw config.Forward, s Settings) (session.Spec, error) {
 		Target:            fw.Target,
 		Ports:             fw.Ports,
 		Addresses:         addrs,
+		AutoAddress:       fw.AutoAddress,
 		Transport:         s.Transport,
 		PodRunningTimeout: s.PodRunningTimeout,
 		ReconnectWait:     s.ReconnectWait,

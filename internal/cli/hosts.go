@@ -1,0 +1,178 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/hosts"
+	"github.com/kpf-dev/kpf/internal/manager"
+	"github.com/kpf-dev/kpf/internal/rbac"
+	"github.com/spf13/cobra"
+)
+
+func newHostsCommand(g *globals) *cobra.Command {
+	var write, domain string
+	cmd := &cobra.Command{
+		Use:   "hosts [--write FILE]",
+		Short: "Print hosts-file lines that give forwarded services their cluster names (for address: auto)",
+		Long: `Print hosts-file lines for the daemon's running forwards of services that
+have a loopback address of their own (address: auto in kpf.yaml): each
+service's cluster names (NAME.NAMESPACE, NAME.NAMESPACE.svc,
+NAME.NAMESPACE.svc.cluster.local, and NAME where no other forwarded service
+has it) lead to its address, and clients reach it at its real port.
+
+--write FILE keeps those lines in a marked block of FILE: the block is
+replaced whole (a new file renamed over the old), the rest of the file is
+left as it was, kpf up -d brings the block up to date and kpf down removes
+it once nothing is forwarded. Run it on /etc/hosts with sudo if you choose
+to (kpf itself never needs root), or on a file you give to a container or a
+tool that reads one.`,
+		Example: `  kpf up -d --wait && kpf hosts
+  sudo kpf hosts --write /etc/hosts
+  kpf hosts --write ./hosts && docker run --add-host ... -v ./hosts:/etc/hosts ...`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			home := daemon.DefaultHome()
+			c := daemon.NewClient(home)
+			st, err := c.Status(cmd.Context(), "")
+			if err != nil {
+				return err
+			}
+			entries := hostEntries(st.Forwards, domain)
+			if write == "" {
+				if len(entries) == 0 {
+					fmt.Fprintln(g.errOut, "kpf: no running forward of a service has an address of its own: give forwards address: auto in kpf.yaml")
+				}
+				fmt.Fprint(g.out, hosts.Block(entries))
+				return nil
+			}
+			abs, err := filepath.Abs(write)
+			if err != nil {
+				return err
+			}
+			if err := hosts.Update(abs, entries); err != nil {
+				return fmt.Errorf("--write %s: %w", write, err)
+			}
+			if err := rememberHostsFile(home, abs, domain); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "%s: %d services; kpf down removes them\n", write, len(entries))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&write, "write", "", "keep the lines in a marked block of this file (created if missing)")
+	cmd.Flags().StringVar(&domain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
+	return cmd
+}
+
+// hostEntries are the hosts lines of the forwards of services given an
+// address of their own (not localhost, 127.0.0.1, ::1 or every address),
+// whether they listen at the moment or wait for a pod.
+func hostEntries(rows []manager.Row, domain string) []hosts.Entry {
+	var out []hosts.Entry
+	seen := map[netip.Addr]bool{}
+	for _, r := range rows {
+		kind, err := rbac.KindOf(r.Target)
+		if err != nil || kind.Resource != "services" || r.Namespace == "" {
+			continue
+		}
+		_, name, _ := strings.Cut(r.Target, "/")
+		for _, l := range r.Addresses {
+			a, err := netip.ParseAddr(l)
+			if err != nil {
+				continue // localhost
+			}
+			if a == netip.MustParseAddr("127.0.0.1") || a == netip.IPv6Loopback() || a.IsUnspecified() || seen[a] {
+				continue
+			}
+			seen[a] = true
+			out = append(out, hosts.Service(a, r.Namespace, name, domain))
+		}
+	}
+	return hosts.Shorten(out)
+}
+
+// hostsFiles is the list of files kpf hosts --write keeps, in the daemon's
+// home: one "DOMAIN PATH" a line.
+func hostsFiles(home daemon.Home) string { return filepath.Join(string(home), "hosts-files") }
+
+func readHostsFiles(home daemon.Home) map[string]string {
+	out := map[string]string{}
+	f, err := os.Open(hostsFiles(home))
+	if err != nil {
+		return out
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if domain, path, ok := strings.Cut(sc.Text(), " "); ok {
+			out[path] = domain
+		}
+	}
+	return out
+}
+
+func writeHostsFiles(home daemon.Home, files map[string]string) error {
+	if len(files) == 0 {
+		err := os.Remove(hostsFiles(home))
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return err
+	}
+	var b strings.Builder
+	paths := make([]string, 0, len(files))
+	for p := range files {
+		paths = append(paths, p)
+	}
+	slices.Sort(paths)
+	for _, p := range paths {
+		fmt.Fprintf(&b, "%s %s\n", files[p], p)
+	}
+	if err := home.Ensure(); err != nil {
+		return err
+	}
+	return os.WriteFile(hostsFiles(home), []byte(b.String()), 0o600)
+}
+
+func rememberHostsFile(home daemon.Home, path, domain string) error {
+	files := readHostsFiles(home)
+	files[path] = domain
+	return writeHostsFiles(home, files)
+}
+
+// refreshHostsFiles brings the blocks kpf hosts --write made up to date
+// with the running forwards; a file left with nothing forwarded loses its
+// block and is forgotten. Problems are warnings: the forwards themselves
+// are fine.
+func refreshHostsFiles(ctx context.Context, g *globals, home daemon.Home) {
+	files := readHostsFiles(home)
+	if len(files) == 0 {
+		return
+	}
+	var rows []manager.Row
+	if st, err := daemon.NewClient(home).Status(ctx, ""); err == nil {
+		rows = st.Forwards
+	}
+	for path, domain := range files {
+		entries := hostEntries(rows, domain)
+		if err := hosts.Update(path, entries); err != nil {
+			fmt.Fprintf(g.errOut, "kpf: warning: the kpf block of %s: %v\n", path, err)
+			continue
+		}
+		if len(entries) == 0 {
+			delete(files, path)
+			fmt.Fprintf(g.out, "%s: removed the kpf block\n", path)
+		}
+	}
+	if err := writeHostsFiles(home, files); err != nil {
+		fmt.Fprintf(g.errOut, "kpf: warning: %v\n", err)
+	}
+}
