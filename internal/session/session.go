@@ -29,15 +29,15 @@ import (
 
 // Spec says what to forward and how.
 type Spec struct {
-	Name              string // in a kpf.yaml, for the audit log
-	Namespace         string
-	Target            string // TYPE/NAME
-	Ports             []portspec.Port
-	Addresses         []portspec.Address
+	Name      string // in a kpf.yaml, for the audit log
+	Namespace string
+	Target    string // TYPE/NAME
+	Ports     []portspec.Port
+	Addresses []portspec.Address
 	// AutoAddress: Addresses is the forward's own loopback address
 	// (address: auto); where the system lacks it, 127.0.0.1 with free
 	// ports stands in.
-	AutoAddress bool
+	AutoAddress       bool
 	Transport         tunnel.Transport
 	PodRunningTimeout time.Duration
 	ReconnectWait     time.Duration
