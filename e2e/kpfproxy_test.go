@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -268,4 +269,70 @@ func writeSelfSigned(t *testing.T, dir, name string) {
 	}
 	os.WriteFile(filepath.Join(dir, "cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 	os.WriteFile(filepath.Join(dir, "key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+}
+
+// TestProxyFromFile: a proxies: entry of kpf.yaml runs in the daemon next
+// to a forward; curl reaches a service through it; kpf status shows its
+// connections and bytes, the metrics endpoint its counters; kpf down stops
+// it and frees its port.
+func TestProxyFromFile(t *testing.T) {
+	needPrograms(t, "curl")
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "api", 1)
+	k := newKpfCmd(t, sb)
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	file := k.write(t, "kpf.yaml", fmt.Sprintf("defaults: {namespace: %s}\nmetrics: %q\nproxies:\n- {name: shop, listen: %q}\nforwards:\n- {name: api, target: svc/api, ports: [\":80\"]}\n", ns, metricsAddr, listen))
+	if out, code := k.run(t, "up", "-d", "--wait", "-f", file); code != 0 {
+		t.Fatalf("kpf up -d: exit %d\n%s", code, out)
+	}
+	for range 3 {
+		if out, code := curlVia(t, "-f", "--socks5-hostname", listen, "http://api/"); code != 0 || !strings.HasPrefix(out, "pod api-") {
+			t.Fatalf("curl through the file's proxy: exit %d %q", code, out)
+		}
+	}
+	var row *struct {
+		Name, State, Health, Pod       string
+		File, Context, User, LastError string
+		Local                          []string
+		Connections                    int64
+		OpenConnections                int64
+		BytesIn, BytesOut              int64
+		BytesInPerSecond               int64
+	}
+	st := k.status(t)
+	for i := range st.Forwards {
+		if st.Forwards[i].Name == "shop" {
+			row = &st.Forwards[i]
+		}
+	}
+	if row == nil || row.State != "ready" || len(row.Local) != 1 || row.Local[0] != listen || row.Connections != 3 || row.BytesIn == 0 || row.BytesOut == 0 {
+		t.Fatalf("status of the proxy: %+v", row)
+	}
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := fmt.Sprintf(`kpf_proxy_connections_total{file=%q,forward="shop"} 3`, file); !strings.Contains(string(b), want) {
+		t.Errorf("metrics lack %s:\n%s", want, grepLines(string(b), "kpf_proxy_"))
+	}
+	if out, code := k.run(t, "down", "-f", file); code != 0 {
+		t.Fatalf("kpf down: exit %d\n%s", code, out)
+	}
+	if c, err := net.DialTimeout("tcp", listen, time.Second); err == nil {
+		c.Close()
+		t.Error("the proxy's port still answers after kpf down")
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

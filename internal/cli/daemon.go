@@ -161,6 +161,9 @@ its own flags and environment, as kpf up -d would.`,
 				Opener: func(file string, id identity.Identity, log *slog.Logger) manager.Opener {
 					return newOpener(file, id, log, g.errOut, auditLog)
 				},
+				ProxyOpener: func(_ string, id identity.Identity, log *slog.Logger) manager.ProxyOpener {
+					return newProxyOpener(id, log)
+				},
 				Describe: describeIdentity,
 				Events:   g.out,
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -96,6 +97,11 @@ func (o *DoctorOptions) Complete(cmd *cobra.Command, args []string) error {
 	}
 	if o.File != "" {
 		_, o.forwards, err = loadForwards(o.File, args)
+		// A proxy has no target of its own to check.
+		o.forwards = slices.DeleteFunc(o.forwards, func(fw config.Forward) bool { return fw.Proxy != nil })
+		if err == nil && len(o.forwards) == 0 {
+			return usagef("%s has no forwards to check (kpf doctor checks forwards, not proxies)", o.File)
+		}
 		return err
 	}
 	if len(args) < 1 {

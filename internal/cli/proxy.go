@@ -233,7 +233,9 @@ func (o *ProxyOptions) Run(ctx context.Context, id identity.Identity) error {
 // newProxy is a proxy on a cluster connection, dialling as its settings say.
 func newProxy(c *kubeCluster, s spec.Settings, o proxy.Options) *proxy.Proxy {
 	o.Client = c.client
-	o.Namespace = c.namespace
+	if o.Namespace == "" {
+		o.Namespace = c.namespace
+	}
 	o.Watches = c.watches
 	o.ReconnectWait = s.ReconnectWait
 	o.Transport = s.Transport

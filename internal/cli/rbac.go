@@ -93,7 +93,11 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 	}
 	o.byNamespace = map[string][]rbac.Kind{}
 	for _, fw := range fws {
-		k, err := rbac.KindOf(fw.Target)
+		target := fw.Target
+		if fw.Proxy != nil {
+			target = "services/any" // a proxy reads services and forwards to their pods
+		}
+		k, err := rbac.KindOf(target)
 		if err != nil {
 			return usageError{fmt.Errorf("%s: %w", fw.Target, err)}
 		}

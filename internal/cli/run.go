@@ -73,9 +73,10 @@ func (o *RunOptions) Run(ctx context.Context, id identity.Identity) error {
 	}
 	log := o.g.logger()
 	m := manager.New(manager.Options{
-		Open:     newOpener(o.file.Path, id, log, o.g.errOut, nil),
-		Settings: o.Settings,
-		Log:      log,
+		Open:      newOpener(o.file.Path, id, log, o.g.errOut, nil),
+		OpenProxy: newProxyOpener(id, log),
+		Settings:  o.Settings,
+		Log:       log,
 		Events: func(e manager.Event) {
 			fmt.Fprintf(o.g.errOut, "kpf: %s: %s\n", e.Forward, e.Message)
 		},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/metrics"
+	"github.com/kpf-dev/kpf/internal/proxy"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/kpf-dev/kpf/internal/target"
@@ -134,9 +136,10 @@ func (o *UpOptions) Run(ctx context.Context) error {
 		warnTo = lineWriter(events.add)
 	}
 	mo := manager.Options{
-		Open:     newOpener(o.file.Path, o.id, log, warnTo, auditLog),
-		Settings: o.Settings,
-		Log:      log,
+		Open:      newOpener(o.file.Path, o.id, log, warnTo, auditLog),
+		OpenProxy: newProxyOpener(o.id, log),
+		Settings:  o.Settings,
+		Log:       log,
 		Events: func(e manager.Event) {
 			line := fmt.Sprintf("%s %s: %s", e.Time.Format("15:04:05"), e.Forward, e.Message)
 			if table {
@@ -278,21 +281,7 @@ func bytesText(n int64) string {
 //
 // An error ends with the kpf doctor command for the forward of file.
 func newOpener(file string, id identity.Identity, log *slog.Logger, warn io.Writer, auditLog *audit.Log) manager.Opener {
-	var mu sync.Mutex
-	clusters := map[string]*kubeCluster{}
-	get := func(name string) (*kubeCluster, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if c, ok := clusters[name]; ok {
-			return c, nil
-		}
-		c, err := connect(id.WithContext(name))
-		if err != nil {
-			return nil, err
-		}
-		clusters[name] = c
-		return c, nil
-	}
+	get := clusterCache(id)
 	return func(ctx context.Context, fw config.Forward, spec session.Spec) (*session.Session, error) {
 		c, err := get(fw.Context)
 		if err != nil {
@@ -318,6 +307,42 @@ func newOpener(file string, id identity.Identity, log *slog.Logger, warn io.Writ
 			return nil, withDoctor(ctx, explainOpen(ctx, err, spec.Namespace, c.kube, c.config), doctorForFile(file, fw))
 		}
 		return s, nil
+	}
+}
+
+// clusterCache connects to each context of id once.
+func clusterCache(id identity.Identity) func(context string) (*kubeCluster, error) {
+	var mu sync.Mutex
+	clusters := map[string]*kubeCluster{}
+	return func(name string) (*kubeCluster, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if c, ok := clusters[name]; ok {
+			return c, nil
+		}
+		c, err := connect(id.WithContext(name))
+		if err != nil {
+			return nil, err
+		}
+		clusters[name] = c
+		return c, nil
+	}
+}
+
+// newProxyOpener opens the proxies of a file, connecting as id.
+func newProxyOpener(id identity.Identity, log *slog.Logger) manager.ProxyOpener {
+	get := clusterCache(id)
+	return func(ctx context.Context, fw config.Forward, s spec.Settings) (*proxy.Proxy, net.Listener, error) {
+		c, err := get(fw.Context)
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", fw.Proxy.Listen)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listen: %w", err)
+		}
+		o := proxy.Options{Namespace: fw.Namespace, ClusterDomain: fw.Proxy.ClusterDomain, Direct: fw.Proxy.Direct, Log: log.With("proxy", fw.Name)}
+		return newProxy(c, s, o), ln, nil
 	}
 }
 

@@ -53,8 +53,22 @@ type Forward struct {
 	// HTTPLog is where to log its HTTP requests ("" none, "-" standard
 	// error); a relative path is taken from the file's folder.
 	HTTPLog string
-	Pos     Pos
+	// Proxy, if set, makes this entry a kpf proxy (from the file's
+	// proxies: list) rather than a forward; Target is "proxy".
+	Proxy *Proxy
+	Pos   Pos
 }
+
+// Proxy is a kpf proxy the file runs: cluster names through SOCKS5 and
+// HTTP on Listen (loopback only: a password does not belong in a file).
+type Proxy struct {
+	Listen        string
+	ClusterDomain string
+	Direct        bool
+}
+
+// DefaultProxyListen is where a proxy of a file listens unless it says.
+const DefaultProxyListen = "127.0.0.1:1080"
 
 // Pos is where a forward stands in its file, for problems.
 type Pos struct {
@@ -233,6 +247,9 @@ func asError(path string, probs []Problem) error {
 // In kpf.yaml fields are named by their path (forwards[2].ports).
 func crossChecks(fws []Forward, yamlPaths bool) []Problem {
 	field := func(fw Forward, name string) string {
+		if yamlPaths && fw.Proxy != nil {
+			return fmt.Sprintf("proxies[%d].%s", fw.Pos.Index, name)
+		}
 		if yamlPaths {
 			return fmt.Sprintf("forwards[%d].%s", fw.Pos.Index, name)
 		}
@@ -240,7 +257,14 @@ func crossChecks(fws []Forward, yamlPaths bool) []Problem {
 	}
 	var probs []Problem
 	names := map[string]int{}
+	listens := map[string]int{}
 	for i, fw := range fws {
+		if fw.Proxy != nil {
+			if prev, ok := listens[fw.Proxy.Listen]; ok {
+				probs = append(probs, Problem{Line: fw.Pos.Line, Field: fmt.Sprintf("proxies[%d].listen", fw.Pos.Index), Msg: fmt.Sprintf("%s is also the address of the proxy on line %d", fw.Proxy.Listen, prev)})
+			}
+			listens[fw.Proxy.Listen] = fw.Pos.Line
+		}
 		if prev, ok := names[fw.Name]; ok {
 			probs = append(probs, Problem{Line: fw.Pos.Line, Field: field(fw, "name"), Msg: fmt.Sprintf("%q is used twice (first on line %d)", fw.Name, prev)})
 		} else {

@@ -178,3 +178,39 @@ forwards:
 		t.Errorf("auto with another address: %v", err)
 	}
 }
+
+func TestProxiesInTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kpf.yaml")
+	os.WriteFile(path, []byte(`defaults: {namespace: shop}
+proxies:
+- {name: shop}
+- {name: other, listen: "127.0.0.1:1081", context: prod, clusterDomain: corp.local, direct: true}
+`), 0o644)
+	f, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Forwards) != 2 || f.Forwards[0].Proxy == nil || f.Forwards[0].Proxy.Listen != DefaultProxyListen || f.Forwards[0].Namespace != "shop" {
+		t.Fatalf("proxies: %+v", f.Forwards)
+	}
+	if p := f.Forwards[1]; p.Context != "prod" || *p.Proxy != (Proxy{Listen: "127.0.0.1:1081", ClusterDomain: "corp.local", Direct: true}) {
+		t.Fatalf("second proxy: %+v %+v", p, p.Proxy)
+	}
+	os.WriteFile(path, []byte(`proxies:
+- {name: a, listen: "0.0.0.0:1080"}
+- {name: b, listen: "127.0.0.1:1080", auth: "x:y"}
+- {name: c}
+- {name: a, listen: "127.0.0.1:1082"}
+`), 0o644)
+	_, err = Load(path)
+	for _, want := range []string{
+		`line 2: proxies[0].listen: "0.0.0.0:1080": a proxy of a file listens on loopback only`,
+		`line 3: proxies[1].auth: unknown key`,
+		`line 4: proxies[2].listen: 127.0.0.1:1080 is also the address of the proxy on line 3`,
+		`line 5: proxies[3].name: "a" is used twice`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q in:\n%v", want, err)
+		}
+	}
+}

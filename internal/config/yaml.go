@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -60,7 +61,7 @@ func parseYAML(path string, b []byte) (*File, error) {
 		return nil, asError(path, p.probs)
 	}
 	var def defaults
-	var forwards *yaml.Node
+	var forwards, proxies *yaml.Node
 	p.mapping(root, "", map[string]func(k, v *yaml.Node){
 		"version": func(k, v *yaml.Node) {
 			if v.Value != "1" {
@@ -69,6 +70,7 @@ func parseYAML(path string, b []byte) (*File, error) {
 		},
 		"defaults": func(k, v *yaml.Node) { def = p.defaults(v) },
 		"forwards": func(k, v *yaml.Node) { forwards = v },
+		"proxies":  func(k, v *yaml.Node) { proxies = v },
 		"metrics": func(k, v *yaml.Node) {
 			f.Metrics = p.str(v, "metrics")
 			if _, _, err := net.SplitHostPort(f.Metrics); err != nil {
@@ -76,8 +78,21 @@ func parseYAML(path string, b []byte) (*File, error) {
 			}
 		},
 	})
+	if proxies != nil {
+		if proxies.Kind != yaml.SequenceNode {
+			p.add(proxies, "proxies", "must be a list")
+		} else {
+			for i, n := range proxies.Content {
+				if px, _ := p.proxy(n, i, def); px.Name != "" {
+					f.Forwards = append(f.Forwards, px)
+				}
+			}
+		}
+	}
 	if forwards == nil {
-		p.add(root, "forwards", "missing: list the forwards to run")
+		if proxies == nil {
+			p.add(root, "forwards", "missing: list the forwards to run")
+		}
 	} else if forwards.Kind != yaml.SequenceNode {
 		p.add(forwards, "forwards", "must be a list")
 	} else {
@@ -327,4 +342,46 @@ func (p *yamlParser) health(n *yaml.Node, where string, base *Health) *Health {
 		h.Path = "/"
 	}
 	return h
+}
+
+// proxy reads an entry of proxies: into a Forward whose Proxy is set.
+func (p *yamlParser) proxy(n *yaml.Node, i int, d defaults) (Forward, bool) {
+	where := fmt.Sprintf("proxies[%d]", i)
+	px := &Proxy{Listen: DefaultProxyListen, ClusterDomain: "cluster.local"}
+	fw := Forward{Pos: Pos{Line: n.Line, Index: i}, Context: d.context, Namespace: d.namespace, Target: "proxy", Proxy: px}
+	before := len(p.probs)
+	gotName := false
+	p.mapping(n, where, map[string]func(k, v *yaml.Node){
+		"name": func(k, v *yaml.Node) {
+			gotName = true
+			fw.Name = p.str(v, where+".name")
+			if fw.Name != "" && !nameRE.MatchString(fw.Name) {
+				p.add(v, where+".name", "%q: use lower-case letters, digits and '-', at most 40 (it becomes KPF_<NAME>_ADDR)", fw.Name)
+			}
+		},
+		"context":   func(k, v *yaml.Node) { fw.Context = p.str(v, where+".context") },
+		"namespace": func(k, v *yaml.Node) { fw.Namespace = p.str(v, where+".namespace") },
+		"listen": func(k, v *yaml.Node) {
+			px.Listen = p.str(v, where+".listen")
+			ap, err := netip.ParseAddrPort(strings.Replace(px.Listen, "localhost:", "127.0.0.1:", 1))
+			switch {
+			case err != nil:
+				p.add(v, where+".listen", "%q: want IP:PORT, like %s", px.Listen, DefaultProxyListen)
+			case !ap.Addr().IsLoopback():
+				p.add(v, where+".listen", "%q: a proxy of a file listens on loopback only (anyone who reaches it reaches the cluster as you, and the password it would need does not belong in a file); run kpf proxy --listen %s --auth USER:PASSWORD for that", px.Listen, px.Listen)
+			case ap.Port() == 0:
+				p.add(v, where+".listen", "%q: give a port, so that clients know where the proxy is", px.Listen)
+			}
+		},
+		"clusterDomain": func(k, v *yaml.Node) { px.ClusterDomain = p.str(v, where+".clusterDomain") },
+		"direct": func(k, v *yaml.Node) {
+			if err := v.Decode(&px.Direct); err != nil || v.Tag != "!!bool" {
+				p.add(v, where+".direct", "must be true or false")
+			}
+		},
+	})
+	if !gotName {
+		p.add(n, where+".name", "missing")
+	}
+	return fw, len(p.probs) == before
 }

@@ -118,6 +118,9 @@ type Picked struct {
 // OpenerFunc makes the opener of a file's sessions, connecting as id.
 type OpenerFunc func(file string, id identity.Identity, log *slog.Logger) manager.Opener
 
+// ProxyOpenerFunc makes the opener of a file's proxies, connecting as id.
+type ProxyOpenerFunc func(file string, id identity.Identity, log *slog.Logger) manager.ProxyOpener
+
 // DescribeFunc names the context, cluster and user that id, with a
 // forward's own context ("" for the identity's), connects as.
 type DescribeFunc func(id identity.Identity, context string) (ctx, cluster, user string)
@@ -127,6 +130,8 @@ type Server struct {
 	Home   Home
 	Log    *slog.Logger
 	Opener OpenerFunc
+	// ProxyOpener, if set, runs the proxies of files.
+	ProxyOpener ProxyOpenerFunc
 	// MetricsURL is where the daemon's metrics are served, for status.
 	MetricsURL string
 	Describe   DescribeFunc
@@ -407,10 +412,15 @@ func (s *Server) newRun(req ApplyRequest, fws []config.Forward) *fileRun {
 	log := s.Log.With("file", req.File)
 	run := &fileRun{path: req.File, id: req.Identity, settings: req.Settings}
 	run.describe(s.Describe, fws)
+	var openProxy manager.ProxyOpener
+	if s.ProxyOpener != nil {
+		openProxy = s.ProxyOpener(req.File, req.Identity, log)
+	}
 	run.m = manager.New(manager.Options{
-		Open:     s.guard(req.File, s.Opener(req.File, req.Identity, log)),
-		Settings: req.Settings,
-		Log:      log,
+		Open:      s.guard(req.File, s.Opener(req.File, req.Identity, log)),
+		OpenProxy: openProxy,
+		Settings:  req.Settings,
+		Log:       log,
 		Events: func(e manager.Event) {
 			if s.Events == nil {
 				return

@@ -8,12 +8,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"reflect"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kpf-dev/kpf/internal/proxy"
 
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/metrics"
@@ -43,11 +46,16 @@ const (
 // explanations live with the caller).
 type Opener func(ctx context.Context, fw config.Forward, spec session.Spec) (*session.Session, error)
 
+// ProxyOpener opens a proxy of the file (fw.Proxy set): listening, to be
+// served by Serve.
+type ProxyOpener func(ctx context.Context, fw config.Forward, s spec.Settings) (*proxy.Proxy, net.Listener, error)
+
 // Options configure a Manager.
 type Options struct {
-	Open     Opener
-	Settings spec.Settings
-	Log      *slog.Logger
+	Open      Opener
+	OpenProxy ProxyOpener
+	Settings  spec.Settings
+	Log       *slog.Logger
 	// Events receives a line for every state or health change, if set.
 	Events func(Event)
 }
@@ -77,6 +85,8 @@ type Forward struct {
 	healthNote string
 	err        string
 	sess       *session.Session
+	px         *proxy.Proxy // for a proxy entry, once it listens
+	pxAddr     string
 	cancel     context.CancelFunc
 	done       chan struct{}
 }
@@ -156,6 +166,10 @@ func (m *Manager) run(ctx context.Context, f *Forward) {
 		}
 		f.mu.Unlock()
 	}()
+	if f.Spec.Proxy != nil {
+		m.runProxy(ctx, f)
+		return
+	}
 	sp, err := spec.Session(f.Spec, m.o.Settings)
 	var sess *session.Session
 	if err == nil {
@@ -179,6 +193,26 @@ func (m *Manager) run(ctx context.Context, f *Forward) {
 	if err := sess.Serve(ctx); err != nil && ctx.Err() == nil {
 		m.setState(f, Failed, err.Error())
 	}
+}
+
+// runProxy runs a proxy entry until ctx ends.
+func (m *Manager) runProxy(ctx context.Context, f *Forward) {
+	if m.o.OpenProxy == nil {
+		m.setState(f, Failed, "proxies are not run here")
+		return
+	}
+	px, ln, err := m.o.OpenProxy(ctx, f.Spec, m.o.Settings)
+	if err != nil {
+		if ctx.Err() == nil {
+			m.setState(f, Failed, err.Error())
+		}
+		return
+	}
+	f.mu.Lock()
+	f.px, f.pxAddr = px, ln.Addr().String()
+	f.mu.Unlock()
+	m.setState(f, Ready, "proxy on "+ln.Addr().String())
+	px.Serve(ctx, ln)
 }
 
 // watchState turns the session's own state into events.
@@ -285,8 +319,12 @@ func (m *Manager) Snapshot() []Row {
 		f.mu.Lock()
 		r := Row{Name: f.Spec.Name, Context: f.Spec.Context, Namespace: f.Spec.Namespace, Target: f.Spec.Target, HTTPLog: f.Spec.HTTPLog,
 			Addresses: f.Spec.Addresses, State: f.state, Health: f.health, HealthNote: f.healthNote, LastError: f.err}
-		sess := f.sess
+		sess, px, pxAddr := f.sess, f.px, f.pxAddr
 		f.mu.Unlock()
+		if px != nil {
+			st := px.Status()
+			r.Local, r.Open, r.Total, r.Failed, r.BytesIn, r.BytesOut = []string{pxAddr}, st.Open, st.Total, st.Failed+st.Refused, st.BytesIn, st.BytesOut
+		}
 		if sess != nil {
 			st := sess.Status()
 			r.Pod, r.Open, r.Total, r.Failed, r.BytesIn, r.BytesOut = st.Pod, st.Open, st.Total, st.Failed, st.BytesIn, st.BytesOut
@@ -318,8 +356,12 @@ func (m *Manager) Metrics(file string) []metrics.Forward {
 			ok := f.health == HealthHealthy
 			mf.Healthy = &ok
 		}
-		sess := f.sess
+		sess, px := f.sess, f.px
 		f.mu.Unlock()
+		if px != nil {
+			st := px.Status()
+			mf.Proxy = &st
+		}
 		if sess != nil {
 			sm := sess.Metrics()
 			mf.Session, mf.Pod = &sm, sm.Pod

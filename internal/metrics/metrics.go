@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/proxy"
+
 	"github.com/kpf-dev/kpf/internal/hist"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +34,7 @@ type Forward struct {
 	Ready                  bool
 	Healthy                *bool // nil: no health check
 	Session                *session.Metrics
+	Proxy                  *proxy.Status // for a proxy of the file
 }
 
 // Source lists the forwards; it is called at every scrape.
@@ -60,13 +63,19 @@ var (
 	firstByte    = desc("kpf_first_byte_duration_seconds", "Time from accepting a connection to the pod's first byte reaching the client.", fwdLabels...)
 	ready        = desc("kpf_forward_ready", "1 when the forward listens and has a pod, else 0.", "forward", "file", "namespace", "target")
 	healthy      = desc("kpf_forward_healthy", "1 when the forward's health check passes, 0 when it fails; absent without a health check.", "forward", "file", "namespace", "target")
+	pxConns      = desc("kpf_proxy_connections_total", "Connections a proxy carried to the cluster (or, with direct, outside it).", "forward", "file")
+	pxOpen       = desc("kpf_proxy_connections_open", "Connections a proxy carries now.", "forward", "file")
+	pxFailed     = desc("kpf_proxy_connections_failed_total", "Proxied connections that ended with an error.", "forward", "file")
+	pxRefused    = desc("kpf_proxy_refused_total", "Requests a proxy refused: unknown names or ports, names outside the cluster, wrong credentials.", "forward", "file")
+	pxClient     = desc("kpf_proxy_client_bytes_total", "Bytes a proxy sent to its clients.", "forward", "file")
+	pxPod        = desc("kpf_proxy_pod_bytes_total", "Bytes a proxy sent to pods.", "forward", "file")
 	info         = desc("kpf_forward_info", "1 per forward, with the pod it uses now (join on forward).", "forward", "file", "namespace", "target", "pod", "transport")
 )
 
 type collector struct{ src Source }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{connsTotal, connsFailed, connsOpen, bytesClient, bytesPod, dials, dialFailures, reconnects, switches, dialTime, firstByte, ready, healthy, info} {
+	for _, d := range []*prometheus.Desc{connsTotal, connsFailed, connsOpen, bytesClient, bytesPod, dials, dialFailures, reconnects, switches, dialTime, firstByte, ready, healthy, info, pxConns, pxOpen, pxFailed, pxRefused, pxClient, pxPod} {
 		ch <- d
 	}
 }
@@ -80,6 +89,15 @@ func gauge(b bool) float64 {
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for _, f := range c.src() {
+		if px := f.Proxy; px != nil {
+			l := []string{f.Name, f.File}
+			ch <- prometheus.MustNewConstMetric(pxConns, prometheus.CounterValue, float64(px.Total), l...)
+			ch <- prometheus.MustNewConstMetric(pxOpen, prometheus.GaugeValue, float64(px.Open), l...)
+			ch <- prometheus.MustNewConstMetric(pxFailed, prometheus.CounterValue, float64(px.Failed), l...)
+			ch <- prometheus.MustNewConstMetric(pxRefused, prometheus.CounterValue, float64(px.Refused), l...)
+			ch <- prometheus.MustNewConstMetric(pxClient, prometheus.CounterValue, float64(px.BytesIn), l...)
+			ch <- prometheus.MustNewConstMetric(pxPod, prometheus.CounterValue, float64(px.BytesOut), l...)
+		}
 		base := []string{f.Name, f.File, f.Namespace, f.Target}
 		ch <- prometheus.MustNewConstMetric(ready, prometheus.GaugeValue, gauge(f.Ready), base...)
 		if f.Healthy != nil {
