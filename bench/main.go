@@ -52,7 +52,7 @@ func main() {
 	flag.IntVar(&o.conns, "latency-conns", 1000, "sequential connections for the latency test")
 	flag.IntVar(&o.idle, "idle-conns", 1000, "idle connections for the memory test")
 	flag.Int64Var(&o.stallBytes, "stall-bytes", 256<<20, "download next to a stalled connection")
-	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl", "paths to measure (also kpf-portable-ws and kpf-portable-spdy: the build macOS and Windows run; kpf-ws-httplog and kpf-spdy-httplog: with --http-log, for http-download)")
+	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl,kpf-proxy-socks,kpf-proxy-connect", "paths to measure (also kpf-portable-ws and kpf-portable-spdy: the build macOS and Windows run; kpf-ws-httplog and kpf-spdy-httplog: with --http-log, for http-download; kpf-proxy-socks and kpf-proxy-connect: kpf proxy over WebSocket, to the pod's service by name)")
 	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle", "workloads to run (also http-download: the download as an HTTP response, for the HTTP log's cost)")
 	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
 	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
@@ -101,7 +101,7 @@ func (f *forwarder) stop() {
 	}
 }
 
-var forwardingRE = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) ->`)
+var forwardingRE = regexp.MustCompile(`(?:Forwarding|Proxying) from (127\.0\.0\.1:\d+) `)
 
 func startForwarder(ctx context.Context, argv []string, env []string) (*forwarder, error) {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -120,7 +120,7 @@ func startForwarder(ctx context.Context, argv []string, env []string) (*forwarde
 		for sc.Scan() {
 			if m := forwardingRE.FindStringSubmatch(sc.Text()); m != nil {
 				select {
-				case found <- "127.0.0.1:" + m[1]:
+				case found <- m[1]:
 				default:
 				}
 			}
@@ -179,6 +179,11 @@ metadata: {name: bulk, labels: {app: bulk}}
 spec:
   containers:
   - {name: bulk, image: kpf.test/bulk, ports: [{containerPort: 9000}], readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bulk}
+spec: {selector: {app: bulk}, ports: [{port: 9000}]}
 `)
 	if out, err := apply.CombinedOutput(); err != nil {
 		return fmt.Errorf("%v\n%s", err, out)
@@ -226,6 +231,17 @@ spec:
 			return startForwarder(ctx, append(args, "pod/bulk", ":9000"), nil)
 		}
 	}
+	// kpf proxy: the same pod through its service's name, over SOCKS5
+	// and HTTP CONNECT (the forwarder's address says how to dial).
+	kpfProxy := func(scheme string) func(context.Context) (*forwarder, error) {
+		return func(ctx context.Context) (*forwarder, error) {
+			f, err := startForwarder(ctx, []string{kpf, "--kubeconfig", admin, "proxy", "--listen", "127.0.0.1:0", "--transport", "websocket", "-n", ns}, nil)
+			if err == nil {
+				f.addr = scheme + "://" + f.addr + "/bulk:9000"
+			}
+			return f, err
+		}
+	}
 	// The HTTP log's cost: the same forward with --http-log (its lines go
 	// to a file that is emptied with each run), on http-download.
 	httpLog := filepath.Join(os.TempDir(), fmt.Sprintf("kpf-bench-http-%d.log", os.Getpid()))
@@ -237,6 +253,8 @@ spec:
 		"kpf-ws-httplog":    {"kpf-ws-httplog", kpfPF(kpf, "websocket", "--http-log", httpLog)},
 		"kpf-spdy-httplog":  {"kpf-spdy-httplog", kpfPF(kpf, "spdy", "--http-log", httpLog)},
 		"kpf-portable-ws":   {"kpf-portable-ws", kpfPF(kpfPortable, "websocket")},
+		"kpf-proxy-socks":   {"kpf-proxy-socks", kpfProxy("socks5h")},
+		"kpf-proxy-connect": {"kpf-proxy-connect", kpfProxy("connect")},
 		"kpf-portable-spdy": {"kpf-portable-spdy", kpfPF(kpfPortable, "spdy")},
 		"kubectl-ws":        {"kubectl-ws", kubectlPF(sb.Kubectl, "true")},
 		"kubectl-spdy":      {"kubectl-spdy", kubectlPF(sb.Kubectl, "false")},
@@ -379,7 +397,7 @@ func measure(ctx context.Context, o options, p path, round int, w map[string]boo
 		base := rssMiB(f.pid())
 		var conns []net.Conn
 		for i := 0; i < o.idle; i++ {
-			c, err := net.Dial("tcp", f.addr)
+			c, err := workload.Dial(f.addr, 30*time.Second)
 			if err != nil {
 				break
 			}
@@ -502,7 +520,7 @@ func measure(ctx context.Context, o options, p path, round int, w map[string]boo
 		if f.pid() != 0 {
 			before = rssMiB(f.pid())
 		}
-		c, err := net.Dial("tcp", f.addr)
+		c, err := workload.Dial(f.addr, 30*time.Second)
 		if err != nil {
 			return err
 		}
@@ -534,7 +552,7 @@ func latencies(addr string, n int) ([]time.Duration, error) {
 	out := make([]time.Duration, 0, n)
 	for i := 0; i < n; i++ {
 		t0 := time.Now()
-		c, err := net.Dial("tcp", addr)
+		c, err := workload.Dial(addr, 30*time.Second)
 		if err != nil {
 			return nil, err
 		}
@@ -613,11 +631,23 @@ func markdown(rs []result, paths []path, o options) string {
 	for _, p := range paths {
 		b.WriteString(" " + p.name + " |")
 	}
-	b.WriteString(" kpf-ws / kubectl-ws | kpf-spdy / kubectl-spdy |\n|---|---|")
+	pairs := [][2]string{{"kpf-ws", "kubectl-ws"}, {"kpf-spdy", "kubectl-spdy"}}
+	for _, p := range paths {
+		if strings.HasPrefix(p.name, "kpf-proxy-") {
+			pairs = append(pairs, [2]string{p.name, "kpf-ws"}) // a proxy against the forward it builds on
+		}
+	}
+	for _, pair := range pairs {
+		b.WriteString(" " + pair[0] + " / " + pair[1] + " |")
+	}
+	b.WriteString("\n|---|---|")
 	for range paths {
 		b.WriteString("---|")
 	}
-	b.WriteString("---|---|\n")
+	for range pairs {
+		b.WriteString("---|")
+	}
+	b.WriteString("\n")
 	med := func(v []float64) float64 {
 		s := append([]float64(nil), v...)
 		sort.Float64s(s)
@@ -647,7 +677,7 @@ func markdown(rs []result, paths []path, o options) string {
 			sort.Float64s(s)
 			fmt.Fprintf(&b, " %.3g (%.3g–%.3g) |", med(v), s[0], s[len(s)-1])
 		}
-		for _, pair := range [][2]string{{"kpf-ws", "kubectl-ws"}, {"kpf-spdy", "kubectl-spdy"}} {
+		for _, pair := range pairs {
 			a, c := vals[key{pair[0], r.workload, r.metric}], vals[key{pair[1], r.workload, r.metric}]
 			// A growth is a difference of two readings: no ratio of those.
 			if len(a) == 0 || len(c) == 0 || med(c) <= 0 || med(a) < 0 || r.metric == "rss growth" {

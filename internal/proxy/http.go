@@ -27,7 +27,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodConnect {
-		p.connect(w, r)
+		// Only after a plain request on the same connection: a
+		// connection that starts with CONNECT is served by connect.
+		http.Error(w, "kpf proxy: CONNECT must be the first request of a connection", http.StatusBadRequest)
 		return
 	}
 	if r.URL.Host == "" || r.URL.Scheme != "http" {
@@ -77,31 +79,42 @@ func statusFor(err error) int {
 	return http.StatusBadGateway
 }
 
-func (p *Proxy) connect(w http.ResponseWriter, r *http.Request) {
+// connect serves a connection that starts with CONNECT host:port: it
+// answers 200 and carries the connection, or answers why not and closes.
+func (p *Proxy) connect(ctx context.Context, c *bufConn) {
+	defer c.Close()
+	r, err := http.ReadRequest(c.r)
+	if err != nil {
+		p.o.Log.Debug("CONNECT request", "client", c.RemoteAddr().String(), "err", err)
+		return
+	}
+	refuse := func(status int, msg string, h ...string) {
+		resp := fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n", status, http.StatusText(status), len(msg)+1)
+		for i := 0; i+1 < len(h); i += 2 {
+			resp += h[i] + ": " + h[i+1] + "\r\n"
+		}
+		io.WriteString(c, resp+"\r\n"+msg+"\n")
+	}
+	if p.o.Auth != nil && !p.httpAuthorized(r) {
+		p.refused.Add(1)
+		refuse(http.StatusProxyAuthRequired, "kpf proxy: this proxy wants a user and password (Proxy-Authorization: Basic)", "Proxy-Authenticate", `Basic realm="kpf"`)
+		return
+	}
 	host, port, err := splitHostPort(r.Host, "")
 	if err != nil {
-		http.Error(w, "kpf proxy: CONNECT "+err.Error(), http.StatusBadRequest)
+		refuse(http.StatusBadRequest, "kpf proxy: CONNECT "+err.Error())
 		return
 	}
-	d, err := p.route(r.Context(), host, port)
+	c.SetReadDeadline(time.Time{})
+	d, err := p.route(ctx, host, port)
 	if err != nil {
-		http.Error(w, "kpf proxy: "+err.Error(), statusFor(err))
+		refuse(statusFor(err), "kpf proxy: "+err.Error())
 		return
 	}
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		http.Error(w, "kpf proxy: CONNECT over HTTP/2 is not supported", http.StatusHTTPVersionNotSupported)
+	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return
 	}
-	c, rw, err := hj.Hijack()
-	if err != nil {
-		return
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
-		return
-	}
-	p.carry(p.serveCtx(), raw(c, rw.Reader), d)
+	p.carry(ctx, raw(c), d)
 }
 
 // serveCtx is the context of the running Serve: a hijacked connection

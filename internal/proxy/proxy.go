@@ -178,6 +178,14 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn, httpConns *chanListen
 		p.socks(ctx, bc)
 		return
 	}
+	if m, _ := br.Peek(len("CONNECT ")); string(m) == "CONNECT " {
+		// A tunnel, the common case: served here, without the HTTP
+		// server's goroutines and hand-offs on the way.
+		p.track(c, true)
+		defer p.track(c, false)
+		p.connect(ctx, bc)
+		return
+	}
 	c.SetReadDeadline(time.Time{}) // the HTTP server sets its own
 	select {
 	case httpConns.c <- bc:

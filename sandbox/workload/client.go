@@ -16,7 +16,7 @@ import (
 // BulkDownload asks a kpf.test/bulk server at addr for n bytes and checks
 // every one of them against the pattern.
 func BulkDownload(addr string, n uint64, timeout time.Duration) error {
-	c, err := net.DialTimeout("tcp", addr, timeout)
+	c, err := Dial(addr, timeout)
 	if err != nil {
 		return err
 	}
@@ -39,7 +39,7 @@ func BulkDownload(addr string, n uint64, timeout time.Duration) error {
 // HTTPDownload is BulkDownload over HTTP/1.1: GET /bytes/n from a
 // kpf.test/bulk server, the body checked against the pattern.
 func HTTPDownload(addr string, n uint64, timeout time.Duration) error {
-	c, err := net.DialTimeout("tcp", addr, timeout)
+	c, err := Dial(addr, timeout)
 	if err != nil {
 		return err
 	}
@@ -68,7 +68,7 @@ func HTTPDownload(addr string, n uint64, timeout time.Duration) error {
 // BulkUpload sends n pattern bytes to a kpf.test/bulk server at addr, which
 // checks every one of them against the pattern ("CHECK n").
 func BulkUpload(addr string, n uint64, timeout time.Duration) error {
-	c, err := net.DialTimeout("tcp", addr, timeout)
+	c, err := Dial(addr, timeout)
 	if err != nil {
 		return err
 	}
@@ -93,7 +93,7 @@ func BulkUpload(addr string, n uint64, timeout time.Duration) error {
 // BulkEcho sends payload to a kpf.test/bulk server's ECHO, closes its
 // write side, and checks that exactly the payload comes back.
 func BulkEcho(addr string, payload []byte, timeout time.Duration) error {
-	c, err := net.DialTimeout("tcp", addr, timeout)
+	c, err := Dial(addr, timeout)
 	if err != nil {
 		return err
 	}
