@@ -92,6 +92,18 @@ if [ "${FWD[0]##*/}" = kpf ] && [ "$NS" = kpf-demo ]; then
   cut -c1-190 "$logs/http.log"
   metrics=$(sed -n 's/^metrics: \(http.*\)/\1/p' "$logs/watch.log" | head -1)
   curl -fsS "$metrics" | grep -E '^kpf_(connections_total|client_bytes_total|pod_bytes_total)' | cut -c1-190
+  echo "== services by their cluster names, no ports to pick: kpf proxy (SOCKS5 and HTTP on one port)"
+  "$BIN/kpf" -n "$NS" proxy --listen 127.0.0.1:0 >"$logs/proxy.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    px=$(sed -n 's/^Proxying from \([0-9.:]*\) .*/\1/p' "$logs/proxy.log" | head -1)
+    [ -n "$px" ] && break
+    sleep 0.1
+  done
+  echo "\$ curl --socks5-hostname $px http://api/"; curl -sS --socks5-hostname "$px" http://api/
+  echo "\$ curl -x http://$px http://api.$NS.svc.cluster.local/"; curl -sS -x "http://$px" "http://api.$NS.svc.cluster.local/"
+  echo "\$ curl -x http://$px http://db-0.db.$NS.svc.cluster.local:9000/bytes/1000000 | wc -c"; curl -sS -x "http://$px" "http://db-0.db.$NS.svc.cluster.local:9000/bytes/1000000" | wc -c
+  echo "\$ curl -x http://$px http://apx.$NS/"; curl -sS -x "http://$px" "http://apx.$NS/" || true
   echo "== kpf doctor: why a forward to port 80 of the frontend gets nothing (it listens on 8080)"
   "$BIN/kpf" doctor -n "$NS" deploy/frontend 8080:80 2>&1 | grep -v '^ *from \|^ *server ' | cut -c1-160 || true
 fi
