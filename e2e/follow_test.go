@@ -143,12 +143,7 @@ func TestRolloutLosesNoConnection(t *testing.T) {
 			p, ls := kpf(sb).start(t, 2, "-v", "1", "-n", ns, kind+"/roll", remote)
 			tr := startTraffic(ls[0].Addr)
 			waitSuccesses(t, tr, 5)
-			if out, err := sb.KubectlRun(t, "rollout", "restart", "-n", ns, "deployment/roll"); err != nil {
-				t.Fatalf("%v\n%s", err, out)
-			}
-			if out, err := sb.KubectlRun(t, "rollout", "status", "-n", ns, "deployment/roll", "--timeout=90s"); err != nil {
-				t.Fatalf("%v\n%s", err, out)
-			}
+			rollout(t, sb, ns, "deployment/roll")
 			newPods := sb.ReadyPods(t, ns, "app=roll", 2)
 			before := tr.ok.Load()
 			waitSuccesses(t, tr, before+5)
@@ -357,4 +352,15 @@ func goroutines(t *testing.T, debug string) int {
 	}
 	n, _ := strconv.Atoi(string(m[1]))
 	return n
+}
+
+// rollout restarts a workload and waits until the rollout is done.
+func rollout(t *testing.T, sb *sandboxtest.Sandbox, ns, workload string) {
+	t.Helper()
+	if out, err := sb.KubectlRun(t, "rollout", "restart", "-n", ns, workload); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if out, err := sb.KubectlRun(t, "rollout", "status", "-n", ns, workload, "--timeout=90s"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
 }

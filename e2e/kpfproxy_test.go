@@ -129,12 +129,7 @@ func TestProxyRolloutLosesNoRequest(t *testing.T) {
 		return fetchWith(&http.Transport{Proxy: http.ProxyURL(px), DisableKeepAlives: true}, "roll."+ns, 256<<10)
 	})
 	waitSuccesses(t, tr, 5)
-	if out, err := sb.KubectlRun(t, "rollout", "restart", "-n", ns, "deployment/roll"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	if out, err := sb.KubectlRun(t, "rollout", "status", "-n", ns, "deployment/roll", "--timeout=90s"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
+	rollout(t, sb, ns, "deployment/roll")
 	newPods := sb.ReadyPods(t, ns, "app=roll", 2)
 	waitSuccesses(t, tr, tr.ok.Load()+5)
 	last := tr.finish(t)
@@ -291,15 +286,7 @@ func TestProxyFromFile(t *testing.T) {
 			t.Fatalf("curl through the file's proxy: exit %d %q", code, out)
 		}
 	}
-	var row *struct {
-		Name, State, Health, Pod       string
-		File, Context, User, LastError string
-		Local                          []string
-		Connections                    int64
-		OpenConnections                int64
-		BytesIn, BytesOut              int64
-		BytesInPerSecond               int64
-	}
+	var row *statusRow
 	st := k.status(t)
 	for i := range st.Forwards {
 		if st.Forwards[i].Name == "shop" {

@@ -72,15 +72,18 @@ type statusJSON struct {
 	SchemaVersion int      `json:"schemaVersion"`
 	PID           int      `json:"pid"`
 	Files         []string `json:"files"`
-	Forwards      []struct {
-		Name, State, Health, Pod       string
-		File, Context, User, LastError string
-		Local                          []string
-		Connections                    int64
-		OpenConnections                int64
-		BytesIn, BytesOut              int64
-		BytesInPerSecond               int64
-	} `json:"forwards"`
+	Forwards      []statusRow `json:"forwards"`
+}
+
+// statusRow is a forward (or proxy) in kpf status --json.
+type statusRow struct {
+	Name, State, Health, Pod       string
+	File, Context, User, LastError string
+	Local                          []string
+	Connections                    int64
+	OpenConnections                int64
+	BytesIn, BytesOut              int64
+	BytesInPerSecond               int64
 }
 
 func (k *kpfCmd) status(t *testing.T) statusJSON {

@@ -211,10 +211,7 @@ func (p *yamlParser) forward(n *yaml.Node, i int, d defaults) (Forward, bool) {
 	p.mapping(n, where, map[string]func(k, v *yaml.Node){
 		"name": func(k, v *yaml.Node) {
 			gotName = true
-			fw.Name = p.str(v, where+".name")
-			if fw.Name != "" && !nameRE.MatchString(fw.Name) {
-				p.add(v, where+".name", "%q: use lower-case letters, digits and '-', at most 40 (it becomes KPF_<NAME>_ADDR)", fw.Name)
-			}
+			fw.Name = p.name(v, where+".name")
 		},
 		"context":   func(k, v *yaml.Node) { fw.Context = p.str(v, where+".context") },
 		"namespace": func(k, v *yaml.Node) { fw.Namespace = p.str(v, where+".namespace") },
@@ -354,10 +351,7 @@ func (p *yamlParser) proxy(n *yaml.Node, i int, d defaults) (Forward, bool) {
 	p.mapping(n, where, map[string]func(k, v *yaml.Node){
 		"name": func(k, v *yaml.Node) {
 			gotName = true
-			fw.Name = p.str(v, where+".name")
-			if fw.Name != "" && !nameRE.MatchString(fw.Name) {
-				p.add(v, where+".name", "%q: use lower-case letters, digits and '-', at most 40 (it becomes KPF_<NAME>_ADDR)", fw.Name)
-			}
+			fw.Name = p.name(v, where+".name")
 		},
 		"context":   func(k, v *yaml.Node) { fw.Context = p.str(v, where+".context") },
 		"namespace": func(k, v *yaml.Node) { fw.Namespace = p.str(v, where+".namespace") },
@@ -384,4 +378,13 @@ func (p *yamlParser) proxy(n *yaml.Node, i int, d defaults) (Forward, bool) {
 		p.add(n, where+".name", "missing")
 	}
 	return fw, len(p.probs) == before
+}
+
+// name reads a forward's or proxy's name.
+func (p *yamlParser) name(v *yaml.Node, field string) string {
+	name := p.str(v, field)
+	if name != "" && !nameRE.MatchString(name) {
+		p.add(v, field, "%q: use lower-case letters, digits and '-', at most 40 (it becomes KPF_<NAME>_ADDR)", name)
+	}
+	return name
 }
