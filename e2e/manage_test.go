@@ -69,9 +69,9 @@ func (k *kpfCmd) write(t *testing.T, name, content string) string {
 }
 
 type statusJSON struct {
-	SchemaVersion int      `json:"schemaVersion"`
-	PID           int      `json:"pid"`
-	Files         []string `json:"files"`
+	SchemaVersion int         `json:"schemaVersion"`
+	PID           int         `json:"pid"`
+	Files         []string    `json:"files"`
 	Forwards      []statusRow `json:"forwards"`
 }
 
