@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -304,6 +305,28 @@ func TestProxyFromFile(t *testing.T) {
 	resp.Body.Close()
 	if want := fmt.Sprintf(`kpf_proxy_connections_total{file=%q,forward="shop"} 3`, file); !strings.Contains(string(b), want) {
 		t.Errorf("metrics lack %s:\n%s", want, grepLines(string(b), "kpf_proxy_"))
+	}
+	// The daemon's audit log has a line per proxied connection, with the
+	// name the client asked for and the bytes each way.
+	var lines int
+	var moved int64
+	logText, _ := os.ReadFile(filepath.Join(k.home, "audit.log"))
+	for _, l := range strings.Split(string(logText), "\n") {
+		var rec struct {
+			Name                      string `json:"forward"`
+			Dest, Target, Pod, Result string
+			BytesIn                   int64
+		}
+		if json.Unmarshal([]byte(l), &rec) == nil && rec.Name == "shop" && rec.Dest == "api:80" {
+			if rec.Target != "service/api" || !strings.HasPrefix(rec.Pod, "api-") || rec.Result != "ok" {
+				t.Errorf("audit line: %s", l)
+			}
+			lines++
+			moved += rec.BytesIn
+		}
+	}
+	if lines != 3 || moved != row.BytesIn {
+		t.Errorf("audit log: %d lines for the proxy with %d bytes to the client, want 3 with %d:\n%s", lines, moved, row.BytesIn, logText)
 	}
 	if out, code := k.run(t, "down", "-f", file); code != 0 {
 		t.Fatalf("kpf down: exit %d\n%s", code, out)

@@ -35,8 +35,9 @@ type Connection struct {
 	Forward
 	Pod        string  `json:"pod,omitempty"`
 	RemotePort uint16  `json:"remotePort"`
-	Local      string  `json:"local"` // the address kpf listened on
-	Peer       string  `json:"peer"`  // the local client
+	Local      string  `json:"local"`          // the address kpf listened on
+	Peer       string  `json:"peer"`           // the local client
+	Dest       string  `json:"dest,omitempty"` // through kpf proxy: the host:port the client asked for
 	Start      string  `json:"start"`
 	Seconds    float64 `json:"durationSeconds"`
 	BytesIn    int64   `json:"bytesIn"`  // to the client

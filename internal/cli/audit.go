@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/proxy"
+
 	"github.com/kpf-dev/kpf/internal/audit"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/kube"
@@ -38,4 +40,23 @@ func (c *kubeCluster) auditWho(ctx context.Context) audit.Who {
 		}
 	})
 	return c.who.who
+}
+
+// proxyAudit writes an audit record for each connection a proxy carried.
+func proxyAudit(l *audit.Log, who audit.Who, name string) func(proxy.Ended) {
+	return func(e proxy.Ended) {
+		c := audit.Connection{
+			Forward: audit.Forward{Who: who, Namespace: e.Route.Namespace, Name: name, Target: e.Route.Ref},
+			Pod:     e.Pod, RemotePort: e.Route.Port, Local: e.Local, Peer: e.Peer, Dest: e.Dest,
+			Start: e.Start.UTC().Format(time.RFC3339Nano), Seconds: time.Since(e.Start).Seconds(),
+			BytesIn: e.In, BytesOut: e.Out, Result: "ok",
+		}
+		if c.Target == "" {
+			c.Target = "direct"
+		}
+		if e.Err != nil {
+			c.Result, c.Error = "error", e.Err.Error()
+		}
+		l.Connection(c)
+	}
 }

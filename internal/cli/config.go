@@ -28,6 +28,16 @@ func newConfigCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			proxies := 0
+			for _, fw := range f.Forwards {
+				if fw.Proxy != nil {
+					proxies++
+				}
+			}
+			if proxies > 0 {
+				fmt.Fprintf(g.out, "%s: %d forwards and %d proxies, no problems\n", path, len(f.Forwards)-proxies, proxies)
+				return nil
+			}
 			fmt.Fprintf(g.out, "%s: %d forwards, no problems\n", path, len(f.Forwards))
 			return nil
 		},

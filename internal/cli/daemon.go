@@ -162,7 +162,7 @@ its own flags and environment, as kpf up -d would.`,
 					return newOpener(file, id, log, g.errOut, auditLog)
 				},
 				ProxyOpener: func(_ string, id identity.Identity, log *slog.Logger) manager.ProxyOpener {
-					return newProxyOpener(id, log)
+					return newProxyOpener(id, log, auditLog)
 				},
 				Describe: describeIdentity,
 				Events:   g.out,

@@ -28,6 +28,7 @@ type ProxyOptions struct {
 	ClusterDomain string
 	Direct        bool
 	Env           bool
+	AuditLog      string
 	Settings      spec.Settings
 
 	command []string
@@ -98,6 +99,7 @@ you: a non-loopback --listen requires --auth USER:PASSWORD (or the
 	f.StringVar(&o.ClusterDomain, "cluster-domain", o.ClusterDomain, "the cluster's DNS domain, for names like api.shop.svc.DOMAIN")
 	f.BoolVar(&o.Direct, "direct", false, "dial names outside the cluster directly from here, instead of refusing them")
 	f.BoolVar(&o.Env, "env", false, "print the shell lines that point programs at the proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY) and exit")
+	f.StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
 	o.Settings.AddFlags(f, spec.FlagTransport, spec.FlagReconnectWait, spec.FlagDataPath)
 	return cmd
 }
@@ -204,7 +206,17 @@ func (o *ProxyOptions) Run(ctx context.Context, id identity.Identity) error {
 		fmt.Fprintf(o.g.errOut, "kpf: warning: the proxy on %s is reachable from other machines; only clients with the password get in\n", addr)
 	}
 	log := o.g.logger()
+	auditLog, err := openAudit(o.AuditLog)
+	if err != nil {
+		return err
+	}
+	defer auditLog.Close()
+	var ended func(proxy.Ended)
+	if auditLog != nil {
+		ended = proxyAudit(auditLog, cluster.auditWho(ctx), "proxy")
+	}
 	p := newProxy(cluster, o.Settings, proxy.Options{
+		Ended:         ended,
 		ClusterDomain: o.ClusterDomain,
 		Direct:        o.Direct,
 		Auth:          o.auth,

@@ -24,6 +24,7 @@ type RBACOptions struct {
 	Name    string
 
 	byNamespace map[string][]rbac.Kind
+	proxies     map[string]bool // namespaces a proxy of the file serves
 	subject     *rbac.Subject
 }
 
@@ -92,6 +93,7 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 		}
 	}
 	o.byNamespace = map[string][]rbac.Kind{}
+	o.proxies = map[string]bool{}
 	for _, fw := range fws {
 		target := fw.Target
 		if fw.Proxy != nil {
@@ -106,6 +108,9 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 			ns = def
 		}
 		o.byNamespace[ns] = append(o.byNamespace[ns], k)
+		if fw.Proxy != nil {
+			o.proxies[ns] = true
+		}
 	}
 	return nil
 }
@@ -115,6 +120,9 @@ func (o *RBACOptions) Run(context.Context) error {
 	rules := map[string][]rbac.Rule{}
 	for ns, kinds := range o.byNamespace {
 		rules[ns] = rbac.For(kinds)
+		if o.proxies[ns] {
+			rules[ns] = append(rules[ns], rbac.Rule{Resource: "services", Verbs: []string{"list"}, Why: "kpf proxy: name the services there when a name matches none"})
+		}
 	}
 	out, err := rbac.Manifest(o.Name, rules, o.subject)
 	if err != nil {

@@ -74,7 +74,7 @@ func (o *RunOptions) Run(ctx context.Context, id identity.Identity) error {
 	log := o.g.logger()
 	m := manager.New(manager.Options{
 		Open:      newOpener(o.file.Path, id, log, o.g.errOut, nil),
-		OpenProxy: newProxyOpener(id, log),
+		OpenProxy: newProxyOpener(id, log, nil),
 		Settings:  o.Settings,
 		Log:       log,
 		Events: func(e manager.Event) {

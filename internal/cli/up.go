@@ -137,7 +137,7 @@ func (o *UpOptions) Run(ctx context.Context) error {
 	}
 	mo := manager.Options{
 		Open:      newOpener(o.file.Path, o.id, log, warnTo, auditLog),
-		OpenProxy: newProxyOpener(o.id, log),
+		OpenProxy: newProxyOpener(o.id, log, auditLog),
 		Settings:  o.Settings,
 		Log:       log,
 		Events: func(e manager.Event) {
@@ -330,7 +330,7 @@ func clusterCache(id identity.Identity) func(context string) (*kubeCluster, erro
 }
 
 // newProxyOpener opens the proxies of a file, connecting as id.
-func newProxyOpener(id identity.Identity, log *slog.Logger) manager.ProxyOpener {
+func newProxyOpener(id identity.Identity, log *slog.Logger, auditLog *audit.Log) manager.ProxyOpener {
 	get := clusterCache(id)
 	return func(ctx context.Context, fw config.Forward, s spec.Settings) (*proxy.Proxy, net.Listener, error) {
 		c, err := get(fw.Context)
@@ -342,6 +342,9 @@ func newProxyOpener(id identity.Identity, log *slog.Logger) manager.ProxyOpener 
 			return nil, nil, fmt.Errorf("listen: %w", err)
 		}
 		o := proxy.Options{Namespace: fw.Namespace, ClusterDomain: fw.Proxy.ClusterDomain, Direct: fw.Proxy.Direct, Log: log.With("proxy", fw.Name)}
+		if auditLog != nil {
+			o.Ended = proxyAudit(auditLog, c.auditWho(ctx), fw.Name)
+		}
 		return newProxy(c, s, o), ln, nil
 	}
 }

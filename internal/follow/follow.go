@@ -383,7 +383,9 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 		changed := f.changed
 		down := f.tunnelDownLocked(exclude)
 		f.mu.Unlock()
-		if !waitedLogged && f.synced() {
+		// A missing pod is news once the watch has listed the pods; a
+		// pod whose tunnel is down is news at once.
+		if !waitedLogged && (down != nil || f.synced()) {
 			// A ready pod whose tunnel cannot be dialled (the API server
 			// or a proxy on the way is down) is not a missing pod.
 			if down != nil {

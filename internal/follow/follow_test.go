@@ -384,3 +384,18 @@ func TestOwnWatchWithoutShared(t *testing.T) {
 		t.Fatalf("after web-1 went: %q %v", r.pod, r.err)
 	}
 }
+
+// TestNoPodIsNewsOnlyOnceListed: a follower on the shared watch says it
+// waits for a ready pod only after the watch listed the namespace's pods,
+// so a proxy's first connection to a service is not logged as missing one.
+func TestNoPodIsNewsOnlyOnceListed(t *testing.T) {
+	s := fakeapi.New(t)
+	f, _ := newFollower(t, s, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for !f.synced() {
+		if time.Now().After(deadline) {
+			t.Fatal("the follower's watch never reported the pods listed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

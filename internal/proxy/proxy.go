@@ -49,6 +49,20 @@ type Options struct {
 	Log           *slog.Logger
 	// Routed, if set, hears of each name the first time it is routed.
 	Routed func(dest string, r Route)
+	// Ended, if set, hears of each carried connection when it ends (the
+	// audit log).
+	Ended func(Ended)
+}
+
+// Ended is a carried connection that ended.
+type Ended struct {
+	Dest        string // host:port as the client asked
+	Route       Route  // zero for a direct one
+	Local, Peer string // the proxy's address and the client's
+	Pod         string
+	Start       time.Time
+	In, Out     int64 // bytes to the client and to the pod
+	Err         error
 }
 
 // Auth is a user name and password.
@@ -261,6 +275,7 @@ func (p *Proxy) carry(ctx context.Context, c net.Conn, d dest) error {
 	p.total.Add(1)
 	defer p.open.Add(-1)
 	m := p.bytes.Child()
+	start := time.Now()
 	var err error
 	if d.direct != "" {
 		err = p.carryDirect(ctx, c, d.direct, m)
@@ -270,6 +285,10 @@ func (p *Proxy) carry(ctx context.Context, c net.Conn, d dest) error {
 	if err != nil {
 		p.failed.Add(1)
 		p.o.Log.Error("connection failed", "dest", d.name, "err", err)
+	}
+	if p.o.Ended != nil {
+		p.o.Ended(Ended{Dest: d.name, Route: d.route, Local: c.LocalAddr().String(), Peer: c.RemoteAddr().String(),
+			Pod: m.Pod(), Start: start, In: m.In.Load(), Out: m.Out.Load(), Err: err})
 	}
 	return err
 }

@@ -137,13 +137,19 @@ func (r *resolver) service(ctx context.Context, ns, name string, port uint16, ex
 	svc, err := r.client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		list, lerr := r.client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
-		var names []string
-		if lerr == nil {
-			for _, s := range list.Items {
-				names = append(names, s.Name)
-			}
-			slices.Sort(names)
+		if lerr != nil && !explicit && r.direct {
+			return Route{}, fmt.Errorf("%s.%s: %w (no such service)", name, ns, ErrOutside)
 		}
+		if lerr != nil {
+			// Without list (a Role with get only) the namespace's
+			// services are unknown: say what is, not "outside".
+			return Route{}, &NotFoundError{What: fmt.Sprintf("service %q in namespace %q", name, ns), Hint: "listing its services to name them failed: " + lerr.Error()}
+		}
+		var names []string
+		for _, s := range list.Items {
+			names = append(names, s.Name)
+		}
+		slices.Sort(names)
 		if !explicit && len(names) == 0 {
 			// No such namespace, or nothing in it: a name like
 			// example.com is not the cluster's.
