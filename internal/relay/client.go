@@ -1,0 +1,344 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Client is kpf's side: it takes the datagrams of local peers on a UDP
+// socket, gives each peer a flow, and carries the flows over one stream to
+// the relay (redialled when it is lost; the flows go on over the new one),
+// writing each flow's replies back to its peer.
+type Client struct {
+	Local  *net.UDPConn
+	Target string // host:port the relay sends to
+	// Dial opens a stream to the relay.
+	Dial func(ctx context.Context) (net.Conn, error)
+	// IdleTimeout closes a peer's flow after this long with no datagram
+	// either way. Default 60 s.
+	IdleTimeout time.Duration
+	// Ping is the keep-alive interval; a stream that brought nothing for
+	// three of them is dropped and redialled. Default 10 s.
+	Ping time.Duration
+	Log  *slog.Logger
+
+	// Counters, for status.
+	DatagramsIn, DatagramsOut atomic.Int64 // to the peers, to the relay
+	BytesIn, BytesOut         atomic.Int64
+
+	mu      sync.Mutex
+	flows   map[netip.AddrPort]*clientFlow
+	byID    map[uint32]netip.AddrPort
+	nextID  uint32
+	stream  *clientStream
+	changed chan struct{} // closed when stream changes
+}
+
+type clientFlow struct {
+	id   uint32
+	last atomic.Int64
+}
+
+// clientStream is one stream to the relay.
+type clientStream struct {
+	c    net.Conn
+	w    *frameWriter
+	last atomic.Int64 // when a frame last came
+}
+
+func (c *Client) defaults() {
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 60 * time.Second
+	}
+	if c.Ping == 0 {
+		c.Ping = 10 * time.Second
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	c.flows = map[netip.AddrPort]*clientFlow{}
+	c.byID = map[uint32]netip.AddrPort{}
+	c.changed = make(chan struct{})
+}
+
+// HelloError is the relay's refusal of a stream's target.
+type HelloError struct{ Msg string }
+
+func (e *HelloError) Error() string { return "the relay refused the target: " + e.Msg }
+
+// Peers is how many local peers have a flow now.
+func (c *Client) Peers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.flows)
+}
+
+// Serve relays until ctx ends (nil), or the relay refuses the target.
+func (c *Client) Serve(ctx context.Context) error {
+	c.defaults()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(ctx, func() { c.Local.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); c.keep(ctx, cancel) }()
+	go func() { defer wg.Done(); c.sweep(ctx) }()
+	defer wg.Wait()
+	defer cancel(nil)
+	buf := make([]byte, MaxDatagram+1)
+	for {
+		n, peer, err := c.Local.ReadFromUDPAddrPort(buf)
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		if err != nil {
+			c.Log.Debug("udp read", "err", err)
+			continue
+		}
+		if n > MaxDatagram {
+			continue
+		}
+		fl := c.flowOf(peer)
+		for {
+			st, err := c.current(ctx)
+			if err != nil {
+				return err
+			}
+			if err := st.w.write(Frame{Type: TypeData, Flow: fl.id, Payload: buf[:n]}); err != nil {
+				c.drop(st, err)
+				continue
+			}
+			fl.last.Store(time.Now().UnixNano())
+			c.DatagramsOut.Add(1)
+			c.BytesOut.Add(int64(n))
+			break
+		}
+	}
+}
+
+// flowOf returns a peer's flow, making one for a new peer.
+func (c *Client) flowOf(peer netip.AddrPort) *clientFlow {
+	peer = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if fl, ok := c.flows[peer]; ok {
+		return fl
+	}
+	c.nextID++
+	if c.nextID == 0 {
+		c.nextID = 1
+	}
+	fl := &clientFlow{id: c.nextID}
+	c.flows[peer] = fl
+	c.byID[fl.id] = peer
+	return fl
+}
+
+// current waits for a stream.
+func (c *Client) current(ctx context.Context) (*clientStream, error) {
+	for {
+		c.mu.Lock()
+		st, ch := c.stream, c.changed
+		c.mu.Unlock()
+		if st != nil {
+			return st, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+	}
+}
+
+// drop forgets a stream that failed, so that keep dials another.
+func (c *Client) drop(st *clientStream, err error) {
+	c.mu.Lock()
+	if c.stream == st {
+		c.stream = nil
+		close(c.changed)
+		c.changed = make(chan struct{})
+		c.Log.Warn("relay stream lost; redialling", "err", err)
+	}
+	c.mu.Unlock()
+	st.c.Close()
+}
+
+// keep keeps a stream open: dials (with backoff), reads its frames, and
+// dials again when it ends. A refused target ends Serve.
+func (c *Client) keep(ctx context.Context, fail context.CancelCauseFunc) {
+	failures := 0
+	for ctx.Err() == nil {
+		st, err := c.open(ctx)
+		var he *HelloError
+		if errors.As(err, &he) {
+			fail(err)
+			return
+		}
+		if err != nil {
+			failures++
+			wait := min(time.Duration(1<<min(failures, 6))*100*time.Millisecond, 5*time.Second)
+			wait = wait/2 + rand.N(wait/2+1)
+			c.Log.Warn("relay stream", "err", err, "retryIn", wait.Round(time.Millisecond))
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			continue
+		}
+		failures = 0
+		c.mu.Lock()
+		c.stream = st
+		close(c.changed)
+		c.changed = make(chan struct{})
+		c.mu.Unlock()
+		err = c.read(ctx, st)
+		c.drop(st, err)
+	}
+}
+
+// open dials a stream and says hello.
+func (c *Client) open(ctx context.Context) (*clientStream, error) {
+	conn, err := c.Dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	w := &frameWriter{w: conn}
+	if err := writeMagic(conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := w.write(Frame{Type: TypeHello, Payload: []byte(c.Target)}); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := readMagic(conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	r := NewReader(conn)
+	f, err := r.Read()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("the relay's answer: %w", err)
+	}
+	if f.Type == TypeError {
+		conn.Close()
+		return nil, &HelloError{string(f.Payload)}
+	}
+	if f.Type != TypeOK {
+		conn.Close()
+		return nil, protoErr("frame type %d in answer to HELLO", f.Type)
+	}
+	conn.SetDeadline(time.Time{})
+	st := &clientStream{c: conn, w: w}
+	st.last.Store(time.Now().UnixNano())
+	return st, nil
+}
+
+// read delivers a stream's frames until it fails, pinging as it goes.
+func (c *Client) read(ctx context.Context, st *clientStream) error {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(c.Ping)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				st.c.Close()
+				return
+			case <-t.C:
+			}
+			if time.Since(time.Unix(0, st.last.Load())) > 3*c.Ping {
+				st.c.Close() // the relay went quiet: redial
+				return
+			}
+			st.w.write(Frame{Type: TypePing})
+		}
+	}()
+	r := NewReader(st.c)
+	for {
+		f, err := r.Read()
+		if err != nil {
+			return err
+		}
+		st.last.Store(time.Now().UnixNano())
+		switch f.Type {
+		case TypeData:
+			c.mu.Lock()
+			peer, ok := c.byID[f.Flow]
+			fl := c.flows[peer]
+			c.mu.Unlock()
+			if !ok {
+				continue // a flow closed meanwhile
+			}
+			fl.last.Store(time.Now().UnixNano())
+			if _, err := c.Local.WriteToUDPAddrPort(f.Payload, peer); err != nil {
+				c.Log.Debug("udp write", "peer", peer.String(), "err", err)
+				continue
+			}
+			c.DatagramsIn.Add(1)
+			c.BytesIn.Add(int64(len(f.Payload)))
+		case TypeClose:
+			c.forget(f.Flow)
+		case TypeError:
+			return fmt.Errorf("the relay: %s", f.Payload)
+		case TypePing:
+			st.w.write(Frame{Type: TypePong, Payload: f.Payload})
+		case TypePong:
+		default:
+			return protoErr("frame type %d from the relay", f.Type)
+		}
+	}
+}
+
+func (c *Client) forget(id uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if peer, ok := c.byID[id]; ok {
+		delete(c.byID, id)
+		delete(c.flows, peer)
+	}
+}
+
+// sweep closes the flows of peers idle for IdleTimeout.
+func (c *Client) sweep(ctx context.Context) {
+	t := time.NewTicker(min(c.IdleTimeout/4, 5*time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var idle []uint32
+		c.mu.Lock()
+		for peer, fl := range c.flows {
+			if time.Since(time.Unix(0, fl.last.Load())) > c.IdleTimeout {
+				idle = append(idle, fl.id)
+				delete(c.flows, peer)
+				delete(c.byID, fl.id)
+			}
+		}
+		st := c.stream
+		c.mu.Unlock()
+		if st != nil {
+			for _, id := range idle {
+				st.w.write(Frame{Type: TypeClose, Flow: id})
+			}
+		}
+	}
+}

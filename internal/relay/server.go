@@ -1,0 +1,298 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Server is the relay: it accepts streams from kpf (through the
+// port-forward tunnel), and for each flow of a stream sends its datagrams
+// to the stream's target from a UDP socket of the flow's own, so that
+// replies (any number, in any order, or none) go back to the flow.
+type Server struct {
+	Log *slog.Logger
+	// ClientTimeout drops a stream that sent nothing (not even a PING)
+	// for this long: its kpf is gone. Default 30 s.
+	ClientTimeout time.Duration
+	// IdleExit makes Serve return once no stream was open for this long,
+	// so that a relay whose kpf died exits on its own. Default 30 s; a
+	// negative value never.
+	IdleExit time.Duration
+	// FlowIdle closes a flow with no datagram either way for this long,
+	// should kpf not close it first. Default 5 minutes.
+	FlowIdle time.Duration
+
+	open     atomic.Int64
+	lastSeen atomic.Int64 // unix nanoseconds: the last stream's end
+}
+
+func (s *Server) defaults() {
+	if s.Log == nil {
+		s.Log = slog.Default()
+	}
+	if s.ClientTimeout == 0 {
+		s.ClientTimeout = 30 * time.Second
+	}
+	if s.IdleExit == 0 {
+		s.IdleExit = 30 * time.Second
+	}
+	if s.FlowIdle == 0 {
+		s.FlowIdle = 5 * time.Minute
+	}
+}
+
+// ErrIdleExit is returned by Serve when no client came for IdleExit.
+var ErrIdleExit = errors.New("no client")
+
+// Serve accepts streams on ln until ctx ends (nil) or no stream was open
+// for IdleExit (ErrIdleExit).
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.defaults()
+	s.lastSeen.Store(time.Now().UnixNano())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var idle atomic.Bool
+	go func() {
+		defer ln.Close()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if s.IdleExit > 0 && s.open.Load() == 0 && time.Since(time.Unix(0, s.lastSeen.Load())) > s.IdleExit {
+				idle.Store(true)
+				return
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			cancel()
+			if idle.Load() {
+				return ErrIdleExit
+			}
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		s.open.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				s.lastSeen.Store(time.Now().UnixNano())
+				s.open.Add(-1)
+			}()
+			stop := context.AfterFunc(ctx, func() { c.Close() })
+			defer stop()
+			if err := s.stream(c); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				s.Log.Warn("stream ended", "client", c.RemoteAddr().String(), "err", err)
+			}
+		}()
+	}
+}
+
+// stream serves one stream: the opening, then frames until it ends.
+func (s *Server) stream(c net.Conn) error {
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
+	if err := readMagic(c); err != nil {
+		return err
+	}
+	r := NewReader(c)
+	hello, err := r.Read()
+	if err != nil {
+		return err
+	}
+	w := &frameWriter{w: c}
+	if err := writeMagic(c); err != nil {
+		return err
+	}
+	if hello.Type != TypeHello {
+		w.write(Frame{Type: TypeError, Payload: []byte("the stream must begin with HELLO")})
+		return protoErr("frame type %d before HELLO", hello.Type)
+	}
+	target, err := net.ResolveUDPAddr("udp", string(hello.Payload))
+	if err != nil {
+		w.write(Frame{Type: TypeError, Payload: []byte(err.Error())})
+		return err
+	}
+	if err := w.write(Frame{Type: TypeOK}); err != nil {
+		return err
+	}
+	st := &serverStream{s: s, w: w, target: target, flows: map[uint32]*flow{}}
+	defer st.closeAll()
+	go st.sweep()
+	for {
+		c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
+		f, err := r.Read()
+		var pe *ProtocolError
+		if errors.As(err, &pe) {
+			w.write(Frame{Type: TypeError, Payload: []byte(pe.Error())})
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		switch f.Type {
+		case TypeData:
+			fl, err := st.flow(f.Flow)
+			if err != nil {
+				s.Log.Warn("flow", "flow", f.Flow, "target", target.String(), "err", err)
+				continue
+			}
+			fl.seen()
+			if _, err := fl.c.Write(f.Payload); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+				s.Log.Debug("send", "flow", f.Flow, "err", err)
+			}
+		case TypeClose:
+			st.close(f.Flow, false)
+		case TypePing:
+			if err := w.write(Frame{Type: TypePong, Payload: f.Payload}); err != nil {
+				return err
+			}
+		case TypePong:
+		default:
+			w.write(Frame{Type: TypeError, Payload: []byte("unexpected frame type")})
+			return protoErr("frame type %d from a client", f.Type)
+		}
+	}
+}
+
+// frameWriter serialises frames onto a stream: each frame in one write.
+type frameWriter struct {
+	mu  sync.Mutex
+	w   io.Writer
+	buf []byte
+}
+
+func (fw *frameWriter) write(f Frame) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	fw.buf = Append(fw.buf[:0], f)
+	_, err := fw.w.Write(fw.buf)
+	return err
+}
+
+// serverStream is a stream's flows.
+type serverStream struct {
+	s      *Server
+	w      *frameWriter
+	target *net.UDPAddr
+	mu     sync.Mutex
+	flows  map[uint32]*flow
+	done   bool
+}
+
+type flow struct {
+	c    *net.UDPConn
+	last atomic.Int64
+}
+
+func (f *flow) seen() { f.last.Store(time.Now().UnixNano()) }
+
+// flow returns a flow's socket, opening it on the flow's first datagram
+// (a stream that reconnects brings its flows with it).
+func (st *serverStream) flow(id uint32) (*flow, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if fl, ok := st.flows[id]; ok {
+		return fl, nil
+	}
+	if st.done {
+		return nil, net.ErrClosed
+	}
+	c, err := net.DialUDP("udp", nil, st.target)
+	if err != nil {
+		return nil, err
+	}
+	fl := &flow{c: c}
+	fl.seen()
+	st.flows[id] = fl
+	go st.replies(id, fl)
+	return fl, nil
+}
+
+// replies sends what the target answers on a flow's socket back to kpf.
+func (st *serverStream) replies(id uint32, fl *flow) {
+	buf := make([]byte, MaxDatagram+1)
+	for {
+		n, err := fl.c.Read(buf)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			continue // an ICMP port unreachable: the server may come yet
+		}
+		if err != nil {
+			return
+		}
+		if n > MaxDatagram {
+			continue // cannot be an IPv4 UDP payload
+		}
+		fl.seen()
+		if err := st.w.write(Frame{Type: TypeData, Flow: id, Payload: buf[:n]}); err != nil {
+			return
+		}
+	}
+}
+
+// close ends a flow; tell says whether kpf must hear of it.
+func (st *serverStream) close(id uint32, tell bool) {
+	st.mu.Lock()
+	fl, ok := st.flows[id]
+	delete(st.flows, id)
+	st.mu.Unlock()
+	if !ok {
+		return
+	}
+	fl.c.Close()
+	if tell {
+		st.w.write(Frame{Type: TypeClose, Flow: id})
+	}
+}
+
+// sweep closes flows idle for FlowIdle, until the stream ends.
+func (st *serverStream) sweep() {
+	t := time.NewTicker(min(st.s.FlowIdle/4, 10*time.Second))
+	defer t.Stop()
+	for range t.C {
+		st.mu.Lock()
+		if st.done {
+			st.mu.Unlock()
+			return
+		}
+		var idle []uint32
+		for id, fl := range st.flows {
+			if time.Since(time.Unix(0, fl.last.Load())) > st.s.FlowIdle {
+				idle = append(idle, id)
+			}
+		}
+		st.mu.Unlock()
+		for _, id := range idle {
+			st.close(id, true)
+		}
+	}
+}
+
+func (st *serverStream) closeAll() {
+	st.mu.Lock()
+	st.done = true
+	flows := st.flows
+	st.flows = map[uint32]*flow{}
+	st.mu.Unlock()
+	for _, fl := range flows {
+		fl.c.Close()
+	}
+}
