@@ -193,12 +193,11 @@ spec: {selector: {app: bulk}, ports: [{port: 9000}]}
 	for {
 		p, err := sb.Admin.CoreV1().Pods(ns).Get(ctx, "bulk", metav1.GetOptions{})
 		if err == nil && sandboxtest.PodReady(p) {
-			c, err := cluster.Open(sb.Dir, sb.Bin, nil)
+			a, err := sb.PodAddr(p)
 			if err != nil {
 				return err
 			}
-			ip := net.ParseIP(p.Status.PodIP).To4()
-			direct = fmt.Sprintf("127.%d.%d.%d:9000", c.State().AddrPrefix, ip[2], ip[3])
+			direct = net.JoinHostPort(a, "9000")
 			break
 		}
 		if time.Now().After(deadline) {

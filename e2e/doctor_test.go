@@ -131,7 +131,7 @@ spec:
 func TestDoctorDiagnoses(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	ns := sb.Namespace(t)
-	sb.Apply(t, ns, `
+	sb.Apply(t, ns, strings.ReplaceAll(`
 apiVersion: v1
 kind: Pod
 metadata: {name: crash}
@@ -167,9 +167,9 @@ spec:
   containers:
   - name: app
     image: python
-    command: [python3, -m, http.server, "18080", --bind, 127.0.0.1]
+    command: [python3, -m, http.server, "18080", --bind, BIND_OTHER]
     ports: [{containerPort: 18080}]
-`)
+`, "BIND_OTHER", otherInterface()))
 	sb.ReadyPods(t, ns, "app=web", 1)
 	sb.ReadyPods(t, ns, "app=loopback-only", 1)
 	admin := sb.Kubeconfig(cluster.UserAdmin)
@@ -262,8 +262,9 @@ spec:
 		fail(t, r, "port", "nothing listens on port 8081 in pod web", "its containers declare 8080/TCP in web")
 	})
 	t.Run("server bound to another interface", func(t *testing.T) {
-		// It listens on 127.0.0.1, not on the pod's own address, where
-		// the sandbox's port-forward connects (a pod's localhost): the
+		// It listens on the pod's IP only, not on localhost, where
+		// port-forward connects inside the pod (on a sandbox without a
+		// pod network, on 127.0.0.1, not the pod's loopback address): the
 		// container declares the port, and the connection is refused.
 		r := doctor(t, nil, admin, "-n", ns, "pod/loopback-only", "18080")
 		c := fail(t, r, "port", "nothing listens on port 18080 in pod loopback-only", "make it listen on 0.0.0.0")
@@ -476,4 +477,15 @@ func withoutVerb(t *testing.T, manifest, resource, verb string) string {
 		t.Fatal(err)
 	}
 	return strings.Join(append([]string{string(out)}, docs[1:]...), "\n---\n")
+}
+
+// otherInterface is an address a pod's server can bind that port-forward
+// does not reach: the pod's IP in a network namespace of its own (on the
+// sandbox's pod network, as on a cluster), or 127.0.0.1 on a sandbox
+// whose pods share the node's network.
+func otherInterface() string {
+	if _, err := net.InterfaceByName("kpfsb0"); err == nil {
+		return "$(KPF_POD_IP)"
+	}
+	return "127.0.0.1"
 }

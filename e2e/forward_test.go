@@ -562,7 +562,7 @@ func TestErrorsSayWhatToDo(t *testing.T) {
 		{"no running pod", []string{"-n", ns, "--pod-running-timeout", "2s", "pod/stuck", ":8080"},
 			[]string{`error: no running pod for pod/stuck in namespace "` + ns + `" after 2s (it is Pending); wait longer with --pod-running-timeout`}, 1},
 		{"UDP only", []string{"-n", ns, "pod/solo", "dns"},
-			[]string{"port dns of pod/solo is UDP only, and kpf forward carries TCP"}, 1},
+			[]string{"port dns of pod/solo is UDP only; forward it as dns/udp"}, 1},
 		{"service without selector", []string{"-n", ns, "svc/nosel", "80"},
 			[]string{"service/nosel is defined without a selector"}, 1},
 		{"bad port", []string{"-n", ns, "pod/solo", "99999:80"},

@@ -11,6 +11,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/kpf-dev/kpf/internal/rbac"
+	"github.com/kpf-dev/kpf/internal/relaypod"
+
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
@@ -246,6 +249,19 @@ func explainOpen(ctx context.Context, err error, namespace string, kube *generic
 		return explain(ctx, se.Err, namespace, kube, cfg)
 	case session.StageDial:
 		return explainDial(se.Err, cfg, se.Target)
+	case session.StageRelay:
+		return explainRelay(se.Err)
 	}
 	return se.Err
+}
+
+// explainRelay adds, to a relay pod kpf may not create or delete, the Role
+// that would allow it.
+func explainRelay(err error) error {
+	var fe *relaypod.ForbiddenError
+	if !errors.As(err, &fe) {
+		return fmt.Errorf("the UDP relay: %w", err)
+	}
+	role, _ := rbac.Manifest("kpf-udp-relay", map[string][]rbac.Rule{fe.Namespace: {{Resource: "pods", Verbs: []string{"create", "delete"}, Why: "the UDP relay pod of /udp ports: made when the forward starts, deleted when it stops"}}}, nil)
+	return fmt.Errorf("%s; a Role that allows it (bind it to yourself with a RoleBinding, or ask your cluster's admin):\n%s", fe.Error(), role)
 }

@@ -4,7 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"text/tabwriter"
 	"time"
+
+	"github.com/kpf-dev/kpf/internal/relaypod"
+	"github.com/kpf-dev/kpf/internal/spec"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kpf-dev/kpf/internal/relay"
 	"github.com/spf13/cobra"
@@ -20,7 +25,79 @@ datagrams over one stream through the tunnel, and the relay sends them from
 a socket of the flow's own and frames the replies back
 (docs/relay-protocol.md).`,
 	}
-	cmd.AddCommand(newRelayServeCommand(g))
+	cmd.AddCommand(newRelayServeCommand(g), newRelayImageCommand(g), newRelayGCCommand(g))
+	return cmd
+}
+
+func newRelayImageCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "image",
+		Short: "Print the relay image this kpf uses unless --relay-image says otherwise",
+		Example: `  # mirror it into a registry your cluster can pull from
+  crane copy $(kpf relay image) registry.example.com/kpf:$(kpf version -o json | jq -r .version)`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(g.out, spec.DefaultRelayImage)
+			return nil
+		},
+	}
+}
+
+func newRelayGCCommand(g *globals) *cobra.Command {
+	var all, allNamespaces bool
+	cmd := &cobra.Command{
+		Use:   "gc [-n NAMESPACE | -A] [--all]",
+		Short: "List your relay pods, and remove those whose kpf is gone or that ended",
+		Long: `List the UDP relay pods you started (label kpf.dev/user), in the current
+namespace or every one (-A), and delete those whose kpf is gone: started on
+this machine by a process that no longer runs, or ended (a relay exits by
+itself within a minute of losing its kpf). Relay pods of kpf processes on
+other machines are listed, not deleted, unless --all.`,
+		Example: `  kpf relay gc -A
+  kpf relay gc -n dns --all`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			id, err := g.identity(cmd)
+			if err != nil {
+				return err
+			}
+			c, err := connect(id)
+			if err != nil {
+				return err
+			}
+			ns := c.namespace
+			if allNamespaces {
+				ns = ""
+			}
+			left, err := relaypod.Find(cmd.Context(), c.client, ns, relaypod.Me(), processAlive)
+			if err != nil {
+				return err
+			}
+			if len(left) == 0 {
+				fmt.Fprintln(g.out, "no relay pods of yours")
+				return nil
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAMESPACE\tPOD\tPHASE\tSTARTED BY\tTARGET\tACTION")
+			var failed error
+			for _, l := range left {
+				p := l.Pod
+				ended := p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+				action := "kept (its kpf may still run)"
+				if l.Gone || ended || all {
+					action = "deleted"
+					if err := relaypod.Delete(cmd.Context(), c.client, &p); err != nil {
+						action, failed = "not deleted: "+err.Error(), err
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.Status.Phase, p.Annotations["kpf.dev/started-by"], p.Annotations["kpf.dev/target"], action)
+			}
+			tw.Flush()
+			return failed
+		},
+	}
+	cmd.Flags().BoolVarP(&allNamespaces, "all-namespaces", "A", false, "look in every namespace")
+	cmd.Flags().BoolVar(&all, "all", false, "delete every relay pod of yours, also those of kpf processes that may still run elsewhere")
 	return cmd
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/identity"
+	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/spf13/cobra"
 	"k8s.io/klog/v2"
 )
@@ -87,6 +88,14 @@ func (g *globals) handler(level slog.Level) slog.Handler {
 
 // NewRoot builds the command tree.
 func NewRoot(out, errOut io.Writer) *cobra.Command {
+	// An image tag holds letters, digits, '_', '.' and '-' (a pseudo-version's
+	// '+dirty' does not).
+	spec.DefaultRelayImage = "ghcr.io/kpf-dev/kpf:" + strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-' {
+			return r
+		}
+		return '-'
+	}, version())
 	g := &globals{kube: identity.NewFlags(), out: out, errOut: errOut}
 	root := &cobra.Command{
 		Use:   "kpf",

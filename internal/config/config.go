@@ -299,7 +299,7 @@ func Overlap(a, b Forward) (port uint16, addr string, ok bool) {
 func overlap(a, b Forward) (uint16, string, int, bool) {
 	bAddrs := expandAddresses(b.Addresses)
 	for k, p := range a.Ports {
-		if p.Local == 0 || !slices.ContainsFunc(b.Ports, func(q portspec.Port) bool { return q.Local == p.Local }) {
+		if p.Local == 0 || !slices.ContainsFunc(b.Ports, func(q portspec.Port) bool { return q.Local == p.Local && q.UDP == p.UDP }) {
 			continue
 		}
 		for _, addr := range expandAddresses(a.Addresses) {

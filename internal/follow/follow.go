@@ -382,10 +382,13 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 		}
 		changed := f.changed
 		down := f.tunnelDownLocked(exclude)
+		// Another connection dialling the chosen pod's tunnel is not a
+		// missing pod: wait for it without a word.
+		dialing := st != nil && st.dialing
 		f.mu.Unlock()
 		// A missing pod is news once the watch has listed the pods; a
 		// pod whose tunnel is down is news at once.
-		if !waitedLogged && (down != nil || f.synced()) {
+		if !waitedLogged && !dialing && (down != nil || f.synced()) {
 			// A ready pod whose tunnel cannot be dialled (the API server
 			// or a proxy on the way is down) is not a missing pod.
 			if down != nil {

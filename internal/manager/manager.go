@@ -306,7 +306,13 @@ type Row struct {
 	Reconnects int64    `json:"reconnects"`
 	Switches   int64    `json:"podSwitches"`
 	HTTPLog    string   `json:"httpLog,omitempty"` // where its HTTP requests are logged
-	LastError  string   `json:"lastError,omitempty"`
+	// Its /udp ports: local peers with a flow now, datagrams each way, and
+	// the relay pod.
+	UDPPeers     int    `json:"udpPeers,omitempty"`
+	DatagramsIn  int64  `json:"datagramsIn,omitempty"`
+	DatagramsOut int64  `json:"datagramsOut,omitempty"`
+	Relay        string `json:"relayPod,omitempty"`
+	LastError    string `json:"lastError,omitempty"`
 }
 
 // Snapshot returns every forward's status, in file order.
@@ -330,6 +336,7 @@ func (m *Manager) Snapshot() []Row {
 			r.Pod, r.Open, r.Total, r.Failed, r.BytesIn, r.BytesOut = st.Pod, st.Open, st.Total, st.Failed, st.BytesIn, st.BytesOut
 			r.RateIn, r.RateOut, r.Reconnects, r.Switches = st.RateIn, st.RateOut, st.Reconnects, st.Switches
 			r.Local = sess.Addrs()
+			r.UDPPeers, r.DatagramsIn, r.DatagramsOut, r.Relay = st.UDP.Peers, st.UDP.DatagramsIn, st.UDP.DatagramsOut, st.UDP.Relay
 			if r.Namespace == "" {
 				r.Namespace = sess.Target.Namespace
 			}

@@ -21,33 +21,54 @@ type Port struct {
 	// LocalSet says the local port was typed; otherwise it follows the
 	// remote port, which a port name only fixes later.
 	LocalSet bool
+	// UDP: the port was typed with /udp (kpf's own syntax; /tcp is the
+	// default, and what kubectl's syntax means).
+	UDP bool
 }
 
 // ErrSyntax is wrapped by every parse error.
 var ErrSyntax = errors.New("invalid port")
 
-// ParsePort parses "8080:80", "80", ":80", "0:80", "8080:http" or "http".
+// ParsePort parses "8080:80", "80", ":80", "0:80", "8080:http" or "http",
+// each with an optional /udp or /tcp.
 func ParsePort(s string) (Port, error) {
+	spec, proto, hasProto := strings.Cut(s, "/")
+	udp := false
+	if hasProto {
+		switch strings.ToLower(proto) {
+		case "udp":
+			udp = true
+		case "tcp":
+		default:
+			return Port{}, fmt.Errorf("%w %q: the protocol %q is not tcp or udp (want [LOCAL:]REMOTE[/udp], like 5353:53/udp)", ErrSyntax, s, proto)
+		}
+	}
+	p, err := parsePort(spec, s)
+	p.UDP = udp
+	return p, err
+}
+
+func parsePort(s, typed string) (Port, error) {
 	local, remote, hasColon := strings.Cut(s, ":")
 	if !hasColon {
 		remote = local
 	}
 	if strings.Contains(remote, ":") {
-		return Port{}, fmt.Errorf("%w %q: want [LOCAL:]REMOTE, like 8080:80, :80 or 80", ErrSyntax, s)
+		return Port{}, fmt.Errorf("%w %q: want [LOCAL:]REMOTE, like 8080:80, :80 or 80", ErrSyntax, typed)
 	}
 	if remote == "" {
-		return Port{}, fmt.Errorf("%w %q: the remote port is empty (want [LOCAL:]REMOTE, like 8080:80)", ErrSyntax, s)
+		return Port{}, fmt.Errorf("%w %q: the remote port is empty (want [LOCAL:]REMOTE, like 8080:80)", ErrSyntax, typed)
 	}
 	p := Port{Remote: remote}
 	if n, err := strconv.ParseUint(remote, 10, 16); err == nil {
 		if n == 0 {
-			return Port{}, fmt.Errorf("%w %q: the remote port must be from 1 to 65535", ErrSyntax, s)
+			return Port{}, fmt.Errorf("%w %q: the remote port must be from 1 to 65535", ErrSyntax, typed)
 		}
 		p.Remote = strconv.FormatUint(n, 10)
 	} else if isDigits(remote) {
-		return Port{}, fmt.Errorf("%w %q: the remote port %s is out of range (1 to 65535)", ErrSyntax, s, remote)
+		return Port{}, fmt.Errorf("%w %q: the remote port %s is out of range (1 to 65535)", ErrSyntax, typed, remote)
 	} else if err := validName(remote); err != nil {
-		return Port{}, fmt.Errorf("%w %q: %v", ErrSyntax, s, err)
+		return Port{}, fmt.Errorf("%w %q: %v", ErrSyntax, typed, err)
 	}
 	if !hasColon {
 		if n, err := strconv.ParseUint(remote, 10, 16); err == nil {
@@ -61,7 +82,7 @@ func ParsePort(s string) (Port, error) {
 	}
 	n, err := strconv.ParseUint(local, 10, 16)
 	if err != nil {
-		return Port{}, fmt.Errorf("%w %q: the local port %q is not a number from 0 to 65535 (use :%s for a free one)", ErrSyntax, s, local, remote)
+		return Port{}, fmt.Errorf("%w %q: the local port %q is not a number from 0 to 65535 (use :%s for a free one)", ErrSyntax, typed, local, remote)
 	}
 	p.Local = uint16(n)
 	return p, nil
@@ -87,6 +108,7 @@ func ParsePorts(args []string) ([]Port, error) {
 type Resolved struct {
 	Local  uint16
 	Remote uint16
+	UDP    bool
 }
 
 // Resolve turns the remote port into a number with lookup (which knows the
@@ -94,7 +116,7 @@ type Resolved struct {
 // the number it resolves to, as kubectl does.
 func (p Port) Resolve(lookup func(name string) (uint16, error)) (Resolved, error) {
 	if n, err := strconv.ParseUint(p.Remote, 10, 16); err == nil {
-		return Resolved{Local: p.Local, Remote: uint16(n)}, nil
+		return Resolved{Local: p.Local, Remote: uint16(n), UDP: p.UDP}, nil
 	}
 	n, err := lookup(p.Remote)
 	if err != nil {
@@ -104,14 +126,18 @@ func (p Port) Resolve(lookup func(name string) (uint16, error)) (Resolved, error
 	if !p.LocalSet {
 		local = n
 	}
-	return Resolved{Local: local, Remote: n}, nil
+	return Resolved{Local: local, Remote: n, UDP: p.UDP}, nil
 }
 
 func (p Port) String() string {
+	s := p.Remote
 	if p.LocalSet {
-		return fmt.Sprintf("%d:%s", p.Local, p.Remote)
+		s = fmt.Sprintf("%d:%s", p.Local, p.Remote)
 	}
-	return p.Remote
+	if p.UDP {
+		s += "/udp"
+	}
+	return s
 }
 
 func isDigits(s string) bool {

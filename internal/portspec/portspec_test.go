@@ -3,6 +3,7 @@ package portspec
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -63,11 +64,15 @@ func TestResolveNamedPort(t *testing.T) {
 		return 0, fmt.Errorf("no port named %s", name)
 	}
 	for in, want := range map[string]Resolved{
-		"http":      {8080, 8080}, // kubectl listens on the resolved number
-		"9000:http": {9000, 8080},
-		":http":     {0, 8080},
-		"81":        {81, 81},
-		"7:81":      {7, 81},
+		"http":        {8080, 8080, false}, // kubectl listens on the resolved number
+		"9000:http":   {9000, 8080, false},
+		":http":       {0, 8080, false},
+		"81":          {81, 81, false},
+		"7:81":        {7, 81, false},
+		"5353:53/udp": {5353, 53, true},
+		"53/UDP":      {53, 53, true},
+		":53/udp":     {0, 53, true},
+		"80/tcp":      {80, 80, false},
 	} {
 		p, err := ParsePort(in)
 		if err != nil {
@@ -128,7 +133,7 @@ func TestParseAddresses(t *testing.T) {
 }
 
 func FuzzParsePort(f *testing.F) {
-	for _, s := range []string{"80", "8080:80", ":80", "0:80", "http", "a:b:c", "", ":", "65536", "x-y"} {
+	for _, s := range []string{"80", "8080:80", ":80", "0:80", "http", "a:b:c", "", ":", "65536", "x-y", "5353:53/udp", "53/tcp", "53/sctp", "/udp", "dns/udp"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -144,7 +149,7 @@ func FuzzParsePort(f *testing.F) {
 		}
 		// What parses, round-trips.
 		again, err := ParsePort(p.String())
-		if err != nil || again.Remote != p.Remote || (p.LocalSet && again.Local != p.Local) {
+		if err != nil || again.Remote != p.Remote || again.UDP != p.UDP || (p.LocalSet && again.Local != p.Local) {
 			t.Fatalf("%q -> %+v -> %q -> %+v, %v", s, p, p.String(), again, err)
 		}
 	})
@@ -167,4 +172,16 @@ func FuzzParseAddresses(f *testing.F) {
 			seen[a.IP.String()] = true
 		}
 	})
+}
+
+func TestProtocolSuffix(t *testing.T) {
+	for in, want := range map[string]string{
+		"53/sctp":  `the protocol "sctp" is not tcp or udp`,
+		"/udp":     "the remote port is empty",
+		"x:53/udp": `the local port "x" is not a number`,
+	} {
+		if _, err := ParsePort(in); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), strconv.Quote(in)) {
+			t.Errorf("%q: %v, want %q and the port as typed", in, err, want)
+		}
+	}
 }

@@ -33,6 +33,7 @@ type Client struct {
 	// Counters, for status.
 	DatagramsIn, DatagramsOut atomic.Int64 // to the peers, to the relay
 	BytesIn, BytesOut         atomic.Int64
+	Dropped                   atomic.Int64 // datagrams dropped while the stream could not take them
 
 	mu      sync.Mutex
 	flows   map[netip.AddrPort]*clientFlow
@@ -64,15 +65,30 @@ func (c *Client) defaults() {
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
+	c.mu.Lock()
 	c.flows = map[netip.AddrPort]*clientFlow{}
 	c.byID = map[uint32]netip.AddrPort{}
 	c.changed = make(chan struct{})
+	c.mu.Unlock()
 }
 
 // HelloError is the relay's refusal of a stream's target.
 type HelloError struct{ Msg string }
 
 func (e *HelloError) Error() string { return "the relay refused the target: " + e.Msg }
+
+// SetTarget moves the flows to another target (the forward's new pod):
+// the stream is redialled with it, and the relay opens the flows' sockets
+// anew on their next datagrams.
+func (c *Client) SetTarget(target string) {
+	c.mu.Lock()
+	c.Target = target
+	st := c.stream
+	c.mu.Unlock()
+	if st != nil {
+		c.drop(st, fmt.Errorf("the target moved to %s", target))
+	}
+}
 
 // Peers is how many local peers have a flow now.
 func (c *Client) Peers() int {
@@ -89,11 +105,17 @@ func (c *Client) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { c.Local.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	queue := make(chan datagram, queueLen)
+	wg.Add(3)
 	go func() { defer wg.Done(); c.keep(ctx, cancel) }()
 	go func() { defer wg.Done(); c.sweep(ctx) }()
+	go func() { defer wg.Done(); c.send(ctx, cancel, queue) }()
 	defer wg.Wait()
 	defer cancel(nil)
+	// This loop only reads: the kernel's buffer for the local socket is
+	// small (net.core.rmem_max, 208 KiB by default), and a burst of small
+	// datagrams overflows it unless they are taken off at once. The queue
+	// holds them while send writes them to the stream in batches.
 	buf := make([]byte, MaxDatagram+1)
 	for {
 		n, peer, err := c.Local.ReadFromUDPAddrPort(buf)
@@ -107,21 +129,67 @@ func (c *Client) Serve(ctx context.Context) error {
 		if n > MaxDatagram {
 			continue
 		}
-		fl := c.flowOf(peer)
-		for {
-			st, err := c.current(ctx)
-			if err != nil {
-				return err
-			}
-			if err := st.w.write(Frame{Type: TypeData, Flow: fl.id, Payload: buf[:n]}); err != nil {
-				c.drop(st, err)
-				continue
-			}
-			fl.last.Store(time.Now().UnixNano())
-			c.DatagramsOut.Add(1)
-			c.BytesOut.Add(int64(n))
-			break
+		d := datagram{fl: c.flowOf(peer), b: append([]byte(nil), buf[:n]...)}
+		select {
+		case queue <- d:
+		default:
+			c.Dropped.Add(1) // the queue is full: as a full socket buffer would
 		}
+	}
+}
+
+// queueLen bounds the datagrams waiting for the stream.
+const queueLen = 8192
+
+// maxBatch bounds the bytes of frames written to the stream at once.
+const maxBatch = 256 << 10
+
+type datagram struct {
+	fl *clientFlow
+	b  []byte
+}
+
+// send writes queued datagrams to the stream, as many frames per write as
+// are waiting; a batch the stream failed to take goes on the next one.
+func (c *Client) send(ctx context.Context, fail context.CancelCauseFunc, queue chan datagram) {
+	var batch []byte
+	var sent []datagram
+	for {
+		if len(sent) == 0 {
+			select {
+			case d := <-queue:
+				batch = Append(batch[:0], Frame{Type: TypeData, Flow: d.fl.id, Payload: d.b})
+				sent = append(sent[:0], d)
+			case <-ctx.Done():
+				return
+			}
+		more:
+			for len(batch) < maxBatch {
+				select {
+				case d := <-queue:
+					batch = Append(batch, Frame{Type: TypeData, Flow: d.fl.id, Payload: d.b})
+					sent = append(sent, d)
+				default:
+					break more
+				}
+			}
+		}
+		st, err := c.current(ctx)
+		if err != nil {
+			fail(err)
+			return
+		}
+		if err := st.w.writeRaw(batch); err != nil {
+			c.drop(st, err)
+			continue // the same batch, on the next stream
+		}
+		now := time.Now().UnixNano()
+		for _, d := range sent {
+			d.fl.last.Store(now)
+			c.BytesOut.Add(int64(len(d.b)))
+		}
+		c.DatagramsOut.Add(int64(len(sent)))
+		sent = sent[:0]
 	}
 }
 
@@ -218,7 +286,10 @@ func (c *Client) open(ctx context.Context) (*clientStream, error) {
 		conn.Close()
 		return nil, err
 	}
-	if err := w.write(Frame{Type: TypeHello, Payload: []byte(c.Target)}); err != nil {
+	c.mu.Lock()
+	target := c.Target
+	c.mu.Unlock()
+	if err := w.write(Frame{Type: TypeHello, Payload: []byte(target)}); err != nil {
 		conn.Close()
 		return nil, err
 	}

@@ -358,3 +358,34 @@ func TestMalformedStreamsAreRefused(t *testing.T) {
 		t.Errorf("malformed streams delivered %d datagrams", len(sink.got))
 	}
 }
+
+// TestProbesDoNotKeepTheRelayAlive: connections that say nothing (a TCP
+// readiness probe every second) are not clients: the relay still exits.
+func TestProbesDoNotKeepTheRelayAlive(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	s := &Server{Log: quiet, ClientTimeout: time.Second, IdleExit: 700 * time.Millisecond}
+	res := make(chan error, 1)
+	go func() { res <- s.Serve(context.Background(), ln) }()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+				c.Close()
+			}
+		}
+	}()
+	select {
+	case err := <-res:
+		if !errors.Is(err, ErrIdleExit) {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("probe connections kept the relay running")
+	}
+}

@@ -89,14 +89,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return err
 		}
-		s.open.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() {
-				s.lastSeen.Store(time.Now().UnixNano())
-				s.open.Add(-1)
-			}()
 			stop := context.AfterFunc(ctx, func() { c.Close() })
 			defer stop()
 			if err := s.stream(c); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
@@ -134,6 +129,13 @@ func (s *Server) stream(c net.Conn) error {
 	if err := w.write(Frame{Type: TypeOK}); err != nil {
 		return err
 	}
+	// A client from here on: a connection that said nothing (a TCP
+	// readiness probe) does not keep the relay alive.
+	s.open.Add(1)
+	defer func() {
+		s.lastSeen.Store(time.Now().UnixNano())
+		s.open.Add(-1)
+	}()
 	st := &serverStream{s: s, w: w, target: target, flows: map[uint32]*flow{}}
 	defer st.closeAll()
 	go st.sweep()
@@ -178,6 +180,14 @@ type frameWriter struct {
 	mu  sync.Mutex
 	w   io.Writer
 	buf []byte
+}
+
+// writeRaw writes encoded frames.
+func (fw *frameWriter) writeRaw(b []byte) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	_, err := fw.w.Write(b)
+	return err
 }
 
 func (fw *frameWriter) write(f Frame) error {

@@ -46,6 +46,10 @@ type Spec struct {
 	Balance           bool
 	IdleTimeout       time.Duration
 	DataPath          tunnel.DataPath
+	// RelayImage runs the UDP relay of /udp ports; UDPIdleTimeout ends a
+	// peer's flow.
+	RelayImage     string
+	UDPIdleTimeout time.Duration
 }
 
 // Deps are the session's connections to the world.
@@ -75,6 +79,7 @@ const (
 	StageResolve Stage = "resolve"
 	StageDial    Stage = "dial"
 	StageListen  Stage = "listen"
+	StageRelay   Stage = "relay" // the UDP relay of /udp ports
 )
 
 // StageError is an error of one stage of Open.
@@ -91,6 +96,7 @@ func (e *StageError) Unwrap() error { return e.Err }
 type Session struct {
 	Target    *target.Target
 	Listeners []*forward.Listener
+	udp       *udpSide // nil without /udp ports
 	follower  *follow.Follower
 	spec      Spec
 	deps      Deps
@@ -162,15 +168,28 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		cancel()
 		return nil, &StageError{Stage: StageDial, Target: t, Err: err}
 	}
-	ls, err := forward.Listen(spec.Addresses, t.Ports, deps.Out, deps.ErrOut)
-	if err != nil && spec.AutoAddress && errors.Is(err, syscall.EADDRNOTAVAIL) {
-		ls, err = listenInstead(spec, t.Ports, deps)
-	}
-	if err != nil {
-		cancel()
-		return nil, &StageError{Stage: StageListen, Target: t, Err: err}
+	tcp, udp := splitPorts(t.Ports)
+	var ls []*forward.Listener
+	if len(tcp) > 0 {
+		ls, err = forward.Listen(spec.Addresses, tcp, deps.Out, deps.ErrOut)
+		if err != nil && spec.AutoAddress && errors.Is(err, syscall.EADDRNOTAVAIL) {
+			ls, err = listenInstead(spec, tcp, deps)
+		}
+		if err != nil {
+			cancel()
+			return nil, &StageError{Stage: StageListen, Target: t, Err: err}
+		}
 	}
 	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, cancel: cancel, audit: id, stats: st}
+	if len(udp) > 0 {
+		if s.udp, err = openUDP(ctx, s, udp, dial); err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			cancel()
+			return nil, &StageError{Stage: StageRelay, Target: t, Err: err}
+		}
+	}
 	if deps.Audit != nil {
 		deps.Audit.Event(audit.Event{Forward: id, Event: "start", Pod: t.Pod.Name, Listen: s.Addrs()})
 	}
@@ -187,6 +206,10 @@ func (s *Session) Serve(ctx context.Context) error {
 	opts := forward.Options{IdleTimeout: s.spec.IdleTimeout, Counters: s.stats.counters, Ended: s.ended}
 	if l := s.deps.HTTPLog; l != nil {
 		opts.Tap = func(peer string, pod func() string) forward.ConnTap { return l.Conn(peer, pod) }
+	}
+	if s.udp != nil {
+		go s.udp.serve(ctx)
+		defer s.udp.close()
 	}
 	err := forward.Serve(ctx, s.Listeners, s.follower, s.deps.Out, s.deps.Log, opts)
 	if s.deps.Audit != nil {
@@ -257,6 +280,7 @@ type Status struct {
 	Reconnects int64
 	Switches   int64
 	LastError  string
+	UDP        UDPStatus // the /udp ports, summed
 }
 
 // Status reports the session's state and counters.
@@ -276,6 +300,11 @@ func (s *Session) Status() Status {
 		st.Failed += c.Failed.Load()
 	}
 	st.BytesIn, st.BytesOut = s.bytes()
+	if s.udp != nil {
+		st.UDP = s.udp.status()
+		st.BytesIn += st.UDP.BytesIn
+		st.BytesOut += st.UDP.BytesOut
+	}
 	s.stats.mu.Lock()
 	st.LastError = s.stats.lastErr
 	s.stats.mu.Unlock()
@@ -291,11 +320,17 @@ func (s *Session) bytes() (in, out int64) {
 	return in, out
 }
 
-// Addrs are the local addresses the session listens on.
+// Addrs are the local addresses the session listens on (UDP ones with
+// /udp).
 func (s *Session) Addrs() []string {
 	var out []string
 	for _, l := range s.Listeners {
 		out = append(out, l.Addr().String())
+	}
+	if s.udp != nil {
+		for _, c := range s.udp.clients {
+			out = append(out, c.Local.LocalAddr().String()+"/udp")
+		}
 	}
 	return out
 }
@@ -311,6 +346,9 @@ func (s *Session) CheckTCP(ctx context.Context, timeout time.Duration) error {
 	local, remote := net.Pipe()
 	defer local.Close()
 	res := make(chan error, 1)
+	if len(s.Listeners) == 0 {
+		return fmt.Errorf("%w: a health check goes to the first TCP port, and this forward has /udp ports only", ErrUnhealthy)
+	}
 	port := s.Listeners[0].Port.Remote
 	go func() {
 		_, err := s.follower.Forward(ctx, remote, port, nil)
@@ -335,6 +373,9 @@ func (s *Session) CheckHTTP(ctx context.Context, path string, lo, hi int, timeou
 	defer cancel()
 	local, remote := net.Pipe()
 	defer local.Close()
+	if len(s.Listeners) == 0 {
+		return fmt.Errorf("%w: a health check goes to the first TCP port, and this forward has /udp ports only", ErrUnhealthy)
+	}
 	port := s.Listeners[0].Port.Remote
 	go s.follower.Forward(ctx, remote, port, nil)
 	local.SetDeadline(time.Now().Add(timeout))

@@ -8,8 +8,10 @@
 package spec
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/config"
@@ -28,7 +30,19 @@ type Settings struct {
 	NoReconnect       bool             `json:"noReconnect,omitempty"`
 	IdleTimeout       time.Duration    `json:"idleTimeout,omitempty"`
 	DataPath          tunnel.DataPath  `json:"dataPath"`
+	// UDP ports: where the relay runs, its image, and when a peer's flow
+	// ends.
+	UDPRelay       string        `json:"udpRelay,omitempty"`
+	RelayImage     string        `json:"relayImage,omitempty"`
+	UDPIdleTimeout time.Duration `json:"udpIdleTimeout,omitempty"`
 }
+
+// DefaultRelayImage is the relay image when --relay-image is not given:
+// this release's (set by the CLI, which knows the version).
+var DefaultRelayImage = "ghcr.io/kpf-dev/kpf:latest"
+
+// RelayModes are the values of --udp-relay.
+var RelayModes = []string{"pod"}
 
 // Defaults are every setting's default, for every command.
 func Defaults() Settings {
@@ -37,6 +51,8 @@ func Defaults() Settings {
 		PodRunningTimeout: time.Minute,
 		ReconnectWait:     30 * time.Second,
 		DataPath:          tunnel.DefaultDataPath,
+		UDPRelay:          "pod",
+		UDPIdleTimeout:    time.Minute,
 	}
 }
 
@@ -49,6 +65,9 @@ const (
 	FlagNoReconnect       = "no-reconnect"
 	FlagIdleTimeout       = "idle-timeout"
 	FlagDataPath          = "data-path"
+	FlagUDPRelay          = "udp-relay"
+	FlagRelayImage        = "relay-image"
+	FlagUDPIdleTimeout    = "udp-idle-timeout"
 )
 
 // AddFlags binds the named settings (all when which is empty) to flags.
@@ -75,6 +94,15 @@ func (s *Settings) AddFlags(fs *pflag.FlagSet, which ...string) {
 	if want(FlagIdleTimeout) {
 		fs.DurationVar(&s.IdleTimeout, FlagIdleTimeout, s.IdleTimeout, "Stop after this long with no open connection (exit code 6); 0: never")
 	}
+	if want(FlagUDPRelay) {
+		fs.StringVar(&s.UDPRelay, FlagUDPRelay, s.UDPRelay, "where /udp ports' relay runs: pod (a short-lived pod of kpf's in the target's namespace, deleted when the forward stops)")
+	}
+	if want(FlagRelayImage) {
+		fs.StringVar(&s.RelayImage, FlagRelayImage, s.RelayImage, "the UDP relay's image (default: this release's, ghcr.io/kpf-dev/kpf:VERSION)")
+	}
+	if want(FlagUDPIdleTimeout) {
+		fs.DurationVar(&s.UDPIdleTimeout, FlagUDPIdleTimeout, s.UDPIdleTimeout, "close a UDP peer's flow after this long with no datagram either way")
+	}
 	if want(FlagDataPath) {
 		fs.Var(canonical[tunnel.DataPath]{&s.DataPath, tunnel.ParseDataPath}, FlagDataPath, "SPDY implementation on kpf's side: kpf (its own) or client-go (kubectl's), as an escape hatch")
 	}
@@ -96,6 +124,12 @@ func (s Settings) Validate() error {
 	}
 	if s.MaxRetries < 0 {
 		return fmt.Errorf("--%s %d: must be 0 (no limit) or more", FlagMaxRetries, s.MaxRetries)
+	}
+	if !slices.Contains(RelayModes, s.UDPRelay) && s.UDPRelay != "" {
+		return fmt.Errorf("--%s %q: want %s", FlagUDPRelay, s.UDPRelay, strings.Join(RelayModes, " or "))
+	}
+	if s.UDPIdleTimeout < 0 {
+		return fmt.Errorf("--%s %s: must be above 0", FlagUDPIdleTimeout, s.UDPIdleTimeout)
 	}
 	if s.IdleTimeout < 0 {
 		return fmt.Errorf("--%s %s: must be 0 (never) or more", FlagIdleTimeout, s.IdleTimeout)
@@ -125,6 +159,8 @@ func Session(fw config.Forward, s Settings) (session.Spec, error) {
 		Balance:           fw.Balance,
 		IdleTimeout:       s.IdleTimeout,
 		DataPath:          s.DataPath,
+		RelayImage:        cmp.Or(s.RelayImage, DefaultRelayImage),
+		UDPIdleTimeout:    s.UDPIdleTimeout,
 	}, nil
 }
 

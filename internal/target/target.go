@@ -265,6 +265,14 @@ func translateServicePorts(ports []portspec.Port, svc *corev1.Service, pod *core
 		if !p.LocalSet {
 			local = uint16(svcPort)
 		}
+		if p.UDP {
+			container, err := udpServicePort(svc, pod, int32(svcPort))
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, portspec.Resolved{Local: local, Remote: uint16(container), UDP: true})
+			continue
+		}
 		container, err := util.LookupContainerPortNumberByServicePort(*svc, *pod, int32(svcPort))
 		if err != nil {
 			return nil, fmt.Errorf("service/%s: %w", svc.Name, err)
@@ -272,6 +280,48 @@ func translateServicePorts(ports []portspec.Port, svc *corev1.Service, pod *core
 		out = append(out, portspec.Resolved{Local: local, Remote: uint16(container)})
 	}
 	return out, nil
+}
+
+// udpServicePort is the container port of a service's UDP port, as the
+// Service routes it: the targetPort of the UDP entry (a name looked up
+// among the pod's UDP container ports). A headless service's port is the
+// pod's.
+func udpServicePort(svc *corev1.Service, pod *corev1.Pod, port int32) (int32, error) {
+	for _, sp := range svc.Spec.Ports {
+		if sp.Port != port || sp.Protocol != corev1.ProtocolUDP {
+			continue
+		}
+		switch {
+		case sp.TargetPort.IntValue() != 0:
+			return int32(sp.TargetPort.IntValue()), nil
+		case sp.TargetPort.StrVal == "":
+			return port, nil
+		}
+		for _, c := range pod.Spec.Containers {
+			for _, cp := range c.Ports {
+				if cp.Name == sp.TargetPort.StrVal && cp.Protocol == corev1.ProtocolUDP {
+					return cp.ContainerPort, nil
+				}
+			}
+		}
+		return 0, fmt.Errorf("service/%s: pod %s declares no UDP port named %q (the targetPort of %d/udp)", svc.Name, pod.Name, sp.TargetPort.StrVal, port)
+	}
+	if svc.Spec.ClusterIP == corev1.ClusterIPNone {
+		return port, nil
+	}
+	return 0, fmt.Errorf("service/%s has no UDP port %d (its ports: %s)", svc.Name, port, describeServicePorts(svc))
+}
+
+func describeServicePorts(svc *corev1.Service) string {
+	var out []string
+	for _, sp := range svc.Spec.Ports {
+		proto := strings.ToLower(string(sp.Protocol))
+		if proto == "" {
+			proto = "tcp"
+		}
+		out = append(out, fmt.Sprintf("%d/%s", sp.Port, proto))
+	}
+	return strings.Join(out, ", ")
 }
 
 type protocols struct{ udp, tcp sets.Set[int] }
@@ -309,6 +359,9 @@ var ErrUDPOnly = errors.New("UDP-only port")
 func checkUDP(p protocols, ports []portspec.Port, byName func(string) (int32, error), ref string) error {
 	udpOnly := p.udp.Difference(p.tcp)
 	for _, port := range ports {
+		if port.UDP {
+			continue
+		}
 		n, err := strconv.Atoi(port.Remote)
 		if err != nil {
 			m, err := byName(port.Remote)
@@ -318,7 +371,7 @@ func checkUDP(p protocols, ports []portspec.Port, byName func(string) (int32, er
 			n = int(m)
 		}
 		if udpOnly.Has(n) {
-			return fmt.Errorf("%w: port %s of %s is UDP only, and kpf forward carries TCP; forward it with kpf's UDP forwarding instead (not in this version yet)", ErrUDPOnly, port.Remote, ref)
+			return fmt.Errorf("%w: port %s of %s is UDP only; forward it as %s/udp", ErrUDPOnly, port.Remote, ref, port.String())
 		}
 	}
 	return nil

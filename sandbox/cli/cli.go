@@ -93,7 +93,7 @@ func NewRoot() *cobra.Command {
 		newFault(g, "restart", "Restart a component (apiserver, node, controller-manager, etcd) and wait until it is healthy"),
 		newFault(g, "pause", "Freeze a component with SIGSTOP (apiserver, node, ...)"),
 		newFault(g, "resume", "Thaw a component paused with pause (SIGCONT)"),
-		newNode(g), newWorkload(),
+		newNode(g), newWorkload(), newImage(g),
 	)
 	return root
 }
@@ -318,6 +318,30 @@ func newFault(g *globalOptions, verb, short string) *cobra.Command {
 			}
 		},
 	}
+}
+
+// newImage loads images into the node's registry.
+func newImage(g *globalOptions) *cobra.Command {
+	cmd := &cobra.Command{Use: "image", Short: "The sandbox's images beyond the built-in kpf.test/* ones"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "add REF PROGRAM",
+		Short: "Load an image: containers of REF run PROGRAM as its entrypoint (with their args)",
+		Example: `  # kpf's relay image, as a release would publish it
+  kpf-sandbox image add ghcr.io/kpf-dev/kpf:dev bin/kpf`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.open(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			if err := node.AddImage(c.Dir().NodeDir(), args[0], args[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "image %s: %s\n", args[0], args[1])
+			return nil
+		},
+	})
+	return cmd
 }
 
 // newNode runs the node agent; kpf-sandbox up starts it.

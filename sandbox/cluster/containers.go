@@ -6,4 +6,9 @@ import (
 	"github.com/kpf-dev/kpf/sandbox/node"
 )
 
-func killRecordedContainers(d Dir) { node.KillRecorded(filepath.Join(d.NodeDir(), "container-pgids")) }
+// killRecordedContainers stops the containers, and removes the pod network
+// namespaces, that a node agent which did not stop cleanly left.
+func killRecordedContainers(d Dir) {
+	node.KillRecorded(filepath.Join(d.NodeDir(), "container-pgids"))
+	node.RemoveStaleNetns()
+}

@@ -9,37 +9,75 @@ import (
 	"syscall"
 )
 
-// addrPool hands each pod a unique loopback address to bind and dial, and
-// the matching address it reports as its podIP.
+// addrPool hands each pod its pod IP (198.18.x.y) and, on a node with a
+// pod network, a network namespace that holds it; without one, a unique
+// loopback address (127.P.x.y) that its processes bind and port-forward
+// dials, its pod IP then a label only.
 type addrPool struct {
 	prefix byte
+	net    *podNet // nil: no pod network
 	mu     sync.Mutex
 	used   map[int]bool
+	last   int // the last address handed out: the next search starts after it
 }
 
-func newAddrPool(prefix byte) *addrPool { return &addrPool{prefix: prefix, used: map[int]bool{}} }
+func newAddrPool(prefix byte, net *podNet) *addrPool {
+	return &addrPool{prefix: prefix, net: net, used: map[int]bool{}}
+}
 
 // podAddr is a pod's network identity.
 type podAddr struct {
 	n        int
-	Local    netip.Addr // 127.P.x.y: what its processes bind and port-forward dials
+	Local    netip.Addr // what port-forward dials: 127.0.0.1 in the pod's namespace, or 127.P.x.y
 	Reported netip.Addr // 198.18.x.y: what its status says
+	NS       string     // the pod's network namespace; "" without a pod network
+}
+
+// Bind is what the pod's processes are told to bind (KPF_POD_ADDR): all
+// of its addresses in a namespace of its own, else its loopback address.
+func (a podAddr) Bind() netip.Addr {
+	if a.NS != "" {
+		return netip.IPv4Unspecified()
+	}
+	return a.Local
+}
+
+// Probe is where the node's probes connect, as a kubelet's do: the pod IP
+// on a pod network.
+func (a podAddr) Probe() netip.Addr {
+	if a.NS != "" {
+		return a.Reported
+	}
+	return a.Local
 }
 
 func (p *addrPool) get() (podAddr, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for n := 2; n < 1<<16-1; n++ {
-		if (n&255) == 0 || (n&255) == 255 || p.used[n] {
+	// As host-local IPAM does, the next free address after the last one
+	// given: an address just freed is not handed out again at once.
+	for i := 1; i < 1<<16; i++ {
+		n := (p.last + i) % (1<<16 - 1)
+		if n < 2 || (n&255) == 0 || (n&255) == 255 || p.used[n] {
 			continue
 		}
-		p.used[n] = true
 		hi, lo := byte(n>>8), byte(n)
-		return podAddr{
+		a := podAddr{
 			n:        n,
 			Local:    netip.AddrFrom4([4]byte{127, p.prefix, hi, lo}),
 			Reported: netip.AddrFrom4([4]byte{198, 18, hi, lo}),
-		}, true
+		}
+		if p.net != nil {
+			ns, err := p.net.add(n, a.Reported)
+			if err != nil {
+				p.net.log.Error("pod network", "err", err)
+				return podAddr{}, false
+			}
+			a.NS, a.Local = ns, netip.MustParseAddr("127.0.0.1")
+		}
+		p.used[n] = true
+		p.last = n
+		return a, true
 	}
 	return podAddr{}, false
 }
@@ -48,6 +86,9 @@ func (p *addrPool) put(a podAddr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.used, a.n)
+	if a.NS != "" {
+		p.net.del(a.n)
+	}
 }
 
 // pidFile records the process group of every running container, so that an

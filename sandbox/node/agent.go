@@ -90,10 +90,15 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "pods"), 0o700); err != nil {
 		return nil, err
 	}
+	pn, err := newPodNet(cfg.Log)
+	if err != nil {
+		cfg.Log.Info("no pod network: pods share the node's, each on a loopback address", "why", err)
+		pn = nil
+	}
 	return &Agent{
 		cfg:       cfg,
 		log:       cfg.Log,
-		addrs:     newAddrPool(cfg.AddrPrefix),
+		addrs:     newAddrPool(cfg.AddrPrefix, pn),
 		pids:      &pidFile{path: filepath.Join(cfg.StateDir, "container-pgids")},
 		workers:   map[types.UID]*podWorker{},
 		kubelet:   newRecorder(cfg.Node, "kubelet", cfg.NodeName, cfg.Log),

@@ -112,8 +112,8 @@ func (c *ctr) pullError() string {
 		}
 		return ""
 	}
-	if len(c.spec.Command) == 0 {
-		return fmt.Sprintf("image %q: the sandbox pulls no images, it runs local programs: set the container's command (e.g. [redis-server]) or use a built-in kpf.test/* image", img)
+	if len(c.spec.Command) == 0 && c.w.a.entrypoint(img) == "" {
+		return fmt.Sprintf("image %q: the sandbox pulls no images, it runs local programs: set the container's command (e.g. [redis-server]), use a built-in kpf.test/* image, or load the image with kpf-sandbox image add", img)
 	}
 	return ""
 }
@@ -169,7 +169,9 @@ func (c *ctr) exec(argv []string) error {
 	// Own process group so that stopping a container stops its children;
 	// killed with the agent so that no container outlives it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// Started from a thread in the pod's network namespace, the process
+	// is in it.
+	if err := inNetns(c.w.addr.NS, cmd.Start); err != nil {
 		return err
 	}
 	c.cmd, c.pgid = cmd, cmd.Process.Pid
@@ -305,6 +307,8 @@ func (c *ctr) argv() ([]string, error) {
 		name := strings.TrimPrefix(c.spec.Image, BuiltinPrefix)
 		name, _, _ = strings.Cut(name, ":")
 		argv = append([]string{c.w.a.cfg.Self, "workload", name}, c.spec.Command...)
+	} else if ep := c.w.a.entrypoint(c.spec.Image); ep != "" && len(c.spec.Command) == 0 {
+		argv = []string{ep}
 	} else {
 		if len(c.spec.Command) == 0 {
 			return nil, fmt.Errorf("image %q: the sandbox runs no images, only local programs: set the container's command (e.g. [redis-server]) or use a built-in kpf.test/* image", c.spec.Image)
@@ -335,7 +339,7 @@ func (c *ctr) env() []string {
 		"HOME=" + w.dir,
 		"HOSTNAME=" + w.name,
 		containerMarker,
-		"KPF_POD_ADDR=" + w.addr.Local.String(),
+		"KPF_POD_ADDR=" + w.addr.Bind().String(),
 		"KPF_POD_IP=" + w.addr.Reported.String(),
 		"KPF_POD_NAME=" + w.name,
 		"KPF_POD_NAMESPACE=" + w.namespace,

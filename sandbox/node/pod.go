@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -28,7 +27,7 @@ type podWorker struct {
 
 	// Read by port-forward under mu.
 	mu          sync.Mutex
-	local       netip.Addr
+	local       podAddr // what port-forward dials, set once the pod has an address
 	podRunning  bool
 	isDeleting  bool
 	specPorts   []corev1.ContainerPort
@@ -140,11 +139,11 @@ func (w *podWorker) deleting() bool {
 
 // target returns the address port-forward dials, or an error saying why the
 // pod cannot take connections.
-func (w *podWorker) target() (netip.Addr, error) {
+func (w *podWorker) target() (podAddr, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.podRunning {
-		return netip.Addr{}, fmt.Errorf("pod %s/%s is not running", w.namespace, w.name)
+		return podAddr{}, fmt.Errorf("pod %s/%s is not running", w.namespace, w.name)
 	}
 	return w.local, nil
 }
@@ -176,7 +175,7 @@ func (w *podWorker) run(ctx context.Context) {
 		w.addr, w.hasAddr = addr, true
 		defer w.a.addrs.put(addr)
 		w.mu.Lock()
-		w.local = addr.Local
+		w.local = addr
 		w.mu.Unlock()
 	}
 	pushCtx, stopPush := context.WithCancel(ctx)

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -120,7 +121,7 @@ func seconds(n int32, def int) time.Duration {
 func (c *ctr) probeOnce(ctx context.Context, p *corev1.Probe, timeout time.Duration, env []string) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	host := c.w.addr.Local.String()
+	host := c.w.addr.Probe().String()
 	switch {
 	case p.HTTPGet != nil:
 		h := p.HTTPGet
@@ -189,9 +190,14 @@ func (c *ctr) probeOnce(ctx context.Context, p *corev1.Probe, timeout time.Durat
 		}
 		cmd := exec.CommandContext(ctx, path, p.Exec.Command[1:]...)
 		cmd.Env, cmd.Dir = env, c.w.dir
-		out, err := cmd.CombinedOutput()
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		err = inNetns(c.w.addr.NS, cmd.Start)
+		if err == nil {
+			err = cmd.Wait()
+		}
 		if err != nil {
-			return fmt.Errorf("command %q: %v: %s", strings.Join(p.Exec.Command, " "), err, strings.TrimSpace(string(out)))
+			return fmt.Errorf("command %q: %v: %s", strings.Join(p.Exec.Command, " "), err, strings.TrimSpace(out.String()))
 		}
 		return nil
 	}

@@ -101,9 +101,16 @@ func (f forwarder) PortForward(ctx context.Context, name, uid string, port int32
 	if err != nil {
 		return err
 	}
-	target := net.JoinHostPort(addr.String(), strconv.Itoa(int(port)))
-	d := net.Dialer{Timeout: 5 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", target)
+	// Inside the pod's network namespace, localhost, as a container
+	// runtime dials; without a pod network, the pod's loopback address.
+	target := net.JoinHostPort(addr.Local.String(), strconv.Itoa(int(port)))
+	var conn net.Conn
+	err = inNetns(addr.NS, func() error {
+		d := net.Dialer{Timeout: 5 * time.Second}
+		var err error
+		conn, err = d.DialContext(ctx, "tcp", target)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("failed to connect to port %d in pod %s: %w", port, name, err)
 	}
@@ -128,7 +135,7 @@ func (a *Agent) servePods(w http.ResponseWriter, r *http.Request) {
 	var rows []row
 	for _, pw := range a.workers {
 		pw.mu.Lock()
-		rows = append(rows, row{pw.namespace, pw.name, string(pw.uid), pw.local.String()})
+		rows = append(rows, row{pw.namespace, pw.name, string(pw.uid), pw.local.Local.String()})
 		pw.mu.Unlock()
 	}
 	a.mu.Unlock()

@@ -13,6 +13,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -291,4 +293,23 @@ func PodReady(p *corev1.Pod) bool {
 		}
 	}
 	return false
+}
+
+// PodAddr is where this machine reaches a pod's processes: its pod IP on
+// the node's pod network (a bridge to the pods' network namespaces), else
+// the 127.P.x.y address it binds for pod IP 198.18.x.y.
+func (s *Sandbox) PodAddr(p *corev1.Pod) (string, error) {
+	ip, err := netip.ParseAddr(p.Status.PodIP)
+	if err != nil || !netip.MustParsePrefix("198.18.0.0/16").Contains(ip) {
+		return "", fmt.Errorf("pod %s has podIP %q, want one in 198.18.0.0/16", p.Name, p.Status.PodIP)
+	}
+	if _, err := net.InterfaceByName("kpfsb0"); err == nil {
+		return ip.String(), nil // the node's pod network: pods are reached at their IPs
+	}
+	c, err := cluster.Open(s.Dir, s.Bin, nil)
+	if err != nil {
+		return "", err
+	}
+	b := ip.As4()
+	return fmt.Sprintf("127.%d.%d.%d", c.State().AddrPrefix, b[2], b[3]), nil
 }

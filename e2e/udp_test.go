@@ -1,0 +1,291 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kpf-dev/kpf/sandbox/cluster"
+	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// needPodNetwork fails a test whose relay must reach another pod at its
+// IP, which the sandbox gives pods only on its pod network (as root).
+func needPodNetwork(t *testing.T) {
+	t.Helper()
+	if _, err := net.InterfaceByName("kpfsb0"); err != nil {
+		t.Fatal("the sandbox runs without a pod network (pods in network namespaces of their own, which needs root): UDP's relay cannot reach the target pod")
+	}
+}
+
+var relayOnce sync.Once
+
+// loadRelayImage loads this kpf's relay image into the sandbox, as a
+// release would publish it: the kpf binary is its entrypoint.
+func loadRelayImage(t *testing.T, sb *sandboxtest.Sandbox) {
+	t.Helper()
+	relayOnce.Do(func() {
+		ref, err := exec.Command(kpfBin, "relay", "image").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(sb.Bin, "image", "add", strings.TrimSpace(string(ref)), kpfBin).CombinedOutput(); err != nil {
+			t.Fatalf("kpf-sandbox image add: %v\n%s", err, out)
+		}
+	})
+}
+
+// startUDP runs kpf forward and returns the local address of each /udp
+// port, in order.
+func startUDP(t *testing.T, sb *sandboxtest.Sandbox, want int, args ...string) (*sandboxtest.Proc, []string) {
+	t.Helper()
+	loadRelayImage(t, sb)
+	cmd := exec.Command(kpfBin, append([]string{"--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "forward"}, args...)...)
+	p := sandboxtest.Start(t, cmd)
+	var addrs []string
+	for len(addrs) < want {
+		m := p.WaitLine(t, `^Forwarding from (127\.0\.0\.1:\d+) -> \d+/udp$`, 150*time.Second)
+		addrs = nil
+		for _, l := range strings.Split(p.Output(), "\n") {
+			var a string
+			if _, err := fmt.Sscanf(l, "Forwarding from %s ->", &a); err == nil && strings.HasPrefix(a, "127.0.0.1:") && strings.HasSuffix(l, "/udp") {
+				addrs = append(addrs, a)
+			}
+		}
+		_ = m
+	}
+	return p, addrs
+}
+
+const udpEchoApp = `
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: uecho}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: uecho}}
+  template:
+    metadata: {labels: {app: uecho}}
+    spec:
+      containers:
+      - {name: echo, image: kpf.test/udp-echo, ports: [{name: dns, containerPort: 5300, protocol: UDP}, {name: web, containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: uecho}
+spec:
+  selector: {app: uecho}
+  ports: [{name: dns, port: 53, targetPort: dns, protocol: UDP}]
+`
+
+// TestUDPEcho: 10,000 datagrams of random sizes (1 to 65,507 bytes) from
+// 8 local peers at once through kpf forward svc/uecho :53/udp: every one
+// comes back to the peer that sent it, byte for byte. The relay pod is
+// labelled with who made it, non-root and read-only, and goes when kpf
+// stops.
+func TestUDPEcho(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, udpEchoApp)
+	sb.ReadyPods(t, ns, "app=uecho", 1)
+	p, addrs := startUDP(t, sb, 1, "-n", ns, "svc/uecho", ":53/udp")
+	relays, err := sb.Admin.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "kpf.dev/relay=udp"})
+	if err != nil || len(relays.Items) != 1 {
+		t.Fatalf("relay pods: %v, %v", relays, err)
+	}
+	rp := relays.Items[0]
+	sc := rp.Spec.Containers[0].SecurityContext
+	if rp.Labels["kpf.dev/pid"] != fmt.Sprint(p.Cmd.Process.Pid) || *rp.Spec.AutomountServiceAccountToken || !*sc.ReadOnlyRootFilesystem || !*rp.Spec.SecurityContext.RunAsNonRoot || rp.Spec.ActiveDeadlineSeconds == nil {
+		t.Errorf("relay pod %s: labels %v, token %v, security %+v / %+v", rp.Name, rp.Labels, *rp.Spec.AutomountServiceAccountToken, sc, rp.Spec.SecurityContext)
+	}
+
+	const peers, each = 8, 1250
+	var wg sync.WaitGroup
+	errs := make(chan error, peers)
+	for i := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("udp", addrs[0])
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.(*net.UDPConn).SetReadBuffer(4 << 20)
+			rng := rand.New(rand.NewPCG(uint64(i), 99))
+			buf := make([]byte, 65536)
+			for k := range each {
+				n := 1 + rng.IntN(65507)
+				if k == 0 {
+					n = 65507
+				}
+				msg := make([]byte, n)
+				for j := range msg {
+					msg[j] = byte(rng.Uint32())
+				}
+				copy(msg, fmt.Sprintf("peer %d #%d", i, k))
+				// UDP may lose a datagram; a peer sends again after a
+				// second, and what comes back must be its own, whole.
+				for try := 0; ; try++ {
+					c.Write(msg)
+					c.SetReadDeadline(time.Now().Add(time.Second))
+					got, err := c.Read(buf)
+					if err == nil {
+						if !bytes.Equal(buf[:got], msg) {
+							errs <- fmt.Errorf("peer %d datagram %d: %d bytes back %.16q, want %d bytes %.16q", i, k, got, buf[:got], n, msg)
+							return
+						}
+						break
+					}
+					if try == 5 {
+						errs <- fmt.Errorf("peer %d datagram %d (%d bytes): no answer after 6 tries", i, k, n)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	p.Signal(syscall.SIGINT)
+	p.Wait(30 * time.Second)
+	sandboxtest.WaitFor(t, 30*time.Second, "the relay pod deleted", func() (bool, error) {
+		_, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), rp.Name, metav1.GetOptions{})
+		return err != nil && strings.Contains(err.Error(), "not found"), nil
+	})
+}
+
+// TestUDPRepliesSyslogAndTCP: one command forwards a server that answers
+// each datagram three times, a syslog-like collector that never answers
+// (nc -u sends it lines), and a TCP port of the same pod.
+func TestUDPRepliesSyslogAndTCP(t *testing.T) {
+	needPodNetwork(t)
+	needPrograms(t, "python3", "nc", "curl")
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	dir, err := os.MkdirTemp("", "kpf-syslog-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	logFile := filepath.Join(dir, "lines")
+	sb.Apply(t, ns, fmt.Sprintf(`
+apiVersion: v1
+kind: Pod
+metadata: {name: udp, labels: {app: udp}}
+spec:
+  containers:
+  - name: three
+    image: python
+    command: [python3, -c, "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',6000))\nwhile True:\n  b,a=s.recvfrom(65535)\n  for i in range(3): s.sendto(b+b' %%d'%%i,a)"]
+    ports: [{containerPort: 6000, protocol: UDP}]
+  - name: syslog
+    image: python
+    command: [python3, -c, "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',514))\nf=open('%s','ab',0)\nwhile True:\n  b,a=s.recvfrom(65535)\n  f.write(b.rstrip(b'\\n')+b'\\n')"]
+    ports: [{containerPort: 514, protocol: UDP}]
+  - {name: web, image: kpf.test/http, ports: [{containerPort: 8080}], readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}}
+`, logFile))
+	sb.ReadyPods(t, ns, "app=udp", 1)
+	p, addrs := startUDP(t, sb, 2, "-n", ns, "pod/udp", ":6000/udp", ":514/udp", ":8080")
+	_ = p
+	c, err := net.Dial("udp", addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 100)
+	for i := range 10 {
+		q := fmt.Sprintf("q%d", i)
+		c.Write([]byte(q))
+		for k := range 3 {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := c.Read(buf)
+			if want := fmt.Sprintf("%s %d", q, k); err != nil || string(buf[:n]) != want {
+				t.Fatalf("reply %d to %s: %q, %v; want %q", k, q, buf[:n], err, want)
+			}
+		}
+	}
+	host, port, _ := net.SplitHostPort(addrs[1])
+	var lines []string
+	for i := range 20 {
+		lines = append(lines, fmt.Sprintf("<14>kpf test line %d", i))
+	}
+	// One nc, as a shell script would pipe its log into it; nc sends what
+	// each read of its input gave as a datagram.
+	nc := exec.Command("nc", "-u", "-q1", host, port)
+	nc.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+	if out, err := nc.CombinedOutput(); err != nil {
+		t.Fatalf("nc -u: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := sb.KubectlRun(t, "logs", "-n", ns, "udp", "-c", "syslog")
+			ls, _ := exec.Command("sh", "-c", "ls -la "+dir+"; od -c "+logFile+" | head -5").CombinedOutput()
+			t.Logf("the collector's log:\n%s\n%s", out, ls)
+		}
+	})
+	sandboxtest.WaitFor(t, 20*time.Second, "20 lines at the collector", func() (bool, error) {
+		b, _ := os.ReadFile(logFile)
+		return strings.Count(string(b), "\n") >= 20, nil
+	})
+	if b, _ := os.ReadFile(logFile); string(b) != strings.Join(lines, "\n")+"\n" {
+		t.Errorf("the collector recorded:\n%s", b)
+	}
+	var tcp string
+	for _, l := range strings.Split(p.Output(), "\n") {
+		if strings.HasPrefix(l, "Forwarding from 127.0.0.1:") && strings.HasSuffix(l, "-> 8080") {
+			fmt.Sscanf(l, "Forwarding from %s ->", &tcp)
+		}
+	}
+	if out, code := curlVia(t, "-f", "http://"+tcp+"/"); code != 0 || !strings.HasPrefix(out, "pod udp") {
+		t.Errorf("the TCP port of the same command: exit %d %q", code, out)
+	}
+}
+
+// TestUDPRelayOutlivesNoKilledKpf: kpf killed with SIGKILL leaves its relay
+// pod, which exits by itself within 90 s; kpf relay gc then deletes it.
+func TestUDPRelayAfterKpfIsKilled(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, udpEchoApp)
+	sb.ReadyPods(t, ns, "app=uecho", 1)
+	p, _ := startUDP(t, sb, 1, "-n", ns, "svc/uecho", ":53/udp")
+	relays, err := sb.Admin.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "kpf.dev/relay=udp"})
+	if err != nil || len(relays.Items) != 1 {
+		t.Fatalf("relay pods: %v, %v", relays, err)
+	}
+	rp := relays.Items[0].Name
+	p.Signal(syscall.SIGKILL)
+	start := time.Now()
+	sandboxtest.WaitFor(t, 90*time.Second, "the relay pod to end", func() (bool, error) {
+		q, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), rp, metav1.GetOptions{})
+		return err != nil || q.Status.Phase == corev1.PodSucceeded || q.Status.Phase == corev1.PodFailed, nil
+	})
+	t.Logf("the relay ended %s after kpf was killed", time.Since(start).Round(time.Second))
+	out, err := exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "-n", ns, "relay", "gc").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), rp) || !strings.Contains(string(out), "deleted") {
+		t.Fatalf("kpf relay gc: %v\n%s", err, out)
+	}
+	if _, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), rp, metav1.GetOptions{}); err == nil {
+		t.Errorf("relay pod %s still there after kpf relay gc", rp)
+	}
+}

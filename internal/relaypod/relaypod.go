@@ -1,0 +1,274 @@
+// Package relaypod makes, waits for and removes the pods that run kpf's
+// UDP relay (kpf relay serve) next to a forward's target: labelled with
+// who started them, non-root, read-only, without a service-account token,
+// small, and bounded in time; and it finds the leftovers of kpf processes
+// that are gone (kpf relay gc).
+package relaypod
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/user"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/kube"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
+)
+
+// Port is where the relay listens in its pod.
+const Port = 4090
+
+// Labels on every relay pod.
+const (
+	LabelManagedBy = "app.kubernetes.io/managed-by" // kpf
+	LabelRelay     = "kpf.dev/relay"                // "udp"
+	LabelUser      = "kpf.dev/user"                 // who started it (a label-safe form)
+	LabelHost      = "kpf.dev/host"
+	LabelPID       = "kpf.dev/pid"
+)
+
+// Owner is who starts relay pods: this user, on this host, as this process.
+type Owner struct {
+	User, Host string
+	PID        int
+}
+
+// Me is the current process's owner.
+func Me() Owner {
+	o := Owner{PID: os.Getpid()}
+	if u, err := user.Current(); err == nil {
+		o.User = u.Username
+	}
+	o.Host, _ = os.Hostname()
+	return o
+}
+
+var unsafe = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+
+// labelValue makes s a label value: allowed characters, at most 63, not
+// starting or ending with a symbol.
+func labelValue(s string) string {
+	s = unsafe.ReplaceAllString(s, "_")
+	if len(s) > 63 {
+		s = s[:63]
+	}
+	return strings.Trim(s, "._-")
+}
+
+func (o Owner) labels() map[string]string {
+	return map[string]string{
+		LabelManagedBy: "kpf",
+		LabelRelay:     "udp",
+		LabelUser:      labelValue(o.User),
+		LabelHost:      labelValue(o.Host),
+		LabelPID:       strconv.Itoa(o.PID),
+	}
+}
+
+// Spec is a relay pod to make.
+type Spec struct {
+	Namespace string
+	Image     string
+	Target    string // the forward's target, for the pod's annotation
+	Owner     Owner
+	// Deadline bounds the pod's life (activeDeadlineSeconds): a backstop
+	// should both kpf and the relay's own exit fail.
+	Deadline time.Duration
+}
+
+// Pod is the relay pod's object.
+func (s Spec) Pod() *corev1.Pod {
+	no, yes := false, true
+	uid := int64(65532)
+	deadline := int64(s.Deadline / time.Second)
+	if deadline <= 0 {
+		deadline = 24 * 60 * 60
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			GenerateName: "kpf-relay-",
+			Namespace:    s.Namespace,
+			Labels:       s.Owner.labels(),
+			Annotations: map[string]string{
+				"kpf.dev/target":     s.Target,
+				"kpf.dev/started-by": fmt.Sprintf("%s@%s (kpf pid %d)", s.Owner.User, s.Owner.Host, s.Owner.PID),
+				"kpf.dev/about":      "kpf's UDP relay for a forward; it exits within a minute of losing its kpf; kpf relay gc removes leftovers",
+			},
+		},
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			ActiveDeadlineSeconds:         &deadline,
+			AutomountServiceAccountToken:  &no,
+			EnableServiceLinks:            &no,
+			TerminationGracePeriodSeconds: new(int64),
+			SecurityContext: &corev1.PodSecurityContext{
+				RunAsNonRoot:   &yes,
+				RunAsUser:      &uid,
+				RunAsGroup:     &uid,
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
+			Containers: []corev1.Container{{
+				Name:  "relay",
+				Image: s.Image,
+				Args:  []string{"relay", "serve", "--listen", ":" + strconv.Itoa(Port), "--client-timeout", "30s", "--idle-exit", "30s"},
+				Ports: []corev1.ContainerPort{{Name: "relay", ContainerPort: Port}},
+				Resources: corev1.ResourceRequirements{
+					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
+					Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+				},
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(Port)}}, PeriodSeconds: 1},
+				SecurityContext: &corev1.SecurityContext{
+					ReadOnlyRootFilesystem:   &yes,
+					AllowPrivilegeEscalation: &no,
+					Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+				},
+			}},
+		},
+	}
+}
+
+// ForbiddenError is a relay pod the user may not create (or delete).
+type ForbiddenError struct {
+	Verb, Namespace string
+	Err             error
+}
+
+func (e *ForbiddenError) Error() string {
+	return fmt.Sprintf("kpf may not %s pods in namespace %q, which the UDP relay needs: %v", e.Verb, e.Namespace, e.Err)
+}
+func (e *ForbiddenError) Unwrap() error { return e.Err }
+
+// Start creates the relay pod and waits until it is ready; on failure
+// (an image that cannot be pulled, say) it deletes what it made.
+func Start(ctx context.Context, c kube.Interface, s Spec, timeout time.Duration) (*corev1.Pod, error) {
+	pods := c.CoreV1().Pods(s.Namespace)
+	p, err := pods.Create(ctx, s.Pod(), metav1.CreateOptions{})
+	if apierrors.IsForbidden(err) {
+		return nil, &ForbiddenError{"create", s.Namespace, err}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create the relay pod: %w", err)
+	}
+	ready, err := waitReady(ctx, c, p, timeout)
+	if err != nil {
+		Delete(context.WithoutCancel(ctx), c, p)
+		return nil, err
+	}
+	return ready, nil
+}
+
+func waitReady(ctx context.Context, c kube.Interface, p *corev1.Pod, timeout time.Duration) (*corev1.Pod, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	w, err := c.CoreV1().Pods(p.Namespace).Watch(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("metadata.name", p.Name).String(), ResourceVersion: p.ResourceVersion,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	last := p
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("the relay pod %s was not ready within %s%s", p.Name, timeout, why(last))
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return nil, fmt.Errorf("watching the relay pod %s ended%s", p.Name, why(last))
+			}
+			if ev.Type == watch.Deleted {
+				return nil, fmt.Errorf("the relay pod %s was deleted", p.Name)
+			}
+			q, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			last = q
+			if q.Status.Phase == corev1.PodFailed || q.Status.Phase == corev1.PodSucceeded {
+				return nil, fmt.Errorf("the relay pod %s ended (%s)%s", q.Name, q.Status.Phase, why(q))
+			}
+			for _, cs := range q.Status.ContainerStatuses {
+				if w := cs.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff" || w.Reason == "InvalidImageName") {
+					return nil, fmt.Errorf("the relay pod %s cannot pull its image %q (%s: %s): give one the cluster can pull with --relay-image", q.Name, q.Spec.Containers[0].Image, w.Reason, w.Message)
+				}
+			}
+			if ready(q) && q.Status.PodIP != "" {
+				return q, nil
+			}
+		}
+	}
+}
+
+func ready(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// why says what a pod waits for, if anything.
+func why(p *corev1.Pod) string {
+	for _, cs := range p.Status.ContainerStatuses {
+		if w := cs.State.Waiting; w != nil && w.Reason != "" {
+			return fmt.Sprintf(" (%s: %s)", w.Reason, w.Message)
+		}
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+			return fmt.Sprintf(" (not scheduled: %s)", c.Message)
+		}
+	}
+	return ""
+}
+
+// Delete removes a relay pod at once.
+func Delete(ctx context.Context, c kube.Interface, p *corev1.Pod) error {
+	zero := int64(0)
+	err := c.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil
+	case apierrors.IsForbidden(err):
+		return &ForbiddenError{"delete", p.Namespace, err}
+	}
+	return err
+}
+
+// Leftover is a relay pod whose kpf process is gone, or cannot be told.
+type Leftover struct {
+	Pod  corev1.Pod
+	Gone bool // its kpf ran on this host and no longer runs
+}
+
+// Find lists the relay pods o's user started, in namespace ("" all),
+// saying of each started on this host whether its kpf is gone.
+func Find(ctx context.Context, c kube.Interface, namespace string, o Owner, alive func(pid int) bool) ([]Leftover, error) {
+	sel := labels.SelectorFromSet(map[string]string{LabelRelay: "udp", LabelUser: labelValue(o.User)})
+	list, err := c.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return nil, err
+	}
+	var out []Leftover
+	for _, p := range list.Items {
+		l := Leftover{Pod: p}
+		if p.Labels[LabelHost] == labelValue(o.Host) {
+			pid, err := strconv.Atoi(p.Labels[LabelPID])
+			l.Gone = err != nil || !alive(pid)
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}

@@ -1,0 +1,116 @@
+package relaypod
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+func TestThePodIsLeastPrivilegeAndSaysWhoMadeIt(t *testing.T) {
+	p := Spec{Namespace: "dns", Image: "ghcr.io/kpf-dev/kpf:v1", Target: "service/coredns", Owner: Owner{User: "ann@corp", Host: "laptop.local", PID: 4242}}.Pod()
+	if p.Labels[LabelUser] != "ann_corp" || p.Labels[LabelHost] != "laptop.local" || p.Labels[LabelPID] != "4242" || p.Labels[LabelManagedBy] != "kpf" {
+		t.Errorf("labels %v", p.Labels)
+	}
+	c := p.Spec.Containers[0]
+	switch {
+	case *p.Spec.AutomountServiceAccountToken:
+		t.Error("a service-account token is mounted")
+	case !*p.Spec.SecurityContext.RunAsNonRoot || *p.Spec.SecurityContext.RunAsUser == 0:
+		t.Error("may run as root")
+	case !*c.SecurityContext.ReadOnlyRootFilesystem || *c.SecurityContext.AllowPrivilegeEscalation || c.SecurityContext.Capabilities.Drop[0] != "ALL":
+		t.Errorf("container security %+v", c.SecurityContext)
+	case p.Spec.ActiveDeadlineSeconds == nil || *p.Spec.ActiveDeadlineSeconds <= 0:
+		t.Error("no deadline")
+	case c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero():
+		t.Errorf("resources %+v", c.Resources)
+	case strings.Join(c.Args, " ") != "relay serve --listen :4090 --client-timeout 30s --idle-exit 30s":
+		t.Errorf("args %v", c.Args)
+	case p.Spec.RestartPolicy != corev1.RestartPolicyNever:
+		t.Error("restarts")
+	}
+}
+
+func TestStartWaitsForReadyAndExplainsAnImageItCannotPull(t *testing.T) {
+	c := fake.NewClientset()
+	s := Spec{Namespace: "dns", Image: "example.com/kpf:v1", Owner: Owner{User: "ann", Host: "h", PID: 1}}
+	c.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		p := a.(k8stesting.CreateAction).GetObject().(*corev1.Pod)
+		p.Name = "kpf-relay-x"
+		return false, nil, nil
+	})
+	status := func(mutate func(*corev1.Pod)) {
+		for {
+			p, err := c.CoreV1().Pods("dns").Get(context.Background(), "kpf-relay-x", metav1.GetOptions{})
+			if err == nil {
+				mutate(p)
+				c.CoreV1().Pods("dns").UpdateStatus(context.Background(), p, metav1.UpdateOptions{})
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	go status(func(p *corev1.Pod) {
+		p.Status.PodIP = "10.0.0.9"
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+	})
+	p, err := Start(context.Background(), c, s, 5*time.Second)
+	if err != nil || p.Status.PodIP != "10.0.0.9" {
+		t.Fatalf("Start: %v, %v", p, err)
+	}
+	c.CoreV1().Pods("dns").Delete(context.Background(), "kpf-relay-x", metav1.DeleteOptions{})
+	go status(func(p *corev1.Pod) {
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: "not found"}}}}
+	})
+	_, err = Start(context.Background(), c, s, 5*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "--relay-image") || !strings.Contains(err.Error(), "example.com/kpf:v1") {
+		t.Fatalf("an image that cannot be pulled: %v", err)
+	}
+	if _, err := c.CoreV1().Pods("dns").Get(context.Background(), "kpf-relay-x", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the failed relay pod was left: %v", err)
+	}
+}
+
+func TestForbiddenIsTyped(t *testing.T) {
+	c := fake.NewClientset()
+	c.PrependReactor("create", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New("no"))
+	})
+	_, err := Start(context.Background(), c, Spec{Namespace: "dns"}, time.Second)
+	var fe *ForbiddenError
+	if !errors.As(err, &fe) || fe.Verb != "create" || fe.Namespace != "dns" {
+		t.Fatalf("%v", err)
+	}
+}
+
+func TestFindTellsGoneFromMaybeRunning(t *testing.T) {
+	c := fake.NewClientset()
+	me := Owner{User: "ann", Host: "h1", PID: 10}
+	for _, o := range []Owner{{"ann", "h1", 10}, {"ann", "h1", 11}, {"ann", "h2", 12}, {"bob", "h1", 13}} {
+		p := Spec{Namespace: "dns", Owner: o}.Pod()
+		p.Name = fmt.Sprintf("relay-%s-%s-%d", o.User, o.Host, o.PID)
+		p.GenerateName = ""
+		c.CoreV1().Pods("dns").Create(context.Background(), p, metav1.CreateOptions{})
+	}
+	got, err := Find(context.Background(), c, "", me, func(pid int) bool { return pid == 10 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := map[string]bool{}
+	for _, l := range got {
+		gone[l.Pod.Labels[LabelHost]+"/"+l.Pod.Labels[LabelPID]] = l.Gone
+	}
+	if len(got) != 3 || gone["h1/10"] || !gone["h1/11"] || gone["h2/12"] {
+		t.Fatalf("found %v", gone)
+	}
+}
