@@ -104,6 +104,21 @@ if [ "${FWD[0]##*/}" = kpf ] && [ "$NS" = kpf-demo ]; then
   echo "\$ curl -x http://$px http://api.$NS.svc.cluster.local/"; curl -sS -x "http://$px" "http://api.$NS.svc.cluster.local/"
   echo "\$ curl -x http://$px http://db-0.db.$NS.svc.cluster.local:9000/bytes/1000000 | wc -c"; curl -sS -x "http://$px" "http://db-0.db.$NS.svc.cluster.local:9000/bytes/1000000" | wc -c
   echo "\$ curl -x http://$px http://apx.$NS/"; curl -sS -x "http://$px" "http://apx.$NS/" || true
+  if [ "${KPF_DEMO_CLUSTER:-}" != 1 ] && ip link show kpfsb0 >/dev/null 2>&1 && command -v dig >/dev/null && [ -x /usr/sbin/dnsmasq ]; then
+    $KUBECTL apply -n "$NS" -f demo/dns.yaml >/dev/null
+    $KUBECTL rollout status -n "$NS" deployment/dns --timeout=60s >/dev/null
+    echo "== UDP: dig asks the cluster's DNS server through kpf forward svc/dns :53/udp (a relay pod carries the datagrams)"
+    "$BIN/kpf" relay image | xargs -I{} "$BIN/kpf-sandbox" image add {} "$BIN/kpf" >/dev/null
+    "$BIN/kpf" -n "$NS" forward svc/dns :53/udp >"$logs/dns.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 300); do
+      dport=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\) -> 53\/udp/\1/p' "$logs/dns.log" | head -1)
+      [ -n "$dport" ] && break
+      sleep 0.1
+    done
+    grep '/udp' "$logs/dns.log" | head -1
+    echo "\$ dig @127.0.0.1 -p $dport api.example.test +short"; dig @127.0.0.1 -p "$dport" api.example.test +short
+  fi
   echo "== kpf doctor: why a forward to port 80 of the frontend gets nothing (it listens on 8080)"
   "$BIN/kpf" doctor -n "$NS" deploy/frontend 8080:80 2>&1 | grep -v '^ *from \|^ *server ' | cut -c1-160 || true
 fi

@@ -7,10 +7,14 @@ need=()
 # prometheus and promtool check kpf's metrics the way users will read them;
 # redis-benchmark is a client the HTTP log must pass through untouched;
 # psql and redis-cli reach their servers by name through kpf hosts.
-for pair in curl:curl python3:python3 nc:netcat-openbsd tinyproxy:tinyproxy microsocks:microsocks zsh:zsh prometheus:prometheus promtool:prometheus redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools psql:postgresql-client unshare:util-linux; do
+for pair in curl:curl python3:python3 nc:netcat-openbsd tinyproxy:tinyproxy microsocks:microsocks zsh:zsh prometheus:prometheus promtool:prometheus redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools psql:postgresql-client unshare:util-linux dig:bind9-dnsutils; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+# dnsmasq is the DNS server pod that dig asks through a UDP forward; ip
+# (iproute2) builds the sandbox's pod network.
+[ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # A PostgreSQL server runs as a sandbox pod (Debian's, as the postgres user).
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 # Shell completion is tested in bash (with bash-completion) and zsh.
