@@ -90,12 +90,10 @@ spec:
   ports: [{name: dns, port: 53, targetPort: dns, protocol: UDP}]
 `
 
-// TestUDPEcho: 10,000 datagrams of random sizes (1 to 65,507 bytes) from
-// 8 local peers at once through kpf forward svc/uecho :53/udp: every one
-// comes back to the peer that sent it, byte for byte. The relay pod is
-// labelled with who made it, non-root and read-only, and goes when kpf
-// stops.
-func TestUDPEcho(t *testing.T) {
+// udpEchoForward runs kpf forward svc/uecho :53/udp in a namespace of the
+// test's, and returns its relay pod.
+func udpEchoForward(t *testing.T) (*sandboxtest.Sandbox, string, *sandboxtest.Proc, []string, corev1.Pod) {
+	t.Helper()
 	needPodNetwork(t)
 	sb := sandboxtest.Get(t)
 	ns := sb.Namespace(t)
@@ -106,7 +104,16 @@ func TestUDPEcho(t *testing.T) {
 	if err != nil || len(relays.Items) != 1 {
 		t.Fatalf("relay pods: %v, %v", relays, err)
 	}
-	rp := relays.Items[0]
+	return sb, ns, p, addrs, relays.Items[0]
+}
+
+// TestUDPEcho: 10,000 datagrams of random sizes (1 to 65,507 bytes) from
+// 8 local peers at once through kpf forward svc/uecho :53/udp: every one
+// comes back to the peer that sent it, byte for byte. The relay pod is
+// labelled with who made it, non-root and read-only, and goes when kpf
+// stops.
+func TestUDPEcho(t *testing.T) {
+	sb, ns, p, addrs, rp := udpEchoForward(t)
 	sc := rp.Spec.Containers[0].SecurityContext
 	if rp.Labels["kpf.dev/pid"] != fmt.Sprint(p.Cmd.Process.Pid) || *rp.Spec.AutomountServiceAccountToken || !*sc.ReadOnlyRootFilesystem || !*rp.Spec.SecurityContext.RunAsNonRoot || rp.Spec.ActiveDeadlineSeconds == nil {
 		t.Errorf("relay pod %s: labels %v, token %v, security %+v / %+v", rp.Name, rp.Labels, *rp.Spec.AutomountServiceAccountToken, sc, rp.Spec.SecurityContext)
@@ -260,20 +267,11 @@ spec:
 	}
 }
 
-// TestUDPRelayOutlivesNoKilledKpf: kpf killed with SIGKILL leaves its relay
+// TestUDPRelayAfterKpfIsKilled: kpf killed with SIGKILL leaves its relay
 // pod, which exits by itself within 90 s; kpf relay gc then deletes it.
 func TestUDPRelayAfterKpfIsKilled(t *testing.T) {
-	needPodNetwork(t)
-	sb := sandboxtest.Get(t)
-	ns := sb.Namespace(t)
-	sb.Apply(t, ns, udpEchoApp)
-	sb.ReadyPods(t, ns, "app=uecho", 1)
-	p, _ := startUDP(t, sb, 1, "-n", ns, "svc/uecho", ":53/udp")
-	relays, err := sb.Admin.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "kpf.dev/relay=udp"})
-	if err != nil || len(relays.Items) != 1 {
-		t.Fatalf("relay pods: %v, %v", relays, err)
-	}
-	rp := relays.Items[0].Name
+	sb, ns, p, _, relay := udpEchoForward(t)
+	rp := relay.Name
 	p.Signal(syscall.SIGKILL)
 	start := time.Now()
 	sandboxtest.WaitFor(t, 90*time.Second, "the relay pod to end", func() (bool, error) {
