@@ -53,7 +53,7 @@ func main() {
 	flag.IntVar(&o.idle, "idle-conns", 1000, "idle connections for the memory test")
 	flag.Int64Var(&o.stallBytes, "stall-bytes", 256<<20, "download next to a stalled connection")
 	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl,kpf-proxy-socks,kpf-proxy-connect", "paths to measure (also kpf-portable-ws and kpf-portable-spdy: the build macOS and Windows run; kpf-ws-httplog and kpf-spdy-httplog: with --http-log, for http-download; kpf-proxy-socks and kpf-proxy-connect: kpf proxy over WebSocket, to the pod's service by name)")
-	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle", "workloads to run (also http-download: the download as an HTTP response, for the HTTP log's cost)")
+	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle", "workloads to run (also http-download: the download as an HTTP response, for the HTTP log's cost; udp: round trips and datagrams per second of 64- and 1,200-byte datagrams through a /udp forward, on direct, kpf-ws and kpf-spdy)")
 	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
 	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
 	flag.BoolVar(&o.breakdown, "breakdown", false, "also record the CPU per GiB of every process on the path (bench client, API server, node agent, pod)")
@@ -79,6 +79,8 @@ type result struct {
 type path struct {
 	name  string
 	start func(ctx context.Context) (*forwarder, error)
+	// udp, if set, starts the path's forward of the UDP echo pod's port.
+	udp func(ctx context.Context) (*forwarder, error)
 }
 
 // forwarder is a running kpf or kubectl, or nothing (direct).
@@ -184,6 +186,13 @@ apiVersion: v1
 kind: Service
 metadata: {name: bulk}
 spec: {selector: {app: bulk}, ports: [{port: 9000}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: uecho, labels: {app: uecho}}
+spec:
+  containers:
+  - {name: echo, image: kpf.test/udp-echo, ports: [{containerPort: 5300, protocol: UDP}]}
 `)
 	if out, err := apply.CombinedOutput(); err != nil {
 		return fmt.Errorf("%v\n%s", err, out)
@@ -204,6 +213,16 @@ spec: {selector: {app: bulk}, ports: [{port: 9000}]}
 			return fmt.Errorf("the bench pod is not ready")
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// The UDP echo pod, reached directly at its pod IP (on the sandbox's
+	// pod network) or its loopback address.
+	var directUDP string
+	for deadline := time.Now().Add(60 * time.Second); directUDP == "" && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if p, err := sb.Admin.CoreV1().Pods(ns).Get(ctx, "uecho", metav1.GetOptions{}); err == nil && p.Status.Phase == "Running" {
+			if a, err := sb.PodAddr(p); err == nil {
+				directUDP = net.JoinHostPort(a, "5300")
+			}
+		}
 	}
 	if c, err := cluster.Open(sb.Dir, sb.Bin, nil); err == nil {
 		for _, name := range []string{"kube-apiserver", "node"} {
@@ -245,19 +264,28 @@ spec: {selector: {app: bulk}, ports: [{port: 9000}]}
 	// to a file that is emptied with each run), on http-download.
 	httpLog := filepath.Join(os.TempDir(), fmt.Sprintf("kpf-bench-http-%d.log", os.Getpid()))
 	defer os.Remove(httpLog)
+	kpfUDP := func(transport string) func(context.Context) (*forwarder, error) {
+		return func(ctx context.Context) (*forwarder, error) {
+			if out, err := exec.Command(kpf, "relay", "image").Output(); err == nil {
+				exec.Command(sb.Bin, "image", "add", strings.TrimSpace(string(out)), kpf).Run()
+			}
+			return startForwarder(ctx, []string{kpf, "--kubeconfig", admin, "forward", "--transport", transport, "-n", ns, "pod/uecho", ":5300/udp"}, nil)
+		}
+	}
 	all := map[string]path{
-		"direct":            {"direct", func(context.Context) (*forwarder, error) { return &forwarder{addr: direct}, nil }},
-		"kpf-ws":            {"kpf-ws", kpfPF(kpf, "websocket")},
-		"kpf-spdy":          {"kpf-spdy", kpfPF(kpf, "spdy")},
-		"kpf-ws-httplog":    {"kpf-ws-httplog", kpfPF(kpf, "websocket", "--http-log", httpLog)},
-		"kpf-spdy-httplog":  {"kpf-spdy-httplog", kpfPF(kpf, "spdy", "--http-log", httpLog)},
-		"kpf-portable-ws":   {"kpf-portable-ws", kpfPF(kpfPortable, "websocket")},
-		"kpf-proxy-socks":   {"kpf-proxy-socks", kpfProxy("socks5h")},
-		"kpf-proxy-connect": {"kpf-proxy-connect", kpfProxy("connect")},
-		"kpf-portable-spdy": {"kpf-portable-spdy", kpfPF(kpfPortable, "spdy")},
-		"kubectl-ws":        {"kubectl-ws", kubectlPF(sb.Kubectl, "true")},
-		"kubectl-spdy":      {"kubectl-spdy", kubectlPF(sb.Kubectl, "false")},
-		"system-kubectl":    {"system-kubectl", kubectlPF("/usr/bin/kubectl", "true")},
+		"direct": {name: "direct", start: func(context.Context) (*forwarder, error) { return &forwarder{addr: direct}, nil },
+			udp: func(context.Context) (*forwarder, error) { return &forwarder{addr: directUDP}, nil }},
+		"kpf-ws":            {name: "kpf-ws", start: kpfPF(kpf, "websocket"), udp: kpfUDP("websocket")},
+		"kpf-spdy":          {name: "kpf-spdy", start: kpfPF(kpf, "spdy"), udp: kpfUDP("spdy")},
+		"kpf-ws-httplog":    {name: "kpf-ws-httplog", start: kpfPF(kpf, "websocket", "--http-log", httpLog)},
+		"kpf-spdy-httplog":  {name: "kpf-spdy-httplog", start: kpfPF(kpf, "spdy", "--http-log", httpLog)},
+		"kpf-portable-ws":   {name: "kpf-portable-ws", start: kpfPF(kpfPortable, "websocket")},
+		"kpf-proxy-socks":   {name: "kpf-proxy-socks", start: kpfProxy("socks5h")},
+		"kpf-proxy-connect": {name: "kpf-proxy-connect", start: kpfProxy("connect")},
+		"kpf-portable-spdy": {name: "kpf-portable-spdy", start: kpfPF(kpfPortable, "spdy")},
+		"kubectl-ws":        {name: "kubectl-ws", start: kubectlPF(sb.Kubectl, "true")},
+		"kubectl-spdy":      {name: "kubectl-spdy", start: kubectlPF(sb.Kubectl, "false")},
+		"system-kubectl":    {name: "system-kubectl", start: kubectlPF("/usr/bin/kubectl", "true")},
 	}
 	var paths []path
 	for _, n := range strings.Split(o.paths, ",") {
@@ -377,6 +405,11 @@ func statusMiB(pid int, field string) float64 {
 }
 
 func measure(ctx context.Context, o options, p path, round int, w map[string]bool, record func(result)) error {
+	if w["udp"] && p.udp != nil {
+		if err := measureUDP(ctx, p, round, record); err != nil {
+			return fmt.Errorf("udp: %w", err)
+		}
+	}
 	f, err := p.start(ctx)
 	if err != nil {
 		return err
@@ -707,4 +740,89 @@ func kubeconfigVia(path, proxy string) (string, error) {
 	}
 	f.Close()
 	return f.Name(), sandboxtest.WriteKubeconfigVia(path, proxy, f.Name())
+}
+
+// measureUDP runs the UDP workloads through a path's /udp forward of the
+// echo pod: for 64- and 1,200-byte datagrams, the round-trip time of 2,000
+// sequential echoes (p50, p99) and the datagrams per second a client
+// keeping 32 in flight gets back.
+func measureUDP(ctx context.Context, p path, round int, record func(result)) error {
+	f, err := p.udp(ctx)
+	if err != nil {
+		return err
+	}
+	defer f.stop()
+	c, err := net.Dial("udp", f.addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.(*net.UDPConn).SetReadBuffer(4 << 20)
+	rec := func(workload, metric string, v float64, unit, note string) {
+		record(result{Round: round, Path: p.name, Workload: workload, Metric: metric, Value: v, Unit: unit, Note: note})
+	}
+	buf := make([]byte, 65536)
+	for _, size := range []int{64, 1200} {
+		msg := make([]byte, size)
+		pattern.Fill(msg, 0)
+		// Warm up: the relay's streams and flows, and the tunnel.
+		for i := 0; i < 20; i++ {
+			c.Write(msg)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			c.Read(buf)
+		}
+		var rtts []time.Duration
+		lost := 0
+		for i := 0; i < 2000; i++ {
+			t0 := time.Now()
+			c.Write(msg)
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			if _, err := c.Read(buf); err != nil {
+				lost++
+				continue
+			}
+			rtts = append(rtts, time.Since(t0))
+		}
+		if len(rtts) == 0 {
+			return fmt.Errorf("no echo of %d-byte datagrams came back", size)
+		}
+		w := fmt.Sprintf("udp-%d", size)
+		note := ""
+		if lost > 0 {
+			note = fmt.Sprintf("%d of 2000 lost", lost)
+		}
+		rec(w, "rtt p50", ms(rtts, 0.50), "ms", note)
+		rec(w, "rtt p99", ms(rtts, 0.99), "ms", note)
+		// Rate: 32 in flight; each answer lets another go.
+		const window = 32
+		got, sent := 0, 0
+		t0 := time.Now()
+		for ; sent < window; sent++ {
+			c.Write(msg)
+		}
+		for time.Since(t0) < 3*time.Second {
+			c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			if _, err := c.Read(buf); err != nil {
+				// The window was lost: send it again.
+				for i := 0; i < window; i++ {
+					c.Write(msg)
+				}
+				sent = got + window
+				continue
+			}
+			got++
+			c.Write(msg)
+			sent++
+		}
+		d := time.Since(t0)
+		// Drain what is still on its way before the next size.
+		for {
+			c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			if _, err := c.Read(buf); err != nil {
+				break
+			}
+		}
+		rec(w, "datagrams/s", float64(got)/d.Seconds(), "1/s", "")
+	}
+	return nil
 }
