@@ -53,7 +53,7 @@ func main() {
 	flag.IntVar(&o.idle, "idle-conns", 1000, "idle connections for the memory test")
 	flag.Int64Var(&o.stallBytes, "stall-bytes", 256<<20, "download next to a stalled connection")
 	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl,kpf-proxy-socks,kpf-proxy-connect", "paths to measure (also kpf-portable-ws and kpf-portable-spdy: the build macOS and Windows run; kpf-ws-httplog and kpf-spdy-httplog: with --http-log, for http-download; kpf-proxy-socks and kpf-proxy-connect: kpf proxy over WebSocket, to the pod's service by name)")
-	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle", "workloads to run (also http-download: the download as an HTTP response, for the HTTP log's cost; udp: round trips and datagrams per second of 64- and 1,200-byte datagrams through a /udp forward, on direct, kpf-ws and kpf-spdy)")
+	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle,udp", "workloads to run (also http-download: the download as an HTTP response, for the HTTP log's cost; udp: round trips and datagrams per second of 64- and 1,200-byte datagrams through a /udp forward, on direct, kpf-ws and kpf-spdy)")
 	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
 	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
 	flag.BoolVar(&o.breakdown, "breakdown", false, "also record the CPU per GiB of every process on the path (bench client, API server, node agent, pod)")
