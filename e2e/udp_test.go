@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -286,4 +287,67 @@ func TestUDPRelayAfterKpfIsKilled(t *testing.T) {
 	if _, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), rp, metav1.GetOptions{}); err == nil {
 		t.Errorf("relay pod %s still there after kpf relay gc", rp)
 	}
+}
+
+// TestUDPInAFile: a /udp port in kpf.yaml runs in the daemon: kpf status
+// counts its peers and datagrams, and kpf down deletes its relay pod.
+func TestUDPInAFile(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	loadRelayImage(t, sb)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, udpEchoApp)
+	sb.ReadyPods(t, ns, "app=uecho", 1)
+	k := newKpfCmd(t, sb)
+	file := k.write(t, "kpf.yaml", "forwards:\n- {name: dns, namespace: "+ns+", target: svc/uecho, ports: [\":53/udp\"]}\n")
+	if out, code := k.run(t, "up", "-d", "--wait", "-f", file); code != 0 {
+		t.Fatalf("kpf up -d: exit %d\n%s", code, out)
+	}
+	var row struct {
+		Local        []string
+		UDPPeers     int    `json:"udpPeers"`
+		DatagramsIn  int64  `json:"datagramsIn"`
+		DatagramsOut int64  `json:"datagramsOut"`
+		Relay        string `json:"relayPod"`
+	}
+	statusRow := func() {
+		out, code := k.run(t, "status", "--json")
+		var st struct{ Forwards []json.RawMessage }
+		if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Forwards) != 1 {
+			t.Fatalf("kpf status --json: exit %d\n%s", code, out)
+		}
+		json.Unmarshal(st.Forwards[0], &row)
+	}
+	statusRow()
+	if len(row.Local) == 0 || !strings.HasSuffix(row.Local[0], "/udp") || row.Relay == "" {
+		t.Fatalf("status: %+v", row)
+	}
+	c, err := net.Dial("udp", strings.TrimSuffix(row.Local[0], "/udp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 100)
+	for i := range 5 {
+		c.Write([]byte(fmt.Sprintf("ping %d", i)))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(buf); err != nil || string(buf[:n]) != fmt.Sprintf("ping %d", i) {
+			t.Fatalf("echo %d: %q, %v", i, buf[:n], err)
+		}
+	}
+	statusRow()
+	if row.UDPPeers != 1 || row.DatagramsIn != 5 || row.DatagramsOut != 5 {
+		t.Errorf("status after 5 echoes: %+v", row)
+	}
+	if out, _ := k.run(t, "status"); !strings.Contains(out, "UDP PEERS DGRAMS IN/OUT") || !strings.Contains(out, "1 5/5") {
+		t.Errorf("kpf status table:\n%s", out)
+	}
+	relay := row.Relay
+	if out, code := k.run(t, "down", "-f", file); code != 0 {
+		t.Fatalf("kpf down: exit %d\n%s", code, out)
+	}
+	sandboxtest.WaitFor(t, 30*time.Second, "the relay pod deleted", func() (bool, error) {
+		_, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), relay, metav1.GetOptions{})
+		return err != nil && strings.Contains(err.Error(), "not found"), nil
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -226,7 +227,14 @@ func writeTable(w io.Writer, rows []manager.Row, who bool) {
 	if who {
 		fmt.Fprint(tw, "CONTEXT\tUSER\t")
 	}
-	fmt.Fprintln(tw, "NAME\tTARGET\tPOD\tLOCAL\tSTATE\tHEALTH\tCONNS\tFAILED\tIN\tOUT\tIN/S\tOUT/S\tRECONNECTS\tSWITCHES\tLAST ERROR")
+	// /udp ports add a column, only when a forward has them: peers with a
+	// flow now, and datagrams to the peers and to the pod.
+	udp := slices.ContainsFunc(rows, func(r manager.Row) bool { return r.Relay != "" })
+	udpHead := ""
+	if udp {
+		udpHead = "UDP PEERS DGRAMS IN/OUT\t"
+	}
+	fmt.Fprintln(tw, "NAME\tTARGET\tPOD\tLOCAL\tSTATE\tHEALTH\tCONNS\tFAILED\tIN\tOUT\tIN/S\tOUT/S\tRECONNECTS\tSWITCHES\t"+udpHead+"LAST ERROR")
 	for _, r := range rows {
 		if who {
 			fmt.Fprintf(tw, "%s\t%s\t", dash(r.Context), dash(r.User))
@@ -242,9 +250,15 @@ func writeTable(w io.Writer, rows []manager.Row, who bool) {
 		if r.Namespace != "" {
 			target = r.Namespace + "/" + target
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", r.Name, target, dash(r.Pod), local, r.State, r.Health,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t", r.Name, target, dash(r.Pod), local, r.State, r.Health,
 			r.Open, r.Total, r.Failed, bytesText(r.BytesIn), bytesText(r.BytesOut), bytesText(r.RateIn), bytesText(r.RateOut),
-			r.Reconnects, r.Switches, dash(shorten(r.LastError, 60)))
+			r.Reconnects, r.Switches)
+		if udp && r.Relay != "" {
+			fmt.Fprintf(tw, "%d %d/%d\t", r.UDPPeers, r.DatagramsIn, r.DatagramsOut)
+		} else if udp {
+			fmt.Fprint(tw, "-\t")
+		}
+		fmt.Fprintf(tw, "%s\n", dash(shorten(r.LastError, 60)))
 	}
 	tw.Flush()
 }
