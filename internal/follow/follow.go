@@ -622,6 +622,19 @@ func (f *Follower) State() (pod, state string) {
 	return "", "waiting for pod"
 }
 
+// Pod is the follower's latest copy of one of its pods, from its watch;
+// nil if it has none by that name.
+func (f *Follower) Pod(name string) *corev1.Pod {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, st := range f.pods {
+		if st.pod.Name == name {
+			return st.pod
+		}
+	}
+	return nil
+}
+
 // Reconnects counts the tunnels redialled after a loss or failure.
 func (f *Follower) Reconnects() int64 { return f.reconnects.Load() }
 

@@ -4,18 +4,17 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/netip"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/follow"
+	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/relay"
 	"github.com/kpf-dev/kpf/internal/relaypod"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // relayReadyTimeout bounds the wait for the relay pod (scheduling, image
@@ -56,13 +55,13 @@ func splitPorts(ports []portspec.Resolved) (tcp, udp []portspec.Resolved) {
 
 // openUDP binds the /udp ports, starts the relay pod and waits for it.
 func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial func(ctx context.Context, pod string) (*tunnel.Conn, error)) (*udpSide, error) {
-	conns, err := listenUDP(s.spec.Addresses, ports, s.deps)
+	conns, err := forward.ListenUDP(s.spec.Addresses, ports, s.deps.ErrOut)
 	if err != nil {
 		return nil, err
 	}
 	closeAll := func() {
 		for _, c := range conns {
-			c.conn.Close()
+			c.Conn.Close()
 		}
 	}
 	t := s.Target
@@ -87,13 +86,13 @@ func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial fu
 	for _, c := range conns {
 		// Once the relay is ready: a client that starts on this line is
 		// carried.
-		fmt.Fprintf(s.deps.Out, "Forwarding from %s -> %d/udp\n", c.conn.LocalAddr(), c.remote)
-		u.remotes = append(u.remotes, c.remote)
+		fmt.Fprintf(s.deps.Out, "Forwarding from %s -> %d/udp\n", c.Conn.LocalAddr(), c.Remote)
+		u.remotes = append(u.remotes, c.Remote)
 		u.clients = append(u.clients, &relay.Client{
-			Local:       c.conn,
-			Target:      net.JoinHostPort(t.Pod.Status.PodIP, strconv.Itoa(int(c.remote))),
+			Local:       c.Conn,
+			Target:      net.JoinHostPort(t.Pod.Status.PodIP, strconv.Itoa(int(c.Remote))),
 			IdleTimeout: s.spec.UDPIdleTimeout,
-			Log:         s.deps.Log.With("udp", c.conn.LocalAddr().String()),
+			Log:         s.deps.Log.With("udp", c.Conn.LocalAddr().String()),
 			Dial:        u.dialRelay,
 		})
 	}
@@ -110,53 +109,6 @@ func (u *udpSide) dialRelay(ctx context.Context) (net.Conn, error) {
 		}
 	}()
 	return local, nil
-}
-
-type udpConn struct {
-	conn   *net.UDPConn
-	remote uint16
-}
-
-// listenUDP binds each /udp port on every address (a port asked as 0 gets
-// a free one on the first address, and the same on the others), printing
-// kubectl-style lines with /udp.
-func listenUDP(addrs []portspec.Address, ports []portspec.Resolved, deps Deps) ([]udpConn, error) {
-	var out []udpConn
-	for _, p := range ports {
-		local := p.Local
-		bound := 0
-		for _, a := range addrs {
-			network := "udp4"
-			if a.IP.Is6() {
-				network = "udp6"
-			}
-			c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a.IP, local)))
-			if err != nil {
-				if a.FromLocalhost {
-					fmt.Fprintf(deps.ErrOut, "Unable to listen on %s: %v\n", netip.AddrPortFrom(a.IP, local), err)
-					continue
-				}
-				for _, c := range out {
-					c.conn.Close()
-				}
-				return nil, fmt.Errorf("listen on %s/udp: %w", netip.AddrPortFrom(a.IP, local), err)
-			}
-			c.SetReadBuffer(4 << 20)
-			c.SetWriteBuffer(4 << 20)
-			if local == 0 {
-				local = uint16(c.LocalAddr().(*net.UDPAddr).Port)
-			}
-			out = append(out, udpConn{c, p.Remote})
-			bound++
-		}
-		if bound == 0 {
-			for _, c := range out {
-				c.conn.Close()
-			}
-			return nil, fmt.Errorf("unable to listen on %d/udp on any of the requested addresses", p.Local)
-		}
-	}
-	return out, nil
 }
 
 // serve runs the relay clients until ctx ends, and moves them to the
@@ -184,8 +136,8 @@ func (u *udpSide) serve(ctx context.Context) {
 		if pod == "" || pod == last || state != "ready" {
 			continue
 		}
-		p, err := u.s.deps.Client.CoreV1().Pods(u.s.Target.Namespace).Get(ctx, pod, metav1.GetOptions{})
-		if err != nil || p.Status.PodIP == "" {
+		p := u.s.follower.Pod(pod) // the watch's copy: no API call
+		if p == nil || p.Status.PodIP == "" {
 			continue
 		}
 		last = pod
