@@ -375,11 +375,23 @@ func (c *Cluster) stop(name string, grace time.Duration) error {
 // Restart stops and starts one component and waits until it is healthy.
 // The API server's graceful shutdown can take many seconds with hijacked
 // streams open; a restart allows it 3 s, as a crash-and-restart would.
+//
+// Components that died meanwhile are started again, as the kubelet or
+// systemd of a real control plane would: kube-controller-manager exits
+// when the API server goes away while it is still starting its controllers.
 func (c *Cluster) Restart(ctx context.Context, name string) error {
 	if err := c.stop(name, 3*time.Second); err != nil {
 		return err
 	}
-	return c.ensure(ctx, name)
+	if err := c.ensure(ctx, name); err != nil {
+		return err
+	}
+	for _, other := range Order {
+		if err := c.ensure(ctx, other); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Pause freezes a component with SIGSTOP; Resume thaws it with SIGCONT.

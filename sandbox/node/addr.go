@@ -56,6 +56,7 @@ func (p *addrPool) get() (podAddr, bool) {
 	defer p.mu.Unlock()
 	// As host-local IPAM does, the next free address after the last one
 	// given: an address just freed is not handed out again at once.
+	failed := 0
 	for i := 1; i < 1<<16; i++ {
 		n := (p.last + i) % (1<<16 - 1)
 		if n < 2 || (n&255) == 0 || (n&255) == 255 || p.used[n] {
@@ -70,8 +71,13 @@ func (p *addrPool) get() (podAddr, bool) {
 		if p.net != nil {
 			ns, err := p.net.add(n, a.Reported)
 			if err != nil {
+				// Try the next address, as an IPAM plugin whose
+				// address is taken would; give up after a few.
 				p.net.log.Error("pod network", "err", err)
-				return podAddr{}, false
+				if failed++; failed == 8 {
+					return podAddr{}, false
+				}
+				continue
 			}
 			a.NS, a.Local = ns, netip.MustParseAddr("127.0.0.1")
 		}

@@ -91,6 +91,12 @@ func (pn *podNet) add(n int, addr netip.Addr) (string, error) {
 	name := netnsPrefix + strconv.Itoa(n)
 	host := "kpfv" + strconv.Itoa(n)
 	ip("netns", "del", name)
+	// The host end of a namespace deleted a moment ago (by an agent that
+	// died, or by removeStaleNetns) lingers until the kernel has torn that
+	// namespace down: delete it now, which takes its peer with it.
+	if ip("link", "show", host) == nil {
+		ip("link", "del", host)
+	}
 	steps := [][]string{
 		{"netns", "add", name},
 		{"link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", name},
