@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"net/netip"
 	"os"
 	"strconv"
@@ -51,7 +52,7 @@ func (a podAddr) Probe() netip.Addr {
 	return a.Local
 }
 
-func (p *addrPool) get() (podAddr, bool) {
+func (p *addrPool) get() (podAddr, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	// As host-local IPAM does, the next free address after the last one
@@ -75,7 +76,7 @@ func (p *addrPool) get() (podAddr, bool) {
 				// address is taken would; give up after a few.
 				p.net.log.Error("pod network", "err", err)
 				if failed++; failed == 8 {
-					return podAddr{}, false
+					return podAddr{}, err
 				}
 				continue
 			}
@@ -83,9 +84,9 @@ func (p *addrPool) get() (podAddr, bool) {
 		}
 		p.used[n] = true
 		p.last = n
-		return a, true
+		return a, nil
 	}
-	return podAddr{}, false
+	return podAddr{}, errors.New("the node has no free pod addresses")
 }
 
 func (p *addrPool) put(a podAddr) {

@@ -42,7 +42,6 @@ type podWorker struct {
 	initDone       bool
 	terminating    bool // deletion requested: containers are being stopped
 	stopping       bool // gone from the API or agent shutting down: stop, do not report
-	failMsg        string
 	graceTimer     *time.Timer
 	lastConds      []corev1.PodCondition
 	removedFromAPI bool
@@ -168,16 +167,31 @@ func (w *podWorker) run(ctx context.Context) {
 	defer close(w.done)
 	defer w.sessions.closeAll()
 	w.startTime = metav1.Now()
-	addr, ok := w.a.addrs.get()
-	if !ok {
-		w.failMsg = "the node has no free pod addresses"
-	} else {
+	// The pod's network first, as a kubelet creates a pod sandbox before
+	// any container: while that fails, the pod waits (ContainerCreating,
+	// FailedCreatePodSandBox events) and the agent tries again.
+	var retry <-chan time.Time
+	backoff := time.Second
+	sandbox := func() {
+		addr, err := w.a.addrs.get()
+		if err != nil {
+			w.event(nil, corev1.EventTypeWarning, "FailedCreatePodSandBox", "Failed to create pod sandbox: %v", err)
+			retry = time.After(backoff)
+			backoff = min(2*backoff, 10*time.Second)
+			return
+		}
+		retry = nil
 		w.addr, w.hasAddr = addr, true
-		defer w.a.addrs.put(addr)
 		w.mu.Lock()
 		w.local = addr
 		w.mu.Unlock()
 	}
+	defer func() {
+		if w.hasAddr {
+			w.a.addrs.put(w.addr)
+		}
+	}()
+	sandbox()
 	pushCtx, stopPush := context.WithCancel(ctx)
 	defer stopPush()
 	go w.pushStatus(pushCtx)
@@ -187,6 +201,11 @@ func (w *podWorker) run(ctx context.Context) {
 		select {
 		case ev := <-w.events:
 			w.handle(ev)
+		case <-retry:
+			if !w.terminating && !w.stopping {
+				sandbox()
+			}
+			w.handle(evPod{w.pod})
 		case <-ctx.Done():
 			w.handle(evShutdown{})
 		}
@@ -248,7 +267,7 @@ func (w *podWorker) handle(ev any) {
 			c.signal(sigKill)
 		}
 	}
-	if !w.terminating && !w.stopping && w.failMsg == "" {
+	if !w.terminating && !w.stopping && w.hasAddr {
 		w.advance()
 	}
 	w.publish()

@@ -53,8 +53,6 @@ func (w *podWorker) status() corev1.PodStatus {
 		}
 	}
 	switch {
-	case w.failMsg != "":
-		st.Phase, st.Reason, st.Message = corev1.PodFailed, "NodeAgentError", w.failMsg
 	case !initOK && !w.terminating:
 		st.Phase = corev1.PodPending
 		for _, c := range w.ctrs {
