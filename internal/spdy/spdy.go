@@ -18,6 +18,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -53,10 +54,22 @@ var ErrClosed = errors.New("spdy: connection closed")
 
 // Conn is a client SPDY connection over an established upgrade.
 type Conn struct {
-	w   io.Writer
-	c   io.Closer
-	br  *bufio.Reader
-	wmu sync.Mutex // one frame at a time
+	w  io.Writer
+	c  io.Closer
+	br *bufio.Reader
+
+	// Writes go out one at a time; frames sent while another goroutine
+	// writes join the next batch, which goes out in one write (see send).
+	wmu     sync.Mutex
+	wcond   sync.Cond // L is &wmu: a batch went out, or the connection failed
+	writing bool      // a goroutine is writing; others queue
+	queue   []byte    // frames waiting for the next batch
+	spare   []byte    // the last batch's buffer, for the next queue
+	own     []byte    // the writer's frames built under wmu (SYN_STREAM)
+	gather  []byte    // the writer's frame with the queue, in one write
+	batch   uint64    // the number the queued frames go out as
+	sent    uint64    // batches written so far
+	werr    error     // why writing stopped
 
 	hdrStarted bool // the zlib header of our header stream is out
 
@@ -96,7 +109,8 @@ func NewConn(rw io.ReadWriteCloser, br *bufio.Reader, w Waiter) *Conn {
 	if br == nil {
 		br = bufio.NewReaderSize(rw, 16<<10)
 	}
-	c := &Conn{w: rw, c: rw, br: br, streams: map[uint32]*Stream{}, nextID: 1, done: make(chan struct{})}
+	c := &Conn{w: rw, c: rw, br: br, streams: map[uint32]*Stream{}, nextID: 1, done: make(chan struct{}), batch: 1}
+	c.wcond.L = &c.wmu
 	if w != nil {
 		c.coalesce = true
 		w.BeforeWait(c.flush)
@@ -126,6 +140,12 @@ func (c *Conn) fail(err error) {
 		c.streams = map[uint32]*Stream{}
 		c.mu.Unlock()
 		close(c.done)
+		c.wmu.Lock()
+		if c.werr == nil {
+			c.werr = ErrClosed
+		}
+		c.wcond.Broadcast()
+		c.wmu.Unlock()
 		c.c.Close()
 		for _, s := range streams {
 			s.remoteDone(err)
@@ -133,20 +153,112 @@ func (c *Conn) fail(err error) {
 	})
 }
 
-// writeFrame writes one whole frame in one Write.
-func (c *Conn) writeFrame(b []byte) error {
+// writeFrame writes one whole frame in one Write, or in one batch with
+// frames of other streams (see send).
+func (c *Conn) writeFrame(b []byte) error { return c.send(b, nil) }
+
+// maxBatch bounds the frames that queue for one write; past it, frames
+// wait for the next.
+const maxBatch = 256 << 10
+
+// gatherMax: a writer of a frame smaller than this waits for the
+// goroutines ready to run to queue theirs (see send); a larger frame
+// (bulk data) goes out at once.
+const gatherMax = 16 << 10
+
+// send writes frames: frame as it is, or what build appends (called with
+// wmu held, so that stream ids and header compression follow the order
+// frames go out). One goroutine writes at a time. Frames sent meanwhile,
+// by the connections that share this tunnel, are copied into a queue
+// that the writer sends next, all in one write, and their senders wait
+// until it is out: when many connections send small messages at once
+// (a connection pool of a database client, a cache client's), one TLS
+// record and one read on each hop (kpf, the API server, the node) carry
+// many of them instead of one each. A lone sender writes at once, its
+// frame not copied.
+func (c *Conn) send(frame []byte, build func([]byte) []byte) error {
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	select {
-	case <-c.done:
-		return ErrClosed
-	default:
+	for c.writing && len(c.queue) >= maxBatch && c.werr == nil {
+		c.wcond.Wait()
 	}
-	if _, err := c.w.Write(b); err != nil {
-		c.fail(err)
+	if c.werr != nil {
+		c.wmu.Unlock()
+		return ErrClosed
+	}
+	if c.writing {
+		if build != nil {
+			c.queue = build(c.queue)
+		} else {
+			c.queue = append(c.queue, frame...)
+		}
+		my := c.batch
+		for c.sent < my && c.werr == nil {
+			c.wcond.Wait()
+		}
+		var err error
+		if c.sent < my {
+			err = ErrClosed
+		}
+		c.wmu.Unlock()
 		return err
 	}
-	return nil
+	c.writing = true
+	if build != nil {
+		c.own = build(c.own[:0])
+		frame = c.own
+	}
+	var merged uint64 // the batch that goes out with frame, if any
+	if len(frame) < gatherMax {
+		// Let the goroutines that woke with this one (the netpoller
+		// hands out every ready socket at once) queue their frames,
+		// and send theirs with this one, in one write.
+		c.wmu.Unlock()
+		runtime.Gosched()
+		c.wmu.Lock()
+		if len(c.queue) > 0 {
+			c.gather = append(append(c.gather[:0], frame...), c.queue...)
+			frame = c.gather
+			c.queue = c.queue[:0]
+			merged = c.batch
+			c.batch++
+		}
+	}
+	c.wmu.Unlock()
+	_, err := c.w.Write(frame)
+	if err == nil && merged != 0 {
+		c.wmu.Lock()
+		c.sent = merged
+		c.wcond.Broadcast()
+		c.wmu.Unlock()
+	}
+	for err == nil {
+		c.wmu.Lock()
+		if len(c.queue) == 0 {
+			c.writing = false
+			c.wmu.Unlock()
+			return nil
+		}
+		out, n := c.queue, c.batch
+		c.queue, c.spare = c.spare[:0], nil
+		c.batch++
+		c.wcond.Broadcast() // room in the queue again
+		c.wmu.Unlock()
+		_, err = c.w.Write(out)
+		c.wmu.Lock()
+		if cap(out) <= maxBatch*2 {
+			c.spare = out[:0]
+		}
+		if err == nil {
+			c.sent = n
+			c.wcond.Broadcast()
+		}
+		c.wmu.Unlock()
+	}
+	c.wmu.Lock()
+	c.writing = false
+	c.wmu.Unlock()
+	c.fail(err)
+	return err
 }
 
 func controlHeader(b []byte, typ uint16, flags byte, length int) []byte {
@@ -258,23 +370,27 @@ const smallRead = 16<<10 - 8
 // from the start (the error stream of port-forward). It does not wait for
 // the server's reply.
 func (c *Conn) OpenStream(h http.Header, fin bool) (*Stream, error) {
-	c.wmu.Lock()
-	c.mu.Lock()
-	if c.err != nil {
+	var s *Stream
+	err := c.send(nil, func(b []byte) []byte {
+		c.mu.Lock()
+		s = c.newStreamLocked(fin)
 		c.mu.Unlock()
-		c.wmu.Unlock()
-		return nil, ErrClosed
-	}
-	s := c.newStreamLocked(fin)
-	c.mu.Unlock()
-	b := c.synStream(nil, s.id, h, fin)
-	_, err := c.w.Write(b)
-	c.wmu.Unlock()
+		return c.synStream(b, s.id, h, fin)
+	})
 	if err != nil {
-		c.fail(err)
+		if s != nil {
+			c.forget(s)
+		}
 		return nil, err
 	}
 	return s, nil
+}
+
+// forget drops a stream whose opening did not go out.
+func (c *Conn) forget(s *Stream) {
+	c.mu.Lock()
+	delete(c.streams, s.id)
+	c.mu.Unlock()
 }
 
 // OpenPair opens port-forward's two streams, the error stream (half-closed
@@ -282,28 +398,26 @@ func (c *Conn) OpenStream(h http.Header, fin bool) (*Stream, error) {
 // all in one write: one TLS record and one read for every hop on the way,
 // instead of three.
 func (c *Conn) OpenPair(errHeaders, dataHeaders http.Header, first []byte) (errS, data *Stream, err error) {
-	c.wmu.Lock()
-	c.mu.Lock()
-	if c.err != nil {
+	err = c.send(nil, func(b []byte) []byte {
+		c.mu.Lock()
+		errS = c.newStreamLocked(true)
+		data = c.newStreamLocked(false)
 		c.mu.Unlock()
-		c.wmu.Unlock()
-		return nil, nil, ErrClosed
-	}
-	errS = c.newStreamLocked(true)
-	data = c.newStreamLocked(false)
-	c.mu.Unlock()
-	b := c.synStream(nil, errS.id, errHeaders, true)
-	b = c.synStream(b, data.id, dataHeaders, false)
-	if len(first) > 0 {
-		n := len(first)
-		b = binary.BigEndian.AppendUint32(b, data.id&0x7fffffff)
-		b = append(b, 0, byte(n>>16), byte(n>>8), byte(n))
-		b = append(b, first...)
-	}
-	_, err = c.w.Write(b)
-	c.wmu.Unlock()
+		b = c.synStream(b, errS.id, errHeaders, true)
+		b = c.synStream(b, data.id, dataHeaders, false)
+		if len(first) > 0 {
+			n := len(first)
+			b = binary.BigEndian.AppendUint32(b, data.id&0x7fffffff)
+			b = append(b, 0, byte(n>>16), byte(n>>8), byte(n))
+			b = append(b, first...)
+		}
+		return b
+	})
 	if err != nil {
-		c.fail(err)
+		if errS != nil {
+			c.forget(errS)
+			c.forget(data)
+		}
 		return nil, nil, err
 	}
 	return errS, data, nil
@@ -319,7 +433,7 @@ func (c *Conn) newStreamLocked(fin bool) *Stream {
 }
 
 // synStream appends a SYN_STREAM frame to b. Header compression order must
-// match frame order: callers hold wmu.
+// match frame order: callers hold wmu (they build in send).
 func (c *Conn) synStream(b []byte, id uint32, h http.Header, fin bool) []byte {
 	block := c.headerBlock(h)
 	flags := byte(0)

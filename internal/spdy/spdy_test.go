@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -286,4 +287,143 @@ func openData(t *testing.T, c *Conn) *Stream {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// gatedConn, once armed, holds its next Write until open is closed, and
+// counts writes from then.
+type gatedConn struct {
+	net.Conn
+	armed  atomic.Bool
+	open   chan struct{}
+	writes atomic.Int64
+}
+
+func (g *gatedConn) Write(p []byte) (int, error) {
+	if g.armed.Load() && g.writes.Add(1) == 1 {
+		<-g.open
+	}
+	return g.Conn.Write(p)
+}
+
+// Frames sent while another goroutine writes go out together, in one
+// write after it, and each stream's bytes arrive whole and in order at
+// the kubelet's server.
+func TestFramesSentDuringAWriteGoOutTogether(t *testing.T) {
+	raw, streams := upstream(t)
+	g := &gatedConn{Conn: raw, open: make(chan struct{})}
+	c := NewConn(g, nil, nil)
+	defer c.Close()
+	const n = 6
+	data := make([]*Stream, n)
+	for i := range data {
+		data[i] = openData(t, c)
+	}
+	// Each stream's server side, in the order the server sees them.
+	got := make(chan string, n)
+	for range n {
+		s := <-streams
+		go func() {
+			b, _ := io.ReadAll(s)
+			got <- string(b)
+		}()
+	}
+	g.armed.Store(true)
+	errs := make(chan error, n)
+	go func() { _, err := data[0].Write([]byte("s0")); errs <- err }()
+	waitFor(t, func() bool { return g.writes.Load() == 1 }) // the first write is held
+	for i := 1; i < n; i++ {
+		go func() { _, err := data[i].Write([]byte("s" + string(rune('0'+i)))); errs <- err }()
+	}
+	waitFor(t, func() bool {
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		return len(c.queue) == (n-1)*(8+2)
+	})
+	close(g.open)
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w := g.writes.Load(); w != 2 {
+		t.Errorf("%d frames went out in %d writes, want 2 (the first, then the rest together)", n, w)
+	}
+	for _, s := range data {
+		s.CloseWrite()
+	}
+	seen := map[string]bool{}
+	for range n {
+		select {
+		case s := <-got:
+			seen[s] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the server read %d of %d streams", len(seen), n)
+		}
+	}
+	for i := range n {
+		if want := "s" + string(rune('0'+i)); !seen[want] {
+			t.Errorf("no stream read %q (got %v)", want, seen)
+		}
+	}
+}
+
+// Many streams writing at once: every byte arrives, in order, on its
+// own stream.
+func TestConcurrentWritersKeepEachStreamsBytes(t *testing.T) {
+	raw, streams := upstream(t)
+	c := NewConn(raw, nil, nil)
+	defer c.Close()
+	const n, msgs = 16, 200
+	data := make([]*Stream, n)
+	for i := range data {
+		data[i] = openData(t, c)
+	}
+	want := func(i int) []byte {
+		var b bytes.Buffer
+		for m := range msgs {
+			b.WriteString(strings.Repeat(string(rune('a'+i)), 1+m%40))
+		}
+		return b.Bytes()
+	}
+	got := make(chan []byte, n)
+	for range n {
+		s := <-streams
+		go func() {
+			b, _ := io.ReadAll(s)
+			got <- b
+		}()
+	}
+	var wg sync.WaitGroup
+	for i, s := range data {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m := range msgs {
+				s.Write(bytes.Repeat([]byte{byte('a' + i)}, 1+m%40))
+			}
+			s.CloseWrite()
+		}()
+	}
+	wg.Wait()
+	for range n {
+		select {
+		case b := <-got:
+			if len(b) == 0 || !bytes.Equal(b, want(int(b[0]-'a'))) {
+				t.Fatalf("a stream's bytes arrived wrong (%d bytes)", len(b))
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("not every stream arrived")
+		}
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
