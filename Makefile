@@ -91,6 +91,7 @@ vet:
 # The benchmark: kpf against kubectl on the sandbox (docs/benchmarks.md).
 # BENCH_ARGS=-rounds=1 -size=268435456 for a quick look.
 bench: build
+	./scripts/deps.sh bench
 	cd bench && $(GO) run . -kpf $(BIN)/kpf -json $(CURDIR)/bench-results.jsonl $(BENCH_ARGS)
 
 # The release, built here and published nowhere (dist/): archives for

@@ -46,14 +46,18 @@ type options struct {
 }
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "tls-relay" {
+		fmt.Fprintln(os.Stderr, "tls-relay:", tlsRelay(os.Args[2]))
+		os.Exit(1)
+	}
 	var o options
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; paths alternate within each")
 	flag.Int64Var(&o.size, "size", 1<<30, "bytes for the single-connection download and upload")
 	flag.IntVar(&o.conns, "latency-conns", 1000, "sequential connections for the latency test")
 	flag.IntVar(&o.idle, "idle-conns", 1000, "idle connections for the memory test")
 	flag.Int64Var(&o.stallBytes, "stall-bytes", 256<<20, "download next to a stalled connection")
-	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl,kpf-proxy-socks,kpf-proxy-connect", "paths to measure (also kpf-portable-ws and kpf-portable-spdy: the build macOS and Windows run; kpf-ws-httplog and kpf-spdy-httplog: with --http-log, for http-download; kpf-proxy-socks and kpf-proxy-connect: kpf proxy over WebSocket, to the pod's service by name)")
-	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle,udp", "workloads to run (also http-download: the download as an HTTP response, for the HTTP log's cost; udp: round trips and datagrams per second of 64- and 1,200-byte datagrams through a /udp forward, on direct, kpf-ws and kpf-spdy)")
+	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl,kpf-proxy-socks,kpf-proxy-connect", "paths to measure (also kpf-portable-ws and kpf-portable-spdy: the build macOS and Windows run; kpf-ws-httplog and kpf-spdy-httplog: with --http-log, for http-download; kpf-proxy-socks and kpf-proxy-connect: kpf proxy over WebSocket, to the pod's service by name; tls-floor: a relay that only moves the bytes through one TLS connection per connection, with kpf's cipher, to a sink: what any userspace TLS client must spend)")
+	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle,udp,redis,pgbench,mariadb", "workloads to run (redis, pgbench and mariadb: redis-benchmark GET and SET -c 50, pgbench -S -c 10 and mariadb-slap reads -c 20 against server pods, on direct, kpf-ws, kpf-spdy, kubectl-ws and kubectl-spdy, with the CPU per request of the forwarder, the API server and the node; also http-download: the download as an HTTP response, for the HTTP log's cost; udp: round trips and datagrams per second of 64- and 1,200-byte datagrams through a /udp forward, on direct, kpf-ws and kpf-spdy)")
 	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
 	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
 	flag.BoolVar(&o.breakdown, "breakdown", false, "also record the CPU per GiB of every process on the path (bench client, API server, node agent, pod)")
@@ -81,6 +85,9 @@ type path struct {
 	start func(ctx context.Context) (*forwarder, error)
 	// udp, if set, starts the path's forward of the UDP echo pod's port.
 	udp func(ctx context.Context) (*forwarder, error)
+	// forward, if set, starts the path's forward of a pod's port, for
+	// the real clients (direct: an empty forwarder).
+	forward func(ctx context.Context, pod string, port int) (*forwarder, error)
 }
 
 // forwarder is a running kpf or kubectl, or nothing (direct).
@@ -173,6 +180,11 @@ func run(o options) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// Pods of an earlier run that ended (a node restart, a killed bench)
+	// are not run again: delete them, so that apply makes new ones.
+	for _, phase := range []string{"Failed", "Succeeded"} {
+		exec.Command(sb.Kubectl, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "delete", "pods", "-n", ns, "--field-selector=status.phase="+phase, "--wait").Run()
+	}
 	apply := exec.Command(sb.Kubectl, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "apply", "-n", ns, "-f", "-")
 	apply.Stdin = strings.NewReader(`
 apiVersion: v1
@@ -238,17 +250,25 @@ spec:
 		}
 		defer os.Remove(admin)
 	}
-	kubectlPF := func(bin, ws string) func(context.Context) (*forwarder, error) {
-		return func(ctx context.Context) (*forwarder, error) {
-			return startForwarder(ctx, []string{bin, "--kubeconfig", admin, "port-forward", "-n", ns, "pod/bulk", ":9000"}, []string{"KUBECTL_PORT_FORWARD_WEBSOCKETS=" + ws})
+	kubectlTo := func(bin, ws string) func(context.Context, string, int) (*forwarder, error) {
+		return func(ctx context.Context, pod string, port int) (*forwarder, error) {
+			return startForwarder(ctx, []string{bin, "--kubeconfig", admin, "port-forward", "-n", ns, "pod/" + pod, ":" + strconv.Itoa(port)}, []string{"KUBECTL_PORT_FORWARD_WEBSOCKETS=" + ws})
 		}
 	}
-	kpfPF := func(bin, transport string, extra ...string) func(context.Context) (*forwarder, error) {
-		return func(ctx context.Context) (*forwarder, error) {
+	kpfTo := func(bin, transport string, extra ...string) func(context.Context, string, int) (*forwarder, error) {
+		return func(ctx context.Context, pod string, port int) (*forwarder, error) {
 			args := append([]string{bin, "--kubeconfig", admin, "forward", "--transport", transport, "-n", ns}, extra...)
-			return startForwarder(ctx, append(args, "pod/bulk", ":9000"), nil)
+			return startForwarder(ctx, append(args, "pod/"+pod, ":"+strconv.Itoa(port)), nil)
 		}
 	}
+	bulk := func(to func(context.Context, string, int) (*forwarder, error)) func(context.Context) (*forwarder, error) {
+		return func(ctx context.Context) (*forwarder, error) { return to(ctx, "bulk", 9000) }
+	}
+	kubectlPF := func(bin, ws string) func(context.Context) (*forwarder, error) { return bulk(kubectlTo(bin, ws)) }
+	kpfPF := func(bin, transport string, extra ...string) func(context.Context) (*forwarder, error) {
+		return bulk(kpfTo(bin, transport, extra...))
+	}
+	none := func(context.Context, string, int) (*forwarder, error) { return &forwarder{}, nil }
 	// kpf proxy: the same pod through its service's name, over SOCKS5
 	// and HTTP CONNECT (the forwarder's address says how to dial).
 	kpfProxy := func(scheme string) func(context.Context) (*forwarder, error) {
@@ -272,19 +292,34 @@ spec:
 			return startForwarder(ctx, []string{kpf, "--kubeconfig", admin, "forward", "--transport", transport, "-n", ns, "pod/uecho", ":5300/udp"}, nil)
 		}
 	}
+	// The TLS floor: a relay process that only moves the bytes through
+	// TLS, to a sink here that passes them to the bench pod.
+	tlsFloor := func(ctx context.Context) (*forwarder, error) {
+		sink, err := startTLSSink(direct)
+		if err != nil {
+			return nil, err
+		}
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		return startForwarder(ctx, []string{self, "tls-relay", sink}, nil)
+	}
 	all := map[string]path{
+		"tls-floor": {name: "tls-floor", start: tlsFloor},
 		"direct": {name: "direct", start: func(context.Context) (*forwarder, error) { return &forwarder{addr: direct}, nil },
-			udp: func(context.Context) (*forwarder, error) { return &forwarder{addr: directUDP}, nil }},
-		"kpf-ws":            {name: "kpf-ws", start: kpfPF(kpf, "websocket"), udp: kpfUDP("websocket")},
-		"kpf-spdy":          {name: "kpf-spdy", start: kpfPF(kpf, "spdy"), udp: kpfUDP("spdy")},
+			udp:     func(context.Context) (*forwarder, error) { return &forwarder{addr: directUDP}, nil },
+			forward: none},
+		"kpf-ws":            {name: "kpf-ws", start: kpfPF(kpf, "websocket"), udp: kpfUDP("websocket"), forward: kpfTo(kpf, "websocket")},
+		"kpf-spdy":          {name: "kpf-spdy", start: kpfPF(kpf, "spdy"), udp: kpfUDP("spdy"), forward: kpfTo(kpf, "spdy")},
 		"kpf-ws-httplog":    {name: "kpf-ws-httplog", start: kpfPF(kpf, "websocket", "--http-log", httpLog)},
 		"kpf-spdy-httplog":  {name: "kpf-spdy-httplog", start: kpfPF(kpf, "spdy", "--http-log", httpLog)},
 		"kpf-portable-ws":   {name: "kpf-portable-ws", start: kpfPF(kpfPortable, "websocket")},
 		"kpf-proxy-socks":   {name: "kpf-proxy-socks", start: kpfProxy("socks5h")},
 		"kpf-proxy-connect": {name: "kpf-proxy-connect", start: kpfProxy("connect")},
 		"kpf-portable-spdy": {name: "kpf-portable-spdy", start: kpfPF(kpfPortable, "spdy")},
-		"kubectl-ws":        {name: "kubectl-ws", start: kubectlPF(sb.Kubectl, "true")},
-		"kubectl-spdy":      {name: "kubectl-spdy", start: kubectlPF(sb.Kubectl, "false")},
+		"kubectl-ws":        {name: "kubectl-ws", start: kubectlPF(sb.Kubectl, "true"), forward: kubectlTo(sb.Kubectl, "true")},
+		"kubectl-spdy":      {name: "kubectl-spdy", start: kubectlPF(sb.Kubectl, "false"), forward: kubectlTo(sb.Kubectl, "false")},
 		"system-kubectl":    {name: "system-kubectl", start: kubectlPF("/usr/bin/kubectl", "true")},
 	}
 	var paths []path
@@ -316,6 +351,11 @@ spec:
 	for _, w := range strings.Split(o.workloads, ",") {
 		workloads[w] = true
 	}
+	servers, err := startClientServers(ctx, sb, ns, workloads)
+	if err != nil {
+		return err
+	}
+	defer stopClientServers(sb, ns, servers)
 	for round := 1; round <= o.rounds; round++ {
 		order := append([]path(nil), paths...)
 		if round%2 == 0 { // alternate so no path always runs first
@@ -324,8 +364,15 @@ spec:
 			}
 		}
 		for _, p := range order {
-			if err := measure(ctx, o, p, round, workloads, record); err != nil {
-				record(result{Round: round, Path: p.name, Workload: "error", Metric: "error", Note: err.Error()})
+			if len(servers) > 0 && p.forward != nil {
+				if err := measureClients(ctx, p, round, servers, record); err != nil {
+					record(result{Round: round, Path: p.name, Workload: "error", Metric: "error", Note: err.Error()})
+				}
+			}
+			if !onlyClients(workloads) {
+				if err := measure(ctx, o, p, round, workloads, record); err != nil {
+					record(result{Round: round, Path: p.name, Workload: "error", Metric: "error", Note: err.Error()})
+				}
 			}
 		}
 	}
@@ -665,6 +712,9 @@ func markdown(rs []result, paths []path, o options) string {
 	}
 	pairs := [][2]string{{"kpf-ws", "kubectl-ws"}, {"kpf-spdy", "kubectl-spdy"}}
 	for _, p := range paths {
+		if p.name == "tls-floor" {
+			pairs = append(pairs, [2]string{"kpf-spdy", "tls-floor"}, [2]string{"kpf-ws", "tls-floor"})
+		}
 		if strings.HasPrefix(p.name, "kpf-proxy-") {
 			pairs = append(pairs, [2]string{p.name, "kpf-ws"}) // a proxy against the forward it builds on
 		}

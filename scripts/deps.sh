@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the demo use as real clients
-# (and the shells completion is tested in),
-# when they are missing. Needs root (or sudo) only if something is missing.
+# (and the shells completion is tested in), and with "bench" those of make
+# bench's database clients, when they are missing. Needs root (or sudo) only if something is missing.
 set -euo pipefail
 need=()
 # prometheus and promtool check kpf's metrics the way users will read them;
@@ -17,6 +17,13 @@ done
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # A PostgreSQL server runs as a sandbox pod (Debian's, as the postgres user).
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
+# make bench's real clients (scripts/deps.sh bench): pgbench against
+# PostgreSQL (above), mariadb-slap against a MariaDB server pod.
+if [ "${1:-}" = bench ]; then
+  command -v pgbench >/dev/null 2>&1 || need+=(postgresql-client)
+  command -v mariadb-slap >/dev/null 2>&1 || need+=(mariadb-client)
+  [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+fi
 # Shell completion is tested in bash (with bash-completion) and zsh.
 [ -f /usr/share/bash-completion/bash_completion ] || need+=(bash-completion)
 if ! command -v go >/dev/null 2>&1; then
