@@ -69,13 +69,18 @@ var (
 	pxRefused    = desc("kpf_proxy_refused_total", "Requests a proxy refused: unknown names or ports, names outside the cluster, wrong credentials.", "forward", "file")
 	pxClient     = desc("kpf_proxy_client_bytes_total", "Bytes a proxy sent to its clients.", "forward", "file")
 	pxPod        = desc("kpf_proxy_pod_bytes_total", "Bytes a proxy sent to pods.", "forward", "file")
+	udpPeers     = desc("kpf_udp_peers", "Local peers of a forward's /udp ports with a flow now.", fwdLabels...)
+	udpClientDg  = desc("kpf_udp_client_datagrams_total", "Datagrams a forward's /udp ports sent to local peers.", fwdLabels...)
+	udpPodDg     = desc("kpf_udp_pod_datagrams_total", "Datagrams a forward's /udp ports sent to the pod.", fwdLabels...)
+	udpClientB   = desc("kpf_udp_client_bytes_total", "Datagram bytes a forward's /udp ports sent to local peers.", fwdLabels...)
+	udpPodB      = desc("kpf_udp_pod_bytes_total", "Datagram bytes a forward's /udp ports sent to the pod.", fwdLabels...)
 	info         = desc("kpf_forward_info", "1 per forward, with the pod it uses now (join on forward).", "forward", "file", "namespace", "target", "pod", "transport")
 )
 
 type collector struct{ src Source }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{connsTotal, connsFailed, connsOpen, bytesClient, bytesPod, dials, dialFailures, reconnects, switches, dialTime, firstByte, ready, healthy, info, pxConns, pxOpen, pxFailed, pxRefused, pxClient, pxPod} {
+	for _, d := range []*prometheus.Desc{connsTotal, connsFailed, connsOpen, bytesClient, bytesPod, dials, dialFailures, reconnects, switches, dialTime, firstByte, ready, healthy, info, pxConns, pxOpen, pxFailed, pxRefused, pxClient, pxPod, udpPeers, udpClientDg, udpPodDg, udpClientB, udpPodB} {
 		ch <- d
 	}
 }
@@ -113,6 +118,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(dialFailures, prometheus.CounterValue, float64(s.DialFailures), fl...)
 		ch <- prometheus.MustNewConstMetric(reconnects, prometheus.CounterValue, float64(s.Reconnects), fl...)
 		ch <- prometheus.MustNewConstMetric(switches, prometheus.CounterValue, float64(s.Switches), fl...)
+		if u := s.UDP; u.Relay != "" {
+			ch <- prometheus.MustNewConstMetric(udpPeers, prometheus.GaugeValue, float64(u.Peers), fl...)
+			ch <- prometheus.MustNewConstMetric(udpClientDg, prometheus.CounterValue, float64(u.DatagramsIn), fl...)
+			ch <- prometheus.MustNewConstMetric(udpPodDg, prometheus.CounterValue, float64(u.DatagramsOut), fl...)
+			ch <- prometheus.MustNewConstMetric(udpClientB, prometheus.CounterValue, float64(u.BytesIn), fl...)
+			ch <- prometheus.MustNewConstMetric(udpPodB, prometheus.CounterValue, float64(u.BytesOut), fl...)
+		}
 		ch <- histogram(dialTime, s.DialTime, fl)
 		ch <- histogram(firstByte, s.FirstByte, fl)
 		for _, p := range s.Ports {

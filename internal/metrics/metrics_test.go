@@ -22,6 +22,9 @@ func TestExposition(t *testing.T) {
 				Transport: "websocket", Dials: 3, DialFailures: 1, DialTime: dial.Snapshot(), Reconnects: 2, Switches: 1,
 				Ports: []session.PortMetrics{{Remote: 5432, Open: 1, Total: 7, BytesIn: 1000, BytesOut: 200, Failed: map[string]int64{"refused": 2}}},
 			}},
+			{Name: "dns", Namespace: "kube-system", Target: "svc/dns", Pod: "dns-1", Ready: true, Session: &session.Metrics{
+				Transport: "spdy", UDP: session.UDPStatus{Peers: 2, DatagramsIn: 9, DatagramsOut: 7, BytesIn: 900, BytesOut: 300, Relay: "kpf-relay-x"},
+			}},
 			{Name: "api", Namespace: "shop", Target: "svc/api"}, // not open: state only
 		}
 	}
@@ -39,11 +42,19 @@ func TestExposition(t *testing.T) {
 		`kpf_forward_healthy{file="/p/kpf.yaml",forward="db",namespace="shop",target="statefulset/db"} 0`,
 		`kpf_forward_info{file="/p/kpf.yaml",forward="db",namespace="shop",pod="db-0",target="statefulset/db",transport="websocket"} 1`,
 		`kpf_forward_ready{file="",forward="api",namespace="shop",target="svc/api"} 0`,
+		`kpf_udp_peers{file="",forward="dns",namespace="kube-system",target="svc/dns",transport="spdy"} 2`,
+		`kpf_udp_client_datagrams_total{file="",forward="dns",namespace="kube-system",target="svc/dns",transport="spdy"} 9`,
+		`kpf_udp_pod_datagrams_total{file="",forward="dns",namespace="kube-system",target="svc/dns",transport="spdy"} 7`,
+		`kpf_udp_client_bytes_total{file="",forward="dns",namespace="kube-system",target="svc/dns",transport="spdy"} 900`,
+		`kpf_udp_pod_bytes_total{file="",forward="dns",namespace="kube-system",target="svc/dns",transport="spdy"} 300`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %s", want)
 		}
+	}
+	if strings.Contains(out, `kpf_udp_peers{file="/p/kpf.yaml",forward="db"`) {
+		t.Error("a forward without /udp ports has UDP metrics")
 	}
 	if strings.Contains(out, `kpf_forward_healthy{file="",forward="api"`) {
 		t.Error("a forward without a health check has a healthy gauge")

@@ -108,6 +108,7 @@ type Metrics struct {
 	DialTime, FirstByte hist.Snapshot
 	Reconnects          int64
 	Switches            int64
+	UDP                 UDPStatus // zero without /udp ports
 }
 
 // PortMetrics are one remote port's.
@@ -143,5 +144,8 @@ func (s *Session) Metrics() Metrics {
 	m.DialTime, m.FirstByte = st.dialTime.Snapshot(), st.firstByte.Snapshot()
 	m.Reconnects, m.Switches = s.follower.Reconnects(), s.follower.Switches()
 	m.Pod, _ = s.follower.State()
+	if s.udp != nil {
+		m.UDP = s.udp.status()
+	}
 	return m
 }
