@@ -131,7 +131,8 @@ func names(ctx context.Context, c *kubeCluster, kind string) []string {
 
 // completePorts offers the ports of the target: a service's ports (number
 // and :name), or the container ports of the pod or of the workload's pod
-// template. UDP ports are left out: kpf forwards TCP.
+// template. A UDP port is offered as PORT/udp (and :NAME/udp), which is
+// how kpf forwards it.
 func completePorts(ctx context.Context, c *kubeCluster, targetArg string) []string {
 	typed, name, hasKind := strings.Cut(targetArg, "/")
 	kind := "pod"
@@ -150,13 +151,7 @@ func completePorts(ctx context.Context, c *kubeCluster, targetArg string) []stri
 		}
 		var out []string
 		for _, p := range svc.Spec.Ports {
-			if p.Protocol == corev1.ProtocolUDP {
-				continue
-			}
-			out = append(out, strconv.Itoa(int(p.Port)))
-			if p.Name != "" {
-				out = append(out, ":"+p.Name)
-			}
+			out = append(out, portWords(p.Port, p.Name, p.Protocol)...)
 		}
 		return out
 	case "pod":
@@ -194,14 +189,25 @@ func completePorts(ctx context.Context, c *kubeCluster, targetArg string) []stri
 	var out []string
 	for _, ctr := range spec.Containers {
 		for _, p := range ctr.Ports {
-			if p.Protocol == corev1.ProtocolUDP {
-				continue
-			}
-			out = append(out, strconv.Itoa(int(p.ContainerPort)))
-			if p.Name != "" {
-				out = append(out, ":"+p.Name)
-			}
+			out = append(out, portWords(p.ContainerPort, p.Name, p.Protocol)...)
 		}
+	}
+	return out
+}
+
+// portWords are the completions of a port: its number and :name, with
+// /udp for a UDP port (SCTP is not forwarded).
+func portWords(port int32, name string, proto corev1.Protocol) []string {
+	suffix := ""
+	switch proto {
+	case corev1.ProtocolUDP:
+		suffix = "/udp"
+	case corev1.ProtocolSCTP:
+		return nil
+	}
+	out := []string{strconv.Itoa(int(port)) + suffix}
+	if name != "" {
+		out = append(out, ":"+name+suffix)
 	}
 	return out
 }
