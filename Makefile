@@ -96,7 +96,9 @@ bench: build
 
 # The release, built here and published nowhere (dist/): archives for
 # linux, darwin and windows x amd64 and arm64, checksums, a CycloneDX SBOM
-# of each binary, the krew manifest and the Homebrew cask; then
+# of each binary, the krew manifest and the Homebrew cask, and the UDP
+# relay's image (dist/relay-image, an OCI image layout for linux/amd64 and
+# arm64: push it with crane push or skopeo copy); then
 # scripts/check-release.sh checks them. The tools are pinned and built
 # through the module proxy into bin/release-tools (~3 min the first time);
 # the release itself takes ~10 min on 2 cores.
@@ -108,6 +110,8 @@ release-snapshot:
 	GOBIN=$(BIN)/release-tools GOFLAGS= $(GO) install $(CYCLONEDX)
 	PATH=$(BIN)/release-tools:$$PATH KPF_COMMIT=$$(git rev-parse HEAD) KPF_SHORT_COMMIT=$$(git rev-parse --short HEAD) \
 		$(BIN)/release-tools/goreleaser release --snapshot --clean
+	$(GO) run ./cmd/kpf-relay-image -out dist/relay-image -ref $$(dist/kpf_linux_amd64_v1/kpf relay image) \
+		-created $$(git log -1 --format=%ct) linux/amd64=$$(ls dist/kpf_linux_amd64*/kpf) linux/arm64=$$(ls dist/kpf_linux_arm64*/kpf)
 	./scripts/check-release.sh dist
 
 clean:

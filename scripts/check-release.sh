@@ -21,6 +21,20 @@ out=$("$bin" version)
 case "$out" in "kpf $version"*) say "linux/amd64 reports: $(echo "$out" | head -2 | tr '\n' ' ')";; *) say "linux/amd64 reports '$out', want version $version"; fail=1;; esac
 grep -q "name: pf" "$dist/krew/pf.yaml" && say "krew manifest: $dist/krew/pf.yaml" || { say "no krew manifest"; fail=1; }
 ls "$dist"/homebrew/Casks/kpf.rb >/dev/null 2>&1 && say "Homebrew cask: $dist/homebrew/Casks/kpf.rb" || { say "no Homebrew cask"; fail=1; }
+# The relay image: both linux platforms, the ref kpf relay image names,
+# and the same digest when built again from the same binaries and date.
+if [ -f "$dist/relay-image/index.json" ]; then
+  ref=$("$bin" relay image)
+  grep -q "\"org.opencontainers.image.ref.name\": \"$ref\"" "$dist/relay-image/index.json" && say "relay image: $ref in $dist/relay-image" || { say "the relay image is not tagged $ref"; fail=1; }
+  again=$(mktemp -d)
+  created=$(git -C "$(dirname "$0")/.." log -1 --format=%ct)
+  d1=$(sed -n 's/.*"digest": "\(sha256:[0-9a-f]*\)".*/\1/p' "$dist/relay-image/index.json")
+  d2=$(cd "$(dirname "$0")/.." && go run ./cmd/kpf-relay-image -out "$again/img" -ref "$ref" -created "$created" linux/amd64=$(ls "$dist"/kpf_linux_amd64*/kpf) linux/arm64=$(ls "$dist"/kpf_linux_arm64*/kpf) | cut -d' ' -f2)
+  rm -rf "$again"
+  [ -n "$d1" ] && [ "$d1" = "$d2" ] && say "relay image $d1, the same when built again" || { say "the relay image is not reproducible: $d1 then $d2"; fail=1; }
+else
+  say "no relay image ($dist/relay-image)"; fail=1
+fi
 size=$(stat -c %s "$bin")
 say "linux/amd64 binary: $((size / 1000000)) MB (at most 50 MB)"
 [ "$size" -le 50000000 ] || { say "the linux/amd64 binary is above 50 MB"; fail=1; }

@@ -341,6 +341,25 @@ func newImage(g *globalOptions) *cobra.Command {
 			return nil
 		},
 	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "load REF LAYOUT",
+		Short: "Load an image from an OCI image layout (one layer, an entrypoint file): containers of REF run its entrypoint",
+		Example: `  # the relay image make release-snapshot builds
+  kpf-sandbox image load ghcr.io/kpf-dev/kpf:1.2.3 dist/relay-image`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.open(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			prog, err := node.LoadImage(c.Dir().NodeDir(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "image %s: %s (from %s)\n", args[0], prog, args[1])
+			return nil
+		},
+	})
 	return cmd
 }
 

@@ -29,9 +29,10 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 
 // ctr is one container of a pod; owned by its worker's run goroutine.
 type ctr struct {
-	w    *podWorker
-	spec corev1.Container
-	init bool
+	w         *podWorker
+	spec      corev1.Container
+	init      bool
+	ephemeral bool // added later through pods/ephemeralcontainers: runs once
 
 	run          int // incremented at each start; stale events carry an old one
 	cmd          *exec.Cmd
@@ -113,7 +114,7 @@ func (c *ctr) pullError() string {
 		return ""
 	}
 	if len(c.spec.Command) == 0 && c.w.a.entrypoint(img) == "" {
-		return fmt.Sprintf("image %q: the sandbox pulls no images, it runs local programs: set the container's command (e.g. [redis-server]), use a built-in kpf.test/* image, or load the image with kpf-sandbox image add", img)
+		return fmt.Sprintf("image %q: the sandbox pulls no images, it runs local programs: set the container's command (e.g. [redis-server]), use a built-in kpf.test/* image, or load the image with kpf-sandbox image add (a program) or image load (an OCI image layout)", img)
 	}
 	return ""
 }

@@ -98,6 +98,7 @@ func newPodWorker(a *Agent, pod *corev1.Pod) *podWorker {
 		w.ctrs = append(w.ctrs, c)
 		w.specPorts = append(w.specPorts, pod.Spec.Containers[i].Ports...)
 	}
+	w.addEphemeral(pod)
 	// A restarted agent carries on the restart counts it finds.
 	for _, st := range append(append([]corev1.ContainerStatus{}, pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...) {
 		for _, c := range w.ctrs {
@@ -235,6 +236,7 @@ func (w *podWorker) handle(ev any) {
 	switch ev := ev.(type) {
 	case evPod:
 		w.pod = ev.pod
+		w.addEphemeral(ev.pod)
 		w.mu.Lock()
 		w.podSnapshot = ev.pod
 		w.mu.Unlock()
@@ -292,10 +294,25 @@ func (w *podWorker) advance() {
 		w.initDone = true
 	}
 	for _, c := range w.ctrs {
-		if !c.init && c.neverStarted() {
+		if !c.init && !c.ephemeral && c.neverStarted() {
 			w.startCtr(c)
 		}
 	}
+	for _, c := range w.ctrs {
+		if c.ephemeral && c.neverStarted() && w.mainRunning() {
+			w.startCtr(c)
+		}
+	}
+}
+
+// mainRunning: one of the pod's own containers runs.
+func (w *podWorker) mainRunning() bool {
+	for _, c := range w.ctrs {
+		if !c.init && !c.ephemeral && c.running() {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *podWorker) startCtr(c *ctr) {
@@ -305,8 +322,36 @@ func (w *podWorker) startCtr(c *ctr) {
 	}
 }
 
+// addEphemeral takes on the ephemeral containers added to the pod's spec
+// (kubectl debug, kpf's UDP relay): each runs once, in the pod's network,
+// once the pod's own containers have started. One that already has a
+// status (an agent that restarted) is not run again, as a kubelet does
+// not restart ephemeral containers.
+func (w *podWorker) addEphemeral(pod *corev1.Pod) {
+	for _, e := range pod.Spec.EphemeralContainers {
+		known := false
+		for _, c := range w.ctrs {
+			known = known || (c.ephemeral && c.spec.Name == e.Name)
+		}
+		if known {
+			continue
+		}
+		c := newCtr(w, corev1.Container(e.EphemeralContainerCommon), false)
+		c.ephemeral = true
+		for _, st := range pod.Status.EphemeralContainerStatuses {
+			if st.Name == e.Name && (st.State.Running != nil || st.State.Terminated != nil) {
+				c.everStarted, c.exitCode, c.termReason = true, 137, "Error" // it went with the old agent
+			}
+		}
+		w.ctrs = append(w.ctrs, c)
+	}
+}
+
 // afterExit applies the restart policy to a container that stopped.
 func (w *podWorker) afterExit(c *ctr) {
+	if c.ephemeral {
+		return // never restarted
+	}
 	policy := w.pod.Spec.RestartPolicy
 	restart := policy == corev1.RestartPolicyAlways || policy == "" ||
 		(policy == corev1.RestartPolicyOnFailure && c.exitCode != 0)

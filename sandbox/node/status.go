@@ -29,6 +29,12 @@ func (w *podWorker) status() corev1.PodStatus {
 	initOK := true
 	for _, c := range w.ctrs {
 		cs := c.status()
+		if c.ephemeral {
+			// Beside the pod's own: neither its phase nor its readiness.
+			cs.Ready = false
+			st.EphemeralContainerStatuses = append(st.EphemeralContainerStatuses, cs)
+			continue
+		}
 		if c.init {
 			st.InitContainerStatuses = append(st.InitContainerStatuses, cs)
 			if !c.succeeded() {
