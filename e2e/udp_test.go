@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,8 +34,9 @@ func needPodNetwork(t *testing.T) {
 
 var relayOnce sync.Once
 
-// loadRelayImage loads this kpf's relay image into the sandbox, as a
-// release would publish it: the kpf binary is its entrypoint.
+// loadRelayImage builds this kpf's relay image as the release does (an
+// OCI image layout from cmd/kpf-relay-image, the kpf binary its
+// entrypoint) and loads it into the sandbox, as a node pulls an image.
 func loadRelayImage(t *testing.T, sb *sandboxtest.Sandbox) {
 	t.Helper()
 	relayOnce.Do(func() {
@@ -42,8 +44,18 @@ func loadRelayImage(t *testing.T, sb *sandboxtest.Sandbox) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if out, err := exec.Command(sb.Bin, "image", "add", strings.TrimSpace(string(ref)), kpfBin).CombinedOutput(); err != nil {
-			t.Fatalf("kpf-sandbox image add: %v\n%s", err, out)
+		layout, err := os.MkdirTemp("", "kpf-relay-image-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(layout)
+		build := exec.Command("go", "run", "./cmd/kpf-relay-image", "-out", layout, "-ref", strings.TrimSpace(string(ref)), "-created", "0", "linux/"+runtime.GOARCH+"="+kpfBin)
+		build.Dir = ".."
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("kpf-relay-image: %v\n%s", err, out)
+		}
+		if out, err := exec.Command(sb.Bin, "image", "load", strings.TrimSpace(string(ref)), layout).CombinedOutput(); err != nil {
+			t.Fatalf("kpf-sandbox image load: %v\n%s", err, out)
 		}
 	})
 }
@@ -120,14 +132,27 @@ func TestUDPEcho(t *testing.T) {
 		t.Errorf("relay pod %s: labels %v, token %v, security %+v / %+v", rp.Name, rp.Labels, *rp.Spec.AutomountServiceAccountToken, sc, rp.Spec.SecurityContext)
 	}
 
-	const peers, each = 8, 1250
+	echoPeers(t, addrs[0], 8, 1250)
+	p.Signal(syscall.SIGINT)
+	p.Wait(30 * time.Second)
+	sandboxtest.WaitFor(t, 30*time.Second, "the relay pod deleted", func() (bool, error) {
+		_, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), rp.Name, metav1.GetOptions{})
+		return err != nil && strings.Contains(err.Error(), "not found"), nil
+	})
+}
+
+// echoPeers sends each datagrams of random sizes (1 to 65,507 bytes) from
+// peers local peers at once to a UDP echo at addr: every one must come
+// back to the peer that sent it, byte for byte.
+func echoPeers(t *testing.T, addr string, peers, each int) {
+	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, peers)
 	for i := range peers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := net.Dial("udp", addrs[0])
+			c, err := net.Dial("udp", addr)
 			if err != nil {
 				errs <- err
 				return
@@ -172,12 +197,6 @@ func TestUDPEcho(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	p.Signal(syscall.SIGINT)
-	p.Wait(30 * time.Second)
-	sandboxtest.WaitFor(t, 30*time.Second, "the relay pod deleted", func() (bool, error) {
-		_, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), rp.Name, metav1.GetOptions{})
-		return err != nil && strings.Contains(err.Error(), "not found"), nil
-	})
 }
 
 // TestUDPRepliesSyslogAndTCP: one command forwards a server that answers
@@ -349,5 +368,83 @@ func TestUDPInAFile(t *testing.T) {
 	sandboxtest.WaitFor(t, 30*time.Second, "the relay pod deleted", func() (bool, error) {
 		_, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), relay, metav1.GetOptions{})
 		return err != nil && strings.Contains(err.Error(), "not found"), nil
+	})
+}
+
+// TestUDPEphemeral: --udp-relay ephemeral adds kpf's relay to the target
+// pod as an ephemeral container, so it reaches a UDP server bound to the
+// pod's localhost, which a relay pod could not, and makes no pod. 10,000
+// datagrams from 8 peers come back whole; when the pod is replaced the
+// forward adds a relay to the new one and carries on; once kpf stops, its
+// relays exit (they cannot be removed from the pods' specs).
+func TestUDPEphemeral(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, `
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: local}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: local}}
+  template:
+    metadata: {labels: {app: local}}
+    spec:
+      containers:
+      - name: echo
+        image: kpf.test/udp-echo
+        env: [{name: KPF_POD_ADDR, value: 127.0.0.1}]
+        ports: [{containerPort: 5300, protocol: UDP}]
+`)
+	first := sb.ReadyPods(t, ns, "app=local", 1)[0]
+	p, addrs := startUDP(t, sb, 1, "-n", ns, "--udp-relay", "ephemeral", "deploy/local", ":5300/udp")
+	p.WaitLine(t, `ephemeral container kpf-relay-\w+ in pod `+first.Name+`; .*stay in a pod's spec`, 10*time.Second)
+	relayOf := func(pod string) (corev1.ContainerStatus, bool) {
+		q, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), pod, metav1.GetOptions{})
+		if err != nil || len(q.Spec.EphemeralContainers) != 1 || !strings.HasPrefix(q.Spec.EphemeralContainers[0].Name, "kpf-relay-") || len(q.Status.EphemeralContainerStatuses) != 1 {
+			return corev1.ContainerStatus{}, false
+		}
+		return q.Status.EphemeralContainerStatuses[0], true
+	}
+	if st, ok := relayOf(first.Name); !ok || st.State.Running == nil {
+		t.Fatalf("pod %s: no running ephemeral relay (%+v)", first.Name, st)
+	}
+	if relays, _ := sb.Admin.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "kpf.dev/relay=udp"}); len(relays.Items) != 0 {
+		t.Errorf("--udp-relay ephemeral made relay pods: %d", len(relays.Items))
+	}
+	echoPeers(t, addrs[0], 8, 1250)
+
+	// The pod replaced: the forward follows to the new one, with a relay
+	// of its own there.
+	if out, err := sb.KubectlRun(t, "delete", "pod", "-n", ns, first.Name, "--wait=false"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	c, err := net.Dial("udp", addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 100)
+	sandboxtest.WaitFor(t, 90*time.Second, "an echo from the new pod", func() (bool, error) {
+		c.Write([]byte("after"))
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := c.Read(buf)
+		return err == nil && string(buf[:n]) == "after", err
+	})
+	second := sb.ReadyPods(t, ns, "app=local", 1)[0]
+	if second.Name == first.Name {
+		t.Fatal("the pod was not replaced")
+	}
+	if st, ok := relayOf(second.Name); !ok || st.State.Running == nil {
+		t.Fatalf("new pod %s: no running ephemeral relay (%+v)", second.Name, st)
+	}
+	echoPeers(t, addrs[0], 2, 100)
+
+	p.Signal(syscall.SIGINT)
+	p.Wait(30 * time.Second)
+	sandboxtest.WaitFor(t, 90*time.Second, "the relay to exit once kpf is gone", func() (bool, error) {
+		st, ok := relayOf(second.Name)
+		return ok && st.State.Terminated != nil, nil
 	})
 }

@@ -262,6 +262,10 @@ func explainRelay(err error) error {
 	if !errors.As(err, &fe) {
 		return fmt.Errorf("the UDP relay: %w", err)
 	}
-	role, _ := rbac.Manifest("kpf-udp-relay", map[string][]rbac.Rule{fe.Namespace: {{Resource: "pods", Verbs: []string{"create", "delete"}, Why: "the UDP relay pod of /udp ports: made when the forward starts, deleted when it stops"}}}, nil)
+	mode := "pod"
+	if fe.Resource == "pods/ephemeralcontainers" {
+		mode = "ephemeral"
+	}
+	role, _ := rbac.Manifest("kpf-udp-relay", map[string][]rbac.Rule{fe.Namespace: {rbac.Relay(mode)}}, nil)
 	return fmt.Errorf("%s; a Role that allows it (bind it to yourself with a RoleBinding, or ask your cluster's admin):\n%s", fe.Error(), role)
 }

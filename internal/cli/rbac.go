@@ -3,9 +3,12 @@ package cli
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/rbac"
+	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/spf13/cobra"
 )
 
@@ -19,12 +22,14 @@ const rbacExample = `  # A Role for forwarding to a service and a deployment of 
 type RBACOptions struct {
 	g *globals
 
-	File    string
-	Subject string
-	Name    string
+	File     string
+	Subject  string
+	Name     string
+	UDPRelay string
 
 	byNamespace map[string][]rbac.Kind
-	proxies     map[string]bool // namespaces a proxy of the file serves
+	proxies     map[string]bool        // namespaces a proxy of the file serves
+	relays      map[string][]rbac.Rule // what /udp ports' relays need, by namespace
 	subject     *rbac.Subject
 }
 
@@ -36,7 +41,8 @@ func newRBACCommand(g *globals) *cobra.Command {
 		Long: `Print, as YAML for kubectl apply -f -, a Role per namespace with exactly
 what kpf needs to forward to these targets: get, list and watch on pods
 (kpf follows the pods behind a target), get on each target kind, and create
-and get on pods/portforward (SPDY's upgrade needs create, WebSocket's get).
+and get on pods/portforward (SPDY's upgrade needs create, WebSocket's get);
+for a file's /udp ports, what their relay needs (--udp-relay).
 With --subject, a RoleBinding to that user, group or service account too.
 kpf doctor checks the same rules.`,
 		Example:               rbacExample,
@@ -52,6 +58,7 @@ kpf doctor checks the same rules.`,
 	f.StringVarP(&o.File, "file", "f", "", "the forwards of this kpf.yaml (all, or the NAMEs given)")
 	f.StringVar(&o.Subject, "subject", "", "also bind the Role to user:NAME, group:NAME or sa:NAMESPACE/NAME")
 	f.StringVar(&o.Name, "name", o.Name, "name of the Role and RoleBinding")
+	f.StringVar(&o.UDPRelay, "udp-relay", "pod", "for a file's /udp ports, the rights of this relay mode: pod (create and delete pods) or ephemeral (patch pods/ephemeralcontainers)")
 	return cmd
 }
 
@@ -66,6 +73,9 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 	}
 	if o.Name == "" {
 		return usagef("--name: the Role needs a name")
+	}
+	if !slices.Contains(spec.RelayModes, o.UDPRelay) {
+		return usagef("--udp-relay %q: want %s", o.UDPRelay, strings.Join(spec.RelayModes, " or "))
 	}
 	var fws []config.Forward
 	if o.File != "" {
@@ -94,6 +104,7 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 	}
 	o.byNamespace = map[string][]rbac.Kind{}
 	o.proxies = map[string]bool{}
+	o.relays = map[string][]rbac.Rule{}
 	for _, fw := range fws {
 		target := fw.Target
 		if fw.Proxy != nil {
@@ -111,6 +122,12 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 		if fw.Proxy != nil {
 			o.proxies[ns] = true
 		}
+		for _, p := range fw.Ports {
+			if p.UDP {
+				o.relays[ns] = append(o.relays[ns], rbac.Relay(o.UDPRelay))
+				break
+			}
+		}
 	}
 	return nil
 }
@@ -123,6 +140,7 @@ func (o *RBACOptions) Run(context.Context) error {
 		if o.proxies[ns] {
 			rules[ns] = append(rules[ns], rbac.Rule{Resource: "services", Verbs: []string{"list"}, Why: "kpf proxy: name the services there when a name matches none"})
 		}
+		rules[ns] = append(rules[ns], o.relays[ns]...)
 	}
 	out, err := rbac.Manifest(o.Name, rules, o.subject)
 	if err != nil {

@@ -25,7 +25,14 @@ func (d *Doctor) rbac(ctx context.Context, fw config.Forward, s spec.Settings) C
 	}
 	var allowed, denied []string
 	can := map[string]bool{}
-	for _, r := range rbac.For(kinds) {
+	rules := rbac.For(kinds)
+	for _, p := range fw.Ports {
+		if p.UDP {
+			rules = append(rules, rbac.Relay(s.UDPRelay))
+			break
+		}
+	}
+	for _, r := range rules {
 		for _, verb := range r.Verbs {
 			res, sub, _ := strings.Cut(r.Resource, "/")
 			review := &authzv1.SelfSubjectAccessReview{Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authzv1.ResourceAttributes{

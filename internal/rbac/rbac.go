@@ -46,6 +46,15 @@ func For(kinds []Kind) []Rule {
 	return append(rules, Rule{Resource: "pods/portforward", Verbs: []string{"create", "get"}, Why: "open tunnels (create: SPDY, get: WebSocket)"})
 }
 
+// Relay is what the UDP relay of /udp ports needs, by --udp-relay mode:
+// a relay pod to create and delete, or an ephemeral container to add.
+func Relay(mode string) Rule {
+	if mode == "ephemeral" {
+		return Rule{Resource: "pods/ephemeralcontainers", Verbs: []string{"patch"}, Why: "the UDP relay of /udp ports (--udp-relay ephemeral): a container added to the target pod"}
+	}
+	return Rule{Resource: "pods", Verbs: []string{"create", "delete"}, Why: "the UDP relay pod of /udp ports: made when the forward starts, deleted when it stops"}
+}
+
 // kinds are the targets kpf forwards to, by every name kubectl accepts
 // for them.
 var kinds = map[string]Kind{}

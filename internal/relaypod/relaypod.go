@@ -138,14 +138,15 @@ func (s Spec) Pod() *corev1.Pod {
 	}
 }
 
-// ForbiddenError is a relay pod the user may not create (or delete).
+// ForbiddenError is a relay the user may not make (or remove): pods to
+// create or delete, or pods/ephemeralcontainers to patch.
 type ForbiddenError struct {
-	Verb, Namespace string
-	Err             error
+	Verb, Resource, Namespace string
+	Err                       error
 }
 
 func (e *ForbiddenError) Error() string {
-	return fmt.Sprintf("kpf may not %s pods in namespace %q, which the UDP relay needs: %v", e.Verb, e.Namespace, e.Err)
+	return fmt.Sprintf("kpf may not %s %s in namespace %q, which the UDP relay needs: %v", e.Verb, e.Resource, e.Namespace, e.Err)
 }
 func (e *ForbiddenError) Unwrap() error { return e.Err }
 
@@ -155,7 +156,7 @@ func Start(ctx context.Context, c kube.Interface, s Spec, timeout time.Duration)
 	pods := c.CoreV1().Pods(s.Namespace)
 	p, err := pods.Create(ctx, s.Pod(), metav1.CreateOptions{})
 	if apierrors.IsForbidden(err) {
-		return nil, &ForbiddenError{"create", s.Namespace, err}
+		return nil, &ForbiddenError{Verb: "create", Resource: "pods", Namespace: s.Namespace, Err: err}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("create the relay pod: %w", err)
@@ -182,6 +183,9 @@ func waitReady(ctx context.Context, c kube.Interface, p *corev1.Pod, timeout tim
 	for {
 		select {
 		case <-ctx.Done():
+			if ctx.Err() != context.DeadlineExceeded {
+				return nil, ctx.Err() // kpf is stopping
+			}
 			return nil, fmt.Errorf("the relay pod %s was not ready within %s%s", p.Name, timeout, why(last))
 		case ev, ok := <-w.ResultChan():
 			if !ok {
@@ -242,7 +246,7 @@ func Delete(ctx context.Context, c kube.Interface, p *corev1.Pod) error {
 	case apierrors.IsNotFound(err):
 		return nil
 	case apierrors.IsForbidden(err):
-		return &ForbiddenError{"delete", p.Namespace, err}
+		return &ForbiddenError{Verb: "delete", Resource: "pods", Namespace: p.Namespace, Err: err}
 	}
 	return err
 }

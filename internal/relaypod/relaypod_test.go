@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 )
@@ -113,4 +114,62 @@ func TestFindTellsGoneFromMaybeRunning(t *testing.T) {
 	if len(got) != 3 || gone["h1/10"] || !gone["h1/11"] || gone["h2/12"] {
 		t.Fatalf("found %v", gone)
 	}
+}
+
+// An ephemeral relay is added by a patch of pods/ephemeralcontainers,
+// listens on the pod's loopback only, is least-privilege, and is waited
+// for; without the right, the error names the subresource.
+func TestEphemeralRelay(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "dns-1", Namespace: "kube-system", ResourceVersion: "1"}}
+	cs := fake.NewClientset(pod.DeepCopy())
+	var patched []byte
+	patchedCh := make(chan string, 1)
+	cs.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		pa := a.(k8stesting.PatchAction)
+		if pa.GetSubresource() != "ephemeralcontainers" {
+			return true, nil, fmt.Errorf("patched %q, want the ephemeralcontainers subresource", pa.GetSubresource())
+		}
+		patched = pa.GetPatch()
+		patchedCh <- string(patched)
+		q := pod.DeepCopy()
+		q.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "added"}}}
+		return true, q, nil
+	})
+	e := Ephemeral{Image: "ghcr.io/kpf-dev/kpf:v1", Owner: Owner{User: "ann", Host: "laptop", PID: 7}, Port: EphemeralPort}
+	c := e.Container("kpf-relay-x")
+	sc := c.SecurityContext
+	if strings.Join(c.Args, " ") != "relay serve --listen 127.0.0.1:47090 --client-timeout 30s --idle-exit 30s" || !*sc.RunAsNonRoot || !*sc.ReadOnlyRootFilesystem || *sc.AllowPrivilegeEscalation || sc.Capabilities.Drop[0] != "ALL" {
+		t.Errorf("container %+v", c)
+	}
+	// The pod's watch says the relay runs.
+	w := newFakeWatch(cs)
+	go func() {
+		q := pod.DeepCopy()
+		q.Status.EphemeralContainerStatuses = []corev1.ContainerStatus{{Name: "NAME", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}}
+		p := <-patchedCh
+		name := strings.SplitN(strings.SplitN(p, `"name":"`, 2)[1], `"`, 2)[0]
+		q.Status.EphemeralContainerStatuses[0].Name = name
+		w.Modify(q)
+	}()
+	name, err := e.Add(context.Background(), cs, pod, 5*time.Second)
+	if err != nil || !strings.HasPrefix(name, EphemeralPrefix) || !strings.Contains(string(patched), name) {
+		t.Fatalf("Add = %q, %v (patch %s)", name, err, patched)
+	}
+
+	denied := fake.NewClientset(pod.DeepCopy())
+	denied.PrependReactor("patch", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods/ephemeralcontainers"}, "dns-1", errors.New("no"))
+	})
+	_, err = e.Add(context.Background(), denied, pod, time.Second)
+	var fe *ForbiddenError
+	if !errors.As(err, &fe) || fe.Resource != "pods/ephemeralcontainers" || fe.Verb != "patch" {
+		t.Errorf("forbidden: %v", err)
+	}
+}
+
+// newFakeWatch makes the clientset's pod watches this one.
+func newFakeWatch(cs *fake.Clientset) *watch.FakeWatcher {
+	w := watch.NewFake()
+	cs.PrependWatchReactor("pods", k8stesting.DefaultWatchReactor(w, nil))
+	return w
 }

@@ -46,8 +46,9 @@ type Spec struct {
 	Balance           bool
 	IdleTimeout       time.Duration
 	DataPath          tunnel.DataPath
-	// RelayImage runs the UDP relay of /udp ports; UDPIdleTimeout ends a
-	// peer's flow.
+	// UDPRelay is where the relay of /udp ports runs (pod, ephemeral);
+	// RelayImage runs it; UDPIdleTimeout ends a peer's flow.
+	UDPRelay       string
 	RelayImage     string
 	UDPIdleTimeout time.Duration
 }

@@ -24,13 +24,22 @@ const relayReadyTimeout = 2 * time.Minute
 // udpSide is a session's /udp ports: a relay pod next to the target, a
 // follower of that pod for the streams, and a relay client per port and
 // local address, sending to the target pod's IP.
+//
+// With --udp-relay ephemeral, the relay is instead a container added to
+// the target pod (and to each pod the forward follows to), reached
+// through the forward's own follower, sending to the pod's localhost.
 type udpSide struct {
 	s        *Session
-	pod      *corev1.Pod // the relay's
-	follower *follow.Follower
+	pod      *corev1.Pod      // the relay pod (pod mode)
+	follower *follow.Follower // the relay pod's (pod mode)
 	clients  []*relay.Client
 	remotes  []uint16 // each client's port in the target pod
-	wg       sync.WaitGroup
+
+	ephemeral *relaypod.Ephemeral // ephemeral mode
+	mu        sync.Mutex
+	relays    map[string]string // ephemeral mode: pod -> its relay container
+
+	wg sync.WaitGroup
 }
 
 // UDPStatus counts a session's datagrams.
@@ -65,6 +74,13 @@ func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial fu
 		}
 	}
 	t := s.Target
+	if s.spec.UDPRelay == "ephemeral" {
+		u, err := openEphemeral(ctx, s, conns)
+		if err != nil {
+			closeAll()
+		}
+		return u, err
+	}
 	rp, err := relaypod.Start(ctx, s.deps.Client, relaypod.Spec{Namespace: t.Namespace, Image: s.spec.RelayImage, Target: t.Ref, Owner: relaypod.Me()}, relayReadyTimeout)
 	if err != nil {
 		closeAll()
@@ -97,6 +113,55 @@ func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial fu
 		})
 	}
 	return u, nil
+}
+
+// openEphemeral adds the relay to the target pod and makes a client per
+// /udp socket, sending to the pod's localhost.
+func openEphemeral(ctx context.Context, s *Session, conns []forward.UDPListener) (*udpSide, error) {
+	t := s.Target
+	u := &udpSide{s: s, relays: map[string]string{},
+		ephemeral: &relaypod.Ephemeral{Image: s.spec.RelayImage, Owner: relaypod.Me(), Port: relaypod.EphemeralPort}}
+	if err := u.addRelay(ctx, t.Pod); err != nil {
+		return nil, err
+	}
+	for _, c := range conns {
+		fmt.Fprintf(s.deps.Out, "Forwarding from %s -> %d/udp\n", c.Conn.LocalAddr(), c.Remote)
+		u.remotes = append(u.remotes, c.Remote)
+		u.clients = append(u.clients, &relay.Client{
+			Local:       c.Conn,
+			Target:      net.JoinHostPort("127.0.0.1", strconv.Itoa(int(c.Remote))),
+			IdleTimeout: s.spec.UDPIdleTimeout,
+			Log:         s.deps.Log.With("udp", c.Conn.LocalAddr().String()),
+			Dial:        u.dialEphemeral,
+		})
+	}
+	return u, nil
+}
+
+// addRelay adds an ephemeral relay to pod, and says so: it stays in the
+// pod's spec.
+func (u *udpSide) addRelay(ctx context.Context, pod *corev1.Pod) error {
+	name, err := u.ephemeral.Add(ctx, u.s.deps.Client, pod, relayReadyTimeout)
+	if err != nil {
+		return err
+	}
+	u.mu.Lock()
+	u.relays[pod.Name] = name
+	u.mu.Unlock()
+	fmt.Fprintf(u.s.deps.ErrOut, "kpf: the UDP relay runs as ephemeral container %s in pod %s; it stops when kpf does, but ephemeral containers stay in a pod's spec until the pod is replaced\n", name, pod.Name)
+	return nil
+}
+
+// dialEphemeral opens a stream to the relay in the forward's current pod.
+func (u *udpSide) dialEphemeral(ctx context.Context) (net.Conn, error) {
+	local, remote := net.Pipe()
+	go func() {
+		defer remote.Close()
+		if _, err := u.s.follower.Forward(ctx, remote, relaypod.EphemeralPort, nil); err != nil {
+			u.s.deps.Log.Warn("relay stream", "err", err)
+		}
+	}()
+	return local, nil
 }
 
 // dialRelay opens a stream to the relay pod through its tunnel.
@@ -141,6 +206,25 @@ func (u *udpSide) serve(ctx context.Context) {
 			continue
 		}
 		last = pod
+		if u.ephemeral != nil {
+			// The new pod needs a relay of its own; the clients' streams
+			// then go to it, to the same localhost ports.
+			u.mu.Lock()
+			_, has := u.relays[pod]
+			u.mu.Unlock()
+			if !has {
+				if err := u.addRelay(ctx, p); err != nil {
+					u.s.deps.Log.Error("udp: no relay in the new pod", "pod", pod, "err", err)
+					last = "" // try again
+					continue
+				}
+			}
+			for i, c := range u.clients {
+				c.SetTarget(net.JoinHostPort("127.0.0.1", strconv.Itoa(int(u.remotes[i]))))
+			}
+			u.s.deps.Log.Info("udp now to pod", "pod", pod)
+			continue
+		}
 		for i, c := range u.clients {
 			c.SetTarget(net.JoinHostPort(p.Status.PodIP, strconv.Itoa(int(u.remotes[i]))))
 		}
@@ -154,6 +238,9 @@ func (u *udpSide) close() {
 		c.Local.Close()
 	}
 	u.wg.Wait()
+	if u.ephemeral != nil {
+		return // the relays exit once their streams are gone; they cannot be removed
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := relaypod.Delete(ctx, u.s.deps.Client, u.pod); err != nil {
@@ -162,7 +249,17 @@ func (u *udpSide) close() {
 }
 
 func (u *udpSide) status() UDPStatus {
-	st := UDPStatus{Relay: u.pod.Name}
+	st := UDPStatus{}
+	if u.pod != nil {
+		st.Relay = u.pod.Name
+	} else {
+		pod, _ := u.s.follower.State()
+		u.mu.Lock()
+		if name := u.relays[pod]; name != "" {
+			st.Relay = pod + "/" + name
+		}
+		u.mu.Unlock()
+	}
 	for _, c := range u.clients {
 		st.Peers += c.Peers()
 		st.DatagramsIn += c.DatagramsIn.Load()

@@ -42,7 +42,7 @@ type Settings struct {
 var DefaultRelayImage = "ghcr.io/kpf-dev/kpf:latest"
 
 // RelayModes are the values of --udp-relay.
-var RelayModes = []string{"pod"}
+var RelayModes = []string{"pod", "ephemeral"}
 
 // Defaults are every setting's default, for every command.
 func Defaults() Settings {
@@ -95,7 +95,7 @@ func (s *Settings) AddFlags(fs *pflag.FlagSet, which ...string) {
 		fs.DurationVar(&s.IdleTimeout, FlagIdleTimeout, s.IdleTimeout, "Stop after this long with no open connection (exit code 6); 0: never")
 	}
 	if want(FlagUDPRelay) {
-		fs.StringVar(&s.UDPRelay, FlagUDPRelay, s.UDPRelay, "where /udp ports' relay runs: pod (a short-lived pod of kpf's in the target's namespace, deleted when the forward stops)")
+		fs.StringVar(&s.UDPRelay, FlagUDPRelay, s.UDPRelay, "where /udp ports' relay runs: pod (a short-lived pod of kpf's in the target's namespace, deleted when the forward stops) or ephemeral (an ephemeral container in the target pod: reaches servers bound to its localhost, needs no right to create pods, and stays in the pod's spec until the pod is replaced)")
 	}
 	if want(FlagRelayImage) {
 		fs.StringVar(&s.RelayImage, FlagRelayImage, s.RelayImage, "the UDP relay's image (default: this release's, ghcr.io/kpf-dev/kpf:VERSION)")
@@ -159,6 +159,7 @@ func Session(fw config.Forward, s Settings) (session.Spec, error) {
 		Balance:           fw.Balance,
 		IdleTimeout:       s.IdleTimeout,
 		DataPath:          s.DataPath,
+		UDPRelay:          cmp.Or(s.UDPRelay, "pod"),
 		RelayImage:        cmp.Or(s.RelayImage, DefaultRelayImage),
 		UDPIdleTimeout:    s.UDPIdleTimeout,
 	}, nil

@@ -1,0 +1,44 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// kpf rbac -f adds what a file's /udp ports' relay needs: pods to create
+// and delete, or with --udp-relay ephemeral, pods/ephemeralcontainers to
+// patch; a file of TCP forwards gets neither.
+func TestRBACOfAFileWithUDPPorts(t *testing.T) {
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "config")
+	os.WriteFile(kubeconfig, []byte("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\ncontexts: [{name: c, context: {cluster: c, namespace: team}}]\ncurrent-context: c\n"), 0o600)
+	udp := filepath.Join(dir, "udp.yaml")
+	os.WriteFile(udp, []byte("forwards:\n  - {name: dns, target: svc/dns, ports: [\"5353:53/udp\"]}\n"), 0o600)
+	tcp := filepath.Join(dir, "tcp.yaml")
+	os.WriteFile(tcp, []byte("forwards:\n  - {name: api, target: svc/api, ports: [\"8080:80\"]}\n"), 0o600)
+	run := func(args ...string) string {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		if code := Run(context.Background(), append([]string{"--kubeconfig", kubeconfig, "rbac"}, args...), &out, &errOut); code != 0 {
+			t.Fatalf("kpf rbac %v: exit %d: %s", args, code, errOut.String())
+		}
+		return out.String()
+	}
+	if out := run("-f", udp); !strings.Contains(out, "#   create,delete pods: the UDP relay pod") || strings.Contains(out, "ephemeralcontainers") {
+		t.Errorf("pod relay:\n%s", out)
+	}
+	if out := run("-f", udp, "--udp-relay", "ephemeral"); !strings.Contains(out, "#   patch pods/ephemeralcontainers: the UDP relay") || strings.Contains(out, "create,delete pods") {
+		t.Errorf("ephemeral relay:\n%s", out)
+	}
+	if out := run("-f", tcp); strings.Contains(out, "relay") {
+		t.Errorf("a file without /udp ports:\n%s", out)
+	}
+	var errOut bytes.Buffer
+	if code := Run(context.Background(), []string{"--kubeconfig", kubeconfig, "rbac", "-f", udp, "--udp-relay", "job"}, &bytes.Buffer{}, &errOut); code == 0 || !strings.Contains(errOut.String(), `--udp-relay "job": want pod or ephemeral`) {
+		t.Errorf("--udp-relay job: exit %d, %s", code, errOut.String())
+	}
+}
