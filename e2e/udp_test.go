@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -161,6 +162,7 @@ func echoPeers(t *testing.T, addr string, peers, each int) {
 			c.(*net.UDPConn).SetReadBuffer(4 << 20)
 			rng := rand.New(rand.NewPCG(uint64(i), 99))
 			buf := make([]byte, 65536)
+			var resent [][]byte // datagrams sent more than once
 			for k := range each {
 				n := 1 + rng.IntN(65507)
 				if k == 0 {
@@ -172,18 +174,33 @@ func echoPeers(t *testing.T, addr string, peers, each int) {
 				}
 				copy(msg, fmt.Sprintf("peer %d #%d", i, k))
 				// UDP may lose a datagram; a peer sends again after a
-				// second, and what comes back must be its own, whole.
+				// second, and what comes back must be its own, whole. A
+				// datagram sent twice may be echoed twice: a late echo of
+				// an earlier datagram of this peer is passed over.
 				for try := 0; ; try++ {
 					c.Write(msg)
-					c.SetReadDeadline(time.Now().Add(time.Second))
-					got, err := c.Read(buf)
-					if err == nil {
-						if !bytes.Equal(buf[:got], msg) {
+					deadline := time.Now().Add(time.Second)
+					matched := false
+					for !matched {
+						c.SetReadDeadline(deadline)
+						got, err := c.Read(buf)
+						if err != nil {
+							break
+						}
+						switch {
+						case bytes.Equal(buf[:got], msg):
+							matched = true
+						case slices.ContainsFunc(resent, func(b []byte) bool { return bytes.Equal(b, buf[:got]) }):
+							// a late echo of an earlier datagram sent twice
+						default:
 							errs <- fmt.Errorf("peer %d datagram %d: %d bytes back %.16q, want %d bytes %.16q", i, k, got, buf[:got], n, msg)
 							return
 						}
+					}
+					if matched {
 						break
 					}
+					resent = append(resent, msg)
 					if try == 5 {
 						errs <- fmt.Errorf("peer %d datagram %d (%d bytes): no answer after 6 tries", i, k, n)
 						return
@@ -446,5 +463,36 @@ spec:
 	sandboxtest.WaitFor(t, 90*time.Second, "the relay to exit once kpf is gone", func() (bool, error) {
 		st, ok := relayOf(second.Name)
 		return ok && st.State.Terminated != nil, nil
+	})
+}
+
+// TestUDPRelayPodReplaced: a relay pod deleted under a running forward
+// (kpf relay gc --all elsewhere, an eviction) is replaced by a new one,
+// and datagrams flow again; the new one goes when kpf stops.
+func TestUDPRelayPodReplaced(t *testing.T) {
+	sb, ns, p, addrs, rp := udpEchoForward(t)
+	echoPeers(t, addrs[0], 1, 20)
+	if out, err := sb.KubectlRun(t, "delete", "pod", "-n", ns, rp.Name, "--wait=false"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	p.WaitLine(t, `^kpf: the UDP relay pod `+rp.Name+` is gone; its datagrams go through a new one, kpf-relay-\w+$`, 90*time.Second)
+	c, err := net.Dial("udp", addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 100)
+	sandboxtest.WaitFor(t, 30*time.Second, "an echo through the new relay", func() (bool, error) {
+		c.Write([]byte("again"))
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := c.Read(buf)
+		return err == nil && string(buf[:n]) == "again", err
+	})
+	echoPeers(t, addrs[0], 4, 100)
+	p.Signal(syscall.SIGINT)
+	p.Wait(30 * time.Second)
+	sandboxtest.WaitFor(t, 30*time.Second, "no relay pod left", func() (bool, error) {
+		l, err := sb.Admin.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "kpf.dev/relay=udp"})
+		return err == nil && len(l.Items) == 0, err
 	})
 }

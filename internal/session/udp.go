@@ -21,6 +21,10 @@ import (
 // pull, start).
 const relayReadyTimeout = 2 * time.Minute
 
+// relayLostWait is how long a relay pod may be gone before another one
+// takes its place.
+const relayLostWait = 2 * time.Second
+
 // udpSide is a session's /udp ports: a relay pod next to the target, a
 // follower of that pod for the streams, and a relay client per port and
 // local address, sending to the target pod's IP.
@@ -30,10 +34,17 @@ const relayReadyTimeout = 2 * time.Minute
 // through the forward's own follower, sending to the pod's localhost.
 type udpSide struct {
 	s        *Session
-	pod      *corev1.Pod      // the relay pod (pod mode)
-	follower *follow.Follower // the relay pod's (pod mode)
+	dial     func(ctx context.Context, pod string) (*tunnel.Conn, error)
 	clients  []*relay.Client
 	remotes  []uint16 // each client's port in the target pod
+	targetIP string   // pod mode: the target pod's IP; serve's
+
+	// Pod mode: the relay pod and its follower, replaced when the pod
+	// goes away (see serve).
+	relayMu    sync.Mutex
+	pod        *corev1.Pod
+	follower   *follow.Follower
+	stopFollow context.CancelFunc
 
 	ephemeral *relaypod.Ephemeral // ephemeral mode
 	mu        sync.Mutex
@@ -81,24 +92,11 @@ func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial fu
 		}
 		return u, err
 	}
-	rp, err := relaypod.Start(ctx, s.deps.Client, relaypod.Spec{Namespace: t.Namespace, Image: s.spec.RelayImage, Target: t.Ref, Owner: relaypod.Me()}, relayReadyTimeout)
-	if err != nil {
+	u := &udpSide{s: s, dial: dial, targetIP: t.Pod.Status.PodIP}
+	if err := u.startRelay(ctx); err != nil {
 		closeAll()
 		return nil, err
 	}
-	s.deps.Log.Debug("relay pod ready", "pod", rp.Name, "ip", rp.Status.PodIP)
-	f, err := follow.New(ctx, follow.Options{
-		Namespace: t.Namespace, Ref: "pod/" + rp.Name, PodName: rp.Name, Client: s.deps.Client, Initial: rp,
-		Dial: dial, ReconnectWait: s.spec.ReconnectWait, Log: s.deps.Log.With("relay", rp.Name),
-		// A watch of its own, listed now: the namespace's shared one may
-		// not have seen the relay pod turn ready yet.
-	})
-	if err != nil {
-		closeAll()
-		relaypod.Delete(context.WithoutCancel(ctx), s.deps.Client, rp)
-		return nil, err
-	}
-	u := &udpSide{s: s, pod: rp, follower: f}
 	for _, c := range conns {
 		// Once the relay is ready: a client that starts on this line is
 		// carried.
@@ -164,12 +162,58 @@ func (u *udpSide) dialEphemeral(ctx context.Context) (net.Conn, error) {
 	return local, nil
 }
 
+// startRelay starts a relay pod, waits until it is ready, and follows it
+// (for its tunnels), in place of the one before, if any.
+func (u *udpSide) startRelay(ctx context.Context) error {
+	s, t := u.s, u.s.Target
+	rp, err := relaypod.Start(ctx, s.deps.Client, relaypod.Spec{Namespace: t.Namespace, Image: s.spec.RelayImage, Target: t.Ref, Owner: relaypod.Me()}, relayReadyTimeout)
+	if err != nil {
+		return err
+	}
+	s.deps.Log.Debug("relay pod ready", "pod", rp.Name, "ip", rp.Status.PodIP)
+	fctx, stop := context.WithCancel(ctx)
+	f, err := follow.New(fctx, follow.Options{
+		Namespace: t.Namespace, Ref: "pod/" + rp.Name, PodName: rp.Name, Client: s.deps.Client, Initial: rp,
+		Dial: u.dial, ReconnectWait: s.spec.ReconnectWait, Log: s.deps.Log.With("relay", rp.Name),
+		// A watch of its own, listed now: the namespace's shared one may
+		// not have seen the relay pod turn ready yet.
+	})
+	if err != nil {
+		stop()
+		relaypod.Delete(context.WithoutCancel(ctx), s.deps.Client, rp)
+		return err
+	}
+	u.relayMu.Lock()
+	old, stopOld := u.pod, u.stopFollow
+	u.pod, u.follower, u.stopFollow = rp, f, stop
+	u.relayMu.Unlock()
+	if old != nil {
+		stopOld()
+		relaypod.Delete(context.WithoutCancel(ctx), s.deps.Client, old)
+	}
+	return nil
+}
+
+// relayLost: the relay pod is gone (deleted, evicted, or ended after
+// hearing nothing from kpf, as after a laptop's sleep): its follower has
+// no pod.
+func (u *udpSide) relayLost() bool {
+	u.relayMu.Lock()
+	f := u.follower
+	u.relayMu.Unlock()
+	pod, _ := f.State()
+	return pod == ""
+}
+
 // dialRelay opens a stream to the relay pod through its tunnel.
 func (u *udpSide) dialRelay(ctx context.Context) (net.Conn, error) {
+	u.relayMu.Lock()
+	f := u.follower
+	u.relayMu.Unlock()
 	local, remote := net.Pipe()
 	go func() {
 		defer remote.Close()
-		if _, err := u.follower.Forward(ctx, remote, relaypod.Port, nil); err != nil {
+		if _, err := f.Forward(ctx, remote, relaypod.Port, nil); err != nil {
 			u.s.deps.Log.Warn("relay stream", "err", err)
 		}
 	}()
@@ -191,11 +235,38 @@ func (u *udpSide) serve(ctx context.Context) {
 	last := u.s.Target.Pod.Name
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
+	var lost time.Time // since when the relay pod has been gone
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if u.ephemeral == nil {
+			switch {
+			case !u.relayLost():
+				lost = time.Time{}
+			case lost.IsZero():
+				lost = time.Now()
+			case time.Since(lost) > relayLostWait:
+				// Another relay pod, and the streams to it.
+				u.relayMu.Lock()
+				gone := u.pod.Name
+				u.relayMu.Unlock()
+				if err := u.startRelay(ctx); err != nil {
+					u.s.deps.Log.Error("udp: the relay pod is gone and a new one did not start", "pod", gone, "err", err)
+					lost = time.Now() // try again after relayLostWait
+					continue
+				}
+				u.relayMu.Lock()
+				name := u.pod.Name
+				u.relayMu.Unlock()
+				fmt.Fprintf(u.s.deps.ErrOut, "kpf: the UDP relay pod %s is gone; its datagrams go through a new one, %s\n", gone, name)
+				for i, c := range u.clients {
+					c.SetTarget(net.JoinHostPort(u.targetIP, strconv.Itoa(int(u.remotes[i]))))
+				}
+				lost = time.Time{}
+			}
 		}
 		pod, state := u.s.follower.State()
 		if pod == "" || pod == last || state != "ready" {
@@ -225,6 +296,7 @@ func (u *udpSide) serve(ctx context.Context) {
 			u.s.deps.Log.Info("udp now to pod", "pod", pod)
 			continue
 		}
+		u.targetIP = p.Status.PodIP
 		for i, c := range u.clients {
 			c.SetTarget(net.JoinHostPort(p.Status.PodIP, strconv.Itoa(int(u.remotes[i]))))
 		}
@@ -243,15 +315,20 @@ func (u *udpSide) close() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := relaypod.Delete(ctx, u.s.deps.Client, u.pod); err != nil {
-		u.s.deps.Log.Error("delete the relay pod", "pod", u.pod.Name, "err", err)
+	u.relayMu.Lock()
+	pod := u.pod
+	u.relayMu.Unlock()
+	if err := relaypod.Delete(ctx, u.s.deps.Client, pod); err != nil {
+		u.s.deps.Log.Error("delete the relay pod", "pod", pod.Name, "err", err)
 	}
 }
 
 func (u *udpSide) status() UDPStatus {
 	st := UDPStatus{}
-	if u.pod != nil {
+	if u.ephemeral == nil {
+		u.relayMu.Lock()
 		st.Relay = u.pod.Name
+		u.relayMu.Unlock()
 	} else {
 		pod, _ := u.s.follower.State()
 		u.mu.Lock()
