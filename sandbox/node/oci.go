@@ -101,7 +101,31 @@ func LoadImage(dir, ref, layout string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		return prog, AddImage(dir, ref, prog)
+		if err := AddImage(dir, ref, prog); err != nil {
+			return "", err
+		}
+		pruneImageStore(dir)
+		return prog, nil
+	}
+}
+
+// pruneImageStore removes the unpacked images no reference names any
+// more (a ref loaded again with another build), so that repeated loads do
+// not pile up; a container still running one keeps its open file.
+func pruneImageStore(dir string) {
+	b, _ := os.ReadFile(filepath.Join(dir, ImagesFile))
+	used := map[string]bool{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if _, prog, ok := strings.Cut(l, " "); ok {
+			used[filepath.Dir(prog)] = true
+		}
+	}
+	store := filepath.Join(dir, "image-store")
+	ents, _ := os.ReadDir(store)
+	for _, e := range ents {
+		if p := filepath.Join(store, e.Name()); !used[p] {
+			os.RemoveAll(p)
+		}
 	}
 }
 
