@@ -83,18 +83,19 @@ spec:
 	},
 }
 
-// lookProgram finds a program on PATH or in PostgreSQL's folder.
-func lookProgram(name string) error {
-	if _, err := exec.LookPath(name); err == nil {
-		return nil
+// findProgram finds a program on PATH, in PostgreSQL's folder or in
+// /usr/sbin.
+func findProgram(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
 	}
 	if m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/" + name); len(m) > 0 {
-		return nil
+		return m[len(m)-1], nil
 	}
 	if _, err := os.Stat("/usr/sbin/" + name); err == nil {
-		return nil
+		return "/usr/sbin/" + name, nil
 	}
-	return fmt.Errorf("%s is not installed (run scripts/deps.sh bench)", name)
+	return "", fmt.Errorf("%s is not installed (run scripts/deps.sh bench)", name)
 }
 
 // startClientServers runs the server pods of the selected client
@@ -107,7 +108,7 @@ func startClientServers(ctx context.Context, sb *sandboxtest.Sandbox, ns string,
 			continue
 		}
 		for _, p := range s.programs {
-			if err := lookProgram(p); err != nil {
+			if _, err := findProgram(p); err != nil {
 				return nil, fmt.Errorf("workload %s: %w", s.workload, err)
 			}
 		}
@@ -180,15 +181,14 @@ type clientRun struct {
 }
 
 func runClient(name string, args ...string) (clientRun, error) {
-	if _, err := exec.LookPath(name); err != nil {
-		if m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/" + name); len(m) > 0 {
-			name = m[len(m)-1]
-		}
+	path, err := findProgram(name)
+	if err != nil {
+		return clientRun{}, err
 	}
-	cmd := exec.Command(name, args...)
+	cmd := exec.Command(path, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
+	err = cmd.Run()
 	r := clientRun{out: out.String()}
 	if cmd.ProcessState != nil {
 		r.cpu = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()

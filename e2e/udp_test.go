@@ -437,18 +437,7 @@ spec:
 	if out, err := sb.KubectlRun(t, "delete", "pod", "-n", ns, first.Name, "--wait=false"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	c, err := net.Dial("udp", addrs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	buf := make([]byte, 100)
-	sandboxtest.WaitFor(t, 90*time.Second, "an echo from the new pod", func() (bool, error) {
-		c.Write([]byte("after"))
-		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		n, err := c.Read(buf)
-		return err == nil && string(buf[:n]) == "after", err
-	})
+	waitEcho(t, addrs[0], "after", 90*time.Second, "an echo from the new pod")
 	second := sb.ReadyPods(t, ns, "app=local", 1)[0]
 	if second.Name == first.Name {
 		t.Fatal("the pod was not replaced")
@@ -476,23 +465,29 @@ func TestUDPRelayPodReplaced(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 	p.WaitLine(t, `^kpf: the UDP relay pod `+rp.Name+` is gone; its datagrams go through a new one, kpf-relay-\w+$`, 90*time.Second)
-	c, err := net.Dial("udp", addrs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	buf := make([]byte, 100)
-	sandboxtest.WaitFor(t, 30*time.Second, "an echo through the new relay", func() (bool, error) {
-		c.Write([]byte("again"))
-		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		n, err := c.Read(buf)
-		return err == nil && string(buf[:n]) == "again", err
-	})
+	waitEcho(t, addrs[0], "again", 30*time.Second, "an echo through the new relay")
 	echoPeers(t, addrs[0], 4, 100)
 	p.Signal(syscall.SIGINT)
 	p.Wait(30 * time.Second)
 	sandboxtest.WaitFor(t, 30*time.Second, "no relay pod left", func() (bool, error) {
 		l, err := sb.Admin.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "kpf.dev/relay=udp"})
 		return err == nil && len(l.Items) == 0, err
+	})
+}
+
+// waitEcho sends msg to the UDP echo at addr until it comes back.
+func waitEcho(t *testing.T, addr, msg string, timeout time.Duration, what string) {
+	t.Helper()
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 100)
+	sandboxtest.WaitFor(t, timeout, what, func() (bool, error) {
+		c.Write([]byte(msg))
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := c.Read(buf)
+		return err == nil && string(buf[:n]) == msg, err
 	})
 }

@@ -12,9 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 )
 
 // EphemeralPort is where an ephemeral relay listens, on the target pod's
@@ -90,9 +88,7 @@ func randomSuffix() string {
 
 // waitEphemeral waits until the ephemeral container name of p runs.
 func waitEphemeral(ctx context.Context, c kube.Interface, p *corev1.Pod, name string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	state := func(q *corev1.Pod) (done bool, err error) {
+	err := watchPod(ctx, c, p, timeout, func(q *corev1.Pod) (bool, error) {
 		for _, cs := range q.Status.EphemeralContainerStatuses {
 			if cs.Name != name {
 				continue
@@ -103,44 +99,20 @@ func waitEphemeral(ctx context.Context, c kube.Interface, p *corev1.Pod, name st
 			case cs.State.Terminated != nil:
 				t := cs.State.Terminated
 				return true, fmt.Errorf("the UDP relay %s in pod %s ended at once (exit code %d, %s %s)", name, q.Name, t.ExitCode, t.Reason, t.Message)
-			case cs.State.Waiting != nil:
+			case cs.State.Waiting != nil && pullFailed(cs.State.Waiting.Reason):
 				w := cs.State.Waiting
-				if w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff" || w.Reason == "InvalidImageName" {
-					return true, fmt.Errorf("the UDP relay %s in pod %s cannot pull its image %q (%s: %s): give one the cluster can pull with --relay-image", name, q.Name, cs.Image, w.Reason, w.Message)
-				}
+				return true, fmt.Errorf("the UDP relay %s in pod %s cannot pull its image %q (%s: %s): give one the cluster can pull with --relay-image", name, q.Name, cs.Image, w.Reason, w.Message)
 			}
 		}
 		return false, nil
-	}
-	if done, err := state(p); done {
-		return err
-	}
-	w, err := c.CoreV1().Pods(p.Namespace).Watch(ctx, metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("metadata.name", p.Name).String(), ResourceVersion: p.ResourceVersion,
 	})
-	if err != nil {
-		return err
+	switch err {
+	case errWaitTimeout:
+		return fmt.Errorf("the UDP relay %s in pod %s was not running within %s", name, p.Name, timeout)
+	case errWatchEnded:
+		return fmt.Errorf("watching pod %s for its UDP relay ended", p.Name)
+	case errPodDeleted:
+		return fmt.Errorf("pod %s was deleted before its UDP relay ran", p.Name)
 	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			if ctx.Err() != context.DeadlineExceeded {
-				return ctx.Err() // kpf is stopping
-			}
-			return fmt.Errorf("the UDP relay %s in pod %s was not running within %s", name, p.Name, timeout)
-		case ev, ok := <-w.ResultChan():
-			if !ok {
-				return fmt.Errorf("watching pod %s for its UDP relay ended", p.Name)
-			}
-			if ev.Type == watch.Deleted {
-				return fmt.Errorf("pod %s was deleted before its UDP relay ran", p.Name)
-			}
-			if q, ok := ev.Object.(*corev1.Pod); ok {
-				if done, err := state(q); done {
-					return err
-				}
-			}
-		}
-	}
+	return err
 }

@@ -7,6 +7,7 @@ package relaypod
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/user"
@@ -170,48 +171,82 @@ func Start(ctx context.Context, c kube.Interface, s Spec, timeout time.Duration)
 }
 
 func waitReady(ctx context.Context, c kube.Interface, p *corev1.Pod, timeout time.Duration) (*corev1.Pod, error) {
+	last := p
+	err := watchPod(ctx, c, p, timeout, func(q *corev1.Pod) (bool, error) {
+		last = q
+		if q.Status.Phase == corev1.PodFailed || q.Status.Phase == corev1.PodSucceeded {
+			return true, fmt.Errorf("the relay pod %s ended (%s)%s", q.Name, q.Status.Phase, why(q))
+		}
+		for _, cs := range q.Status.ContainerStatuses {
+			if w := cs.State.Waiting; w != nil && pullFailed(w.Reason) {
+				return true, fmt.Errorf("the relay pod %s cannot pull its image %q (%s: %s): give one the cluster can pull with --relay-image", q.Name, q.Spec.Containers[0].Image, w.Reason, w.Message)
+			}
+		}
+		return ready(q) && q.Status.PodIP != "", nil
+	})
+	switch err {
+	case nil:
+		return last, nil
+	case errWaitTimeout:
+		return nil, fmt.Errorf("the relay pod %s was not ready within %s%s", p.Name, timeout, why(last))
+	case errWatchEnded:
+		return nil, fmt.Errorf("watching the relay pod %s ended%s", p.Name, why(last))
+	case errPodDeleted:
+		return nil, fmt.Errorf("the relay pod %s was deleted", p.Name)
+	}
+	return nil, err
+}
+
+// What watchPod ran into, for its callers to say in their words.
+var (
+	errWaitTimeout = errors.New("timed out")
+	errWatchEnded  = errors.New("the watch ended")
+	errPodDeleted  = errors.New("the pod was deleted")
+)
+
+// watchPod calls check with p and then with each new version of it until
+// check is done (its error is watchPod's), the timeout passes
+// (errWaitTimeout), the watch ends (errWatchEnded), the pod is deleted
+// (errPodDeleted), or ctx ends (kpf is stopping: ctx's error).
+func watchPod(ctx context.Context, c kube.Interface, p *corev1.Pod, timeout time.Duration, check func(*corev1.Pod) (bool, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	if done, err := check(p); done {
+		return err
+	}
 	w, err := c.CoreV1().Pods(p.Namespace).Watch(ctx, metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("metadata.name", p.Name).String(), ResourceVersion: p.ResourceVersion,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer w.Stop()
-	last := p
 	for {
 		select {
 		case <-ctx.Done():
 			if ctx.Err() != context.DeadlineExceeded {
-				return nil, ctx.Err() // kpf is stopping
+				return ctx.Err()
 			}
-			return nil, fmt.Errorf("the relay pod %s was not ready within %s%s", p.Name, timeout, why(last))
+			return errWaitTimeout
 		case ev, ok := <-w.ResultChan():
 			if !ok {
-				return nil, fmt.Errorf("watching the relay pod %s ended%s", p.Name, why(last))
+				return errWatchEnded
 			}
 			if ev.Type == watch.Deleted {
-				return nil, fmt.Errorf("the relay pod %s was deleted", p.Name)
+				return errPodDeleted
 			}
-			q, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
-			}
-			last = q
-			if q.Status.Phase == corev1.PodFailed || q.Status.Phase == corev1.PodSucceeded {
-				return nil, fmt.Errorf("the relay pod %s ended (%s)%s", q.Name, q.Status.Phase, why(q))
-			}
-			for _, cs := range q.Status.ContainerStatuses {
-				if w := cs.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff" || w.Reason == "InvalidImageName") {
-					return nil, fmt.Errorf("the relay pod %s cannot pull its image %q (%s: %s): give one the cluster can pull with --relay-image", q.Name, q.Spec.Containers[0].Image, w.Reason, w.Message)
+			if q, ok := ev.Object.(*corev1.Pod); ok {
+				if done, err := check(q); done {
+					return err
 				}
-			}
-			if ready(q) && q.Status.PodIP != "" {
-				return q, nil
 			}
 		}
 	}
+}
+
+// pullFailed: a container waits because its image cannot be pulled.
+func pullFailed(reason string) bool {
+	return reason == "ErrImagePull" || reason == "ImagePullBackOff" || reason == "InvalidImageName"
 }
 
 func ready(p *corev1.Pod) bool {

@@ -39,16 +39,16 @@ type udpSide struct {
 	remotes  []uint16 // each client's port in the target pod
 	targetIP string   // pod mode: the target pod's IP; serve's
 
+	ephemeral *relaypod.Ephemeral // ephemeral mode
+
+	mu sync.Mutex
 	// Pod mode: the relay pod and its follower, replaced when the pod
 	// goes away (see serve).
-	relayMu    sync.Mutex
 	pod        *corev1.Pod
 	follower   *follow.Follower
 	stopFollow context.CancelFunc
-
-	ephemeral *relaypod.Ephemeral // ephemeral mode
-	mu        sync.Mutex
-	relays    map[string]string // ephemeral mode: pod -> its relay container
+	// Ephemeral mode: each pod's relay container.
+	relays map[string]string
 
 	wg sync.WaitGroup
 }
@@ -97,20 +97,27 @@ func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial fu
 		closeAll()
 		return nil, err
 	}
+	u.addClients(conns, t.Pod.Status.PodIP, u.dialRelay)
+	return u, nil
+}
+
+// addClients makes a relay client per /udp socket, sending to host at
+// the socket's remote port through streams of dial, and says each
+// forward's line: once the relay is ready, a client that starts on it is
+// carried.
+func (u *udpSide) addClients(conns []forward.UDPListener, host string, dial func(context.Context) (net.Conn, error)) {
+	s := u.s
 	for _, c := range conns {
-		// Once the relay is ready: a client that starts on this line is
-		// carried.
 		fmt.Fprintf(s.deps.Out, "Forwarding from %s -> %d/udp\n", c.Conn.LocalAddr(), c.Remote)
 		u.remotes = append(u.remotes, c.Remote)
 		u.clients = append(u.clients, &relay.Client{
 			Local:       c.Conn,
-			Target:      net.JoinHostPort(t.Pod.Status.PodIP, strconv.Itoa(int(c.Remote))),
+			Target:      net.JoinHostPort(host, strconv.Itoa(int(c.Remote))),
 			IdleTimeout: s.spec.UDPIdleTimeout,
 			Log:         s.deps.Log.With("udp", c.Conn.LocalAddr().String()),
-			Dial:        u.dialRelay,
+			Dial:        dial,
 		})
 	}
-	return u, nil
 }
 
 // openEphemeral adds the relay to the target pod and makes a client per
@@ -122,17 +129,7 @@ func openEphemeral(ctx context.Context, s *Session, conns []forward.UDPListener)
 	if err := u.addRelay(ctx, t.Pod); err != nil {
 		return nil, err
 	}
-	for _, c := range conns {
-		fmt.Fprintf(s.deps.Out, "Forwarding from %s -> %d/udp\n", c.Conn.LocalAddr(), c.Remote)
-		u.remotes = append(u.remotes, c.Remote)
-		u.clients = append(u.clients, &relay.Client{
-			Local:       c.Conn,
-			Target:      net.JoinHostPort("127.0.0.1", strconv.Itoa(int(c.Remote))),
-			IdleTimeout: s.spec.UDPIdleTimeout,
-			Log:         s.deps.Log.With("udp", c.Conn.LocalAddr().String()),
-			Dial:        u.dialEphemeral,
-		})
-	}
+	u.addClients(conns, "127.0.0.1", u.dialEphemeral)
 	return u, nil
 }
 
@@ -152,14 +149,19 @@ func (u *udpSide) addRelay(ctx context.Context, pod *corev1.Pod) error {
 
 // dialEphemeral opens a stream to the relay in the forward's current pod.
 func (u *udpSide) dialEphemeral(ctx context.Context) (net.Conn, error) {
+	return u.stream(ctx, u.s.follower, relaypod.EphemeralPort), nil
+}
+
+// stream is a connection carried through f's tunnels to port.
+func (u *udpSide) stream(ctx context.Context, f *follow.Follower, port uint16) net.Conn {
 	local, remote := net.Pipe()
 	go func() {
 		defer remote.Close()
-		if _, err := u.s.follower.Forward(ctx, remote, relaypod.EphemeralPort, nil); err != nil {
+		if _, err := f.Forward(ctx, remote, port, nil); err != nil {
 			u.s.deps.Log.Warn("relay stream", "err", err)
 		}
 	}()
-	return local, nil
+	return local
 }
 
 // startRelay starts a relay pod, waits until it is ready, and follows it
@@ -183,10 +185,10 @@ func (u *udpSide) startRelay(ctx context.Context) error {
 		relaypod.Delete(context.WithoutCancel(ctx), s.deps.Client, rp)
 		return err
 	}
-	u.relayMu.Lock()
+	u.mu.Lock()
 	old, stopOld := u.pod, u.stopFollow
 	u.pod, u.follower, u.stopFollow = rp, f, stop
-	u.relayMu.Unlock()
+	u.mu.Unlock()
 	if old != nil {
 		stopOld()
 		relaypod.Delete(context.WithoutCancel(ctx), s.deps.Client, old)
@@ -198,26 +200,19 @@ func (u *udpSide) startRelay(ctx context.Context) error {
 // hearing nothing from kpf, as after a laptop's sleep): its follower has
 // no pod.
 func (u *udpSide) relayLost() bool {
-	u.relayMu.Lock()
+	u.mu.Lock()
 	f := u.follower
-	u.relayMu.Unlock()
+	u.mu.Unlock()
 	pod, _ := f.State()
 	return pod == ""
 }
 
 // dialRelay opens a stream to the relay pod through its tunnel.
 func (u *udpSide) dialRelay(ctx context.Context) (net.Conn, error) {
-	u.relayMu.Lock()
+	u.mu.Lock()
 	f := u.follower
-	u.relayMu.Unlock()
-	local, remote := net.Pipe()
-	go func() {
-		defer remote.Close()
-		if _, err := f.Forward(ctx, remote, relaypod.Port, nil); err != nil {
-			u.s.deps.Log.Warn("relay stream", "err", err)
-		}
-	}()
-	return local, nil
+	u.mu.Unlock()
+	return u.stream(ctx, f, relaypod.Port), nil
 }
 
 // serve runs the relay clients until ctx ends, and moves them to the
@@ -250,17 +245,17 @@ func (u *udpSide) serve(ctx context.Context) {
 				lost = time.Now()
 			case time.Since(lost) > relayLostWait:
 				// Another relay pod, and the streams to it.
-				u.relayMu.Lock()
+				u.mu.Lock()
 				gone := u.pod.Name
-				u.relayMu.Unlock()
+				u.mu.Unlock()
 				if err := u.startRelay(ctx); err != nil {
 					u.s.deps.Log.Error("udp: the relay pod is gone and a new one did not start", "pod", gone, "err", err)
 					lost = time.Now() // try again after relayLostWait
 					continue
 				}
-				u.relayMu.Lock()
+				u.mu.Lock()
 				name := u.pod.Name
-				u.relayMu.Unlock()
+				u.mu.Unlock()
 				fmt.Fprintf(u.s.deps.ErrOut, "kpf: the UDP relay pod %s is gone; its datagrams go through a new one, %s\n", gone, name)
 				for i, c := range u.clients {
 					c.SetTarget(net.JoinHostPort(u.targetIP, strconv.Itoa(int(u.remotes[i]))))
@@ -315,9 +310,9 @@ func (u *udpSide) close() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	u.relayMu.Lock()
+	u.mu.Lock()
 	pod := u.pod
-	u.relayMu.Unlock()
+	u.mu.Unlock()
 	if err := relaypod.Delete(ctx, u.s.deps.Client, pod); err != nil {
 		u.s.deps.Log.Error("delete the relay pod", "pod", pod.Name, "err", err)
 	}
@@ -326,9 +321,9 @@ func (u *udpSide) close() {
 func (u *udpSide) status() UDPStatus {
 	st := UDPStatus{}
 	if u.ephemeral == nil {
-		u.relayMu.Lock()
+		u.mu.Lock()
 		st.Relay = u.pod.Name
-		u.relayMu.Unlock()
+		u.mu.Unlock()
 	} else {
 		pod, _ := u.s.follower.State()
 		u.mu.Lock()
