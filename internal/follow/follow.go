@@ -653,7 +653,16 @@ func podInformer(client kube.Interface, namespace string, tweak func(*metav1.Lis
 			return pods.Watch(ctx, lo)
 		},
 	}
-	return cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, client), &corev1.Pod{}, 0, cache.Indexers{})
+	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, client), &corev1.Pod{}, 0, cache.Indexers{})
+	// Managed fields are a third or more of a pod's size and nothing here
+	// reads them: the cache keeps every pod of the namespace.
+	inf.SetTransform(func(obj any) (any, error) {
+		if p, ok := obj.(*corev1.Pod); ok {
+			p.ManagedFields = nil
+		}
+		return obj, nil
+	})
+	return inf
 }
 
 // Switches counts moves to another pod since the forward started.

@@ -69,6 +69,21 @@ func TestBestFollowsKubectlOrder(t *testing.T) {
 	}
 }
 
+// The pod Best returns is a copy: a pointer into the list would keep every
+// pod of the list alive for as long as a forward keeps its pod.
+func TestBestKeepsNoListAlive(t *testing.T) {
+	pods := []corev1.Pod{pod("a", corev1.PodFailed, false), pod("b", corev1.PodRunning, true), pod("c", corev1.PodFailed, false)}
+	got := Best(pods)
+	for i := range pods {
+		if got == &pods[i] {
+			t.Fatalf("Best returned &pods[%d], which keeps the list alive", i)
+		}
+	}
+	if got.Name != "b" {
+		t.Fatalf("Best = %s, want b", got.Name)
+	}
+}
+
 func svc(ports []corev1.ServicePort, headless bool) *corev1.Service {
 	s := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "s", Namespace: "ns"},
