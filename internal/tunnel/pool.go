@@ -41,6 +41,13 @@ const maxDialling = 4
 // tunnels ready and takes back the tunnels of finished connections. Past
 // MaxTunnels, or in a burst (maxDialling dials under way), connections
 // share the least busy tunnel.
+//
+// A forward nobody has used yet holds one tunnel, the sentinel, which
+// carries its first connection; the spare is dialled then. A file of 200
+// forwards so dials 200 tunnels to start, not 400, and keeps half the
+// connections open through the API server to the kubelets (measured on
+// the sandbox: ready in less time, and less memory per forward; see
+// docs/benchmarks.md).
 type Pool struct {
 	dial func(ctx context.Context) (*Conn, error)
 	ctx  context.Context
@@ -77,7 +84,6 @@ func NewPool(ctx context.Context, dial func(ctx context.Context) (*Conn, error))
 	p.Opened = time.Now()
 	p.sentinel = sentinel
 	go p.watch(sentinel)
-	p.refill()
 	return p, nil
 }
 
@@ -137,6 +143,15 @@ func (p *Pool) Acquire() (*Conn, error) {
 		p.mu.Unlock()
 		p.refill()
 		return c, nil
+	}
+	if s := p.sentinel; s != nil && p.busy[s] == 0 && !isDone(s) {
+		// The first connection (or the first after a quiet spell with no
+		// idle tunnel left) takes the sentinel, without a dial; a spare
+		// is dialled for the next.
+		p.busy[s] = 1
+		p.mu.Unlock()
+		p.refill()
+		return s, nil
 	}
 	atCap := p.MaxTunnels > 0 && len(p.busy)+p.dialling >= p.MaxTunnels
 	if atCap || len(p.pending) >= maxDialling {
@@ -209,6 +224,9 @@ func (p *Pool) Release(c *Conn) {
 		return
 	}
 	delete(p.busy, c)
+	if c == p.sentinel {
+		return // it stays the sentinel, and free for the next connection
+	}
 	if p.closed || isDone(c) || len(p.idle) >= p.MaxIdle {
 		c.Close()
 		return
@@ -255,7 +273,9 @@ func (p *Pool) Close() error {
 	p.idle = nil
 	var busy []*Conn
 	for c := range p.busy {
-		busy = append(busy, c)
+		if c != p.sentinel {
+			busy = append(busy, c)
+		}
 	}
 	p.mu.Unlock()
 	p.lostOnce.Do(func() { close(p.lost) })

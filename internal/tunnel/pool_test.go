@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,6 +25,8 @@ func TestBurstJoinsDialsUnderWay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The first connection takes the sentinel; the others dial, join
+	// dials, or share the sentinel, evenly.
 	const n = 40
 	got := make(chan *Conn, n)
 	var wg sync.WaitGroup
@@ -39,15 +42,16 @@ func TestBurstJoinsDialsUnderWay(t *testing.T) {
 			got <- c
 		}()
 	}
-	// Wait until every connection is either dialling or has joined a dial.
+	// Wait until every connection is dialling, has joined a dial, or is
+	// on the sentinel.
 	for {
 		p.mu.Lock()
-		joined := 0
+		placed := p.busy[p.sentinel]
 		for _, d := range p.pending {
-			joined += d.conns
+			placed += d.conns
 		}
 		p.mu.Unlock()
-		if joined == n {
+		if placed == n {
 			break
 		}
 		runtime.Gosched()
@@ -62,12 +66,12 @@ func TestBurstJoinsDialsUnderWay(t *testing.T) {
 	if d := dials.Load(); d > 1+1+maxDialling { // sentinel, spare, the burst's
 		t.Fatalf("%d connections dialled %d tunnels, want at most %d", n, d, 2+maxDialling)
 	}
-	if len(per) != maxDialling {
-		t.Fatalf("%d connections on %d tunnels, want %d", n, len(per), maxDialling)
+	if len(per) != 1+maxDialling || per[p.sentinel] == 0 {
+		t.Fatalf("%d connections on %d tunnels (%d on the sentinel), want %d tunnels with the sentinel", n, len(per), per[p.sentinel], 1+maxDialling)
 	}
 	for c, k := range per {
-		if k != n/maxDialling {
-			t.Fatalf("uneven: a tunnel carries %d connections, want %d (%v)", k, n/maxDialling, per)
+		if k != n/(1+maxDialling) {
+			t.Fatalf("uneven: a tunnel carries %d connections, want %d (%v)", k, n/(1+maxDialling), per)
 		}
 		if p.busy[c] != k {
 			t.Fatalf("the pool counts %d connections on a tunnel that carries %d", p.busy[c], k)
@@ -80,5 +84,79 @@ func TestBurstJoinsDialsUnderWay(t *testing.T) {
 	}
 	if len(p.busy) != 0 {
 		t.Fatalf("%d tunnels still busy after every release", len(p.busy))
+	}
+}
+
+// A pool holds one tunnel until it is used: the sentinel carries the first
+// connection without a dial, a spare is dialled then for the next, and the
+// sentinel is neither closed nor made idle when its connection ends.
+func TestSentinelCarriesTheFirstConnection(t *testing.T) {
+	var dials atomic.Int32
+	dialled := make(chan *Conn, 3)
+	block := make(chan struct{}) // dials after the third wait
+	defer close(block)
+	dial := func(ctx context.Context) (*Conn, error) {
+		if dials.Add(1) > 3 {
+			<-block
+		}
+		c := &Conn{done: make(chan struct{})}
+		dialled <- c
+		return c, nil
+	}
+	p, err := NewPool(context.Background(), dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sentinel := <-dialled
+	if d := dials.Load(); d != 1 {
+		t.Fatalf("an unused pool dialled %d tunnels, want 1", d)
+	}
+	first, err := p.Acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first != sentinel {
+		t.Fatal("the first connection did not get the sentinel")
+	}
+	spare := <-dialled // dialled for the next connection
+	testWaitIdle(t, p, 1)
+	second, err := p.Acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second != spare {
+		t.Fatal("the second connection did not get the spare")
+	}
+	<-dialled // the next spare
+	testWaitIdle(t, p, 1)
+	p.Release(first)
+	p.Release(second)
+	p.mu.Lock()
+	idle, busy := slices.Clone(p.idle), len(p.busy)
+	p.mu.Unlock()
+	if len(idle) != 2 || slices.Contains(idle, sentinel) || busy != 0 || isDone(sentinel) {
+		t.Fatalf("after release: idle %v (sentinel %p), %d busy, sentinel closed %v", idle, sentinel, busy, isDone(sentinel))
+	}
+	// Idle tunnels go first; then the sentinel, free again.
+	for i := range 2 {
+		if c, _ := p.Acquire(); c == sentinel {
+			t.Fatalf("connection %d got the sentinel while idle tunnels were left", i)
+		}
+	}
+	if c, _ := p.Acquire(); c != sentinel {
+		t.Fatal("with no idle tunnel, a connection did not get the free sentinel")
+	}
+}
+
+func testWaitIdle(t *testing.T, p *Pool, n int) {
+	t.Helper()
+	for {
+		p.mu.Lock()
+		k := len(p.idle)
+		p.mu.Unlock()
+		if k >= n {
+			return
+		}
+		runtime.Gosched()
 	}
 }
