@@ -167,6 +167,9 @@ its own flags and environment, as kpf up -d would.`,
 				Describe: describeIdentity,
 				Events:   g.out,
 			}
+			if err := g.startDebug(cmd.Context()); err != nil {
+				return err
+			}
 			at, err := serveMetrics(cmd.Context(), metricsAddr, s.Metrics, g.errOut)
 			if err != nil {
 				return err

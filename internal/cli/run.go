@@ -66,6 +66,9 @@ forwards stop, and kpf exits with COMMAND's exit code.`,
 
 // Run starts the forwards, runs the command and stops the forwards.
 func (o *RunOptions) Run(ctx context.Context, id identity.Identity) error {
+	if err := o.g.startDebug(ctx); err != nil {
+		return err
+	}
 	var fws []config.Forward
 	var err error
 	if o.file, fws, err = loadForwards(o.File, o.names); err != nil {

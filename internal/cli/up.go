@@ -123,6 +123,9 @@ func (o *UpOptions) Run(ctx context.Context) error {
 	if o.Detach {
 		return o.upDetached(ctx)
 	}
+	if err := o.g.startDebug(ctx); err != nil {
+		return err
+	}
 	log := o.g.logger()
 	fws, _ := o.file.Select(o.names)
 	auditLog, err := openAudit(o.AuditLog)
