@@ -43,6 +43,7 @@ type options struct {
 	stallBytes int64
 	breakdown  bool
 	proxy      string
+	forwards   int
 }
 
 func main() {
@@ -57,7 +58,8 @@ func main() {
 	flag.IntVar(&o.idle, "idle-conns", 1000, "idle connections for the memory test")
 	flag.Int64Var(&o.stallBytes, "stall-bytes", 256<<20, "download next to a stalled connection")
 	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl,kpf-proxy-socks,kpf-proxy-connect", "paths to measure (also kpf-portable-ws and kpf-portable-spdy: the build macOS and Windows run; kpf-ws-httplog and kpf-spdy-httplog: with --http-log, for http-download; kpf-proxy-socks and kpf-proxy-connect: kpf proxy over WebSocket, to the pod's service by name; tls-floor: a relay that only moves the bytes through one TLS connection per connection, with kpf's cipher, to a sink: what any userspace TLS client must spend)")
-	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle,udp,redis,pgbench,mariadb", "workloads to run (redis, pgbench and mariadb: redis-benchmark GET and SET -c 50, pgbench -S -c 10 and mariadb-slap reads -c 20 against server pods, on direct, kpf-ws, kpf-spdy, kubectl-ws and kubectl-spdy, with the CPU per request of the forwarder, the API server and the node; also http-download: the download as an HTTP response, for the HTTP log's cost; udp: round trips and datagrams per second of 64- and 1,200-byte datagrams through a /udp forward, on direct, kpf-ws and kpf-spdy)")
+	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle,udp,redis,pgbench,mariadb,startup", "workloads to run (startup: kpf up -d --wait with a forward to each of -startup-forwards services, on kpf-ws and kpf-spdy: time until all are ready, pod watches added on the API server, daemon RSS per forward; redis, pgbench and mariadb: redis-benchmark GET and SET -c 50, pgbench -S -c 10 and mariadb-slap reads -c 20 against server pods, on direct, kpf-ws, kpf-spdy, kubectl-ws and kubectl-spdy, with the CPU per request of the forwarder, the API server and the node; also http-download: the download as an HTTP response, for the HTTP log's cost; udp: round trips and datagrams per second of 64- and 1,200-byte datagrams through a /udp forward, on direct, kpf-ws and kpf-spdy)")
+	flag.IntVar(&o.forwards, "startup-forwards", 200, "forwards in the startup workload's kpf.yaml (one service each)")
 	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
 	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
 	flag.BoolVar(&o.breakdown, "breakdown", false, "also record the CPU per GiB of every process on the path (bench client, API server, node agent, pod)")
@@ -88,6 +90,9 @@ type path struct {
 	// forward, if set, starts the path's forward of a pod's port, for
 	// the real clients (direct: an empty forwarder).
 	forward func(ctx context.Context, pod string, port int) (*forwarder, error)
+	// transport is kpf's --transport on kpf's own paths, which run the
+	// startup workload.
+	transport string
 }
 
 // forwarder is a running kpf or kubectl, or nothing (direct).
@@ -310,8 +315,8 @@ spec:
 		"direct": {name: "direct", start: func(context.Context) (*forwarder, error) { return &forwarder{addr: direct}, nil },
 			udp:     func(context.Context) (*forwarder, error) { return &forwarder{addr: directUDP}, nil },
 			forward: none},
-		"kpf-ws":            {name: "kpf-ws", start: kpfPF(kpf, "websocket"), udp: kpfUDP("websocket"), forward: kpfTo(kpf, "websocket")},
-		"kpf-spdy":          {name: "kpf-spdy", start: kpfPF(kpf, "spdy"), udp: kpfUDP("spdy"), forward: kpfTo(kpf, "spdy")},
+		"kpf-ws":            {name: "kpf-ws", start: kpfPF(kpf, "websocket"), udp: kpfUDP("websocket"), forward: kpfTo(kpf, "websocket"), transport: "websocket"},
+		"kpf-spdy":          {name: "kpf-spdy", start: kpfPF(kpf, "spdy"), udp: kpfUDP("spdy"), forward: kpfTo(kpf, "spdy"), transport: "spdy"},
 		"kpf-ws-httplog":    {name: "kpf-ws-httplog", start: kpfPF(kpf, "websocket", "--http-log", httpLog)},
 		"kpf-spdy-httplog":  {name: "kpf-spdy-httplog", start: kpfPF(kpf, "spdy", "--http-log", httpLog)},
 		"kpf-portable-ws":   {name: "kpf-portable-ws", start: kpfPF(kpfPortable, "websocket")},
@@ -356,6 +361,11 @@ spec:
 		return err
 	}
 	defer stopClientServers(sb, ns, servers)
+	if workloads["startup"] {
+		if err := startupServices(ctx, sb, o.forwards); err != nil {
+			return fmt.Errorf("startup: %w", err)
+		}
+	}
 	for round := 1; round <= o.rounds; round++ {
 		order := append([]path(nil), paths...)
 		if round%2 == 0 { // alternate so no path always runs first
@@ -367,6 +377,11 @@ spec:
 			if len(servers) > 0 && p.forward != nil {
 				if err := measureClients(ctx, p, round, servers, record); err != nil {
 					record(result{Round: round, Path: p.name, Workload: "error", Metric: "error", Note: err.Error()})
+				}
+			}
+			if workloads["startup"] && p.transport != "" {
+				if err := measureStartup(ctx, sb, kpf, p.transport, p.name, o.forwards, round, record); err != nil {
+					record(result{Round: round, Path: p.name, Workload: "error", Metric: "error", Note: "startup: " + err.Error()})
 				}
 			}
 			if !onlyClients(workloads) {
@@ -399,11 +414,33 @@ func cpuSeconds(pid int) float64 {
 // sandboxPIDs are the API server's and the node agent's processes.
 var sandboxPIDs = map[string]int{}
 
+// machineCPU is the CPU time the whole machine spent busy (/proc/stat:
+// user, nice, system, irq and softirq of every CPU; not idle, iowait or
+// steal), processes and kernel alike.
+func machineCPU() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0
+	}
+	busy := 0.0
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		v, _ := strconv.ParseFloat(f[i], 64)
+		busy += v
+	}
+	return busy / 100 // USER_HZ
+}
+
 // pathCPU is the CPU time of every process on a path other than the
 // forwarder: the bench process itself (the client), the API server, the
-// node agent and the pod (the node agent's children).
+// node agent and the pod (the node agent's children); and the machine's
+// in all.
 func pathCPU() map[string]float64 {
-	out := map[string]float64{"client": cpuSeconds(os.Getpid())}
+	out := map[string]float64{"client": cpuSeconds(os.Getpid()), "machine": machineCPU()}
 	if pid := sandboxPIDs["kube-apiserver"]; pid != 0 {
 		out["apiserver"] = cpuSeconds(pid)
 	}

@@ -1,0 +1,151 @@
+package main
+
+// The start-up of a file of many forwards: N services in one namespace,
+// a kpf.yaml with a forward to each, and kpf up -d --wait. What a team
+// with a big file waits for each morning, what it asks of the API server
+// (pod watches), and what the daemon keeps per forward.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kpf-dev/kpf/sandbox/cluster"
+	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// startupNamespace holds the start-up workload's deployment and services;
+// it is kept between runs (making 200 services takes longer than a run).
+const startupNamespace = "kpf-startup"
+
+// startupServices makes sure the namespace has a 2-pod deployment and n
+// services in front of it, s0 ... s(n-1).
+func startupServices(ctx context.Context, sb *sandboxtest.Sandbox, n int) error {
+	kubectl := func(stdin string, args ...string) error {
+		cmd := exec.Command(sb.Kubectl, append([]string{"--kubeconfig", sb.Kubeconfig(cluster.UserAdmin)}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("kubectl %s: %v\n%s", strings.Join(args, " "), err, b)
+		}
+		return nil
+	}
+	exec.Command(sb.Kubectl, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "create", "namespace", startupNamespace).Run()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := sb.Admin.CoreV1().ServiceAccounts(startupNamespace).Get(ctx, "default", metav1.GetOptions{}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("namespace %s has no default service account after 60s", startupNamespace)
+		}
+	}
+	var m strings.Builder
+	m.WriteString(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: kpf.test/http, ports: [{containerPort: 8080}], readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}}]}
+`)
+	for i := range n {
+		fmt.Fprintf(&m, "---\napiVersion: v1\nkind: Service\nmetadata: {name: s%d}\nspec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n", i)
+	}
+	if err := kubectl(m.String(), "apply", "-n", startupNamespace, "-f", "-"); err != nil {
+		return err
+	}
+	return kubectl("", "rollout", "status", "-n", startupNamespace, "deploy/web", "--timeout=120s")
+}
+
+// measureStartup runs kpf up -d --wait with a forward to each of the n
+// services over one transport and records how long until every forward
+// was ready, the pod watches that added on the API server, and the
+// daemon's RSS per forward. The daemon is stopped after.
+func measureStartup(ctx context.Context, sb *sandboxtest.Sandbox, kpf, transport, pathName string, n, round int, record func(result)) error {
+	dir, err := os.MkdirTemp("", "kpf-bench-startup")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	var file strings.Builder
+	file.WriteString("forwards:\n")
+	for i := range n {
+		fmt.Fprintf(&file, "- {name: s%d, namespace: %s, target: svc/s%d, ports: [':80']}\n", i, startupNamespace, i)
+	}
+	kpfYAML := filepath.Join(dir, "kpf.yaml")
+	if err := os.WriteFile(kpfYAML, []byte(file.String()), 0o600); err != nil {
+		return err
+	}
+	home := filepath.Join(dir, "home")
+	kpfCmd := func(args ...string) ([]byte, error) {
+		cmd := exec.CommandContext(ctx, kpf, append([]string{"--kubeconfig", sb.Kubeconfig(cluster.UserAdmin)}, args...)...)
+		cmd.Env = append(os.Environ(), "KPF_HOME="+home)
+		return cmd.CombinedOutput()
+	}
+	defer kpfCmd("down", "--all")
+	w0, err := podWatches(ctx, sb)
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if out, err := kpfCmd("up", "-d", "--wait", "--timeout", "120s", "--transport", transport, "-f", kpfYAML); err != nil {
+		return fmt.Errorf("kpf up: %v\n%s", err, tailLines(string(out), 10))
+	}
+	ready := time.Since(t0)
+	w1, err := podWatches(ctx, sb)
+	if err != nil {
+		return err
+	}
+	out, err := kpfCmd("status", "--json")
+	if err != nil {
+		return fmt.Errorf("kpf status: %v\n%s", err, out)
+	}
+	var st struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil || st.PID == 0 {
+		return fmt.Errorf("kpf status --json gave no daemon pid (%v): %s", err, tailLines(string(out), 5))
+	}
+	rec := func(metric string, v float64, unit string) {
+		record(result{Round: round, Path: pathName, Workload: fmt.Sprintf("startup-%d", n), Metric: metric, Value: v, Unit: unit})
+	}
+	rec("ready", ready.Seconds(), "s")
+	rec("pod-watches", float64(w1-w0), "watches")
+	rec("rss-per-forward", rssMiB(st.PID)*1024/float64(n), "KiB")
+	return nil
+}
+
+// podWatches reads the pod watches open on the API server from its
+// metrics (apiserver_longrunning_requests, resource pods, verb WATCH).
+func podWatches(ctx context.Context, sb *sandboxtest.Sandbox) (int, error) {
+	b, err := sb.Admin.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("the API server's metrics: %w", err)
+	}
+	total := 0
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "apiserver_longrunning_requests{") || !strings.Contains(line, `resource="pods"`) || !strings.Contains(line, `verb="WATCH"`) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("the API server's metrics: %q: %w", line, err)
+		}
+		total += int(v)
+	}
+	return total, sc.Err()
+}
