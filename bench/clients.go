@@ -115,12 +115,7 @@ func startClientServers(ctx context.Context, sb *sandboxtest.Sandbox, ns string,
 		out = append(out, s)
 	}
 	kubectl := func(stdin string, args ...string) error {
-		cmd := exec.Command(sb.Kubectl, append([]string{"--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "-n", ns}, args...)...)
-		cmd.Stdin = strings.NewReader(stdin)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("kubectl %s: %v\n%s", strings.Join(args, " "), err, b)
-		}
-		return nil
+		return kubectlAsAdmin(sb, stdin, append([]string{"-n", ns}, args...)...)
 	}
 	for _, s := range out {
 		// A pod of an earlier run may hold its data folder: delete it

@@ -173,17 +173,8 @@ func run(o options) error {
 	}
 	ctx := context.Background()
 	ns := "kpf-bench"
-	exec.Command(sb.Kubectl, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "create", "namespace", ns).Run()
-	// A pod is refused until the namespace's default service account
-	// exists (made by the controller-manager, a moment after a start).
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		if _, err := sb.Admin.CoreV1().ServiceAccounts(ns).Get(context.Background(), "default", metav1.GetOptions{}); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("namespace %s has no default service account after 60s", ns)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := ensureNamespace(ctx, sb, ns); err != nil {
+		return err
 	}
 	// Pods of an earlier run that ended (a node restart, a killed bench)
 	// are not run again: delete them, so that apply makes new ones.
@@ -393,6 +384,31 @@ spec:
 	}
 	fmt.Print(markdown(results, paths, o))
 	return nil
+}
+
+// kubectlAsAdmin runs the sandbox's kubectl as its admin, with stdin.
+func kubectlAsAdmin(sb *sandboxtest.Sandbox, stdin string, args ...string) error {
+	cmd := exec.Command(sb.Kubectl, append([]string{"--kubeconfig", sb.Kubeconfig(cluster.UserAdmin)}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("kubectl %s: %v\n%s", strings.Join(args, " "), err, b)
+	}
+	return nil
+}
+
+// ensureNamespace makes the namespace if it is not there, and waits for its
+// default service account: a pod is refused until it exists (made by the
+// controller-manager, a moment after a start).
+func ensureNamespace(ctx context.Context, sb *sandboxtest.Sandbox, ns string) error {
+	exec.Command(sb.Kubectl, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "create", "namespace", ns).Run()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := sb.Admin.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("namespace %s has no default service account after 60s", ns)
+		}
+	}
 }
 
 // cpuSeconds is a process's user+system CPU time.

@@ -20,7 +20,6 @@ import (
 
 	"github.com/kpf-dev/kpf/sandbox/cluster"
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // startupNamespace holds the start-up workload's deployment and services;
@@ -30,22 +29,8 @@ const startupNamespace = "kpf-startup"
 // startupServices makes sure the namespace has a 2-pod deployment and n
 // services in front of it, s0 ... s(n-1).
 func startupServices(ctx context.Context, sb *sandboxtest.Sandbox, n int) error {
-	kubectl := func(stdin string, args ...string) error {
-		cmd := exec.Command(sb.Kubectl, append([]string{"--kubeconfig", sb.Kubeconfig(cluster.UserAdmin)}, args...)...)
-		cmd.Stdin = strings.NewReader(stdin)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("kubectl %s: %v\n%s", strings.Join(args, " "), err, b)
-		}
-		return nil
-	}
-	exec.Command(sb.Kubectl, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "create", "namespace", startupNamespace).Run()
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if _, err := sb.Admin.CoreV1().ServiceAccounts(startupNamespace).Get(ctx, "default", metav1.GetOptions{}); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("namespace %s has no default service account after 60s", startupNamespace)
-		}
+	if err := ensureNamespace(ctx, sb, startupNamespace); err != nil {
+		return err
 	}
 	var m strings.Builder
 	m.WriteString(`apiVersion: apps/v1
@@ -61,10 +46,10 @@ spec:
 	for i := range n {
 		fmt.Fprintf(&m, "---\napiVersion: v1\nkind: Service\nmetadata: {name: s%d}\nspec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n", i)
 	}
-	if err := kubectl(m.String(), "apply", "-n", startupNamespace, "-f", "-"); err != nil {
+	if err := kubectlAsAdmin(sb, m.String(), "apply", "-n", startupNamespace, "-f", "-"); err != nil {
 		return err
 	}
-	return kubectl("", "rollout", "status", "-n", startupNamespace, "deploy/web", "--timeout=120s")
+	return kubectlAsAdmin(sb, "", "rollout", "status", "-n", startupNamespace, "deploy/web", "--timeout=120s")
 }
 
 // measureStartup runs kpf up -d --wait with a forward to each of the n
