@@ -27,49 +27,30 @@ import (
 
 // clientServer is a server pod that a real client measures.
 type clientServer struct {
-	workload string   // the workload's name in -workloads
-	pod      string   // the pod (label app=pod)
-	port     int      // its port
-	programs []string // what the machine needs: the client and the server
-	manifest string   // the pod; DATA is its data folder
-	direct   string   // where the pod is reached without a forward
+	workload string                   // the workload's name in -workloads
+	pod      string                   // the pod (label app=pod)
+	port     int                      // its port
+	programs []string                 // what the machine needs: the client and the server
+	manifest func(data string) string // the pod, its data in the folder data
+	direct   string                   // where the pod is reached without a forward
 }
 
 var clientServers = []*clientServer{
 	{
 		workload: "redis", pod: "redis", port: 6379,
 		programs: []string{"redis-benchmark", "redis-server"},
-		manifest: `
-apiVersion: v1
-kind: Pod
-metadata: {name: redis, labels: {app: redis}}
-spec:
-  containers:
-  - name: redis
-    image: redis
-    command: [redis-server, --bind, $(KPF_POD_ADDR), --port, "6379", --save, "", --appendonly, "no", --protected-mode, "no"]
-    readinessProbe: {tcpSocket: {port: 6379}, periodSeconds: 1}
-`,
+		manifest: func(string) string { return sandboxtest.RedisPod },
 	},
 	{
 		workload: "pgbench", pod: "postgres", port: 5432,
 		programs: []string{"pgbench", "initdb"},
-		manifest: `
-apiVersion: v1
-kind: Pod
-metadata: {name: postgres, labels: {app: postgres}}
-spec:
-  containers:
-  - name: postgres
-    image: postgres
-    command: [sh, -c, 'bin=$(ls -d /usr/lib/postgresql/*/bin | tail -1) && runuser -u postgres -- $bin/initdb -D DATA/pg --auth=trust -U postgres >/dev/null && echo "host all all 0.0.0.0/0 trust" >> DATA/pg/pg_hba.conf && exec runuser -u postgres -- $bin/postgres -D DATA/pg -k DATA -c listen_addresses=$KPF_POD_ADDR -p 5432 -c fsync=off']
-    readinessProbe: {tcpSocket: {port: 5432}, periodSeconds: 1}
-`,
+		manifest: sandboxtest.PostgresPod,
 	},
 	{
 		workload: "mariadb", pod: "mariadb", port: 3306,
 		programs: []string{"mariadb-slap", "mariadbd", "mariadb-install-db"},
-		manifest: `
+		manifest: func(data string) string {
+			return strings.ReplaceAll(`
 apiVersion: v1
 kind: Pod
 metadata: {name: mariadb, labels: {app: mariadb}}
@@ -79,7 +60,8 @@ spec:
     image: mariadb
     command: [sh, -c, 'mariadb-install-db --datadir=DATA/db --user=root --skip-test-db >/dev/null 2>&1 && exec mariadbd --no-defaults --datadir=DATA/db --user=root --bind-address=$KPF_POD_ADDR --port=3306 --socket=DATA/sock --pid-file=DATA/pid --skip-grant-tables --skip-name-resolve --skip-log-bin --max-connections=200']
     readinessProbe: {tcpSocket: {port: 3306}, periodSeconds: 1}
-`,
+`, "DATA", data)
+		},
 	},
 }
 
@@ -129,7 +111,7 @@ func startClientServers(ctx context.Context, sb *sandboxtest.Sandbox, ns string,
 			return nil, err
 		}
 		os.Chmod(dir, 0o777) // PostgreSQL runs as its own user
-		if err := kubectl(strings.ReplaceAll(s.manifest, "DATA", dir), "apply", "-f", "-"); err != nil {
+		if err := kubectl(s.manifest(dir), "apply", "-f", "-"); err != nil {
 			return nil, err
 		}
 	}

@@ -28,17 +28,7 @@ func TestLoopbackAddressPerService(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(pgdir) })
 	os.Chmod(pgdir, 0o777)
-	sb.Apply(t, ns, strings.ReplaceAll(`
-apiVersion: v1
-kind: Pod
-metadata: {name: postgres, labels: {app: postgres}}
-spec:
-  containers:
-  - name: postgres
-    image: postgres
-    command: [sh, -c, 'bin=$(ls -d /usr/lib/postgresql/*/bin | tail -1) && runuser -u postgres -- $bin/initdb -D PGDIR/data --auth=trust -U postgres >/dev/null && exec runuser -u postgres -- $bin/postgres -D PGDIR/data -k PGDIR -c listen_addresses=$KPF_POD_ADDR -p 5432']
-    ports: [{containerPort: 5432}]
-    readinessProbe: {tcpSocket: {port: 5432}, periodSeconds: 1}
+	sb.Apply(t, ns, sandboxtest.PostgresPod(pgdir)+"---"+sandboxtest.RedisPod+`
 ---
 apiVersion: v1
 kind: Service
@@ -46,21 +36,10 @@ metadata: {name: postgres}
 spec: {selector: {app: postgres}, ports: [{port: 5432}]}
 ---
 apiVersion: v1
-kind: Pod
-metadata: {name: redis, labels: {app: redis}}
-spec:
-  containers:
-  - name: redis
-    image: redis
-    command: [redis-server, --bind, $(KPF_POD_ADDR), --port, "6379", --save, "", --appendonly, "no"]
-    ports: [{containerPort: 6379}]
-    readinessProbe: {tcpSocket: {port: 6379}, periodSeconds: 1}
----
-apiVersion: v1
 kind: Service
 metadata: {name: redis}
 spec: {selector: {app: redis}, ports: [{port: 6379}]}
-`, "PGDIR", pgdir))
+`)
 	sb.ReadyPods(t, ns, "app=postgres", 1)
 	sb.ReadyPods(t, ns, "app=redis", 1)
 
