@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/rbac"
 	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/spf13/cobra"
@@ -28,8 +29,8 @@ type RBACOptions struct {
 	UDPRelay string
 
 	byNamespace map[string][]rbac.Kind
-	proxies     map[string]bool        // namespaces a proxy of the file serves
-	relays      map[string][]rbac.Rule // what /udp ports' relays need, by namespace
+	proxies     map[string]bool // namespaces a proxy of the file serves
+	relays      map[string]bool // namespaces with /udp ports (and so relays)
 	subject     *rbac.Subject
 }
 
@@ -104,7 +105,7 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 	}
 	o.byNamespace = map[string][]rbac.Kind{}
 	o.proxies = map[string]bool{}
-	o.relays = map[string][]rbac.Rule{}
+	o.relays = map[string]bool{}
 	for _, fw := range fws {
 		target := fw.Target
 		if fw.Proxy != nil {
@@ -122,11 +123,8 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 		if fw.Proxy != nil {
 			o.proxies[ns] = true
 		}
-		for _, p := range fw.Ports {
-			if p.UDP {
-				o.relays[ns] = append(o.relays[ns], rbac.Relay(o.UDPRelay))
-				break
-			}
+		if portspec.AnyUDP(fw.Ports) {
+			o.relays[ns] = true
 		}
 	}
 	return nil
@@ -140,7 +138,9 @@ func (o *RBACOptions) Run(context.Context) error {
 		if o.proxies[ns] {
 			rules[ns] = append(rules[ns], rbac.Rule{Resource: "services", Verbs: []string{"list"}, Why: "kpf proxy: name the services there when a name matches none"})
 		}
-		rules[ns] = append(rules[ns], o.relays[ns]...)
+		if o.relays[ns] {
+			rules[ns] = append(rules[ns], rbac.Relay(o.UDPRelay))
+		}
 	}
 	out, err := rbac.Manifest(o.Name, rules, o.subject)
 	if err != nil {

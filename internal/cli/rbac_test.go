@@ -37,6 +37,11 @@ func TestRBACOfAFileWithUDPPorts(t *testing.T) {
 	if out := run("-f", tcp); strings.Contains(out, "relay") {
 		t.Errorf("a file without /udp ports:\n%s", out)
 	}
+	two := filepath.Join(dir, "two.yaml")
+	os.WriteFile(two, []byte("forwards:\n  - {name: a, target: svc/dns, ports: [\"5353:53/udp\"]}\n  - {name: b, target: svc/dns2, ports: [\"5354:53/udp\"]}\n"), 0o600)
+	if out := run("-f", two); strings.Count(out, "the UDP relay pod") != 1 {
+		t.Errorf("two forwards with /udp ports in one namespace: want the relay's rule once:\n%s", out)
+	}
 	var errOut bytes.Buffer
 	if code := Run(context.Background(), []string{"--kubeconfig", kubeconfig, "rbac", "-f", udp, "--udp-relay", "job"}, &bytes.Buffer{}, &errOut); code == 0 || !strings.Contains(errOut.String(), `--udp-relay "job": want pod or ephemeral`) {
 		t.Errorf("--udp-relay job: exit %d, %s", code, errOut.String())

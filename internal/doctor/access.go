@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/rbac"
 	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/kpf-dev/kpf/internal/tunnel"
@@ -26,11 +27,8 @@ func (d *Doctor) rbac(ctx context.Context, fw config.Forward, s spec.Settings) C
 	var allowed, denied []string
 	can := map[string]bool{}
 	rules := rbac.For(kinds)
-	for _, p := range fw.Ports {
-		if p.UDP {
-			rules = append(rules, rbac.Relay(s.UDPRelay))
-			break
-		}
+	if portspec.AnyUDP(fw.Ports) {
+		rules = append(rules, rbac.Relay(s.UDPRelay))
 	}
 	for _, r := range rules {
 		for _, verb := range r.Verbs {

@@ -129,6 +129,16 @@ func (p Port) Resolve(lookup func(name string) (uint16, error)) (Resolved, error
 	return Resolved{Local: local, Remote: n, UDP: p.UDP}, nil
 }
 
+// AnyUDP reports whether any of ports is a /udp port (and so needs a relay).
+func AnyUDP(ports []Port) bool {
+	for _, p := range ports {
+		if p.UDP {
+			return true
+		}
+	}
+	return false
+}
+
 func (p Port) String() string {
 	s := p.Remote
 	if p.LocalSet {
