@@ -51,6 +51,30 @@ func Open(dir Dir, self string, out io.Writer) (*Cluster, error) {
 // Dir is the state folder.
 func (c *Cluster) Dir() Dir { return c.dir }
 
+// lock serialises what starts or stops components (up, down, restart)
+// across processes: two kpf-sandbox up run at once (two test binaries, two
+// terminals) would each start an etcd on the same data folder. The state
+// is read again once the lock is held, since the holder before may have
+// changed it. The lock is not up.lock, which sandboxtest holds around its
+// own kpf-sandbox up.
+func (c *Cluster) lock() (unlock func(), err error) {
+	f, err := os.OpenFile(c.dir.path("components.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+	}
+	st, err := c.dir.Load()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	c.state = st
+	return func() { f.Close() }, nil
+}
+
 // State returns the current recorded state.
 func (c *Cluster) State() *State { return c.state }
 
@@ -60,6 +84,11 @@ func (c *Cluster) Bin(name string) string { return upstream.Bin(c.state.Bin).Pat
 // Up starts whatever is not running and waits until the node is Ready. It is
 // idempotent: with everything running it only checks health.
 func (c *Cluster) Up(ctx context.Context, bin upstream.Bin) error {
+	unlock, err := c.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	start := time.Now()
 	c.state.Bin = string(bin)
 	if err := c.allocatePorts(); err != nil {
@@ -336,6 +365,11 @@ func (c *Cluster) waitNodeReady(ctx context.Context) error {
 // after 10 s. It stops exactly the processes it started, by PID and start
 // time, and the containers the node agent recorded.
 func (c *Cluster) Down() error {
+	unlock, err := c.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	var errs []error
 	for i := len(Order) - 1; i >= 0; i-- {
 		name := Order[i]
@@ -380,6 +414,11 @@ func (c *Cluster) stop(name string, grace time.Duration) error {
 // systemd of a real control plane would: kube-controller-manager exits
 // when the API server goes away while it is still starting its controllers.
 func (c *Cluster) Restart(ctx context.Context, name string) error {
+	unlock, err := c.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if err := c.stop(name, 3*time.Second); err != nil {
 		return err
 	}
