@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/kpf-dev/kpf/internal/proxydial"
 	"github.com/kpf-dev/kpf/internal/rbac"
 	"github.com/kpf-dev/kpf/internal/relaypod"
 
@@ -135,7 +136,7 @@ func editDistance(a, b string) int {
 func explainNetwork(err error, cfg *rest.Config) error {
 	var ue *url.Error
 	var oe *net.OpError
-	var pe *tunnel.ProxyError
+	var pe *proxydial.ProxyError
 	if !errors.As(err, &ue) && !errors.As(err, &oe) && !errors.As(err, &pe) {
 		return nil
 	}
@@ -171,7 +172,7 @@ func explainProxy(err error, cfg *rest.Config, host string) error {
 	if perr != nil {
 		return nil
 	}
-	p, perr := tunnel.ProxyURL(cfg, u)
+	p, perr := proxydial.ProxyURL(cfg, u)
 	if perr != nil || p == nil {
 		return nil
 	}
@@ -180,7 +181,7 @@ func explainProxy(err error, cfg *rest.Config, host string) error {
 		where = "HTTPS_PROXY and NO_PROXY in your environment"
 	}
 	var ue *url.Error
-	var re *tunnel.RefusedError
+	var re *proxydial.RefusedError
 	var dnsErr *net.DNSError
 	var cause, hint string
 	switch {

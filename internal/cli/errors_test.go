@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/kpf-dev/kpf/internal/tunnel"
+	"github.com/kpf-dev/kpf/internal/proxydial"
 	"k8s.io/client-go/rest"
 )
 
@@ -30,9 +30,9 @@ func TestProxyFailuresNameTheProxy(t *testing.T) {
 			[]string{"through the proxy http://alice:xxxxx@proxy.example:3128: the proxy refused the connection", "is the proxy running?", "proxy-url in your kubeconfig"}},
 		{"API call, CONNECT refused", &url.Error{Op: "Get", URL: host + "/api", Err: errors.New("Proxy Authentication Required")},
 			[]string{"the proxy refused: Proxy Authentication Required", "are the user and password in the proxy's URL right?"}},
-		{"tunnel, CONNECT refused", &tunnel.ProxyError{Proxy: proxy, Err: &tunnel.RefusedError{Status: "403 Forbidden"}},
+		{"tunnel, CONNECT refused", &proxydial.ProxyError{Proxy: proxy, Err: &proxydial.RefusedError{Status: "403 Forbidden"}},
 			[]string{"through the proxy http://alice:xxxxx@proxy.example:3128: the proxy refused: 403 Forbidden (check proxy-url"}},
-		{"tunnel, proxy down", &tunnel.ProxyError{Proxy: proxy, Err: refused},
+		{"tunnel, proxy down", &proxydial.ProxyError{Proxy: proxy, Err: refused},
 			[]string{"the proxy refused the connection"}},
 	} {
 		got := explainNetwork(tc.err, withProxy)

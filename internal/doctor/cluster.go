@@ -14,7 +14,7 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/kube"
-	"github.com/kpf-dev/kpf/internal/tunnel"
+	"github.com/kpf-dev/kpf/internal/proxydial"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/version"
 	"k8s.io/client-go/discovery"
@@ -98,7 +98,7 @@ func (d *Doctor) apiServer(ctx context.Context) Check {
 	host := d.Config.Host
 	via := ""
 	if u, err := url.Parse(host); err == nil {
-		if p, err := tunnel.ProxyURL(d.Config, u); err == nil && p != nil {
+		if p, err := proxydial.ProxyURL(d.Config, u); err == nil && p != nil {
 			via = " through the proxy " + p.Redacted()
 		}
 	}

@@ -20,8 +20,10 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/kube"
+	"github.com/kpf-dev/kpf/internal/meter"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
+	"github.com/kpf-dev/kpf/internal/tunnelpool"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -82,7 +84,7 @@ type Options struct {
 // podState is what the Follower knows of one pod.
 type podState struct {
 	pod      *corev1.Pod
-	pool     *tunnel.Pool
+	pool     *tunnelpool.Pool[*tunnel.Conn]
 	dialing  bool
 	failures int       // consecutive failed dials
 	retryAt  time.Time // no dial before this
@@ -343,7 +345,7 @@ func (f *Follower) switchReason() string {
 
 // acquire waits until a pod with a working tunnel pool is available, up to
 // deadline or until ctx (the connection's) ends, and returns it.
-func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[types.UID]bool) (*podState, *corev1.Pod, *tunnel.Pool, error) {
+func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[types.UID]bool) (*podState, *corev1.Pod, *tunnelpool.Pool[*tunnel.Conn], error) {
 	waitedLogged := false
 	for {
 		f.mu.Lock()
@@ -415,8 +417,8 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 	}
 }
 
-func (f *Follower) dialPool(ctx context.Context, pod *corev1.Pod) (*tunnel.Pool, error) {
-	return tunnel.NewPool(ctx, func(ctx context.Context) (*tunnel.Conn, error) {
+func (f *Follower) dialPool(ctx context.Context, pod *corev1.Pod) (*tunnelpool.Pool[*tunnel.Conn], error) {
+	return tunnelpool.New(ctx, func(ctx context.Context) (*tunnel.Conn, error) {
 		return f.o.Dial(ctx, pod.Name)
 	})
 }
@@ -462,7 +464,7 @@ func backoff(failures int) time.Duration {
 }
 
 // watchPool notices a pool whose pod stopped answering.
-func (f *Follower) watchPool(st *podState, pool *tunnel.Pool) {
+func (f *Follower) watchPool(st *podState, pool *tunnelpool.Pool[*tunnel.Conn]) {
 	healthy := time.NewTimer(10 * time.Second)
 	defer healthy.Stop()
 	for {
@@ -518,7 +520,7 @@ const refusedGrace = 2 * time.Second
 // waits for a pod, ctx ending (the forward stopping) ends it at once.
 //
 // m, if set, counts the bytes as they move.
-func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16, m *tunnel.Meter) (tunnel.Stats, error) {
+func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16, m *meter.Meter) (tunnel.Stats, error) {
 	rc := newReplayConn(local)
 	defer rc.finish()
 	deadline := time.Now().Add(f.o.ReconnectWait)

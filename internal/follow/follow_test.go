@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/fakeapi"
+	"github.com/kpf-dev/kpf/internal/meter"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/testnet"
 	"github.com/kpf-dev/kpf/internal/tunnel"
@@ -308,7 +309,7 @@ func TestMeterCountsWhileOpen(t *testing.T) {
 	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
 	f, _ := newFollower(t, s, nil)
 	client, server := testnet.TCPPair(t)
-	var m tunnel.Meter
+	var m meter.Meter
 	done := make(chan error, 1)
 	go func() {
 		_, err := f.Forward(context.Background(), server, 80, m.Child())

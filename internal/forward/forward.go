@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/meter"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 )
@@ -145,7 +146,7 @@ var ErrIdle = errors.New("idle timeout")
 // Backend carries connections to the target (follow.Follower, or a fake in
 // tests).
 type Backend interface {
-	Forward(ctx context.Context, local net.Conn, port uint16, m *tunnel.Meter) (tunnel.Stats, error)
+	Forward(ctx context.Context, local net.Conn, port uint16, m *meter.Meter) (tunnel.Stats, error)
 	// Done is closed when the forward must end; Err says why.
 	Done() <-chan struct{}
 	Err() error
@@ -169,7 +170,7 @@ type Options struct {
 
 // ConnTap watches one connection's bytes.
 type ConnTap interface {
-	tunnel.Tap
+	meter.Tap
 	Close()
 }
 
@@ -189,11 +190,11 @@ type Ended struct {
 // as they move.
 type Counters struct {
 	Open, Total, Failed atomic.Int64
-	Bytes               tunnel.Meter
+	Bytes               meter.Meter
 }
 
 // meter is a new connection's meter, counting into c's.
-func (c *Counters) meter() *tunnel.Meter {
+func (c *Counters) meter() *meter.Meter {
 	if c == nil {
 		return nil
 	}
@@ -268,7 +269,7 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 					m := counters.meter()
 					if opts.Tap != nil {
 						if m == nil {
-							m = &tunnel.Meter{}
+							m = &meter.Meter{}
 						}
 						tap := opts.Tap(c.RemoteAddr().String(), m.Pod)
 						m.SetTap(tap)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/meter"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 )
@@ -126,7 +127,7 @@ func TestListenWarnsOffLoopback(t *testing.T) {
 // fakeTunnel echoes, except to remote port 666, which it refuses.
 type fakeTunnel struct{ done chan struct{} }
 
-func (f *fakeTunnel) Forward(_ context.Context, c net.Conn, port uint16, m *tunnel.Meter) (tunnel.Stats, error) {
+func (f *fakeTunnel) Forward(_ context.Context, c net.Conn, port uint16, m *meter.Meter) (tunnel.Stats, error) {
 	if port == 666 {
 		return tunnel.Stats{}, &tunnel.RemoteError{Pod: "ns/p", Port: port, Message: "connection refused"}
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/kube"
+	"github.com/kpf-dev/kpf/internal/meter"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 )
 
@@ -89,7 +90,7 @@ type Proxy struct {
 
 	transport                    atomic.Value // tunnel.Transport in use
 	open, total, failed, refused atomic.Int64
-	bytes                        tunnel.Meter
+	bytes                        meter.Meter
 }
 
 // New makes a proxy.
@@ -293,7 +294,7 @@ func (p *Proxy) carry(ctx context.Context, c net.Conn, d dest) error {
 	return err
 }
 
-func (p *Proxy) carryRoute(ctx context.Context, c net.Conn, rt Route, m *tunnel.Meter) error {
+func (p *Proxy) carryRoute(ctx context.Context, c net.Conn, rt Route, m *meter.Meter) error {
 	b, err := p.backend(rt)
 	if err != nil {
 		return err
@@ -303,7 +304,7 @@ func (p *Proxy) carryRoute(ctx context.Context, c net.Conn, rt Route, m *tunnel.
 	return err
 }
 
-func (p *Proxy) carryDirect(ctx context.Context, c net.Conn, addr string, m *tunnel.Meter) error {
+func (p *Proxy) carryDirect(ctx context.Context, c net.Conn, addr string, m *meter.Meter) error {
 	var d net.Dialer
 	out, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {

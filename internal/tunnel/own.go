@@ -17,6 +17,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/fastconn"
+	"github.com/kpf-dev/kpf/internal/meter"
+	"github.com/kpf-dev/kpf/internal/proxydial"
+
 	"github.com/gorilla/websocket"
 	"github.com/kpf-dev/kpf/internal/bufpool"
 	ownspdy "github.com/kpf-dev/kpf/internal/spdy"
@@ -67,8 +71,8 @@ func dialOwnWebSocket(ctx context.Context, cfg *rest.Config, u, proxy *url.URL) 
 		ws.Close()
 		return nil, fmt.Errorf("unable to negotiate protocol: client supports %q, server returned %q", tunnelingProtocol, ws.Subprotocol())
 	}
-	wc := newWSConn(ws, corkerOf(up.netConn))
-	return ownspdy.NewConn(wc, nil, waiterOf(up.netConn)), nil
+	wc := newWSConn(ws, up.netConn)
+	return ownspdy.NewConn(wc, nil, up.netConn), nil
 }
 
 // wsUpgrader is the round tripper under client-go's wrappers (auth,
@@ -79,7 +83,7 @@ type wsUpgrader struct {
 	proxy     *url.URL // or nil
 
 	conn    *websocket.Conn
-	netConn net.Conn // the fastConn under TLS
+	netConn fastconn.FastPath // the socket under TLS
 }
 
 func newWSUpgrader(cfg *rest.Config, proxy *url.URL) (*wsUpgrader, error) {
@@ -147,18 +151,18 @@ func (w *wsUpgrader) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("unknown url scheme: %s", u.Scheme)
 	}
 	d := websocket.Dialer{
-		// The proxy's tunnel, if any, is dialTCP's: gorilla's would put
+		// The proxy's tunnel, if any, is proxydial.DialTCP's: gorilla's would put
 		// its own connection type over the socket.
 		TLSClientConfig: w.tlsConfig,
 		Subprotocols:    []string{tunnelingProtocol},
 		ReadBufferSize:  32 << 10,
 		WriteBufferPool: wsWritePool,
 		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialTCP(ctx, w.proxy, addr)
+			c, err := proxydial.DialTCP(ctx, w.proxy, addr)
 			if err != nil {
 				return nil, err
 			}
-			w.netConn = tunnelSocket(c, w.proxy)
+			w.netConn = fastconn.Tunnel(c, w.proxy)
 			return w.netConn, nil
 		},
 	}
@@ -236,11 +240,11 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u, proxy *url.URL) (*own
 		}
 		tlsCfg.NextProtos = []string{"http/1.1"}
 	}
-	raw, err := dialTCP(ctx, proxy, canonicalAddr(u))
+	raw, err := proxydial.DialTCP(ctx, proxy, proxydial.CanonicalAddr(u))
 	if err != nil {
 		return nil, err
 	}
-	fast := tunnelSocket(raw, proxy)
+	fast := fastconn.Tunnel(raw, proxy)
 	conn = fast
 	if u.Scheme == "https" {
 		tc := tls.Client(fast, tlsCfg)
@@ -282,12 +286,12 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u, proxy *url.URL) (*own
 		io.Reader
 		io.Writer
 		io.Closer
-	}{conn, corkedWriter{conn, corkerOf(fast)}, conn}, br, waiterOf(fast)), nil
+	}{conn, fastconn.CorkedWriter{Writer: conn, C: fast}, conn}, br, fast), nil
 }
 
 // forwardOwn is Forward over kpf's SPDY client: both streams are opened
 // back to back without waiting for replies.
-func (c *Conn) forwardOwn(local net.Conn, port uint16, m *Meter) (Stats, error) {
+func (c *Conn) forwardOwn(local net.Conn, port uint16, m *meter.Meter) (Stats, error) {
 	id := strconv.FormatInt(c.nextID.Add(1), 10)
 	h := http.Header{}
 	h.Set(corev1.StreamType, corev1.StreamTypeError)

@@ -20,10 +20,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/meter"
+	"github.com/kpf-dev/kpf/internal/proxydial"
+
 	corev1 "k8s.io/api/core/v1"
 	//lint:ignore SA1019 client-go's SPDY and WebSocket dialers still return these types
 	"k8s.io/apimachinery/pkg/util/httpstream"
-	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
@@ -109,11 +111,11 @@ func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transp
 	// proxy.go); through an https:// proxy, the tunnel takes client-go's
 	// path.
 	if path == OwnDataPath {
-		p, err := ProxyURL(cfg, u)
+		p, err := proxydial.ProxyURL(cfg, u)
 		if err != nil {
 			return nil, err
 		}
-		if ownPathProxies(p) {
+		if proxydial.Supported(p) {
 			return dialOwnTransport(ctx, cfg, u, p, namespace+"/"+pod, t)
 		}
 	}
@@ -160,15 +162,6 @@ func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transp
 	go func() { <-c.conn.CloseChan(); close(done) }()
 	c.done = done
 	return c, nil
-}
-
-// proxyFor is the proxy rule for cfg's connections: the kubeconfig's
-// proxy-url, else the environment's (HTTPS_PROXY, NO_PROXY), as client-go.
-func proxyFor(cfg *rest.Config) func(*http.Request) (*url.URL, error) {
-	if cfg.Proxy != nil {
-		return cfg.Proxy
-	}
-	return utilnet.NewProxierWithNoProxyCIDR(http.ProxyFromEnvironment)
 }
 
 // dialOwnTransport is Dial for kpf's data path, with the same fallback.
@@ -243,99 +236,6 @@ func (e *RemoteError) Error() string {
 	return fmt.Sprintf("error forwarding to port %d of pod %s: %s", e.Port, e.Pod, msg)
 }
 
-// Meter counts bytes as they move, so that totals and rates are live
-// while a connection lasts (Stats counts them when it ends). A meter made
-// with Child adds to its parent as well: a connection's meter feeds its
-// forward's. A nil *Meter counts nothing.
-type Meter struct {
-	In, Out atomic.Int64 // to the local client, and to the pod
-	parent  *Meter
-	tap     Tap
-	pod     atomic.Pointer[string]
-	// first is when the first byte reached the client (unix ns); 0 before.
-	first atomic.Int64
-}
-
-// Tap sees a connection's bytes as they move, without keeping or
-// changing them (the HTTP log): In what reaches the client, Out what is
-// sent to the pod. Each is called from one goroutine at a time.
-type Tap interface {
-	In(p []byte)
-	Out(p []byte)
-}
-
-// Child is a meter that also counts into m.
-func (m *Meter) Child() *Meter { return &Meter{parent: m} }
-
-// SetTap makes m show its bytes to t; set it before the connection runs.
-func (m *Meter) SetTap(t Tap) { m.tap = t }
-
-// SetPod records the pod that carries the connection.
-func (m *Meter) SetPod(name string) {
-	if m != nil {
-		m.pod.Store(&name)
-	}
-}
-
-// Pod is the pod that carries the connection, "" before one was chosen.
-func (m *Meter) Pod() string {
-	if p := m.pod.Load(); p != nil {
-		return *p
-	}
-	return ""
-}
-
-// WroteIn counts (and shows a tap) p, written to the local client.
-func (m *Meter) WroteIn(p []byte) {
-	if m == nil {
-		return
-	}
-	if m.tap != nil {
-		m.tap.In(p)
-	}
-	m.AddIn(int64(len(p)))
-}
-
-// WroteOut counts (and shows a tap) p, sent to the pod; call it before
-// sending, so that a tap sees a request before its answer.
-func (m *Meter) WroteOut(p []byte) {
-	if m == nil {
-		return
-	}
-	if m.tap != nil {
-		m.tap.Out(p)
-	}
-	m.AddOut(int64(len(p)))
-}
-
-// AddIn counts n bytes written to the local client.
-func (m *Meter) AddIn(n int64) {
-	for ; m != nil; m = m.parent {
-		if m.In.Add(n) == n && n > 0 {
-			m.first.CompareAndSwap(0, time.Now().UnixNano())
-		}
-	}
-}
-
-// AddOut counts n bytes sent to the pod.
-func (m *Meter) AddOut(n int64) {
-	for ; m != nil; m = m.parent {
-		m.Out.Add(n)
-	}
-}
-
-// FirstIn is when the first byte reached the client, zero before (and
-// for a nil meter).
-func (m *Meter) FirstIn() time.Time {
-	if m == nil {
-		return time.Time{}
-	}
-	if ns := m.first.Load(); ns != 0 {
-		return time.Unix(0, ns)
-	}
-	return time.Time{}
-}
-
 // Stats counts one connection's bytes.
 type Stats struct {
 	In, Out int64  // to the local client, and to the pod
@@ -348,7 +248,7 @@ type Stats struct {
 // first failure; the tunnel itself stays open.
 //
 // m, if set, counts the bytes as they move.
-func (c *Conn) Forward(local net.Conn, port uint16, m *Meter) (Stats, error) {
+func (c *Conn) Forward(local net.Conn, port uint16, m *meter.Meter) (Stats, error) {
 	if c.own != nil {
 		return c.forwardOwn(local, port, m)
 	}
@@ -398,7 +298,7 @@ type dataStream interface {
 // apiStream is client-go's stream.
 type apiStream struct {
 	s httpstream.Stream
-	m *Meter
+	m *meter.Meter
 }
 
 func (a apiStream) copyIn(l net.Conn) (int64, error) {
@@ -419,13 +319,11 @@ func (a apiStream) copyOut(l net.Conn) (int64, error) {
 // before writing (a request is seen before its answer), and counts it.
 type tapFirstWriter struct {
 	w io.Writer
-	m *Meter
+	m *meter.Meter
 }
 
 func (w tapFirstWriter) Write(p []byte) (int, error) {
-	if w.m.tap != nil {
-		w.m.tap.Out(p)
-	}
+	w.m.ShowOut(p)
 	n, err := w.w.Write(p)
 	w.m.AddOut(int64(n))
 	return n, err

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/kpf-dev/kpf/internal/bufpool"
+	"github.com/kpf-dev/kpf/internal/fastconn"
 )
 
 // wsConn carries a byte stream as binary WebSocket messages: each Write
@@ -31,7 +32,7 @@ import (
 type wsConn struct {
 	ws   *websocket.Conn
 	w    io.Writer // what the frames go to: the connection under gorilla
-	cork corker
+	cork fastconn.Corker
 	r    io.Reader
 	wmu  sync.Mutex
 	done chan struct{}
@@ -41,7 +42,7 @@ type wsConn struct {
 	closing atomic.Bool            // a close frame was answered
 }
 
-func newWSConn(ws *websocket.Conn, cork corker) *wsConn {
+func newWSConn(ws *websocket.Conn, cork fastconn.Corker) *wsConn {
 	w := &wsConn{ws: ws, w: ws.UnderlyingConn(), cork: cork, done: make(chan struct{})}
 	ws.SetPingHandler(w.onPing)
 	ws.SetCloseHandler(w.onClose)

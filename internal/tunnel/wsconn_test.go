@@ -118,3 +118,9 @@ func TestWSConnAnswersClose(t *testing.T) {
 		t.Fatalf("server read %v, want our close frame echoing 1001", err)
 	}
 }
+
+// noCork is a socket that sends each write at once.
+type noCork struct{}
+
+func (noCork) Cork(int)     {}
+func (noCork) Flush() error { return nil }

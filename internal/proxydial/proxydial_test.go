@@ -1,4 +1,4 @@
-package tunnel
+package proxydial
 
 import (
 	"bufio"
@@ -73,7 +73,7 @@ func TestRefusedConnectNamesTheProxyNotItsPassword(t *testing.T) {
 		io.Copy(io.Discard, s)
 	}()
 	p, _ := url.Parse("http://alice:s3cret@" + ln.Addr().String())
-	_, err = dialTCP(context.Background(), p, "api.example:6443")
+	_, err = DialTCP(context.Background(), p, "api.example:6443")
 	var pe *ProxyError
 	var re *RefusedError
 	if !errors.As(err, &pe) || !errors.As(err, &re) || re.Status != "407 Proxy Authentication Required" {
@@ -130,7 +130,7 @@ func TestProxyRule(t *testing.T) {
 		if (tc.proxy == "") != (p == nil) {
 			t.Errorf("proxy-url %q: rule gave %v", tc.proxy, p)
 		}
-		if got := ownPathProxies(p); got != tc.own {
+		if got := Supported(p); got != tc.own {
 			t.Errorf("proxy-url %q: kpf's data path %v, want %v", tc.proxy, got, tc.own)
 		}
 	}
@@ -145,8 +145,8 @@ func TestCanonicalAddr(t *testing.T) {
 		"https://[2001:db8::1]:6443": "[2001:db8::1]:6443",
 	} {
 		u, _ := url.Parse(in)
-		if got := canonicalAddr(u); got != want {
-			t.Errorf("canonicalAddr(%s) = %s, want %s", in, got, want)
+		if got := CanonicalAddr(u); got != want {
+			t.Errorf("CanonicalAddr(%s) = %s, want %s", in, got, want)
 		}
 	}
 }

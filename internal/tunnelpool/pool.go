@@ -1,4 +1,8 @@
-package tunnel
+// Package tunnelpool keeps a pod's tunnels: one per local connection (the
+// reason is on Pool), spares dialled ahead, tunnels taken back for reuse,
+// and a sentinel that says when the pod can no longer be reached. It
+// knows nothing of what a tunnel carries.
+package tunnelpool
 
 import (
 	"context"
@@ -28,6 +32,13 @@ const DefaultMaxTunnels = 64
 // connections opened together still get a tunnel each.
 const maxDialling = 4
 
+// Tunnel is what a pool holds: a tunnel says when it is done, and closes.
+type Tunnel interface {
+	comparable
+	Done() <-chan struct{}
+	Close() error
+}
+
 // Pool gives each local connection a tunnel of its own.
 //
 // The kubelet's SPDY library (moby/spdystream) has no flow control: every
@@ -48,8 +59,8 @@ const maxDialling = 4
 // connections open through the API server to the kubelets (measured on
 // the sandbox: ready in less time, and less memory per forward; see
 // docs/benchmarks.md).
-type Pool struct {
-	dial func(ctx context.Context) (*Conn, error)
+type Pool[T Tunnel] struct {
+	dial func(ctx context.Context) (T, error)
 	ctx  context.Context
 
 	// Spare is how many idle tunnels are kept dialled ahead of need.
@@ -62,21 +73,21 @@ type Pool struct {
 	Opened time.Time
 
 	mu       sync.Mutex
-	sentinel *Conn
-	idle     []*Conn
-	busy     map[*Conn]int
+	sentinel T
+	idle     []T
+	busy     map[T]int
 	dialling int
-	pending  []*pendingDial // the dials of Acquire (not refill's)
+	pending  []*pendingDial[T] // the dials of Acquire (not refill's)
 	closed   bool
 	lost     chan struct{}
 	lostOnce sync.Once
 }
 
-// NewPool starts a pool with one tunnel dialled by dial, which it keeps as
+// New starts a pool with one tunnel dialled by dial, which it keeps as
 // a sentinel: when that tunnel closes and a new one cannot be dialled, the
 // pod is gone and Done is closed.
-func NewPool(ctx context.Context, dial func(ctx context.Context) (*Conn, error)) (*Pool, error) {
-	p := &Pool{dial: dial, ctx: ctx, Spare: 1, MaxIdle: 8, MaxTunnels: DefaultMaxTunnels, busy: map[*Conn]int{}, lost: make(chan struct{})}
+func New[T Tunnel](ctx context.Context, dial func(ctx context.Context) (T, error)) (*Pool[T], error) {
+	p := &Pool[T]{dial: dial, ctx: ctx, Spare: 1, MaxIdle: 8, MaxTunnels: DefaultMaxTunnels, busy: map[T]int{}, lost: make(chan struct{})}
 	sentinel, err := dial(ctx)
 	if err != nil {
 		return nil, err
@@ -89,7 +100,7 @@ func NewPool(ctx context.Context, dial func(ctx context.Context) (*Conn, error))
 
 // watch keeps a sentinel tunnel open and closes Done when the pod can no
 // longer be reached.
-func (p *Pool) watch(sentinel *Conn) {
+func (p *Pool[T]) watch(sentinel T) {
 	for {
 		select {
 		case <-p.ctx.Done():
@@ -122,16 +133,16 @@ func (p *Pool) watch(sentinel *Conn) {
 
 // Done is closed when the pod can no longer be reached, or the pool is
 // closed.
-func (p *Pool) Done() <-chan struct{} { return p.lost }
+func (p *Pool[T]) Done() <-chan struct{} { return p.lost }
 
-func (p *Pool) isClosed() bool {
+func (p *Pool[T]) isClosed() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.closed
 }
 
 // Acquire returns a tunnel for one connection; give it back with Release.
-func (p *Pool) Acquire() (*Conn, error) {
+func (p *Pool[T]) Acquire() (T, error) {
 	p.mu.Lock()
 	for len(p.idle) > 0 {
 		c := p.idle[len(p.idle)-1]
@@ -144,7 +155,7 @@ func (p *Pool) Acquire() (*Conn, error) {
 		p.refill()
 		return c, nil
 	}
-	if s := p.sentinel; s != nil && p.busy[s] == 0 && !isDone(s) {
+	if s := p.sentinel; s != zero[T]() && p.busy[s] == 0 && !isDone(s) {
 		// The first connection (or the first after a quiet spell with no
 		// idle tunnel left) takes the sentinel, without a dial; a spare
 		// is dialled for the next.
@@ -157,34 +168,34 @@ func (p *Pool) Acquire() (*Conn, error) {
 	if atCap || len(p.pending) >= maxDialling {
 		// Share: the least busy of the open tunnels and of the dials under
 		// way, which a connection can join.
-		var least *Conn
+		var least T
 		for c, n := range p.busy {
-			if !isDone(c) && (least == nil || n < p.busy[least]) {
+			if !isDone(c) && (least == zero[T]() || n < p.busy[least]) {
 				least = c
 			}
 		}
-		var join *pendingDial
+		var join *pendingDial[T]
 		for _, d := range p.pending {
 			if join == nil || d.conns < join.conns {
 				join = d
 			}
 		}
 		switch {
-		case join != nil && (least == nil || join.conns < p.busy[least]):
+		case join != nil && (least == zero[T]() || join.conns < p.busy[least]):
 			join.conns++
 			p.mu.Unlock()
 			<-join.done
 			if join.err != nil {
-				return nil, join.err
+				return zero[T](), join.err
 			}
 			return join.c, nil
-		case least != nil:
+		case least != zero[T]():
 			p.busy[least]++
 			p.mu.Unlock()
 			return least, nil
 		}
 	}
-	d := &pendingDial{conns: 1, done: make(chan struct{})}
+	d := &pendingDial[T]{conns: 1, done: make(chan struct{})}
 	p.pending = append(p.pending, d)
 	p.dialling++
 	p.mu.Unlock()
@@ -208,15 +219,15 @@ func (p *Pool) Acquire() (*Conn, error) {
 
 // pendingDial is a tunnel being dialled for a connection, which others
 // may join in a burst.
-type pendingDial struct {
+type pendingDial[T Tunnel] struct {
 	conns int // connections that will use it
 	done  chan struct{}
-	c     *Conn
+	c     T
 	err   error
 }
 
 // Release gives back a tunnel taken with Acquire.
-func (p *Pool) Release(c *Conn) {
+func (p *Pool[T]) Release(c T) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.busy[c]--
@@ -235,7 +246,7 @@ func (p *Pool) Release(c *Conn) {
 }
 
 // refill dials idle tunnels in the background up to Spare.
-func (p *Pool) refill() {
+func (p *Pool[T]) refill() {
 	p.mu.Lock()
 	need := p.Spare - len(p.idle) - p.dialling
 	if p.closed || need <= 0 {
@@ -263,15 +274,15 @@ func (p *Pool) refill() {
 }
 
 // Close closes every tunnel.
-func (p *Pool) Close() error {
+func (p *Pool[T]) Close() error {
 	p.mu.Lock()
 	p.closed = true
 	idle := p.idle
-	if p.sentinel != nil {
+	if p.sentinel != zero[T]() {
 		idle = append(idle, p.sentinel)
 	}
 	p.idle = nil
-	var busy []*Conn
+	var busy []T
 	for c := range p.busy {
 		if c != p.sentinel {
 			busy = append(busy, c)
@@ -286,7 +297,10 @@ func (p *Pool) Close() error {
 	return errors.Join(errs...)
 }
 
-func isDone(c *Conn) bool {
+// zero is no tunnel.
+func zero[T Tunnel]() (z T) { return z }
+
+func isDone[T Tunnel](c T) bool {
 	select {
 	case <-c.Done():
 		return true

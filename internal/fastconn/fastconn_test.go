@@ -1,4 +1,4 @@
-package tunnel
+package fastconn
 
 import (
 	"bytes"
@@ -18,7 +18,7 @@ import (
 
 func TestFastConnCorkSendsOneWrite(t *testing.T) {
 	c, s := testnet.TCPPair(t)
-	f := newFastConn(c).(*fastConn)
+	f := newFastConn(c)
 	f.Cork(100)
 	for i := range 100 {
 		if _, err := f.Write([]byte{byte(i)}); err != nil {
@@ -61,7 +61,7 @@ func TestFastConnCorkSendsOneWrite(t *testing.T) {
 
 func TestFastConnReadsAndSaysWhenItWaits(t *testing.T) {
 	c, s := testnet.TCPPair(t)
-	f := newFastConn(c).(*fastConn)
+	f := newFastConn(c)
 	waits := 0
 	f.BeforeWait(func() { waits++ })
 	go func() {
@@ -103,7 +103,7 @@ func TestDataPathAgainstUpstreamServer(t *testing.T) {
 		io.Reader
 		io.Writer
 		io.Closer
-	}{fc, corkedWriter{fc, corkerOf(fc)}, fc}, nil, waiterOf(fc))
+	}{fc, CorkedWriter{fc, fc}, fc}, nil, fc)
 	defer c.Close()
 
 	open := func(id string, first []byte) *ownspdy.Stream {
@@ -168,7 +168,7 @@ func TestDataPathAgainstUpstreamServer(t *testing.T) {
 func TestPacedReadsDoNotHoldBackTheLastBytes(t *testing.T) {
 	needRaw(t)
 	c, s := testnet.TCPPair(t)
-	f := newFastConn(c).(*fastConn)
+	f := newFastConn(c)
 	// 256 KiB at a time, each written once the reader has taken the one
 	// before: every read is short of the buffer and comes at loopback
 	// rates, so reads are paced whatever the machine's speed.

@@ -1,4 +1,11 @@
-package tunnel
+// Package fastconn is the TCP socket under a tunnel's TLS, shaped to cut
+// the system calls that are most of what moving bytes costs the client:
+// large pooled reads, paced at bulk rates, and corked writes. FastPath is
+// what the data path (internal/spdy, internal/tunnel) relies on of it;
+// the dialers hold the socket as a FastPath, so a wrapper that hid it
+// would not compile, rather than silently turn the fast path off. It
+// knows nothing of TLS, SPDY or proxies.
+package fastconn
 
 import (
 	"io"
@@ -13,6 +20,17 @@ import (
 	ownspdy "github.com/kpf-dev/kpf/internal/spdy"
 	"github.com/kpf-dev/kpf/internal/sysio"
 )
+
+// FastPath is what the data path relies on of the socket under a
+// tunnel's TLS: a read loop that hands on what it collected before a read
+// waits (spdy.Waiter), and writes corked into one system call (Corker).
+type FastPath interface {
+	net.Conn
+	ownspdy.Waiter
+	Corker
+}
+
+var _ FastPath = (*fastConn)(nil)
 
 // fastConn is the TCP connection under a tunnel's TLS. It exists to cut
 // system calls, which are most of what moving bytes through a tunnel
@@ -45,7 +63,7 @@ type fastConn struct {
 	beforeWait func()
 
 	// ackNow: small reads send the delayed ACK at once (see
-	// tunnelSocket).
+	// Tunnel).
 	ackNow bool
 
 	// portableRead is the next read's size in the portable build (0 in
@@ -60,31 +78,35 @@ type fastConn struct {
 }
 
 // ackNowMax: reads under this size on a socket to a proxy are
-// interactive, and acknowledged at once (see tunnelSocket).
+// interactive, and acknowledged at once (see Tunnel).
 const ackNowMax = 16 << 10
 
 // readChunk is what one read system call may take.
 const readChunk = 1 << 20
 
-func newFastConn(c net.Conn) net.Conn {
+// New wraps c. Without raw system calls (the portable build, or a c that
+// is no socket) reads and writes go through c: large reads and corked
+// writes still, no pacing.
+func New(c net.Conn) FastPath { return newFastConn(c) }
+
+func newFastConn(c net.Conn) *fastConn {
+	portable := &fastConn{Conn: c, portableRead: minPortableRead}
 	if !sysio.Raw {
-		// The portable build: large reads and corked writes through the
-		// net package, no raw system calls and no pacing.
-		return &fastConn{Conn: c, portableRead: minPortableRead}
+		return portable
 	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return c
+		return portable
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return c
+		return portable
 	}
 	return &fastConn{Conn: c, rc: rc}
 }
 
-// tunnelSocket wraps the socket of a tunnel dialled through proxy (nil
-// for none) in a fastConn. A proxy that relays without TCP_NODELAY
+// Tunnel wraps the socket of a tunnel dialled through proxy (nil for
+// none). A proxy that relays without TCP_NODELAY
 // (tinyproxy and microsocks do) holds each small segment until the one
 // before it is acknowledged (Nagle), and Linux delays the ACK of a small
 // segment by up to 40 ms once a connection looks interactive: through
@@ -94,12 +116,10 @@ func newFastConn(c net.Conn) net.Conn {
 // (ackNowMax and more) leave ACKs to the kernel, which acknowledges full
 // segments promptly anyway: acknowledging after every read cost kpf ~15%
 // more CPU per downloaded GiB through tinyproxy.
-func tunnelSocket(c net.Conn, proxy *url.URL) net.Conn {
-	fc := newFastConn(c)
-	if f, ok := fc.(*fastConn); ok && proxy != nil {
-		f.ackNow = true
-	}
-	return fc
+func Tunnel(c net.Conn, proxy *url.URL) FastPath {
+	f := newFastConn(c)
+	f.ackNow = proxy != nil
+	return f
 }
 
 func (f *fastConn) Read(p []byte) (int, error) {
@@ -312,14 +332,6 @@ func (f *fastConn) Write(p []byte) (int, error) {
 // Set it before the first read that may wait.
 func (f *fastConn) BeforeWait(fn func()) { f.beforeWait = fn }
 
-// waiterOf is c's spdy.Waiter, or nil.
-func waiterOf(c net.Conn) ownspdy.Waiter {
-	if f, ok := c.(*fastConn); ok {
-		return f
-	}
-	return nil
-}
-
 // Cork starts collecting writes, about n bytes of them (a frame of n bytes
 // and its TLS records' overhead); Flush sends them in one write. More
 // than fits one pooled buffer goes out as each fills.
@@ -393,34 +405,23 @@ func (f *fastConn) write(p []byte) (int, error) {
 	return written, nil
 }
 
-// corker is a fastConn, or any conn when it is not one (a no-op).
-type corker interface {
+// Corker collects writes between Cork and Flush into one system call.
+type Corker interface {
 	Cork(n int)
 	Flush() error
 }
 
-type noCork struct{}
-
-func (noCork) Cork(int)     {}
-func (noCork) Flush() error { return nil }
-
-func corkerOf(c net.Conn) corker {
-	if f, ok := c.(*fastConn); ok {
-		return f
-	}
-	return noCork{}
-}
-
-// corkedWriter writes each p (one SPDY frame) as one system call.
-type corkedWriter struct {
+// CorkedWriter writes each p (one SPDY frame, through the TLS connection
+// over C's socket) as one system call.
+type CorkedWriter struct {
 	io.Writer
-	c corker
+	C Corker
 }
 
-func (w corkedWriter) Write(p []byte) (int, error) {
-	w.c.Cork(len(p))
+func (w CorkedWriter) Write(p []byte) (int, error) {
+	w.C.Cork(len(p))
 	n, err := w.Writer.Write(p)
-	if ferr := w.c.Flush(); err == nil && ferr != nil {
+	if ferr := w.C.Flush(); err == nil && ferr != nil {
 		err = ferr
 	}
 	return n, err

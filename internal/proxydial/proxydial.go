@@ -1,4 +1,9 @@
-package tunnel
+// Package proxydial opens the TCP connection under a tunnel, straight or
+// through the proxy the kubeconfig or the environment names: an HTTP
+// CONNECT or a SOCKS5 handshake made on the socket itself, so that the
+// socket stays the one kpf's data path works on. It does no TLS and knows
+// nothing of tunnels.
+package proxydial
 
 import (
 	"bufio"
@@ -13,37 +18,48 @@ import (
 	"time"
 
 	"golang.org/x/net/proxy"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/rest"
 )
 
 // Tunnels through proxies. kpf's data path works on the TCP socket under
-// TLS (see fastConn), so it makes the proxy's tunnel itself on that socket,
+// TLS (package fastconn), so it makes the proxy's tunnel itself on that socket,
 // as client-go's dialers do: an HTTP CONNECT, or a SOCKS5 handshake. An
 // https:// proxy (TLS to the proxy, then TLS inside it) leaves no socket to
 // work on: those tunnels take client-go's path.
 
-// dialTimeout bounds a TCP dial and a proxy's answer, as client-go's.
-const dialTimeout = 30 * time.Second
+// DialTimeout bounds a TCP dial and a proxy's answer, as client-go's.
+const DialTimeout = 30 * time.Second
 
 // ProxyURL is the proxy that cfg's rule names for u (the kubeconfig's
 // proxy-url, else HTTPS_PROXY and NO_PROXY), or nil.
 func ProxyURL(cfg *rest.Config, u *url.URL) (*url.URL, error) {
-	return proxyFor(cfg)(&http.Request{URL: u, Header: http.Header{}})
+	return For(cfg)(&http.Request{URL: u, Header: http.Header{}})
 }
 
-// ownPathProxies reports whether kpf's data path can go through p.
-func ownPathProxies(p *url.URL) bool {
+// For is the proxy rule for cfg's connections: the kubeconfig's
+// proxy-url, else the environment's (HTTPS_PROXY, NO_PROXY), as client-go.
+func For(cfg *rest.Config) func(*http.Request) (*url.URL, error) {
+	if cfg.Proxy != nil {
+		return cfg.Proxy
+	}
+	return utilnet.NewProxierWithNoProxyCIDR(http.ProxyFromEnvironment)
+}
+
+// Supported reports whether kpf's data path can go through p (nil: no
+// proxy).
+func Supported(p *url.URL) bool {
 	return p == nil || p.Scheme == "http" || p.Scheme == "" || p.Scheme == "socks5"
 }
 
-// dialTCP opens the TCP connection to addr (host:port), straight or
+// DialTCP opens the TCP connection to addr (host:port), straight or
 // through p; either way the returned connection is the local socket.
-func dialTCP(ctx context.Context, p *url.URL, addr string) (net.Conn, error) {
-	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+func DialTCP(ctx context.Context, p *url.URL, addr string) (net.Conn, error) {
+	d := &net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}
 	if p == nil {
 		return d.DialContext(ctx, "tcp", addr)
 	}
-	c, err := d.DialContext(ctx, "tcp", canonicalAddr(p))
+	c, err := d.DialContext(ctx, "tcp", CanonicalAddr(p))
 	if err != nil {
 		return nil, &ProxyError{Proxy: p, Err: err}
 	}
@@ -130,7 +146,7 @@ func socks5Connect(ctx context.Context, c net.Conn, p *url.URL, addr string) err
 		pass, _ := p.User.Password()
 		auth = &proxy.Auth{User: p.User.Username(), Password: pass}
 	}
-	d, err := proxy.SOCKS5("tcp", canonicalAddr(p), auth, nil)
+	d, err := proxy.SOCKS5("tcp", CanonicalAddr(p), auth, nil)
 	if err != nil {
 		return err
 	}
@@ -146,12 +162,12 @@ func socks5Connect(ctx context.Context, c net.Conn, p *url.URL, addr string) err
 	return err
 }
 
-// deadlineFrom bounds c's exchanges by ctx (its deadline, or dialTimeout
+// deadlineFrom bounds c's exchanges by ctx (its deadline, or DialTimeout
 // without one, and its cancellation) until stop.
 func deadlineFrom(ctx context.Context, c net.Conn) (stop func()) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		deadline = time.Now().Add(dialTimeout)
+		deadline = time.Now().Add(DialTimeout)
 	}
 	c.SetDeadline(deadline)
 	var mu sync.Mutex
@@ -181,8 +197,8 @@ func proxyAuth(p *url.URL) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(p.User.Username()+":"+pass))
 }
 
-// canonicalAddr is u's host:port, with the scheme's port when it has none.
-func canonicalAddr(u *url.URL) string {
+// CanonicalAddr is u's host:port, with the scheme's port when it has none.
+func CanonicalAddr(u *url.URL) string {
 	port := u.Port()
 	if port == "" {
 		port = map[string]string{"http": "80", "https": "443", "socks5": "1080"}[u.Scheme]

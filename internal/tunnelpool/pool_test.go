@@ -1,4 +1,4 @@
-package tunnel
+package tunnelpool
 
 import (
 	"context"
@@ -15,20 +15,20 @@ import (
 func TestBurstJoinsDialsUnderWay(t *testing.T) {
 	gate := make(chan struct{})
 	var dials atomic.Int32
-	dial := func(ctx context.Context) (*Conn, error) {
+	dial := func(ctx context.Context) (*fake, error) {
 		if dials.Add(1) > 1 { // the sentinel is dialled at once
 			<-gate
 		}
-		return &Conn{done: make(chan struct{})}, nil
+		return newFake(), nil
 	}
-	p, err := NewPool(context.Background(), dial)
+	p, err := New(context.Background(), dial)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The first connection takes the sentinel; the others dial, join
 	// dials, or share the sentinel, evenly.
 	const n = 40
-	got := make(chan *Conn, n)
+	got := make(chan *fake, n)
 	var wg sync.WaitGroup
 	for range n {
 		wg.Add(1)
@@ -59,7 +59,7 @@ func TestBurstJoinsDialsUnderWay(t *testing.T) {
 	close(gate)
 	wg.Wait()
 	close(got)
-	per := map[*Conn]int{}
+	per := map[*fake]int{}
 	for c := range got {
 		per[c]++
 	}
@@ -92,18 +92,18 @@ func TestBurstJoinsDialsUnderWay(t *testing.T) {
 // sentinel is neither closed nor made idle when its connection ends.
 func TestSentinelCarriesTheFirstConnection(t *testing.T) {
 	var dials atomic.Int32
-	dialled := make(chan *Conn, 3)
+	dialled := make(chan *fake, 3)
 	block := make(chan struct{}) // dials after the third wait
 	defer close(block)
-	dial := func(ctx context.Context) (*Conn, error) {
+	dial := func(ctx context.Context) (*fake, error) {
 		if dials.Add(1) > 3 {
 			<-block
 		}
-		c := &Conn{done: make(chan struct{})}
+		c := newFake()
 		dialled <- c
 		return c, nil
 	}
-	p, err := NewPool(context.Background(), dial)
+	p, err := New(context.Background(), dial)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestSentinelCarriesTheFirstConnection(t *testing.T) {
 	}
 }
 
-func testWaitIdle(t *testing.T, p *Pool, n int) {
+func testWaitIdle(t *testing.T, p *Pool[*fake], n int) {
 	t.Helper()
 	for {
 		p.mu.Lock()
@@ -159,4 +159,20 @@ func testWaitIdle(t *testing.T, p *Pool, n int) {
 		}
 		runtime.Gosched()
 	}
+}
+
+// fake is a tunnel that carries nothing: the pool sees only that it is
+// done and that it closes.
+type fake struct {
+	done chan struct{}
+	once sync.Once
+}
+
+func newFake() *fake { return &fake{done: make(chan struct{})} }
+
+func (f *fake) Done() <-chan struct{} { return f.done }
+
+func (f *fake) Close() error {
+	f.once.Do(func() { close(f.done) })
+	return nil
 }
