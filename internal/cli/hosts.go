@@ -11,8 +11,8 @@ import (
 	"strings"
 
 	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/hosts"
-	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/rbac"
 	"github.com/spf13/cobra"
 )
@@ -75,7 +75,7 @@ tool that reads one.`,
 // hostEntries are the hosts lines of the forwards of services given an
 // address of their own (not localhost, 127.0.0.1, ::1 or every address),
 // whether they listen at the moment or wait for a pod.
-func hostEntries(rows []manager.Row, domain string) []hosts.Entry {
+func hostEntries(rows []api.Forward, domain string) []hosts.Entry {
 	var out []hosts.Entry
 	seen := map[netip.Addr]bool{}
 	for _, r := range rows {
@@ -157,7 +157,7 @@ func refreshHostsFiles(ctx context.Context, g *globals, home daemon.Home) {
 	if len(files) == 0 {
 		return
 	}
-	var rows []manager.Row
+	var rows []api.Forward
 	if st, err := daemon.NewClient(home).Status(ctx, ""); err == nil {
 		rows = st.Forwards
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/session"
@@ -109,15 +110,15 @@ func TestUpDetachedSendsEveryFlagToTheDaemon(t *testing.T) {
 }
 
 func TestTableShowsUDPOnlyWhenThereIsSome(t *testing.T) {
-	tcp := manager.Row{Name: "api", Target: "svc/api", State: "ready", Health: "-", Local: []string{"127.0.0.1:8080"}}
+	tcp := api.Forward{Name: "api", Target: "svc/api", State: "ready", Health: "-", Local: []string{"127.0.0.1:8080"}}
 	var b strings.Builder
-	writeTable(&b, []manager.Row{tcp}, false)
+	writeTable(&b, []api.Forward{tcp}, false)
 	if strings.Contains(b.String(), "UDP") {
 		t.Errorf("a table without UDP forwards has a UDP column:\n%s", b.String())
 	}
-	dns := manager.Row{Name: "dns", Target: "svc/dns", State: "ready", Health: "-", Local: []string{"127.0.0.1:5353/udp"}, Relay: "kpf-relay-x", UDPPeers: 2, DatagramsIn: 120, DatagramsOut: 118}
+	dns := api.Forward{Name: "dns", Target: "svc/dns", State: "ready", Health: "-", Local: []string{"127.0.0.1:5353/udp"}, Relay: "kpf-relay-x", UDPPeers: 2, DatagramsIn: 120, DatagramsOut: 118}
 	b.Reset()
-	writeTable(&b, []manager.Row{tcp, dns}, false)
+	writeTable(&b, []api.Forward{tcp, dns}, false)
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
 	if !strings.Contains(lines[0], "UDP PEERS DGRAMS IN/OUT") || !strings.Contains(lines[2], "2 120/118") || !strings.Contains(lines[1], "0  -  ") && !strings.Contains(lines[1], " - ") {
 		t.Errorf("table:\n%s", b.String())
