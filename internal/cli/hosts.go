@@ -17,6 +17,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/hosts"
 	"github.com/kpf-dev/kpf/internal/rbac"
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 func newHostsCommand(g *globals) *cobra.Command {
@@ -121,6 +122,11 @@ func hostEntries(rows []api.Forward, domain string) []hosts.Entry {
 			continue
 		}
 		_, name, _ := strings.Cut(r.Target, "/")
+		if len(validation.IsDNS1123Label(r.Namespace)) > 0 || len(validation.IsDNS1123Label(name)) > 0 {
+			// Not names the cluster could have: nothing the daemon says
+			// becomes a line of a file root writes (sudo kpf hosts).
+			continue
+		}
 		for _, l := range r.Addresses {
 			a, err := netip.ParseAddr(l)
 			if err != nil {
