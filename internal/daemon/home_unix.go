@@ -73,7 +73,7 @@ func HomeOf(uid int) (Home, error) {
 			return Home(p), nil
 		}
 	}
-	return "", fmt.Errorf("%w for uid %d (looked in %s): if that user's kpf runs with KPF_HOME set, pass it on: sudo KPF_HOME=... kpf ...",
+	return "", fmt.Errorf("%w for uid %d (looked in %s): if that user's kpf runs with KPF_HOME set, pass it on: sudo KPF_HOME=FOLDER kpf COMMAND",
 		ErrNoHome, uid, strings.Join(places, ", "))
 }
 
