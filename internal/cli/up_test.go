@@ -33,6 +33,7 @@ func TestUpDetachedSendsEveryFlagToTheDaemon(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(home) })
 	t.Setenv("KPF_HOME", home)
 	t.Setenv("AWS_PROFILE", "team-b")
+	t.Setenv("OTHER_TOOL_TOKEN", "s3cret") // another tool's: it stays in the shell
 	var mu sync.Mutex
 	var gotID identity.Identity
 	var gotSpec session.Spec
@@ -103,6 +104,11 @@ func TestUpDetachedSendsEveryFlagToTheDaemon(t *testing.T) {
 	}
 	if !slices.Contains(gotID.Env, "AWS_PROFILE=team-b") {
 		t.Errorf("the command's environment did not reach the daemon")
+	}
+	for _, kv := range gotID.Env {
+		if strings.Contains(kv, "s3cret") || strings.HasPrefix(kv, "PWD=") || strings.HasPrefix(kv, "TERM=") {
+			t.Errorf("the daemon got %q, which is not one of the variables that decide how kpf connects", kv)
+		}
 	}
 	if gotSpec.Transport != "websocket" || gotSpec.ReconnectWait != 2*time.Second {
 		t.Errorf("settings reached the daemon as transport %q, reconnect wait %s", gotSpec.Transport, gotSpec.ReconnectWait)
