@@ -366,8 +366,11 @@ func (s *Server) snapshot(only string) api.Status {
 			continue
 		}
 		st.Files = append(st.Files, r.path)
+		// The rows first: a forward is described before it is started,
+		// so the description taken after names every row's context.
+		rows := r.m.Snapshot()
 		who := s.whoOf(r)
-		for _, row := range r.m.Snapshot() {
+		for _, row := range rows {
 			f := ForwardOf(row)
 			f.File = r.path
 			w := who[row.Context]
