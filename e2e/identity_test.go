@@ -214,7 +214,8 @@ func TestInterruptWithConnectionsWaiting(t *testing.T) {
 // the tunnels dialled after the swap (to a new pod) use the new token, in
 // kpf forward and in the daemon. The plugin finds its token through a
 // variable of the command's environment, which the daemon itself never
-// has: it reaches the plugin with the file's identity.
+// has: it reaches the plugin with the file's identity, named in
+// KPF_PASS_ENV.
 func TestExecPluginTokenIsRenewed(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	ns := sb.Namespace(t)
@@ -274,7 +275,9 @@ users:
   user:
     exec: {apiVersion: client.authentication.k8s.io/v1, command: %q, interactiveMode: Never}
 `, sb.APIServer, filepath.Join(string(sb.Dir), "pki", "ca.crt"), ns, plugin)), 0o600)
-	env := append(os.Environ(), "ROT_TOKEN_FILE="+tokFile)
+	// The daemon keeps only the variables it is told of: KPF_PASS_ENV
+	// names the plugin's own.
+	env := append(os.Environ(), "ROT_TOKEN_FILE="+tokFile, "KPF_PASS_ENV=ROT_TOKEN_FILE")
 
 	fwd := forwarder{name: "kpf with an exec plugin", env: []string{"ROT_TOKEN_FILE=" + tokFile}, argv: func(args ...string) []string {
 		return append([]string{kpfBin, "--kubeconfig", kc, "forward"}, args...)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/spec"
@@ -53,7 +54,7 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := c.Apply(ctx, daemon.ApplyRequest{File: abs, Names: o.names, Identity: o.id, Settings: o.Settings})
+	res, err := c.Apply(ctx, api.ApplyRequest{File: abs, Names: o.names, Identity: o.id, Settings: o.Settings})
 	if err != nil {
 		return err
 	}
@@ -187,7 +188,7 @@ its own flags and environment, as kpf up -d would.`,
 					if err != nil {
 						return err
 					}
-					s.Initial = append(s.Initial, daemon.ApplyRequest{File: abs, Identity: id, Settings: spec.Defaults()})
+					s.Initial = append(s.Initial, api.ApplyRequest{File: abs, Identity: id, Settings: spec.Defaults()})
 				}
 			}
 			return s.Serve(cmd.Context())
@@ -249,16 +250,16 @@ reconnects and pod switches. --watch redraws every second until Ctrl-C.`,
 			}
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, fmt.Sprintf("print JSON (schemaVersion %d)", daemon.SchemaVersion))
+	cmd.Flags().BoolVar(&asJSON, "json", false, fmt.Sprintf("print JSON (schemaVersion %d)", api.SchemaVersion))
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "redraw every second until interrupted")
 	return cmd
 }
 
 // writeStatus writes the daemon's status as kpf status shows it.
-func writeStatus(w io.Writer, st *daemon.Status) {
+func writeStatus(w io.Writer, st *api.Status) {
 	fmt.Fprintf(w, "kpf daemon pid %d, up %s, %d file(s)\n", st.PID, time.Since(st.Started).Round(time.Second), len(st.Files))
 	for _, f := range st.Files {
-		var rows []manager.Row
+		var rows []api.Forward
 		for _, r := range st.Forwards {
 			if r.File == f {
 				rows = append(rows, r)
@@ -283,8 +284,8 @@ func (p *pickFlags) add(cmd *cobra.Command) {
 // request turns names and flags into a daemon request. With neither
 // names, -f nor --all: the forwards of kpf.yaml in this folder if the
 // daemon runs it, else those of the daemon's only file.
-func (p *pickFlags) request(ctx context.Context, c *daemon.Client, names []string) (daemon.NamesRequest, error) {
-	req := daemon.NamesRequest{Names: names, All: p.all}
+func (p *pickFlags) request(ctx context.Context, c *daemon.Client, names []string) (api.NamesRequest, error) {
+	req := api.NamesRequest{Names: names, All: p.all}
 	if p.all && (len(names) > 0 || p.file != "") {
 		return req, usagef("--all takes no names and no --file")
 	}
@@ -320,7 +321,7 @@ func (p *pickFlags) request(ctx context.Context, c *daemon.Client, names []strin
 	return req, nil
 }
 
-func pickedText(ps []daemon.Picked) string {
+func pickedText(ps []api.Picked) string {
 	var parts []string
 	for _, p := range ps {
 		parts = append(parts, fmt.Sprintf("%s (%s)", strings.Join(p.Names, ", "), p.File))
@@ -453,7 +454,7 @@ func httpLogOf(ctx context.Context, out io.Writer, args []string, file string, f
 	if err != nil {
 		return err
 	}
-	var found []manager.Row
+	var found []api.Forward
 	for _, r := range st.Forwards {
 		if r.Name == args[0] {
 			found = append(found, r)

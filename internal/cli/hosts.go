@@ -3,7 +3,9 @@ package cli
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,10 +13,11 @@ import (
 	"strings"
 
 	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/hosts"
-	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/rbac"
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 func newHostsCommand(g *globals) *cobra.Command {
@@ -32,16 +35,27 @@ has it) lead to its address, and clients reach it at its real port.
 replaced whole (a new file renamed over the old), the rest of the file is
 left as it was, kpf up -d brings the block up to date and kpf down removes
 it once nothing is forwarded. Run it on /etc/hosts with sudo if you choose
-to (kpf itself never needs root), or on a file you give to a container or a
-tool that reads one.`,
+to (kpf itself never needs root): under sudo it reads the status of the
+daemon of the user who ran sudo. kpf up -d and kpf down, run as that user,
+cannot write /etc/hosts: they say so, and running sudo kpf hosts --write
+/etc/hosts again brings the block up to date, or removes it once no daemon
+runs. Or give the file to a container or a tool that reads one.`,
 		Example: `  kpf up -d --wait && kpf hosts
   sudo kpf hosts --write /etc/hosts
   kpf hosts --write ./hosts && docker run --add-host ... -v ./hosts:/etc/hosts ...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			home := daemon.DefaultHome()
+			home, err := hostsHome()
+			if err != nil {
+				return err
+			}
 			c := daemon.NewClient(home)
 			st, err := c.Status(cmd.Context(), "")
+			if write != "" && errors.Is(err, daemon.ErrNotRunning) {
+				// Nothing is forwarded: the block goes (how the block of a
+				// file the user could not write is removed after kpf down).
+				st, err = &api.Status{}, nil
+			}
 			if err != nil {
 				return err
 			}
@@ -60,10 +74,24 @@ tool that reads one.`,
 			if err := hosts.Update(abs, entries); err != nil {
 				return fmt.Errorf("--write %s: %w", write, err)
 			}
-			if err := rememberHostsFile(home, abs, domain); err != nil {
+			files := readHostsFiles(home)
+			if len(entries) == 0 {
+				delete(files, abs)
+			} else {
+				files[abs] = domain
+			}
+			if err := writeHostsFiles(home, files); err != nil {
 				return err
 			}
-			fmt.Fprintf(g.out, "%s: %d services; kpf down removes them\n", write, len(entries))
+			_, sudo := daemon.SudoUser()
+			switch {
+			case len(entries) == 0:
+				fmt.Fprintf(g.out, "%s: no service is forwarded; removed the kpf block\n", write)
+			case sudo:
+				fmt.Fprintf(g.out, "%s: %d services; run sudo kpf hosts --write %s again after kpf up -d or kpf down (they run as you, and cannot write it)\n", write, len(entries), abs)
+			default:
+				fmt.Fprintf(g.out, "%s: %d services; kpf down removes them\n", write, len(entries))
+			}
 			return nil
 		},
 	}
@@ -72,10 +100,20 @@ tool that reads one.`,
 	return cmd
 }
 
+// hostsHome is the daemon home kpf hosts reads: the user's own, or, under
+// sudo, that of the user who ran sudo (their daemon lets root read its
+// status, and only that).
+func hostsHome() (daemon.Home, error) {
+	if uid, ok := daemon.SudoUser(); ok && os.Getenv("KPF_HOME") == "" {
+		return daemon.HomeOf(uid)
+	}
+	return daemon.DefaultHome(), nil
+}
+
 // hostEntries are the hosts lines of the forwards of services given an
 // address of their own (not localhost, 127.0.0.1, ::1 or every address),
 // whether they listen at the moment or wait for a pod.
-func hostEntries(rows []manager.Row, domain string) []hosts.Entry {
+func hostEntries(rows []api.Forward, domain string) []hosts.Entry {
 	var out []hosts.Entry
 	seen := map[netip.Addr]bool{}
 	for _, r := range rows {
@@ -84,6 +122,11 @@ func hostEntries(rows []manager.Row, domain string) []hosts.Entry {
 			continue
 		}
 		_, name, _ := strings.Cut(r.Target, "/")
+		if len(validation.IsDNS1123Label(r.Namespace)) > 0 || len(validation.IsDNS1123Label(name)) > 0 {
+			// Not names the cluster could have: nothing the daemon says
+			// becomes a line of a file root writes (sudo kpf hosts).
+			continue
+		}
 		for _, l := range r.Addresses {
 			a, err := netip.ParseAddr(l)
 			if err != nil {
@@ -136,16 +179,16 @@ func writeHostsFiles(home daemon.Home, files map[string]string) error {
 	for _, p := range paths {
 		fmt.Fprintf(&b, "%s %s\n", files[p], p)
 	}
-	if err := home.Ensure(); err != nil {
+	if _, sudo := daemon.SudoUser(); !sudo {
+		if err := home.Ensure(); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(hostsFiles(home), []byte(b.String()), 0o600); err != nil {
 		return err
 	}
-	return os.WriteFile(hostsFiles(home), []byte(b.String()), 0o600)
-}
-
-func rememberHostsFile(home daemon.Home, path, domain string) error {
-	files := readHostsFiles(home)
-	files[path] = domain
-	return writeHostsFiles(home, files)
+	// Written by root under sudo, the list stays the user's.
+	return home.GiveToOwner(hostsFiles(home))
 }
 
 // refreshHostsFiles brings the blocks kpf hosts --write made up to date
@@ -157,13 +200,22 @@ func refreshHostsFiles(ctx context.Context, g *globals, home daemon.Home) {
 	if len(files) == 0 {
 		return
 	}
-	var rows []manager.Row
+	var rows []api.Forward
 	if st, err := daemon.NewClient(home).Status(ctx, ""); err == nil {
 		rows = st.Forwards
 	}
 	for path, domain := range files {
 		entries := hostEntries(rows, domain)
-		if err := hosts.Update(path, entries); err != nil {
+		if err := hosts.Update(path, entries); errors.Is(err, fs.ErrPermission) {
+			// A file only root may write (/etc/hosts): the user's kpf
+			// cannot, and says what can. The file stays on the list.
+			what := "bring it up to date"
+			if len(entries) == 0 {
+				what = "remove it"
+			}
+			fmt.Fprintf(g.errOut, "kpf: the kpf block of %s is out of date and you may not write that file: %s with: sudo kpf hosts --write %s\n", path, what, path)
+			continue
+		} else if err != nil {
 			fmt.Fprintf(g.errOut, "kpf: warning: the kpf block of %s: %v\n", path, err)
 			continue
 		}

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/spf13/cobra"
 )
 
@@ -39,6 +41,24 @@ type serviceOptions struct {
 // PATH on which exec credential plugins are found. Nothing else (no
 // secrets): set what a plugin needs in the unit (systemctl --user edit).
 var serviceEnv = []string{"KUBECONFIG", "KPF_HOME", "PATH"}
+
+// credentialFlags names the connection flags of id whose value is a
+// credential, which install refuses: --token, and a --proxy-url with a
+// password in it. (kpf has no --username or --password: cli-runtime no
+// longer registers them.) --client-key and --client-certificate name
+// files: the unit holds their paths, not their contents, and is kept.
+func credentialFlags(id identity.Identity) []string {
+	var out []string
+	if _, ok := id.Flags["token"]; ok {
+		out = append(out, "--token")
+	}
+	if u, err := url.Parse(id.Get("proxy-url")); err == nil && u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			out = append(out, "--proxy-url (its password)")
+		}
+	}
+	return out
+}
 
 func newServiceCommands(g *globals) []*cobra.Command {
 	o := &serviceOptions{g: g}
@@ -120,8 +140,8 @@ func (o *serviceOptions) daemonArgs(cmd *cobra.Command) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := id.Flags["token"]; ok {
-		return nil, usagef("--token: a unit file is no place for a credential; use a kubeconfig whose user has a token file, a client certificate or an exec plugin")
+	if refused := credentialFlags(id); len(refused) > 0 {
+		return nil, usagef("%s: a unit file (and the daemon's command line, which every user of the machine can read) is no place for a credential; put it in a kubeconfig (a user with a token file, a client certificate or an exec plugin; a cluster's proxy-url) and install with --kubeconfig, --context or --user", strings.Join(refused, ", "))
 	}
 	names := make([]string, 0, len(id.Flags))
 	for n := range id.Flags {

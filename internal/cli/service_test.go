@@ -13,7 +13,8 @@ import (
 
 // kpf daemon install writes a user unit that systemd accepts, with the
 // files and the connection flags of the command, readable by the user
-// only; a --token is refused; uninstall removes it.
+// only; a --token or a --proxy-url with a password is refused (each
+// named) and nothing is written; uninstall removes it.
 func TestDaemonInstallWritesAUnitSystemdAccepts(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the systemd unit is Linux's")
@@ -30,10 +31,26 @@ func TestDaemonInstallWritesAUnitSystemdAccepts(t *testing.T) {
 		code := Run(context.Background(), args, &out, &out)
 		return out.String(), code
 	}
-	if out, code := run("daemon", "install", "--token", "s3cret"); code != ExitUsage || !strings.Contains(out, "--token: a unit file is no place for a credential") {
-		t.Fatalf("install --token: exit %d\n%s", code, out)
+	for _, tc := range []struct {
+		args  []string
+		flags string
+	}{
+		{[]string{"--token", "s3cret"}, "--token"},
+		{[]string{"--proxy-url=http://me:s3cret@proxy.example:3128"}, "--proxy-url (its password)"},
+		{[]string{"--token=s3cret", "--proxy-url", "http://me:s3cret@proxy.example:3128"}, "--token, --proxy-url (its password)"},
+	} {
+		out, code := run(append([]string{"daemon", "install", "--no-start"}, tc.args...)...)
+		if code != ExitUsage || !strings.Contains(out, "error: "+tc.flags+": a unit file (and the daemon's command line, which every user of the machine can read) is no place for a credential; put it in a kubeconfig") {
+			t.Errorf("install %v: exit %d\n%s", tc.args, code, out)
+		}
+		if strings.Contains(out, "s3cret") {
+			t.Errorf("install %v printed the secret:\n%s", tc.args, out)
+		}
+		if _, err := os.Stat(filepath.Join(home, ".config", "systemd", "user", "kpf.service")); err == nil {
+			t.Fatalf("install %v wrote a unit", tc.args)
+		}
 	}
-	out, code := run("daemon", "install", "--no-start", "--context", "staging", "--as-group", "a b")
+	out, code := run("daemon", "install", "--no-start", "--context", "staging", "--as-group", "a b", "--proxy-url", "http://proxy.example:3128")
 	if code != 0 {
 		t.Fatalf("install: exit %d\n%s", code, out)
 	}

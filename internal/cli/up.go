@@ -18,6 +18,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/audit"
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/httplog"
 	"github.com/kpf-dev/kpf/internal/identity"
@@ -209,7 +210,7 @@ func drawLoop(ctx context.Context, out io.Writer, m *manager.Manager, events *ev
 		var b strings.Builder
 		b.WriteString("\x1b[?25l\x1b[H\x1b[2J") // hide cursor, home, clear
 		fmt.Fprintf(&b, "kpf up: %s (Ctrl-C stops)\n\n", path)
-		writeTable(&b, m.Snapshot(), false)
+		writeTable(&b, daemon.ForwardsOf(m.Snapshot()), false)
 		b.WriteString("\nRecent events:\n")
 		for _, l := range events.last() {
 			b.WriteString("  " + l + "\n")
@@ -225,14 +226,14 @@ func drawLoop(ctx context.Context, out io.Writer, m *manager.Manager, events *ev
 
 // writeTable prints rows as the status table (kpf up, kpf status); with
 // who, the context and user each forward connects as.
-func writeTable(w io.Writer, rows []manager.Row, who bool) {
+func writeTable(w io.Writer, rows []api.Forward, who bool) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if who {
 		fmt.Fprint(tw, "CONTEXT\tUSER\t")
 	}
 	// /udp ports add a column, only when a forward has them: peers with a
 	// flow now, and datagrams to the peers and to the pod.
-	udp := slices.ContainsFunc(rows, func(r manager.Row) bool { return r.Relay != "" })
+	udp := slices.ContainsFunc(rows, func(r api.Forward) bool { return r.Relay != "" })
 	udpHead := ""
 	if udp {
 		udpHead = "UDP PEERS DGRAMS IN/OUT\t"

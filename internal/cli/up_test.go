@@ -15,6 +15,7 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
+	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/session"
@@ -32,6 +33,7 @@ func TestUpDetachedSendsEveryFlagToTheDaemon(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(home) })
 	t.Setenv("KPF_HOME", home)
 	t.Setenv("AWS_PROFILE", "team-b")
+	t.Setenv("OTHER_TOOL_TOKEN", "s3cret") // another tool's: it stays in the shell
 	var mu sync.Mutex
 	var gotID identity.Identity
 	var gotSpec session.Spec
@@ -103,21 +105,26 @@ func TestUpDetachedSendsEveryFlagToTheDaemon(t *testing.T) {
 	if !slices.Contains(gotID.Env, "AWS_PROFILE=team-b") {
 		t.Errorf("the command's environment did not reach the daemon")
 	}
+	for _, kv := range gotID.Env {
+		if strings.Contains(kv, "s3cret") || strings.HasPrefix(kv, "PWD=") || strings.HasPrefix(kv, "TERM=") {
+			t.Errorf("the daemon got %q, which is not one of the variables that decide how kpf connects", kv)
+		}
+	}
 	if gotSpec.Transport != "websocket" || gotSpec.ReconnectWait != 2*time.Second {
 		t.Errorf("settings reached the daemon as transport %q, reconnect wait %s", gotSpec.Transport, gotSpec.ReconnectWait)
 	}
 }
 
 func TestTableShowsUDPOnlyWhenThereIsSome(t *testing.T) {
-	tcp := manager.Row{Name: "api", Target: "svc/api", State: "ready", Health: "-", Local: []string{"127.0.0.1:8080"}}
+	tcp := api.Forward{Name: "api", Target: "svc/api", State: "ready", Health: "-", Local: []string{"127.0.0.1:8080"}}
 	var b strings.Builder
-	writeTable(&b, []manager.Row{tcp}, false)
+	writeTable(&b, []api.Forward{tcp}, false)
 	if strings.Contains(b.String(), "UDP") {
 		t.Errorf("a table without UDP forwards has a UDP column:\n%s", b.String())
 	}
-	dns := manager.Row{Name: "dns", Target: "svc/dns", State: "ready", Health: "-", Local: []string{"127.0.0.1:5353/udp"}, Relay: "kpf-relay-x", UDPPeers: 2, DatagramsIn: 120, DatagramsOut: 118}
+	dns := api.Forward{Name: "dns", Target: "svc/dns", State: "ready", Health: "-", Local: []string{"127.0.0.1:5353/udp"}, Relay: "kpf-relay-x", UDPPeers: 2, DatagramsIn: 120, DatagramsOut: 118}
 	b.Reset()
-	writeTable(&b, []manager.Row{tcp, dns}, false)
+	writeTable(&b, []api.Forward{tcp, dns}, false)
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
 	if !strings.Contains(lines[0], "UDP PEERS DGRAMS IN/OUT") || !strings.Contains(lines[2], "2 120/118") || !strings.Contains(lines[1], "0  -  ") && !strings.Contains(lines[1], " - ") {
 		t.Errorf("table:\n%s", b.String())

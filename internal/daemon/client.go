@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/kpf-dev/kpf/internal/daemon/api"
 )
 
 // ErrNotRunning: no daemon answers on the socket.
@@ -72,8 +74,8 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 }
 
 // Status asks for the status of every forward, or of one file's.
-func (c *Client) Status(ctx context.Context, file string) (*Status, error) {
-	var st Status
+func (c *Client) Status(ctx context.Context, file string) (*api.Status, error) {
+	var st api.Status
 	if err := c.do(ctx, http.MethodGet, "/v1/status?"+url.Values{"file": {file}}.Encode(), nil, &st); err != nil {
 		return nil, err
 	}
@@ -81,34 +83,29 @@ func (c *Client) Status(ctx context.Context, file string) (*Status, error) {
 }
 
 // Apply runs the forwards of a file.
-func (c *Client) Apply(ctx context.Context, req ApplyRequest) (*ApplyResult, error) {
-	var res ApplyResult
+func (c *Client) Apply(ctx context.Context, req api.ApplyRequest) (*api.ApplyResult, error) {
+	var res api.ApplyResult
 	return &res, c.do(ctx, http.MethodPost, "/v1/apply", req, &res)
 }
 
 // Down stops forwards; the daemon exits when none is left.
-func (c *Client) Down(ctx context.Context, req NamesRequest) (stopped []Picked, daemonExits bool, err error) {
-	var res struct {
-		Stopped    []Picked `json:"stopped"`
-		DaemonExit bool     `json:"daemonExits"`
-	}
+func (c *Client) Down(ctx context.Context, req api.NamesRequest) (stopped []api.Picked, daemonExits bool, err error) {
+	var res api.DownResult
 	err = c.do(ctx, http.MethodPost, "/v1/down", req, &res)
-	return res.Stopped, res.DaemonExit, err
+	return res.Stopped, res.DaemonExits, err
 }
 
 // Restart restarts forwards.
-func (c *Client) Restart(ctx context.Context, req NamesRequest) ([]Picked, error) {
-	var res struct {
-		Restarted []Picked `json:"restarted"`
-	}
+func (c *Client) Restart(ctx context.Context, req api.NamesRequest) ([]api.Picked, error) {
+	var res api.RestartResult
 	err := c.do(ctx, http.MethodPost, "/v1/restart", req, &res)
 	return res.Restarted, err
 }
 
 // Wait waits until every forward of file (of every file, with "") is
 // ready and healthy.
-func (c *Client) Wait(ctx context.Context, file string, timeout time.Duration) (*Status, error) {
-	var st Status
+func (c *Client) Wait(ctx context.Context, file string, timeout time.Duration) (*api.Status, error) {
+	var st api.Status
 	q := url.Values{"timeout": {timeout.String()}, "file": {file}}
 	err := c.do(ctx, http.MethodPost, "/v1/wait?"+q.Encode(), nil, &st)
 	return &st, err

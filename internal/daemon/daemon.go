@@ -3,7 +3,11 @@
 // settings of the kpf up -d that applied it (one manager per file), and
 // answers the CLI over a unix socket that only the user can open (the
 // socket's folder is 0700 and every peer's uid is checked). The CLI never
-// finds the daemon by process name: the socket is the only way in.
+// finds the daemon by process name: the socket is the only way in. One
+// daemon runs per user: it holds the lock of its home for its whole life.
+//
+// What the socket serves are the versioned types of package api, built
+// here from the manager's rows: the manager's internals are not the API.
 package daemon
 
 import (
@@ -17,23 +21,20 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/metrics"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
 )
-
-// SchemaVersion versions the JSON of status and the socket API. 2: many
-// files (files, and each forward's file, cluster and user).
-const SchemaVersion = 2
 
 // Home is the daemon's folder: the socket, its pid and its log.
 type Home string
@@ -55,6 +56,10 @@ func (h Home) Socket() string { return filepath.Join(string(h), "kpf.sock") }
 // Log is the daemon's log file.
 func (h Home) Log() string { return filepath.Join(string(h), "daemon.log") }
 
+// Lock is the file whose lock the running daemon holds: one daemon per
+// home, whoever starts first.
+func (h Home) Lock() string { return filepath.Join(string(h), "daemon.lock") }
+
 // AuditLog is the daemon's audit trail: a line per connection and per
 // forward start, stop and pod switch (see package audit).
 func (h Home) AuditLog() string { return filepath.Join(string(h), "audit.log") }
@@ -72,47 +77,6 @@ func (h Home) Ensure() error {
 		return fmt.Errorf("%s belongs to another user: set KPF_HOME to a folder of yours", h)
 	}
 	return os.Chmod(string(h), 0o700)
-}
-
-// Status is what GET /v1/status answers.
-type Status struct {
-	SchemaVersion int           `json:"schemaVersion"`
-	PID           int           `json:"pid"`
-	Started       time.Time     `json:"started"`
-	Files         []string      `json:"files"`
-	Forwards      []manager.Row `json:"forwards"`
-	Metrics       string        `json:"metrics,omitempty"` // the URL of its Prometheus metrics, if served
-}
-
-// ApplyRequest asks the daemon to run the forwards of a file as the
-// identity and with the settings of the command that applied it.
-type ApplyRequest struct {
-	File     string            `json:"file"`  // absolute path: the file's key
-	Names    []string          `json:"names"` // empty: all, and stop the ones gone from the file
-	Identity identity.Identity `json:"identity"`
-	Settings spec.Settings     `json:"settings"`
-}
-
-// ApplyResult says what changed.
-type ApplyResult struct {
-	Started   []string `json:"started"`
-	Restarted []string `json:"restarted"`
-	Unchanged []string `json:"unchanged"`
-	Stopped   []string `json:"stopped"`
-}
-
-// NamesRequest picks forwards for down and restart: the named ones (of
-// File, when given), every forward of File, or All.
-type NamesRequest struct {
-	Names []string `json:"names"`
-	File  string   `json:"file,omitempty"`
-	All   bool     `json:"all,omitempty"`
-}
-
-// Picked says which forwards a NamesRequest picked, by file.
-type Picked struct {
-	File  string   `json:"file"`
-	Names []string `json:"names"`
 }
 
 // OpenerFunc makes the opener of a file's sessions, connecting as id.
@@ -138,20 +102,34 @@ type Server struct {
 	// Events receives every forward's state changes, as log lines.
 	Events io.Writer
 	// Initial are files to apply at start (a user service's files).
-	Initial []ApplyRequest
+	Initial []api.ApplyRequest
 
+	// started, ctx and quit are set by Serve before the socket answers,
+	// and never change after.
 	started time.Time
 	ctx     context.Context
 	quit    context.CancelFunc
 
-	// opMu serialises what changes the set of forwards (apply, down,
-	// restart); it is held while forwards start and stop. mu guards
-	// files only, and is never held while waiting on a forward: a forward
-	// that is opening takes it to look for port conflicts.
+	// The state discipline. Two locks, always taken in this order:
+	//
+	//   - opMu serialises what changes the set of forwards (apply, down,
+	//     restart, the stop at exit). It is held while forwards start and
+	//     stop, and while a file's description (who) is worked out.
+	//   - mu guards files and each fileRun's who. It is held only to read
+	//     or write them: never while calling a manager, an opener or
+	//     Describe (a forward that opens takes it, in guard, to look for
+	//     port conflicts).
+	//
+	// A fileRun's path, id, settings and m are set before it is put in
+	// files and never change: anyone may read them. Its who is never
+	// changed in place: a new map replaces it, under mu, so a reader
+	// that took the map under mu may read it after. The manager is safe
+	// for concurrent use on its own. status reads only through runs(),
+	// so no request path reads state outside this discipline.
 	opMu   sync.Mutex
 	mu     sync.Mutex
 	files  map[string]*fileRun
-	events sync.Mutex
+	events sync.Mutex // one event line at a time on Events
 }
 
 // fileRun is one applied file: its forwards run as its identity.
@@ -160,15 +138,21 @@ type fileRun struct {
 	id       identity.Identity
 	settings spec.Settings
 	m        *manager.Manager
-	who      map[string][3]string // by forward context: context, cluster, user
+	who      map[string][3]string // by forward context: context, cluster, user; replaced whole, under Server.mu
 }
 
 // Serve answers the socket until the last forward is stopped with down, or
-// ctx ends.
+// ctx ends. It first takes the home's lock: while another daemon of the
+// user runs, Serve returns an error wrapping ErrAnotherDaemon.
 func (s *Server) Serve(ctx context.Context) error {
 	if err := s.Home.Ensure(); err != nil {
 		return err
 	}
+	lock, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer lock.Close() // the lock goes last, once the socket is gone
 	s.started = time.Now()
 	s.files = map[string]*fileRun{}
 	s.ctx, s.quit = context.WithCancel(ctx)
@@ -177,21 +161,89 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: s.Handler(), ConnContext: withConn}
-	go func() { <-s.ctx.Done(); srv.Close() }()
+	defer os.Remove(s.Home.Socket())
+	// Requests see the daemon's context: a wait ends when the daemon does.
+	srv := &http.Server{Handler: s.Handler(), ConnContext: withConn, BaseContext: func(net.Listener) context.Context { return s.ctx }}
 	s.Log.Info("daemon listening", "socket", s.Home.Socket(), "pid", os.Getpid())
 	for _, req := range s.Initial {
 		if err := s.applyInitial(req); err != nil {
 			s.Log.Error("apply", "file", req.File, "err", err)
 		}
 	}
-	err = srv.Serve(ln)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err = <-served:
+	case <-s.ctx.Done():
+		// Answers being written (down's, which asked for this) are
+		// finished, then every connection closes.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		srv.Shutdown(sctx)
+		cancel()
+		srv.Close()
+		err = <-served
+	}
 	s.stopAll()
-	os.Remove(s.Home.Socket())
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
 	return err
+}
+
+// ErrAnotherDaemon: another kpf daemon of this user holds the home's
+// lock.
+var ErrAnotherDaemon = errors.New("another kpf daemon runs for this user")
+
+// errLocked: the lock is held by another open file.
+var errLocked = errors.New("locked")
+
+// lockWait bounds how long a daemon waits for one that holds the lock but
+// does not answer (it is starting, or stopping its forwards).
+const lockWait = 10 * time.Second
+
+// lock takes the home's lock, held until the returned file is closed
+// (or the process ends). When a daemon that answers holds it, this one
+// goes at once; one that starts or stops is waited for, a while.
+func (s *Server) lock(ctx context.Context) (*os.File, error) {
+	f, err := os.OpenFile(s.Home.Lock(), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(lockWait)
+	for {
+		err := tryLock(f)
+		if err == nil {
+			// The pid is for people and messages; the lock is the truth.
+			f.Truncate(0)
+			f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+			return f, nil
+		}
+		if !errors.Is(err, errLocked) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", s.Home.Lock(), err)
+		}
+		held := func(how string) error {
+			b, _ := os.ReadFile(s.Home.Lock())
+			f.Close()
+			return fmt.Errorf("%w (pid %s %s on %s): kpf status shows it, kpf down --all stops it",
+				ErrAnotherDaemon, strings.TrimSpace(string(b)), how, s.Home.Socket())
+		}
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, serr := NewClient(s.Home).Status(pctx, "")
+		cancel()
+		if serr == nil {
+			return nil, held("answers")
+		}
+		if time.Now().After(deadline) {
+			return nil, held("holds its lock but does not answer")
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Metrics are every file's forwards, for the metrics endpoint.
@@ -214,14 +266,10 @@ func (s *Server) Handler() http.Handler {
 	return sameUser(mux)
 }
 
-// listen opens the socket, refusing to take over one a live daemon
-// answers on.
+// listen opens the socket. The caller holds the home's lock, so a socket
+// file left there is a dead daemon's.
 func listen(sock string) (net.Listener, error) {
-	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("a kpf daemon already answers on %s", sock)
-	}
-	os.Remove(sock) // stale, from a daemon that died
+	os.Remove(sock)
 	ln, err := listenUserOnly(sock)
 	if err != nil {
 		return nil, err
@@ -242,8 +290,14 @@ func withConn(ctx context.Context, c net.Conn) context.Context {
 // ErrOtherUser: a peer of another user reached the socket.
 var ErrOtherUser = errors.New("forbidden: the kpf daemon serves its own user only")
 
+// ErrRootReadOnly: root (sudo kpf ...) asked for more than the status.
+var ErrRootReadOnly = errors.New("forbidden: root may only read the status of a user's kpf daemon (run this kpf command as yourself, without sudo)")
+
 // sameUser refuses peers of another uid, on top of the socket's 0600 mode
-// and its folder's 0700.
+// and its folder's 0700. Root may read the status, and only that: sudo
+// kpf hosts --write /etc/hosts needs the user's forwards, and root can
+// read the daemon's memory and files anyway; a change made as root (a
+// file applied with root's files and environment) is refused.
 func sameUser(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		uc, ok := r.Context().Value(connKey{}).(*net.UnixConn)
@@ -251,12 +305,27 @@ func sameUser(next http.Handler) http.Handler {
 			http.Error(w, "not a unix socket peer", http.StatusForbidden)
 			return
 		}
-		if err := checkPeer(uc); err != nil {
+		if err := allowPeer(uc, r); err != nil {
 			http.Error(w, err.Error(), http.StatusForbidden)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+func allowPeer(c *net.UnixConn, r *http.Request) error {
+	uid, err := peerUID(c)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w (peer credentials: %v)", ErrOtherUser, err)
+	case uid == os.Getuid():
+		return nil
+	case uid == 0 && r.Method == http.MethodGet && r.URL.Path == "/v1/status":
+		return nil
+	case uid == 0:
+		return ErrRootReadOnly
+	}
+	return ErrOtherUser
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -282,18 +351,31 @@ func (s *Server) run(path string) *fileRun {
 	return s.files[path]
 }
 
-func (s *Server) snapshot(only string) Status {
-	st := Status{SchemaVersion: SchemaVersion, PID: os.Getpid(), Started: s.started, Files: []string{}, Forwards: []manager.Row{}, Metrics: s.MetricsURL}
+// whoOf is the run's description of who its contexts connect as, taken
+// under mu (the map is never changed in place: see Server).
+func (s *Server) whoOf(r *fileRun) map[string][3]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return r.who
+}
+
+func (s *Server) snapshot(only string) api.Status {
+	st := api.Status{SchemaVersion: api.SchemaVersion, PID: os.Getpid(), Started: s.started, Files: []string{}, Forwards: []api.Forward{}, Metrics: s.MetricsURL}
 	for _, r := range s.runs() {
 		if only != "" && r.path != only {
 			continue
 		}
 		st.Files = append(st.Files, r.path)
-		for _, row := range r.m.Snapshot() {
-			row.File = r.path
-			w := r.who[row.Context]
-			row.Context, row.Cluster, row.User = w[0], w[1], w[2]
-			st.Forwards = append(st.Forwards, row)
+		// The rows first: a forward is described before it is started,
+		// so the description taken after names every row's context.
+		rows := r.m.Snapshot()
+		who := s.whoOf(r)
+		for _, row := range rows {
+			f := ForwardOf(row)
+			f.File = r.path
+			w := who[row.Context]
+			f.Context, f.Cluster, f.User = w[0], w[1], w[2]
+			st.Forwards = append(st.Forwards, f)
 		}
 	}
 	return st
@@ -304,7 +386,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
-	var req ApplyRequest
+	var req api.ApplyRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 4<<20)).Decode(&req); err != nil {
 		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
 		return
@@ -335,7 +417,7 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 }
 
 // applyInitial applies a file the daemon was started with.
-func (s *Server) applyInitial(req ApplyRequest) error {
+func (s *Server) applyInitial(req api.ApplyRequest) error {
 	if err := req.Settings.Validate(); err != nil {
 		return err
 	}
@@ -354,11 +436,11 @@ func (s *Server) applyInitial(req ApplyRequest) error {
 // again as the same identity with the same settings restarts only the
 // forwards that changed; another identity or other settings restart all
 // of them. s.opMu is held.
-func (s *Server) applyFile(req ApplyRequest, fws []config.Forward) ApplyResult {
-	var res ApplyResult
+func (s *Server) applyFile(req api.ApplyRequest, fws []config.Forward) api.ApplyResult {
+	var res api.ApplyResult
 	prune := len(req.Names) == 0
 	old := s.run(req.File)
-	if old != nil && (!reflect.DeepEqual(old.id, req.Identity) || old.settings != req.Settings) {
+	if old != nil && (!old.id.Equal(req.Identity) || old.settings != req.Settings) {
 		// A file runs as one identity: the whole file restarts as the
 		// new one (with only some forwards named, the others too).
 		if !prune {
@@ -388,7 +470,7 @@ func (s *Server) applyFile(req ApplyRequest, fws []config.Forward) ApplyResult {
 		res.Started = run.m.Names()
 		return res
 	}
-	old.describe(s.Describe, fws)
+	s.describe(old, fws)
 	res.Started, res.Restarted, res.Unchanged, res.Stopped = old.m.Apply(s.ctx, fws, prune)
 	if old.m.Len() == 0 {
 		s.forget(old.path)
@@ -408,10 +490,10 @@ func mergeForwards(running, fws []config.Forward) []config.Forward {
 	return out
 }
 
-func (s *Server) newRun(req ApplyRequest, fws []config.Forward) *fileRun {
+func (s *Server) newRun(req api.ApplyRequest, fws []config.Forward) *fileRun {
 	log := s.Log.With("file", req.File)
 	run := &fileRun{path: req.File, id: req.Identity, settings: req.Settings}
-	run.describe(s.Describe, fws)
+	s.describe(run, fws)
 	var openProxy manager.ProxyOpener
 	if s.ProxyOpener != nil {
 		openProxy = s.ProxyOpener(req.File, req.Identity, log)
@@ -436,18 +518,39 @@ func (s *Server) newRun(req ApplyRequest, fws []config.Forward) *fileRun {
 	return run
 }
 
-// describe records who each context of the file's forwards connects as.
-func (r *fileRun) describe(d DescribeFunc, fws []config.Forward) {
-	if r.who == nil {
-		r.who = map[string][3]string{}
-	}
+// describe records who each context of the file's forwards connects as:
+// the contexts not described yet are described (reading kubeconfig files,
+// with no lock held), and a new map replaces the run's. s.opMu is held, so
+// no other describe runs at once.
+func (s *Server) describe(r *fileRun, fws []config.Forward) {
+	old := s.whoOf(r)
+	var add map[string][3]string
 	for _, fw := range fws {
-		if _, ok := r.who[fw.Context]; ok || d == nil {
+		if _, ok := old[fw.Context]; ok || s.Describe == nil {
 			continue
 		}
-		c, cl, u := d(r.id, fw.Context)
-		r.who[fw.Context] = [3]string{c, cl, u}
+		if _, ok := add[fw.Context]; ok {
+			continue
+		}
+		if add == nil {
+			add = map[string][3]string{}
+		}
+		c, cl, u := s.Describe(r.id, fw.Context)
+		add[fw.Context] = [3]string{c, cl, u}
 	}
+	if add == nil && old != nil {
+		return
+	}
+	who := make(map[string][3]string, len(old)+len(add))
+	for k, v := range old {
+		who[k] = v
+	}
+	for k, v := range add {
+		who[k] = v
+	}
+	s.mu.Lock()
+	r.who = who
+	s.mu.Unlock()
 }
 
 // forget drops a file that runs nothing: its identity (and any token in
@@ -480,8 +583,8 @@ func (s *Server) guard(path string, open manager.Opener) manager.Opener {
 	}
 }
 
-func readNames(r *http.Request) (NamesRequest, error) {
-	var req NamesRequest
+func readNames(r *http.Request) (api.NamesRequest, error) {
+	var req api.NamesRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
 		return req, err
 	}
@@ -490,13 +593,13 @@ func readNames(r *http.Request) (NamesRequest, error) {
 
 // pick resolves a NamesRequest to forwards by file; the error is the
 // answer to send.
-func (s *Server) pick(req NamesRequest) ([]Picked, int, error) {
+func (s *Server) pick(req api.NamesRequest) ([]api.Picked, int, error) {
 	runs := s.runs()
-	var out []Picked
+	var out []api.Picked
 	switch {
 	case req.All:
 		for _, r := range runs {
-			out = append(out, Picked{r.path, r.m.Names()})
+			out = append(out, api.Picked{File: r.path, Names: r.m.Names()})
 		}
 		return out, 0, nil
 	case req.File != "":
@@ -513,7 +616,7 @@ func (s *Server) pick(req NamesRequest) ([]Picked, int, error) {
 		if len(names) == 0 {
 			names = r.m.Names()
 		}
-		return []Picked{{r.path, names}}, 0, nil
+		return []api.Picked{{File: r.path, Names: names}}, 0, nil
 	case len(req.Names) == 0:
 		return nil, http.StatusBadRequest, errors.New("name the forwards, a file (-f FILE) or --all")
 	}
@@ -540,7 +643,7 @@ func (s *Server) pick(req NamesRequest) ([]Picked, int, error) {
 	}
 	for _, r := range runs {
 		if names, ok := byFile[r.path]; ok {
-			out = append(out, Picked{r.path, names})
+			out = append(out, api.Picked{File: r.path, Names: names})
 		}
 	}
 	return out, 0, nil
@@ -570,25 +673,23 @@ func (s *Server) down(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), code)
 		return
 	}
-	var stopped []Picked
+	var stopped []api.Picked
 	for _, p := range picked {
 		run := s.run(p.File)
 		names := run.m.StopNames(p.Names)
 		if run.m.Len() == 0 {
 			s.forget(run.path)
 		}
-		stopped = append(stopped, Picked{p.File, names})
+		stopped = append(stopped, api.Picked{File: p.File, Names: names})
 		s.Log.Info("stopped", "file", p.File, "forwards", names)
 	}
 	last := len(s.runs()) == 0
 	s.opMu.Unlock()
-	writeJSON(w, struct {
-		Stopped    []Picked `json:"stopped"`
-		DaemonExit bool     `json:"daemonExits"`
-	}{stopped, last})
+	writeJSON(w, api.DownResult{Stopped: stopped, DaemonExits: last})
 	if last {
-		// Nothing left to run: the daemon goes too, once this answer is out.
-		go func() { time.Sleep(100 * time.Millisecond); s.quit() }()
+		// Nothing left to run: the daemon goes too. Serve shuts the
+		// server down gracefully, so this answer is written first.
+		s.quit()
 	}
 }
 
@@ -605,13 +706,11 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), code)
 		return
 	}
-	var out []Picked
+	var out []api.Picked
 	for _, p := range picked {
-		out = append(out, Picked{p.File, s.run(p.File).m.RestartNames(s.ctx, p.Names)})
+		out = append(out, api.Picked{File: p.File, Names: s.run(p.File).m.RestartNames(s.ctx, p.Names)})
 	}
-	writeJSON(w, struct {
-		Restarted []Picked `json:"restarted"`
-	}{out})
+	writeJSON(w, api.RestartResult{Restarted: out})
 }
 
 func (s *Server) stopAll() {

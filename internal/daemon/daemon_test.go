@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/session"
@@ -122,10 +123,10 @@ func TestFilesRunSideBySideAsTheirIdentities(t *testing.T) {
 	settingsB := spec.Defaults()
 	settingsB.Transport = "spdy"
 	settingsB.ReconnectWait = 2 * time.Second
-	if _, err := c.Apply(ctx, ApplyRequest{File: a, Identity: as("staging", "admin"), Settings: spec.Defaults()}); err != nil {
+	if _, err := c.Apply(ctx, api.ApplyRequest{File: a, Identity: as("staging", "admin"), Settings: spec.Defaults()}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := c.Apply(ctx, ApplyRequest{File: b, Identity: as("prod", "viewer"), Settings: settingsB})
+	res, err := c.Apply(ctx, api.ApplyRequest{File: b, Identity: as("prod", "viewer"), Settings: settingsB})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,10 +161,10 @@ func TestFilesRunSideBySideAsTheirIdentities(t *testing.T) {
 		}
 	}
 	// The name api is in both files: down must be told which.
-	if _, _, err := c.Down(ctx, NamesRequest{Names: []string{"api"}}); err == nil || !strings.Contains(err.Error(), `forward "api" runs from 2 files`) {
+	if _, _, err := c.Down(ctx, api.NamesRequest{Names: []string{"api"}}); err == nil || !strings.Contains(err.Error(), `forward "api" runs from 2 files`) {
 		t.Fatalf("ambiguous down: %v", err)
 	}
-	stopped, exits, err := c.Down(ctx, NamesRequest{File: b})
+	stopped, exits, err := c.Down(ctx, api.NamesRequest{File: b})
 	if err != nil || exits || len(stopped) != 1 || stopped[0].File != b || !slices.Equal(stopped[0].Names, []string{"api"}) {
 		t.Fatalf("down -f b: %+v %v %v", stopped, exits, err)
 	}
@@ -171,17 +172,17 @@ func TestFilesRunSideBySideAsTheirIdentities(t *testing.T) {
 		t.Fatalf("after down -f b: %+v", st)
 	}
 	// Now unique: the name alone is enough.
-	if stopped, _, err := c.Down(ctx, NamesRequest{Names: []string{"db"}}); err != nil || stopped[0].File != a {
+	if stopped, _, err := c.Down(ctx, api.NamesRequest{Names: []string{"db"}}); err != nil || stopped[0].File != a {
 		t.Fatalf("down db: %+v %v", stopped, err)
 	}
 	// Applied again as another identity: everything restarts as it.
-	res, err = c.Apply(ctx, ApplyRequest{File: a, Identity: as("staging", "dev"), Settings: spec.Defaults()})
+	res, err = c.Apply(ctx, api.ApplyRequest{File: a, Identity: as("staging", "dev"), Settings: spec.Defaults()})
 	if err != nil || !slices.Equal(res.Restarted, []string{"api"}) || !slices.Equal(res.Started, []string{"db"}) {
 		t.Fatalf("re-apply as dev: %+v %v", res, err)
 	}
 	testnet.WaitFor(t, func() bool { p, _ := o.get("api@staging"); return p.id.Get("user") == "dev" })
 	// The last forward gone, the daemon says it exits.
-	if _, exits, err := c.Down(ctx, NamesRequest{All: true}); err != nil || !exits {
+	if _, exits, err := c.Down(ctx, api.NamesRequest{All: true}); err != nil || !exits {
 		t.Fatalf("down --all: exits %v, %v", exits, err)
 	}
 }
@@ -193,8 +194,8 @@ func TestPortTakenByAnotherFile(t *testing.T) {
 	ctx := context.Background()
 	a := writeFile(t, dir, "a.yaml", fileA)
 	b := writeFile(t, dir, "b.yaml", "forwards:\n  - {name: other, target: svc/x, ports: [\"15432:5432\"]}\n")
-	c.Apply(ctx, ApplyRequest{File: a, Identity: as("c", "u"), Settings: spec.Defaults()})
-	c.Apply(ctx, ApplyRequest{File: b, Identity: as("c", "u"), Settings: spec.Defaults()})
+	c.Apply(ctx, api.ApplyRequest{File: a, Identity: as("c", "u"), Settings: spec.Defaults()})
+	c.Apply(ctx, api.ApplyRequest{File: b, Identity: as("c", "u"), Settings: spec.Defaults()})
 	_, err := c.Wait(ctx, b, 5*time.Second)
 	want := fmt.Sprintf(`other: failed: local port taken by another file's forward: local port 15432 on 127.0.0.1 is used by forward "db" of %s (stop it with: kpf down db -f %s)`, a, a)
 	if err == nil || !strings.Contains(err.Error(), want) {
@@ -209,22 +210,22 @@ func TestBadRequestsAreNamed(t *testing.T) {
 	bad.ReconnectWait = 0
 	f := writeFile(t, dir, "a.yaml", fileA)
 	for _, tc := range []struct {
-		req  ApplyRequest
+		req  api.ApplyRequest
 		want string
 	}{
-		{ApplyRequest{File: "a.yaml", Settings: spec.Defaults()}, `file "a.yaml" is not an absolute path`},
-		{ApplyRequest{File: f, Settings: bad}, "--reconnect-wait 0s: must be higher than zero"},
-		{ApplyRequest{File: filepath.Join(dir, "none.yaml"), Settings: spec.Defaults()}, "no such file"},
-		{ApplyRequest{File: f, Names: []string{"web"}, Settings: spec.Defaults()}, `no forward named "web"`},
+		{api.ApplyRequest{File: "a.yaml", Settings: spec.Defaults()}, `file "a.yaml" is not an absolute path`},
+		{api.ApplyRequest{File: f, Settings: bad}, "--reconnect-wait 0s: must be higher than zero"},
+		{api.ApplyRequest{File: filepath.Join(dir, "none.yaml"), Settings: spec.Defaults()}, "no such file"},
+		{api.ApplyRequest{File: f, Names: []string{"web"}, Settings: spec.Defaults()}, `no forward named "web"`},
 	} {
 		if _, err := c.Apply(ctx, tc.req); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("apply %+v: %v, want %q", tc.req, err, tc.want)
 		}
 	}
-	if _, _, err := c.Down(ctx, NamesRequest{}); err == nil || !strings.Contains(err.Error(), "name the forwards, a file (-f FILE) or --all") {
+	if _, _, err := c.Down(ctx, api.NamesRequest{}); err == nil || !strings.Contains(err.Error(), "name the forwards, a file (-f FILE) or --all") {
 		t.Errorf("down with nothing named: %v", err)
 	}
-	if _, _, err := c.Down(ctx, NamesRequest{File: f}); err == nil || !strings.Contains(err.Error(), "no forwards of "+f+" run (running: none)") {
+	if _, _, err := c.Down(ctx, api.NamesRequest{File: f}); err == nil || !strings.Contains(err.Error(), "no forwards of "+f+" run (running: none)") {
 		t.Errorf("down of a file not applied: %v", err)
 	}
 }
@@ -245,11 +246,11 @@ func TestConcurrentApplyAndStatus(t *testing.T) {
 				var err error
 				switch j % 3 {
 				case 0:
-					_, err = c.Apply(ctx, ApplyRequest{File: f, Identity: as("c", fmt.Sprint("u", i%2)), Settings: spec.Defaults()})
+					_, err = c.Apply(ctx, api.ApplyRequest{File: f, Identity: as("c", fmt.Sprint("u", i%2)), Settings: spec.Defaults()})
 				case 1:
 					_, err = c.Status(ctx, "")
 				case 2:
-					_, err = c.Restart(ctx, NamesRequest{File: f})
+					_, err = c.Restart(ctx, api.NamesRequest{File: f})
 					if err != nil && strings.Contains(err.Error(), "no forwards of") {
 						err = nil // not applied yet
 					}
@@ -277,7 +278,7 @@ func TestInitialFilesRunAtStart(t *testing.T) {
 	defer os.RemoveAll(home)
 	o := &opened{byFwd: map[string]openCall{}}
 	s := &Server{Home: Home(home), Log: discard, Opener: o.opener,
-		Initial: []ApplyRequest{{File: a, Identity: as("login", "me"), Settings: spec.Defaults()}}}
+		Initial: []api.ApplyRequest{{File: a, Identity: as("login", "me"), Settings: spec.Defaults()}}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx) }()

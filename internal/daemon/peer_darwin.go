@@ -1,29 +1,26 @@
 package daemon
 
 import (
-	"fmt"
 	"net"
-	"os"
 
 	"golang.org/x/sys/unix"
 )
 
-// checkPeer refuses a peer whose uid is not ours (LOCAL_PEERCRED).
-func checkPeer(c *net.UnixConn) error {
+// peerUID is the uid of the process at the other end (LOCAL_PEERCRED).
+func peerUID(c *net.UnixConn) (int, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var cred *unix.Xucred
 	var cerr error
-	raw.Control(func(fd uintptr) {
+	if err := raw.Control(func(fd uintptr) {
 		cred, cerr = unix.GetsockoptXucred(int(fd), unix.SOL_LOCAL, unix.LOCAL_PEERCRED)
-	})
+	}); err != nil {
+		return 0, err
+	}
 	if cerr != nil {
-		return fmt.Errorf("%w (peer credentials: %v)", ErrOtherUser, cerr)
+		return 0, cerr
 	}
-	if int(cred.Uid) != os.Getuid() {
-		return ErrOtherUser
-	}
-	return nil
+	return int(cred.Uid), nil
 }

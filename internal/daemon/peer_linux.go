@@ -1,28 +1,25 @@
 package daemon
 
 import (
-	"fmt"
 	"net"
-	"os"
 	"syscall"
 )
 
-// checkPeer refuses a peer whose uid is not ours (SO_PEERCRED).
-func checkPeer(c *net.UnixConn) error {
+// peerUID is the uid of the process at the other end (SO_PEERCRED).
+func peerUID(c *net.UnixConn) (int, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var cred *syscall.Ucred
 	var cerr error
-	raw.Control(func(fd uintptr) {
+	if err := raw.Control(func(fd uintptr) {
 		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	})
+	}); err != nil {
+		return 0, err
+	}
 	if cerr != nil {
-		return fmt.Errorf("%w (peer credentials: %v)", ErrOtherUser, cerr)
+		return 0, cerr
 	}
-	if int(cred.Uid) != os.Getuid() {
-		return ErrOtherUser
-	}
-	return nil
+	return int(cred.Uid), nil
 }

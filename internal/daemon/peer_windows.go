@@ -1,7 +1,11 @@
 package daemon
 
-import "net"
+import (
+	"net"
+	"os"
+)
 
-// checkPeer: Windows has no peer credentials on AF_UNIX sockets; the
-// socket's folder lets in only its user (its inherited access list).
-func checkPeer(*net.UnixConn) error { return nil }
+// peerUID: Windows has no peer credentials on AF_UNIX sockets; the
+// socket's folder lets in only its user (its inherited access list), so
+// the peer is taken to be us.
+func peerUID(*net.UnixConn) (int, error) { return os.Getuid(), nil }

@@ -9,11 +9,23 @@
 // The flags are kept by name, as cli-runtime's ConfigFlags registers them,
 // not as a hand-kept list of fields: a flag that cli-runtime adds reaches
 // the daemon without a change here.
+//
+// Of the environment, only what decides how kpf connects is kept: the
+// variables named in EnvNames and EnvPrefixes (what kubeconfig loading, a
+// proxy and the common exec credential plugins read), and those a user
+// names in KPF_PASS_ENV. The rest of a shell (PWD, OLDPWD, TERM, a secret
+// of another tool) is neither kept nor compared: applying a file again
+// from another terminal is the same identity. The kubeconfig files in
+// effect are kept by path and by a hash of their bytes, so an edited
+// kubeconfig is another identity.
 package identity
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -37,9 +49,78 @@ import (
 type Identity struct {
 	// Flags are the kubectl connection flags that were given, by name.
 	Flags map[string][]string `json:"flags,omitempty"`
-	// Env is the environment of the command: KUBECONFIG, and what exec
-	// credential plugins read (AWS_PROFILE, CLOUDSDK_CONFIG, PATH, ...).
+	// Env is what of the command's environment decides how kpf connects
+	// (KUBECONFIG, proxies, what exec credential plugins read: see
+	// EnvNames), as NAME=VALUE, sorted.
 	Env []string `json:"env,omitempty"`
+	// Files are the kubeconfig files in effect and the files the path
+	// flags name, each with a hash of its bytes when it was captured.
+	Files []File `json:"files,omitempty"`
+}
+
+// File is a file an identity reads, and a hash of its bytes ("" when it
+// could not be read: missing is a state too).
+type File struct {
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// Equal reports whether id and o connect the same way, field by field:
+// the same flags with the same values, the same kept environment, and
+// the same files with the same contents.
+func (id Identity) Equal(o Identity) bool {
+	return maps.EqualFunc(id.Flags, o.Flags, slices.Equal[[]string]) &&
+		slices.Equal(id.Env, o.Env) &&
+		slices.Equal(id.Files, o.Files)
+}
+
+// EnvNames are the variables of a command's environment that decide how
+// kpf connects, kept with its identity (README: "The daemon runs each file
+// as the command that applied it"): where the kubeconfig is and where
+// kubectl caches, the proxies (both cases, as net/http reads them), the
+// PATH and HOME exec plugins are found and run with, and the CA bundles
+// plugins' HTTP clients read. Add a name here for a variable that every
+// user of a plugin needs; a user's own variable goes in KPF_PASS_ENV.
+var EnvNames = []string{
+	"KUBECONFIG", "KUBECACHEDIR", "HOME", "PATH", "USER",
+	"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+	"http_proxy", "https_proxy", "no_proxy", "all_proxy",
+	"SSL_CERT_FILE", "SSL_CERT_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME",
+	PassEnv,
+}
+
+// EnvPrefixes are the prefixes of the variables exec credential plugins
+// read, kept like EnvNames.
+var EnvPrefixes = []string{
+	"AWS_",           // aws eks get-token, aws-iam-authenticator
+	"AZURE_", "AAD_", // kubelogin (Azure)
+	"GOOGLE_", "CLOUDSDK_", // gke-gcloud-auth-plugin, gcloud
+	"KUBELOGIN_",    // kubelogin
+	"TELEPORT_",     // tsh
+	"VAULT_",        // vault
+	"OCI_",          // oci ce cluster generate-token
+	"IBMCLOUD_",     // ibmcloud
+	"DIGITALOCEAN_", // doctl
+	"OS_",           // OpenStack (client-keystone-auth)
+}
+
+// PassEnv names the variable in which a user lists more variables to keep
+// with the identity (comma- or space-separated; NAME* for a prefix): what
+// a plugin of their own reads, such as KPF_PASS_ENV=CORP_SSO_PROFILE.
+const PassEnv = "KPF_PASS_ENV"
+
+// keepEnv reports whether the variable named k is kept; pass is the
+// command's KPF_PASS_ENV.
+func keepEnv(k, pass string) bool {
+	if slices.Contains(EnvNames, k) || slices.ContainsFunc(EnvPrefixes, func(p string) bool { return strings.HasPrefix(k, p) }) {
+		return true
+	}
+	for _, n := range strings.FieldsFunc(pass, func(r rune) bool { return r == ',' || r == ' ' }) {
+		if p, ok := strings.CutSuffix(n, "*"); ok && p != "" && strings.HasPrefix(k, p) || n == k {
+			return true
+		}
+	}
+	return false
 }
 
 // pathFlags name files: captured as absolute paths, since the daemon runs
@@ -67,8 +148,9 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 func (f *Flags) Names() []string { return slices.Clone(f.names) }
 
 // Capture records the connection flags given on fs (the command's flag
-// set after parsing), env and the kubeconfig paths in effect, with
-// relative paths resolved against dir.
+// set after parsing), what of env decides how kpf connects (see
+// EnvNames), and the kubeconfig files in effect with a hash of each,
+// with relative paths resolved against dir.
 func (f *Flags) Capture(fs *pflag.FlagSet, env []string, dir string) Identity {
 	id := Identity{Flags: map[string][]string{}}
 	for _, name := range f.names {
@@ -87,19 +169,79 @@ func (f *Flags) Capture(fs *pflag.FlagSet, env []string, dir string) Identity {
 		}
 		id.Flags[name] = vals
 	}
+	var pass string
 	for _, kv := range env {
-		if k, v, _ := strings.Cut(kv, "="); k == "KUBECONFIG" && v != "" {
+		if k, v, _ := strings.Cut(kv, "="); k == PassEnv {
+			pass = v
+		}
+	}
+	kept := map[string]string{} // the last of a name wins, as in os/exec
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !keepEnv(k, pass) {
+			continue
+		}
+		if k == "KUBECONFIG" && v != "" {
 			var paths []string
 			for _, p := range filepath.SplitList(v) {
 				if p != "" {
 					paths = append(paths, abs(dir, p))
 				}
 			}
-			kv = "KUBECONFIG=" + strings.Join(paths, string(filepath.ListSeparator))
+			v = strings.Join(paths, string(filepath.ListSeparator))
 		}
-		id.Env = append(id.Env, kv)
+		kept[k] = v
+	}
+	for _, k := range slices.Sorted(maps.Keys(kept)) {
+		id.Env = append(id.Env, k+"="+kept[k])
+	}
+	for _, p := range id.filePaths() {
+		id.Files = append(id.Files, File{Path: p, SHA256: hashFile(p)})
 	}
 	return id
+}
+
+// filePaths are the files id reads: the kubeconfig files in effect (as
+// Getter loads them), then the files the path flags name.
+func (id Identity) filePaths() []string {
+	out := id.kubeconfigs()
+	for _, name := range pathFlags {
+		if p := id.Get(name); p != "" && name != "kubeconfig" && name != "cache-dir" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// kubeconfigs are the kubeconfig files in effect, as kubectl picks them:
+// --kubeconfig, else KUBECONFIG, else .kube/config in the command's HOME.
+func (id Identity) kubeconfigs() []string {
+	if p := id.Get("kubeconfig"); p != "" {
+		return []string{p}
+	}
+	if kc := id.getenv("KUBECONFIG"); kc != "" {
+		var out []string
+		for _, p := range filepath.SplitList(kc) {
+			if p != "" {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	if home := id.getenv("HOME"); home != "" {
+		return []string{filepath.Join(home, clientcmd.RecommendedHomeDir, clientcmd.RecommendedFileName)}
+	}
+	return []string{clientcmd.RecommendedHomeFile}
+}
+
+// hashFile is a hash of the file's bytes, "" when it cannot be read.
+func hashFile(p string) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 func abs(dir, p string) string {
@@ -128,7 +270,7 @@ func (id Identity) WithContext(name string) Identity {
 	if name == "" {
 		return id
 	}
-	out := Identity{Flags: make(map[string][]string, len(id.Flags)+1), Env: id.Env}
+	out := Identity{Flags: make(map[string][]string, len(id.Flags)+1), Env: id.Env, Files: id.Files}
 	for k, v := range id.Flags {
 		out.Flags[k] = v
 	}
@@ -186,6 +328,13 @@ func (id Identity) Getter() (*genericclioptions.ConfigFlags, error) {
 			return nil, fmt.Errorf("--%s %q: %w", name, strings.Join(vals, ","), err)
 		}
 	}
+	// kubectl's cache folder is the command's KUBECACHEDIR, not the
+	// daemon's, unless --cache-dir was given.
+	if _, ok := id.Flags["cache-dir"]; !ok {
+		if d := id.getenv("KUBECACHEDIR"); d != "" {
+			fs.Set("cache-dir", d)
+		}
+	}
 	// The kubeconfig files are the command's KUBECONFIG, not the
 	// daemon's. ConfigFlags keeps its loader (persistent config), so the
 	// loading rules set here are the ones every later call uses.
@@ -197,6 +346,8 @@ func (id Identity) Getter() (*genericclioptions.ConfigFlags, error) {
 	rules.Precedence = nil
 	if kc := id.getenv("KUBECONFIG"); kc != "" {
 		rules.Precedence = filepath.SplitList(kc)
+	} else if home := id.getenv("HOME"); home != "" {
+		rules.Precedence = []string{filepath.Join(home, clientcmd.RecommendedHomeDir, clientcmd.RecommendedFileName)}
 	} else {
 		rules.Precedence = []string{clientcmd.RecommendedHomeFile}
 	}

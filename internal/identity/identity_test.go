@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -174,7 +173,7 @@ func TestWithContextLeavesTheOriginal(t *testing.T) {
 	if id.Get("context") != "a" || other.Get("context") != "b" || other.Get("namespace") != "n" {
 		t.Fatalf("%v %v", id, other)
 	}
-	if !reflect.DeepEqual(id.WithContext(""), id) {
+	if !id.WithContext("").Equal(id) {
 		t.Fatal("an empty context changed the identity")
 	}
 }
@@ -209,3 +208,75 @@ func write(t *testing.T, dir, name, body string) {
 }
 
 func httpRequest(u string) (*http.Request, error) { return http.NewRequest(http.MethodGet, u, nil) }
+
+// Of a shell's environment, only what decides how kpf connects is kept:
+// the named variables and prefixes, and those KPF_PASS_ENV adds. A
+// secret of another tool, the folder and the terminal are not.
+func TestCaptureKeepsOnlyWhatConnects(t *testing.T) {
+	f := NewFlags()
+	fs := pflag.NewFlagSet("kpf", pflag.ContinueOnError)
+	f.AddFlags(fs)
+	id := f.Capture(fs, []string{
+		"PWD=/src/a", "OLDPWD=/src", "TERM=xterm-256color", "SHLVL=2", "FOO=secret", "GITHUB_TOKEN=ghp_secret",
+		"PATH=/usr/bin", "HOME=/home/u", "AWS_PROFILE=dev", "CLOUDSDK_CONFIG=/g", "https_proxy=http://p:3128",
+		"KPF_PASS_ENV=CORP_SSO, MY_*", "CORP_SSO=team", "CORP_OTHER=no", "MY_A=1", "MY_B=2",
+		"AWS_PROFILE=prod", // the last wins, as in a shell
+	}, "/src/a")
+	want := []string{"AWS_PROFILE=prod", "CLOUDSDK_CONFIG=/g", "CORP_SSO=team", "HOME=/home/u", "KPF_PASS_ENV=CORP_SSO, MY_*",
+		"MY_A=1", "MY_B=2", "PATH=/usr/bin", "https_proxy=http://p:3128"}
+	if !slices.Equal(id.Env, want) {
+		t.Fatalf("kept %q\nwant %q", id.Env, want)
+	}
+	b, _ := json.Marshal(id)
+	for _, secret := range []string{"FOO", "secret", "GITHUB_TOKEN", "PWD", "TERM", "CORP_OTHER"} {
+		if strings.Contains(string(b), secret) {
+			t.Errorf("the identity sent to the daemon holds %q: %s", secret, b)
+		}
+	}
+}
+
+// The same command from another folder and terminal is the same
+// identity; an edited kubeconfig, another profile or another flag is not.
+func TestEqualComparesWhatConnects(t *testing.T) {
+	dir := t.TempDir()
+	kc := filepath.Join(dir, "kc.yaml")
+	write(t, dir, "kc.yaml", kubeconfig("ctx", "u", "https://a.example:6443", ""))
+	capture := func(args []string, env ...string) Identity {
+		f := NewFlags()
+		fs := pflag.NewFlagSet("kpf", pflag.ContinueOnError)
+		f.AddFlags(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		return f.Capture(fs, append([]string{"KUBECONFIG=" + kc, "PATH=/usr/bin"}, env...), dir)
+	}
+	base := capture([]string{"--context", "ctx"}, "PWD=/a", "TERM=xterm", "AWS_PROFILE=dev")
+	if len(base.Files) != 1 || base.Files[0].Path != kc || base.Files[0].SHA256 == "" {
+		t.Fatalf("files %+v: want the kubeconfig with its hash", base.Files)
+	}
+	same := capture([]string{"--context", "ctx"}, "PWD=/b", "OLDPWD=/a", "TERM=screen", "FOO=secret", "AWS_PROFILE=dev")
+	if !base.Equal(same) {
+		t.Fatalf("another folder and terminal made another identity:\n%+v\n%+v", base, same)
+	}
+	for name, other := range map[string]Identity{
+		"another flag value": capture([]string{"--context", "other"}, "AWS_PROFILE=dev"),
+		"one flag more":      capture([]string{"--context", "ctx", "--namespace", "n"}, "AWS_PROFILE=dev"),
+		"another profile":    capture([]string{"--context", "ctx"}, "AWS_PROFILE=prod"),
+		"a proxy":            capture([]string{"--context", "ctx"}, "AWS_PROFILE=dev", "HTTPS_PROXY=http://p:3128"),
+	} {
+		if base.Equal(other) || other.Equal(base) {
+			t.Errorf("%s: equal", name)
+		}
+	}
+	write(t, dir, "kc.yaml", kubeconfig("ctx", "u", "https://b.example:6443", ""))
+	if edited := capture([]string{"--context", "ctx"}, "AWS_PROFILE=dev"); base.Equal(edited) {
+		t.Error("an edited kubeconfig: equal")
+	}
+	// Without KUBECONFIG, the file in effect is the command's HOME's.
+	f := NewFlags()
+	fs := pflag.NewFlagSet("kpf", pflag.ContinueOnError)
+	f.AddFlags(fs)
+	if id := f.Capture(fs, []string{"HOME=/home/u"}, dir); len(id.Files) != 1 || id.Files[0].Path != "/home/u/.kube/config" || id.Files[0].SHA256 != "" {
+		t.Errorf("files %+v: want /home/u/.kube/config, missing", id.Files)
+	}
+}

@@ -1,0 +1,166 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
+)
+
+// keepAliveClient is python's http.client on one connection: each line
+// on its stdin makes a GET / on that same connection and prints the
+// connection's local port, the status and the pod that answered.
+const keepAliveClient = `
+import http.client, sys
+host, port = sys.argv[1].rsplit(":", 1)
+c = http.client.HTTPConnection(host, int(port), timeout=30)
+for _ in sys.stdin:
+    try:
+        c.request("GET", "/", headers={"Connection": "keep-alive"})
+        r = c.getresponse()
+        body = r.read().decode().strip()
+        print("conn %d status %d %s" % (c.sock.getsockname()[1], r.status, body), flush=True)
+    except Exception as e:
+        print("error %r" % e, flush=True)
+`
+
+// An HTTP keep-alive connection through a daemon forward survives kpf up
+// -d of the same file run from another folder, with other variables set
+// (OLDPWD, TERM, a secret of another tool): the identity is the same, so
+// nothing restarts. The daemon used to compare every variable of the
+// shell, and restarted every forward, cutting the connection.
+func TestReapplyFromAnotherShellKeepsConnections(t *testing.T) {
+	needPrograms(t, "python3")
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "keep", 1)
+	k := newKpfCmd(t, sb)
+	file := k.write(t, "kpf.yaml", fmt.Sprintf("forwards:\n  - {name: web, namespace: %s, target: svc/keep, ports: [\":80\"]}\n", ns))
+	if out, code := k.run(t, "up", "-d", "--wait", "--timeout", "60s", "-f", file); code != 0 {
+		t.Fatalf("kpf up -d: exit %d\n%s", code, out)
+	}
+	addr := k.status(t).Forwards[0].Local[0]
+
+	py := exec.Command("python3", "-c", keepAliveClient, addr)
+	stdin, err := py.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := py.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	py.Stderr = os.Stderr
+	if err := py.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); py.Process.Kill(); py.Wait() })
+	lines := bufio.NewScanner(stdout)
+	get := func() string {
+		t.Helper()
+		fmt.Fprintln(stdin, "go")
+		got := make(chan string, 1)
+		go func() {
+			if lines.Scan() {
+				got <- lines.Text()
+			} else {
+				got <- "python ended: " + fmt.Sprint(lines.Err())
+			}
+		}()
+		select {
+		case l := <-got:
+			return l
+		case <-time.After(40 * time.Second):
+			t.Fatal("python's request did not finish")
+			return ""
+		}
+	}
+	first := get()
+	if !strings.Contains(first, " status 200 pod ") {
+		t.Fatalf("first request: %s", first)
+	}
+
+	// The same file, from another folder and another shell.
+	up := k.cmd("up", "-d", "-f", file)
+	up.Dir = t.TempDir()
+	up.Env = append(up.Env, "PWD="+up.Dir, "OLDPWD="+k.dir, "TERM=screen-256color", "COLUMNS=91", "FOO=secret")
+	out, err := up.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "unchanged: web") || strings.Contains(string(out), "restarted") {
+		t.Fatalf("kpf up -d from another shell: %v\n%s", err, out)
+	}
+
+	second := get()
+	port := func(l string) string { f := strings.Fields(l); return f[1] }
+	if !strings.Contains(second, " status 200 pod ") || !strings.HasPrefix(second, "conn ") || port(second) != port(first) {
+		t.Fatalf("after the re-apply the keep-alive connection %s answered: %s", first, second)
+	}
+	st := k.status(t)
+	if f := st.Forwards[0]; f.Local[0] != addr || f.Connections != 1 || f.OpenConnections != 1 {
+		t.Fatalf("the forward after the re-apply: %+v (want its listener %s and the one connection still open)", f, addr)
+	}
+}
+
+// Two kpf up -d started at once leave one daemon: both files run in it,
+// and the daemon that lost the race said why in the log.
+func TestTwoUpDetachedAtOnceStartOneDaemon(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "twice", 1)
+	k := newKpfCmd(t, sb)
+	var files []string
+	for i := range 2 {
+		files = append(files, k.write(t, fmt.Sprintf("f%d.yaml", i), fmt.Sprintf("forwards:\n  - {name: web%d, namespace: %s, target: svc/twice, ports: [\":80\"]}\n", i, ns)))
+	}
+	var cmds []*exec.Cmd
+	outs := make([]strings.Builder, 2)
+	for i, f := range files {
+		c := k.cmd("up", "-d", "--wait", "--timeout", "60s", "-f", f)
+		c.Stdout, c.Stderr = &outs[i], &outs[i]
+		cmds = append(cmds, c)
+	}
+	for _, c := range cmds {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, c := range cmds {
+		if err := c.Wait(); err != nil {
+			t.Fatalf("kpf up -d -f %s: %v\n%s", files[i], err, outs[i].String())
+		}
+	}
+	st := k.status(t)
+	if len(st.Files) != 2 || len(st.Forwards) != 2 {
+		t.Fatalf("status: %+v", st)
+	}
+	// Every kpf daemon process of this home: exactly one.
+	var daemons []string
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		env, err := os.ReadFile("/proc/" + p.Name() + "/environ")
+		if err != nil || !strings.Contains(string(env), "KPF_HOME="+k.home+"\x00") {
+			continue
+		}
+		cmdline, _ := os.ReadFile("/proc/" + p.Name() + "/cmdline")
+		if args := strings.Split(string(cmdline), "\x00"); len(args) > 1 && args[1] == "daemon" && !zombieProc(atoi(p.Name())) {
+			daemons = append(daemons, p.Name())
+		}
+	}
+	if len(daemons) != 1 || daemons[0] != fmt.Sprint(st.PID) {
+		t.Fatalf("daemon processes %v, want only %d", daemons, st.PID)
+	}
+	if started := strings.Count(outs[0].String()+outs[1].String(), "started the kpf daemon"); started == 2 {
+		log, _ := os.ReadFile(k.home + "/daemon.log")
+		if !strings.Contains(string(log), "another kpf daemon runs for this user") {
+			t.Fatalf("two daemons were started and the log does not say why one went:\n%s", log)
+		}
+	}
+}
+
+func atoi(s string) int {
+	var n int
+	fmt.Sscan(s, &n)
+	return n
+}

@@ -1,0 +1,111 @@
+// Package api is the daemon's socket API: the requests the CLI sends and
+// the status the daemon answers, as versioned types of their own. The
+// daemon builds them from its internals (the manager's rows, its files);
+// nothing here is an internal type served as it is, so the manager can
+// change without changing what `kpf status --json` promises to scripts.
+//
+// A field is added, never renamed or removed, within a SchemaVersion.
+package api
+
+import (
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/identity"
+	"github.com/kpf-dev/kpf/internal/spec"
+)
+
+// SchemaVersion versions the JSON of status and the socket API. 2: many
+// files (files, and each forward's file, cluster and user).
+const SchemaVersion = 2
+
+// Status is what GET /v1/status (and POST /v1/wait) answers.
+type Status struct {
+	SchemaVersion int       `json:"schemaVersion"`
+	PID           int       `json:"pid"`
+	Started       time.Time `json:"started"`
+	Files         []string  `json:"files"`
+	Forwards      []Forward `json:"forwards"`
+	Metrics       string    `json:"metrics,omitempty"` // the URL of its Prometheus metrics, if served
+}
+
+// Forward is one forward (or proxy) of a file, as status shows it.
+type Forward struct {
+	Name string `json:"name"`
+	// File, Context, Cluster and User: which file the forward comes from,
+	// and who it connects as.
+	File      string   `json:"file,omitempty"`
+	Context   string   `json:"context,omitempty"`
+	Cluster   string   `json:"cluster,omitempty"`
+	User      string   `json:"user,omitempty"`
+	Namespace string   `json:"namespace,omitempty"`
+	Target    string   `json:"target"`
+	Pod       string   `json:"pod,omitempty"`
+	Local     []string `json:"local,omitempty"`
+	// Addresses are the ones the file gives it (an auto address as the
+	// address it stands for), listening or not.
+	Addresses  []string `json:"addresses,omitempty"`
+	State      string   `json:"state"`
+	Health     string   `json:"health"`
+	HealthNote string   `json:"healthDetail,omitempty"`
+	Open       int64    `json:"openConnections"`
+	Total      int64    `json:"connections"`
+	Failed     int64    `json:"failedConnections"`
+	BytesIn    int64    `json:"bytesIn"`  // to the local clients, counted as they move
+	BytesOut   int64    `json:"bytesOut"` // to the pod
+	RateIn     int64    `json:"bytesInPerSecond"`
+	RateOut    int64    `json:"bytesOutPerSecond"`
+	Reconnects int64    `json:"reconnects"`
+	Switches   int64    `json:"podSwitches"`
+	HTTPLog    string   `json:"httpLog,omitempty"` // where its HTTP requests are logged
+	// Its /udp ports: local peers with a flow now, datagrams each way, and
+	// the relay pod.
+	UDPPeers     int    `json:"udpPeers,omitempty"`
+	DatagramsIn  int64  `json:"datagramsIn,omitempty"`
+	DatagramsOut int64  `json:"datagramsOut,omitempty"`
+	Relay        string `json:"relayPod,omitempty"`
+	LastError    string `json:"lastError,omitempty"`
+}
+
+// ApplyRequest asks the daemon to run the forwards of a file as the
+// identity and with the settings of the command that applied it.
+type ApplyRequest struct {
+	File     string            `json:"file"`  // absolute path: the file's key
+	Names    []string          `json:"names"` // empty: all, and stop the ones gone from the file
+	Identity identity.Identity `json:"identity"`
+	Settings spec.Settings     `json:"settings"`
+}
+
+// ApplyResult says what changed.
+type ApplyResult struct {
+	Started   []string `json:"started"`
+	Restarted []string `json:"restarted"`
+	Unchanged []string `json:"unchanged"`
+	Stopped   []string `json:"stopped"`
+}
+
+// NamesRequest picks forwards for down and restart: the named ones (of
+// File, when given), every forward of File, or All.
+type NamesRequest struct {
+	Names []string `json:"names"`
+	File  string   `json:"file,omitempty"`
+	All   bool     `json:"all,omitempty"`
+}
+
+// Picked says which forwards a NamesRequest picked, by file.
+type Picked struct {
+	File  string   `json:"file"`
+	Names []string `json:"names"`
+}
+
+// DownResult is what POST /v1/down answers.
+type DownResult struct {
+	Stopped []Picked `json:"stopped"`
+	// DaemonExits: nothing is left to run, and the daemon exits once this
+	// answer is written.
+	DaemonExits bool `json:"daemonExits"`
+}
+
+// RestartResult is what POST /v1/restart answers.
+type RestartResult struct {
+	Restarted []Picked `json:"restarted"`
+}
