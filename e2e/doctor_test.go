@@ -328,6 +328,24 @@ spec:
 		r := doctor(t, nil, cfg, "-n", ns, "pod/web", "8080")
 		fail(t, r, "kubeconfig", `its credential plugin "kpf-no-such-plugin" is not on your PATH`, "brew install kpf-no-such-plugin")
 	})
+	t.Run("exec plugin on the PATH", func(t *testing.T) {
+		// A plugin found on the command's PATH (aws, gke-gcloud-auth-plugin,
+		// kubelogin) is there: doctor once looked it up on an empty PATH.
+		bin := t.TempDir()
+		if err := os.WriteFile(filepath.Join(bin, "kpf-test-plugin"), []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cfg := filepath.Join(t.TempDir(), "kubeconfig")
+		kc := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster: {server: %q, certificate-authority: %q}\ncontexts:\n- name: s\n  context: {cluster: s, user: u}\ncurrent-context: s\nusers:\n- name: u\n  user:\n    exec: {apiVersion: client.authentication.k8s.io/v1, command: kpf-test-plugin, interactiveMode: Never}\n",
+			sb.APIServer, filepath.Join(string(sb.Dir), "pki", "ca.crt"))
+		if err := os.WriteFile(cfg, []byte(kc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := doctor(t, []string{"PATH=" + bin + string(os.PathListSeparator) + os.Getenv("PATH")}, cfg, "-n", ns, "pod/web", "8080")
+		if c := r.step(t, "kubeconfig"); c.Status != "ok" || strings.Contains(c.Summary, "not on your PATH") {
+			t.Errorf("a plugin on the PATH: kubeconfig step %s: %s (fix: %s)", c.Status, c.Summary, c.Fix)
+		}
+	})
 	t.Run("no pods/portforward", func(t *testing.T) {
 		// viewer reads the dev namespace and may not port-forward.
 		r := doctor(t, nil, sb.Kubeconfig(cluster.UserViewer), "-n", cluster.DevNamespace, "pod/nosuch", "8080")

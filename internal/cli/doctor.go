@@ -169,7 +169,7 @@ func (o *DoctorOptions) Run(ctx context.Context) error {
 // step's finding, not an error.
 func (o *DoctorOptions) doctor(id identity.Identity, report func(doctor.Check)) *doctor.Doctor {
 	d := &doctor.Doctor{StepTimeout: o.StepTimeout, ConnectWait: time.Second, Report: report}
-	d.PATH = id.Get("PATH")
+	d.PATH = id.Getenv("PATH") // where its exec plugins are looked for
 	flags, err := id.Getter()
 	if err != nil {
 		d.ConfigErr = err

@@ -288,6 +288,10 @@ func (id Identity) getenvAny(keys ...string) string {
 	return ""
 }
 
+// Getenv is a variable of the command's environment as the identity
+// kept it ("" when it kept none).
+func (id Identity) Getenv(key string) string { return id.getenv(key) }
+
 func (id Identity) getenv(key string) string {
 	for i := len(id.Env) - 1; i >= 0; i-- {
 		if k, v, ok := strings.Cut(id.Env[i], "="); ok && k == key {
