@@ -38,7 +38,7 @@ func newFollower(t *testing.T, s *fakeapi.Server, tweak func(*Options)) (*Follow
 		Log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Watches:       NewWatches(s.Client), // as production: the cluster's shared watches
 		Dial: func(ctx context.Context, pod string) (*tunnel.Conn, error) {
-			return tunnel.Dial(ctx, s.Config, ns, pod, tunnel.SPDY, tunnel.OwnDataPath)
+			return tunnel.Dial(ctx, tunnel.APIServer{Config: s.Config}, ns, pod, tunnel.SPDY, tunnel.OwnDataPath)
 		},
 	}
 	if tweak != nil {

@@ -16,15 +16,14 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/audit"
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/httplog"
-	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/rest"
 )
 
 // Spec says what to forward and how.
@@ -55,16 +54,16 @@ type Spec struct {
 
 // Deps are the session's connections to the world.
 type Deps struct {
-	Config  *rest.Config
-	Client  kube.Interface
+	// Cluster is the connection to the API server: clients, shared pod
+	// watches, liveness probe and tunnels. Open takes a hold of its own,
+	// given back when the session ends; the caller keeps and releases its
+	// own.
+	Cluster *cluster.Conn
 	Objects target.Getter
 	// Audit, if set, gets a record of every connection, and of the
 	// forward starting, stopping and switching pods, as Who.
 	Audit *audit.Log
 	Who   audit.Who
-	// Watches, if set, are the cluster's shared pod watches (one per
-	// namespace for all its forwards).
-	Watches *follow.Watches
 	// HTTPLog, if set, gets a line per HTTP request of the connections;
 	// Serve closes it when it returns.
 	HTTPLog *httplog.Log
@@ -112,9 +111,13 @@ type Session struct {
 // Open resolves the target, opens the first tunnel and listens. The
 // session lives until ctx ends or Serve returns.
 func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
-	r := &target.Resolver{Objects: deps.Objects, Pods: deps.Client.CoreV1(), PodRunningTimeout: spec.PodRunningTimeout}
+	ctx, cancel := context.WithCancel(ctx)
+	deps.Cluster = deps.Cluster.Acquire()
+	context.AfterFunc(ctx, deps.Cluster.Release)
+	r := &target.Resolver{Objects: deps.Objects, Pods: deps.Cluster.Client().CoreV1(), PodRunningTimeout: spec.PodRunningTimeout}
 	t, err := r.Resolve(ctx, spec.Namespace, spec.Target, spec.Ports)
 	if err != nil {
+		cancel()
 		return nil, &StageError{Stage: StageResolve, Err: err}
 	}
 	deps.Log.Debug("target resolved", "target", t.Ref, "pod", t.Pod.Name, "namespace", t.Namespace)
@@ -127,18 +130,17 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	dial := func(ctx context.Context, pod string) (*tunnel.Conn, error) {
 		tr := st.inUse()
 		start := time.Now()
-		c, err := tunnel.Dial(ctx, deps.Config, t.Namespace, pod, tr, spec.DataPath)
+		c, err := deps.Cluster.Dial(ctx, t.Namespace, pod, tr, spec.DataPath)
 		st.dialled(time.Since(start), c, err)
 		if err == nil && tr == tunnel.Auto {
 			deps.Log.Debug("tunnel open", "pod", c.Pod, "transport", c.Transport)
 		}
 		return c, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	fo := follow.Options{
 		Namespace:     t.Namespace,
 		Ref:           t.Ref,
-		Client:        deps.Client,
+		Client:        deps.Cluster.Client(),
 		Dial:          dial,
 		Balance:       spec.Balance,
 		ReconnectWait: spec.ReconnectWait,
@@ -146,7 +148,8 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		NoReconnect:   spec.NoReconnect,
 		Initial:       t.Pod,
 		Log:           deps.Log,
-		Watches:       deps.Watches,
+		Watches:       deps.Cluster.Watches(),
+		Liveness:      deps.Cluster.Liveness(),
 	}
 	id := audit.Forward{Who: deps.Who, Namespace: t.Namespace, Name: spec.Name, Target: t.Ref}
 	if deps.Audit != nil {
@@ -194,7 +197,6 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	if deps.Audit != nil {
 		deps.Audit.Event(audit.Event{Forward: id, Event: "start", Pod: t.Pod.Name, Listen: s.Addrs()})
 	}
-	go follow.WatchAPIServer(ctx, deps.Client.CoreV1().RESTClient(), f, 5*time.Second, 15*time.Second)
 	return s, nil
 }
 
