@@ -42,7 +42,7 @@ type Server struct {
 	// Handshakes counts the TLS connections clients made, Resumed those
 	// that resumed an earlier session.
 	Handshakes, Resumed atomic.Int64
-	uid      atomic.Int64
+	uid                 atomic.Int64
 }
 
 // New starts a server; it stops with the test.
