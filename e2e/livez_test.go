@@ -32,7 +32,10 @@ type apiFront struct {
 	srv         *httptest.Server
 	livez       atomic.Int64
 	livezStatus atomic.Int64 // 0: pass /livez on
-	kubeconfig  string       // kpf's: the front, no credentials
+	// firstOwn and lastOwn are when it first and last answered /livez
+	// itself (unix ns).
+	firstOwn, lastOwn atomic.Int64
+	kubeconfig        string // kpf's: the front, no credentials
 }
 
 func newAPIFront(t *testing.T, sb *sandboxtest.Sandbox) *apiFront {
@@ -59,6 +62,9 @@ func newAPIFront(t *testing.T, sb *sandboxtest.Sandbox) *apiFront {
 		if r.URL.Path == "/livez" {
 			f.livez.Add(1)
 			if st := f.livezStatus.Load(); st != 0 {
+				now := time.Now().UnixNano()
+				f.firstOwn.CompareAndSwap(0, now)
+				f.lastOwn.Store(now)
 				http.Error(w, "log in first", int(st))
 				return
 			}
@@ -150,11 +156,15 @@ func TestOneLivenessProbePerContext(t *testing.T) {
 		t.Fatalf("GET through forward f0: %v", err)
 	}
 	front.livezStatus.Store(http.StatusForbidden)
-	front.livez.Store(0)
-	// Four 403s span 15 s and more; the silence of today's kpf dropped
-	// every tunnel 15 s after the last 2xx.
-	sandboxtest.WaitFor(t, 60*time.Second, "five 403 answers to /livez", func() (bool, error) { return front.livez.Load() >= 5, nil })
+	// kpf took 403s for silence, and dropped every tunnel once it had
+	// had no 2xx for the bound (15 s): 403s for longer than the bound and
+	// a period.
+	const bound = 15 * time.Second
+	sandboxtest.WaitFor(t, 90*time.Second, "403 answers to /livez over 20 s", func() (bool, error) {
+		first := front.firstOwn.Load()
+		return first != 0 && time.Duration(front.lastOwn.Load()-first) >= bound+period, nil
+	})
 	if err := get(); err != nil {
-		t.Fatalf("after %d answers of 403 to /livez, the open connection through f0 failed: %v", front.livez.Load(), err)
+		t.Fatalf("after 403 answers to /livez for %s, the open connection through f0 failed: %v", time.Duration(front.lastOwn.Load()-front.firstOwn.Load()).Round(time.Second), err)
 	}
 }
