@@ -651,6 +651,16 @@ func (f *Follower) State() (pod, state string) {
 	return "", "waiting for pod"
 }
 
+// Changed is closed at the follower's next change (a pod seen, a tunnel
+// dialled or lost, the end), so that State can be watched without
+// polling; a change that only time makes (a retry's wait running out)
+// closes nothing.
+func (f *Follower) Changed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
 // Pod is the follower's latest copy of one of its pods, from its watch;
 // nil if it has none by that name.
 func (f *Follower) Pod(name string) *corev1.Pod {
