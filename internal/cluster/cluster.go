@@ -124,7 +124,7 @@ func (r *Registry) Acquire(id identity.Identity) (*Conn, error) {
 	// Made outside the lock (it reads the kubeconfig files); a connection
 	// starts nothing until it is used, so one that lost the race is
 	// simply dropped.
-	made, err := r.make(id)
+	made, err := r.load(id)
 	if err != nil {
 		return nil, err
 	}
@@ -168,8 +168,8 @@ func key(id identity.Identity) (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
-// make builds a connection as kubectl's flags would: no request is sent.
-func (r *Registry) make(id identity.Identity) (*conn, error) {
+// load builds a connection as kubectl's flags would: no request is sent.
+func (r *Registry) load(id identity.Identity) (*conn, error) {
 	flags, err := id.Getter()
 	if err != nil {
 		return nil, err
