@@ -2,14 +2,13 @@ package cli
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/proxy"
 
 	"github.com/kpf-dev/kpf/internal/audit"
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"github.com/kpf-dev/kpf/internal/identity"
-	"github.com/kpf-dev/kpf/internal/kube"
 )
 
 const auditLogUsage = "append a JSON line per connection (who, pod, ports, client, bytes, result) and per forward start, stop and pod switch to this file (created 0600, rotated at 10 MB, 3 kept)"
@@ -22,24 +21,18 @@ func openAudit(path string) (*audit.Log, error) {
 	return audit.Open(path, audit.DefaultMaxBytes, audit.DefaultKeep)
 }
 
-// whoOnce asks the API server once who the cluster's user is, for the
-// audit log; the kubeconfig's user name stands in when it cannot say.
-type whoOnce struct {
-	once sync.Once
-	who  audit.Who
-}
-
-func (c *kubeCluster) auditWho(ctx context.Context) audit.Who {
-	c.who.once.Do(func() {
-		w := &c.who.who
-		w.Context, w.Cluster, w.User = identity.Describe(c.kube)
-		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		if u, err := kube.WhoAmI(ctx, c.client); err == nil && u.Username != "" {
-			w.User = u.Username
-		}
-	})
-	return c.who.who
+// auditWho is who c connects as, for the audit log: the kubeconfig's
+// context, cluster and user, with the user the API server says (asked once
+// per connection) where it can say.
+func auditWho(ctx context.Context, c *cluster.Conn) audit.Who {
+	var w audit.Who
+	if c.Flags() != nil {
+		w.Context, w.Cluster, w.User = identity.Describe(c.Flags())
+	}
+	if u := c.WhoAmI(ctx); u != "" {
+		w.User = u
+	}
+	return w
 }
 
 // proxyAudit writes an audit record for each connection a proxy carried.

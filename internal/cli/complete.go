@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
 	"github.com/kpf-dev/kpf/internal/kube"
@@ -37,22 +38,26 @@ var kindNames = map[string]string{
 var completionKinds = []string{"pod/", "service/", "deployment/", "statefulset/", "daemonset/", "replicaset/", "job/", "replicationcontroller/"}
 
 // completionCluster connects as the command would, with every request
-// bounded by completionTimeout.
-func (g *globals) completionCluster(cmd *cobra.Command) (*kubeCluster, context.Context, context.CancelFunc, bool) {
+// bounded by completionTimeout; done releases the connection.
+func (g *globals) completionCluster(cmd *cobra.Command) (c *cluster.Conn, ctx context.Context, done func(), ok bool) {
 	id, err := g.identity(cmd)
 	if err != nil {
 		return nil, nil, nil, false
 	}
-	c, err := connect(id)
-	if err != nil {
-		return nil, nil, nil, false
-	}
-	c.config.Timeout = completionTimeout
-	if c.client, err = kube.NewForConfig(c.config); err != nil {
+	o := clusterOptions(nil)
+	o.Timeout = completionTimeout
+	if c, err = cluster.Connect(id, o); err != nil {
 		return nil, nil, nil, false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), completionTimeout)
-	return c, ctx, cancel, true
+	return c, ctx, func() { cancel(); c.Release() }, true
+}
+
+// objects is where completion finds names: a cluster connection's
+// clients and namespace.
+type objects interface {
+	Client() kube.Interface
+	Namespace() string
 }
 
 // completeForward completes kpf forward's words: TYPE/NAME first, then
@@ -69,7 +74,7 @@ func (g *globals) completeForward(cmd *cobra.Command, args []string, toComplete 
 	return completePorts(ctx, c, args[0]), cobra.ShellCompDirectiveNoFileComp
 }
 
-func completeTargets(ctx context.Context, c *kubeCluster, toComplete string) ([]string, cobra.ShellCompDirective) {
+func completeTargets(ctx context.Context, c objects, toComplete string) ([]string, cobra.ShellCompDirective) {
 	typed, _, hasKind := strings.Cut(toComplete, "/")
 	if !hasKind {
 		// A bare name is a pod, as in kubectl; or a kind to go on with.
@@ -88,9 +93,9 @@ func completeTargets(ctx context.Context, c *kubeCluster, toComplete string) ([]
 }
 
 // names lists the objects of a kind in the namespace in effect.
-func names(ctx context.Context, c *kubeCluster, kind string) []string {
+func names(ctx context.Context, c objects, kind string) []string {
 	lo := metav1.ListOptions{}
-	ns, cs := c.namespace, c.client
+	ns, cs := c.Namespace(), c.Client()
 	var list runtime.Object
 	var err error
 	switch kind {
@@ -133,7 +138,7 @@ func names(ctx context.Context, c *kubeCluster, kind string) []string {
 // and :name), or the container ports of the pod or of the workload's pod
 // template. A UDP port is offered as PORT/udp (and :NAME/udp), which is
 // how kpf forwards it.
-func completePorts(ctx context.Context, c *kubeCluster, targetArg string) []string {
+func completePorts(ctx context.Context, c objects, targetArg string) []string {
 	typed, name, hasKind := strings.Cut(targetArg, "/")
 	kind := "pod"
 	if hasKind {
@@ -141,7 +146,7 @@ func completePorts(ctx context.Context, c *kubeCluster, targetArg string) []stri
 	} else {
 		name = typed
 	}
-	ns, cs := c.namespace, c.client
+	ns, cs := c.Namespace(), c.Client()
 	var spec *corev1.PodSpec
 	switch kind {
 	case "service":
@@ -219,7 +224,7 @@ func (g *globals) completeNamespaces(cmd *cobra.Command, _ []string, toComplete 
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
 	defer cancel()
-	l, err := c.client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	l, err := c.Client().CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}

@@ -5,10 +5,18 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/kpf-dev/kpf/internal/kube"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 )
+
+// fakeObjects is a cluster connection's clients, in namespace ns.
+type fakeObjects struct{ client kube.Interface }
+
+func (f fakeObjects) Client() kube.Interface { return f.client }
+func (fakeObjects) Namespace() string        { return "ns" }
 
 // Ports complete as they are forwarded: a UDP port as PORT/udp and
 // :NAME/udp, a TCP one as PORT and :NAME, an SCTP one not at all.
@@ -24,7 +32,7 @@ func TestCompletePortsOffersUDPPortsWithTheirSuffix(t *testing.T) {
 			{ContainerPort: 8080},
 		}}}}},
 	)
-	c := &kubeCluster{client: cs, namespace: "ns"}
+	c := fakeObjects{cs}
 	if got, want := completePorts(context.Background(), c, "svc/dns"), []string{"53/udp", ":dns/udp", "53", ":dns-tcp"}; !slices.Equal(got, want) {
 		t.Errorf("svc/dns: %q, want %q", got, want)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"io"
 	"log/slog"
 	"os"
@@ -156,14 +157,16 @@ its own flags and environment, as kpf up -d would.`,
 				return err
 			}
 			defer auditLog.Close()
+			// Files applied as one identity share its connections.
+			clusters := cluster.NewRegistry(clusterOptions(log))
 			s := &daemon.Server{
 				Home: home,
 				Log:  log,
 				Opener: func(file string, id identity.Identity, log *slog.Logger) manager.Opener {
-					return newOpener(file, id, log, g.errOut, auditLog)
+					return newOpener(file, id, clusters, log, g.errOut, auditLog)
 				},
 				ProxyOpener: func(_ string, id identity.Identity, log *slog.Logger) manager.ProxyOpener {
-					return newProxyOpener(id, log, auditLog)
+					return newProxyOpener(id, clusters, log, auditLog)
 				},
 				Describe: describeIdentity,
 				Events:   g.out,

@@ -10,10 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/doctor"
 	"github.com/kpf-dev/kpf/internal/identity"
-	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/kpf-dev/kpf/internal/target"
@@ -139,7 +139,7 @@ func (o *DoctorOptions) Run(ctx context.Context) error {
 		byContext[fw.Context] = append(byContext[fw.Context], fw)
 	}
 	for _, name := range contexts {
-		d := o.doctor(o.id.WithContext(name), report)
+		d, done := o.doctor(o.id.WithContext(name), report)
 		d.CheckCluster(ctx)
 		for _, fw := range byContext[name] {
 			if fw.Namespace == "" {
@@ -150,6 +150,7 @@ func (o *DoctorOptions) Run(ctx context.Context) error {
 			}
 			d.CheckForward(ctx, fw, o.Settings)
 		}
+		done()
 		failed = failed || d.Failed()
 	}
 	if o.JSON {
@@ -166,28 +167,23 @@ func (o *DoctorOptions) Run(ctx context.Context) error {
 }
 
 // doctor connects as id; a kubeconfig that does not load is the first
-// step's finding, not an error.
-func (o *DoctorOptions) doctor(id identity.Identity, report func(doctor.Check)) *doctor.Doctor {
-	d := &doctor.Doctor{StepTimeout: o.StepTimeout, ConnectWait: time.Second, Report: report}
+// step's finding, not an error. done releases the connection.
+func (o *DoctorOptions) doctor(id identity.Identity, report func(doctor.Check)) (d *doctor.Doctor, done func()) {
+	d = &doctor.Doctor{StepTimeout: o.StepTimeout, ConnectWait: time.Second, Report: report}
 	d.PATH = id.Getenv("PATH") // where its exec plugins are looked for
 	flags, err := id.Getter()
 	if err != nil {
 		d.ConfigErr = err
-		return d
+		return d, func() {}
 	}
-	d.Flags = flags
-	cfg, err := flags.ToRESTConfig()
+	d.Flags = flags // for the kubeconfig step, even if it does not load
+	c, err := cluster.Connect(id, clusterOptions(nil))
 	if err != nil {
 		d.ConfigErr = err
-		return d
+		return d, func() {}
 	}
-	cfg.UserAgent = userAgent()
-	client, err := kube.NewForConfig(cfg)
-	if err != nil {
-		d.ConfigErr = err
-		return d
-	}
-	d.Config, d.Client = cfg, client
+	flags, cfg := c.Flags(), c.Config()
+	d.Flags, d.Config, d.Client = flags, cfg, c.Client()
 	d.Objects = target.BuilderGetter{Flags: flags}
 	d.Explain = func(err error) string {
 		if e := explainNetwork(err, cfg); e != nil {
@@ -198,7 +194,7 @@ func (o *DoctorOptions) doctor(id identity.Identity, report func(doctor.Check)) 
 	d.ExplainTarget = func(err error, namespace string) string {
 		return explain(context.Background(), err, namespace, flags, cfg).Error()
 	}
-	return d
+	return d, c.Release
 }
 
 func (o *DoctorOptions) namespace(d *doctor.Doctor) string {

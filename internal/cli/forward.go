@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"log/slog"
 	"runtime"
 	"sync/atomic"
@@ -49,7 +50,7 @@ type ForwardOptions struct {
 	// Set by Complete.
 	doctor  string // the kpf doctor command for this forward
 	forward config.Forward
-	cluster *kubeCluster
+	cluster *cluster.Conn // released by Run
 	log     *slog.Logger
 }
 
@@ -122,7 +123,7 @@ func (o *ForwardOptions) Complete(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	o.doctor = doctorCommand(cmd, args)
-	o.forward = config.Forward{Namespace: o.cluster.namespace, Target: args[0], Ports: ports, Addresses: o.Addresses, Balance: o.Balance}
+	o.forward = config.Forward{Namespace: o.cluster.Namespace(), Target: args[0], Ports: ports, Addresses: o.Addresses, Balance: o.Balance}
 	return nil
 }
 
@@ -140,6 +141,7 @@ func (o *ForwardOptions) Validate() error {
 // Run resolves the target, opens the tunnel, listens and forwards until
 // interrupted, the target is lost for good, or a timeout runs out.
 func (o *ForwardOptions) Run(ctx context.Context) error {
+	defer o.cluster.Release()
 	if err := o.g.startDebug(ctx); err != nil {
 		return err
 	}
@@ -152,13 +154,13 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return usageError{err}
 	}
-	deps := o.cluster.deps(o.g.out, o.g.errOut, o.log)
+	deps := sessionDeps(o.cluster, o.g.out, o.g.errOut, o.log)
 	if o.AuditLog != "" {
 		if deps.Audit, err = openAudit(o.AuditLog); err != nil {
 			return err
 		}
 		defer deps.Audit.Close()
-		deps.Who = o.cluster.auditWho(ctx)
+		deps.Who = auditWho(ctx, o.cluster)
 	}
 	if o.HTTPLog != "" {
 		if deps.HTTPLog, err = httplog.Open(o.HTTPLog, o.forward.Target, o.Bodies); err != nil {
@@ -183,7 +185,7 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 		sess.Store(s)
 	}
 	if err != nil {
-		return withDoctor(ctx, explainOpen(ctx, err, sp.Namespace, o.cluster.kube, o.cluster.config), o.doctor)
+		return withDoctor(ctx, explainOpen(ctx, err, sp.Namespace, o.cluster.Flags(), o.cluster.Config()), o.doctor)
 	}
 	err = s.Serve(ctx)
 	if err == nil && errors.Is(context.Cause(ctx), errTimeout) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"io"
 	"net"
 	"net/netip"
@@ -193,10 +194,11 @@ func (o *ProxyOptions) Run(ctx context.Context, id identity.Identity) error {
 	if err := o.g.startDebug(ctx); err != nil {
 		return err
 	}
-	cluster, err := connect(id)
+	conn, err := connect(id)
 	if err != nil {
 		return err
 	}
+	defer conn.Release()
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", o.Listen, err)
@@ -213,9 +215,9 @@ func (o *ProxyOptions) Run(ctx context.Context, id identity.Identity) error {
 	defer auditLog.Close()
 	var ended func(proxy.Ended)
 	if auditLog != nil {
-		ended = proxyAudit(auditLog, cluster.auditWho(ctx), "proxy")
+		ended = proxyAudit(auditLog, auditWho(ctx, conn), "proxy")
 	}
-	p := newProxy(cluster, o.Settings, proxy.Options{
+	p := newProxy(conn, o.Settings, proxy.Options{
 		Ended:         ended,
 		ClusterDomain: o.ClusterDomain,
 		Direct:        o.Direct,
@@ -230,7 +232,7 @@ func (o *ProxyOptions) Run(ctx context.Context, id identity.Identity) error {
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx, ln) }()
 	ctxName, _, _ := describeIdentity(id, "")
-	fmt.Fprintf(o.g.out, "Proxying from %s (SOCKS5, HTTP CONNECT, HTTP) to context %s, namespace %s\n", addr, ctxName, cluster.namespace)
+	fmt.Fprintf(o.g.out, "Proxying from %s (SOCKS5, HTTP CONNECT, HTTP) to context %s, namespace %s\n", addr, ctxName, conn.Namespace())
 	if len(o.command) == 0 {
 		<-ctx.Done()
 		cancel()
@@ -243,16 +245,17 @@ func (o *ProxyOptions) Run(ctx context.Context, id identity.Identity) error {
 }
 
 // newProxy is a proxy on a cluster connection, dialling as its settings say.
-func newProxy(c *kubeCluster, s spec.Settings, o proxy.Options) *proxy.Proxy {
-	o.Client = c.client
+func newProxy(c *cluster.Conn, s spec.Settings, o proxy.Options) *proxy.Proxy {
+	o.Client = c.Client()
 	if o.Namespace == "" {
-		o.Namespace = c.namespace
+		o.Namespace = c.Namespace()
 	}
-	o.Watches = c.watches
+	o.Watches = c.Watches()
+	o.Liveness = c.Liveness()
 	o.ReconnectWait = s.ReconnectWait
 	o.Transport = s.Transport
 	o.Dial = func(ctx context.Context, namespace, pod string, tr tunnel.Transport) (*tunnel.Conn, error) {
-		return tunnel.Dial(ctx, c.config, namespace, pod, tr, s.DataPath)
+		return c.Dial(ctx, namespace, pod, tr, s.DataPath)
 	}
 	return proxy.New(o)
 }

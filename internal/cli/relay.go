@@ -65,11 +65,12 @@ other machines are listed, not deleted, unless --all.`,
 			if err != nil {
 				return err
 			}
-			ns := c.namespace
+			defer c.Release()
+			ns := c.Namespace()
 			if allNamespaces {
 				ns = ""
 			}
-			left, err := relaypod.Find(cmd.Context(), c.client, ns, relaypod.Me(), processAlive)
+			left, err := relaypod.Find(cmd.Context(), c.Client(), ns, relaypod.Me(), processAlive)
 			if err != nil {
 				return err
 			}
@@ -86,7 +87,7 @@ other machines are listed, not deleted, unless --all.`,
 				action := "kept (its kpf may still run)"
 				if l.Gone || ended || all {
 					action = "deleted"
-					if err := relaypod.Delete(cmd.Context(), c.client, &p); err != nil {
+					if err := relaypod.Delete(cmd.Context(), c.Client(), &p); err != nil {
 						action, failed = "not deleted: "+err.Error(), err
 					}
 				}

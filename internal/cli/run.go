@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"strings"
 	"time"
 
@@ -75,9 +76,10 @@ func (o *RunOptions) Run(ctx context.Context, id identity.Identity) error {
 		return err
 	}
 	log := o.g.logger()
+	clusters := cluster.NewRegistry(clusterOptions(log))
 	m := manager.New(manager.Options{
-		Open:      newOpener(o.file.Path, id, log, o.g.errOut, nil),
-		OpenProxy: newProxyOpener(id, log, nil),
+		Open:      newOpener(o.file.Path, id, clusters, log, o.g.errOut, nil),
+		OpenProxy: newProxyOpener(id, clusters, log, nil),
 		Settings:  o.Settings,
 		Log:       log,
 		Events: func(e manager.Event) {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,10 +17,10 @@ import (
 	"log/slog"
 
 	"github.com/kpf-dev/kpf/internal/audit"
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
 	"github.com/kpf-dev/kpf/internal/daemon/api"
-	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/httplog"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
@@ -29,11 +30,8 @@ import (
 	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/kpf-dev/kpf/internal/target"
 
-	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
-	"k8s.io/client-go/rest"
 )
 
 // UpOptions is kpf up: every forward of a file, in the foreground.
@@ -136,13 +134,14 @@ func (o *UpOptions) Run(ctx context.Context) error {
 	defer auditLog.Close()
 	table := o.Table == "always" || (o.Table == "auto" && isTerminal(o.g.out))
 	events := &eventLog{}
+	clusters := cluster.NewRegistry(clusterOptions(log))
 	var warnTo io.Writer = o.g.errOut
 	if table {
 		warnTo = lineWriter(events.add)
 	}
 	mo := manager.Options{
-		Open:      newOpener(o.file.Path, o.id, log, warnTo, auditLog),
-		OpenProxy: newProxyOpener(o.id, log, auditLog),
+		Open:      newOpener(o.file.Path, o.id, clusters, log, warnTo, auditLog),
+		OpenProxy: newProxyOpener(o.id, clusters, log, auditLog),
 		Settings:  o.Settings,
 		Log:       log,
 		Events: func(e manager.Event) {
@@ -293,24 +292,24 @@ func bytesText(n int64) string {
 	return strconv.FormatInt(n, 10)
 }
 
-// newOpener opens sessions for forwards of a file as id: one set of
-// clients per kubeconfig context, and errors explained as kpf forward
-// explains them.
+// newOpener opens sessions for forwards of a file as id, on the
+// connections of clusters (one per context of id, shared by every forward
+// and proxy that holds it), and explains errors as kpf forward does.
 //
 // An error ends with the kpf doctor command for the forward of file.
-func newOpener(file string, id identity.Identity, log *slog.Logger, warn io.Writer, auditLog *audit.Log) manager.Opener {
-	get := clusterCache(id)
+func newOpener(file string, id identity.Identity, clusters *cluster.Registry, log *slog.Logger, warn io.Writer, auditLog *audit.Log) manager.Opener {
 	return func(ctx context.Context, fw config.Forward, spec session.Spec) (*session.Session, error) {
-		c, err := get(fw.Context)
+		c, err := clusters.Acquire(id.WithContext(fw.Context))
 		if err != nil {
-			return nil, err
+			return nil, explainConnect(err)
 		}
+		defer c.Release() // the session holds its own
 		if spec.Namespace == "" {
-			spec.Namespace = c.namespace
+			spec.Namespace = c.Namespace()
 		}
-		deps := c.deps(io.Discard, warn, log.With("forward", fw.Name))
+		deps := sessionDeps(c, io.Discard, warn, log.With("forward", fw.Name))
 		if auditLog != nil {
-			deps.Audit, deps.Who = auditLog, c.auditWho(ctx)
+			deps.Audit, deps.Who = auditLog, auditWho(ctx, c)
 		}
 		if fw.HTTPLog != "" {
 			if deps.HTTPLog, err = httplog.Open(fw.HTTPLog, fw.Name, 0); err != nil {
@@ -320,105 +319,62 @@ func newOpener(file string, id identity.Identity, log *slog.Logger, warn io.Writ
 		s, err := session.Open(ctx, spec, deps)
 		if err != nil {
 			deps.HTTPLog.Close()
-		}
-		if err != nil {
-			return nil, withDoctor(ctx, explainOpen(ctx, err, spec.Namespace, c.kube, c.config), doctorForFile(file, fw))
+			return nil, withDoctor(ctx, explainOpen(ctx, err, spec.Namespace, c.Flags(), c.Config()), doctorForFile(file, fw))
 		}
 		return s, nil
 	}
 }
 
-// clusterCache connects to each context of id once.
-func clusterCache(id identity.Identity) func(context string) (*kubeCluster, error) {
-	var mu sync.Mutex
-	clusters := map[string]*kubeCluster{}
-	return func(name string) (*kubeCluster, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if c, ok := clusters[name]; ok {
-			return c, nil
-		}
-		c, err := connect(id.WithContext(name))
-		if err != nil {
-			return nil, err
-		}
-		clusters[name] = c
-		return c, nil
-	}
-}
-
-// newProxyOpener opens the proxies of a file, connecting as id.
-func newProxyOpener(id identity.Identity, log *slog.Logger, auditLog *audit.Log) manager.ProxyOpener {
-	get := clusterCache(id)
+// newProxyOpener opens the proxies of a file, connecting as id on the
+// connections of clusters; a proxy holds its connection until ctx ends.
+func newProxyOpener(id identity.Identity, clusters *cluster.Registry, log *slog.Logger, auditLog *audit.Log) manager.ProxyOpener {
 	return func(ctx context.Context, fw config.Forward, s spec.Settings) (*proxy.Proxy, net.Listener, error) {
-		c, err := get(fw.Context)
+		c, err := clusters.Acquire(id.WithContext(fw.Context))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, explainConnect(err)
 		}
 		ln, err := net.Listen("tcp", fw.Proxy.Listen)
 		if err != nil {
+			c.Release()
 			return nil, nil, fmt.Errorf("listen: %w", err)
 		}
+		context.AfterFunc(ctx, c.Release)
 		o := proxy.Options{Namespace: fw.Namespace, ClusterDomain: fw.Proxy.ClusterDomain, Direct: fw.Proxy.Direct, Log: log.With("proxy", fw.Name)}
 		if auditLog != nil {
-			o.Ended = proxyAudit(auditLog, c.auditWho(ctx), fw.Name)
+			o.Ended = proxyAudit(auditLog, auditWho(ctx, c), fw.Name)
 		}
 		return newProxy(c, s, o), ln, nil
 	}
 }
 
-// kubeCluster is the clients of one identity.
-type kubeCluster struct {
-	kube      *genericclioptions.ConfigFlags
-	config    *rest.Config
-	client    kube.Interface
-	namespace string
-	who       whoOnce // for the audit log
-	watches   *follow.Watches
+// clusterOptions are how kpf's commands connect to clusters.
+func clusterOptions(log *slog.Logger) cluster.Options {
+	return cluster.Options{UserAgent: userAgent(), Log: log}
 }
 
-// The client-side rate limit of every cluster connection, when the
-// kubeconfig sets none.
-const (
-	clientQPS   = 100
-	clientBurst = 200
-)
-
-// connect makes the clients of an identity, as kubectl's flags would.
-func connect(id identity.Identity) (*kubeCluster, error) {
-	flags, err := id.Getter()
+// connect makes a connection of its own for a command, as kubectl's flags
+// would; the caller releases it.
+func connect(id identity.Identity) (*cluster.Conn, error) {
+	c, err := cluster.Connect(id, clusterOptions(nil))
 	if err != nil {
-		return nil, err
+		return nil, explainConnect(err)
 	}
-	ns, _, err := flags.ToRawKubeConfigLoader().Namespace()
-	if err != nil {
-		return nil, explainConfig(err)
-	}
-	cfg, err := flags.ToRESTConfig()
-	if err != nil {
-		return nil, explainConfig(err)
-	}
-	cfg.UserAgent = userAgent()
-	if cfg.QPS == 0 && cfg.RateLimiter == nil {
-		// client-go's default (5 requests/s, bursts of 10) paces a file of
-		// a hundred forwards to tens of seconds at start; the API server
-		// protects itself with its own flow control.
-		cfg.QPS, cfg.Burst = clientQPS, clientBurst
-	}
-	cs, err := kube.NewForConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
-	return &kubeCluster{kube: flags, config: cfg, client: cs, namespace: ns, watches: follow.NewWatches(cs)}, nil
+	return c, nil
 }
 
-// deps are what a session of this cluster needs.
-func (c *kubeCluster) deps(out, errOut io.Writer, log *slog.Logger) session.Deps {
+// explainConnect says what to check when a connection could not be made.
+func explainConnect(err error) error {
+	if ce := (*cluster.ConfigError)(nil); errors.As(err, &ce) {
+		return explainConfig(err)
+	}
+	return err
+}
+
+// sessionDeps are what a session on c needs.
+func sessionDeps(c *cluster.Conn, out, errOut io.Writer, log *slog.Logger) session.Deps {
 	return session.Deps{
-		Config:  c.config,
-		Client:  c.client,
-		Objects: target.BuilderGetter{Flags: c.kube},
-		Watches: c.watches,
+		Cluster: c,
+		Objects: target.BuilderGetter{Flags: c.Flags()},
 		Out:     out,
 		ErrOut:  errOut,
 		Log:     log,

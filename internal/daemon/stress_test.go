@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/fakeapi"
@@ -75,13 +76,18 @@ func TestStatusWhileFilesChurn(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(home) })
+	conn, err := cluster.New(fa.Config, client, cluster.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Release)
 	var opened atomic.Int64
 	s := &Server{Home: Home(home), Log: discard,
 		Opener: func(_ string, _ identity.Identity, log *slog.Logger) manager.Opener {
 			return func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
 				opened.Add(1)
 				sp.Transport = tunnel.SPDY // the fake API server has no WebSocket
-				return session.Open(ctx, sp, session.Deps{Config: fa.Config, Client: client, Objects: podObjects{fa.Client},
+				return session.Open(ctx, sp, session.Deps{Cluster: conn, Objects: podObjects{fa.Client},
 					Out: io.Discard, ErrOut: io.Discard, Log: log})
 			}
 		},

@@ -172,7 +172,7 @@ func (d *Doctor) dialBoth(ctx context.Context, s spec.Settings, t *target.Target
 	try := func(tr tunnel.Transport) (*tunnel.Conn, error) {
 		ctx, cancel := d.step(ctx)
 		defer cancel()
-		conn, err := tunnel.Dial(ctx, d.Config, t.Namespace, t.Pod.Name, tr, s.DataPath)
+		conn, err := tunnel.Dial(ctx, tunnel.APIServer{Config: d.Config}, t.Namespace, t.Pod.Name, tr, s.DataPath)
 		if err != nil && !tunnel.IsUpgradeFailure(err) {
 			return nil, errors.New(d.explain(ctx, err))
 		}

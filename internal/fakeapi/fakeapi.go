@@ -8,6 +8,7 @@ package fakeapi
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -38,7 +39,10 @@ type Server struct {
 	backends map[string]string // pod name -> host:port its ports go to
 	refuse   map[string]error  // pod name -> why its tunnels are refused
 	Dials    atomic.Int64      // tunnels upgraded
-	uid      atomic.Int64
+	// Handshakes counts the TLS connections clients made, Resumed those
+	// that resumed an earlier session.
+	Handshakes, Resumed atomic.Int64
+	uid                 atomic.Int64
 }
 
 // New starts a server; it stops with the test.
@@ -47,10 +51,21 @@ func New(t testing.TB) *Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/namespaces/{ns}/pods/{pod}/portforward", s.portForward)
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/pods/{pod}/portforward", s.portForward)
-	s.srv = httptest.NewTLSServer(mux)
+	s.srv = httptest.NewUnstartedServer(mux)
+	s.srv.TLS = &tls.Config{VerifyConnection: s.handshake}
+	s.srv.StartTLS()
 	t.Cleanup(s.srv.Close)
 	s.Config = &rest.Config{Host: s.srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}
 	return s
+}
+
+// handshake counts a TLS handshake, full or resumed.
+func (s *Server) handshake(cs tls.ConnectionState) error {
+	s.Handshakes.Add(1)
+	if cs.DidResume {
+		s.Resumed.Add(1)
+	}
+	return nil
 }
 
 // Pod makes a running pod named name in namespace ns with labels, ready or

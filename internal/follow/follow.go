@@ -79,6 +79,21 @@ type Options struct {
 	// Watches, if set, is the cluster's shared pod watches; without it the
 	// follower watches its own pods.
 	Watches *Watches
+	// Liveness, if set, is the cluster's API server liveness probe: when
+	// the API server goes silent, every tunnel is dropped.
+	Liveness Liveness
+}
+
+// Liveness is a liveness probe of an API server, shared by the followers
+// of one cluster connection. Tunnels run through the API server, and a
+// silent one (paused, or a dead network path) leaves them hanging until
+// TCP gives up, which takes many minutes.
+type Liveness interface {
+	// Subscribe calls on with silent true and how long the API server has
+	// not answered, once that passes the probe's bound, and with silent
+	// false once it answers again; on must not block or unsubscribe.
+	// Unsubscribe stops the calls.
+	Subscribe(on func(silent bool, quiet time.Duration)) (unsubscribe func())
 }
 
 // podState is what the Follower knows of one pod.
@@ -120,6 +135,9 @@ func New(ctx context.Context, o Options) (*Follower, error) {
 		o.Log = slog.Default()
 	}
 	f := &Follower{o: o, ctx: ctx, changed: make(chan struct{}), pods: map[types.UID]*podState{}, done: make(chan struct{})}
+	if o.Liveness != nil {
+		context.AfterFunc(ctx, o.Liveness.Subscribe(f.apiServer))
+	}
 	if o.Initial != nil {
 		f.pods[o.Initial.UID] = &podState{pod: o.Initial}
 		f.current = o.Initial.UID
@@ -496,6 +514,17 @@ func (f *Follower) watchPool(st *podState, pool *tunnelpool.Pool[*tunnel.Conn]) 
 	f.broadcast()
 }
 
+// apiServer hears from the liveness probe: after silence past its bound,
+// every tunnel is dropped so that new connections redial once the API
+// server answers again.
+func (f *Follower) apiServer(silent bool, quiet time.Duration) {
+	if !silent {
+		f.o.Log.Info("API server answers again")
+		return
+	}
+	f.DropTunnels("the API server did not answer for " + quiet.Round(time.Second).String())
+}
+
 // DropTunnels closes every tunnel, as when the API server went silent; the
 // next connections redial.
 func (f *Follower) DropTunnels(reason string) {
@@ -622,6 +651,16 @@ func (f *Follower) State() (pod, state string) {
 		}
 	}
 	return "", "waiting for pod"
+}
+
+// Changed is closed at the follower's next change (a pod seen, a tunnel
+// dialled or lost, the end), so that State can be watched without
+// polling; a change that only time makes (a retry's wait running out)
+// closes nothing.
+func (f *Follower) Changed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
 }
 
 // Pod is the follower's latest copy of one of its pods, from its watch;

@@ -39,7 +39,7 @@ func newFollower(t *testing.T, s *fakeapi.Server, tweak func(*Options)) (*Follow
 		Log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Watches:       NewWatches(s.Client), // as production: the cluster's shared watches
 		Dial: func(ctx context.Context, pod string) (*tunnel.Conn, error) {
-			return tunnel.Dial(ctx, s.Config, ns, pod, tunnel.SPDY, tunnel.OwnDataPath)
+			return tunnel.Dial(ctx, tunnel.APIServer{Config: s.Config}, ns, pod, tunnel.SPDY, tunnel.OwnDataPath)
 		},
 	}
 	if tweak != nil {
@@ -398,5 +398,82 @@ func TestNoPodIsNewsOnlyOnceListed(t *testing.T) {
 			t.Fatal("the follower's watch never reported the pods listed")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// fakeLiveness is a liveness probe the test speaks for.
+type fakeLiveness struct {
+	mu   sync.Mutex
+	subs map[int]func(bool, time.Duration)
+	next int
+}
+
+func (l *fakeLiveness) Subscribe(on func(bool, time.Duration)) func() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.subs == nil {
+		l.subs = map[int]func(bool, time.Duration){}
+	}
+	id := l.next
+	l.next++
+	l.subs[id] = on
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		delete(l.subs, id)
+	}
+}
+
+func (l *fakeLiveness) tell(silent bool) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, on := range l.subs {
+		on(silent, 15*time.Second)
+	}
+	return len(l.subs)
+}
+
+// A follower subscribes to its cluster's liveness probe while it lives:
+// the API server's silence drops its tunnels (and Changed says so), its
+// return is only logged, and the follower's end unsubscribes it.
+func TestFollowerDropsTunnelsWhenTheAPIServerIsSilent(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
+	live := &fakeLiveness{}
+	f, stop := newFollower(t, s, func(o *Options) { o.Liveness = live })
+	if r := connect(t, context.Background(), f); r.err != nil {
+		t.Fatal(r.err)
+	}
+	if _, state := f.State(); state != "ready" {
+		t.Fatalf("state %q, want ready", state)
+	}
+	changed := f.Changed()
+	if n := live.tell(true); n != 1 {
+		t.Fatalf("%d subscribers, want the follower", n)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Changed was not closed when the tunnels were dropped")
+	}
+	if _, state := f.State(); state != "reconnecting" {
+		t.Fatalf("after the API server's silence: state %q, want reconnecting (tunnels dropped)", state)
+	}
+	live.tell(false)
+	if r := connect(t, context.Background(), f); r.err != nil || r.pod != "web-1" {
+		t.Fatalf("after the API server's return: %q, %v", r.pod, r.err)
+	}
+	stop()
+	waitFor(t, 5*time.Second, "the follower to unsubscribe", func() bool { return live.tell(true) == 0 })
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

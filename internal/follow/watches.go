@@ -20,6 +20,7 @@ type Watches struct {
 
 	mu   sync.Mutex
 	byNS map[string]*nsWatch
+	runs sync.WaitGroup // the informers, stopped or not
 }
 
 type nsWatch struct {
@@ -44,7 +45,7 @@ func (w *Watches) subscribe(namespace string, h cache.ResourceEventHandler) (uns
 		ctx, cancel := context.WithCancel(context.Background())
 		nw = &nsWatch{inf: podInformer(w.client, namespace, func(*metav1.ListOptions) {}), cancel: cancel}
 		w.byNS[namespace] = nw
-		go nw.inf.RunWithContext(ctx)
+		w.runs.Go(func() { nw.inf.RunWithContext(ctx) })
 	}
 	reg, err := nw.inf.AddEventHandler(h)
 	if err != nil {
@@ -67,6 +68,19 @@ func (w *Watches) subscribe(namespace string, h cache.ResourceEventHandler) (uns
 			}
 		}
 	}, reg.HasSynced, nil
+}
+
+// Stop ends every watch, as when the cluster connection closes, and
+// returns once they have stopped; a follower still subscribed then hears
+// nothing more.
+func (w *Watches) Stop() {
+	w.mu.Lock()
+	for ns, nw := range w.byNS {
+		nw.cancel()
+		delete(w.byNS, ns)
+	}
+	w.mu.Unlock()
+	w.runs.Wait()
 }
 
 // Namespaces is how many namespaces are watched now.

@@ -11,6 +11,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"net/http"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -61,6 +62,46 @@ func (c *Clients) AuthorizationV1() authzv1.AuthorizationV1Interface { return c.
 // NewForConfig builds the clients of c. Like kubernetes.NewForConfig, the
 // groups share one transport and one token bucket of c.QPS and c.Burst.
 func NewForConfig(c *rest.Config) (*Clients, error) {
+	cfg, err := withDefaults(c)
+	if err != nil {
+		return nil, err
+	}
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return NewForConfigAndClient(cfg, hc)
+}
+
+// NewForConfigAndClient builds the clients of c over hc, an HTTP client
+// made for c (rest.HTTPClientFor) that the caller may use too.
+func NewForConfigAndClient(c *rest.Config, hc *http.Client) (*Clients, error) {
+	cfg, err := withDefaults(c)
+	if err != nil {
+		return nil, err
+	}
+	var cs Clients
+	if cs.core, err = corev1.NewForConfigAndClient(cfg, hc); err != nil {
+		return nil, err
+	}
+	if cs.apps, err = appsv1.NewForConfigAndClient(cfg, hc); err != nil {
+		return nil, err
+	}
+	if cs.batch, err = batchv1.NewForConfigAndClient(cfg, hc); err != nil {
+		return nil, err
+	}
+	if cs.authn, err = authnv1.NewForConfigAndClient(cfg, hc); err != nil {
+		return nil, err
+	}
+	if cs.authz, err = authzv1.NewForConfigAndClient(cfg, hc); err != nil {
+		return nil, err
+	}
+	return &cs, nil
+}
+
+// withDefaults is a copy of c with a user agent and a rate limiter that
+// every group shares.
+func withDefaults(c *rest.Config) (*rest.Config, error) {
 	cfg := *c
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = rest.DefaultKubernetesUserAgent()
@@ -71,27 +112,7 @@ func NewForConfig(c *rest.Config) (*Clients, error) {
 		}
 		cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
 	}
-	hc, err := rest.HTTPClientFor(&cfg)
-	if err != nil {
-		return nil, err
-	}
-	var cs Clients
-	if cs.core, err = corev1.NewForConfigAndClient(&cfg, hc); err != nil {
-		return nil, err
-	}
-	if cs.apps, err = appsv1.NewForConfigAndClient(&cfg, hc); err != nil {
-		return nil, err
-	}
-	if cs.batch, err = batchv1.NewForConfigAndClient(&cfg, hc); err != nil {
-		return nil, err
-	}
-	if cs.authn, err = authnv1.NewForConfigAndClient(&cfg, hc); err != nil {
-		return nil, err
-	}
-	if cs.authz, err = authzv1.NewForConfigAndClient(&cfg, hc); err != nil {
-		return nil, err
-	}
-	return &cs, nil
+	return &cfg, nil
 }
 
 // WhoAmI is who the API server takes the client's credentials for

@@ -215,17 +215,27 @@ func (m *Manager) runProxy(ctx context.Context, f *Forward) {
 	px.Serve(ctx, ln)
 }
 
-// watchState turns the session's own state into events.
+// stateFallback is how often watchState looks without being told: for
+// what only time changes (a retry's wait running out).
+const stateFallback = 5 * time.Second
+
+// watchState turns the session's own state into events as it changes. It
+// waits to be told (Session.Changed) rather than looking four times a
+// second: that timer per forward woke an idle daemon of 200 forwards 800
+// times a second, 2.4% of a core.
 func (m *Manager) watchState(ctx context.Context, f *Forward, sess *session.Session) {
-	t := time.NewTicker(250 * time.Millisecond)
+	t := time.NewTicker(stateFallback)
 	defer t.Stop()
+	changed := sess.Changed()
 	lastPod := sess.Status().Pod
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-changed:
 		case <-t.C:
 		}
+		changed = sess.Changed()
 		st := sess.Status()
 		f.mu.Lock()
 		failed := f.state == Failed

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/fakeapi"
 	"github.com/kpf-dev/kpf/internal/portspec"
@@ -47,6 +48,11 @@ type harness struct {
 
 func newHarness(t *testing.T, settings spec.Settings) *harness {
 	h := &harness{s: fakeapi.New(t), specs: map[string]session.Spec{}}
+	conn, err := cluster.New(h.s.Config, h.s.Client, cluster.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Release)
 	h.m = New(Options{
 		Settings: settings,
 		Log:      discard,
@@ -56,7 +62,7 @@ func newHarness(t *testing.T, settings spec.Settings) *harness {
 			h.mu.Unlock()
 			// The SPDY transport: the fake API server has no WebSocket.
 			sp.Transport = tunnel.SPDY
-			return session.Open(ctx, sp, session.Deps{Config: h.s.Config, Client: h.s.Client, Objects: podGetter{h.s.Client},
+			return session.Open(ctx, sp, session.Deps{Cluster: conn, Objects: podGetter{h.s.Client},
 				Out: io.Discard, ErrOut: io.Discard, Log: discard})
 		},
 	})

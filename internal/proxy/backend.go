@@ -52,8 +52,9 @@ func (p *Proxy) backend(rt Route) (*backend, error) {
 		Dial: func(ctx context.Context, pod string) (*tunnel.Conn, error) {
 			return p.dial(ctx, ns, pod)
 		},
-		Log:     p.o.Log.With("backend", k),
-		Watches: p.o.Watches,
+		Log:      p.o.Log.With("backend", k),
+		Watches:  p.o.Watches,
+		Liveness: p.o.Liveness,
 	})
 	if err != nil {
 		cancel()

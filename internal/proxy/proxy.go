@@ -43,9 +43,12 @@ type Options struct {
 	Auth *Auth
 	// Dial opens a tunnel to a pod with a transport; the first tunnel
 	// settles what auto means, for all that follow.
-	Dial          func(ctx context.Context, namespace, pod string, tr tunnel.Transport) (*tunnel.Conn, error)
-	Transport     tunnel.Transport
-	Watches       *follow.Watches
+	Dial      func(ctx context.Context, namespace, pod string, tr tunnel.Transport) (*tunnel.Conn, error)
+	Transport tunnel.Transport
+	Watches   *follow.Watches
+	// Liveness, if set, is the API server's liveness probe that every
+	// route's follower subscribes to.
+	Liveness      follow.Liveness
 	ReconnectWait time.Duration
 	Log           *slog.Logger
 	// Routed, if set, hears of each name the first time it is routed.

@@ -61,7 +61,7 @@ func start(t *testing.T, s *fakeapi.Server, o Options) string {
 	o.ReconnectWait = 2 * time.Second
 	o.Log = slog.New(slog.DiscardHandler)
 	o.Dial = func(ctx context.Context, ns, pod string, tr tunnel.Transport) (*tunnel.Conn, error) {
-		return tunnel.Dial(ctx, s.Config, ns, pod, tunnel.SPDY, tunnel.DefaultDataPath)
+		return tunnel.Dial(ctx, tunnel.APIServer{Config: s.Config}, ns, pod, tunnel.SPDY, tunnel.DefaultDataPath)
 	}
 	p := New(o)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -318,7 +318,7 @@ func TestStopEndsOpenConnections(t *testing.T) {
 	s := cluster(t)
 	p := New(Options{Client: s.Client, Namespace: "shop", Log: slog.New(slog.DiscardHandler), ReconnectWait: time.Second,
 		Dial: func(ctx context.Context, ns, pod string, tr tunnel.Transport) (*tunnel.Conn, error) {
-			return tunnel.Dial(ctx, s.Config, ns, pod, tunnel.SPDY, tunnel.DefaultDataPath)
+			return tunnel.Dial(ctx, tunnel.APIServer{Config: s.Config}, ns, pod, tunnel.SPDY, tunnel.DefaultDataPath)
 		}})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	ctx, cancel := context.WithCancel(context.Background())

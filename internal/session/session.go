@@ -11,20 +11,19 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync/atomic"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/audit"
+	"github.com/kpf-dev/kpf/internal/cluster"
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/httplog"
-	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/rest"
 )
 
 // Spec says what to forward and how.
@@ -55,16 +54,16 @@ type Spec struct {
 
 // Deps are the session's connections to the world.
 type Deps struct {
-	Config  *rest.Config
-	Client  kube.Interface
+	// Cluster is the connection to the API server: clients, shared pod
+	// watches, liveness probe and tunnels. Open takes a hold of its own,
+	// given back when the session ends; the caller keeps and releases its
+	// own.
+	Cluster *cluster.Conn
 	Objects target.Getter
 	// Audit, if set, gets a record of every connection, and of the
 	// forward starting, stopping and switching pods, as Who.
 	Audit *audit.Log
 	Who   audit.Who
-	// Watches, if set, are the cluster's shared pod watches (one per
-	// namespace for all its forwards).
-	Watches *follow.Watches
 	// HTTPLog, if set, gets a line per HTTP request of the connections;
 	// Serve closes it when it returns.
 	HTTPLog *httplog.Log
@@ -103,18 +102,21 @@ type Session struct {
 	deps      Deps
 	stats     *stats
 	cancel    context.CancelFunc
-	audit     audit.Forward // the forward, as its audit records name it
-
-	// Bytes per second to the client and to the pod over the last second.
-	rateIn, rateOut atomic.Int64
+	done      <-chan struct{} // closed when the session has ended
+	audit     audit.Forward   // the forward, as its audit records name it
+	rates     rates
 }
 
 // Open resolves the target, opens the first tunnel and listens. The
 // session lives until ctx ends or Serve returns.
 func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
-	r := &target.Resolver{Objects: deps.Objects, Pods: deps.Client.CoreV1(), PodRunningTimeout: spec.PodRunningTimeout}
+	ctx, cancel := context.WithCancel(ctx)
+	deps.Cluster = deps.Cluster.Acquire()
+	context.AfterFunc(ctx, deps.Cluster.Release)
+	r := &target.Resolver{Objects: deps.Objects, Pods: deps.Cluster.Client().CoreV1(), PodRunningTimeout: spec.PodRunningTimeout}
 	t, err := r.Resolve(ctx, spec.Namespace, spec.Target, spec.Ports)
 	if err != nil {
+		cancel()
 		return nil, &StageError{Stage: StageResolve, Err: err}
 	}
 	deps.Log.Debug("target resolved", "target", t.Ref, "pod", t.Pod.Name, "namespace", t.Namespace)
@@ -127,18 +129,17 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	dial := func(ctx context.Context, pod string) (*tunnel.Conn, error) {
 		tr := st.inUse()
 		start := time.Now()
-		c, err := tunnel.Dial(ctx, deps.Config, t.Namespace, pod, tr, spec.DataPath)
+		c, err := deps.Cluster.Dial(ctx, t.Namespace, pod, tr, spec.DataPath)
 		st.dialled(time.Since(start), c, err)
 		if err == nil && tr == tunnel.Auto {
 			deps.Log.Debug("tunnel open", "pod", c.Pod, "transport", c.Transport)
 		}
 		return c, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	fo := follow.Options{
 		Namespace:     t.Namespace,
 		Ref:           t.Ref,
-		Client:        deps.Client,
+		Client:        deps.Cluster.Client(),
 		Dial:          dial,
 		Balance:       spec.Balance,
 		ReconnectWait: spec.ReconnectWait,
@@ -146,7 +147,8 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		NoReconnect:   spec.NoReconnect,
 		Initial:       t.Pod,
 		Log:           deps.Log,
-		Watches:       deps.Watches,
+		Watches:       deps.Cluster.Watches(),
+		Liveness:      deps.Cluster.Liveness(),
 	}
 	id := audit.Forward{Who: deps.Who, Namespace: t.Namespace, Name: spec.Name, Target: t.Ref}
 	if deps.Audit != nil {
@@ -181,7 +183,9 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 			return nil, &StageError{Stage: StageListen, Target: t, Err: err}
 		}
 	}
-	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, cancel: cancel, audit: id, stats: st}
+	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, cancel: cancel, done: ctx.Done(), audit: id, stats: st}
+	in, out := s.bytes()
+	s.rates.rate(time.Now(), in, out)
 	if len(udp) > 0 {
 		if s.udp, err = openUDP(ctx, s, udp, dial); err != nil {
 			for _, l := range ls {
@@ -194,7 +198,6 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	if deps.Audit != nil {
 		deps.Audit.Event(audit.Event{Forward: id, Event: "start", Pod: t.Pod.Name, Listen: s.Addrs()})
 	}
-	go follow.WatchAPIServer(ctx, deps.Client.CoreV1().RESTClient(), f, 5*time.Second, 15*time.Second)
 	return s, nil
 }
 
@@ -202,7 +205,6 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 // or the idle timeout runs out.
 func (s *Session) Serve(ctx context.Context) error {
 	defer s.cancel()
-	go s.measureRates(ctx)
 	defer s.deps.HTTPLog.Close()
 	opts := forward.Options{IdleTimeout: s.spec.IdleTimeout, Counters: s.stats.counters, Ended: s.ended}
 	if l := s.deps.HTTPLog; l != nil {
@@ -224,26 +226,34 @@ func (s *Session) Serve(ctx context.Context) error {
 	return err
 }
 
-// measureRates updates the byte rates every second until ctx ends.
-func (s *Session) measureRates(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	lastIn, lastOut := s.bytes()
-	last := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			s.rateIn.Store(0)
-			s.rateOut.Store(0)
-			return
-		case now := <-t.C:
-			in, out := s.bytes()
-			secs := now.Sub(last).Seconds()
-			s.rateIn.Store(int64(float64(in-lastIn) / secs))
-			s.rateOut.Store(int64(float64(out-lastOut) / secs))
-			lastIn, lastOut, last = in, out, now
-		}
+// rates are a session's byte rates, measured when someone asks (status
+// polls every forward several times a second), not by a timer of every
+// forward: a daemon of 200 idle forwards must not wake 200 times a
+// second for them.
+type rates struct {
+	mu      sync.Mutex
+	at      time.Time // of the last sample
+	in, out int64     // the totals then
+	rateIn  int64
+	rateOut int64
+}
+
+// rate takes the totals in and out at now, and returns the bytes per
+// second since the last sample that is at least a second old (over a
+// longer time when no one asked for a while).
+func (r *rates) rate(now time.Time, in, out int64) (rateIn, rateOut int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.at.IsZero() {
+		r.at, r.in, r.out = now, in, out
+		return 0, 0
 	}
+	if d := now.Sub(r.at); d >= time.Second {
+		secs := d.Seconds()
+		r.rateIn, r.rateOut = int64(float64(in-r.in)/secs), int64(float64(out-r.out)/secs)
+		r.at, r.in, r.out = now, in, out
+	}
+	return r.rateIn, r.rateOut
 }
 
 // ended counts a connection's end and writes its audit record.
@@ -276,7 +286,7 @@ type Status struct {
 	Failed     int64
 	BytesIn    int64
 	BytesOut   int64
-	RateIn     int64 // bytes per second to the client, over the last second
+	RateIn     int64 // bytes per second to the client, over the last second or more
 	RateOut    int64 // and to the pod
 	Reconnects int64
 	Switches   int64
@@ -290,8 +300,6 @@ func (s *Session) Status() Status {
 	st := Status{
 		Pod:        pod,
 		State:      state,
-		RateIn:     s.rateIn.Load(),
-		RateOut:    s.rateOut.Load(),
 		Reconnects: s.follower.Reconnects(),
 		Switches:   s.follower.Switches(),
 	}
@@ -301,6 +309,11 @@ func (s *Session) Status() Status {
 		st.Failed += c.Failed.Load()
 	}
 	st.BytesIn, st.BytesOut = s.bytes()
+	select {
+	case <-s.done:
+	default:
+		st.RateIn, st.RateOut = s.rates.rate(time.Now(), st.BytesIn, st.BytesOut)
+	}
 	if s.udp != nil {
 		st.UDP = s.udp.status()
 		st.BytesIn += st.UDP.BytesIn
@@ -311,6 +324,10 @@ func (s *Session) Status() Status {
 	s.stats.mu.Unlock()
 	return st
 }
+
+// Changed is closed at the next change of the session's state or pod
+// (see follow.Follower.Changed): watch it instead of polling Status.
+func (s *Session) Changed() <-chan struct{} { return s.follower.Changed() }
 
 // bytes are the totals to the clients and to the pod, over every port.
 func (s *Session) bytes() (in, out int64) {

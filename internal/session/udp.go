@@ -136,7 +136,7 @@ func openEphemeral(ctx context.Context, s *Session, conns []forward.UDPListener)
 // addRelay adds an ephemeral relay to pod, and says so: it stays in the
 // pod's spec.
 func (u *udpSide) addRelay(ctx context.Context, pod *corev1.Pod) error {
-	name, err := u.ephemeral.Add(ctx, u.s.deps.Client, pod, relayReadyTimeout)
+	name, err := u.ephemeral.Add(ctx, u.s.deps.Cluster.Client(), pod, relayReadyTimeout)
 	if err != nil {
 		return err
 	}
@@ -168,21 +168,21 @@ func (u *udpSide) stream(ctx context.Context, f *follow.Follower, port uint16) n
 // (for its tunnels), in place of the one before, if any.
 func (u *udpSide) startRelay(ctx context.Context) error {
 	s, t := u.s, u.s.Target
-	rp, err := relaypod.Start(ctx, s.deps.Client, relaypod.Spec{Namespace: t.Namespace, Image: s.spec.RelayImage, Target: t.Ref, Owner: relaypod.Me()}, relayReadyTimeout)
+	rp, err := relaypod.Start(ctx, s.deps.Cluster.Client(), relaypod.Spec{Namespace: t.Namespace, Image: s.spec.RelayImage, Target: t.Ref, Owner: relaypod.Me()}, relayReadyTimeout)
 	if err != nil {
 		return err
 	}
 	s.deps.Log.Debug("relay pod ready", "pod", rp.Name, "ip", rp.Status.PodIP)
 	fctx, stop := context.WithCancel(ctx)
 	f, err := follow.New(fctx, follow.Options{
-		Namespace: t.Namespace, Ref: "pod/" + rp.Name, PodName: rp.Name, Client: s.deps.Client, Initial: rp,
+		Namespace: t.Namespace, Ref: "pod/" + rp.Name, PodName: rp.Name, Client: s.deps.Cluster.Client(), Initial: rp,
 		Dial: u.dial, ReconnectWait: s.spec.ReconnectWait, Log: s.deps.Log.With("relay", rp.Name),
 		// A watch of its own, listed now: the namespace's shared one may
 		// not have seen the relay pod turn ready yet.
 	})
 	if err != nil {
 		stop()
-		relaypod.Delete(context.WithoutCancel(ctx), s.deps.Client, rp)
+		relaypod.Delete(context.WithoutCancel(ctx), s.deps.Cluster.Client(), rp)
 		return err
 	}
 	u.mu.Lock()
@@ -191,7 +191,7 @@ func (u *udpSide) startRelay(ctx context.Context) error {
 	u.mu.Unlock()
 	if old != nil {
 		stopOld()
-		relaypod.Delete(context.WithoutCancel(ctx), s.deps.Client, old)
+		relaypod.Delete(context.WithoutCancel(ctx), s.deps.Cluster.Client(), old)
 	}
 	return nil
 }
@@ -313,7 +313,7 @@ func (u *udpSide) close() {
 	u.mu.Lock()
 	pod := u.pod
 	u.mu.Unlock()
-	if err := relaypod.Delete(ctx, u.s.deps.Client, pod); err != nil {
+	if err := relaypod.Delete(ctx, u.s.deps.Cluster.Client(), pod); err != nil {
 		u.s.deps.Log.Error("delete the relay pod", "pod", pod.Name, "err", err)
 	}
 }

@@ -41,19 +41,19 @@ const tunnelingProtocol = "SPDY/3.1+" + portforward.PortForwardProtocolV1Name
 
 // dialOwn opens a tunnel with kpf's SPDY client, through proxy if it is
 // not nil.
-func dialOwn(ctx context.Context, cfg *rest.Config, u, proxy *url.URL, t Transport) (*ownspdy.Conn, error) {
+func dialOwn(ctx context.Context, api APIServer, u, proxy *url.URL, t Transport) (*ownspdy.Conn, error) {
 	if t == SPDY {
-		return dialOwnSPDY(ctx, cfg, u, proxy)
+		return dialOwnSPDY(ctx, api, u, proxy)
 	}
-	return dialOwnWebSocket(ctx, cfg, u, proxy)
+	return dialOwnWebSocket(ctx, api, u, proxy)
 }
 
-func dialOwnWebSocket(ctx context.Context, cfg *rest.Config, u, proxy *url.URL) (*ownspdy.Conn, error) {
-	up, err := newWSUpgrader(cfg, proxy)
+func dialOwnWebSocket(ctx context.Context, api APIServer, u, proxy *url.URL) (*ownspdy.Conn, error) {
+	up, err := newWSUpgrader(api, proxy)
 	if err != nil {
 		return nil, err
 	}
-	rt, err := rest.HTTPWrappersForConfig(cfg, up)
+	rt, err := rest.HTTPWrappersForConfig(api.Config, up)
 	if err != nil {
 		return nil, err
 	}
@@ -86,48 +86,22 @@ type wsUpgrader struct {
 	netConn fastconn.FastPath // the socket under TLS
 }
 
-func newWSUpgrader(cfg *rest.Config, proxy *url.URL) (*wsUpgrader, error) {
-	tlsCfg, err := tlsConfigFor(cfg)
+func newWSUpgrader(api APIServer, proxy *url.URL) (*wsUpgrader, error) {
+	tlsCfg, err := api.tlsConfig()
 	if err != nil {
 		return nil, err
 	}
 	return &wsUpgrader{tlsConfig: tlsCfg, proxy: proxy}, nil
 }
 
-// tlsConfigs holds one TLS configuration per REST configuration, with a
-// session cache: every tunnel after the first resumes the TLS session
-// instead of a full handshake (no certificate signatures to make or check
-// on either side). A burst of connections dials tens of tunnels at once,
-// and full handshakes were most of what the burst cost the API server and
-// the client. It also saves parsing the kubeconfig's keys on every dial.
-// The map is bounded: a daemon that applies edited files for weeks makes
-// new REST configurations, and a forgotten one must not stay forever.
-var tlsConfigs struct {
-	sync.Mutex
-	m map[*rest.Config]*tls.Config
-}
-
-const maxTLSConfigs = 64
-
-func tlsConfigFor(cfg *rest.Config) (*tls.Config, error) {
-	tlsConfigs.Lock()
-	defer tlsConfigs.Unlock()
-	if c, ok := tlsConfigs.m[cfg]; ok {
-		return c, nil
+// tlsConfig is the TLS configuration of api's tunnels: its own, whose
+// session cache lets every tunnel after the first resume the TLS session,
+// or without one, a new configuration for this tunnel alone.
+func (api APIServer) tlsConfig() (*tls.Config, error) {
+	if api.TLS != nil {
+		return api.TLS, nil
 	}
-	c, err := rest.TLSConfigFor(cfg)
-	if err != nil || c == nil {
-		return c, err
-	}
-	c = c.Clone()
-	if c.ClientSessionCache == nil {
-		c.ClientSessionCache = tls.NewLRUClientSessionCache(64)
-	}
-	if tlsConfigs.m == nil || len(tlsConfigs.m) >= maxTLSConfigs {
-		tlsConfigs.m = map[*rest.Config]*tls.Config{}
-	}
-	tlsConfigs.m[cfg] = c
-	return c, nil
+	return rest.TLSConfigFor(api.Config)
 }
 
 // wsWritePool makes gorilla take a write buffer only when it writes a
@@ -209,9 +183,9 @@ func (c *captureTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: r}, nil
 }
 
-func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u, proxy *url.URL) (*ownspdy.Conn, error) {
+func dialOwnSPDY(ctx context.Context, api APIServer, u, proxy *url.URL) (*ownspdy.Conn, error) {
 	capture := &captureTransport{}
-	rt, err := rest.HTTPWrappersForConfig(cfg, capture)
+	rt, err := rest.HTTPWrappersForConfig(api.Config, capture)
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +199,7 @@ func dialOwnSPDY(ctx context.Context, cfg *rest.Config, u, proxy *url.URL) (*own
 	if _, err := rt.RoundTrip(req); err != nil {
 		return nil, err
 	}
-	tlsCfg, err := tlsConfigFor(cfg)
+	tlsCfg, err := api.tlsConfig()
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -101,8 +102,20 @@ func URL(cfg *rest.Config, namespace, pod string) (*url.URL, error) {
 	return u, nil
 }
 
+// APIServer is the API server tunnels go through.
+type APIServer struct {
+	Config *rest.Config
+	// TLS, if set, is the TLS configuration of kpf's data path, built once
+	// from Config with a session cache (see cluster.Conn): every tunnel
+	// after the first resumes the TLS session instead of a full handshake
+	// (no certificate signatures to make or check on either side), which
+	// was most of what a burst of dials cost. Nil builds one per tunnel.
+	TLS *tls.Config
+}
+
 // Dial opens a tunnel to a pod.
-func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transport, path DataPath) (*Conn, error) {
+func Dial(ctx context.Context, api APIServer, namespace, pod string, t Transport, path DataPath) (*Conn, error) {
+	cfg := api.Config
 	u, err := URL(cfg, namespace, pod)
 	if err != nil {
 		return nil, err
@@ -116,7 +129,7 @@ func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transp
 			return nil, err
 		}
 		if proxydial.Supported(p) {
-			return dialOwnTransport(ctx, cfg, u, p, namespace+"/"+pod, t)
+			return dialOwnTransport(ctx, api, u, p, namespace+"/"+pod, t)
 		}
 	}
 	dialSPDY := func() (httpstream.Connection, error) {
@@ -165,18 +178,18 @@ func Dial(ctx context.Context, cfg *rest.Config, namespace, pod string, t Transp
 }
 
 // dialOwnTransport is Dial for kpf's data path, with the same fallback.
-func dialOwnTransport(ctx context.Context, cfg *rest.Config, u, proxy *url.URL, pod string, t Transport) (*Conn, error) {
+func dialOwnTransport(ctx context.Context, api APIServer, u, proxy *url.URL, pod string, t Transport) (*Conn, error) {
 	c := &Conn{Pod: pod}
 	var err error
 	switch t {
 	case SPDY, WebSocket:
-		c.own, err = dialOwn(ctx, cfg, u, proxy, t)
+		c.own, err = dialOwn(ctx, api, u, proxy, t)
 		c.Transport = t
 	default:
-		c.own, err = dialOwn(ctx, cfg, u, proxy, WebSocket)
+		c.own, err = dialOwn(ctx, api, u, proxy, WebSocket)
 		c.Transport = WebSocket
 		if err != nil && (IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)) {
-			c.own, err = dialOwn(ctx, cfg, u, proxy, SPDY)
+			c.own, err = dialOwn(ctx, api, u, proxy, SPDY)
 			c.Transport = SPDY
 		}
 	}
