@@ -23,6 +23,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/streaming/pkg/httpstream"
 	apispdy "k8s.io/streaming/pkg/httpstream/spdy"
@@ -30,7 +32,7 @@ import (
 
 // Server is a fake API server.
 type Server struct {
-	Client *fake.Clientset
+	Client *Clientset
 	Config *rest.Config
 
 	srv      *httptest.Server
@@ -38,19 +40,60 @@ type Server struct {
 	backends map[string]string // pod name -> host:port its ports go to
 	refuse   map[string]error  // pod name -> why its tunnels are refused
 	Dials    atomic.Int64      // tunnels upgraded
+	Livez    atomic.Int64      // liveness probes answered
 	uid      atomic.Int64
 }
 
 // New starts a server; it stops with the test.
 func New(t testing.TB) *Server {
-	s := &Server{Client: fake.NewClientset(), backends: map[string]string{}, refuse: map[string]error{}}
+	s := &Server{backends: map[string]string{}, refuse: map[string]error{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/namespaces/{ns}/pods/{pod}/portforward", s.portForward)
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/pods/{pod}/portforward", s.portForward)
+	// The liveness probe every live session sends: without an answer a
+	// session would count the API server as silent and drop its tunnels.
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) {
+		s.Livez.Add(1)
+		io.WriteString(w, "ok")
+	})
 	s.srv = httptest.NewTLSServer(mux)
 	t.Cleanup(s.srv.Close)
 	s.Config = &rest.Config{Host: s.srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}
+	rc, err := rest.RESTClientFor(restConfig(s.Config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Client = &Clientset{Clientset: fake.NewClientset(), rest: rc}
 	return s
+}
+
+// Clientset is client-go's fake clientset, whose core client's REST
+// client (the fake's is nil) reaches the server: the liveness probe of a
+// session GETs /livez through it.
+type Clientset struct {
+	*fake.Clientset
+	rest *rest.RESTClient
+}
+
+// CoreV1 is the fake's core client, with a REST client to the server.
+func (c *Clientset) CoreV1() typedcorev1.CoreV1Interface {
+	return coreV1{c.Clientset.CoreV1(), c.rest}
+}
+
+type coreV1 struct {
+	typedcorev1.CoreV1Interface
+	rest *rest.RESTClient
+}
+
+func (c coreV1) RESTClient() rest.Interface { return c.rest }
+
+// restConfig is cfg as a REST client of the core group needs it.
+func restConfig(cfg *rest.Config) *rest.Config {
+	c := rest.CopyConfig(cfg)
+	c.APIPath = "/api"
+	c.GroupVersion = &corev1.SchemeGroupVersion
+	c.NegotiatedSerializer = scheme.Codecs.WithoutConversion()
+	return c
 }
 
 // Pod makes a running pod named name in namespace ns with labels, ready or

@@ -264,3 +264,22 @@ func TestAutoAddressFallsBackWhereTheSystemLacksIt(t *testing.T) {
 		t.Fatalf("greeting %q", got)
 	}
 }
+
+// A live session probes the API server's liveness every 5 s; the fake
+// answers, and the forward goes on serving past the first probe.
+func TestLiveSessionOutlivesTheLivenessProbe(t *testing.T) {
+	h := newHarness(t, spec.Defaults())
+	h.s.Pod(t, ns, "web-1", nil, true, fakeapi.Echo(t, "web-1"))
+	h.m.Start(context.Background(), []config.Forward{fw("api", "web-1", nil)})
+	if err := h.m.WaitGood(context.Background(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	testnet.WaitFor(t, func() bool { return h.s.Livez.Load() > 0 })
+	r := h.row(t, "api")
+	if r.State != Ready {
+		t.Fatalf("row %+v after the first liveness probe", r)
+	}
+	if got := greeting(t, r.Local[0]); got != "web-1" {
+		t.Fatalf("the forward reached %q", got)
+	}
+}
