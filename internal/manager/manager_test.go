@@ -7,8 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"slices"
 	goruntime "runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -446,7 +446,9 @@ func TestStopLeavesNoGoroutine(t *testing.T) {
 		t.Fatalf("goroutines left after Stop:\n%s", left)
 	}
 	// The sessions' own (follower, tunnels) end with their context.
-	testnet.WaitFor(t, func() bool { return goroutinesIn("internal/session.", "internal/follow.", "internal/tunnel.", "internal/forward.") == "" })
+	testnet.WaitFor(t, func() bool {
+		return goroutinesIn("internal/session.", "internal/follow.", "internal/tunnel.", "internal/forward.") == ""
+	})
 }
 
 // goroutinesIn are the stacks of the goroutines with a frame in one of
