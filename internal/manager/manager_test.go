@@ -304,11 +304,19 @@ func TestTCPCheckNeedsAListener(t *testing.T) {
 	h := newHarness(t, spec.Defaults())
 	h.s.Pod(t, ns, "dead-1", nil, true, fakeapi.Closed(t))
 	h.s.Pod(t, ns, "mute-1", nil, true, mute(t))
+	h.s.Pod(t, ns, "deaf-1", nil, true, deaf(t))
 	tcp := &config.Health{Type: "tcp", Interval: 50 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
-	h.m.Start(context.Background(), []config.Forward{fw("dead", "dead-1", tcp), fw("mute", "mute-1", tcp)})
+	short := &config.Health{Type: "tcp", Interval: 50 * time.Millisecond, Timeout: 300 * time.Millisecond, FailureThreshold: 1}
+	h.m.Start(context.Background(), []config.Forward{fw("dead", "dead-1", tcp), fw("mute", "mute-1", tcp), fw("deaf", "deaf-1", short)})
 	err := h.m.WaitGood(context.Background(), 3*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "dead: unhealthy: unhealthy: pod shop/dead-1 refused the connection to port 80: nothing listens there") {
 		t.Fatalf("WaitGood = %v, want the refused port named", err)
+	}
+	// No verdict within the timeout (the kubelet here waits for the pod,
+	// which neither answers nor closes) is no proof of a listener.
+	if !strings.Contains(err.Error(), "deaf: unhealthy: unhealthy: ") ||
+		!strings.Contains(err.Error(), "no verdict on port 80 within 300ms") && !strings.Contains(err.Error(), "the last check's connection is still open") {
+		t.Fatalf("WaitGood = %v, want deaf unhealthy for want of a verdict", err)
 	}
 	if strings.Contains(err.Error(), "mute:") {
 		t.Fatalf("WaitGood = %v: a server that accepts is healthy", err)
@@ -316,6 +324,44 @@ func TestTCPCheckNeedsAListener(t *testing.T) {
 	if r := h.row(t, "mute"); !r.Good() {
 		t.Fatalf("row %+v", r)
 	}
+	// A check's connection the pod holds open does not hold Stop.
+	start := time.Now()
+	h.m.Stop()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Stop took %s", d)
+	}
+}
+
+// deaf is a TCP server that accepts and then neither reads, writes nor
+// closes until the test ends.
+func deaf(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // mute is a TCP server that accepts, sends nothing, and closes when its

@@ -365,7 +365,7 @@ func (s *Session) CheckTCP(ctx context.Context, timeout time.Duration) error {
 		return err
 	}
 	deadline := time.Now().Add(timeout)
-	local := &probeConn{}
+	local := &probeConn{answered: make(chan struct{})}
 	p, err := s.startProbe(ctx, local, port, deadline)
 	if err != nil {
 		return err
@@ -378,12 +378,11 @@ func (s *Session) CheckTCP(ctx context.Context, timeout time.Duration) error {
 			return fmt.Errorf("%w: %w", ErrUnhealthy, p.err)
 		}
 		return nil
+	case <-local.answered:
+		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("%w: %w", ErrUnhealthy, ctx.Err())
 	case <-t.C:
-	}
-	if local.answered.Load() {
-		return nil
 	}
 	return fmt.Errorf("%w: no verdict on port %d within %s: the kubelet reported no error, and the pod neither answered nor closed the connection", ErrUnhealthy, port, timeout)
 }
@@ -505,13 +504,14 @@ func (s *Session) endProbes() {
 // send (so the pod hears end of input at once) and notes whether the pod
 // sent anything.
 type probeConn struct {
-	answered atomic.Bool
+	answered chan struct{} // closed at the pod's first byte
+	once     sync.Once
 }
 
 func (c *probeConn) Read([]byte) (int, error) { return 0, io.EOF }
 func (c *probeConn) Write(p []byte) (int, error) {
 	if len(p) > 0 {
-		c.answered.Store(true)
+		c.once.Do(func() { close(c.answered) })
 	}
 	return len(p), nil
 }
