@@ -220,6 +220,10 @@ func serveConn(errs, data httpstream.Stream, backend string) {
 	c, err := net.Dial("tcp", backend)
 	if err != nil {
 		fmt.Fprintf(errs, "an error occurred forwarding %d -> %d: error forwarding port %d to pod: %v", port, port, port, err)
+		// As the kubelet (cri-streaming's portForward): reset both, which
+		// also drops what the client sent that nobody will read.
+		data.Reset()
+		errs.Reset()
 		return
 	}
 	defer c.Close()

@@ -307,10 +307,15 @@ func TestTCPCheckNeedsAListener(t *testing.T) {
 	h.s.Pod(t, ns, "deaf-1", nil, true, deaf(t))
 	tcp := &config.Health{Type: "tcp", Interval: 50 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
 	short := &config.Health{Type: "tcp", Interval: 50 * time.Millisecond, Timeout: 300 * time.Millisecond, FailureThreshold: 1}
-	h.m.Start(context.Background(), []config.Forward{fw("dead", "dead-1", tcp), fw("mute", "mute-1", tcp), fw("deaf", "deaf-1", short)})
+	get := &config.Health{Type: "http", Path: "/", StatusMin: 200, StatusMax: 399, Interval: 50 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
+	h.m.Start(context.Background(), []config.Forward{fw("dead", "dead-1", tcp), fw("mute", "mute-1", tcp), fw("deaf", "deaf-1", short), fw("deadweb", "dead-1", get)})
 	err := h.m.WaitGood(context.Background(), 3*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "dead: unhealthy: unhealthy: pod shop/dead-1 refused the connection to port 80: nothing listens there") {
 		t.Fatalf("WaitGood = %v, want the refused port named", err)
+	}
+	// An http check names the refusal too.
+	if !strings.Contains(err.Error(), "deadweb: unhealthy: unhealthy: GET /: pod shop/dead-1 refused the connection to port 80") {
+		t.Fatalf("WaitGood = %v, want the http check's refusal named", err)
 	}
 	// No verdict within the timeout (the kubelet here waits for the pod,
 	// which neither answers nor closes) is no proof of a listener.

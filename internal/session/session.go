@@ -412,13 +412,17 @@ func (s *Session) CheckHTTP(ctx context.Context, path string, lo, hi int, timeou
 		_, err = fmt.Fscanf(local, "%s %d", &proto, &code)
 	}
 	if err != nil {
-		// The kubelet's verdict, if the connection ended, says why better.
+		// The kubelet's verdict, if the connection ended, says why better:
+		// it follows the end of the data soon.
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
 		select {
 		case <-p.done:
 			if p.err != nil {
 				return fmt.Errorf("%w: GET %s: %w", ErrUnhealthy, path, p.err)
 			}
-		default:
+		case <-ctx.Done():
+		case <-t.C:
 		}
 		return fmt.Errorf("%w: GET %s: no HTTP answer: %w", ErrUnhealthy, path, err)
 	}
