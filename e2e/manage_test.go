@@ -360,14 +360,15 @@ forwards:
 		}
 	}()
 	apiRow := regexp.MustCompile(`(?m)^api\s+\S+/svc/api\s+api-\S+\s+127\.0\.0\.1:\d+ \+1\s+ready\s+healthy`)
-	ghostRow := regexp.MustCompile(`(?m)^ghost\s+\S+/svc/ghost\s+-\s+-\s+failed\s+-.*not found`)
+	// A missing target waits, and is tried again, saying why.
+	ghostRow := regexp.MustCompile(`(?m)^ghost\s+\S+/svc/ghost\s+-\s+-\s+waiting\s+-.*not found`)
 	var last string
 	deadline := time.After(60 * time.Second)
 	for {
 		select {
 		case last = <-screen:
 		case <-deadline:
-			t.Fatalf("the table never showed api ready and healthy and ghost failed; last screen:\n%s", last)
+			t.Fatalf("the table never showed api ready and healthy and ghost waiting; last screen:\n%s", last)
 		}
 		if apiRow.MatchString(last) && ghostRow.MatchString(last) && strings.Contains(last, "NAME") {
 			break

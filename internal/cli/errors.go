@@ -234,7 +234,8 @@ func explainDial(err error, cfg *rest.Config, t *target.Target) error {
 	}
 	// A refused upgrade carries the API server's message as text only.
 	if apierrors.IsForbidden(err) || (tunnel.IsUpgradeFailure(err) && strings.Contains(err.Error(), " is forbidden: ")) {
-		return fmt.Errorf("forbidden: you may not create pods/portforward in namespace %q (%v); ask for a Role that allows create on pods/portforward there (and get, for the WebSocket transport)", t.Namespace, err)
+		// %w: the manager retries a Forbidden forward only slowly.
+		return fmt.Errorf("forbidden: you may not create pods/portforward in namespace %q (%w); ask for a Role that allows create on pods/portforward there (and get, for the WebSocket transport)", t.Namespace, err)
 	}
 	return fmt.Errorf("cannot open a tunnel to pod %s/%s: %w", t.Namespace, t.Pod.Name, err)
 }
@@ -268,5 +269,5 @@ func explainRelay(err error) error {
 		mode = "ephemeral"
 	}
 	role, _ := rbac.Manifest("kpf-udp-relay", map[string][]rbac.Rule{fe.Namespace: {rbac.Relay(mode)}}, nil)
-	return fmt.Errorf("%s; a Role that allows it (bind it to yourself with a RoleBinding, or ask your cluster's admin):\n%s", fe.Error(), role)
+	return fmt.Errorf("%w; a Role that allows it (bind it to yourself with a RoleBinding, or ask your cluster's admin):\n%s", fe, role)
 }

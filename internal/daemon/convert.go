@@ -38,6 +38,7 @@ func ForwardOf(r manager.Row) api.Forward {
 		DatagramsIn:  r.DatagramsIn,
 		DatagramsOut: r.DatagramsOut,
 		Relay:        r.Relay,
+		RetryAt:      r.RetryAt,
 		LastError:    r.LastError,
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/kpf-dev/kpf/internal/manager"
 )
@@ -23,6 +24,11 @@ func TestForwardJSONIsTheRowsJSON(t *testing.T) {
 			f.SetString(v.Type().Field(i).Name + "-value")
 		case reflect.Int, reflect.Int64:
 			f.SetInt(int64(i + 1))
+		case reflect.Struct:
+			if _, ok := f.Interface().(time.Time); !ok {
+				t.Fatalf("manager.Row.%s is a struct: teach this test (and api.Forward) about it", v.Type().Field(i).Name)
+			}
+			f.Set(reflect.ValueOf(time.Date(2026, 12, 7, 17, 0, i, 0, time.UTC)))
 		case reflect.Slice:
 			f.Set(reflect.ValueOf([]string{v.Type().Field(i).Name + "-a", "b"}))
 		default:

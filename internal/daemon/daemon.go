@@ -34,6 +34,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/metrics"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
+	"github.com/kpf-dev/kpf/internal/supervise"
 )
 
 // Home is the daemon's folder: the socket, its pid and its log.
@@ -574,8 +575,9 @@ func (s *Server) guard(path string, open manager.Opener) manager.Opener {
 			}
 			for _, other := range r.m.Specs(true) {
 				if port, addr, ok := config.Overlap(fw, other); ok {
-					return nil, fmt.Errorf("%w: local port %d on %s is used by forward %q of %s (stop it with: kpf down %s -f %s)",
-						ErrPortTaken, port, addr, other.Name, r.path, other.Name, r.path)
+					// Waiting does not free it: retried only slowly.
+					return nil, supervise.Permanent(fmt.Errorf("%w: local port %d on %s is used by forward %q of %s (stop it with: kpf down %s -f %s)",
+						ErrPortTaken, port, addr, other.Name, r.path, other.Name, r.path))
 				}
 			}
 		}

@@ -24,9 +24,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/fake"
-	corev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
 )
 
 // podObjects finds pod/NAME targets in the fake clientset.
@@ -35,23 +32,6 @@ type podObjects struct{ c kubernetes.Interface }
 func (g podObjects) Get(ctx context.Context, namespace, typeName string) (runtime.Object, error) {
 	return g.c.CoreV1().Pods(namespace).Get(ctx, strings.TrimPrefix(typeName, "pod/"), metav1.GetOptions{})
 }
-
-// liveClient is the fake clientset whose core REST client reaches the
-// fake API server (the session's liveness probe uses it; the fake
-// clientset has none).
-type liveClient struct {
-	*fake.Clientset
-	rest rest.Interface
-}
-
-func (c liveClient) CoreV1() corev1.CoreV1Interface { return coreREST{c.Clientset.CoreV1(), c.rest} }
-
-type coreREST struct {
-	corev1.CoreV1Interface
-	rest rest.Interface
-}
-
-func (c coreREST) RESTClient() rest.Interface { return c.rest }
 
 // The daemon survives status and watch-style polling while files of two
 // contexts are applied, partly and wholly, re-applied as other identities
@@ -62,11 +42,7 @@ func (c coreREST) RESTClient() rest.Interface { return c.rest }
 // and a Go map read and written at once ends the process).
 func TestStatusWhileFilesChurn(t *testing.T) {
 	fa := fakeapi.New(t)
-	core, err := kubernetes.NewForConfig(fa.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := liveClient{fa.Client, core.CoreV1().RESTClient()}
+	client := fa.Client
 	const ns = "stress"
 	fa.Pod(t, ns, "web-a", nil, true, fakeapi.Echo(t, "web-a"))
 	fa.Pod(t, ns, "web-b", nil, true, fakeapi.Echo(t, "web-b"))

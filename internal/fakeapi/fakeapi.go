@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -24,6 +25,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/streaming/pkg/httpstream"
 	apispdy "k8s.io/streaming/pkg/httpstream/spdy"
@@ -31,7 +34,7 @@ import (
 
 // Server is a fake API server.
 type Server struct {
-	Client *fake.Clientset
+	Client *Clientset
 	Config *rest.Config
 
 	srv      *httptest.Server
@@ -42,20 +45,34 @@ type Server struct {
 	// Handshakes counts the TLS connections clients made, Resumed those
 	// that resumed an earlier session.
 	Handshakes, Resumed atomic.Int64
+	Livez               atomic.Int64 // liveness probes answered
 	uid                 atomic.Int64
 }
 
 // New starts a server; it stops with the test.
 func New(t testing.TB) *Server {
-	s := &Server{Client: fake.NewClientset(), backends: map[string]string{}, refuse: map[string]error{}}
+	s := &Server{backends: map[string]string{}, refuse: map[string]error{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/namespaces/{ns}/pods/{pod}/portforward", s.portForward)
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/pods/{pod}/portforward", s.portForward)
+	// The liveness probe every live session sends: without an answer a
+	// session would count the API server as silent and drop its tunnels.
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) {
+		s.Livez.Add(1)
+		io.WriteString(w, "ok")
+	})
 	s.srv = httptest.NewUnstartedServer(mux)
 	s.srv.TLS = &tls.Config{VerifyConnection: s.handshake}
+	// Tunnels closed as a test ends cut handshakes short: not news.
+	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	s.srv.StartTLS()
 	t.Cleanup(s.srv.Close)
 	s.Config = &rest.Config{Host: s.srv.URL, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}
+	rc, err := rest.RESTClientFor(restConfig(s.Config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Client = &Clientset{Clientset: fake.NewClientset(), rest: rc}
 	return s
 }
 
@@ -66,6 +83,35 @@ func (s *Server) handshake(cs tls.ConnectionState) error {
 		s.Resumed.Add(1)
 	}
 	return nil
+}
+
+// Clientset is client-go's fake clientset, whose core client's REST
+// client (the fake's is nil) reaches the server: the liveness probe of a
+// session GETs /livez through it.
+type Clientset struct {
+	*fake.Clientset
+	rest *rest.RESTClient
+}
+
+// CoreV1 is the fake's core client, with a REST client to the server.
+func (c *Clientset) CoreV1() typedcorev1.CoreV1Interface {
+	return coreV1{c.Clientset.CoreV1(), c.rest}
+}
+
+type coreV1 struct {
+	typedcorev1.CoreV1Interface
+	rest *rest.RESTClient
+}
+
+func (c coreV1) RESTClient() rest.Interface { return c.rest }
+
+// restConfig is cfg as a REST client of the core group needs it.
+func restConfig(cfg *rest.Config) *rest.Config {
+	c := rest.CopyConfig(cfg)
+	c.APIPath = "/api"
+	c.GroupVersion = &corev1.SchemeGroupVersion
+	c.NegotiatedSerializer = scheme.Codecs.WithoutConversion()
+	return c
 }
 
 // Pod makes a running pod named name in namespace ns with labels, ready or
@@ -192,6 +238,10 @@ func serveConn(errs, data httpstream.Stream, backend string) {
 	c, err := net.Dial("tcp", backend)
 	if err != nil {
 		fmt.Fprintf(errs, "an error occurred forwarding %d -> %d: error forwarding port %d to pod: %v", port, port, port, err)
+		// As the kubelet (cri-streaming's portForward): reset both, which
+		// also drops what the client sent that nobody will read.
+		data.Reset()
+		errs.Reset()
 		return
 	}
 	defer c.Close()

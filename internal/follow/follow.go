@@ -561,13 +561,7 @@ func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16, m *
 		}
 		conn, err := pool.Acquire()
 		if err != nil {
-			f.mu.Lock()
-			if st.pool == pool {
-				st.pool = nil
-				pool.Close()
-				f.failed(st, err)
-			}
-			f.mu.Unlock()
+			f.poolFailed(st, pool, err)
 			continue
 		}
 		m.SetPod(pod.Name)
@@ -602,6 +596,57 @@ func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16, m *
 			}
 		}
 		return stats, fmt.Errorf("via pod %s: %w", pod.Name, err)
+	}
+}
+
+// poolFailed drops a pool that could not give a tunnel, and counts the
+// failure.
+func (f *Follower) poolFailed(st *podState, pool *tunnelpool.Pool[*tunnel.Conn], err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st.pool == pool {
+		st.pool = nil
+		pool.Close()
+		f.failed(st, err)
+	}
+}
+
+// ErrCheckTunnelLost: the tunnel that carried a check's connection went
+// away before the kubelet gave its verdict, which then says nothing of
+// the pod.
+var ErrCheckTunnelLost = errors.New("the tunnel was lost before the pod's verdict")
+
+// Check carries one connection to the pod the forward uses now, once, and
+// returns that pod and the kubelet's verdict: no replay on another pod and
+// no grace for a rollout (what Forward gives a client's connection), so
+// that a health check hears the pod's own answer at once. ctx bounds the
+// wait for a pod and a tunnel; the connection itself lasts until either
+// side ends it, or the follower's tunnels close.
+func (f *Follower) Check(ctx context.Context, local net.Conn, port uint16) (string, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(f.o.ReconnectWait)
+	}
+	for {
+		st, pod, pool, err := f.acquire(ctx, deadline, nil)
+		if err != nil {
+			return "", err
+		}
+		conn, err := pool.Acquire()
+		if err != nil {
+			f.poolFailed(st, pool, err)
+			continue
+		}
+		_, err = conn.Forward(local, port, nil)
+		pool.Release(conn)
+		if err == nil {
+			select {
+			case <-conn.Done():
+				err = fmt.Errorf("%w (pod %s)", ErrCheckTunnelLost, pod.Name)
+			default:
+			}
+		}
+		return pod.Name, err
 	}
 }
 

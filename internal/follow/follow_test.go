@@ -477,3 +477,27 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Check hears the current pod's own verdict at once: a refusal is not
+// replayed on another pod nor held for the rollout grace a client's
+// connection gets, and another pod that listens does not hide it.
+func TestCheckHearsTheCurrentPodAtOnce(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Closed(t))
+	f, _ := newFollower(t, s, nil)
+	testnet.WaitFor(t, func() bool { pod, _ := f.State(); return pod == "web-1" })
+	s.Pod(t, ns, "web-2", web, false, fakeapi.Echo(t, "web-2")) // not ready: web-1 stays current
+	client, server := testnet.TCPPair(t)
+	client.CloseWrite()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pod, err := f.Check(ctx, server, 80)
+	var remote *tunnel.RemoteError
+	if pod != "web-1" || !errors.As(err, &remote) || remote.Port != 80 {
+		t.Fatalf("Check = %q, %v; want web-1's refusal", pod, err)
+	}
+	if d := time.Since(start); d >= refusedGrace {
+		t.Errorf("the refusal took %s, the replay's grace", d)
+	}
+}

@@ -91,13 +91,30 @@ func TestListenPortInUse(t *testing.T) {
 	if !strings.Contains(errOut.String(), wantMsg) {
 		t.Errorf("stderr %q lacks %q", errOut.String(), wantMsg)
 	}
-	// localhost: ::1 may still bind, and that is enough (kubectl's rule).
+	// localhost: ::1 may still bind, and that is enough (kubectl's rule);
+	// on a machine without an IPv6 loopback nothing binds, and the port
+	// fails as with an explicit address.
 	out, errOut = syncBuffer{}, syncBuffer{}
+	v6 := ipv6Loopback(port)
 	ls, err := Listen(addrs(t, "localhost"), []portspec.Resolved{{Local: port, Remote: 80}}, &out, &errOut)
-	if err == nil {
+	switch {
+	case v6:
+		if err != nil {
+			t.Fatalf("localhost with ::1 free: %v, want a listener on ::1", err)
+		}
 		defer closeAll(ls)
 		if len(ls) != 1 || !ls[0].Addr().(*net.TCPAddr).IP.Equal(net.IPv6loopback) {
 			t.Errorf("listeners %v, want only [::1]", ls)
+		}
+		if want := "Forwarding from [::1]:" + strconv.Itoa(int(port)) + " -> 80"; !strings.Contains(out.String(), want) {
+			t.Errorf("stdout %q lacks %q", out.String(), want)
+		}
+	default:
+		if !errors.Is(err, ErrNoListener) || len(ls) != 0 {
+			t.Fatalf("localhost without ::1: listeners %v, err %v; want ErrNoListener", ls, err)
+		}
+		if !strings.Contains(errOut.String(), wantMsg) {
+			t.Errorf("stderr %q lacks %q", errOut.String(), wantMsg)
 		}
 	}
 	// Two ports, one busy: the forward goes on with the other.
@@ -110,6 +127,16 @@ func TestListenPortInUse(t *testing.T) {
 	if !strings.Contains(errOut.String(), "Unable to listen on port "+strconv.Itoa(int(port))) {
 		t.Errorf("stderr %q does not name the busy port", errOut.String())
 	}
+}
+
+// ipv6Loopback says whether this machine can listen on [::1]:port.
+func ipv6Loopback(port uint16) bool {
+	ln, err := net.Listen("tcp6", net.JoinHostPort("::1", strconv.Itoa(int(port))))
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
 }
 
 func TestListenWarnsOffLoopback(t *testing.T) {

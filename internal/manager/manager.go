@@ -1,11 +1,16 @@
 // Package manager runs many forwards from a file at once: each forward is a
-// session with its own state, health checks and counters, and one
-// forward's failure (a busy port, a missing target) leaves the others
-// running. It reports state changes as events and status as snapshots.
+// session with its own state, health checks and counters, run under a
+// supervisor (internal/supervise) that opens it again after a failure, so
+// one forward's failure (a busy port, a missing target, a cluster not
+// reachable yet) leaves the others running and heals when its cause goes.
+// It reports state changes as events and status as snapshots. What a
+// forward starts (its session, health and state loops) ends with it, and
+// stopping joins it all.
 package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,9 +19,13 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/proxy"
+	"github.com/kpf-dev/kpf/internal/supervise"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/metrics"
@@ -30,8 +39,14 @@ const (
 	Ready        = "ready"
 	Waiting      = "waiting for pod"
 	Reconnecting = "reconnecting"
-	Failed       = "failed"
-	Stopped      = "stopped"
+	// Retrying: it failed to open, or its session ended, and it opens
+	// again after a wait; the row's LastError says why.
+	Retrying = "waiting"
+	// Failed: as Retrying, for an error waiting cannot heal (a bad port
+	// spec, Forbidden, a local port another process holds): retried
+	// slowly, in case its cause is fixed meanwhile.
+	Failed  = "failed"
+	Stopped = "stopped"
 )
 
 // Health values; a forward without a check is "-".
@@ -55,7 +70,10 @@ type Options struct {
 	Open      Opener
 	OpenProxy ProxyOpener
 	Settings  spec.Settings
-	Log       *slog.Logger
+	// Retry is how each forward is opened again after a failure;
+	// supervise.Defaults() when its Initial is 0.
+	Retry supervise.Policy
+	Log   *slog.Logger
 	// Events receives a line for every state or health change, if set.
 	Events func(Event)
 }
@@ -69,7 +87,11 @@ type Event struct {
 
 // Manager runs forwards.
 type Manager struct {
-	o        Options
+	o Options
+	// ops serialises Apply, StopNames and RestartNames: each reads the
+	// running set, then stops and starts by it (two at once would start a
+	// name twice).
+	ops      sync.Mutex
 	mu       sync.Mutex
 	forwards []*Forward
 	changed  chan struct{}
@@ -84,6 +106,7 @@ type Forward struct {
 	health     string
 	healthNote string
 	err        string
+	retryAt    time.Time // when a Retrying or Failed forward opens again
 	sess       *session.Session
 	px         *proxy.Proxy // for a proxy entry, once it listens
 	pxAddr     string
@@ -95,6 +118,9 @@ type Forward struct {
 func New(o Options) *Manager {
 	if o.Log == nil {
 		o.Log = slog.Default()
+	}
+	if o.Retry.Initial == 0 {
+		o.Retry = supervise.Defaults()
 	}
 	return &Manager{o: o, changed: make(chan struct{})}
 }
@@ -133,16 +159,14 @@ func (m *Manager) setState(f *Forward, state, why string) {
 	f.mu.Lock()
 	old := f.state
 	f.state = state
-	if state == Failed {
-		f.err = why
+	if state == Ready {
+		f.err, f.retryAt = "", time.Time{}
 	}
 	f.mu.Unlock()
 	if old == state {
 		return
 	}
 	switch state {
-	case Failed:
-		m.event(f, "failed: %s", why)
 	case Ready:
 		m.event(f, "ready: %s", why)
 	default:
@@ -157,62 +181,113 @@ func prefix(p, s string) string {
 	return p + s
 }
 
+// run runs a forward under its supervisor until ctx ends.
 func (m *Manager) run(ctx context.Context, f *Forward) {
 	defer close(f.done)
 	defer func() {
 		f.mu.Lock()
-		if f.state != Failed {
-			f.state = Stopped
-		}
+		f.state = Stopped
 		f.mu.Unlock()
 	}()
+	once := m.serveOnce
 	if f.Spec.Proxy != nil {
-		m.runProxy(ctx, f)
-		return
+		once = m.proxyOnce
 	}
-	sp, err := spec.Session(f.Spec, m.o.Settings)
-	var sess *session.Session
-	if err == nil {
-		sess, err = m.o.Open(ctx, f.Spec, sp)
-	}
-	if err != nil {
-		if ctx.Err() == nil {
-			m.setState(f, Failed, err.Error())
+	m.o.Retry.Run(ctx, func(ctx context.Context, up func()) error { return once(ctx, f, up) }, func(r supervise.Retry) {
+		state, every := Retrying, ""
+		if r.Permanent {
+			state, every = Failed, fmt.Sprintf(", every %s", m.o.Retry.Permanent)
 		}
-		return
+		f.mu.Lock()
+		f.err, f.retryAt = r.Err.Error(), time.Now().Add(r.In)
+		old := f.state
+		f.state = state
+		if f.Spec.Health != nil {
+			f.health, f.healthNote = HealthUnknown, ""
+		}
+		f.mu.Unlock()
+		m.o.Log.Info("forward down", "forward", f.Spec.Name, "err", r.Err, "retryIn", r.In.Round(time.Millisecond), "permanent", r.Permanent)
+		if old != state || r.Failures == 1 {
+			m.event(f, "%s: %s (trying again in %s%s)", state, r.Err, r.In.Round(time.Second), every)
+		}
+	})
+}
+
+// serveOnce opens the forward's session and serves it until ctx ends or
+// the session does; what it starts, it joins.
+func (m *Manager) serveOnce(ctx context.Context, f *Forward, up func()) error {
+	sp, err := spec.Session(f.Spec, m.o.Settings)
+	if err != nil {
+		return supervise.Permanent(err)
+	}
+	sess, err := m.o.Open(ctx, f.Spec, sp)
+	if err != nil {
+		return openError(err)
 	}
 	f.mu.Lock()
 	f.sess = sess
 	f.mu.Unlock()
+	up()
 	st := sess.Status()
 	m.setState(f, Ready, fmt.Sprintf("%s -> %s %s", strings.Join(sess.Addrs(), ", "), sess.Target.Ref, st.Pod))
+	loops, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
 	if f.Spec.Health != nil {
-		go m.checkHealth(ctx, f, sess)
+		wg.Go(func() { m.checkHealth(loops, f, sess) })
 	}
-	go m.watchState(ctx, f, sess)
-	if err := sess.Serve(ctx); err != nil && ctx.Err() == nil {
-		m.setState(f, Failed, err.Error())
+	wg.Go(func() { m.watchState(loops, f, sess) })
+	err = sess.Serve(ctx)
+	stop()
+	wg.Wait()
+	f.mu.Lock()
+	f.sess = nil
+	f.mu.Unlock()
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case errors.Is(err, forward.ErrIdle):
+		return nil // done as asked: idle for its idle timeout
+	case err == nil:
+		return errors.New("the forward ended")
 	}
+	return err
 }
 
-// runProxy runs a proxy entry until ctx ends.
-func (m *Manager) runProxy(ctx context.Context, f *Forward) {
+// openError marks the errors of opening a forward that waiting cannot heal.
+func openError(err error) error {
+	switch {
+	case apierrors.IsForbidden(err), apierrors.IsInvalid(err), apierrors.IsBadRequest(err),
+		errors.Is(err, forward.ErrNoListener), errors.Is(err, syscall.EADDRINUSE), errors.Is(err, syscall.EACCES):
+		return supervise.Permanent(err)
+	}
+	return err
+}
+
+// proxyOnce opens a proxy entry and serves it until ctx ends.
+func (m *Manager) proxyOnce(ctx context.Context, f *Forward, up func()) error {
 	if m.o.OpenProxy == nil {
-		m.setState(f, Failed, "proxies are not run here")
-		return
+		return supervise.Permanent(errors.New("proxies are not run here"))
 	}
 	px, ln, err := m.o.OpenProxy(ctx, f.Spec, m.o.Settings)
 	if err != nil {
-		if ctx.Err() == nil {
-			m.setState(f, Failed, err.Error())
-		}
-		return
+		return openError(err)
 	}
 	f.mu.Lock()
 	f.px, f.pxAddr = px, ln.Addr().String()
 	f.mu.Unlock()
+	up()
 	m.setState(f, Ready, "proxy on "+ln.Addr().String())
-	px.Serve(ctx, ln)
+	err = px.Serve(ctx, ln)
+	f.mu.Lock()
+	f.px, f.pxAddr = nil, ""
+	f.mu.Unlock()
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case err == nil:
+		return errors.New("the proxy stopped")
+	}
+	return err
 }
 
 // stateFallback is how often watchState looks without being told: for
@@ -237,11 +312,8 @@ func (m *Manager) watchState(ctx context.Context, f *Forward, sess *session.Sess
 		}
 		changed = sess.Changed()
 		st := sess.Status()
-		f.mu.Lock()
-		failed := f.state == Failed
-		f.mu.Unlock()
-		if failed {
-			return
+		if st.State == Failed {
+			continue // the session is ending: the supervisor says what next
 		}
 		if st.State == Ready && st.Pod != lastPod && st.Pod != "" {
 			m.event(f, "now on pod %s (was %s)", st.Pod, lastPod)
@@ -254,12 +326,22 @@ func (m *Manager) watchState(ctx context.Context, f *Forward, sess *session.Sess
 func (m *Manager) checkHealth(ctx context.Context, f *Forward, sess *session.Session) {
 	h := f.Spec.Health
 	fails := 0
+	t := time.NewTimer(0)
+	defer t.Stop()
 	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 		var err error
 		if h.Type == "http" {
 			err = sess.CheckHTTP(ctx, h.Path, h.StatusMin, h.StatusMax, h.Timeout)
 		} else {
 			err = sess.CheckTCP(ctx, h.Timeout)
+		}
+		if ctx.Err() != nil {
+			return // the forward is stopping: no verdict
 		}
 		f.mu.Lock()
 		old := f.health
@@ -279,11 +361,7 @@ func (m *Manager) checkHealth(ctx context.Context, f *Forward, sess *session.Ses
 		if now != old {
 			m.event(f, "%s%s", now, prefix(": ", note))
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(h.Interval):
-		}
+		t.Reset(h.Interval)
 	}
 }
 
@@ -316,6 +394,9 @@ type Row struct {
 	Reconnects int64    `json:"reconnects"`
 	Switches   int64    `json:"podSwitches"`
 	HTTPLog    string   `json:"httpLog,omitempty"` // where its HTTP requests are logged
+	// RetryAt is when a forward that is waiting (or failed) opens again;
+	// LastError says why it is down.
+	RetryAt time.Time `json:"retryAt,omitzero"`
 	// Its /udp ports: local peers with a flow now, datagrams each way, and
 	// the relay pod.
 	UDPPeers     int    `json:"udpPeers,omitempty"`
@@ -334,7 +415,7 @@ func (m *Manager) Snapshot() []Row {
 	for _, f := range fws {
 		f.mu.Lock()
 		r := Row{Name: f.Spec.Name, Context: f.Spec.Context, Namespace: f.Spec.Namespace, Target: f.Spec.Target, HTTPLog: f.Spec.HTTPLog,
-			Addresses: f.Spec.Addresses, State: f.state, Health: f.health, HealthNote: f.healthNote, LastError: f.err}
+			Addresses: f.Spec.Addresses, State: f.state, Health: f.health, HealthNote: f.healthNote, LastError: f.err, RetryAt: f.retryAt}
 		sess, px, pxAddr := f.sess, f.px, f.pxAddr
 		f.mu.Unlock()
 		if px != nil {
@@ -433,8 +514,8 @@ func (m *Manager) WaitGood(ctx context.Context, timeout time.Duration) error {
 
 func describeBad(r Row) string {
 	switch {
-	case r.State == Failed:
-		return fmt.Sprintf("%s: failed: %s", r.Name, r.LastError)
+	case r.State == Failed || r.State == Retrying:
+		return fmt.Sprintf("%s: %s: %s", r.Name, r.State, r.LastError)
 	case r.State != Ready:
 		return fmt.Sprintf("%s: %s", r.Name, r.State)
 	default:
@@ -446,6 +527,8 @@ func describeBad(r Row) string {
 // spec changed restart, unchanged ones keep running (and their
 // connections). With prune, running forwards not in fws stop.
 func (m *Manager) Apply(ctx context.Context, fws []config.Forward, prune bool) (started, restarted, unchanged, stopped []string) {
+	m.ops.Lock()
+	defer m.ops.Unlock()
 	want := map[string]config.Forward{}
 	for _, fw := range fws {
 		want[fw.Name] = fw
@@ -488,6 +571,8 @@ func (m *Manager) Apply(ctx context.Context, fws []config.Forward, prune bool) (
 // StopNames stops the named forwards (all when names is empty) and forgets
 // them; it returns the names it stopped.
 func (m *Manager) StopNames(names []string) []string {
+	m.ops.Lock()
+	defer m.ops.Unlock()
 	fs := m.pick(names)
 	m.stop(fs)
 	var out []string
@@ -499,6 +584,8 @@ func (m *Manager) StopNames(names []string) []string {
 
 // RestartNames restarts the named forwards (all when names is empty).
 func (m *Manager) RestartNames(ctx context.Context, names []string) []string {
+	m.ops.Lock()
+	defer m.ops.Unlock()
 	fs := m.pick(names)
 	var specs []config.Forward
 	for _, f := range fs {

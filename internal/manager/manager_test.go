@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,12 +19,16 @@ import (
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/fakeapi"
 	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/proxy"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
+	"github.com/kpf-dev/kpf/internal/supervise"
 	"github.com/kpf-dev/kpf/internal/testnet"
 	"github.com/kpf-dev/kpf/internal/tunnel"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -128,18 +134,19 @@ func TestStartWaitAndServe(t *testing.T) {
 	}
 }
 
-// A forward that fails leaves the others running, and WaitGood says which
-// one failed and why.
+// A forward that fails leaves the others running, and WaitGood says, at
+// its timeout, which one is waiting and why.
 func TestOneFailureLeavesTheOthers(t *testing.T) {
 	h := newHarness(t, spec.Defaults())
 	h.s.Pod(t, ns, "web-1", nil, true, fakeapi.Echo(t, "web-1"))
 	h.m.Start(context.Background(), []config.Forward{fw("api", "web-1", nil), fw("ghost", "nope", nil)})
-	err := h.m.WaitGood(context.Background(), 10*time.Second)
-	if err == nil || !strings.Contains(err.Error(), "ghost: failed: ") || !strings.Contains(err.Error(), `"nope" not found`) {
+	err := h.m.WaitGood(context.Background(), 2*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "not every forward was healthy after 2s") ||
+		!strings.Contains(err.Error(), "ghost: waiting: ") || !strings.Contains(err.Error(), `"nope" not found`) {
 		t.Fatalf("err %v", err)
 	}
 	testnet.WaitFor(t, func() bool { return h.row(t, "api").State == Ready })
-	if r := h.row(t, "ghost"); r.State != Failed || r.LastError == "" {
+	if r := h.row(t, "ghost"); r.State != Retrying || r.LastError == "" || r.RetryAt.IsZero() {
 		t.Fatalf("row %+v", r)
 	}
 	if got := greeting(t, h.row(t, "api").Local[0]); got != "web-1" {
@@ -245,6 +252,10 @@ func TestConcurrentUse(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// Each name runs once, however the operations interleaved.
+	if got := sorted(m.Names()); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("running %v, want [a b]", got)
+	}
 }
 
 func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
@@ -269,4 +280,250 @@ func TestAutoAddressFallsBackWhereTheSystemLacksIt(t *testing.T) {
 	if got := greeting(t, r.Local[0]); got != "db-0" {
 		t.Fatalf("greeting %q", got)
 	}
+}
+
+// A live session probes the API server's liveness every 5 s; the fake
+// answers, and the forward goes on serving past the first probe.
+func TestLiveSessionOutlivesTheLivenessProbe(t *testing.T) {
+	h := newHarness(t, spec.Defaults())
+	h.s.Pod(t, ns, "web-1", nil, true, fakeapi.Echo(t, "web-1"))
+	h.m.Start(context.Background(), []config.Forward{fw("api", "web-1", nil)})
+	if err := h.m.WaitGood(context.Background(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	testnet.WaitFor(t, func() bool { return h.s.Livez.Load() > 0 })
+	r := h.row(t, "api")
+	if r.State != Ready {
+		t.Fatalf("row %+v after the first liveness probe", r)
+	}
+	if got := greeting(t, r.Local[0]); got != "web-1" {
+		t.Fatalf("the forward reached %q", got)
+	}
+}
+
+// A tcp check passes only when the pod's server accepts the connection: a
+// port nothing listens on is unhealthy, and WaitGood names the refusal,
+// though the kubelet's refusal would otherwise be held back by the replay
+// that client connections get. A server that accepts without a word
+// passes.
+func TestTCPCheckNeedsAListener(t *testing.T) {
+	h := newHarness(t, spec.Defaults())
+	h.s.Pod(t, ns, "dead-1", nil, true, fakeapi.Closed(t))
+	h.s.Pod(t, ns, "mute-1", nil, true, mute(t))
+	h.s.Pod(t, ns, "deaf-1", nil, true, deaf(t))
+	tcp := &config.Health{Type: "tcp", Interval: 50 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
+	short := &config.Health{Type: "tcp", Interval: 50 * time.Millisecond, Timeout: 300 * time.Millisecond, FailureThreshold: 1}
+	get := &config.Health{Type: "http", Path: "/", StatusMin: 200, StatusMax: 399, Interval: 50 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
+	h.m.Start(context.Background(), []config.Forward{fw("dead", "dead-1", tcp), fw("mute", "mute-1", tcp), fw("deaf", "deaf-1", short), fw("deadweb", "dead-1", get)})
+	err := h.m.WaitGood(context.Background(), 3*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "dead: unhealthy: unhealthy: pod shop/dead-1 refused the connection to port 80: nothing listens there") {
+		t.Fatalf("WaitGood = %v, want the refused port named", err)
+	}
+	// An http check names the refusal too.
+	if !strings.Contains(err.Error(), "deadweb: unhealthy: unhealthy: GET /: pod shop/dead-1 refused the connection to port 80") {
+		t.Fatalf("WaitGood = %v, want the http check's refusal named", err)
+	}
+	// No verdict within the timeout (the kubelet here waits for the pod,
+	// which neither answers nor closes) is no proof of a listener.
+	if !strings.Contains(err.Error(), "deaf: unhealthy: unhealthy: ") ||
+		!strings.Contains(err.Error(), "no verdict on port 80 within 300ms") && !strings.Contains(err.Error(), "the last check's connection is still open") {
+		t.Fatalf("WaitGood = %v, want deaf unhealthy for want of a verdict", err)
+	}
+	if strings.Contains(err.Error(), "mute:") {
+		t.Fatalf("WaitGood = %v: a server that accepts is healthy", err)
+	}
+	if r := h.row(t, "mute"); !r.Good() {
+		t.Fatalf("row %+v", r)
+	}
+	// A check's connection the pod holds open does not hold Stop.
+	start := time.Now()
+	h.m.Stop()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Stop took %s", d)
+	}
+}
+
+// deaf is a TCP server that accepts and then neither reads, writes nor
+// closes until the test ends.
+func deaf(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// mute is a TCP server that accepts, sends nothing, and closes when its
+// client is done.
+func mute(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// fast retries in tests: no test waits for a real backoff.
+var fast = supervise.Policy{Initial: time.Millisecond, Max: 20 * time.Millisecond, Permanent: time.Hour, Stable: time.Hour}
+
+// A forward whose pod does not exist yet waits, says why, and serves once
+// the pod runs, without a restart.
+func TestForwardRetriesUntilItsPodRuns(t *testing.T) {
+	h := newHarness(t, spec.Defaults())
+	h.m.o.Retry = fast
+	h.m.Start(context.Background(), []config.Forward{fw("api", "web-1", nil)})
+	testnet.WaitFor(t, func() bool {
+		r := h.row(t, "api")
+		return r.State == Retrying && strings.Contains(r.LastError, `"web-1" not found`) && !r.RetryAt.IsZero()
+	})
+	err := h.m.WaitGood(context.Background(), 100*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), `api: waiting: `) || !strings.Contains(err.Error(), `"web-1" not found`) {
+		t.Fatalf("WaitGood = %v, want the wait and its reason", err)
+	}
+	h.s.Pod(t, ns, "web-1", nil, true, fakeapi.Echo(t, "web-1"))
+	if err := h.m.WaitGood(context.Background(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	r := h.row(t, "api")
+	if r.LastError != "" || !r.RetryAt.IsZero() {
+		t.Fatalf("row %+v: a ready forward keeps no retry", r)
+	}
+	if got := greeting(t, r.Local[0]); got != "web-1" {
+		t.Fatalf("the forward reached %q", got)
+	}
+}
+
+// An error that waiting cannot heal is shown as failed, fails WaitGood at
+// once, and is retried only slowly.
+func TestPermanentErrorIsRetriedSlowly(t *testing.T) {
+	var opens atomic.Int64
+	m := New(Options{Settings: spec.Defaults(), Log: discard, Retry: supervise.Policy{Initial: time.Millisecond, Max: time.Millisecond, Permanent: time.Hour, Stable: time.Hour},
+		Open: func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
+			opens.Add(1)
+			return nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods/portforward"}, "web-1", errors.New("no RBAC"))
+		}})
+	defer m.Stop()
+	m.Start(context.Background(), []config.Forward{fw("api", "web-1", nil)})
+	start := time.Now()
+	err := m.WaitGood(context.Background(), time.Minute)
+	if err == nil || !strings.Contains(err.Error(), "api: failed: ") || !strings.Contains(err.Error(), "forbidden") || time.Since(start) > 10*time.Second {
+		t.Fatalf("WaitGood = %v after %s, want the forbidden error at once", err, time.Since(start))
+	}
+	if r := m.Snapshot()[0]; r.State != Failed || time.Until(r.RetryAt) < 50*time.Minute {
+		t.Fatalf("row %+v, want failed and retried in an hour", r)
+	}
+	if n := opens.Load(); n != 1 {
+		t.Fatalf("opened %d times, want 1 (then an hour's wait)", n)
+	}
+}
+
+// A proxy entry that fails to open is opened again too.
+func TestProxyRetries(t *testing.T) {
+	s := fakeapi.New(t)
+	var opens atomic.Int64
+	m := New(Options{Settings: spec.Defaults(), Log: discard, Retry: fast,
+		OpenProxy: func(ctx context.Context, fw config.Forward, st spec.Settings) (*proxy.Proxy, net.Listener, error) {
+			if opens.Add(1) < 3 {
+				return nil, nil, errors.New("no cluster yet")
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, nil, err
+			}
+			return proxy.New(proxy.Options{Client: s.Client, Namespace: ns, Log: discard}), ln, nil
+		}})
+	defer m.Stop()
+	px := config.Forward{Name: "px", Proxy: &config.Proxy{}}
+	m.Start(context.Background(), []config.Forward{px})
+	if err := m.WaitGood(context.Background(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if r := m.Snapshot()[0]; len(r.Local) != 1 || opens.Load() != 3 {
+		t.Fatalf("row %+v after %d opens", r, opens.Load())
+	}
+}
+
+// Stop joins every goroutine a forward started (the supervisor, the
+// session, its health and state loops, the health checks' connections),
+// forwards that serve and forwards that wait alike, and is prompt.
+func TestStopLeavesNoGoroutine(t *testing.T) {
+	h := newHarness(t, spec.Defaults())
+	h.m.o.Retry = fast
+	h.s.Pod(t, ns, "web-1", nil, true, fakeapi.Echo(t, "web-1"))
+	h.s.Pod(t, ns, "mute-1", nil, true, mute(t))
+	tcp := &config.Health{Type: "tcp", Interval: 10 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
+	web := &config.Health{Type: "http", Path: "/", StatusMin: 200, StatusMax: 399, Interval: 10 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
+	h.m.Start(context.Background(), []config.Forward{fw("api", "web-1", tcp), fw("mute", "mute-1", web), fw("ghost", "nope", tcp)})
+	testnet.WaitFor(t, func() bool {
+		return h.row(t, "api").Good() && h.row(t, "mute").State == Ready && h.row(t, "ghost").State == Retrying
+	})
+	start := time.Now()
+	h.m.Stop()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Stop took %s", d)
+	}
+	// What the manager starts, Stop has joined.
+	if left := goroutinesIn("internal/manager.", "internal/supervise."); left != "" {
+		t.Fatalf("goroutines left after Stop:\n%s", left)
+	}
+	// The sessions' own (follower, tunnels) end with their context.
+	testnet.WaitFor(t, func() bool {
+		return goroutinesIn("internal/session.", "internal/follow.", "internal/tunnel.", "internal/forward.") == ""
+	})
+}
+
+// goroutinesIn are the stacks of the goroutines with a frame in one of
+// the packages (by a part of their path), but none in a test file.
+func goroutinesIn(pkgs ...string) string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:goruntime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "_test.go") {
+			continue // the test's own: its servers, and this one
+		}
+		for _, p := range pkgs {
+			if strings.Contains(g, "kpf/"+p) {
+				out = append(out, g)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n\n")
 }

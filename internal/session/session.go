@@ -101,10 +101,12 @@ type Session struct {
 	spec      Spec
 	deps      Deps
 	stats     *stats
+	ctx       context.Context // the session's lifetime
 	cancel    context.CancelFunc
 	done      <-chan struct{} // closed when the session has ended
 	audit     audit.Forward   // the forward, as its audit records name it
 	rates     rates
+	probes    probes // health checks' connections
 }
 
 // Open resolves the target, opens the first tunnel and listens. The
@@ -183,7 +185,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 			return nil, &StageError{Stage: StageListen, Target: t, Err: err}
 		}
 	}
-	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, cancel: cancel, done: ctx.Done(), audit: id, stats: st}
+	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, ctx: ctx, cancel: cancel, done: ctx.Done(), audit: id, stats: st}
 	in, out := s.bytes()
 	s.rates.rate(time.Now(), in, out)
 	if len(udp) > 0 {
@@ -204,6 +206,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 // Serve forwards connections until ctx ends (nil), the follower gives up,
 // or the idle timeout runs out.
 func (s *Session) Serve(ctx context.Context) error {
+	defer s.endProbes() // after cancel: the closing tunnels end them
 	defer s.cancel()
 	defer s.deps.HTTPLog.Close()
 	opts := forward.Options{IdleTimeout: s.spec.IdleTimeout, Counters: s.stats.counters, Ended: s.ended}
@@ -356,60 +359,193 @@ func (s *Session) Addrs() []string {
 // ErrUnhealthy is wrapped by failed health checks.
 var ErrUnhealthy = errors.New("unhealthy")
 
-// CheckTCP opens a connection to the first port through the tunnel: it
-// fails if the pod refuses it within timeout.
+// CheckTCP checks the forward's first port on the pod it uses now, as a
+// kubelet's tcpSocket probe checks a port: healthy when the pod's server
+// accepted the connection.
+//
+// Port-forward tells of failure only: the kubelet dials the port inside the
+// pod and reports a failed dial (refused, reset, timed out) on the
+// connection's error stream; a dial that succeeded says nothing. So the
+// check sends nothing and closes its side at once, and the connection's
+// end is the verdict: an error from the kubelet fails the check; an end
+// without one passes it (the runtime dialled, then closed the connection
+// when kpf's side was done: containerd and CRI-O do within a second; where
+// the runtime waits for the pod, the server closes it on end of input).
+// Bytes from the pod pass it too (the server accepted and spoke first).
+// Neither within timeout fails it. The connection goes to the current pod
+// only, never replayed on another (what a client's connection gets), so
+// that a refusal is that pod's, and heard at once.
 func (s *Session) CheckTCP(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	local, remote := net.Pipe()
-	defer local.Close()
-	res := make(chan error, 1)
-	if len(s.Listeners) == 0 {
-		return fmt.Errorf("%w: a health check goes to the first TCP port, and this forward has /udp ports only", ErrUnhealthy)
+	port, err := s.checkPort()
+	if err != nil {
+		return err
 	}
-	port := s.Listeners[0].Port.Remote
-	go func() {
-		_, err := s.follower.Forward(ctx, remote, port, nil)
-		res <- err
-	}()
-	// The kubelet reports a refused port at once; a connection that is
-	// still open after a moment was accepted.
+	deadline := time.Now().Add(timeout)
+	local := &probeConn{answered: make(chan struct{})}
+	p, err := s.startProbe(ctx, local, port, deadline)
+	if err != nil {
+		return err
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
 	select {
-	case err := <-res:
-		if err != nil {
-			return fmt.Errorf("%w: %v", ErrUnhealthy, err)
+	case <-p.done:
+		if p.err != nil {
+			return fmt.Errorf("%w: %w", ErrUnhealthy, p.err)
 		}
-		return nil // accepted and closed by the pod
-	case <-time.After(min(timeout, 500*time.Millisecond)):
 		return nil
+	case <-local.answered:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrUnhealthy, ctx.Err())
+	case <-t.C:
 	}
+	return fmt.Errorf("%w: no verdict on port %d within %s: the kubelet reported no error, and the pod neither answered nor closed the connection", ErrUnhealthy, port, timeout)
 }
 
-// CheckHTTP GETs path through the tunnel and wants a status in [lo, hi].
+// CheckHTTP GETs path on the forward's first port of the pod it uses now
+// (no replay on another pod, as CheckTCP) and wants a status in [lo, hi].
 func (s *Session) CheckHTTP(ctx context.Context, path string, lo, hi int, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	port, err := s.checkPort()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
 	local, remote := net.Pipe()
 	defer local.Close()
-	if len(s.Listeners) == 0 {
-		return fmt.Errorf("%w: a health check goes to the first TCP port, and this forward has /udp ports only", ErrUnhealthy)
+	p, err := s.startProbe(ctx, remote, port, deadline)
+	if err != nil {
+		remote.Close()
+		return err
 	}
-	port := s.Listeners[0].Port.Remote
-	go s.follower.Forward(ctx, remote, port, nil)
-	local.SetDeadline(time.Now().Add(timeout))
-	if _, err := fmt.Fprintf(local, "GET %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: kpf-health\r\nConnection: close\r\n\r\n", path); err != nil {
-		return fmt.Errorf("%w: %v", ErrUnhealthy, err)
-	}
+	stop := context.AfterFunc(ctx, func() { local.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	local.SetDeadline(deadline)
 	var proto string
 	var code int
-	if _, err := fmt.Fscanf(local, "%s %d", &proto, &code); err != nil {
-		return fmt.Errorf("%w: GET %s: no HTTP answer: %v", ErrUnhealthy, path, err)
+	_, err = fmt.Fprintf(local, "GET %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: kpf-health\r\nConnection: close\r\n\r\n", path)
+	if err == nil {
+		_, err = fmt.Fscanf(local, "%s %d", &proto, &code)
+	}
+	if err != nil {
+		// The kubelet's verdict, if the connection ended, says why better:
+		// it follows the end of the data soon.
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		select {
+		case <-p.done:
+			if p.err != nil {
+				return fmt.Errorf("%w: GET %s: %w", ErrUnhealthy, path, p.err)
+			}
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		return fmt.Errorf("%w: GET %s: no HTTP answer: %w", ErrUnhealthy, path, err)
 	}
 	if code < lo || code > hi {
 		return fmt.Errorf("%w: GET %s: status %d, want %d-%d", ErrUnhealthy, path, code, lo, hi)
 	}
 	return nil
 }
+
+func (s *Session) checkPort() (uint16, error) {
+	if len(s.Listeners) == 0 {
+		return 0, fmt.Errorf("%w: a health check goes to the first TCP port, and this forward has /udp ports only", ErrUnhealthy)
+	}
+	return s.Listeners[0].Port.Remote, nil
+}
+
+// probe is a health check's connection. It lasts until the pod's side
+// ends it, which may be after the check gave its verdict; a session has
+// one at a time (a pod that never ends them cannot pile them up), and
+// Serve joins the last one.
+type probe struct {
+	done chan struct{}
+	err  error // the kubelet's verdict, once done
+}
+
+// probes are a session's health check connections.
+type probes struct {
+	mu    sync.Mutex
+	last  *probe
+	ended bool // Serve returned: no more
+	wg    sync.WaitGroup
+}
+
+// errCheckBusy: the last check's connection is still open.
+var errCheckBusy = errors.New("the last check's connection is still open: the pod neither answered nor closed it")
+
+// startProbe carries local to port of the current pod, once the last
+// check's connection is over (waiting for it until deadline).
+func (s *Session) startProbe(ctx context.Context, local net.Conn, port uint16, deadline time.Time) (*probe, error) {
+	s.probes.mu.Lock()
+	last := s.probes.last
+	s.probes.mu.Unlock()
+	if last != nil {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		select {
+		case <-last.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrUnhealthy, ctx.Err())
+		case <-t.C:
+			return nil, fmt.Errorf("%w: port %d: %w", ErrUnhealthy, port, errCheckBusy)
+		}
+	}
+	s.probes.mu.Lock()
+	defer s.probes.mu.Unlock()
+	if s.probes.ended {
+		return nil, fmt.Errorf("%w: the forward has stopped", ErrUnhealthy)
+	}
+	p := &probe{done: make(chan struct{})}
+	s.probes.last = p
+	pctx, cancel := context.WithDeadline(s.ctx, deadline)
+	s.probes.wg.Add(1)
+	go func() {
+		defer s.probes.wg.Done()
+		defer cancel()
+		_, p.err = s.follower.Check(pctx, local, port)
+		local.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// endProbes waits for the last check's connection; the session's tunnels
+// are closing, which ends it.
+func (s *Session) endProbes() {
+	s.probes.mu.Lock()
+	s.probes.ended = true
+	s.probes.mu.Unlock()
+	s.probes.wg.Wait()
+}
+
+// probeConn is a tcp check's side of its connection: it has nothing to
+// send (so the pod hears end of input at once) and notes whether the pod
+// sent anything.
+type probeConn struct {
+	answered chan struct{} // closed at the pod's first byte
+	once     sync.Once
+}
+
+func (c *probeConn) Read([]byte) (int, error) { return 0, io.EOF }
+func (c *probeConn) Write(p []byte) (int, error) {
+	if len(p) > 0 {
+		c.once.Do(func() { close(c.answered) })
+	}
+	return len(p), nil
+}
+func (c *probeConn) Close() error                     { return nil }
+func (c *probeConn) LocalAddr() net.Addr              { return probeAddr{} }
+func (c *probeConn) RemoteAddr() net.Addr             { return probeAddr{} }
+func (c *probeConn) SetDeadline(time.Time) error      { return nil }
+func (c *probeConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *probeConn) SetWriteDeadline(time.Time) error { return nil }
+
+type probeAddr struct{}
+
+func (probeAddr) Network() string { return "health-check" }
+func (probeAddr) String() string  { return "health-check" }
 
 // listenInstead listens on 127.0.0.1 with free ports when the forward's
 // own loopback address is not the system's (macOS has only 127.0.0.1 until

@@ -63,7 +63,10 @@ type Forward struct {
 	DatagramsIn  int64  `json:"datagramsIn,omitempty"`
 	DatagramsOut int64  `json:"datagramsOut,omitempty"`
 	Relay        string `json:"relayPod,omitempty"`
-	LastError    string `json:"lastError,omitempty"`
+	// RetryAt is when a forward that is waiting (or failed) opens again;
+	// LastError says why it is down.
+	RetryAt   time.Time `json:"retryAt,omitzero"`
+	LastError string    `json:"lastError,omitempty"`
 }
 
 // ApplyRequest asks the daemon to run the forwards of a file as the
