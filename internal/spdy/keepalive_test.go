@@ -68,7 +68,7 @@ func TestKeepAlivePingsAnIdleConnection(t *testing.T) {
 	defer c.Close()
 	const period = 50 * time.Millisecond
 	start := time.Now()
-	c.KeepAlive(period)
+	c.KeepAlive(period, nil)
 	const want = 6
 	testnet.WaitFor(t, func() bool { return len(w.sent()) >= want })
 	for i, at := range w.sent()[:want] {
@@ -127,7 +127,8 @@ func TestKeepAliveClosesASilentConnection(t *testing.T) {
 	c := NewConn(cli, nil, nil)
 	defer c.Close()
 	const period = 100 * time.Millisecond
-	c.KeepAlive(period)
+	var reported atomic.Pointer[error]
+	c.KeepAlive(period, func(err error) { reported.Store(&err) })
 	data := openData(t, c)
 	s := <-streams
 	go func() { io.Copy(s, s) }()
@@ -153,6 +154,9 @@ func TestKeepAliveClosesASilentConnection(t *testing.T) {
 	if !errors.Is(c.Err(), ErrPingTimeout) {
 		t.Fatalf("closed with %v, want ErrPingTimeout", c.Err())
 	}
+	if r := reported.Load(); r == nil || *r != c.Err() {
+		t.Errorf("dead was called with %v, want the connection's error %v", r, c.Err())
+	}
 	// The first unanswered ping goes out within a period of the cut; the
 	// connection closes pingMisses periods later (plus scheduling slack).
 	if bound := (pingMisses+1)*period + 300*time.Millisecond; took > bound || took < period {
@@ -173,7 +177,7 @@ func TestPingsDoNotDisturbData(t *testing.T) {
 	w := &pingWatch{Conn: cli}
 	c := NewConn(w, nil, nil)
 	defer c.Close()
-	c.KeepAlive(50 * time.Millisecond)
+	c.KeepAlive(50*time.Millisecond, nil)
 	data := openData(t, c)
 	var s httpstream.Stream
 	select {
@@ -232,7 +236,7 @@ func TestKeepAliveSparesAStalledReader(t *testing.T) {
 	c := NewConn(w, nil, nil)
 	defer c.Close()
 	const period = 20 * time.Millisecond
-	c.KeepAlive(period)
+	c.KeepAlive(period, nil)
 	data := openData(t, c)
 	s := <-streams
 	want := make([]byte, 4*queueLimit)

@@ -174,16 +174,18 @@ const pingMisses = 2
 // is left to TCP; an idle one whose path died silently is found within
 // pingMisses periods of its first unanswered ping.
 //
-// Call it at most once; Close waits for its goroutine.
-func (c *Conn) KeepAlive(period time.Duration) {
+// dead, if set, is called with the error just before such a close (to say
+// why, in a log). Call KeepAlive at most once; Close waits for its
+// goroutine.
+func (c *Conn) KeepAlive(period time.Duration, dead func(error)) {
 	done := make(chan struct{})
 	c.mu.Lock()
 	c.pinger = done
 	c.mu.Unlock()
-	go c.pingLoop(period, done)
+	go c.pingLoop(period, dead, done)
 }
 
-func (c *Conn) pingLoop(period time.Duration, done chan struct{}) {
+func (c *Conn) pingLoop(period time.Duration, dead func(error), done chan struct{}) {
 	defer close(done)
 	t := time.NewTicker(period)
 	defer t.Stop()
@@ -206,7 +208,11 @@ func (c *Conn) pingLoop(period time.Duration, done chan struct{}) {
 			missed = 0
 		}
 		if missed >= pingMisses {
-			c.fail(fmt.Errorf("%w in %s (%d pings %s apart)", ErrPingTimeout, pingMisses*period, pingMisses, period))
+			err := fmt.Errorf("%w in %s (%d pings %s apart)", ErrPingTimeout, pingMisses*period, pingMisses, period)
+			if dead != nil {
+				dead(err)
+			}
+			c.fail(err)
 			return
 		}
 		read = c.framesRead.Load()
