@@ -69,7 +69,11 @@ type Event struct {
 
 // Manager runs forwards.
 type Manager struct {
-	o        Options
+	o Options
+	// ops makes Apply, RestartNames and StopNames run one at a time: each
+	// reads the running set, then changes it, and two of them interleaved
+	// would start a forward twice (TestConcurrentUse).
+	ops      sync.Mutex
 	mu       sync.Mutex
 	forwards []*Forward
 	changed  chan struct{}
@@ -436,6 +440,8 @@ func describeBad(r Row) string {
 // spec changed restart, unchanged ones keep running (and their
 // connections). With prune, running forwards not in fws stop.
 func (m *Manager) Apply(ctx context.Context, fws []config.Forward, prune bool) (started, restarted, unchanged, stopped []string) {
+	m.ops.Lock()
+	defer m.ops.Unlock()
 	want := map[string]config.Forward{}
 	for _, fw := range fws {
 		want[fw.Name] = fw
@@ -478,6 +484,8 @@ func (m *Manager) Apply(ctx context.Context, fws []config.Forward, prune bool) (
 // StopNames stops the named forwards (all when names is empty) and forgets
 // them; it returns the names it stopped.
 func (m *Manager) StopNames(names []string) []string {
+	m.ops.Lock()
+	defer m.ops.Unlock()
 	fs := m.pick(names)
 	m.stop(fs)
 	var out []string
@@ -489,6 +497,8 @@ func (m *Manager) StopNames(names []string) []string {
 
 // RestartNames restarts the named forwards (all when names is empty).
 func (m *Manager) RestartNames(ctx context.Context, names []string) []string {
+	m.ops.Lock()
+	defer m.ops.Unlock()
 	fs := m.pick(names)
 	var specs []config.Forward
 	for _, f := range fs {
