@@ -10,9 +10,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/kpf-dev/kpf/sandbox/cluster"
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 )
 
@@ -157,4 +160,152 @@ func connectVia(t *testing.T, proxyURL, dest string) net.Conn {
 	}
 	c.SetReadDeadline(time.Time{})
 	return c
+}
+
+// TestSilentTunnelIsClosedAndRedialled: when the path under kpf's tunnels
+// goes silent (a load balancer that forgot them, with no reset), each
+// tunnel answers no ping and is closed within two intervals, with a log
+// line that says why; the connection on it ends instead of hanging, and
+// the next connection gets a new tunnel and works. On both transports.
+func TestSilentTunnelIsClosedAndRedialled(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := zooNamespace(t, sb)
+	for _, transport := range []string{"websocket", "spdy"} {
+		t.Run(transport, func(t *testing.T) {
+			t.Parallel()
+			path := startSilencer(t, strings.TrimPrefix(sb.APIServer, "https://"))
+			f := forwarder{name: "kpf", argv: func(args ...string) []string {
+				return append([]string{kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "--server", "https://" + path.addr, "forward"}, args...)
+			}}
+			p, ls := f.start(t, 2, "--ping-interval", "1s", "--transport", transport, "-n", ns, "pod/bulk", ":9000")
+			c, err := net.Dial("tcp", ls[0].Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := startEcho(c, "before\n"); err != nil {
+				t.Fatalf("echo: %v", err)
+			}
+			path.silence()
+			silenced := time.Now()
+			// The connection on the silent tunnel ends within the bound
+			// (two intervals, and one for the first ping to go out).
+			c.SetReadDeadline(time.Now().Add(15 * time.Second))
+			if n, err := c.Read(make([]byte, 1)); err == nil || n > 0 {
+				t.Fatalf("the connection on a silent tunnel read %d bytes, %v; want its end", n, err)
+			} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatalf("the connection on a silent tunnel is still open 15 s later:\n%s", p.Output())
+			}
+			took := time.Since(silenced)
+			p.WaitLine(t, `tunnel closed: it answered no ping.*no ping in 2s`, 5*time.Second)
+			if took > 5*time.Second {
+				t.Errorf("the connection on a silent tunnel ended %s after the silence, want within ~3 s (pings 1 s apart)", took.Round(100*time.Millisecond))
+			}
+			t.Logf("the connection on the silent tunnel ended %s after the silence", took.Round(100*time.Millisecond))
+			// A new connection, on a new tunnel.
+			c2, err := net.Dial("tcp", ls[0].Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c2.Close()
+			if err := startEcho(c2, "after\n"); err != nil {
+				t.Fatalf("echo on a new connection after the old tunnels went silent: %v\n%s", err, p.Output())
+			}
+		})
+	}
+}
+
+// startEcho starts kpf.test/bulk's ECHO on c and checks one echo of msg.
+func startEcho(c net.Conn, msg string) error {
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, "ECHO\n"+msg); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if string(got) != msg {
+		return fmt.Errorf("echoed %q, want %q", got, msg)
+	}
+	return nil
+}
+
+// silencer relays TCP connections to an address until silence: from then
+// on, the connections it carries swallow every byte both ways and stay
+// open (a path that died without a reset); new connections pass.
+type silencer struct {
+	addr string
+	mu   sync.Mutex
+	cut  []*atomic.Bool // one per relayed connection
+}
+
+func startSilencer(t *testing.T, to string) *silencer {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &silencer{addr: ln.Addr().String()}
+	var wg sync.WaitGroup
+	var conns []net.Conn
+	var connsMu sync.Mutex
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			a, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", to)
+			if err != nil {
+				a.Close()
+				continue
+			}
+			connsMu.Lock()
+			conns = append(conns, a, b)
+			connsMu.Unlock()
+			cut := &atomic.Bool{}
+			s.mu.Lock()
+			s.cut = append(s.cut, cut)
+			s.mu.Unlock()
+			pipe := func(dst, src net.Conn) {
+				defer wg.Done()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := src.Read(buf)
+					if n > 0 && !cut.Load() {
+						dst.Write(buf[:n])
+					}
+					if err != nil {
+						dst.Close()
+						return
+					}
+				}
+			}
+			wg.Add(2)
+			go pipe(a, b)
+			go pipe(b, a)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		connsMu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		connsMu.Unlock()
+		wg.Wait()
+	})
+	return s
+}
+
+// silence makes every connection relayed so far swallow what it carries.
+func (s *silencer) silence() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.cut {
+		c.Store(true)
+	}
 }
