@@ -19,16 +19,16 @@ PORTABLE_PKGS := ./internal/sysio/... ./internal/spdy/... ./internal/fastconn/..
 # e2e tests that run again against a kpf built with the portable data path.
 PORTABLE_E2E := TestTargetsMatchKubectl|TestPortSpecsMatchKubectl|TestTransports|TestOneBadConnection|TestHalfClose|TestUpstreamScenarios|TestConcurrentConnections|TestSlowReaderStallsNobody
 
-.PHONY: help build plugin release-snapshot sandbox sandbox-down demo test unit e2e verify fmt vet bench clean
+.PHONY: help build plugin release-snapshot sandbox sandbox-down demo test unit fuzz e2e verify fmt vet bench clean
 
 help:
 	@echo "make demo      start the sandbox (if no cluster is configured) and run the demo"
-	@echo "make test      unit tests, then end-to-end tests on the sandbox (what CI runs)"
+	@echo "make test      unit tests, fuzzing (make fuzz), then end-to-end tests on the sandbox (what CI runs)"
 	@echo "make sandbox   build and start the local sandbox cluster"
 	@echo "make sandbox-down  stop it"
 	@echo "make bench     kpf against kubectl on the sandbox (docs/benchmarks.md)"
 	@echo "make release-snapshot  the release, built locally and not published (dist/)"
-	@echo "make unit | e2e | verify | build | plugin"
+	@echo "make unit | fuzz | e2e | verify | build | plugin"
 
 build:
 	@mkdir -p $(BIN)
@@ -56,6 +56,21 @@ unit:
 	@for m in $(MODULES); do (cd $$m && KPF_E2E=skip $(GO) test -race -count=1 ./...) || exit 1; done
 	KPF_E2E=skip $(GO) test -race -count=1 -tags kpf_portable $(PORTABLE_PKGS)
 
+# Every fuzzer (func FuzzX in a _test.go) of each module runs for
+# FUZZTIME beyond its seeds (which unit runs every time), one at a time: go
+# test takes one -fuzz pattern per package per run. FUZZFLAGS adds flags
+# (-parallel=1 on a busy machine). A failing input is written under the
+# package's testdata/fuzz/ and fails the run; commit it as a seed with the
+# fix.
+FUZZTIME ?= 10s
+FUZZFLAGS ?=
+fuzz:
+	@for m in $(MODULES); do ( cd $$m && for d in $$($(GO) list -f '{{.Dir}}' ./...); do \
+		for f in $$(cat $$d/*_test.go 2>/dev/null | sed -nE 's/^func (Fuzz[A-Za-z0-9_]*)\(.*/\1/p'); do \
+			echo "fuzz $$m/$${d#$$PWD/} $$f for $(FUZZTIME)"; \
+			KPF_E2E=skip $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS) $$d || exit 1; \
+		done; done ) || exit 1; done
+
 # The e2e tests start the sandbox themselves (or reuse a running one). Test
 # packages run one at a time: some exercise sandbox faults that would
 # disturb others. kpf's own e2e tests run against a kpf built with the race
@@ -72,7 +87,7 @@ e2e: build
 	@if ls $(BIN)/races/kpf.* >/dev/null 2>&1; then echo "the race detector found races in kpf:"; cat $(BIN)/races/kpf.*; exit 1; fi
 	cd e2e && KPF_BIN=$(BIN)/kpf-portable $(GO) test -count=1 -p 1 -timeout 15m -run '$(PORTABLE_E2E)' ./...
 
-test: verify-fmt vet unit e2e
+test: verify-fmt vet unit fuzz e2e
 
 verify: test
 

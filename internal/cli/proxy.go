@@ -101,7 +101,7 @@ you: a non-loopback --listen requires --auth USER:PASSWORD (or the
 	f.BoolVar(&o.Direct, "direct", false, "dial names outside the cluster directly from here, instead of refusing them")
 	f.BoolVar(&o.Env, "env", false, "print the shell lines that point programs at the proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY) and exit")
 	f.StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
-	o.Settings.AddFlags(f, spec.FlagTransport, spec.FlagReconnectWait, spec.FlagDataPath)
+	o.Settings.AddFlags(f, spec.FlagTransport, spec.FlagReconnectWait, spec.FlagDataPath, spec.FlagPingInterval)
 	return cmd
 }
 
@@ -255,7 +255,7 @@ func newProxy(c *cluster.Conn, s spec.Settings, o proxy.Options) *proxy.Proxy {
 	o.ReconnectWait = s.ReconnectWait
 	o.Transport = s.Transport
 	o.Dial = func(ctx context.Context, namespace, pod string, tr tunnel.Transport) (*tunnel.Conn, error) {
-		return c.Dial(ctx, namespace, pod, tr, s.DataPath)
+		return c.Dial(ctx, namespace, pod, tr, s.DataPath, tunnel.PingEvery(s.PingInterval), tunnel.WithLog(o.Log))
 	}
 	return proxy.New(o)
 }

@@ -53,7 +53,7 @@ type UpOptions struct {
 
 // fileSettings are the settings kpf up and kpf run take: how every forward
 // of the file runs.
-var fileSettings = []string{spec.FlagTransport, spec.FlagReconnectWait, spec.FlagPodRunningTimeout, spec.FlagDataPath, spec.FlagUDPRelay, spec.FlagRelayImage, spec.FlagUDPIdleTimeout}
+var fileSettings = []string{spec.FlagTransport, spec.FlagReconnectWait, spec.FlagPodRunningTimeout, spec.FlagDataPath, spec.FlagPingInterval, spec.FlagUDPRelay, spec.FlagRelayImage, spec.FlagUDPIdleTimeout}
 
 func newUpCommand(g *globals) *cobra.Command {
 	o := &UpOptions{g: g, Settings: spec.Defaults(), Table: "auto"}

@@ -348,14 +348,14 @@ func (c *Conn) Watches() *follow.Watches { return c.c.watches }
 func (c *Conn) Liveness() follow.Liveness { return c.c.probe }
 
 // Dial opens a tunnel to a pod, with the connection's TLS sessions.
-func (c *Conn) Dial(ctx context.Context, namespace, pod string, t tunnel.Transport, path tunnel.DataPath) (*tunnel.Conn, error) {
+func (c *Conn) Dial(ctx context.Context, namespace, pod string, t tunnel.Transport, path tunnel.DataPath, opts ...tunnel.DialOption) (*tunnel.Conn, error) {
 	c.c.mu.Lock()
 	tlsCfg, closed := c.c.tls, c.c.closed
 	c.c.mu.Unlock()
 	if closed {
 		return nil, ErrClosed
 	}
-	return tunnel.Dial(ctx, tunnel.APIServer{Config: c.c.cfg, TLS: tlsCfg}, namespace, pod, t, path)
+	return tunnel.Dial(ctx, tunnel.APIServer{Config: c.c.cfg, TLS: tlsCfg}, namespace, pod, t, path, opts...)
 }
 
 // WhoAmI is the user name the API server takes the connection's

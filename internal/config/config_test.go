@@ -1,9 +1,13 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -103,9 +107,124 @@ func TestConvertRoundTrips(t *testing.T) {
 	}
 }
 
+// TestSchemaIsJSON: the schema parses as JSON and is a JSON Schema
+// (2020-12) document that holds together: every $ref names a definition,
+// every pattern compiles, every required key is a property, every type is
+// one of JSON Schema's, and it has the shape of kpf.yaml: the top-level
+// keys the parser takes, forwards as an array of objects that require
+// name, target and ports, and no key the parser would refuse.
 func TestSchemaIsJSON(t *testing.T) {
-	if !strings.Contains(string(Schema), `"forwards"`) {
-		t.Fatal("schema lacks forwards")
+	var doc map[string]any
+	if err := json.Unmarshal(Schema, &doc); err != nil {
+		t.Fatalf("the schema is not JSON: %v", err)
+	}
+	if doc["$schema"] != "https://json-schema.org/draft/2020-12/schema" || doc["type"] != "object" {
+		t.Fatalf("$schema %v, type %v: want a JSON Schema 2020-12 document of an object", doc["$schema"], doc["type"])
+	}
+	defs, _ := doc["$defs"].(map[string]any)
+	types := []string{"null", "boolean", "object", "array", "number", "string", "integer"}
+	// walk checks a schema and the schemas in it.
+	var walk func(path string, v any)
+	walk = func(path string, v any) {
+		m, ok := v.(map[string]any)
+		if !ok {
+			t.Errorf("%s: %v is not a schema (an object)", path, v)
+			return
+		}
+		if ref, ok := m["$ref"].(string); ok {
+			name, found := strings.CutPrefix(ref, "#/$defs/")
+			if _, ok := defs[name]; !found || !ok {
+				t.Errorf("%s: $ref %q names no definition", path, ref)
+			}
+		}
+		if p, ok := m["pattern"].(string); ok {
+			if _, err := regexp.Compile(p); err != nil {
+				t.Errorf("%s: pattern %q: %v", path, p, err)
+			}
+		}
+		if typ, ok := m["type"]; ok && !slices.Contains(types, fmt.Sprint(typ)) {
+			t.Errorf("%s: type %v is not a JSON Schema type", path, typ)
+		}
+		props, hasProps := m["properties"].(map[string]any)
+		if req, ok := m["required"].([]any); ok && hasProps {
+			for _, r := range req {
+				if _, ok := props[fmt.Sprint(r)]; !ok {
+					t.Errorf("%s: required %v is not a property", path, r)
+				}
+			}
+		}
+		for _, k := range []string{"properties", "$defs"} {
+			named, _ := m[k].(map[string]any)
+			for name, sub := range named {
+				walk(path+"/"+k+"/"+name, sub)
+			}
+		}
+		for _, k := range []string{"anyOf", "oneOf", "allOf"} {
+			list, _ := m[k].([]any)
+			for i, sub := range list {
+				walk(fmt.Sprintf("%s/%s/%d", path, k, i), sub)
+			}
+		}
+		for _, k := range []string{"items", "additionalProperties"} {
+			if sub, ok := m[k].(map[string]any); ok {
+				walk(path+"/"+k, sub)
+			}
+		}
+	}
+	walk("", doc)
+
+	keys := func(path string, v any) []string {
+		m, _ := v.(map[string]any)
+		props, _ := m["properties"].(map[string]any)
+		var out []string
+		for k := range props {
+			out = append(out, k)
+		}
+		slices.Sort(out)
+		if m["additionalProperties"] != false {
+			t.Errorf("%s: allows other properties; an editor would not flag a typo", path)
+		}
+		return out
+	}
+	if got := keys("top level", doc); !slices.Equal(got, []string{"defaults", "forwards", "metrics", "proxies", "version"}) {
+		t.Errorf("top-level properties %v", got)
+	}
+	fwds, _ := doc["properties"].(map[string]any)["forwards"].(map[string]any)
+	if fwds["type"] != "array" {
+		t.Fatalf("forwards: type %v, want array", fwds["type"])
+	}
+	item := fwds["items"].(map[string]any)
+	if req := fmt.Sprint(item["required"]); req != "[name target ports]" {
+		t.Errorf("a forward requires %s, want [name target ports]", req)
+	}
+	// Every key of a forward in the schema is one the parser takes: a file
+	// with all of them has no "unknown key" problem.
+	var yaml strings.Builder
+	yaml.WriteString("forwards:\n  - name: a\n    target: svc/api\n    ports: [\"80\"]\n")
+	for _, k := range keys("a forward", item) {
+		if k != "name" && k != "target" && k != "ports" {
+			fmt.Fprintf(&yaml, "    %s: null\n", k)
+		}
+	}
+	// And one the schema does not have, which the parser must refuse: the
+	// check above sees the parser's verdict on keys.
+	yaml.WriteString("    notInTheSchema: 1\n")
+	_, err := Parse("kpf.yaml", []byte(yaml.String()))
+	var cerr *Error
+	if !errors.As(err, &cerr) {
+		t.Fatalf("a forward with a key the schema lacks: %v, want problems", err)
+	}
+	control := false
+	for _, p := range cerr.Problems {
+		switch {
+		case strings.Contains(p.String(), "notInTheSchema"):
+			control = true
+		case strings.Contains(p.Msg, "unknown key"):
+			t.Errorf("the schema allows a key the parser refuses: %s", p)
+		}
+	}
+	if !control {
+		t.Errorf("the parser took a key the schema lacks: %v", cerr.Problems)
 	}
 }
 

@@ -88,9 +88,9 @@ type Event struct {
 // Manager runs forwards.
 type Manager struct {
 	o Options
-	// ops serialises Apply, StopNames and RestartNames: each reads the
-	// running set, then stops and starts by it (two at once would start a
-	// name twice).
+	// ops makes Apply, RestartNames and StopNames run one at a time: each
+	// reads the running set, then changes it, and two of them interleaved
+	// would start a forward twice (TestConcurrentUse).
 	ops      sync.Mutex
 	mu       sync.Mutex
 	forwards []*Forward

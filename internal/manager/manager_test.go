@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -225,13 +226,30 @@ func TestStopWhileOpening(t *testing.T) {
 	}
 }
 
-// Snapshots, applies and stops from many goroutines at once (run with
-// -race).
+// Snapshots, applies and restarts from many goroutines at once (run with
+// -race): every call sees a consistent manager (each forward once, only
+// the forwards applied), each Apply accounts for both forwards and stops
+// none, and at the end each runs once and Stop leaves none.
 func TestConcurrentUse(t *testing.T) {
+	var opened atomic.Int64
 	m := New(Options{Settings: spec.Defaults(), Log: discard, Open: func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
+		opened.Add(1)
 		return nil, errors.New("no cluster here")
 	}})
 	defer m.Stop()
+	both := []config.Forward{fw("a", "x", nil), fw("b", "y", nil)}
+	// Each name at most once, and only a or b.
+	consistent := func(names []string) error {
+		seen := map[string]bool{}
+		for _, n := range names {
+			if (n != "a" && n != "b") || seen[n] {
+				return fmt.Errorf("forwards %v: want a and b at most once each", names)
+			}
+			seen[n] = true
+		}
+		return nil
+	}
+	errs := make(chan error, 8*20)
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Add(1)
@@ -240,21 +258,45 @@ func TestConcurrentUse(t *testing.T) {
 			for j := range 20 {
 				switch (i + j) % 4 {
 				case 0:
-					m.Apply(context.Background(), []config.Forward{fw("a", "x", nil), fw("b", "y", nil)}, true)
+					started, restarted, unchanged, stopped := m.Apply(context.Background(), both, true)
+					if got := sorted(slices.Concat(started, restarted, unchanged)); len(stopped) > 0 || !slices.Equal(got, []string{"a", "b"}) {
+						errs <- fmt.Errorf("Apply: started %v, restarted %v, unchanged %v, stopped %v; want a and b once, none stopped", started, restarted, unchanged, stopped)
+					}
 				case 1:
-					m.Snapshot()
+					var names []string
+					for _, r := range m.Snapshot() {
+						names = append(names, r.Name)
+					}
+					if err := consistent(names); err != nil {
+						errs <- fmt.Errorf("Snapshot: %w", err)
+					}
 				case 2:
-					m.RestartNames(context.Background(), []string{"a"})
+					if err := consistent(m.RestartNames(context.Background(), []string{"a"})); err != nil {
+						errs <- fmt.Errorf("RestartNames: %w", err)
+					}
 				case 3:
 					m.WaitGood(context.Background(), time.Millisecond)
+					if err := consistent(m.Names()); err != nil {
+						errs <- fmt.Errorf("Names: %w", err)
+					}
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	// Each name runs once, however the operations interleaved.
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 	if got := sorted(m.Names()); !slices.Equal(got, []string{"a", "b"}) {
-		t.Fatalf("running %v, want [a b]", got)
+		t.Errorf("running %v after the storm, want [a b] once each", got)
+	}
+	if opened.Load() == 0 {
+		t.Error("no forward was ever opened: the test proves nothing")
+	}
+	m.Stop()
+	if n := m.Len(); n != 0 {
+		t.Errorf("%d forwards left after Stop", n)
 	}
 }
 

@@ -45,6 +45,7 @@ type Spec struct {
 	Balance           bool
 	IdleTimeout       time.Duration
 	DataPath          tunnel.DataPath
+	PingInterval      time.Duration // kpf's data path pings tunnels this often (0: the default)
 	// UDPRelay is where the relay of /udp ports runs (pod, ephemeral);
 	// RelayImage runs it; UDPIdleTimeout ends a peer's flow.
 	UDPRelay       string
@@ -131,7 +132,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	dial := func(ctx context.Context, pod string) (*tunnel.Conn, error) {
 		tr := st.inUse()
 		start := time.Now()
-		c, err := deps.Cluster.Dial(ctx, t.Namespace, pod, tr, spec.DataPath)
+		c, err := deps.Cluster.Dial(ctx, t.Namespace, pod, tr, spec.DataPath, tunnel.PingEvery(spec.PingInterval), tunnel.WithLog(deps.Log))
 		st.dialled(time.Since(start), c, err)
 		if err == nil && tr == tunnel.Auto {
 			deps.Log.Debug("tunnel open", "pod", c.Pod, "transport", c.Transport)

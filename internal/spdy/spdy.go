@@ -22,7 +22,9 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/kpf-dev/kpf/internal/bufpool"
 	"github.com/kpf-dev/kpf/internal/sysio"
@@ -51,6 +53,10 @@ const (
 
 // ErrClosed is returned for operations on a closed connection.
 var ErrClosed = errors.New("spdy: connection closed")
+
+// ErrPingTimeout is why a connection closed whose server stopped answering
+// pings (see KeepAlive).
+var ErrPingTimeout = errors.New("spdy: the server answered no ping")
 
 // Conn is a client SPDY connection over an established upgrade.
 type Conn struct {
@@ -87,6 +93,14 @@ type Conn struct {
 	coalesce  bool
 	pend      []pendChunk
 	pendBytes int
+
+	// What KeepAlive watches: frames read, writes done, and whether the
+	// read loop waits for a stream's reader (a stall of ours, not the
+	// server's).
+	framesRead atomic.Uint64
+	writes     atomic.Uint64
+	stalled    atomic.Bool
+	pinger     chan struct{} // closed when KeepAlive's goroutine is done; set once, under mu
 }
 
 type pendChunk struct {
@@ -129,8 +143,96 @@ func (c *Conn) Err() error {
 	return c.err
 }
 
-// Close closes the connection and every stream.
-func (c *Conn) Close() error { c.fail(ErrClosed); return nil }
+// Close closes the connection and every stream, and waits for KeepAlive's
+// goroutine to end.
+func (c *Conn) Close() error {
+	c.fail(ErrClosed)
+	c.mu.Lock()
+	pinger := c.pinger
+	c.mu.Unlock()
+	if pinger != nil {
+		<-pinger
+	}
+	return nil
+}
+
+// pingMisses is how many ping periods in a row may pass with no sign of
+// the server before KeepAlive closes the connection.
+const pingMisses = 2
+
+// KeepAlive sends a PING frame every period until the connection closes,
+// as client-go's SPDY connections do: proxies and load balancers that cut
+// idle connections see traffic, and over the WebSocket transport the
+// frames ride inside WebSocket messages across every hop to the kubelet,
+// which answers them. A connection on which pingMisses periods in a row
+// pass with a ping out and nothing read is closed with ErrPingTimeout.
+//
+// Only the server's silence counts: a period does not count while the
+// read loop waits for a slow local reader (it reads nothing then, by
+// design), while a write is under way, or when more than the ping went out
+// (an answer may queue behind an upload at a slow pod). So a busy tunnel
+// is left to TCP; an idle one whose path died silently is found within
+// pingMisses periods of its first unanswered ping.
+//
+// dead, if set, is called with the error just before such a close (to say
+// why, in a log). Call KeepAlive at most once; Close waits for its
+// goroutine.
+func (c *Conn) KeepAlive(period time.Duration, dead func(error)) {
+	done := make(chan struct{})
+	c.mu.Lock()
+	c.pinger = done
+	c.mu.Unlock()
+	go c.pingLoop(period, dead, done)
+}
+
+func (c *Conn) pingLoop(period time.Duration, dead func(error), done chan struct{}) {
+	defer close(done)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	var (
+		id          uint32 = 1 // a client's pings are odd
+		asked       bool       // a ping went out at the last tick
+		read, wrote uint64     // the counters just around that ping
+		missed      int
+		frame       = make([]byte, 0, 12)
+	)
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		if asked && c.framesRead.Load() == read && c.writes.Load() == wrote && !c.stalled.Load() && !c.writeBusy() {
+			missed++
+		} else {
+			missed = 0
+		}
+		if missed >= pingMisses {
+			err := fmt.Errorf("%w in %s (%d pings %s apart)", ErrPingTimeout, pingMisses*period, pingMisses, period)
+			if dead != nil {
+				dead(err)
+			}
+			c.fail(err)
+			return
+		}
+		read = c.framesRead.Load()
+		frame = controlHeader(frame[:0], typePing, 0, 4)
+		frame = binary.BigEndian.AppendUint32(frame, id)
+		if err := c.writeFrame(frame); err != nil {
+			return // the connection failed: it says why
+		}
+		wrote = c.writes.Load()
+		asked = true
+		id += 2
+	}
+}
+
+// writeBusy reports whether a write is under way.
+func (c *Conn) writeBusy() bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writing
+}
 
 func (c *Conn) fail(err error) {
 	c.once.Do(func() {
@@ -225,6 +327,9 @@ func (c *Conn) send(frame []byte, build func([]byte) []byte) error {
 	}
 	c.wmu.Unlock()
 	_, err := c.w.Write(frame)
+	if err == nil {
+		c.writes.Add(1)
+	}
 	if err == nil && merged != 0 {
 		c.wmu.Lock()
 		c.sent = merged
@@ -244,6 +349,9 @@ func (c *Conn) send(frame []byte, build func([]byte) []byte) error {
 		c.wcond.Broadcast() // room in the queue again
 		c.wmu.Unlock()
 		_, err = c.w.Write(out)
+		if err == nil {
+			c.writes.Add(1)
+		}
 		c.wmu.Lock()
 		if cap(out) <= maxBatch*2 {
 			c.spare = out[:0]
@@ -802,8 +910,12 @@ type ReadableWaiter interface {
 func (s *Stream) deliver(chunks []chunk, fin bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.queued > queueLimit && !s.eof {
-		s.cond.Wait()
+	if s.queued > queueLimit && !s.eof {
+		s.c.stalled.Store(true) // the read loop waits for the local reader
+		for s.queued > queueLimit && !s.eof {
+			s.cond.Wait()
+		}
+		s.c.stalled.Store(false)
 	}
 	if s.eof {
 		for _, c := range chunks {
@@ -901,6 +1013,7 @@ func (c *Conn) readLoop() {
 			c.fail(err)
 			return
 		}
+		c.framesRead.Add(1)
 		length := int(hdr[5])<<16 | int(hdr[6])<<8 | int(hdr[7])
 		flags := hdr[4]
 		if length > maxFrame {

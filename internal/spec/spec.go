@@ -30,6 +30,9 @@ type Settings struct {
 	NoReconnect       bool             `json:"noReconnect,omitempty"`
 	IdleTimeout       time.Duration    `json:"idleTimeout,omitempty"`
 	DataPath          tunnel.DataPath  `json:"dataPath"`
+	// PingInterval is how often kpf's data path pings each tunnel; 0
+	// (from a client that does not send it) is tunnel.DefaultPingInterval.
+	PingInterval time.Duration `json:"pingInterval,omitempty"`
 	// UDP ports: where the relay runs, its image, and when a peer's flow
 	// ends.
 	UDPRelay       string        `json:"udpRelay,omitempty"`
@@ -51,6 +54,7 @@ func Defaults() Settings {
 		PodRunningTimeout: time.Minute,
 		ReconnectWait:     30 * time.Second,
 		DataPath:          tunnel.DefaultDataPath,
+		PingInterval:      tunnel.DefaultPingInterval,
 		UDPRelay:          "pod",
 		UDPIdleTimeout:    time.Minute,
 	}
@@ -68,7 +72,12 @@ const (
 	FlagUDPRelay          = "udp-relay"
 	FlagRelayImage        = "relay-image"
 	FlagUDPIdleTimeout    = "udp-idle-timeout"
+	FlagPingInterval      = "ping-interval"
 )
+
+// MinPingInterval is the shortest --ping-interval: a tunnel that answers
+// nothing for two intervals is closed, and a slow path must not look dead.
+const MinPingInterval = time.Second
 
 // AddFlags binds the named settings (all when which is empty) to flags.
 // Transport and data path are stored in their canonical form as they are
@@ -103,6 +112,9 @@ func (s *Settings) AddFlags(fs *pflag.FlagSet, which ...string) {
 	if want(FlagUDPIdleTimeout) {
 		fs.DurationVar(&s.UDPIdleTimeout, FlagUDPIdleTimeout, s.UDPIdleTimeout, "close a UDP peer's flow after this long with no datagram either way")
 	}
+	if want(FlagPingInterval) {
+		fs.DurationVar(&s.PingInterval, FlagPingInterval, s.PingInterval, "How often kpf's data path pings each tunnel, so that idle tunnels survive proxies' and load balancers' idle timeouts (set it below theirs); a tunnel that answers nothing for two intervals is closed and redialled")
+	}
 	if want(FlagDataPath) {
 		fs.Var(canonical[tunnel.DataPath]{&s.DataPath, tunnel.ParseDataPath}, FlagDataPath, "SPDY implementation on kpf's side: kpf (its own) or client-go (kubectl's), as an escape hatch")
 	}
@@ -130,6 +142,9 @@ func (s Settings) Validate() error {
 	}
 	if s.UDPIdleTimeout < 0 {
 		return fmt.Errorf("--%s %s: must be above 0", FlagUDPIdleTimeout, s.UDPIdleTimeout)
+	}
+	if s.PingInterval != 0 && s.PingInterval < MinPingInterval {
+		return fmt.Errorf("--%s %s: must be %s or more", FlagPingInterval, s.PingInterval, MinPingInterval)
 	}
 	if s.IdleTimeout < 0 {
 		return fmt.Errorf("--%s %s: must be 0 (never) or more", FlagIdleTimeout, s.IdleTimeout)
@@ -159,6 +174,7 @@ func Session(fw config.Forward, s Settings) (session.Spec, error) {
 		Balance:           fw.Balance,
 		IdleTimeout:       s.IdleTimeout,
 		DataPath:          s.DataPath,
+		PingInterval:      s.PingInterval,
 		UDPRelay:          cmp.Or(s.UDPRelay, "pod"),
 		RelayImage:        cmp.Or(s.RelayImage, DefaultRelayImage),
 		UDPIdleTimeout:    s.UDPIdleTimeout,

@@ -24,6 +24,9 @@ func TestFlagsStoreCanonicalValuesAndValidateNamesBadOnes(t *testing.T) {
 		{[]string{"--pod-running-timeout", "-1s"}, "--pod-running-timeout must be higher than zero"},
 		{[]string{"--max-retries", "-2"}, "--max-retries -2: must be 0 (no limit) or more"},
 		{[]string{"--idle-timeout", "-1s"}, "--idle-timeout -1s: must be 0 (never) or more"},
+		{[]string{"--ping-interval", "5s"}, ""},
+		{[]string{"--ping-interval", "500ms"}, "--ping-interval 500ms: must be 1s or more"},
+		{[]string{"--ping-interval", "-1s"}, "--ping-interval -1s: must be 1s or more"},
 	} {
 		s := Defaults()
 		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
@@ -56,6 +59,9 @@ func TestOnlySomeFlagsAndTheSessionSpec(t *testing.T) {
 	sp, err := Session(fw, s)
 	if err != nil || sp.ReconnectWait != 3*time.Second || sp.PodRunningTimeout != time.Minute || !sp.Balance || sp.Target != "svc/api" || len(sp.Addresses) != 2 {
 		t.Fatalf("%+v, %v", sp, err)
+	}
+	if sp.PingInterval != tunnel.DefaultPingInterval {
+		t.Errorf("ping interval %s, want the default %s", sp.PingInterval, tunnel.DefaultPingInterval)
 	}
 	fw.Addresses = []string{"nowhere"}
 	if _, err := Session(fw, s); err == nil || !strings.Contains(err.Error(), "nowhere") {

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -113,9 +114,54 @@ type APIServer struct {
 	TLS *tls.Config
 }
 
+// DefaultPingInterval is how often kpf's data path pings a tunnel unless
+// told otherwise (--ping-interval): below the common idle timeouts of
+// proxies and load balancers (often 30 s or more; 60 s for many cloud load
+// balancers), at a few bytes a tunnel per ping.
+const DefaultPingInterval = 15 * time.Second
+
+// DialOption changes how Dial opens a tunnel.
+type DialOption func(*dialOptions)
+
+type dialOptions struct {
+	ping time.Duration
+	log  *slog.Logger
+}
+
+// PingEvery sets how often kpf's data path pings the tunnel
+// (DefaultPingInterval for 0). A tunnel that answers nothing for two
+// intervals is closed (spdy.Conn.KeepAlive), so that the forward redials.
+// client-go's data path pings on its own schedule (SPDY every 5 s,
+// WebSocket every 10 s) and ignores it.
+func PingEvery(d time.Duration) DialOption { return func(o *dialOptions) { o.ping = d } }
+
+// WithLog is where a tunnel closed for not answering pings is reported
+// (slog.Default() without it, or for nil).
+func WithLog(l *slog.Logger) DialOption {
+	return func(o *dialOptions) {
+		if l != nil {
+			o.log = l
+		}
+	}
+}
+
+// Log attribute keys.
+const (
+	keyPod       = "pod"
+	keyTransport = "transport"
+	keyErr       = "err"
+)
+
 // Dial opens a tunnel to a pod.
-func Dial(ctx context.Context, api APIServer, namespace, pod string, t Transport, path DataPath) (*Conn, error) {
+func Dial(ctx context.Context, api APIServer, namespace, pod string, t Transport, path DataPath, opts ...DialOption) (*Conn, error) {
 	cfg := api.Config
+	o := dialOptions{ping: DefaultPingInterval, log: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.ping <= 0 {
+		o.ping = DefaultPingInterval
+	}
 	u, err := URL(cfg, namespace, pod)
 	if err != nil {
 		return nil, err
@@ -129,7 +175,7 @@ func Dial(ctx context.Context, api APIServer, namespace, pod string, t Transport
 			return nil, err
 		}
 		if proxydial.Supported(p) {
-			return dialOwnTransport(ctx, api, u, p, namespace+"/"+pod, t)
+			return dialOwnTransport(ctx, api, u, p, namespace+"/"+pod, t, o)
 		}
 	}
 	dialSPDY := func() (httpstream.Connection, error) {
@@ -177,8 +223,9 @@ func Dial(ctx context.Context, api APIServer, namespace, pod string, t Transport
 	return c, nil
 }
 
-// dialOwnTransport is Dial for kpf's data path, with the same fallback.
-func dialOwnTransport(ctx context.Context, api APIServer, u, proxy *url.URL, pod string, t Transport) (*Conn, error) {
+// dialOwnTransport is Dial for kpf's data path, with the same fallback,
+// and pings on the tunnel.
+func dialOwnTransport(ctx context.Context, api APIServer, u, proxy *url.URL, pod string, t Transport, o dialOptions) (*Conn, error) {
 	c := &Conn{Pod: pod}
 	var err error
 	switch t {
@@ -197,6 +244,9 @@ func dialOwnTransport(ctx context.Context, api APIServer, u, proxy *url.URL, pod
 		return nil, err
 	}
 	c.done = c.own.Done()
+	c.own.KeepAlive(o.ping, func(err error) {
+		o.log.Warn("tunnel closed: it answered no ping; the next connection redials", keyPod, c.Pod, keyTransport, c.Transport, keyErr, err)
+	})
 	return c, nil
 }
 

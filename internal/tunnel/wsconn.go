@@ -8,7 +8,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/kpf-dev/kpf/internal/bufpool"
@@ -29,24 +28,29 @@ import (
 // So that no write of gorilla's interleaves with kpf's (or leaves a write
 // deadline on the connection, as gorilla's control writes do), kpf also
 // answers pings and close frames itself.
+//
+// It sends no WebSocket pings of its own: the SPDY connection on top pings
+// (spdy.Conn.KeepAlive), and its PING frames are WebSocket messages that
+// cross every hop a WebSocket ping would (a proxy, a load balancer, the API
+// server) and go on to the kubelet, which answers them. So they keep the
+// path busy as WebSocket pings would, and their answers prove the whole
+// path, where a WebSocket pong proves it only as far as the API server. As
+// client-go's tunnelling connection, then: SPDY pings only.
 type wsConn struct {
 	ws   *websocket.Conn
 	w    io.Writer // what the frames go to: the connection under gorilla
 	cork fastconn.Corker
 	r    io.Reader
 	wmu  sync.Mutex
-	done chan struct{}
-	once sync.Once
 
 	pong    atomic.Pointer[[]byte] // a pong's payload waiting for wmu
 	closing atomic.Bool            // a close frame was answered
 }
 
 func newWSConn(ws *websocket.Conn, cork fastconn.Corker) *wsConn {
-	w := &wsConn{ws: ws, w: ws.UnderlyingConn(), cork: cork, done: make(chan struct{})}
+	w := &wsConn{ws: ws, w: ws.UnderlyingConn(), cork: cork}
 	ws.SetPingHandler(w.onPing)
 	ws.SetCloseHandler(w.onClose)
-	go w.keepAlive()
 	return w
 }
 
@@ -133,27 +137,7 @@ func (w *wsConn) onClose(code int, text string) error {
 	return nil
 }
 
-func (w *wsConn) Close() error {
-	w.once.Do(func() { close(w.done) })
-	return w.ws.Close()
-}
-
-// keepAlive pings every 10 s, as client-go's tunnelling connection does,
-// so idle tunnels survive proxies' idle timeouts.
-func (w *wsConn) keepAlive() {
-	t := time.NewTicker(10 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-w.done:
-			return
-		case <-t.C:
-			if err := w.writeFrame(websocket.PingMessage, nil); err != nil {
-				return
-			}
-		}
-	}
-}
+func (w *wsConn) Close() error { return w.ws.Close() }
 
 // wsMaxHeader is the longest frame header a client writes: 2 bytes, an
 // 8-byte length, a 4-byte mask key.
