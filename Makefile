@@ -15,7 +15,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PLATFORMS := darwin/amd64 darwin/arm64 windows/amd64 windows/arm64 linux/arm64
 # The data path's packages, tested again with the portable build (what
 # macOS and Windows run: no raw system calls, no read pacing).
-PORTABLE_PKGS := ./internal/sysio/... ./internal/spdy/... ./internal/fastconn/... ./internal/tunnel/... ./internal/tunnelpool/... ./internal/follow/... ./internal/forward/... ./internal/manager/...
+PORTABLE_PKGS := ./internal/sysio/... ./internal/spdy/... ./internal/fastconn/... ./internal/tunnel/... ./internal/tunnelpool/... ./internal/wsconn/... ./internal/follow/... ./internal/forward/... ./internal/manager/...
 # e2e tests that run again against a kpf built with the portable data path.
 PORTABLE_E2E := TestTargetsMatchKubectl|TestPortSpecsMatchKubectl|TestTransports|TestOneBadConnection|TestHalfClose|TestUpstreamScenarios|TestConcurrentConnections|TestSlowReaderStallsNobody
 

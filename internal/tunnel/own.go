@@ -20,6 +20,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/fastconn"
 	"github.com/kpf-dev/kpf/internal/meter"
 	"github.com/kpf-dev/kpf/internal/proxydial"
+	"github.com/kpf-dev/kpf/internal/wsconn"
 
 	"github.com/gorilla/websocket"
 	"github.com/kpf-dev/kpf/internal/bufpool"
@@ -71,7 +72,7 @@ func dialOwnWebSocket(ctx context.Context, api APIServer, u, proxy *url.URL) (*o
 		ws.Close()
 		return nil, fmt.Errorf("unable to negotiate protocol: client supports %q, server returned %q", tunnelingProtocol, ws.Subprotocol())
 	}
-	wc := newWSConn(ws, up.netConn)
+	wc := wsconn.New(ws, up.netConn)
 	return ownspdy.NewConn(wc, nil, up.netConn), nil
 }
 
@@ -105,7 +106,7 @@ func (api APIServer) tlsConfig() (*tls.Config, error) {
 }
 
 // wsWritePool makes gorilla take a write buffer only when it writes a
-// message, which it never does (wsConn writes its own frames): without a
+// message, which it never does (wsconn writes its own frames): without a
 // pool it would allocate one per tunnel.
 var wsWritePool = &syncBufferPool{}
 

@@ -1,4 +1,4 @@
-package tunnel
+package wsconn
 
 import (
 	"bytes"
@@ -11,9 +11,9 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// wsPair is a wsConn on a client connection to a gorilla server, and the
+// wsPair is a Conn on a client connection to a gorilla server, and the
 // server's side.
-func wsPair(t *testing.T) (*wsConn, *websocket.Conn) {
+func wsPair(t *testing.T) (*Conn, *websocket.Conn) {
 	t.Helper()
 	srvConn := make(chan *websocket.Conn, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
@@ -29,7 +29,7 @@ func wsPair(t *testing.T) (*wsConn, *websocket.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWSConn(ws, noCork{})
+	w := New(ws, noCork{})
 	s := <-srvConn
 	t.Cleanup(func() { w.Close(); s.Close() })
 	return w, s

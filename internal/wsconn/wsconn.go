@@ -1,4 +1,8 @@
-package tunnel
+// Package wsconn is a byte stream carried as binary WebSocket messages
+// over a connection gorilla/websocket negotiated: gorilla reads, kpf
+// writes its own masked frames and answers pings and close frames. It is
+// the WebSocket transport under kpf's SPDY; it knows nothing of SPDY.
+package wsconn
 
 import (
 	"crypto/rand"
@@ -14,7 +18,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/fastconn"
 )
 
-// wsConn carries a byte stream as binary WebSocket messages: each Write
+// Conn carries a byte stream as binary WebSocket messages: each Write
 // (one SPDY frame) is one message of one frame.
 //
 // Reading is gorilla's. Writing is kpf's own: gorilla copies a message into
@@ -36,7 +40,7 @@ import (
 // path busy as WebSocket pings would, and their answers prove the whole
 // path, where a WebSocket pong proves it only as far as the API server. As
 // client-go's tunnelling connection, then: SPDY pings only.
-type wsConn struct {
+type Conn struct {
 	ws   *websocket.Conn
 	w    io.Writer // what the frames go to: the connection under gorilla
 	cork fastconn.Corker
@@ -47,14 +51,16 @@ type wsConn struct {
 	closing atomic.Bool            // a close frame was answered
 }
 
-func newWSConn(ws *websocket.Conn, cork fastconn.Corker) *wsConn {
-	w := &wsConn{ws: ws, w: ws.UnderlyingConn(), cork: cork}
+// New carries a stream over ws, whose frames go to TLS over cork's socket
+// in one system call each.
+func New(ws *websocket.Conn, cork fastconn.Corker) *Conn {
+	w := &Conn{ws: ws, w: ws.UnderlyingConn(), cork: cork}
 	ws.SetPingHandler(w.onPing)
 	ws.SetCloseHandler(w.onClose)
 	return w
 }
 
-func (w *wsConn) Read(p []byte) (int, error) {
+func (w *Conn) Read(p []byte) (int, error) {
 	for {
 		if w.r == nil {
 			typ, r, err := w.ws.NextReader()
@@ -78,7 +84,7 @@ func (w *wsConn) Read(p []byte) (int, error) {
 	}
 }
 
-func (w *wsConn) Write(p []byte) (int, error) {
+func (w *Conn) Write(p []byte) (int, error) {
 	if err := w.writeFrame(websocket.BinaryMessage, p); err != nil {
 		return 0, err
 	}
@@ -86,13 +92,13 @@ func (w *wsConn) Write(p []byte) (int, error) {
 }
 
 // writeFrame writes p as one frame of type op, in one system call.
-func (w *wsConn) writeFrame(op int, p []byte) error {
+func (w *Conn) writeFrame(op int, p []byte) error {
 	w.wmu.Lock()
 	defer w.wmu.Unlock()
 	return w.writeFrameLocked(op, p)
 }
 
-func (w *wsConn) writeFrameLocked(op int, p []byte) error {
+func (w *Conn) writeFrameLocked(op int, p []byte) error {
 	pb := bufpool.Get(wsMaxHeader + len(p))
 	b := appendWSFrame((*pb)[:0], op, p)
 	w.cork.Cork(len(b))
@@ -109,7 +115,7 @@ func (w *wsConn) writeFrameLocked(op int, p []byte) error {
 // read before it reads our write), so the pong is written by a goroutine
 // of its own; pings that arrive before it could answer share one pong with
 // the latest payload, as RFC 6455 allows.
-func (w *wsConn) onPing(data string) error {
+func (w *Conn) onPing(data string) error {
 	b := []byte(data)
 	if w.pong.Swap(&b) != nil {
 		return nil // a pong is already on its way; it takes this payload
@@ -125,7 +131,7 @@ func (w *wsConn) onPing(data string) error {
 // onClose answers the peer's close frame with one of our own (from a
 // goroutine, as onPing); the read then ends with the close error, as with
 // gorilla's default handler.
-func (w *wsConn) onClose(code int, text string) error {
+func (w *Conn) onClose(code int, text string) error {
 	if w.closing.Swap(true) {
 		return nil
 	}
@@ -137,7 +143,7 @@ func (w *wsConn) onClose(code int, text string) error {
 	return nil
 }
 
-func (w *wsConn) Close() error { return w.ws.Close() }
+func (w *Conn) Close() error { return w.ws.Close() }
 
 // wsMaxHeader is the longest frame header a client writes: 2 bytes, an
 // 8-byte length, a 4-byte mask key.
