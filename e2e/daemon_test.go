@@ -2,13 +2,17 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kpf-dev/kpf/sandbox/cluster"
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 )
 
@@ -163,4 +167,98 @@ func atoi(s string) int {
 	var n int
 	fmt.Sscan(s, &n)
 	return n
+}
+
+// The daemon lives through churn: files whose forwards connect through
+// two contexts are applied wholly and partly, re-applied as another
+// identity and stopped, over and over, while kpf status --watch and kpf
+// status --json poll it. Under make e2e's race-built kpf a data race in
+// the daemon fails the run too. A Go map read by status while a re-apply
+// wrote it once ended the daemon, and every forward of every file with it.
+func TestDaemonLivesThroughChurn(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "churn", 1)
+	name := httpAppInDev(t, sb, "churn")
+	k := newKpfCmd(t, sb)
+	merged := filepath.Join(k.dir, "kubeconfig")
+	c := exec.Command(sb.Kubectl, "config", "view", "--flatten")
+	c.Env = append(os.Environ(), "KUBECONFIG="+sb.Kubeconfig(cluster.UserAdmin)+":"+sb.Kubeconfig(cluster.UserDev))
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if err := os.WriteFile(merged, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k.kubeconfig = merged
+	files := make([]string, 2)
+	for i := range files {
+		files[i] = k.write(t, fmt.Sprintf("kpf-%d.yaml", i), fmt.Sprintf(`
+forwards:
+  - {name: admin-%[1]d, namespace: %[2]s, target: svc/churn, ports: [":80"]}
+  - {name: dev-%[1]d, context: kpf-sandbox-dev, target: deployment/%[3]s, ports: [":8080"]}
+`, i, ns, name))
+	}
+	if out, code := k.run(t, "up", "-d", "--wait", "--timeout", "60s", "-f", files[0]); code != 0 {
+		t.Fatalf("kpf up -d: exit %d\n%s", code, out)
+	}
+	pid := k.status(t).PID
+
+	watch := k.cmd("status", "--watch")
+	watch.Stdout, watch.Stderr = io.Discard, io.Discard
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { watch.Process.Kill(); watch.Wait() })
+	stop := make(chan struct{})
+	polled := make(chan int)
+	go func() {
+		n := 0
+		defer func() { polled <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, code := k.run(t, "status", "--json"); code == 0 {
+				n++
+			}
+		}
+	}()
+	for round := range 6 {
+		f := files[round%2]
+		steps := [][]string{
+			{"up", "-d", "-f", f},
+			{"up", "-d", "-f", f, fmt.Sprintf("dev-%d", round%2)},
+			{"--context", "kpf-sandbox-dev", "up", "-d", "-f", f}, // another identity: the whole file restarts
+			{"up", "-d", "-f", f},
+			{"restart", "-f", f},
+		}
+		if round%2 == 1 {
+			steps = append(steps, []string{"down", "-f", f})
+		}
+		for _, s := range steps {
+			if out, code := k.run(t, s...); code != 0 {
+				t.Errorf("kpf %s: exit %d\n%s", strings.Join(s, " "), code, out)
+			}
+		}
+	}
+	close(stop)
+	if n := <-polled; n == 0 {
+		t.Error("no kpf status --json answered during the churn")
+	}
+	st := k.status(t)
+	if st.PID != pid {
+		t.Fatalf("the daemon changed under the churn: pid %d, then %d", pid, st.PID)
+	}
+	if watch.ProcessState != nil {
+		t.Errorf("kpf status --watch ended during the churn: %v", watch.ProcessState)
+	}
+	if out, code := k.run(t, "up", "-d", "--wait", "--timeout", "60s", "-f", files[0]); code != 0 {
+		t.Fatalf("after the churn, kpf up -d --wait: exit %d\n%s", code, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(k.home, "daemon.log")); err == nil && (bytes.Contains(b, []byte("panic:")) || bytes.Contains(b, []byte("fatal error:")) || bytes.Contains(b, []byte("DATA RACE"))) {
+		t.Errorf("the daemon's log:\n%s", b)
+	}
 }
