@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kpf-dev/kpf/sandbox/cluster"
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 )
 
@@ -180,17 +179,7 @@ func TestDaemonLivesThroughChurn(t *testing.T) {
 	ns := httpAppIn(t, sb, "churn", 1)
 	name := httpAppInDev(t, sb, "churn")
 	k := newKpfCmd(t, sb)
-	merged := filepath.Join(k.dir, "kubeconfig")
-	c := exec.Command(sb.Kubectl, "config", "view", "--flatten")
-	c.Env = append(os.Environ(), "KUBECONFIG="+sb.Kubeconfig(cluster.UserAdmin)+":"+sb.Kubeconfig(cluster.UserDev))
-	out, err := c.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	if err := os.WriteFile(merged, out, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	k.kubeconfig = merged
+	k.kubeconfig = adminAndDevKubeconfig(t, sb, k.dir)
 	files := make([]string, 2)
 	for i := range files {
 		files[i] = k.write(t, fmt.Sprintf("kpf-%d.yaml", i), fmt.Sprintf(`

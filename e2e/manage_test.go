@@ -391,17 +391,7 @@ func TestTwoContextsInOneFile(t *testing.T) {
 	ns := httpAppIn(t, sb, "adm", 1)
 	name := httpAppInDev(t, sb, "ctx")
 	k := newKpfCmd(t, sb)
-	// One kubeconfig with both users' contexts.
-	merged := filepath.Join(k.dir, "kubeconfig")
-	c := exec.Command(sb.Kubectl, "config", "view", "--flatten")
-	c.Env = append(os.Environ(), "KUBECONFIG="+sb.Kubeconfig(cluster.UserAdmin)+":"+sb.Kubeconfig(cluster.UserDev))
-	out, err := c.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	if err := os.WriteFile(merged, out, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	merged := adminAndDevKubeconfig(t, sb, k.dir)
 	k.write(t, "kpf.yaml", fmt.Sprintf(`
 forwards:
   - {name: as-admin, namespace: %s, target: svc/adm, ports: [":80"]}
@@ -418,6 +408,23 @@ forwards:
 			t.Errorf("%s: %v", f.Name, err)
 		}
 	}
+}
+
+// adminAndDevKubeconfig writes one kubeconfig with both the admin's and
+// dev's contexts into dir (the admin's is current), and returns its path.
+func adminAndDevKubeconfig(t *testing.T, sb *sandboxtest.Sandbox, dir string) string {
+	t.Helper()
+	merged := filepath.Join(dir, "kubeconfig")
+	c := exec.Command(sb.Kubectl, "config", "view", "--flatten")
+	c.Env = append(os.Environ(), "KUBECONFIG="+sb.Kubeconfig(cluster.UserAdmin)+":"+sb.Kubeconfig(cluster.UserDev))
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if err := os.WriteFile(merged, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return merged
 }
 
 // TestOnePodWatchPerNamespace: thirty forwards of one file in one

@@ -18,6 +18,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/session"
+	"github.com/kpf-dev/kpf/internal/testnet"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
@@ -47,17 +48,6 @@ func writeKubeconfig(t *testing.T) identity.Identity {
 		t.Fatal(err)
 	}
 	return identity.Identity{Flags: map[string][]string{"kubeconfig": {p}}}
-}
-
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // One connection per identity and context, shared while anyone holds it
@@ -188,11 +178,11 @@ func TestForwardsOfOneConnShareTLSSessionsReleasedOnClose(t *testing.T) {
 	}
 	first.Close()
 	second.Close()
-	waitFor(t, 5*time.Second, "the connection to close with its last forward", func() bool { return cluster.TunnelTLS(c) == nil })
+	testnet.Within(t, 5*time.Second, "the connection to close with its last forward", func() bool { return cluster.TunnelTLS(c) == nil })
 	if _, err := c.Dial(ctx, "ns", "p", tunnel.SPDY, tunnel.OwnDataPath); !errors.Is(err, cluster.ErrClosed) {
 		t.Fatalf("dial after close: %v", err)
 	}
-	waitFor(t, 5*time.Second, "the TLS configuration and its sessions to be collected", func() bool {
+	testnet.Within(t, 5*time.Second, "the TLS configuration and its sessions to be collected", func() bool {
 		runtime.GC()
 		return tlsCfg.Value() == nil
 	})

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/testnet"
 	"k8s.io/client-go/rest"
 )
 
@@ -108,17 +109,6 @@ func subscribe(p *probe, n int) (events chan event, unsubscribe func()) {
 	}
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // Fifty subscribers (a file's forwards) share one probe: the API server
 // sees one request per period, not fifty; the last unsubscribe stops it.
 func TestProbeIsOnePerPeriodForManySubscribers(t *testing.T) {
@@ -127,7 +117,7 @@ func TestProbeIsOnePerPeriodForManySubscribers(t *testing.T) {
 	p := l.probe(t, period, time.Second)
 	start := time.Now()
 	events, unsubscribe := subscribe(p, 50)
-	waitFor(t, 10*time.Second, "10 probes", func() bool { return l.requests.Load() >= 10 })
+	testnet.Within(t, 10*time.Second, "10 probes", func() bool { return l.requests.Load() >= 10 })
 	elapsed := time.Since(start)
 	n := l.requests.Load()
 	if max := int64(elapsed/period) + 1; n > max {
@@ -159,7 +149,7 @@ func TestProbeTakesAnyAnswerAsAlive(t *testing.T) {
 			defer unsubscribe()
 			start := time.Now()
 			// Enough answers to span five bounds.
-			waitFor(t, 10*time.Second, "answers over five bounds", func() bool {
+			testnet.Within(t, 10*time.Second, "answers over five bounds", func() bool {
 				return l.requests.Load() >= 5*int64(bound/period) && time.Since(start) > 5*bound
 			})
 			select {
@@ -181,7 +171,7 @@ func TestProbeTellsSilenceAndReturn(t *testing.T) {
 	const subscribers = 5
 	events, unsubscribe := subscribe(p, subscribers)
 	defer unsubscribe()
-	waitFor(t, 10*time.Second, "a first answer", func() bool { return l.requests.Load() >= 2 })
+	testnet.Within(t, 10*time.Second, "a first answer", func() bool { return l.requests.Load() >= 2 })
 	silentAt := time.Now()
 	l.silent()
 	for range subscribers {

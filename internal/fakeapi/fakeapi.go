@@ -260,6 +260,17 @@ func serveConn(errs, data httpstream.Stream, backend string) {
 // newline, then echoes what it reads until the client half-closes.
 func Echo(t testing.TB, name string) string {
 	t.Helper()
+	return Serve(t, func(c net.Conn) {
+		io.WriteString(c, name+"\n")
+		io.Copy(c, c)
+	})
+}
+
+// Serve starts a TCP server that runs serve on each connection, in a
+// goroutine of its own, and closes the connection when serve returns; it
+// stops with the test.
+func Serve(t testing.TB, serve func(net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -273,8 +284,7 @@ func Echo(t testing.TB, name string) string {
 			}
 			go func() {
 				defer c.Close()
-				io.WriteString(c, name+"\n")
-				io.Copy(c, c)
+				serve(c)
 			}()
 		}
 	}()

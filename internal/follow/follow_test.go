@@ -464,18 +464,7 @@ func TestFollowerDropsTunnelsWhenTheAPIServerIsSilent(t *testing.T) {
 		t.Fatalf("after the API server's return: %q, %v", r.pod, r.err)
 	}
 	stop()
-	waitFor(t, 5*time.Second, "the follower to unsubscribe", func() bool { return live.tell(true) == 0 })
-}
-
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testnet.Within(t, 5*time.Second, "the follower to unsubscribe", func() bool { return live.tell(true) == 0 })
 }
 
 // Check hears the current pod's own verdict at once: a refusal is not

@@ -389,56 +389,17 @@ func TestTCPCheckNeedsAListener(t *testing.T) {
 // closes until the test ends.
 func deaf(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	return ln.Addr().String()
+	quiet := make(chan struct{})
+	addr := fakeapi.Serve(t, func(net.Conn) { <-quiet })
+	t.Cleanup(func() { close(quiet) })
+	return addr
 }
 
 // mute is a TCP server that accepts, sends nothing, and closes when its
 // client is done.
 func mute(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return fakeapi.Serve(t, func(c net.Conn) { io.Copy(io.Discard, c) })
 }
 
 // fast retries in tests: no test waits for a real backoff.

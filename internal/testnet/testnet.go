@@ -11,12 +11,19 @@ import (
 // WaitFor polls cond until it holds, failing the test after 10 s.
 func WaitFor(t testing.TB, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	Within(t, 10*time.Second, "the condition", cond)
+}
+
+// Within polls cond until it holds, failing the test after timeout with
+// what it waited for.
+func Within(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
