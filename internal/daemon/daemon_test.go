@@ -57,20 +57,30 @@ func (o *opened) get(key string) (openCall, bool) {
 // start runs a daemon in a home of the test's; it stops with the test.
 func start(t *testing.T) (*Client, *opened, string) {
 	t.Helper()
+	o := &opened{byFwd: map[string]openCall{}}
+	s := &Server{Log: discard, Opener: o.opener, Describe: describeByContext}
+	return serve(t, s), o, t.TempDir()
+}
+
+// describeByContext names a context's cluster and user after it.
+func describeByContext(id identity.Identity, ctx string) (string, string, string) {
+	if ctx == "" {
+		ctx = id.Get("context")
+	}
+	return ctx, "cluster-" + ctx, id.Get("user")
+}
+
+// serve runs s in a home of the test's until the test ends, and returns
+// its client once it answers.
+func serve(t *testing.T, s *Server) *Client {
+	t.Helper()
 	// Short: a unix socket path has a length limit (104 bytes on macOS).
 	home, err := os.MkdirTemp("", "kpfd")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(home) })
-	o := &opened{byFwd: map[string]openCall{}}
-	s := &Server{Home: Home(home), Log: discard, Opener: o.opener,
-		Describe: func(id identity.Identity, ctx string) (string, string, string) {
-			if ctx == "" {
-				ctx = id.Get("context")
-			}
-			return ctx, "cluster-" + ctx, id.Get("user")
-		}}
+	s.Home = Home(home)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx) }()
@@ -81,6 +91,14 @@ func start(t *testing.T) (*Client, *opened, string) {
 		}
 	})
 	c := NewClient(Home(home))
+	waitRunning(t, c, done)
+	return c
+}
+
+// waitRunning waits until the daemon behind c answers, failing the test
+// if it ends first.
+func waitRunning(t *testing.T, c *Client, done <-chan error) {
+	t.Helper()
 	for !c.Running() {
 		select {
 		case err := <-done:
@@ -88,7 +106,6 @@ func start(t *testing.T) (*Client, *opened, string) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	return c, o, t.TempDir()
 }
 
 func writeFile(t *testing.T, dir, name, body string) string {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,18 +46,13 @@ func TestStatusWhileFilesChurn(t *testing.T) {
 	fa.Pod(t, ns, "web-a", nil, true, fakeapi.Echo(t, "web-a"))
 	fa.Pod(t, ns, "web-b", nil, true, fakeapi.Echo(t, "web-b"))
 
-	home, err := os.MkdirTemp("", "kpfd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(home) })
 	conn, err := cluster.New(fa.Config, client, cluster.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(conn.Release)
 	var opened atomic.Int64
-	s := &Server{Home: Home(home), Log: discard,
+	s := &Server{Log: discard,
 		Opener: func(_ string, _ identity.Identity, log *slog.Logger) manager.Opener {
 			return func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
 				opened.Add(1)
@@ -67,24 +61,10 @@ func TestStatusWhileFilesChurn(t *testing.T) {
 					Out: io.Discard, ErrOut: io.Discard, Log: log})
 			}
 		},
-		Describe: func(id identity.Identity, ctx string) (string, string, string) {
-			if ctx == "" {
-				ctx = id.Get("context")
-			}
-			return ctx, "cluster-" + ctx, id.Get("user")
-		},
+		Describe: describeByContext,
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	c := NewClient(Home(home))
-	waitRunning(t, c, done)
+	c := serve(t, s)
+	ctx := context.Background()
 
 	// Each file has a forward of the identity's context and one of its
 	// own: two contexts per file.
@@ -185,16 +165,5 @@ func TestStatusWhileFilesChurn(t *testing.T) {
 		t.Fatalf("status after the churn: %v", err)
 	} else if len(st.Forwards) != 1 || st.Forwards[0].Name != "anchor" {
 		t.Fatalf("after every file's down: %+v", st.Forwards)
-	}
-}
-
-func waitRunning(t *testing.T, c *Client, done <-chan error) {
-	t.Helper()
-	for !c.Running() {
-		select {
-		case err := <-done:
-			t.Fatalf("daemon ended: %v", err)
-		case <-time.After(10 * time.Millisecond):
-		}
 	}
 }
