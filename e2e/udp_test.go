@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -490,4 +491,181 @@ func waitEcho(t *testing.T, addr, msg string, timeout time.Duration, what string
 		n, err := c.Read(buf)
 		return err == nil && string(buf[:n]) == msg, err
 	})
+}
+
+// relayHello opens a stream to a relay at addr as kpf does (the opening,
+// then HELLO naming target; docs/relay-protocol.md) and returns the
+// relay's answer: its frame type (2 OK, 3 ERROR) and payload.
+func relayHello(t *testing.T, addr, target string) (byte, string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	hello := append([]byte("KPFRELAY\x01"), 1, 0, byte(len(target)>>8), byte(len(target)), 0, 0, 0, 0)
+	if _, err := c.Write(append(hello, target...)); err != nil {
+		t.Fatal(err)
+	}
+	var head [9 + 8]byte
+	if _, err := io.ReadFull(c, head[:]); err != nil || string(head[:9]) != "KPFRELAY\x01" {
+		t.Fatalf("HELLO %s: the relay's opening %q: %v", target, head[:], err)
+	}
+	payload := make([]byte, int(head[11])<<8|int(head[12]))
+	if _, err := io.ReadFull(c, payload); err != nil {
+		t.Fatalf("HELLO %s: the relay's answer: %v", target, err)
+	}
+	return head[9], string(payload)
+}
+
+// TestUDPRelayIsNoOpenRelay: the relay pod is no open relay. Its
+// arguments name the target pod's IP and /udp port as its only
+// destination; from another pod of the namespace nothing answers at the
+// relay pod's IP and port (it listens on its loopback, where port-forward
+// reaches it), while the same probe reaches a TCP server of the namespace;
+// and a stream through port-forward (what anyone allowed to port-forward
+// to it could open) that asks for another destination is refused with the
+// reason, the target's own is accepted.
+func TestUDPRelayIsNoOpenRelay(t *testing.T) {
+	sb, ns, _, addrs, rp := udpEchoForward(t)
+	echo := sb.ReadyPods(t, ns, "app=uecho", 1)[0]
+	allowed := net.JoinHostPort(echo.Status.PodIP, "5300")
+	args := strings.Join(rp.Spec.Containers[0].Args, " ")
+	if !strings.Contains(args, "--listen 127.0.0.1:4090 --allow "+allowed+" ") || strings.Count(args, "--allow") != 1 {
+		t.Errorf("relay pod %s's args: %s; want it on loopback, allowed only %s", rp.Name, args, allowed)
+	}
+	waitEcho(t, addrs[0], "through the relay", 20*time.Second, "an echo through the forward")
+
+	// From another pod: the relay's port, and a TCP server's, as a control.
+	sb.Apply(t, ns, `
+apiVersion: v1
+kind: Pod
+metadata: {name: tcp-echo, labels: {app: tcp-echo}}
+spec:
+  containers:
+  - {name: echo, image: kpf.test/echo, ports: [{containerPort: 7070}], readinessProbe: {tcpSocket: {port: 7070}, periodSeconds: 1}}
+`)
+	control := sb.ReadyPods(t, ns, "app=tcp-echo", 1)[0]
+	sb.Apply(t, ns, fmt.Sprintf(`
+apiVersion: v1
+kind: Pod
+metadata: {name: knock}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: knock
+    image: python
+    command: [python3, -c, "import socket,sys\nfor a in sys.argv[1:]:\n  h,p=a.rsplit(':',1)\n  s=socket.socket()\n  s.settimeout(5)\n  print(a, s.connect_ex((h,int(p))), flush=True)\n  s.close()", "%s:4090", "%s:7070"]
+`, rp.Status.PodIP, control.Status.PodIP))
+	sandboxtest.WaitFor(t, 60*time.Second, "the knock pod to finish", func() (bool, error) {
+		p, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), "knock", metav1.GetOptions{})
+		return err == nil && (p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed), nil
+	})
+	out, err := sb.KubectlRun(t, "logs", "-n", ns, "knock")
+	if err != nil {
+		t.Fatalf("kubectl logs knock: %v\n%s", err, out)
+	}
+	want := fmt.Sprintf("%s:4090 %d\n%s:7070 0\n", rp.Status.PodIP, syscall.ECONNREFUSED, control.Status.PodIP)
+	if out != want {
+		t.Errorf("connections from another pod (errno, 0: connected):\n%s\nwant the relay refused, the control reached:\n%s", out, want)
+	}
+
+	// Through port-forward, as kpf reaches it.
+	_, ls := kpf(sb).start(t, 1, "-n", ns, "pod/"+rp.Name, ":4090")
+	const refusal = "is not allowed: this relay sends only to "
+	for _, tc := range []struct {
+		target string
+		typ    byte
+		msg    string
+	}{
+		{allowed, 2, ""},
+		{net.JoinHostPort(echo.Status.PodIP, "53"), 3, refusal + allowed},
+		{net.JoinHostPort(control.Status.PodIP, "5300"), 3, refusal + allowed},
+		{"8.8.8.8:53", 3, refusal + allowed},
+	} {
+		typ, msg := relayHello(t, ls[0].Addr, tc.target)
+		if typ != tc.typ || !strings.Contains(msg, tc.msg) {
+			t.Errorf("HELLO %s: frame type %d %q, want type %d %q", tc.target, typ, msg, tc.typ, tc.msg)
+		}
+	}
+}
+
+// TestUDPForwardingFromMeansReady: "Forwarding from" is printed once the
+// relay answers, in both relay modes: 4 peers send 2,000 datagrams as soon
+// as the line appears, and at least 99% of each peer's come back.
+func TestUDPForwardingFromMeansReady(t *testing.T) {
+	needPodNetwork(t)
+	for _, mode := range []string{"pod", "ephemeral"} {
+		t.Run(mode, func(t *testing.T) {
+			sb := sandboxtest.Get(t)
+			ns := sb.Namespace(t)
+			sb.Apply(t, ns, `
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: burst}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: burst}}
+  template:
+    metadata: {labels: {app: burst}}
+    spec:
+      containers:
+      - {name: echo, image: kpf.test/udp-echo, ports: [{containerPort: 5300, protocol: UDP}]}
+`)
+			sb.ReadyPods(t, ns, "app=burst", 1)
+			_, addrs := startUDP(t, sb, 1, "-n", ns, "--udp-relay", mode, "deploy/burst", ":5300/udp")
+			got := burst(t, addrs[0], 4, 500)
+			total := 0
+			for i, n := range got {
+				total += n
+				if n < 495 {
+					t.Errorf("peer %d: %d of 500 datagrams came back", i, n)
+				}
+			}
+			t.Logf("%s: %d of 2000 came back (per peer %v)", mode, total, got)
+		})
+	}
+}
+
+// burst sends each datagrams from peers local peers at once, as fast as
+// they go, to the UDP echo at addr, and counts each peer's distinct
+// replies (until all came back, or none came for 5 s).
+func burst(t *testing.T, addr string, peers, each int) []int {
+	t.Helper()
+	got := make([]int, peers)
+	var wg sync.WaitGroup
+	for i := range peers {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.(*net.UDPConn).SetReadBuffer(4 << 20)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			seen := map[string]bool{}
+			buf := make([]byte, 2048)
+			for len(seen) < each {
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, err := c.Read(buf)
+				if err != nil {
+					break
+				}
+				if msg := string(buf[:n]); strings.HasPrefix(msg, fmt.Sprintf("peer %d #", i)) {
+					seen[msg] = true
+				}
+			}
+			got[i] = len(seen)
+		}()
+		go func() {
+			defer wg.Done()
+			for k := range each {
+				c.Write([]byte(fmt.Sprintf("peer %d #%d %s", i, k, strings.Repeat("x", 100))))
+			}
+		}()
+	}
+	wg.Wait()
+	return got
 }
