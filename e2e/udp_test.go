@@ -591,14 +591,39 @@ spec:
 	}
 }
 
+// loadSlowRelayImage loads a relay image, named for this test process,
+// whose relay listens only some seconds after its container runs (as on
+// a busy node): a shell script that waits, then runs kpf relay serve.
+func loadSlowRelayImage(t *testing.T, sb *sandboxtest.Sandbox, delay time.Duration) string {
+	t.Helper()
+	dir := t.TempDir()
+	script := filepath.Join(dir, "kpf")
+	if err := os.WriteFile(script, fmt.Appendf(nil, "#!/bin/sh\nsleep %d\nexec %s \"$@\"\n", int(delay.Seconds()), kpfBin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ref := fmt.Sprintf("example.com/kpf-slow-relay:%d", os.Getpid())
+	build := exec.Command("go", "run", "./cmd/kpf-relay-image", "-out", filepath.Join(dir, "layout"), "-ref", ref, "-created", "0", "linux/"+runtime.GOARCH+"="+script)
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("kpf-relay-image: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(sb.Bin, "image", "load", ref, filepath.Join(dir, "layout")).CombinedOutput(); err != nil {
+		t.Fatalf("kpf-sandbox image load: %v\n%s", err, out)
+	}
+	return ref
+}
+
 // TestUDPForwardingFromMeansReady: "Forwarding from" is printed once the
-// relay answers, in both relay modes: 4 peers send 2,000 datagrams as soon
-// as the line appears, and at least 99% of each peer's come back.
+// relay answers, in both relay modes, with a relay that listens 4 s after
+// its container runs: 4 peers send 2,000 datagrams as soon as the line
+// appears, the first reply comes within 2 s, and at least 99% of each
+// peer's come back.
 func TestUDPForwardingFromMeansReady(t *testing.T) {
 	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	slow := loadSlowRelayImage(t, sb, 4*time.Second)
 	for _, mode := range []string{"pod", "ephemeral"} {
 		t.Run(mode, func(t *testing.T) {
-			sb := sandboxtest.Get(t)
 			ns := sb.Namespace(t)
 			sb.Apply(t, ns, `
 apiVersion: apps/v1
@@ -614,8 +639,8 @@ spec:
       - {name: echo, image: kpf.test/udp-echo, ports: [{containerPort: 5300, protocol: UDP}]}
 `)
 			sb.ReadyPods(t, ns, "app=burst", 1)
-			_, addrs := startUDP(t, sb, 1, "-n", ns, "--udp-relay", mode, "deploy/burst", ":5300/udp")
-			got := burst(t, addrs[0], 4, 500)
+			_, addrs := startUDP(t, sb, 1, "-n", ns, "--udp-relay", mode, "--relay-image", slow, "deploy/burst", ":5300/udp")
+			got, first := burst(t, addrs[0], 4, 500)
 			total := 0
 			for i, n := range got {
 				total += n
@@ -623,17 +648,28 @@ spec:
 					t.Errorf("peer %d: %d of 500 datagrams came back", i, n)
 				}
 			}
-			t.Logf("%s: %d of 2000 came back (per peer %v)", mode, total, got)
+			if first > 2*time.Second {
+				t.Errorf("the first reply came %s after Forwarding from: the relay was not ready", first.Round(time.Millisecond))
+			}
+			t.Logf("%s: %d of 2000 came back (per peer %v), the first after %s", mode, total, got, first.Round(time.Millisecond))
 		})
 	}
 }
 
-// burst sends each datagrams from peers local peers at once, as fast as
-// they go, to the UDP echo at addr, and counts each peer's distinct
-// replies (until all came back, or none came for 5 s).
-func burst(t *testing.T, addr string, peers, each int) []int {
+// burst sends each datagrams from peers local peers at once to the UDP
+// echo at addr, as a client with a window does: 16 at first, then one per
+// reply, and another 16 when none came for a second (those in flight
+// count as lost). It returns each peer's distinct replies, and when the
+// first reply came. (A flood of
+// all 2,000 at once overflows the echo server's own socket buffer, sent
+// through kpf or straight to the pod.)
+func burst(t *testing.T, addr string, peers, each int) ([]int, time.Duration) {
 	t.Helper()
+	const window = 16
 	got := make([]int, peers)
+	start := time.Now()
+	var firstOnce sync.Once
+	var first time.Duration
 	var wg sync.WaitGroup
 	for i := range peers {
 		c, err := net.Dial("udp", addr)
@@ -642,30 +678,38 @@ func burst(t *testing.T, addr string, peers, each int) []int {
 		}
 		defer c.Close()
 		c.(*net.UDPConn).SetReadBuffer(4 << 20)
-		wg.Add(2)
+		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			next := 0
+			send := func(n int) {
+				for ; n > 0 && next < each; n-- {
+					c.Write([]byte(fmt.Sprintf("peer %d #%d %s", i, next, strings.Repeat("x", 100))))
+					next++
+				}
+			}
+			send(window)
 			seen := map[string]bool{}
 			buf := make([]byte, 2048)
 			for len(seen) < each {
-				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				c.SetReadDeadline(time.Now().Add(time.Second))
 				n, err := c.Read(buf)
 				if err != nil {
-					break
+					if next >= each {
+						break
+					}
+					send(window)
+					continue
 				}
-				if msg := string(buf[:n]); strings.HasPrefix(msg, fmt.Sprintf("peer %d #", i)) {
+				if msg := string(buf[:n]); strings.HasPrefix(msg, fmt.Sprintf("peer %d #", i)) && !seen[msg] {
+					firstOnce.Do(func() { first = time.Since(start) })
 					seen[msg] = true
+					send(1)
 				}
 			}
 			got[i] = len(seen)
 		}()
-		go func() {
-			defer wg.Done()
-			for k := range each {
-				c.Write([]byte(fmt.Sprintf("peer %d #%d %s", i, k, strings.Repeat("x", 100))))
-			}
-		}()
 	}
 	wg.Wait()
-	return got
+	return got, first
 }

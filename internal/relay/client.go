@@ -259,7 +259,9 @@ func (c *Client) drop(st *clientStream, err error) {
 		c.stream = nil
 		close(c.changed)
 		c.changed = make(chan struct{})
-		c.Log.Warn("relay stream lost; redialling", "err", err)
+		if err != nil {
+			c.Log.Warn("relay stream lost; redialling", "err", err)
+		}
 	}
 	c.mu.Unlock()
 	st.c.Close()
@@ -284,7 +286,15 @@ func (c *Client) keep(ctx context.Context, fail context.CancelCauseFunc) {
 			failures++
 			wait := min(time.Duration(1<<min(failures, 6))*100*time.Millisecond, 5*time.Second)
 			wait = wait/2 + rand.N(wait/2+1)
-			c.Log.Warn("relay stream", "err", err, "retryIn", wait.Round(time.Millisecond))
+			// Until the relay first answers, a refused stream is
+			// expected (a relay that has just started): not a warning.
+			level := slog.LevelWarn
+			select {
+			case <-c.ready:
+			default:
+				level = slog.LevelDebug
+			}
+			c.Log.Log(ctx, level, "relay stream", "err", err, "retryIn", wait.Round(time.Millisecond))
 			select {
 			case <-ctx.Done():
 			case <-time.After(wait):
@@ -304,6 +314,9 @@ func (c *Client) keep(ctx context.Context, fail context.CancelCauseFunc) {
 		c.mu.Unlock()
 		c.isReady.Do(func() { close(c.ready) })
 		err = c.read(ctx, st)
+		if ctx.Err() != nil {
+			err = nil // stopping: nothing was lost
+		}
 		c.drop(st, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -117,7 +118,7 @@ func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial fu
 	if s.spec.UDPRelay == "ephemeral" {
 		host = "127.0.0.1"
 		u.relays = map[string]string{}
-		u.ephemeral = &relaypod.Ephemeral{Image: s.spec.RelayImage, Owner: relaypod.Me(), Port: relaypod.EphemeralPort, Allow: u.destinations(host)}
+		u.ephemeral = &relaypod.Ephemeral{Image: s.spec.RelayImage, Owner: relaypod.Me(), Port: relaypod.EphemeralPort, Allow: u.allow(host)}
 		err = u.addRelay(ctx, t.Pod)
 		relayDial = u.dialEphemeral
 	} else {
@@ -174,6 +175,14 @@ func (u *udpSide) destinations(host string) []string {
 		out[i] = net.JoinHostPort(host, strconv.Itoa(int(port)))
 	}
 	return out
+}
+
+// allow is what a relay for host may send to: its destinations, each
+// once (a port bound on 127.0.0.1 and ::1 has two clients).
+func (u *udpSide) allow(host string) []string {
+	d := u.destinations(host)
+	slices.Sort(d)
+	return slices.Compact(d)
 }
 
 // waitAnswered waits until the relay answered a stream of every client
@@ -263,7 +272,7 @@ func (u *udpSide) stream(ctx context.Context, f *follow.Follower, port uint16) n
 // waits until it runs, and follows it (for its tunnels).
 func (u *udpSide) startRelay(ctx context.Context, targetIP string) (*podRelay, error) {
 	s, t := u.s, u.s.Target
-	rp, err := relaypod.Start(ctx, s.deps.Client, relaypod.Spec{Namespace: t.Namespace, Image: s.spec.RelayImage, Target: t.Ref, Allow: u.destinations(targetIP), Owner: relaypod.Me()}, relayReadyTimeout)
+	rp, err := relaypod.Start(ctx, s.deps.Client, relaypod.Spec{Namespace: t.Namespace, Image: s.spec.RelayImage, Target: t.Ref, Allow: u.allow(targetIP), Owner: relaypod.Me()}, relayReadyTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -322,6 +331,8 @@ func (u *udpSide) serve(ctx context.Context) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	var lost time.Time     // since when the relay pod has been gone
+	var replaced time.Time // when a relay pod was last replaced
+	lostWait := relayLostWait
 	var retryAt time.Time  // after a failed move to the current pod
 	backoff := time.Second // before the next try of a failed move
 	for {
@@ -336,15 +347,23 @@ func (u *udpSide) serve(ctx context.Context) {
 				lost = time.Time{}
 			case lost.IsZero():
 				lost = time.Now()
-			case time.Since(lost) > relayLostWait:
+			case time.Since(lost) > lostWait:
 				// Another relay pod, for the same target pod.
 				u.mu.Lock()
 				gone, ip := u.relay.pod.Name, u.relay.targetIP
 				u.mu.Unlock()
+				// Relays that end soon after they start (an image that
+				// does not run here) are replaced ever more slowly.
+				if time.Since(replaced) < time.Minute {
+					lostWait = min(2*lostWait, time.Minute)
+				} else {
+					lostWait = relayLostWait
+				}
+				replaced = time.Now()
 				r, err := u.startRelay(ctx, ip)
 				if err != nil {
-					u.s.deps.Log.Error("udp: the relay pod is gone and a new one did not start", "pod", gone, "err", err)
-					lost = time.Now() // try again after relayLostWait
+					u.s.deps.Log.Error("udp: the relay pod is gone and a new one did not start", "pod", gone, "err", err, "retryIn", lostWait)
+					lost = time.Now()
 					continue
 				}
 				u.useRelay(ctx, r)
