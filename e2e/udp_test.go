@@ -596,12 +596,19 @@ spec:
 // a busy node): a shell script that waits, then runs kpf relay serve.
 func loadSlowRelayImage(t *testing.T, sb *sandboxtest.Sandbox, delay time.Duration) string {
 	t.Helper()
+	return loadScriptRelayImage(t, sb, "slow", fmt.Sprintf("sleep %d\nexec %s \"$@\"\n", int(delay.Seconds()), kpfBin))
+}
+
+// loadScriptRelayImage loads a relay image, named for this test process
+// and name, whose entrypoint is a shell script of body.
+func loadScriptRelayImage(t *testing.T, sb *sandboxtest.Sandbox, name, body string) string {
+	t.Helper()
 	dir := t.TempDir()
 	script := filepath.Join(dir, "kpf")
-	if err := os.WriteFile(script, fmt.Appendf(nil, "#!/bin/sh\nsleep %d\nexec %s \"$@\"\n", int(delay.Seconds()), kpfBin), 0o755); err != nil {
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ref := fmt.Sprintf("example.com/kpf-slow-relay:%d", os.Getpid())
+	ref := fmt.Sprintf("example.com/kpf-%s-relay:%d", name, os.Getpid())
 	build := exec.Command("go", "run", "./cmd/kpf-relay-image", "-out", filepath.Join(dir, "layout"), "-ref", ref, "-created", "0", "linux/"+runtime.GOARCH+"="+script)
 	build.Dir = ".."
 	if out, err := build.CombinedOutput(); err != nil {
@@ -654,6 +661,26 @@ spec:
 			t.Logf("%s: %d of 2000 came back (per peer %v), the first after %s", mode, total, got, first.Round(time.Millisecond))
 		})
 	}
+}
+
+// TestUDPEphemeralRelayThatExitsIsReplaced: an ephemeral relay that
+// exits while kpf runs (here each lives 10 s) cannot be restarted: kpf
+// adds another to the pod, says so, and datagrams flow again through it.
+func TestUDPEphemeralRelayThatExitsIsReplaced(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	short := loadScriptRelayImage(t, sb, "short", fmt.Sprintf("%s \"$@\" &\nsleep 10\nkill $!\n", kpfBin))
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, udpEchoApp)
+	pod := sb.ReadyPods(t, ns, "app=uecho", 1)[0]
+	p, addrs := startUDP(t, sb, 1, "-n", ns, "--udp-relay", "ephemeral", "--relay-image", short, "svc/uecho", ":53/udp")
+	first := p.WaitLine(t, `ephemeral container (kpf-relay-\w+) in pod `+pod.Name+`;`, 10*time.Second)[1]
+	waitEcho(t, addrs[0], "before", 10*time.Second, "an echo through the first relay")
+	p.WaitLine(t, `^kpf: the UDP relay `+first+` in pod `+pod.Name+` exited; adding another$`, 60*time.Second)
+	sandboxtest.WaitFor(t, 30*time.Second, "another relay added", func() (bool, error) {
+		return strings.Count(p.Output(), "kpf: the UDP relay runs as ephemeral container kpf-relay-") >= 2, nil
+	})
+	waitEcho(t, addrs[0], "after", 10*time.Second, "an echo through the relay that replaced it")
 }
 
 // burst sends each datagrams from peers local peers at once to the UDP
