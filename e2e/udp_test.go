@@ -740,3 +740,39 @@ func burst(t *testing.T, addr string, peers, each int) ([]int, time.Duration) {
 	wg.Wait()
 	return got, first
 }
+
+// TestUDPRelayPodIsMadeForEachTargetPod: a relay pod sends only to the pod
+// it was made for, so when the forward follows another pod (the target
+// replaced), kpf makes a relay pod allowed only the new pod's IP, moves
+// the flows to it, and deletes the old one.
+func TestUDPRelayPodIsMadeForEachTargetPod(t *testing.T) {
+	sb, ns, _, addrs, rp := udpEchoForward(t)
+	old := sb.ReadyPods(t, ns, "app=uecho", 1)[0]
+	waitEcho(t, addrs[0], "before", 20*time.Second, "an echo from the first pod")
+	if out, err := sb.KubectlRun(t, "delete", "pod", "-n", ns, old.Name, "--wait=false"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var now corev1.Pod
+	sandboxtest.WaitFor(t, 90*time.Second, "a new echo pod, ready", func() (bool, error) {
+		l, err := sb.Admin.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=uecho"})
+		if err != nil {
+			return false, err
+		}
+		for _, q := range l.Items {
+			if q.Name != old.Name && sandboxtest.PodReady(&q) && q.Status.PodIP != "" {
+				now = q
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	waitEcho(t, addrs[0], "after", 90*time.Second, "an echo from the new pod")
+	sandboxtest.WaitFor(t, 30*time.Second, "one relay pod, made for the new pod", func() (bool, error) {
+		l, err := sb.Admin.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "kpf.dev/relay=udp"})
+		if err != nil || len(l.Items) != 1 {
+			return false, err
+		}
+		args := strings.Join(l.Items[0].Spec.Containers[0].Args, " ")
+		return l.Items[0].Name != rp.Name && strings.Contains(args, "--allow "+net.JoinHostPort(now.Status.PodIP, "5300")+" ") && strings.Count(args, "--allow") == 1, nil
+	})
+}
