@@ -151,7 +151,9 @@ func TestTheRelayListensOnLoopbackOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer wide.Close()
-	err = (&Server{Log: quiet, IdleExit: -1, Allow: allow("127.0.0.1:9")}).Serve(context.Background(), wide)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = (&Server{Log: quiet, IdleExit: -1, Allow: allow("127.0.0.1:9")}).Serve(ctx, wide)
 	var nl *NotLoopbackError
 	if !errors.As(err, &nl) {
 		t.Fatalf("Serve on %s: %v, want a NotLoopbackError", wide.Addr(), err)
