@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -489,5 +490,289 @@ func waitEcho(t *testing.T, addr, msg string, timeout time.Duration, what string
 		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		n, err := c.Read(buf)
 		return err == nil && string(buf[:n]) == msg, err
+	})
+}
+
+// relayHello opens a stream to a relay at addr as kpf does (the opening,
+// then HELLO naming target; docs/relay-protocol.md) and returns the
+// relay's answer: its frame type (2 OK, 3 ERROR) and payload.
+func relayHello(t *testing.T, addr, target string) (byte, string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	hello := append([]byte("KPFRELAY\x01"), 1, 0, byte(len(target)>>8), byte(len(target)), 0, 0, 0, 0)
+	if _, err := c.Write(append(hello, target...)); err != nil {
+		t.Fatal(err)
+	}
+	var head [9 + 8]byte
+	if _, err := io.ReadFull(c, head[:]); err != nil || string(head[:9]) != "KPFRELAY\x01" {
+		t.Fatalf("HELLO %s: the relay's opening %q: %v", target, head[:], err)
+	}
+	payload := make([]byte, int(head[11])<<8|int(head[12]))
+	if _, err := io.ReadFull(c, payload); err != nil {
+		t.Fatalf("HELLO %s: the relay's answer: %v", target, err)
+	}
+	return head[9], string(payload)
+}
+
+// TestUDPRelayIsNoOpenRelay: the relay pod is no open relay. Its
+// arguments name the target pod's IP and /udp port as its only
+// destination; from another pod of the namespace nothing answers at the
+// relay pod's IP and port (it listens on its loopback, where port-forward
+// reaches it), while the same probe reaches a TCP server of the namespace;
+// and a stream through port-forward (what anyone allowed to port-forward
+// to it could open) that asks for another destination is refused with the
+// reason, the target's own is accepted.
+func TestUDPRelayIsNoOpenRelay(t *testing.T) {
+	sb, ns, _, addrs, rp := udpEchoForward(t)
+	echo := sb.ReadyPods(t, ns, "app=uecho", 1)[0]
+	allowed := net.JoinHostPort(echo.Status.PodIP, "5300")
+	args := strings.Join(rp.Spec.Containers[0].Args, " ")
+	if !strings.Contains(args, "--listen 127.0.0.1:4090 --allow "+allowed+" ") || strings.Count(args, "--allow") != 1 {
+		t.Errorf("relay pod %s's args: %s; want it on loopback, allowed only %s", rp.Name, args, allowed)
+	}
+	waitEcho(t, addrs[0], "through the relay", 20*time.Second, "an echo through the forward")
+
+	// From another pod: the relay's port, and a TCP server's, as a control.
+	sb.Apply(t, ns, `
+apiVersion: v1
+kind: Pod
+metadata: {name: tcp-echo, labels: {app: tcp-echo}}
+spec:
+  containers:
+  - {name: echo, image: kpf.test/echo, ports: [{containerPort: 7070}], readinessProbe: {tcpSocket: {port: 7070}, periodSeconds: 1}}
+`)
+	control := sb.ReadyPods(t, ns, "app=tcp-echo", 1)[0]
+	sb.Apply(t, ns, fmt.Sprintf(`
+apiVersion: v1
+kind: Pod
+metadata: {name: knock}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: knock
+    image: python
+    command: [python3, -c, "import socket,sys\nfor a in sys.argv[1:]:\n  h,p=a.rsplit(':',1)\n  s=socket.socket()\n  s.settimeout(5)\n  print(a, s.connect_ex((h,int(p))), flush=True)\n  s.close()", "%s:4090", "%s:7070"]
+`, rp.Status.PodIP, control.Status.PodIP))
+	sandboxtest.WaitFor(t, 60*time.Second, "the knock pod to finish", func() (bool, error) {
+		p, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), "knock", metav1.GetOptions{})
+		return err == nil && (p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed), nil
+	})
+	out, err := sb.KubectlRun(t, "logs", "-n", ns, "knock")
+	if err != nil {
+		t.Fatalf("kubectl logs knock: %v\n%s", err, out)
+	}
+	want := fmt.Sprintf("%s:4090 %d\n%s:7070 0\n", rp.Status.PodIP, syscall.ECONNREFUSED, control.Status.PodIP)
+	if out != want {
+		t.Errorf("connections from another pod (errno, 0: connected):\n%s\nwant the relay refused, the control reached:\n%s", out, want)
+	}
+
+	// Through port-forward, as kpf reaches it.
+	_, ls := kpf(sb).start(t, 1, "-n", ns, "pod/"+rp.Name, ":4090")
+	const refusal = "is not allowed: this relay sends only to "
+	for _, tc := range []struct {
+		target string
+		typ    byte
+		msg    string
+	}{
+		{allowed, 2, ""},
+		{net.JoinHostPort(echo.Status.PodIP, "53"), 3, refusal + allowed},
+		{net.JoinHostPort(control.Status.PodIP, "5300"), 3, refusal + allowed},
+		{"8.8.8.8:53", 3, refusal + allowed},
+	} {
+		typ, msg := relayHello(t, ls[0].Addr, tc.target)
+		if typ != tc.typ || !strings.Contains(msg, tc.msg) {
+			t.Errorf("HELLO %s: frame type %d %q, want type %d %q", tc.target, typ, msg, tc.typ, tc.msg)
+		}
+	}
+}
+
+// loadSlowRelayImage loads a relay image, named for this test process,
+// whose relay listens only some seconds after its container runs (as on
+// a busy node): a shell script that waits, then runs kpf relay serve.
+func loadSlowRelayImage(t *testing.T, sb *sandboxtest.Sandbox, delay time.Duration) string {
+	t.Helper()
+	return loadScriptRelayImage(t, sb, "slow", fmt.Sprintf("sleep %d\nexec %s \"$@\"\n", int(delay.Seconds()), kpfBin))
+}
+
+// loadScriptRelayImage loads a relay image, named for this test process
+// and name, whose entrypoint is a shell script of body.
+func loadScriptRelayImage(t *testing.T, sb *sandboxtest.Sandbox, name, body string) string {
+	t.Helper()
+	dir := t.TempDir()
+	script := filepath.Join(dir, "kpf")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ref := fmt.Sprintf("example.com/kpf-%s-relay:%d", name, os.Getpid())
+	build := exec.Command("go", "run", "./cmd/kpf-relay-image", "-out", filepath.Join(dir, "layout"), "-ref", ref, "-created", "0", "linux/"+runtime.GOARCH+"="+script)
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("kpf-relay-image: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(sb.Bin, "image", "load", ref, filepath.Join(dir, "layout")).CombinedOutput(); err != nil {
+		t.Fatalf("kpf-sandbox image load: %v\n%s", err, out)
+	}
+	return ref
+}
+
+// TestUDPForwardingFromMeansReady: "Forwarding from" is printed once the
+// relay answers, in both relay modes, with a relay that listens 4 s after
+// its container runs: 4 peers send 2,000 datagrams as soon as the line
+// appears, the first reply comes within 2 s, and at least 99% of each
+// peer's come back.
+func TestUDPForwardingFromMeansReady(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	slow := loadSlowRelayImage(t, sb, 4*time.Second)
+	for _, mode := range []string{"pod", "ephemeral"} {
+		t.Run(mode, func(t *testing.T) {
+			ns := sb.Namespace(t)
+			sb.Apply(t, ns, `
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: burst}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: burst}}
+  template:
+    metadata: {labels: {app: burst}}
+    spec:
+      containers:
+      - {name: echo, image: kpf.test/udp-echo, ports: [{containerPort: 5300, protocol: UDP}]}
+`)
+			sb.ReadyPods(t, ns, "app=burst", 1)
+			_, addrs := startUDP(t, sb, 1, "-n", ns, "--udp-relay", mode, "--relay-image", slow, "deploy/burst", ":5300/udp")
+			got, first := burst(t, addrs[0], 4, 500)
+			total := 0
+			for i, n := range got {
+				total += n
+				if n < 495 {
+					t.Errorf("peer %d: %d of 500 datagrams came back", i, n)
+				}
+			}
+			if first > 2*time.Second {
+				t.Errorf("the first reply came %s after Forwarding from: the relay was not ready", first.Round(time.Millisecond))
+			}
+			t.Logf("%s: %d of 2000 came back (per peer %v), the first after %s", mode, total, got, first.Round(time.Millisecond))
+		})
+	}
+}
+
+// TestUDPEphemeralRelayThatExitsIsReplaced: an ephemeral relay that
+// exits while kpf runs (here each lives 10 s) cannot be restarted: kpf
+// adds another to the pod, says so, and datagrams flow again through it.
+func TestUDPEphemeralRelayThatExitsIsReplaced(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	short := loadScriptRelayImage(t, sb, "short", fmt.Sprintf("%s \"$@\" &\nsleep 10\nkill $!\n", kpfBin))
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, udpEchoApp)
+	pod := sb.ReadyPods(t, ns, "app=uecho", 1)[0]
+	p, addrs := startUDP(t, sb, 1, "-n", ns, "--udp-relay", "ephemeral", "--relay-image", short, "svc/uecho", ":53/udp")
+	first := p.WaitLine(t, `ephemeral container (kpf-relay-\w+) in pod `+pod.Name+`;`, 10*time.Second)[1]
+	waitEcho(t, addrs[0], "before", 10*time.Second, "an echo through the first relay")
+	p.WaitLine(t, `^kpf: the UDP relay `+first+` in pod `+pod.Name+` exited; adding another$`, 60*time.Second)
+	sandboxtest.WaitFor(t, 30*time.Second, "another relay added", func() (bool, error) {
+		return strings.Count(p.Output(), "kpf: the UDP relay runs as ephemeral container kpf-relay-") >= 2, nil
+	})
+	waitEcho(t, addrs[0], "after", 10*time.Second, "an echo through the relay that replaced it")
+}
+
+// burst sends each datagrams from peers local peers at once to the UDP
+// echo at addr, as a client with a window does: 16 at first, then one per
+// reply, and another 16 when none came for a second (those in flight
+// count as lost). It returns each peer's distinct replies, and when the
+// first reply came. (A flood of
+// all 2,000 at once overflows the echo server's own socket buffer, sent
+// through kpf or straight to the pod.)
+func burst(t *testing.T, addr string, peers, each int) ([]int, time.Duration) {
+	t.Helper()
+	const window = 16
+	got := make([]int, peers)
+	start := time.Now()
+	var firstOnce sync.Once
+	var first time.Duration
+	var wg sync.WaitGroup
+	for i := range peers {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.(*net.UDPConn).SetReadBuffer(4 << 20)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			next := 0
+			send := func(n int) {
+				for ; n > 0 && next < each; n-- {
+					c.Write([]byte(fmt.Sprintf("peer %d #%d %s", i, next, strings.Repeat("x", 100))))
+					next++
+				}
+			}
+			send(window)
+			seen := map[string]bool{}
+			buf := make([]byte, 2048)
+			for len(seen) < each {
+				c.SetReadDeadline(time.Now().Add(time.Second))
+				n, err := c.Read(buf)
+				if err != nil {
+					if next >= each {
+						break
+					}
+					send(window)
+					continue
+				}
+				if msg := string(buf[:n]); strings.HasPrefix(msg, fmt.Sprintf("peer %d #", i)) && !seen[msg] {
+					firstOnce.Do(func() { first = time.Since(start) })
+					seen[msg] = true
+					send(1)
+				}
+			}
+			got[i] = len(seen)
+		}()
+	}
+	wg.Wait()
+	return got, first
+}
+
+// TestUDPRelayPodIsMadeForEachTargetPod: a relay pod sends only to the pod
+// it was made for, so when the forward follows another pod (the target
+// replaced), kpf makes a relay pod allowed only the new pod's IP, moves
+// the flows to it, and deletes the old one.
+func TestUDPRelayPodIsMadeForEachTargetPod(t *testing.T) {
+	sb, ns, _, addrs, rp := udpEchoForward(t)
+	old := sb.ReadyPods(t, ns, "app=uecho", 1)[0]
+	waitEcho(t, addrs[0], "before", 20*time.Second, "an echo from the first pod")
+	if out, err := sb.KubectlRun(t, "delete", "pod", "-n", ns, old.Name, "--wait=false"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var now corev1.Pod
+	sandboxtest.WaitFor(t, 90*time.Second, "a new echo pod, ready", func() (bool, error) {
+		l, err := sb.Admin.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=uecho"})
+		if err != nil {
+			return false, err
+		}
+		for _, q := range l.Items {
+			if q.Name != old.Name && sandboxtest.PodReady(&q) && q.Status.PodIP != "" {
+				now = q
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	waitEcho(t, addrs[0], "after", 90*time.Second, "an echo from the new pod")
+	sandboxtest.WaitFor(t, 30*time.Second, "one relay pod, made for the new pod", func() (bool, error) {
+		l, err := sb.Admin.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "kpf.dev/relay=udp"})
+		if err != nil || len(l.Items) != 1 {
+			return false, err
+		}
+		args := strings.Join(l.Items[0].Spec.Containers[0].Args, " ")
+		return l.Items[0].Name != rp.Name && strings.Contains(args, "--allow "+net.JoinHostPort(now.Status.PodIP, "5300")+" ") && strings.Count(args, "--allow") == 1, nil
 	})
 }

@@ -3,7 +3,6 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"net"
 	"text/tabwriter"
 	"time"
 
@@ -104,26 +103,40 @@ other machines are listed, not deleted, unless --all.`,
 
 func newRelayServeCommand(g *globals) *cobra.Command {
 	s := &relay.Server{}
-	listen := ":4090"
+	listen := "127.0.0.1:4090"
+	var allow []string
 	cmd := &cobra.Command{
-		Use:   "serve [--listen ADDR]",
+		Use:   "serve --allow IP:PORT... [--listen 127.0.0.1:PORT]",
 		Short: "Serve relay streams (what runs in the relay pod or ephemeral container)",
-		Long: `Serve relay streams on --listen. The relay exits by itself once no kpf
-has talked to it for --client-timeout and no stream was open for
+		Long: `Serve relay streams on --listen, a loopback address (port-forward reaches
+the pod's loopback; nothing else on the pod's network can reach the relay).
+The relay sends only to the --allow destinations, fixed when kpf makes it:
+a stream that names another is refused. The relay exits by itself once no
+kpf has talked to it for --client-timeout and no stream was open for
 --idle-exit, so that a relay whose kpf was killed does not stay.`,
 		Example: `  # as a relay pod's command (kpf makes that pod itself)
-  kpf relay serve --listen :4090`,
+  kpf relay serve --listen 127.0.0.1:4090 --allow 10.0.3.7:53`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if s.ClientTimeout <= 0 || s.IdleExit == 0 || s.FlowIdle <= 0 {
 				return usagef("--client-timeout and --flow-idle must be above 0, --idle-exit above 0 (or below 0: never)")
 			}
-			ln, err := net.Listen("tcp", listen)
+			if len(allow) == 0 {
+				return usagef("--allow: give the destinations the relay may send to (IP:PORT, repeatable); it sends nowhere else")
+			}
+			for _, a := range allow {
+				ap, err := relay.ParseAllow(a)
+				if err != nil {
+					return usagef("%v", err)
+				}
+				s.Allow = append(s.Allow, ap)
+			}
+			ln, err := relay.Listen(listen)
 			if err != nil {
-				return fmt.Errorf("--listen %s: %w", listen, err)
+				return err
 			}
 			s.Log = g.logger()
-			s.Log.Info("relay listening", "addr", ln.Addr().String(), "version", relay.Version)
+			s.Log.Info("relay listening", "addr", ln.Addr().String(), "allow", allow, "version", relay.Version)
 			err = s.Serve(cmd.Context(), ln)
 			if errors.Is(err, relay.ErrIdleExit) {
 				s.Log.Info("no client: exiting", "after", s.IdleExit)
@@ -133,7 +146,8 @@ has talked to it for --client-timeout and no stream was open for
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&listen, "listen", listen, "TCP address for kpf's streams")
+	f.StringVar(&listen, "listen", listen, "loopback TCP address for kpf's streams")
+	f.StringSliceVar(&allow, "allow", nil, "a destination IP:PORT the relay may send to (repeatable, or comma-separated); every other is refused")
 	f.DurationVar(&s.ClientTimeout, "client-timeout", 30*time.Second, "drop a stream that sent nothing (not even a keep-alive) for this long")
 	f.DurationVar(&s.IdleExit, "idle-exit", 30*time.Second, "exit once no stream was open for this long (negative: never)")
 	f.DurationVar(&s.FlowIdle, "flow-idle", 5*time.Minute, "close a flow with no datagram either way for this long")

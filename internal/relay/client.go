@@ -35,7 +35,12 @@ type Client struct {
 	BytesIn, BytesOut         atomic.Int64
 	Dropped                   atomic.Int64 // datagrams dropped while the stream could not take them
 
+	setup   sync.Once
+	ready   chan struct{} // closed once the relay answered a stream
+	isReady sync.Once
+
 	mu      sync.Mutex
+	route   uint64 // counts Moves: a stream opened before one is not used
 	flows   map[netip.AddrPort]*clientFlow
 	byID    map[uint32]netip.AddrPort
 	nextID  uint32
@@ -56,20 +61,32 @@ type clientStream struct {
 }
 
 func (c *Client) defaults() {
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = 60 * time.Second
-	}
-	if c.Ping == 0 {
-		c.Ping = 10 * time.Second
-	}
-	if c.Log == nil {
-		c.Log = slog.Default()
-	}
-	c.mu.Lock()
-	c.flows = map[netip.AddrPort]*clientFlow{}
-	c.byID = map[uint32]netip.AddrPort{}
-	c.changed = make(chan struct{})
-	c.mu.Unlock()
+	c.setup.Do(func() {
+		if c.IdleTimeout == 0 {
+			c.IdleTimeout = 60 * time.Second
+		}
+		if c.Ping == 0 {
+			c.Ping = 10 * time.Second
+		}
+		if c.Log == nil {
+			c.Log = slog.Default()
+		}
+		c.mu.Lock()
+		c.flows = map[netip.AddrPort]*clientFlow{}
+		c.byID = map[uint32]netip.AddrPort{}
+		c.changed = make(chan struct{})
+		c.ready = make(chan struct{})
+		c.mu.Unlock()
+	})
+}
+
+// Ready is closed once the relay answered a stream (its OK to HELLO):
+// from then on, datagrams reach it. Before, they wait in a queue, and a
+// relay that is not listening yet (a container just started) is dialled
+// again until it is.
+func (c *Client) Ready() <-chan struct{} {
+	c.defaults()
+	return c.ready
 }
 
 // HelloError is the relay's refusal of a stream's target.
@@ -77,12 +94,19 @@ type HelloError struct{ Msg string }
 
 func (e *HelloError) Error() string { return "the relay refused the target: " + e.Msg }
 
-// SetTarget moves the flows to another target (the forward's new pod):
-// the stream is redialled with it, and the relay opens the flows' sockets
-// anew on their next datagrams.
-func (c *Client) SetTarget(target string) {
+// Move moves the flows to another target, through another relay if dial
+// is not nil (the forward's new pod, a relay made for it): the stream is
+// redialled with both, and the relay opens the flows' sockets anew on
+// their next datagrams. Target and dial change together: a relay is never
+// asked for a target it was not made for, and a stream being opened on
+// the old route is not used.
+func (c *Client) Move(target string, dial func(ctx context.Context) (net.Conn, error)) {
 	c.mu.Lock()
 	c.Target = target
+	if dial != nil {
+		c.Dial = dial
+	}
+	c.route++
 	st := c.stream
 	c.mu.Unlock()
 	if st != nil {
@@ -235,7 +259,9 @@ func (c *Client) drop(st *clientStream, err error) {
 		c.stream = nil
 		close(c.changed)
 		c.changed = make(chan struct{})
-		c.Log.Warn("relay stream lost; redialling", "err", err)
+		if err != nil {
+			c.Log.Warn("relay stream lost; redialling", "err", err)
+		}
 	}
 	c.mu.Unlock()
 	st.c.Close()
@@ -246,17 +272,29 @@ func (c *Client) drop(st *clientStream, err error) {
 func (c *Client) keep(ctx context.Context, fail context.CancelCauseFunc) {
 	failures := 0
 	for ctx.Err() == nil {
-		st, err := c.open(ctx)
+		st, route, err := c.open(ctx)
 		var he *HelloError
-		if errors.As(err, &he) {
+		if errors.As(err, &he) && !c.moved(route) {
 			fail(err)
 			return
+		}
+		if err == nil && c.moved(route) {
+			st.c.Close() // opened on the route before a Move
+			continue
 		}
 		if err != nil {
 			failures++
 			wait := min(time.Duration(1<<min(failures, 6))*100*time.Millisecond, 5*time.Second)
 			wait = wait/2 + rand.N(wait/2+1)
-			c.Log.Warn("relay stream", "err", err, "retryIn", wait.Round(time.Millisecond))
+			// Until the relay first answers, a refused stream is
+			// expected (a relay that has just started): not a warning.
+			level := slog.LevelWarn
+			select {
+			case <-c.ready:
+			default:
+				level = slog.LevelDebug
+			}
+			c.Log.Log(ctx, level, "relay stream", "err", err, "retryIn", wait.Round(time.Millisecond))
 			select {
 			case <-ctx.Done():
 			case <-time.After(wait):
@@ -265,56 +303,72 @@ func (c *Client) keep(ctx context.Context, fail context.CancelCauseFunc) {
 		}
 		failures = 0
 		c.mu.Lock()
+		if c.route != route {
+			c.mu.Unlock()
+			st.c.Close()
+			continue
+		}
 		c.stream = st
 		close(c.changed)
 		c.changed = make(chan struct{})
 		c.mu.Unlock()
+		c.isReady.Do(func() { close(c.ready) })
 		err = c.read(ctx, st)
+		if ctx.Err() != nil {
+			err = nil // stopping: nothing was lost
+		}
 		c.drop(st, err)
 	}
 }
 
-// open dials a stream and says hello.
-func (c *Client) open(ctx context.Context) (*clientStream, error) {
-	conn, err := c.Dial(ctx)
+// moved says whether the route changed since route.
+func (c *Client) moved(route uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.route != route
+}
+
+// open dials a stream on the current route and says hello.
+func (c *Client) open(ctx context.Context) (*clientStream, uint64, error) {
+	c.mu.Lock()
+	target, dial, route := c.Target, c.Dial, c.route
+	c.mu.Unlock()
+	conn, err := dial(ctx)
 	if err != nil {
-		return nil, err
+		return nil, route, err
 	}
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	w := &frameWriter{w: conn}
 	if err := writeMagic(conn); err != nil {
 		conn.Close()
-		return nil, err
+		return nil, route, err
 	}
-	c.mu.Lock()
-	target := c.Target
-	c.mu.Unlock()
 	if err := w.write(Frame{Type: TypeHello, Payload: []byte(target)}); err != nil {
 		conn.Close()
-		return nil, err
+		return nil, route, err
 	}
 	if err := readMagic(conn); err != nil {
 		conn.Close()
-		return nil, err
+		return nil, route, err
 	}
 	r := NewReader(conn)
 	f, err := r.Read()
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("the relay's answer: %w", err)
+		return nil, route, fmt.Errorf("the relay's answer: %w", err)
 	}
 	if f.Type == TypeError {
 		conn.Close()
-		return nil, &HelloError{string(f.Payload)}
+		return nil, route, &HelloError{string(f.Payload)}
 	}
 	if f.Type != TypeOK {
 		conn.Close()
-		return nil, protoErr("frame type %d in answer to HELLO", f.Type)
+		return nil, route, protoErr("frame type %d in answer to HELLO", f.Type)
 	}
 	conn.SetDeadline(time.Time{})
 	st := &clientStream{c: conn, w: w}
 	st.last.Store(time.Now().UnixNano())
-	return st, nil
+	return st, route, nil
 }
 
 // read delivers a stream's frames until it fails, pinging as it goes.

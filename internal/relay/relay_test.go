@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -68,7 +69,7 @@ func start(t *testing.T, target string, tweak func(*Client, *Server)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{relay: &Server{Log: quiet, IdleExit: -1}, done: make(chan error, 1)}
+	h := &harness{relay: &Server{Log: quiet, IdleExit: -1, Allow: allow(target)}, done: make(chan error, 1)}
 	local, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -101,6 +102,17 @@ func start(t *testing.T, target string, tweak func(*Client, *Server)) *harness {
 		local.Close()
 	})
 	return h
+}
+
+// allow is the destinations of targets that are IP:PORT.
+func allow(targets ...string) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, t := range targets {
+		if ap, err := netip.ParseAddrPort(t); err == nil {
+			out = append(out, ap)
+		}
+	}
+	return out
 }
 
 // peer is a local client of the forward.
@@ -293,7 +305,7 @@ func TestRefusedTargetEndsServe(t *testing.T) {
 // removes a relay pod when kpf is killed.
 func TestRelayExitsWithoutItsClient(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	s := &Server{Log: quiet, ClientTimeout: 300 * time.Millisecond, IdleExit: 500 * time.Millisecond}
+	s := &Server{Log: quiet, ClientTimeout: 300 * time.Millisecond, IdleExit: 500 * time.Millisecond, Allow: allow("127.0.0.1:9")}
 	res := make(chan error, 1)
 	go func() { res <- s.Serve(context.Background(), ln) }()
 	c, err := net.Dial("tcp", ln.Addr().String())
@@ -326,7 +338,7 @@ func TestMalformedStreamsAreRefused(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go (&Server{Log: quiet, IdleExit: -1}).Serve(ctx, ln)
+	go (&Server{Log: quiet, IdleExit: -1, Allow: allow(sink.addr)}).Serve(ctx, ln)
 	hello := Append(nil, Frame{Type: TypeHello, Payload: []byte(sink.addr)})
 	for name, tc := range map[string]struct {
 		send []byte

@@ -3,9 +3,12 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -16,8 +19,17 @@ import (
 // port-forward tunnel), and for each flow of a stream sends its datagrams
 // to the stream's target from a UDP socket of the flow's own, so that
 // replies (any number, in any order, or none) go back to the flow.
+//
+// It is no open relay: it listens on loopback only (Serve refuses another
+// listener; port-forward reaches the pod's loopback), and it sends only
+// to the destinations in Allow, fixed when kpf made it (the pod's
+// arguments, which no one can change afterwards). A stream that names
+// another is answered ERROR and closed.
 type Server struct {
 	Log *slog.Logger
+	// Allow is every destination the relay may send to; a HELLO that
+	// names another is refused. Empty: every one is refused.
+	Allow []netip.AddrPort
 	// ClientTimeout drops a stream that sent nothing (not even a PING)
 	// for this long: its kpf is gone. Default 30 s.
 	ClientTimeout time.Duration
@@ -51,10 +63,77 @@ func (s *Server) defaults() {
 // ErrIdleExit is returned by Serve when no client came for IdleExit.
 var ErrIdleExit = errors.New("no client")
 
-// Serve accepts streams on ln until ctx ends (nil) or no stream was open
-// for IdleExit (ErrIdleExit).
+// NotLoopbackError is a relay asked to listen where more than its own
+// pod can reach it.
+type NotLoopbackError struct{ Addr string }
+
+func (e *NotLoopbackError) Error() string {
+	return fmt.Sprintf("--listen %s: the relay listens on loopback only (127.0.0.1 or [::1]), where port-forward reaches it; anything on the pod's network could use a relay on another address", e.Addr)
+}
+
+// Listen listens on addr, which must be a loopback address and port.
+func Listen(addr string) (net.Listener, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %s: %w (want 127.0.0.1:PORT)", addr, err)
+	}
+	if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
+		return nil, &NotLoopbackError{Addr: addr}
+	}
+	return net.Listen("tcp", addr)
+}
+
+// ParseAllow reads a destination of --allow: a literal IP and port.
+func ParseAllow(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("--allow %q: want IP:PORT (such as 10.0.3.7:53 or [fd00::7]:53): %w", s, err)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// NotAllowedError is a HELLO that names a destination outside Allow.
+type NotAllowedError struct {
+	Target string
+	Allow  []netip.AddrPort
+}
+
+func (e *NotAllowedError) Error() string {
+	allow := make([]string, len(e.Allow))
+	for i, a := range e.Allow {
+		allow[i] = a.String()
+	}
+	only := "nowhere"
+	if len(allow) > 0 {
+		only = "only to " + strings.Join(allow, ", ")
+	}
+	return fmt.Sprintf("destination %.64q is not allowed: this relay sends %s (its --allow, fixed when kpf made it)", e.Target, only)
+}
+
+// allowed returns the HELLO's destination if Allow has it.
+func (s *Server) allowed(target string) (*net.UDPAddr, error) {
+	ap, err := netip.ParseAddrPort(target)
+	if err != nil {
+		return nil, &NotAllowedError{Target: target, Allow: s.Allow}
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	for _, a := range s.Allow {
+		if a == ap {
+			return net.UDPAddrFromAddrPort(ap), nil
+		}
+	}
+	return nil, &NotAllowedError{Target: target, Allow: s.Allow}
+}
+
+// Serve accepts streams on ln, which must listen on loopback
+// (*NotLoopbackError), until ctx ends (nil) or no stream was open for
+// IdleExit (ErrIdleExit).
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.defaults()
+	if a, ok := ln.Addr().(*net.TCPAddr); !ok || !a.IP.IsLoopback() {
+		ln.Close()
+		return &NotLoopbackError{Addr: ln.Addr().String()}
+	}
 	s.lastSeen.Store(time.Now().UnixNano())
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -121,9 +200,9 @@ func (s *Server) stream(c net.Conn) error {
 		w.write(Frame{Type: TypeError, Payload: []byte("the stream must begin with HELLO")})
 		return protoErr("frame type %d before HELLO", hello.Type)
 	}
-	target, err := net.ResolveUDPAddr("udp", string(hello.Payload))
+	target, err := s.allowed(string(hello.Payload))
 	if err != nil {
-		w.write(Frame{Type: TypeError, Payload: []byte(err.Error())})
+		w.write(errorFrame(err))
 		return err
 	}
 	if err := w.write(Frame{Type: TypeOK}); err != nil {
@@ -144,7 +223,7 @@ func (s *Server) stream(c net.Conn) error {
 		f, err := r.Read()
 		var pe *ProtocolError
 		if errors.As(err, &pe) {
-			w.write(Frame{Type: TypeError, Payload: []byte(pe.Error())})
+			w.write(errorFrame(pe))
 			return err
 		}
 		if err != nil {
@@ -173,6 +252,15 @@ func (s *Server) stream(c net.Conn) error {
 			return protoErr("frame type %d from a client", f.Type)
 		}
 	}
+}
+
+// errorFrame is an ERROR frame saying err, cut to a control frame's size.
+func errorFrame(err error) Frame {
+	msg := err.Error()
+	if len(msg) > maxControl {
+		msg = msg[:maxControl-3] + "..."
+	}
+	return Frame{Type: TypeError, Payload: []byte(msg)}
 }
 
 // frameWriter serialises frames onto a stream: each frame in one write.

@@ -33,6 +33,9 @@ type Ephemeral struct {
 	Image string
 	Owner Owner
 	Port  int
+	// Allow is every destination (IP:PORT) the relay may send to: the
+	// pod's loopback at the forward's /udp ports.
+	Allow []string
 }
 
 // Container is the ephemeral container to add, named name.
@@ -41,9 +44,8 @@ func (e Ephemeral) Container(name string) corev1.EphemeralContainer {
 	return corev1.EphemeralContainer{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
 		Name:  name,
 		Image: e.Image,
-		Args: []string{"relay", "serve", "--listen", "127.0.0.1:" + strconv.Itoa(e.Port),
-			"--client-timeout", "30s", "--idle-exit", "30s"},
-		Env: []corev1.EnvVar{{Name: "KPF_RELAY_STARTED_BY", Value: fmt.Sprintf("%s@%s (kpf pid %d)", e.Owner.User, e.Owner.Host, e.Owner.PID)}},
+		Args:  serveArgs("127.0.0.1:"+strconv.Itoa(e.Port), e.Allow),
+		Env:   []corev1.EnvVar{{Name: "KPF_RELAY_STARTED_BY", Value: fmt.Sprintf("%s@%s (kpf pid %d)", e.Owner.User, e.Owner.Host, e.Owner.PID)}},
 		SecurityContext: &corev1.SecurityContext{
 			RunAsNonRoot:             &yes,
 			RunAsUser:                new(int64(65532)),

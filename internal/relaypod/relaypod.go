@@ -23,7 +23,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/watch"
 )
 
@@ -82,7 +81,12 @@ type Spec struct {
 	Namespace string
 	Image     string
 	Target    string // the forward's target, for the pod's annotation
-	Owner     Owner
+	// Allow is every destination (IP:PORT) the relay may send to: the
+	// target pod's IP at the forward's /udp ports. It is the pod's
+	// arguments, which cannot change: a relay is made for one pod, and a
+	// forward that follows another makes another relay.
+	Allow []string
+	Owner Owner
 	// Deadline bounds the pod's life (activeDeadlineSeconds): a backstop
 	// should both kpf and the relay's own exit fail.
 	Deadline time.Duration
@@ -122,13 +126,16 @@ func (s Spec) Pod() *corev1.Pod {
 			Containers: []corev1.Container{{
 				Name:  "relay",
 				Image: s.Image,
-				Args:  []string{"relay", "serve", "--listen", ":" + strconv.Itoa(Port), "--client-timeout", "30s", "--idle-exit", "30s"},
-				Ports: []corev1.ContainerPort{{Name: "relay", ContainerPort: Port}},
+				// On the pod's loopback only, where port-forward reaches
+				// it; not on the pod's IP, where any workload could. So no
+				// container port and no readiness probe (the kubelet's
+				// would dial the pod's IP): kpf knows the relay is ready
+				// when it answers a stream.
+				Args: serveArgs("127.0.0.1:"+strconv.Itoa(Port), s.Allow),
 				Resources: corev1.ResourceRequirements{
 					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
 					Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
 				},
-				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(Port)}}, PeriodSeconds: 1},
 				SecurityContext: &corev1.SecurityContext{
 					ReadOnlyRootFilesystem:   &yes,
 					AllowPrivilegeEscalation: &no,
@@ -137,6 +144,16 @@ func (s Spec) Pod() *corev1.Pod {
 			}},
 		},
 	}
+}
+
+// serveArgs is the relay's command line: listening on listen (a
+// loopback address), sending only to allow.
+func serveArgs(listen string, allow []string) []string {
+	args := []string{"relay", "serve", "--listen", listen}
+	for _, a := range allow {
+		args = append(args, "--allow", a)
+	}
+	return append(args, "--client-timeout", "30s", "--idle-exit", "30s")
 }
 
 // ForbiddenError is a relay the user may not make (or remove): pods to
@@ -258,11 +275,16 @@ func ready(p *corev1.Pod) bool {
 	return false
 }
 
-// why says what a pod waits for, if anything.
+// why says what a pod waits for, or why its container ended, if anything.
 func why(p *corev1.Pod) string {
 	for _, cs := range p.Status.ContainerStatuses {
 		if w := cs.State.Waiting; w != nil && w.Reason != "" {
 			return fmt.Sprintf(" (%s: %s)", w.Reason, w.Message)
+		}
+		if t := cs.State.Terminated; t != nil {
+			// A relay image older than this kpf does not know --allow:
+			// it exits at once, and its message says so.
+			return fmt.Sprintf(" (exit code %d, %s %s: is --relay-image this kpf's release?)", t.ExitCode, t.Reason, t.Message)
 		}
 	}
 	for _, c := range p.Status.Conditions {

@@ -19,7 +19,7 @@ import (
 )
 
 func TestThePodIsLeastPrivilegeAndSaysWhoMadeIt(t *testing.T) {
-	p := Spec{Namespace: "dns", Image: "ghcr.io/kpf-dev/kpf:v1", Target: "service/coredns", Owner: Owner{User: "ann@corp", Host: "laptop.local", PID: 4242}}.Pod()
+	p := Spec{Namespace: "dns", Image: "ghcr.io/kpf-dev/kpf:v1", Target: "service/coredns", Allow: []string{"10.0.3.7:53", "10.0.3.7:5353"}, Owner: Owner{User: "ann@corp", Host: "laptop.local", PID: 4242}}.Pod()
 	if p.Labels[LabelUser] != "ann_corp" || p.Labels[LabelHost] != "laptop.local" || p.Labels[LabelPID] != "4242" || p.Labels[LabelManagedBy] != "kpf" {
 		t.Errorf("labels %v", p.Labels)
 	}
@@ -35,8 +35,10 @@ func TestThePodIsLeastPrivilegeAndSaysWhoMadeIt(t *testing.T) {
 		t.Error("no deadline")
 	case c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero():
 		t.Errorf("resources %+v", c.Resources)
-	case strings.Join(c.Args, " ") != "relay serve --listen :4090 --client-timeout 30s --idle-exit 30s":
-		t.Errorf("args %v", c.Args)
+	case strings.Join(c.Args, " ") != "relay serve --listen 127.0.0.1:4090 --allow 10.0.3.7:53 --allow 10.0.3.7:5353 --client-timeout 30s --idle-exit 30s":
+		t.Errorf("args %v: want it on loopback, sending to the target's ports only", c.Args)
+	case len(c.Ports) != 0 || c.ReadinessProbe != nil:
+		t.Errorf("a port %v or a probe %+v on the pod's IP, where the relay does not listen", c.Ports, c.ReadinessProbe)
 	case p.Spec.RestartPolicy != corev1.RestartPolicyNever:
 		t.Error("restarts")
 	}
@@ -135,10 +137,10 @@ func TestEphemeralRelay(t *testing.T) {
 		q.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "added"}}}
 		return true, q, nil
 	})
-	e := Ephemeral{Image: "ghcr.io/kpf-dev/kpf:v1", Owner: Owner{User: "ann", Host: "laptop", PID: 7}, Port: EphemeralPort}
+	e := Ephemeral{Image: "ghcr.io/kpf-dev/kpf:v1", Owner: Owner{User: "ann", Host: "laptop", PID: 7}, Port: EphemeralPort, Allow: []string{"127.0.0.1:53"}}
 	c := e.Container("kpf-relay-x")
 	sc := c.SecurityContext
-	if strings.Join(c.Args, " ") != "relay serve --listen 127.0.0.1:47090 --client-timeout 30s --idle-exit 30s" || !*sc.RunAsNonRoot || !*sc.ReadOnlyRootFilesystem || *sc.AllowPrivilegeEscalation || sc.Capabilities.Drop[0] != "ALL" {
+	if strings.Join(c.Args, " ") != "relay serve --listen 127.0.0.1:47090 --allow 127.0.0.1:53 --client-timeout 30s --idle-exit 30s" || !*sc.RunAsNonRoot || !*sc.ReadOnlyRootFilesystem || *sc.AllowPrivilegeEscalation || sc.Capabilities.Drop[0] != "ALL" {
 		t.Errorf("container %+v", c)
 	}
 	// The pod's watch says the relay runs.

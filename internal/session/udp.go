@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -21,6 +22,10 @@ import (
 // pull, start).
 const relayReadyTimeout = 2 * time.Minute
 
+// relayAnswerTimeout bounds the wait, once the relay runs, for it to
+// listen and answer a stream.
+const relayAnswerTimeout = 30 * time.Second
+
 // relayLostWait is how long a relay pod may be gone before another one
 // takes its place.
 const relayLostWait = 2 * time.Second
@@ -29,28 +34,50 @@ const relayLostWait = 2 * time.Second
 // follower of that pod for the streams, and a relay client per port and
 // local address, sending to the target pod's IP.
 //
+// A relay pod sends only to the destinations it was made for (its
+// arguments, which cannot change): the target pod's IP at the /udp ports.
+// When the forward follows another pod, a new relay pod is made for it,
+// the clients move to it, and the old one is deleted. A destination set
+// that kpf could widen later through the stream would let anyone who may
+// port-forward to the relay pod send UDP anywhere from it.
+//
 // With --udp-relay ephemeral, the relay is instead a container added to
 // the target pod (and to each pod the forward follows to), reached
-// through the forward's own follower, sending to the pod's localhost.
+// through the forward's own follower, sending to the pod's localhost
+// ports; one that exited (an ephemeral container cannot be restarted) is
+// replaced by a new one.
+//
+// The clients start in openUDP, and a port's "Forwarding from" line is
+// printed only once the relay answered a stream of its client: it means
+// datagrams reach the relay.
 type udpSide struct {
-	s        *Session
-	dial     func(ctx context.Context, pod string) (*tunnel.Conn, error)
-	clients  []*relay.Client
-	remotes  []uint16 // each client's port in the target pod
-	targetIP string   // pod mode: the target pod's IP; serve's
+	s       *Session
+	dial    func(ctx context.Context, pod string) (*tunnel.Conn, error)
+	clients []*relay.Client
+	remotes []uint16 // each client's port in the target pod
 
 	ephemeral *relaypod.Ephemeral // ephemeral mode
 
+	ctx    context.Context // the clients' and the streams' lifetime
+	cancel context.CancelFunc
+	served chan struct{} // closed when serve returns
+
 	mu sync.Mutex
-	// Pod mode: the relay pod and its follower, replaced when the pod
-	// goes away (see serve).
-	pod        *corev1.Pod
-	follower   *follow.Follower
-	stopFollow context.CancelFunc
-	// Ephemeral mode: each pod's relay container.
+	// Pod mode: the relay pod now in use, replaced when it goes away or
+	// the forward follows another pod (see serve).
+	relay *podRelay
+	// Ephemeral mode: each pod's latest relay container.
 	relays map[string]string
 
-	wg sync.WaitGroup
+	wg sync.WaitGroup // the clients and their streams
+}
+
+// podRelay is a relay pod made for one target pod, and its follower.
+type podRelay struct {
+	pod      *corev1.Pod
+	follower *follow.Follower
+	stop     context.CancelFunc // ends the follower
+	targetIP string             // the pod it sends to
 }
 
 // UDPStatus counts a session's datagrams.
@@ -73,64 +100,132 @@ func splitPorts(ports []portspec.Resolved) (tcp, udp []portspec.Resolved) {
 	return tcp, udp
 }
 
-// openUDP binds the /udp ports, starts the relay pod and waits for it.
+// openUDP binds the /udp ports, starts the relay, and returns once the
+// relay answered each port's client.
 func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial func(ctx context.Context, pod string) (*tunnel.Conn, error)) (*udpSide, error) {
 	conns, err := forward.ListenUDP(s.spec.Addresses, ports, s.deps.ErrOut)
 	if err != nil {
 		return nil, err
 	}
-	closeAll := func() {
+	u := &udpSide{s: s, dial: dial, served: make(chan struct{})}
+	for _, c := range conns {
+		u.remotes = append(u.remotes, c.Remote)
+	}
+	u.ctx, u.cancel = context.WithCancel(ctx)
+	t := s.Target
+	var host string
+	var relayDial func(context.Context) (net.Conn, error)
+	if s.spec.UDPRelay == "ephemeral" {
+		host = "127.0.0.1"
+		u.relays = map[string]string{}
+		u.ephemeral = &relaypod.Ephemeral{Image: s.spec.RelayImage, Owner: relaypod.Me(), Port: relaypod.EphemeralPort, Allow: u.allow(host)}
+		err = u.addRelay(ctx, t.Pod)
+		relayDial = u.dialEphemeral
+	} else {
+		host = t.Pod.Status.PodIP
+		var r *podRelay
+		if r, err = u.startRelay(ctx, host); err == nil {
+			u.relay = r
+			relayDial = u.dialVia(r.follower)
+		}
+	}
+	if err != nil {
+		u.cancel()
 		for _, c := range conns {
 			c.Conn.Close()
 		}
-	}
-	t := s.Target
-	if s.spec.UDPRelay == "ephemeral" {
-		u, err := openEphemeral(ctx, s, conns)
-		if err != nil {
-			closeAll()
-		}
-		return u, err
-	}
-	u := &udpSide{s: s, dial: dial, targetIP: t.Pod.Status.PodIP}
-	if err := u.startRelay(ctx); err != nil {
-		closeAll()
 		return nil, err
 	}
-	u.addClients(conns, t.Pod.Status.PodIP, u.dialRelay)
-	return u, nil
-}
-
-// addClients makes a relay client per /udp socket, sending to host at
-// the socket's remote port through streams of dial, and says each
-// forward's line: once the relay is ready, a client that starts on it is
-// carried.
-func (u *udpSide) addClients(conns []forward.UDPListener, host string, dial func(context.Context) (net.Conn, error)) {
-	s := u.s
-	for _, c := range conns {
-		fmt.Fprintf(s.deps.Out, "Forwarding from %s -> %d/udp\n", c.Conn.LocalAddr(), c.Remote)
-		u.remotes = append(u.remotes, c.Remote)
-		u.clients = append(u.clients, &relay.Client{
+	ended := make(chan error, len(conns))
+	for i, c := range conns {
+		rc := &relay.Client{
 			Local:       c.Conn,
-			Target:      net.JoinHostPort(host, strconv.Itoa(int(c.Remote))),
+			Target:      u.destinations(host)[i],
 			IdleTimeout: s.spec.UDPIdleTimeout,
 			Log:         s.deps.Log.With("udp", c.Conn.LocalAddr().String()),
-			Dial:        dial,
-		})
+			Dial:        relayDial,
+		}
+		u.clients = append(u.clients, rc)
+		u.wg.Add(1)
+		go func() {
+			defer u.wg.Done()
+			err := rc.Serve(u.ctx)
+			if err != nil && u.ctx.Err() == nil {
+				u.s.deps.Log.Error("udp forwarding stopped", "local", rc.Local.LocalAddr().String(), "err", err)
+			}
+			ended <- err
+		}()
 	}
-}
-
-// openEphemeral adds the relay to the target pod and makes a client per
-// /udp socket, sending to the pod's localhost.
-func openEphemeral(ctx context.Context, s *Session, conns []forward.UDPListener) (*udpSide, error) {
-	t := s.Target
-	u := &udpSide{s: s, relays: map[string]string{},
-		ephemeral: &relaypod.Ephemeral{Image: s.spec.RelayImage, Owner: relaypod.Me(), Port: relaypod.EphemeralPort}}
-	if err := u.addRelay(ctx, t.Pod); err != nil {
+	if err := u.waitAnswered(ctx, ended); err != nil {
+		close(u.served) // serve will not run
+		u.close()
 		return nil, err
 	}
-	u.addClients(conns, "127.0.0.1", u.dialEphemeral)
+	for i, c := range conns {
+		fmt.Fprintf(s.deps.Out, "Forwarding from %s -> %d/udp\n", c.Conn.LocalAddr(), u.remotes[i])
+	}
 	return u, nil
+}
+
+// destinations are the /udp ports at host, as the relay is allowed to
+// send to them and the clients name them.
+func (u *udpSide) destinations(host string) []string {
+	out := make([]string, len(u.remotes))
+	for i, port := range u.remotes {
+		out[i] = net.JoinHostPort(host, strconv.Itoa(int(port)))
+	}
+	return out
+}
+
+// allow is what a relay for host may send to: its destinations, each
+// once (a port bound on 127.0.0.1 and ::1 has two clients).
+func (u *udpSide) allow(host string) []string {
+	d := u.destinations(host)
+	slices.Sort(d)
+	return slices.Compact(d)
+}
+
+// waitAnswered waits until the relay answered a stream of every client
+// (a relay that has just started may not listen yet: the clients dial
+// again until it does).
+func (u *udpSide) waitAnswered(ctx context.Context, ended <-chan error) error {
+	timeout := time.NewTimer(relayAnswerTimeout)
+	defer timeout.Stop()
+	for _, c := range u.clients {
+		select {
+		case <-c.Ready():
+		case err := <-ended:
+			return fmt.Errorf("the UDP relay %s: %w", u.relayName(), err)
+		case <-timeout.C:
+			return fmt.Errorf("the UDP relay %s runs but did not answer within %s (its log: %s)", u.relayName(), relayAnswerTimeout, u.relayLogs())
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// relayName names the relay for messages: a pod, or pod/container.
+func (u *udpSide) relayName() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.ephemeral == nil {
+		return u.relay.pod.Name
+	}
+	pod := u.s.Target.Pod.Name
+	return pod + "/" + u.relays[pod]
+}
+
+// relayLogs is the kubectl command that shows the relay's log.
+func (u *udpSide) relayLogs() string {
+	ns := u.s.Target.Namespace
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.ephemeral == nil {
+		return fmt.Sprintf("kubectl logs -n %s %s", ns, u.relay.pod.Name)
+	}
+	pod := u.s.Target.Pod.Name
+	return fmt.Sprintf("kubectl logs -n %s %s -c %s", ns, pod, u.relays[pod])
 }
 
 // addRelay adds an ephemeral relay to pod, and says so: it stays in the
@@ -152,48 +247,65 @@ func (u *udpSide) dialEphemeral(ctx context.Context) (net.Conn, error) {
 	return u.stream(ctx, u.s.follower, relaypod.EphemeralPort), nil
 }
 
+// dialVia opens streams to the relay pod f follows.
+func (u *udpSide) dialVia(f *follow.Follower) func(context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		return u.stream(ctx, f, relaypod.Port), nil
+	}
+}
+
 // stream is a connection carried through f's tunnels to port.
 func (u *udpSide) stream(ctx context.Context, f *follow.Follower, port uint16) net.Conn {
 	local, remote := net.Pipe()
+	u.wg.Add(1)
 	go func() {
+		defer u.wg.Done()
 		defer remote.Close()
-		if _, err := f.Forward(ctx, remote, port, nil); err != nil {
-			u.s.deps.Log.Warn("relay stream", "err", err)
+		if _, err := f.Forward(ctx, remote, port, nil); err != nil && ctx.Err() == nil {
+			u.s.deps.Log.Debug("relay stream", "err", err)
 		}
 	}()
 	return local
 }
 
-// startRelay starts a relay pod, waits until it is ready, and follows it
-// (for its tunnels), in place of the one before, if any.
-func (u *udpSide) startRelay(ctx context.Context) error {
+// startRelay starts a relay pod that sends to targetIP's /udp ports only,
+// waits until it runs, and follows it (for its tunnels).
+func (u *udpSide) startRelay(ctx context.Context, targetIP string) (*podRelay, error) {
 	s, t := u.s, u.s.Target
-	rp, err := relaypod.Start(ctx, s.deps.Cluster.Client(), relaypod.Spec{Namespace: t.Namespace, Image: s.spec.RelayImage, Target: t.Ref, Owner: relaypod.Me()}, relayReadyTimeout)
+	rp, err := relaypod.Start(ctx, s.deps.Cluster.Client(), relaypod.Spec{Namespace: t.Namespace, Image: s.spec.RelayImage, Target: t.Ref, Allow: u.allow(targetIP), Owner: relaypod.Me()}, relayReadyTimeout)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	s.deps.Log.Debug("relay pod ready", "pod", rp.Name, "ip", rp.Status.PodIP)
-	fctx, stop := context.WithCancel(ctx)
+	s.deps.Log.Debug("relay pod running", "pod", rp.Name, "to", targetIP)
+	fctx, stop := context.WithCancel(u.ctx)
 	f, err := follow.New(fctx, follow.Options{
 		Namespace: t.Namespace, Ref: "pod/" + rp.Name, PodName: rp.Name, Client: s.deps.Cluster.Client(), Initial: rp,
-		Dial: u.dial, ReconnectWait: s.spec.ReconnectWait, Log: s.deps.Log.With("relay", rp.Name),
+		Dial: u.dial, ReconnectWait: s.spec.ReconnectWait, Log: s.deps.Log.With("relay", rp.Name), Liveness: s.deps.Cluster.Liveness(),
 		// A watch of its own, listed now: the namespace's shared one may
 		// not have seen the relay pod turn ready yet.
 	})
 	if err != nil {
 		stop()
 		relaypod.Delete(context.WithoutCancel(ctx), s.deps.Cluster.Client(), rp)
-		return err
+		return nil, err
 	}
+	return &podRelay{pod: rp, follower: f, stop: stop, targetIP: targetIP}, nil
+}
+
+// useRelay moves the clients to r, and deletes the relay pod before it.
+func (u *udpSide) useRelay(ctx context.Context, r *podRelay) {
 	u.mu.Lock()
-	old, stopOld := u.pod, u.stopFollow
-	u.pod, u.follower, u.stopFollow = rp, f, stop
+	old := u.relay
+	u.relay = r
 	u.mu.Unlock()
-	if old != nil {
-		stopOld()
-		relaypod.Delete(context.WithoutCancel(ctx), s.deps.Cluster.Client(), old)
+	dests := u.destinations(r.targetIP)
+	for i, c := range u.clients {
+		c.Move(dests[i], u.dialVia(r.follower))
 	}
-	return nil
+	old.stop()
+	if err := relaypod.Delete(context.WithoutCancel(ctx), u.s.deps.Cluster.Client(), old.pod); err != nil {
+		u.s.deps.Log.Error("delete the relay pod", "pod", old.pod.Name, "err", err)
+	}
 }
 
 // relayLost: the relay pod is gone (deleted, evicted, or ended after
@@ -201,36 +313,28 @@ func (u *udpSide) startRelay(ctx context.Context) error {
 // no pod.
 func (u *udpSide) relayLost() bool {
 	u.mu.Lock()
-	f := u.follower
+	f := u.relay.follower
 	u.mu.Unlock()
 	pod, _ := f.State()
 	return pod == ""
 }
 
-// dialRelay opens a stream to the relay pod through its tunnel.
-func (u *udpSide) dialRelay(ctx context.Context) (net.Conn, error) {
-	u.mu.Lock()
-	f := u.follower
-	u.mu.Unlock()
-	return u.stream(ctx, f, relaypod.Port), nil
-}
-
-// serve runs the relay clients until ctx ends, and moves them to the
-// target's new pod when the forward follows it to another.
+// serve keeps the relay until ctx ends or close is called: it replaces a
+// relay that is gone or exited, and moves the clients to the target's new
+// pod (with a relay made for it) when the forward follows another.
 func (u *udpSide) serve(ctx context.Context) {
-	for _, c := range u.clients {
-		u.wg.Add(1)
-		go func() {
-			defer u.wg.Done()
-			if err := c.Serve(ctx); err != nil && ctx.Err() == nil {
-				u.s.deps.Log.Error("udp forwarding stopped", "local", c.Local.LocalAddr().String(), "err", err)
-			}
-		}()
-	}
+	defer close(u.served)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(u.ctx, cancel)()
 	last := u.s.Target.Pod.Name
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
-	var lost time.Time // since when the relay pod has been gone
+	var lost time.Time     // since when the relay pod has been gone
+	var replaced time.Time // when a relay pod was last replaced
+	lostWait := relayLostWait
+	var retryAt time.Time  // after a failed move to the current pod
+	backoff := time.Second // before the next try of a failed move
 	for {
 		select {
 		case <-ctx.Done():
@@ -243,64 +347,108 @@ func (u *udpSide) serve(ctx context.Context) {
 				lost = time.Time{}
 			case lost.IsZero():
 				lost = time.Now()
-			case time.Since(lost) > relayLostWait:
-				// Another relay pod, and the streams to it.
+			case time.Since(lost) > lostWait:
+				// Another relay pod, for the same target pod.
 				u.mu.Lock()
-				gone := u.pod.Name
+				gone, ip := u.relay.pod.Name, u.relay.targetIP
 				u.mu.Unlock()
-				if err := u.startRelay(ctx); err != nil {
-					u.s.deps.Log.Error("udp: the relay pod is gone and a new one did not start", "pod", gone, "err", err)
-					lost = time.Now() // try again after relayLostWait
+				// Relays that end soon after they start (an image that
+				// does not run here) are replaced ever more slowly.
+				if time.Since(replaced) < time.Minute {
+					lostWait = min(2*lostWait, time.Minute)
+				} else {
+					lostWait = relayLostWait
+				}
+				replaced = time.Now()
+				r, err := u.startRelay(ctx, ip)
+				if err != nil {
+					u.s.deps.Log.Error("udp: the relay pod is gone and a new one did not start", "pod", gone, "err", err, "retryIn", lostWait)
+					lost = time.Now()
 					continue
 				}
-				u.mu.Lock()
-				name := u.pod.Name
-				u.mu.Unlock()
-				fmt.Fprintf(u.s.deps.ErrOut, "kpf: the UDP relay pod %s is gone; its datagrams go through a new one, %s\n", gone, name)
-				for i, c := range u.clients {
-					c.SetTarget(net.JoinHostPort(u.targetIP, strconv.Itoa(int(u.remotes[i]))))
-				}
+				u.useRelay(ctx, r)
+				fmt.Fprintf(u.s.deps.ErrOut, "kpf: the UDP relay pod %s is gone; its datagrams go through a new one, %s\n", gone, r.pod.Name)
 				lost = time.Time{}
 			}
 		}
 		pod, state := u.s.follower.State()
-		if pod == "" || pod == last || state != "ready" {
+		if pod == "" || state != "ready" {
 			continue
 		}
 		p := u.s.follower.Pod(pod) // the watch's copy: no API call
 		if p == nil || p.Status.PodIP == "" {
 			continue
 		}
-		last = pod
-		if u.ephemeral != nil {
-			// The new pod needs a relay of its own; the clients' streams
-			// then go to it, to the same localhost ports.
-			u.mu.Lock()
-			_, has := u.relays[pod]
-			u.mu.Unlock()
-			if !has {
-				if err := u.addRelay(ctx, p); err != nil {
-					u.s.deps.Log.Error("udp: no relay in the new pod", "pod", pod, "err", err)
-					last = "" // try again
-					continue
-				}
-			}
-			for i, c := range u.clients {
-				c.SetTarget(net.JoinHostPort("127.0.0.1", strconv.Itoa(int(u.remotes[i]))))
-			}
-			u.s.deps.Log.Info("udp now to pod", "pod", pod)
+		if u.ephemeral != nil && pod == last && u.relayExited(p) {
+			last = "" // replace it below
+		}
+		if pod == last || time.Now().Before(retryAt) {
 			continue
 		}
-		u.targetIP = p.Status.PodIP
-		for i, c := range u.clients {
-			c.SetTarget(net.JoinHostPort(p.Status.PodIP, strconv.Itoa(int(u.remotes[i]))))
+		if err := u.moveTo(ctx, p); err != nil {
+			u.s.deps.Log.Error("udp: no relay for the new pod", "pod", pod, "err", err, "retryIn", backoff)
+			retryAt = time.Now().Add(backoff)
+			backoff = min(2*backoff, 30*time.Second)
+			continue
 		}
+		last, backoff = pod, time.Second
 		u.s.deps.Log.Info("udp now to pod", "pod", pod, "ip", p.Status.PodIP)
 	}
 }
 
+// relayExited: the ephemeral relay in p (the latest kpf added) has ended.
+func (u *udpSide) relayExited(p *corev1.Pod) bool {
+	u.mu.Lock()
+	name := u.relays[p.Name]
+	u.mu.Unlock()
+	for _, cs := range p.Status.EphemeralContainerStatuses {
+		if cs.Name == name && cs.State.Terminated != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// moveTo moves the clients to pod p, the forward's new pod or one whose
+// ephemeral relay exited: a relay made for it, then streams to that.
+func (u *udpSide) moveTo(ctx context.Context, p *corev1.Pod) error {
+	if u.ephemeral == nil {
+		u.mu.Lock()
+		same := u.relay.targetIP == p.Status.PodIP
+		u.mu.Unlock()
+		if same {
+			return nil
+		}
+		r, err := u.startRelay(ctx, p.Status.PodIP)
+		if err != nil {
+			return err
+		}
+		u.useRelay(ctx, r)
+		return nil
+	}
+	u.mu.Lock()
+	name, has := u.relays[p.Name]
+	u.mu.Unlock()
+	if !has || u.relayExited(p) {
+		if has {
+			fmt.Fprintf(u.s.deps.ErrOut, "kpf: the UDP relay %s in pod %s exited; adding another\n", name, p.Name)
+		}
+		if err := u.addRelay(ctx, p); err != nil {
+			return err
+		}
+	}
+	// The same localhost ports, through the follower's new pod.
+	dests := u.destinations("127.0.0.1")
+	for i, c := range u.clients {
+		c.Move(dests[i], nil)
+	}
+	return nil
+}
+
 // close stops the clients and deletes the relay pod.
 func (u *udpSide) close() {
+	u.cancel()
+	<-u.served
 	for _, c := range u.clients {
 		c.Local.Close()
 	}
@@ -308,13 +456,14 @@ func (u *udpSide) close() {
 	if u.ephemeral != nil {
 		return // the relays exit once their streams are gone; they cannot be removed
 	}
+	u.mu.Lock()
+	r := u.relay
+	u.mu.Unlock()
+	r.stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	u.mu.Lock()
-	pod := u.pod
-	u.mu.Unlock()
-	if err := relaypod.Delete(ctx, u.s.deps.Cluster.Client(), pod); err != nil {
-		u.s.deps.Log.Error("delete the relay pod", "pod", pod.Name, "err", err)
+	if err := relaypod.Delete(ctx, u.s.deps.Cluster.Client(), r.pod); err != nil {
+		u.s.deps.Log.Error("delete the relay pod", "pod", r.pod.Name, "err", err)
 	}
 }
 
@@ -322,7 +471,7 @@ func (u *udpSide) status() UDPStatus {
 	st := UDPStatus{}
 	if u.ephemeral == nil {
 		u.mu.Lock()
-		st.Relay = u.pod.Name
+		st.Relay = u.relay.pod.Name
 		u.mu.Unlock()
 	} else {
 		pod, _ := u.s.follower.State()
