@@ -374,7 +374,7 @@ func explainConnect(err error) error {
 func sessionDeps(c *cluster.Conn, out, errOut io.Writer, log *slog.Logger) session.Deps {
 	return session.Deps{
 		Cluster: c,
-		Objects: target.BuilderGetter{Flags: c.Flags()},
+		Objects: target.BuilderGetter{Flags: c.Getter()},
 		Out:     out,
 		ErrOut:  errOut,
 		Log:     log,
