@@ -40,8 +40,14 @@ type Server struct {
 	// FlowIdle closes a flow with no datagram either way for this long,
 	// should kpf not close it first. Default 5 minutes.
 	FlowIdle time.Duration
+	// MaxFlows is the most flows open at once, over all streams (each a
+	// socket and a goroutine); a new flow beyond it closes its stream's
+	// least recently used one (CLOSE), and when that stream has none its
+	// datagram is dropped. Default 1,024.
+	MaxFlows int
 
 	open     atomic.Int64
+	flows    atomic.Int64 // flows open, over all streams
 	lastSeen atomic.Int64 // unix nanoseconds: the last stream's end
 }
 
@@ -57,6 +63,9 @@ func (s *Server) defaults() {
 	}
 	if s.FlowIdle == 0 {
 		s.FlowIdle = 5 * time.Minute
+	}
+	if s.MaxFlows <= 0 {
+		s.MaxFlows = 1024
 	}
 }
 
@@ -303,8 +312,13 @@ type flow struct {
 
 func (f *flow) seen() { f.last.Store(time.Now().UnixNano()) }
 
+// ErrTooManyFlows is a datagram of a new flow dropped: the relay holds
+// MaxFlows flows, none of them its stream's.
+var ErrTooManyFlows = errors.New("too many flows")
+
 // flow returns a flow's socket, opening it on the flow's first datagram
-// (a stream that reconnects brings its flows with it).
+// (a stream that reconnects brings its flows with it). At MaxFlows, it
+// first closes the stream's least recently used flow.
 func (st *serverStream) flow(id uint32) (*flow, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -314,6 +328,9 @@ func (st *serverStream) flow(id uint32) (*flow, error) {
 	if st.done {
 		return nil, net.ErrClosed
 	}
+	if st.s.flows.Load() >= int64(st.s.MaxFlows) && !st.evictLocked() {
+		return nil, ErrTooManyFlows
+	}
 	c, err := net.DialUDP("udp", nil, st.target)
 	if err != nil {
 		return nil, err
@@ -321,26 +338,55 @@ func (st *serverStream) flow(id uint32) (*flow, error) {
 	fl := &flow{c: c}
 	fl.seen()
 	st.flows[id] = fl
+	st.s.flows.Add(1)
 	go st.replies(id, fl)
 	return fl, nil
 }
 
+// evictLocked closes the stream's least recently used flow, and tells
+// kpf; false if the stream has none.
+func (st *serverStream) evictLocked() bool {
+	var (
+		lru  uint32
+		last int64
+		ok   bool
+	)
+	for id, fl := range st.flows {
+		if l := fl.last.Load(); !ok || l < last {
+			lru, last, ok = id, l, true
+		}
+	}
+	if !ok {
+		return false
+	}
+	st.flows[lru].c.Close()
+	delete(st.flows, lru)
+	st.s.flows.Add(-1)
+	st.w.write(Frame{Type: TypeClose, Flow: lru})
+	return true
+}
+
+// datagrams are the buffers that replies are read into.
+var datagrams = sync.Pool{New: func() any {
+	b := make([]byte, MaxDatagram+1)
+	return &b
+}}
+
 // replies sends what the target answers on a flow's socket back to kpf.
 func (st *serverStream) replies(id uint32, fl *flow) {
-	buf := make([]byte, MaxDatagram+1)
+	send := func(b []byte) error {
+		if len(b) > MaxDatagram {
+			return nil // cannot be an IPv4 UDP payload
+		}
+		fl.seen()
+		return st.w.write(Frame{Type: TypeData, Flow: id, Payload: b})
+	}
 	for {
-		n, err := fl.c.Read(buf)
+		err := receive(fl.c, send)
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			continue // an ICMP port unreachable: the server may come yet
 		}
 		if err != nil {
-			return
-		}
-		if n > MaxDatagram {
-			continue // cannot be an IPv4 UDP payload
-		}
-		fl.seen()
-		if err := st.w.write(Frame{Type: TypeData, Flow: id, Payload: buf[:n]}); err != nil {
 			return
 		}
 	}
@@ -355,6 +401,7 @@ func (st *serverStream) close(id uint32, tell bool) {
 	if !ok {
 		return
 	}
+	st.s.flows.Add(-1)
 	fl.c.Close()
 	if tell {
 		st.w.write(Frame{Type: TypeClose, Flow: id})
@@ -390,6 +437,7 @@ func (st *serverStream) closeAll() {
 	flows := st.flows
 	st.flows = map[uint32]*flow{}
 	st.mu.Unlock()
+	st.s.flows.Add(-int64(len(flows)))
 	for _, fl := range flows {
 		fl.c.Close()
 	}
