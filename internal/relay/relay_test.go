@@ -349,6 +349,9 @@ func TestMalformedStreamsAreRefused(t *testing.T) {
 		"oversized":   {append(append(append([]byte(Magic), Version), hello...), 4, 0, 0xff, 0xff, 0, 0, 0, 1), "relay protocol"},
 		"flow 0 data": {append(append(append([]byte(Magic), Version), hello...), Append(nil, Frame{Type: TypeData, Payload: []byte("x")})...), "DATA of flow 0"},
 		"unknown":     {append(append(append([]byte(Magic), Version), hello...), 99, 0, 0, 0, 0, 0, 0, 0), "unknown frame type 99"},
+		// The first frame breaks the rules: the relay still says why.
+		"hello over 1,024 bytes": {append(append([]byte(Magic), Version), Append(nil, Frame{Type: TypeHello, Payload: bytes.Repeat([]byte("x"), 2000)})...), "relay protocol"},
+		"reserved byte first":    {append(append([]byte(Magic), Version), 1, 1, 0, 0, 0, 0, 0, 0), "relay protocol"},
 	} {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {

@@ -198,10 +198,18 @@ func (s *Server) stream(c net.Conn) error {
 	}
 	r := NewReader(c)
 	hello, err := r.Read()
+	w := &frameWriter{w: c}
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		// A first frame that breaks the rules is answered, as any other.
+		if writeMagic(c) == nil {
+			w.write(errorFrame(pe))
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}
-	w := &frameWriter{w: c}
 	if err := writeMagic(c); err != nil {
 		return err
 	}
