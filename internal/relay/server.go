@@ -92,13 +92,24 @@ func Listen(addr string) (net.Listener, error) {
 	return net.Listen("tcp", addr)
 }
 
-// ParseAllow reads a destination of --allow: a literal IP and port.
+// ErrNotOneHost is an --allow that reads like a wildcard (0.0.0.0, [::],
+// port 0) or names many hosts (multicast, broadcast).
+var ErrNotOneHost = errors.New("not one host's address and port")
+
+// ParseAllow reads a destination of --allow: a literal IP of one host and
+// a port.
 func ParseAllow(s string) (netip.AddrPort, error) {
 	ap, err := netip.ParseAddrPort(s)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("--allow %q: want IP:PORT (such as 10.0.3.7:53 or [fd00::7]:53): %w", s, err)
+	if err == nil {
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if a := ap.Addr(); a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || ap.Port() == 0 {
+			err = ErrNotOneHost
+		}
 	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("--allow %q: want IP:PORT of the one host the relay may send to (such as 10.0.3.7:53 or [fd00::7]:53): %w", s, err)
+	}
+	return ap, nil
 }
 
 // NotAllowedError is a HELLO that names a destination outside Allow.
