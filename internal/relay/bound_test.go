@@ -65,3 +65,46 @@ func TestIdleFlowsHoldNoBuffer(t *testing.T) {
 		t.Errorf("%d bytes of heap and stack for each open flow, want under 16 KiB", per)
 	}
 }
+
+// TestOneStreamCannotTakeEveryFlow: a stream that holds the relay's
+// every flow (anyone who may port-forward to the relay can open one) does
+// not starve kpf's: a new flow beyond MaxFlows closes one of the stream
+// that holds the most.
+func TestOneStreamCannotTakeEveryFlow(t *testing.T) {
+	echo := newUDPServer(t, 1)
+	h := start(t, echo.addr, func(_ *Client, s *Server) { s.MaxFlows = 8 })
+	<-h.client.Ready() // kpf's stream is open, with no flow yet
+	addr := h.relayAddr
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(append([]byte(Magic), Version))
+	c.Write(Append(nil, Frame{Type: TypeHello, Payload: []byte(echo.addr)}))
+	if err := readMagic(c); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(c)
+	if f, err := r.Read(); err != nil || f.Type != TypeOK {
+		t.Fatalf("HELLO: %v %v", f, err)
+	}
+	for id := uint32(1); id <= 8; id++ { // every flow the relay may hold
+		c.Write(Append(nil, Frame{Type: TypeData, Flow: id, Payload: []byte("hog")}))
+		for {
+			f, err := r.Read()
+			if err != nil {
+				t.Fatalf("flow %d: %v", id, err)
+			}
+			if f.Type == TypeData {
+				break
+			}
+		}
+	}
+	for i := range 4 {
+		roundTrip(t, peer(t, h.local), fmt.Sprintf("kpf's peer %d", i))
+	}
+	if n := h.client.Peers(); n != 4 {
+		t.Errorf("kpf holds %d flows, want its 4: the relay closed kpf's rather than the stream's that holds the most", n)
+	}
+}

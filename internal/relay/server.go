@@ -41,14 +41,16 @@ type Server struct {
 	// should kpf not close it first. Default 5 minutes.
 	FlowIdle time.Duration
 	// MaxFlows is the most flows open at once, over all streams (each a
-	// socket and a goroutine); a new flow beyond it closes its stream's
-	// least recently used one (CLOSE), and when that stream has none its
-	// datagram is dropped. Default 1,024.
+	// socket and a goroutine); a new flow beyond it closes the least
+	// recently used flow of the stream that holds the most (CLOSE), so
+	// that no stream can starve another. Default 1,024.
 	MaxFlows int
 
 	open     atomic.Int64
 	flows    atomic.Int64 // flows open, over all streams
-	lastSeen atomic.Int64 // unix nanoseconds: the last stream's end
+	mu       sync.Mutex
+	streams  map[*serverStream]bool // streams past their HELLO
+	lastSeen atomic.Int64           // unix nanoseconds: the last stream's end
 }
 
 func (s *Server) defaults() {
@@ -244,7 +246,18 @@ func (s *Server) stream(c net.Conn) error {
 		s.open.Add(-1)
 	}()
 	st := &serverStream{s: s, w: w, target: target, flows: map[uint32]*flow{}}
-	defer st.closeAll()
+	s.mu.Lock()
+	if s.streams == nil {
+		s.streams = map[*serverStream]bool{}
+	}
+	s.streams[st] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, st)
+		s.mu.Unlock()
+		st.closeAll()
+	}()
 	go st.sweep()
 	for {
 		c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
@@ -331,58 +344,73 @@ type flow struct {
 
 func (f *flow) seen() { f.last.Store(time.Now().UnixNano()) }
 
-// ErrTooManyFlows is a datagram of a new flow dropped: the relay holds
-// MaxFlows flows, none of them its stream's.
-var ErrTooManyFlows = errors.New("too many flows")
-
 // flow returns a flow's socket, opening it on the flow's first datagram
 // (a stream that reconnects brings its flows with it). At MaxFlows, it
-// first closes the stream's least recently used flow.
+// first closes a flow of the stream that holds the most. Only the
+// stream's reader calls it.
 func (st *serverStream) flow(id uint32) (*flow, error) {
 	st.mu.Lock()
-	defer st.mu.Unlock()
-	if fl, ok := st.flows[id]; ok {
+	fl, ok := st.flows[id]
+	done := st.done
+	st.mu.Unlock()
+	if ok {
 		return fl, nil
 	}
-	if st.done {
+	if done {
 		return nil, net.ErrClosed
 	}
-	if st.s.flows.Load() >= int64(st.s.MaxFlows) && !st.evictLocked() {
-		return nil, ErrTooManyFlows
+	if st.s.flows.Load() >= int64(st.s.MaxFlows) {
+		st.s.evict()
 	}
 	c, err := net.DialUDP("udp", nil, st.target)
 	if err != nil {
 		return nil, err
 	}
-	fl := &flow{c: c}
+	fl = &flow{c: c}
 	fl.seen()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done {
+		c.Close()
+		return nil, net.ErrClosed
+	}
 	st.flows[id] = fl
 	st.s.flows.Add(1)
 	go st.replies(id, fl)
 	return fl, nil
 }
 
-// evictLocked closes the stream's least recently used flow, and tells
-// kpf; false if the stream has none.
-func (st *serverStream) evictLocked() bool {
+// evict closes the least recently used flow of the stream that holds the
+// most, and tells its client.
+func (s *Server) evict() {
+	s.mu.Lock()
+	var most *serverStream
+	n := 0
+	for st := range s.streams {
+		st.mu.Lock()
+		if len(st.flows) > n {
+			most, n = st, len(st.flows)
+		}
+		st.mu.Unlock()
+	}
+	s.mu.Unlock()
+	if most == nil {
+		return
+	}
+	most.mu.Lock()
 	var (
 		lru  uint32
 		last int64
-		ok   bool
 	)
-	for id, fl := range st.flows {
-		if l := fl.last.Load(); !ok || l < last {
-			lru, last, ok = id, l, true
+	for id, fl := range most.flows {
+		if l := fl.last.Load(); lru == 0 || l < last {
+			lru, last = id, l
 		}
 	}
-	if !ok {
-		return false
+	most.mu.Unlock()
+	if lru != 0 {
+		most.close(lru, true)
 	}
-	st.flows[lru].c.Close()
-	delete(st.flows, lru)
-	st.s.flows.Add(-1)
-	st.w.write(Frame{Type: TypeClose, Flow: lru})
-	return true
 }
 
 // datagrams are the buffers that replies are read into.
