@@ -776,3 +776,30 @@ func TestUDPRelayPodIsMadeForEachTargetPod(t *testing.T) {
 		return l.Items[0].Name != rp.Name && strings.Contains(args, "--allow "+net.JoinHostPort(now.Status.PodIP, "5300")+" ") && strings.Count(args, "--allow") == 1, nil
 	})
 }
+
+// TestUDPEphemeralRelaysOfTwoForwardsInOnePod: two kpf forwards of one pod
+// with --udp-relay ephemeral, to two UDP ports (two terminals, or a file
+// and a forward): each relay listens on a port of its own, so neither
+// kpf reaches the other's relay (which sends only to the other's port and
+// refuses it); both echo.
+func TestUDPEphemeralRelaysOfTwoForwardsInOnePod(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, `
+apiVersion: v1
+kind: Pod
+metadata: {name: two, labels: {app: two}}
+spec:
+  containers:
+  - name: echo
+    image: python
+    command: [python3, -u, -c, "import socket,threading,time\ndef echo(p):\n  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n  s.bind(('0.0.0.0',p))\n  while True:\n    d,a=s.recvfrom(70000)\n    s.sendto(d,a)\nfor p in (5300,5301): threading.Thread(target=echo,args=(p,),daemon=True).start()\nwhile True: time.sleep(3600)"]
+    ports: [{containerPort: 5300, protocol: UDP}, {containerPort: 5301, protocol: UDP}]
+`)
+	sb.ReadyPods(t, ns, "app=two", 1)
+	_, first := startUDP(t, sb, 1, "-n", ns, "--udp-relay", "ephemeral", "pod/two", ":5300/udp")
+	_, second := startUDP(t, sb, 1, "-n", ns, "--udp-relay", "ephemeral", "pod/two", ":5301/udp")
+	waitEcho(t, first[0], "to 5300", 20*time.Second, "an echo through the first forward")
+	waitEcho(t, second[0], "to 5301", 20*time.Second, "an echo through the second forward")
+}

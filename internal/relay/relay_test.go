@@ -55,12 +55,13 @@ func newUDPServer(t *testing.T, replies int) *udpServer {
 // harness is a relay server on a TCP port and a client whose streams go
 // straight to it.
 type harness struct {
-	client  *Client
-	relay   *Server
-	local   string // the client's UDP address
-	mu      sync.Mutex
-	streams []net.Conn // the client's streams, to break them
-	done    chan error
+	client    *Client
+	relay     *Server
+	local     string // the client's UDP address
+	relayAddr string // the relay's TCP address
+	mu        sync.Mutex
+	streams   []net.Conn // the client's streams, to break them
+	done      chan error
 }
 
 func start(t *testing.T, target string, tweak func(*Client, *Server)) *harness {
@@ -69,7 +70,7 @@ func start(t *testing.T, target string, tweak func(*Client, *Server)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{relay: &Server{Log: quiet, IdleExit: -1, Allow: allow(target)}, done: make(chan error, 1)}
+	h := &harness{relay: &Server{Log: quiet, IdleExit: -1, Allow: allow(target)}, relayAddr: ln.Addr().String(), done: make(chan error, 1)}
 	local, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -349,6 +350,9 @@ func TestMalformedStreamsAreRefused(t *testing.T) {
 		"oversized":   {append(append(append([]byte(Magic), Version), hello...), 4, 0, 0xff, 0xff, 0, 0, 0, 1), "relay protocol"},
 		"flow 0 data": {append(append(append([]byte(Magic), Version), hello...), Append(nil, Frame{Type: TypeData, Payload: []byte("x")})...), "DATA of flow 0"},
 		"unknown":     {append(append(append([]byte(Magic), Version), hello...), 99, 0, 0, 0, 0, 0, 0, 0), "unknown frame type 99"},
+		// The first frame breaks the rules: the relay still says why.
+		"hello over 1,024 bytes": {append(append([]byte(Magic), Version), Append(nil, Frame{Type: TypeHello, Payload: bytes.Repeat([]byte("x"), 2000)})...), "relay protocol"},
+		"reserved byte first":    {append(append([]byte(Magic), Version), 1, 1, 0, 0, 0, 0, 0, 0), "relay protocol"},
 	} {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {

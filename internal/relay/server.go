@@ -40,9 +40,17 @@ type Server struct {
 	// FlowIdle closes a flow with no datagram either way for this long,
 	// should kpf not close it first. Default 5 minutes.
 	FlowIdle time.Duration
+	// MaxFlows is the most flows open at once, over all streams (each a
+	// socket and a goroutine); a new flow beyond it closes the least
+	// recently used flow of the stream that holds the most (CLOSE), so
+	// that no stream can starve another. Default 1,024.
+	MaxFlows int
 
 	open     atomic.Int64
-	lastSeen atomic.Int64 // unix nanoseconds: the last stream's end
+	flows    atomic.Int64 // flows open, over all streams
+	mu       sync.Mutex
+	streams  map[*serverStream]bool // streams past their HELLO
+	lastSeen atomic.Int64           // unix nanoseconds: the last stream's end
 }
 
 func (s *Server) defaults() {
@@ -57,6 +65,9 @@ func (s *Server) defaults() {
 	}
 	if s.FlowIdle == 0 {
 		s.FlowIdle = 5 * time.Minute
+	}
+	if s.MaxFlows <= 0 {
+		s.MaxFlows = 1024
 	}
 }
 
@@ -83,13 +94,24 @@ func Listen(addr string) (net.Listener, error) {
 	return net.Listen("tcp", addr)
 }
 
-// ParseAllow reads a destination of --allow: a literal IP and port.
+// ErrNotOneHost is an --allow that reads like a wildcard (0.0.0.0, [::],
+// port 0) or names many hosts (multicast, broadcast).
+var ErrNotOneHost = errors.New("not one host's address and port")
+
+// ParseAllow reads a destination of --allow: a literal IP of one host and
+// a port.
 func ParseAllow(s string) (netip.AddrPort, error) {
 	ap, err := netip.ParseAddrPort(s)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("--allow %q: want IP:PORT (such as 10.0.3.7:53 or [fd00::7]:53): %w", s, err)
+	if err == nil {
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if a := ap.Addr(); a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || ap.Port() == 0 {
+			err = ErrNotOneHost
+		}
 	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("--allow %q: want IP:PORT of the one host the relay may send to (such as 10.0.3.7:53 or [fd00::7]:53): %w", s, err)
+	}
+	return ap, nil
 }
 
 // NotAllowedError is a HELLO that names a destination outside Allow.
@@ -189,10 +211,18 @@ func (s *Server) stream(c net.Conn) error {
 	}
 	r := NewReader(c)
 	hello, err := r.Read()
+	w := &frameWriter{w: c}
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		// A first frame that breaks the rules is answered, as any other.
+		if writeMagic(c) == nil {
+			w.write(errorFrame(pe))
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}
-	w := &frameWriter{w: c}
 	if err := writeMagic(c); err != nil {
 		return err
 	}
@@ -216,7 +246,18 @@ func (s *Server) stream(c net.Conn) error {
 		s.open.Add(-1)
 	}()
 	st := &serverStream{s: s, w: w, target: target, flows: map[uint32]*flow{}}
-	defer st.closeAll()
+	s.mu.Lock()
+	if s.streams == nil {
+		s.streams = map[*serverStream]bool{}
+	}
+	s.streams[st] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, st)
+		s.mu.Unlock()
+		st.closeAll()
+	}()
 	go st.sweep()
 	for {
 		c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
@@ -304,43 +345,95 @@ type flow struct {
 func (f *flow) seen() { f.last.Store(time.Now().UnixNano()) }
 
 // flow returns a flow's socket, opening it on the flow's first datagram
-// (a stream that reconnects brings its flows with it).
+// (a stream that reconnects brings its flows with it). At MaxFlows, it
+// first closes a flow of the stream that holds the most. Only the
+// stream's reader calls it.
 func (st *serverStream) flow(id uint32) (*flow, error) {
 	st.mu.Lock()
-	defer st.mu.Unlock()
-	if fl, ok := st.flows[id]; ok {
+	fl, ok := st.flows[id]
+	done := st.done
+	st.mu.Unlock()
+	if ok {
 		return fl, nil
 	}
-	if st.done {
+	if done {
 		return nil, net.ErrClosed
+	}
+	if st.s.flows.Load() >= int64(st.s.MaxFlows) {
+		st.s.evict()
 	}
 	c, err := net.DialUDP("udp", nil, st.target)
 	if err != nil {
 		return nil, err
 	}
-	fl := &flow{c: c}
+	fl = &flow{c: c}
 	fl.seen()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done {
+		c.Close()
+		return nil, net.ErrClosed
+	}
 	st.flows[id] = fl
+	st.s.flows.Add(1)
 	go st.replies(id, fl)
 	return fl, nil
 }
 
+// evict closes the least recently used flow of the stream that holds the
+// most, and tells its client.
+func (s *Server) evict() {
+	s.mu.Lock()
+	var most *serverStream
+	n := 0
+	for st := range s.streams {
+		st.mu.Lock()
+		if len(st.flows) > n {
+			most, n = st, len(st.flows)
+		}
+		st.mu.Unlock()
+	}
+	s.mu.Unlock()
+	if most == nil {
+		return
+	}
+	most.mu.Lock()
+	var (
+		lru  uint32
+		last int64
+	)
+	for id, fl := range most.flows {
+		if l := fl.last.Load(); lru == 0 || l < last {
+			lru, last = id, l
+		}
+	}
+	most.mu.Unlock()
+	if lru != 0 {
+		most.close(lru, true)
+	}
+}
+
+// datagrams are the buffers that replies are read into.
+var datagrams = sync.Pool{New: func() any {
+	b := make([]byte, MaxDatagram+1)
+	return &b
+}}
+
 // replies sends what the target answers on a flow's socket back to kpf.
 func (st *serverStream) replies(id uint32, fl *flow) {
-	buf := make([]byte, MaxDatagram+1)
+	send := func(b []byte) error {
+		if len(b) > MaxDatagram {
+			return nil // cannot be an IPv4 UDP payload
+		}
+		fl.seen()
+		return st.w.write(Frame{Type: TypeData, Flow: id, Payload: b})
+	}
 	for {
-		n, err := fl.c.Read(buf)
+		err := receive(fl.c, send)
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			continue // an ICMP port unreachable: the server may come yet
 		}
 		if err != nil {
-			return
-		}
-		if n > MaxDatagram {
-			continue // cannot be an IPv4 UDP payload
-		}
-		fl.seen()
-		if err := st.w.write(Frame{Type: TypeData, Flow: id, Payload: buf[:n]}); err != nil {
 			return
 		}
 	}
@@ -355,6 +448,7 @@ func (st *serverStream) close(id uint32, tell bool) {
 	if !ok {
 		return
 	}
+	st.s.flows.Add(-1)
 	fl.c.Close()
 	if tell {
 		st.w.write(Frame{Type: TypeClose, Flow: id})
@@ -390,6 +484,7 @@ func (st *serverStream) closeAll() {
 	flows := st.flows
 	st.flows = map[uint32]*flow{}
 	st.mu.Unlock()
+	st.s.flows.Add(-int64(len(flows)))
 	for _, fl := range flows {
 		fl.c.Close()
 	}

@@ -15,9 +15,34 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// EphemeralPort is where an ephemeral relay listens, on the target pod's
-// loopback: high, so as not to meet the pod's own ports.
-const EphemeralPort = 47090
+// EphemeralPort is the first port an ephemeral relay may listen on, on
+// the target pod's loopback: high, so as not to meet the pod's own ports.
+// Each relay takes one of EphemeralPorts at random, so that the relays of
+// two kpf forwards of one pod do not meet on one port (the second could
+// not listen, and its kpf would reach the first's relay, which sends only
+// to the first's ports).
+const (
+	EphemeralPort  = 47090
+	EphemeralPorts = 900
+)
+
+// PickEphemeralPort is a port for a relay in pod, at random among
+// EphemeralPorts, that none of the pod's containers declares.
+func PickEphemeralPort(pod *corev1.Pod) int {
+	taken := map[int32]bool{}
+	for _, c := range pod.Spec.Containers {
+		for _, p := range c.Ports {
+			taken[p.ContainerPort] = true
+		}
+	}
+	for {
+		var b [2]byte
+		rand.Read(b[:])
+		if p := EphemeralPort + (int(b[0])<<8|int(b[1]))%EphemeralPorts; !taken[int32(p)] {
+			return p
+		}
+	}
+}
 
 // EphemeralPrefix starts the name of every ephemeral relay container.
 const EphemeralPrefix = "kpf-relay-"
@@ -32,7 +57,9 @@ const EphemeralPrefix = "kpf-relay-"
 type Ephemeral struct {
 	Image string
 	Owner Owner
-	Port  int
+	// Port is where the relay listens; 0: Add picks one
+	// (PickEphemeralPort).
+	Port int
 	// Allow is every destination (IP:PORT) the relay may send to: the
 	// pod's loopback at the forward's /udp ports.
 	Allow []string
@@ -57,8 +84,16 @@ func (e Ephemeral) Container(name string) corev1.EphemeralContainer {
 }
 
 // Add adds an ephemeral relay to pod and waits until it runs; it returns
-// the container's name.
-func (e Ephemeral) Add(ctx context.Context, c kube.Interface, pod *corev1.Pod, timeout time.Duration) (string, error) {
+// the container's name and the port it listens on.
+func (e Ephemeral) Add(ctx context.Context, c kube.Interface, pod *corev1.Pod, timeout time.Duration) (string, int, error) {
+	if e.Port == 0 {
+		e.Port = PickEphemeralPort(pod)
+	}
+	name, err := e.add(ctx, c, pod, timeout)
+	return name, e.Port, err
+}
+
+func (e Ephemeral) add(ctx context.Context, c kube.Interface, pod *corev1.Pod, timeout time.Duration) (string, error) {
 	name := EphemeralPrefix + randomSuffix()
 	patch, err := json.Marshal(map[string]any{"spec": map[string]any{"ephemeralContainers": []corev1.EphemeralContainer{e.Container(name)}}})
 	if err != nil {

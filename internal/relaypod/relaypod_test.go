@@ -153,16 +153,16 @@ func TestEphemeralRelay(t *testing.T) {
 		q.Status.EphemeralContainerStatuses[0].Name = name
 		w.Modify(q)
 	}()
-	name, err := e.Add(context.Background(), cs, pod, 5*time.Second)
-	if err != nil || !strings.HasPrefix(name, EphemeralPrefix) || !strings.Contains(string(patched), name) {
-		t.Fatalf("Add = %q, %v (patch %s)", name, err, patched)
+	name, port, err := e.Add(context.Background(), cs, pod, 5*time.Second)
+	if err != nil || !strings.HasPrefix(name, EphemeralPrefix) || !strings.Contains(string(patched), name) || port != EphemeralPort {
+		t.Fatalf("Add = %q, %d, %v (patch %s)", name, port, err, patched)
 	}
 
 	denied := fake.NewClientset(pod.DeepCopy())
 	denied.PrependReactor("patch", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods/ephemeralcontainers"}, "dns-1", errors.New("no"))
 	})
-	_, err = e.Add(context.Background(), denied, pod, time.Second)
+	_, _, err = e.Add(context.Background(), denied, pod, time.Second)
 	var fe *ForbiddenError
 	if !errors.As(err, &fe) || fe.Resource != "pods/ephemeralcontainers" || fe.Verb != "patch" {
 		t.Errorf("forbidden: %v", err)
@@ -174,4 +174,33 @@ func newFakeWatch(cs *fake.Clientset) *watch.FakeWatcher {
 	w := watch.NewFake()
 	cs.PrependWatchReactor("pods", k8stesting.DefaultWatchReactor(w, nil))
 	return w
+}
+
+// TestEphemeralRelaysTakePortsOfTheirOwn: each ephemeral relay listens on
+// a port picked at random (Add with no Port), among EphemeralPorts and
+// none the pod's containers declare, so that the relays of two kpf
+// forwards of one pod do not meet on one port.
+func TestEphemeralRelaysTakePortsOfTheirOwn(t *testing.T) {
+	pod := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}}}
+	for p := EphemeralPort; p < EphemeralPort+EphemeralPorts-2; p++ {
+		pod.Spec.Containers[0].Ports = append(pod.Spec.Containers[0].Ports, corev1.ContainerPort{ContainerPort: int32(p)})
+	}
+	seen := map[int]bool{}
+	for range 200 {
+		p := PickEphemeralPort(pod)
+		if p < EphemeralPort+EphemeralPorts-2 || p >= EphemeralPort+EphemeralPorts {
+			t.Fatalf("port %d: declared by the pod, or outside [%d, %d)", p, EphemeralPort, EphemeralPort+EphemeralPorts)
+		}
+		seen[p] = true
+	}
+	if len(seen) != 2 {
+		t.Errorf("ports %v, want both free ones", seen)
+	}
+	pod.Spec.Containers[0].Ports = nil
+	for range 50 {
+		seen[PickEphemeralPort(pod)] = true
+	}
+	if len(seen) < 10 {
+		t.Errorf("%d ports in 250 picks: not at random", len(seen))
+	}
 }

@@ -67,9 +67,16 @@ type udpSide struct {
 	// the forward follows another pod (see serve).
 	relay *podRelay
 	// Ephemeral mode: each pod's latest relay container.
-	relays map[string]string
+	relays map[string]ephemeralRelay
 
 	wg sync.WaitGroup // the clients and their streams
+}
+
+// ephemeralRelay is a relay container in a target pod, and the port it
+// listens on there (its own: another kpf's relay may be in the pod too).
+type ephemeralRelay struct {
+	name string
+	port int
 }
 
 // podRelay is a relay pod made for one target pod, and its follower.
@@ -117,8 +124,8 @@ func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial fu
 	var relayDial func(context.Context) (net.Conn, error)
 	if s.spec.UDPRelay == "ephemeral" {
 		host = "127.0.0.1"
-		u.relays = map[string]string{}
-		u.ephemeral = &relaypod.Ephemeral{Image: s.spec.RelayImage, Owner: relaypod.Me(), Port: relaypod.EphemeralPort, Allow: u.allow(host)}
+		u.relays = map[string]ephemeralRelay{}
+		u.ephemeral = &relaypod.Ephemeral{Image: s.spec.RelayImage, Owner: relaypod.Me(), Allow: u.allow(host)}
 		err = u.addRelay(ctx, t.Pod)
 		relayDial = u.dialEphemeral
 	} else {
@@ -213,7 +220,7 @@ func (u *udpSide) relayName() string {
 		return u.relay.pod.Name
 	}
 	pod := u.s.Target.Pod.Name
-	return pod + "/" + u.relays[pod]
+	return pod + "/" + u.relays[pod].name
 }
 
 // relayLogs is the kubectl command that shows the relay's log.
@@ -225,26 +232,34 @@ func (u *udpSide) relayLogs() string {
 		return fmt.Sprintf("kubectl logs -n %s %s", ns, u.relay.pod.Name)
 	}
 	pod := u.s.Target.Pod.Name
-	return fmt.Sprintf("kubectl logs -n %s %s -c %s", ns, pod, u.relays[pod])
+	return fmt.Sprintf("kubectl logs -n %s %s -c %s", ns, pod, u.relays[pod].name)
 }
 
 // addRelay adds an ephemeral relay to pod, and says so: it stays in the
 // pod's spec.
 func (u *udpSide) addRelay(ctx context.Context, pod *corev1.Pod) error {
-	name, err := u.ephemeral.Add(ctx, u.s.deps.Cluster.Client(), pod, relayReadyTimeout)
+	name, port, err := u.ephemeral.Add(ctx, u.s.deps.Cluster.Client(), pod, relayReadyTimeout)
 	if err != nil {
 		return err
 	}
 	u.mu.Lock()
-	u.relays[pod.Name] = name
+	u.relays[pod.Name] = ephemeralRelay{name: name, port: port}
 	u.mu.Unlock()
 	fmt.Fprintf(u.s.deps.ErrOut, "kpf: the UDP relay runs as ephemeral container %s in pod %s; it stops when kpf does, but ephemeral containers stay in a pod's spec until the pod is replaced\n", name, pod.Name)
 	return nil
 }
 
-// dialEphemeral opens a stream to the relay in the forward's current pod.
+// dialEphemeral opens a stream to the relay in the forward's current pod,
+// at its port.
 func (u *udpSide) dialEphemeral(ctx context.Context) (net.Conn, error) {
-	return u.stream(ctx, u.s.follower, relaypod.EphemeralPort), nil
+	pod, _ := u.s.follower.State()
+	u.mu.Lock()
+	r, ok := u.relays[pod]
+	u.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("no UDP relay in pod %q yet", pod)
+	}
+	return u.stream(ctx, u.s.follower, uint16(r.port)), nil
 }
 
 // dialVia opens streams to the relay pod f follows.
@@ -399,7 +414,7 @@ func (u *udpSide) serve(ctx context.Context) {
 // relayExited: the ephemeral relay in p (the latest kpf added) has ended.
 func (u *udpSide) relayExited(p *corev1.Pod) bool {
 	u.mu.Lock()
-	name := u.relays[p.Name]
+	name := u.relays[p.Name].name
 	u.mu.Unlock()
 	for _, cs := range p.Status.EphemeralContainerStatuses {
 		if cs.Name == name && cs.State.Terminated != nil {
@@ -427,11 +442,11 @@ func (u *udpSide) moveTo(ctx context.Context, p *corev1.Pod) error {
 		return nil
 	}
 	u.mu.Lock()
-	name, has := u.relays[p.Name]
+	r, has := u.relays[p.Name]
 	u.mu.Unlock()
 	if !has || u.relayExited(p) {
 		if has {
-			fmt.Fprintf(u.s.deps.ErrOut, "kpf: the UDP relay %s in pod %s exited; adding another\n", name, p.Name)
+			fmt.Fprintf(u.s.deps.ErrOut, "kpf: the UDP relay %s in pod %s exited; adding another\n", r.name, p.Name)
 		}
 		if err := u.addRelay(ctx, p); err != nil {
 			return err
@@ -476,7 +491,7 @@ func (u *udpSide) status() UDPStatus {
 	} else {
 		pod, _ := u.s.follower.State()
 		u.mu.Lock()
-		if name := u.relays[pod]; name != "" {
+		if name := u.relays[pod].name; name != "" {
 			st.Relay = pod + "/" + name
 		}
 		u.mu.Unlock()
