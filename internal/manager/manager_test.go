@@ -358,16 +358,16 @@ func TestTCPCheckNeedsAListener(t *testing.T) {
 	get := &config.Health{Type: "http", Path: "/", StatusMin: 200, StatusMax: 399, Interval: 50 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
 	h.m.Start(context.Background(), []config.Forward{fw("dead", "dead-1", tcp), fw("mute", "mute-1", tcp), fw("deaf", "deaf-1", short), fw("deadweb", "dead-1", get)})
 	err := h.m.WaitGood(context.Background(), 3*time.Second)
-	if err == nil || !strings.Contains(err.Error(), "dead: unhealthy: unhealthy: pod shop/dead-1 refused the connection to port 80: nothing listens there") {
+	if err == nil || !strings.Contains(err.Error(), "dead: unhealthy: pod shop/dead-1 refused the connection to port 80: nothing listens there") {
 		t.Fatalf("WaitGood = %v, want the refused port named", err)
 	}
 	// An http check names the refusal too.
-	if !strings.Contains(err.Error(), "deadweb: unhealthy: unhealthy: GET /: pod shop/dead-1 refused the connection to port 80") {
+	if !strings.Contains(err.Error(), "deadweb: unhealthy: GET /: pod shop/dead-1 refused the connection to port 80") {
 		t.Fatalf("WaitGood = %v, want the http check's refusal named", err)
 	}
 	// No verdict within the timeout (the kubelet here waits for the pod,
 	// which neither answers nor closes) is no proof of a listener.
-	if !strings.Contains(err.Error(), "deaf: unhealthy: unhealthy: ") ||
+	if !strings.Contains(err.Error(), "deaf: unhealthy: ") || strings.Contains(err.Error(), "unhealthy: unhealthy") ||
 		!strings.Contains(err.Error(), "no verdict on port 80 within 300ms") && !strings.Contains(err.Error(), "the last check's connection is still open") {
 		t.Fatalf("WaitGood = %v, want deaf unhealthy for want of a verdict", err)
 	}
