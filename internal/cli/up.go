@@ -261,9 +261,19 @@ func writeTable(w io.Writer, rows []api.Forward, who bool) {
 		} else if udp {
 			fmt.Fprint(tw, "-\t")
 		}
-		fmt.Fprintf(tw, "%s\n", dash(shorten(r.LastError, 60)))
+		fmt.Fprintf(tw, "%s\n", dash(shorten(lastError(r), 60)))
 	}
 	tw.Flush()
+}
+
+// lastError is what the LAST ERROR column says of r: why it is down, or
+// else why it is unhealthy (a ready forward whose check fails has no
+// error of its own, and the table said "unhealthy" and nothing more).
+func lastError(r api.Forward) string {
+	if r.LastError == "" && r.Health == manager.HealthUnhealthy {
+		return r.HealthNote
+	}
+	return r.LastError
 }
 
 func dash(s string) string {
@@ -273,11 +283,14 @@ func dash(s string) string {
 	return s
 }
 
+// shorten cuts s to n runes, the last one an ellipsis (never inside a
+// rune: an error may quote anything).
 func shorten(s string, n int) string {
-	if len(s) <= n {
+	r := []rune(s)
+	if len(r) <= n {
 		return s
 	}
-	return s[:n-1] + "…"
+	return string(r[:n-1]) + "…"
 }
 
 func bytesText(n int64) string {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
@@ -128,5 +129,27 @@ func TestTableShowsUDPOnlyWhenThereIsSome(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
 	if !strings.Contains(lines[0], "UDP PEERS DGRAMS IN/OUT") || !strings.Contains(lines[2], "2 120/118") || !strings.Contains(lines[1], "0  -  ") && !strings.Contains(lines[1], " - ") {
 		t.Errorf("table:\n%s", b.String())
+	}
+}
+
+// A ready forward whose check fails shows why in the table, not only
+// "unhealthy"; a long reason is cut on a rune, not inside one.
+func TestTableSaysWhyAForwardIsUnhealthy(t *testing.T) {
+	rows := []api.Forward{
+		{Name: "db", Target: "pod/db-0", State: "ready", Health: "unhealthy", HealthNote: "pod shop/db-0 refused the connection to port 5432: nothing listens there"},
+		{Name: "api", Target: "svc/api", State: "ready", Health: "healthy"},
+		{Name: "é", Target: "svc/é", State: "waiting", Health: "unknown", LastError: strings.Repeat("é", 80)},
+	}
+	var b strings.Builder
+	writeTable(&b, rows, false)
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if !strings.Contains(lines[1], "pod shop/db-0 refused the connection to port 5432: nothing …") {
+		t.Errorf("the unhealthy forward's row does not say why:\n%s", b.String())
+	}
+	if !strings.HasSuffix(strings.TrimSpace(lines[2]), " -") {
+		t.Errorf("a healthy forward shows an error:\n%s", b.String())
+	}
+	if !utf8.ValidString(b.String()) || !strings.Contains(lines[3], strings.Repeat("é", 59)+"…") {
+		t.Errorf("a long reason is not cut on a rune:\n%s", b.String())
 	}
 }
