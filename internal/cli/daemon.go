@@ -78,6 +78,9 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 		return nil
 	}
 	st, err := c.Wait(ctx, abs, o.WaitTimeout)
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted before every forward was ready; they go on running in the daemon (kpf status shows them, kpf down stops them): %w", ctx.Err())
+	}
 	refreshHostsFiles(ctx, o.g, home)
 	if err != nil {
 		if st2, serr := c.Status(ctx, abs); serr == nil {
