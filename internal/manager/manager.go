@@ -505,7 +505,9 @@ func (m *Manager) WaitGood(ctx context.Context, timeout time.Duration) error {
 			return ctx.Err()
 		case <-deadline:
 			sort.Strings(bad)
-			return fmt.Errorf("not every forward was healthy after %s:\n  %s", timeout, strings.Join(bad, "\n  "))
+			// The daemon passes what is left of the user's --timeout: not
+			// "after 9.999999761s" for 10s.
+			return fmt.Errorf("not every forward was healthy after %s:\n  %s", timeout.Round(time.Millisecond), strings.Join(bad, "\n  "))
 		case <-changed:
 		case <-time.After(250 * time.Millisecond):
 		}

@@ -569,3 +569,17 @@ func goroutinesIn(pkgs ...string) string {
 	}
 	return strings.Join(out, "\n\n")
 }
+
+// WaitGood names the timeout as the user gave it, though the daemon
+// passes what is left of it ("after 9.999999761s" for --timeout 10s).
+func TestWaitGoodNamesTheTimeoutAsGiven(t *testing.T) {
+	m := New(Options{Log: discard, Open: func(context.Context, config.Forward, session.Spec) (*session.Session, error) {
+		return nil, errors.New("no cluster")
+	}})
+	m.Start(context.Background(), []config.Forward{fw("api", "web-1", nil)})
+	defer m.Stop()
+	err := m.WaitGood(context.Background(), 300*time.Millisecond-250*time.Nanosecond)
+	if err == nil || !strings.Contains(err.Error(), "not every forward was healthy after 300ms:\n  api: waiting: no cluster") {
+		t.Fatalf("WaitGood = %v", err)
+	}
+}
