@@ -332,7 +332,7 @@ func newOpener(file string, id identity.Identity, clusters *cluster.Registry, lo
 		s, err := session.Open(ctx, spec, deps)
 		if err != nil {
 			deps.HTTPLog.Close()
-			return nil, withDoctor(ctx, explainOpen(ctx, err, spec.Namespace, c.Flags(), c.Config()), doctorForFile(file, fw))
+			return nil, withDoctor(ctx, explainOpen(ctx, err, spec.Namespace, c.Getter(), c.Config()), doctorForFile(file, fw))
 		}
 		return s, nil
 	}
@@ -387,7 +387,7 @@ func explainConnect(err error) error {
 func sessionDeps(c *cluster.Conn, out, errOut io.Writer, log *slog.Logger) session.Deps {
 	return session.Deps{
 		Cluster: c,
-		Objects: target.BuilderGetter{Flags: c.Flags()},
+		Objects: target.BuilderGetter{Flags: c.Getter()},
 		Out:     out,
 		ErrOut:  errOut,
 		Log:     log,
