@@ -21,6 +21,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
 	"github.com/kpf-dev/kpf/internal/daemon/api"
+	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/httplog"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
@@ -332,10 +333,27 @@ func newOpener(file string, id identity.Identity, clusters *cluster.Registry, lo
 		s, err := session.Open(ctx, spec, deps)
 		if err != nil {
 			deps.HTTPLog.Close()
-			return nil, withDoctor(ctx, explainOpen(ctx, err, spec.Namespace, c.Getter(), c.Config()), doctorForFile(file, fw))
+			return nil, withDoctor(ctx, withListenReasons(explainOpen(ctx, err, spec.Namespace, c.Getter(), c.Config())), doctorForFile(file, fw))
 		}
 		return s, nil
 	}
+}
+
+// withListenReasons adds to "unable to listen on any of the requested
+// ports" why each port could not be bound. kpf forward prints each reason
+// as it happens, as kubectl does; a forward of kpf up or the daemon has
+// only its status, and --wait's summary said no more than that it could
+// not listen (not that another process holds the port, nor the fix).
+func withListenReasons(err error) error {
+	var le *forward.ListenError
+	if !errors.As(err, &le) || len(le.Reasons()) == 0 {
+		return err
+	}
+	why := make([]string, len(le.Reasons()))
+	for i, r := range le.Reasons() {
+		why[i] = strings.ReplaceAll(r.Error(), "\n", "; ")
+	}
+	return fmt.Errorf("%w: %s", err, strings.Join(why, "; "))
 }
 
 // newProxyOpener opens the proxies of a file, connecting as id on the

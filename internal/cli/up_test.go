@@ -14,13 +14,18 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"errors"
+	"fmt"
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
 	"github.com/kpf-dev/kpf/internal/daemon/api"
+	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
+	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/spf13/pflag"
+	"net"
 )
 
 // kpf up -d hands the daemon every kubectl connection flag it was given
@@ -151,5 +156,27 @@ func TestTableSaysWhyAForwardIsUnhealthy(t *testing.T) {
 	}
 	if !utf8.ValidString(b.String()) || !strings.Contains(lines[3], strings.Repeat("é", 59)+"…") {
 		t.Errorf("a long reason is not cut on a rune:\n%s", b.String())
+	}
+}
+
+// A forward of kpf up or the daemon that cannot bind its port says why in
+// its status (and so in --wait's summary): that another process holds
+// the port, and the fix, not only that it could not listen.
+func TestListenFailureSaysWhy(t *testing.T) {
+	busy, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	port := uint16(busy.Addr().(*net.TCPAddr).Port)
+	addrs, err := portspec.ParseAddresses([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = forward.Listen(addrs, []portspec.Resolved{{Local: port, Remote: 8080}}, io.Discard, io.Discard)
+	got := withListenReasons(&session.StageError{Stage: session.StageListen, Err: err})
+	if !errors.Is(got, forward.ErrNoListener) || !strings.Contains(got.Error(), "address already in use") ||
+		!strings.Contains(got.Error(), fmt.Sprintf("another process holds port %d", port)) || strings.Contains(got.Error(), "\n") {
+		t.Fatalf("%q: want the reason, the holder and the fix on one line", got)
 	}
 }
