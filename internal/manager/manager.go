@@ -220,6 +220,15 @@ func (m *Manager) serveOnce(ctx context.Context, f *Forward, up func()) error {
 	if err != nil {
 		return supervise.Permanent(err)
 	}
+	// Opening waits up to --pod-running-timeout for a running pod (a
+	// deployment at 0 replicas): the row says so meanwhile, instead of
+	// "starting" and no reason.
+	sp.Waiting = func(why string) {
+		f.mu.Lock()
+		f.err = why
+		f.mu.Unlock()
+		m.setState(f, Waiting, why)
+	}
 	sess, err := m.o.Open(ctx, f.Spec, sp)
 	if err != nil {
 		return openError(err)
@@ -519,7 +528,7 @@ func describeBad(r Row) string {
 	case r.State == Failed || r.State == Retrying:
 		return fmt.Sprintf("%s: %s: %s", r.Name, r.State, r.LastError)
 	case r.State != Ready:
-		return fmt.Sprintf("%s: %s", r.Name, r.State)
+		return fmt.Sprintf("%s: %s%s", r.Name, r.State, prefix(": ", r.LastError))
 	default:
 		return fmt.Sprintf("%s: %s%s", r.Name, r.Health, prefix(": ", r.HealthNote))
 	}

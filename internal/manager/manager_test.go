@@ -26,6 +26,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/supervise"
 	"github.com/kpf-dev/kpf/internal/testnet"
 	"github.com/kpf-dev/kpf/internal/tunnel"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -581,5 +582,25 @@ func TestWaitGoodNamesTheTimeoutAsGiven(t *testing.T) {
 	err := m.WaitGood(context.Background(), 300*time.Millisecond-250*time.Nanosecond)
 	if err == nil || !strings.Contains(err.Error(), "not every forward was healthy after 300ms:\n  api: waiting: no cluster") {
 		t.Fatalf("WaitGood = %v", err)
+	}
+}
+
+// A forward whose target has no running pod yet (a deployment at 0
+// replicas, a pod still Pending) waits for one as it opens; meanwhile its
+// row and --wait's summary say so and why, instead of "starting".
+func TestOpeningSaysWhatItWaitsFor(t *testing.T) {
+	h := newHarness(t, spec.Defaults())
+	pending := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "pend-1", Namespace: ns}, Status: corev1.PodStatus{Phase: corev1.PodPending}}
+	if _, err := h.s.Client.CoreV1().Pods(ns).Create(context.Background(), pending, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.m.Start(context.Background(), []config.Forward{fw("pend", "pend-1", nil)})
+	err := h.m.WaitGood(context.Background(), time.Second)
+	want := `pend: waiting for pod: no running pod for pod/pend-1 in namespace "shop" yet (it is Pending); waiting up to 1m0s`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("WaitGood = %v, want %q", err, want)
+	}
+	if r := h.row(t, "pend"); r.State != Waiting || !strings.Contains(r.LastError, "it is Pending") {
+		t.Fatalf("row %+v: want waiting for pod, and why", r)
 	}
 }

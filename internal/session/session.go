@@ -39,13 +39,16 @@ type Spec struct {
 	AutoAddress       bool
 	Transport         tunnel.Transport
 	PodRunningTimeout time.Duration
-	ReconnectWait     time.Duration
-	MaxRetries        int
-	NoReconnect       bool
-	Balance           bool
-	IdleTimeout       time.Duration
-	DataPath          tunnel.DataPath
-	PingInterval      time.Duration // kpf's data path pings tunnels this often (0: the default)
+	// Waiting, if set, hears why Open waits for a running pod, when it
+	// begins to (target.Resolver's Waiting).
+	Waiting       func(why string)
+	ReconnectWait time.Duration
+	MaxRetries    int
+	NoReconnect   bool
+	Balance       bool
+	IdleTimeout   time.Duration
+	DataPath      tunnel.DataPath
+	PingInterval  time.Duration // kpf's data path pings tunnels this often (0: the default)
 	// UDPRelay is where the relay of /udp ports runs (pod, ephemeral);
 	// RelayImage runs it; UDPIdleTimeout ends a peer's flow.
 	UDPRelay       string
@@ -116,7 +119,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	deps.Cluster = deps.Cluster.Acquire()
 	context.AfterFunc(ctx, deps.Cluster.Release)
-	r := &target.Resolver{Objects: deps.Objects, Pods: deps.Cluster.Client().CoreV1(), PodRunningTimeout: spec.PodRunningTimeout}
+	r := &target.Resolver{Objects: deps.Objects, Pods: deps.Cluster.Client().CoreV1(), PodRunningTimeout: spec.PodRunningTimeout, Waiting: spec.Waiting}
 	t, err := r.Resolve(ctx, spec.Namespace, spec.Target, spec.Ports)
 	if err != nil {
 		cancel()
