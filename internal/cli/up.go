@@ -50,6 +50,8 @@ type UpOptions struct {
 	names []string
 	file  *config.File
 	id    identity.Identity
+	// startDaemon starts the daemon of home (startDaemon; a test's own).
+	startDaemon func(home daemon.Home, errOut io.Writer, args ...string) error
 }
 
 // fileSettings are the settings kpf up and kpf run take: how every forward
@@ -57,7 +59,7 @@ type UpOptions struct {
 var fileSettings = []string{spec.FlagTransport, spec.FlagReconnectWait, spec.FlagPodRunningTimeout, spec.FlagDataPath, spec.FlagPingInterval, spec.FlagUDPRelay, spec.FlagRelayImage, spec.FlagUDPIdleTimeout}
 
 func newUpCommand(g *globals) *cobra.Command {
-	o := &UpOptions{g: g, Settings: spec.Defaults(), Table: "auto"}
+	o := &UpOptions{g: g, Settings: spec.Defaults(), Table: "auto", startDaemon: startDaemon}
 	cmd := &cobra.Command{
 		Use:   "up [NAME...] [-f FILE]",
 		Short: "Run the forwards of kpf.yaml (or -f FILE), all or the named ones, with a live status table",
