@@ -347,6 +347,9 @@ func (p *pickFlags) request(ctx context.Context, c *daemon.Client, names []strin
 }
 
 func pickedText(ps []api.Picked) string {
+	if len(ps) == 0 {
+		return "none (no forward was running)" // not "stopped: " and nothing
+	}
 	var parts []string
 	for _, p := range ps {
 		parts = append(parts, fmt.Sprintf("%s (%s)", strings.Join(p.Names, ", "), p.File))

@@ -89,3 +89,10 @@ func TestUpDetachedOutlivesAnExitingDaemon(t *testing.T) {
 		t.Fatalf("the new daemon: %+v, %v", st, err)
 	}
 }
+
+// kpf down --all with nothing running says so, not "stopped: " and nothing.
+func TestPickedTextOfNothing(t *testing.T) {
+	if got := pickedText(nil); got != "none (no forward was running)" {
+		t.Fatalf("pickedText(nil) = %q", got)
+	}
+}
