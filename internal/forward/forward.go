@@ -230,6 +230,7 @@ func (c *Counters) end(err error) {
 // and closed; the others and the listeners carry on. It closes the
 // listeners and waits for its connections.
 func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Writer, log *slog.Logger, opts Options) error {
+	stopped := ctx // done when the forward is stopped (Ctrl-C, kpf down), not lost
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	idle := newIdleTimer(opts.IdleTimeout)
@@ -290,6 +291,12 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 							e.FirstByte = first.Sub(start)
 						}
 						opts.Ended(e)
+					}
+					if err != nil && stopped.Err() != nil {
+						// Cut by stopping the forward: not a failure to
+						// report (Ctrl-C printed an error per open one).
+						log.Debug("connection closed: the forward stopped", keyClient, c.RemoteAddr().String(), keyLocal, l.Port.Local, keyErr, err)
+						return
 					}
 					if err != nil {
 						log.Error("connection failed", keyClient, c.RemoteAddr().String(), keyLocal, l.Port.Local, keyRemote, l.Port.Remote, keyErr, err)
