@@ -90,7 +90,10 @@ func TestReapplyFromAnotherShellKeepsConnections(t *testing.T) {
 	// The same file, from another folder and another shell.
 	up := k.cmd("up", "-d", "-f", file)
 	up.Dir = t.TempDir()
-	up.Env = append(up.Env, "PWD="+up.Dir, "OLDPWD="+k.dir, "TERM=screen-256color", "COLUMNS=91", "FOO=secret")
+	// A virtualenv's PATH too: the kubeconfig runs no exec plugin, so
+	// where one would be found is not part of the identity.
+	venv := filepath.Join(t.TempDir(), "venv", "bin")
+	up.Env = append(up.Env, "PWD="+up.Dir, "OLDPWD="+k.dir, "TERM=screen-256color", "COLUMNS=91", "FOO=secret", "PATH="+venv+string(os.PathListSeparator)+os.Getenv("PATH"))
 	out, err := up.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "unchanged: web") || strings.Contains(string(out), "restarted") {
 		t.Fatalf("kpf up -d from another shell: %v\n%s", err, out)

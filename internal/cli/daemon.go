@@ -35,27 +35,23 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 	if metricsAddr == "" {
 		metricsAddr = o.file.Metrics
 	}
-	if !c.Running() {
-		var args []string
-		if metricsAddr != "" {
-			args = append(args, "--metrics-addr", metricsAddr)
-		}
-		if err := startDaemon(home, o.g.errOut, args...); err != nil {
-			return err
-		}
-		deadline := time.Now().Add(15 * time.Second)
-		for !c.Running() {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("the kpf daemon did not answer on %s within 15s; its log is %s", home.Socket(), home.Log())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
 	abs, err := filepath.Abs(o.file.Path)
 	if err != nil {
 		return err
 	}
-	res, err := c.Apply(ctx, api.ApplyRequest{File: abs, Names: o.names, Identity: o.id, Settings: o.Settings})
+	var res *api.ApplyResult
+	// A daemon that answered may be exiting (kpf down stopped its last
+	// forward meanwhile): the apply then finds no daemon, and is made
+	// again to the next one (applying is idempotent).
+	for try := 1; ; try++ {
+		if err := o.ensureDaemon(c, home, metricsAddr); err != nil {
+			return err
+		}
+		res, err = c.Apply(ctx, api.ApplyRequest{File: abs, Names: o.names, Identity: o.id, Settings: o.Settings})
+		if !errors.Is(err, daemon.ErrNotRunning) || try == 3 {
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -78,6 +74,9 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 		return nil
 	}
 	st, err := c.Wait(ctx, abs, o.WaitTimeout)
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted before every forward was ready; they go on running in the daemon (kpf status shows them, kpf down stops them): %w", ctx.Err())
+	}
 	refreshHostsFiles(ctx, o.g, home)
 	if err != nil {
 		if st2, serr := c.Status(ctx, abs); serr == nil {
@@ -86,6 +85,29 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 		return err
 	}
 	writeTable(o.g.out, st.Forwards, false)
+	return nil
+}
+
+// ensureDaemon starts the daemon of home unless one answers, and waits
+// until it does.
+func (o *UpOptions) ensureDaemon(c *daemon.Client, home daemon.Home, metricsAddr string) error {
+	if c.Running() {
+		return nil
+	}
+	var args []string
+	if metricsAddr != "" {
+		args = append(args, "--metrics-addr", metricsAddr)
+	}
+	if err := o.startDaemon(home, o.g.errOut, args...); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !c.Running() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the kpf daemon did not answer on %s within 15s; its log is %s", home.Socket(), home.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	return nil
 }
 
@@ -325,6 +347,9 @@ func (p *pickFlags) request(ctx context.Context, c *daemon.Client, names []strin
 }
 
 func pickedText(ps []api.Picked) string {
+	if len(ps) == 0 {
+		return "none (no forward was running)" // not "stopped: " and nothing
+	}
 	var parts []string
 	for _, p := range ps {
 		parts = append(parts, fmt.Sprintf("%s (%s)", strings.Join(p.Names, ", "), p.File))

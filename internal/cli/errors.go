@@ -33,7 +33,7 @@ func explainConfig(err error) error {
 }
 
 // explain turns a target resolution error into advice.
-func explain(ctx context.Context, err error, namespace string, kube *genericclioptions.ConfigFlags, cfg *rest.Config) error {
+func explain(ctx context.Context, err error, namespace string, kube genericclioptions.RESTClientGetter, cfg *rest.Config) error {
 	if e := explainNetwork(err, cfg); e != nil {
 		return e
 	}
@@ -62,7 +62,7 @@ func explain(ctx context.Context, err error, namespace string, kube *genericclio
 
 // notFoundHint suggests close names in the namespace and namespaces that
 // hold the exact name. Lookups that are not allowed are skipped quietly.
-func notFoundHint(resourceName, group, name, namespace string, kube *genericclioptions.ConfigFlags) string {
+func notFoundHint(resourceName, group, name, namespace string, kube genericclioptions.RESTClientGetter) string {
 	typ := resourceName
 	if group != "" {
 		typ += "." + group
@@ -241,7 +241,7 @@ func explainDial(err error, cfg *rest.Config, t *target.Target) error {
 }
 
 // explainOpen turns a failure to open a session into advice.
-func explainOpen(ctx context.Context, err error, namespace string, kube *genericclioptions.ConfigFlags, cfg *rest.Config) error {
+func explainOpen(ctx context.Context, err error, namespace string, kube genericclioptions.RESTClientGetter, cfg *rest.Config) error {
 	var se *session.StageError
 	if !errors.As(err, &se) {
 		return err

@@ -185,7 +185,7 @@ func (o *ForwardOptions) Run(ctx context.Context) error {
 		sess.Store(s)
 	}
 	if err != nil {
-		return withDoctor(ctx, explainOpen(ctx, err, sp.Namespace, o.cluster.Flags(), o.cluster.Config()), o.doctor)
+		return withDoctor(ctx, explainOpen(ctx, err, sp.Namespace, o.cluster.Getter(), o.cluster.Config()), o.doctor)
 	}
 	err = s.Serve(ctx)
 	if err == nil && errors.Is(context.Cause(ctx), errTimeout) {

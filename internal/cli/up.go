@@ -21,6 +21,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
 	"github.com/kpf-dev/kpf/internal/daemon/api"
+	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/httplog"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
@@ -49,6 +50,8 @@ type UpOptions struct {
 	names []string
 	file  *config.File
 	id    identity.Identity
+	// startDaemon starts the daemon of home (startDaemon; a test's own).
+	startDaemon func(home daemon.Home, errOut io.Writer, args ...string) error
 }
 
 // fileSettings are the settings kpf up and kpf run take: how every forward
@@ -56,7 +59,7 @@ type UpOptions struct {
 var fileSettings = []string{spec.FlagTransport, spec.FlagReconnectWait, spec.FlagPodRunningTimeout, spec.FlagDataPath, spec.FlagPingInterval, spec.FlagUDPRelay, spec.FlagRelayImage, spec.FlagUDPIdleTimeout}
 
 func newUpCommand(g *globals) *cobra.Command {
-	o := &UpOptions{g: g, Settings: spec.Defaults(), Table: "auto"}
+	o := &UpOptions{g: g, Settings: spec.Defaults(), Table: "auto", startDaemon: startDaemon}
 	cmd := &cobra.Command{
 		Use:   "up [NAME...] [-f FILE]",
 		Short: "Run the forwards of kpf.yaml (or -f FILE), all or the named ones, with a live status table",
@@ -261,9 +264,19 @@ func writeTable(w io.Writer, rows []api.Forward, who bool) {
 		} else if udp {
 			fmt.Fprint(tw, "-\t")
 		}
-		fmt.Fprintf(tw, "%s\n", dash(shorten(r.LastError, 60)))
+		fmt.Fprintf(tw, "%s\n", dash(shorten(lastError(r), 60)))
 	}
 	tw.Flush()
+}
+
+// lastError is what the LAST ERROR column says of r: why it is down, or
+// else why it is unhealthy (a ready forward whose check fails has no
+// error of its own, and the table said "unhealthy" and nothing more).
+func lastError(r api.Forward) string {
+	if r.LastError == "" && r.Health == manager.HealthUnhealthy {
+		return r.HealthNote
+	}
+	return r.LastError
 }
 
 func dash(s string) string {
@@ -273,11 +286,14 @@ func dash(s string) string {
 	return s
 }
 
+// shorten cuts s to n runes, the last one an ellipsis (never inside a
+// rune: an error may quote anything).
 func shorten(s string, n int) string {
-	if len(s) <= n {
+	r := []rune(s)
+	if len(r) <= n {
 		return s
 	}
-	return s[:n-1] + "…"
+	return string(r[:n-1]) + "…"
 }
 
 func bytesText(n int64) string {
@@ -319,10 +335,27 @@ func newOpener(file string, id identity.Identity, clusters *cluster.Registry, lo
 		s, err := session.Open(ctx, spec, deps)
 		if err != nil {
 			deps.HTTPLog.Close()
-			return nil, withDoctor(ctx, explainOpen(ctx, err, spec.Namespace, c.Flags(), c.Config()), doctorForFile(file, fw))
+			return nil, withDoctor(ctx, withListenReasons(explainOpen(ctx, err, spec.Namespace, c.Getter(), c.Config())), doctorForFile(file, fw))
 		}
 		return s, nil
 	}
+}
+
+// withListenReasons adds to "unable to listen on any of the requested
+// ports" why each port could not be bound. kpf forward prints each reason
+// as it happens, as kubectl does; a forward of kpf up or the daemon has
+// only its status, and --wait's summary said no more than that it could
+// not listen (not that another process holds the port, nor the fix).
+func withListenReasons(err error) error {
+	var le *forward.ListenError
+	if !errors.As(err, &le) || len(le.Reasons()) == 0 {
+		return err
+	}
+	why := make([]string, len(le.Reasons()))
+	for i, r := range le.Reasons() {
+		why[i] = strings.ReplaceAll(r.Error(), "\n", "; ")
+	}
+	return fmt.Errorf("%w: %s", err, strings.Join(why, "; "))
 }
 
 // newProxyOpener opens the proxies of a file, connecting as id on the

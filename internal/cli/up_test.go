@@ -12,14 +12,20 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
+	"errors"
+	"fmt"
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/daemon"
 	"github.com/kpf-dev/kpf/internal/daemon/api"
+	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
+	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/spf13/pflag"
+	"net"
 )
 
 // kpf up -d hands the daemon every kubectl connection flag it was given
@@ -128,5 +134,49 @@ func TestTableShowsUDPOnlyWhenThereIsSome(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
 	if !strings.Contains(lines[0], "UDP PEERS DGRAMS IN/OUT") || !strings.Contains(lines[2], "2 120/118") || !strings.Contains(lines[1], "0  -  ") && !strings.Contains(lines[1], " - ") {
 		t.Errorf("table:\n%s", b.String())
+	}
+}
+
+// A ready forward whose check fails shows why in the table, not only
+// "unhealthy"; a long reason is cut on a rune, not inside one.
+func TestTableSaysWhyAForwardIsUnhealthy(t *testing.T) {
+	rows := []api.Forward{
+		{Name: "db", Target: "pod/db-0", State: "ready", Health: "unhealthy", HealthNote: "pod shop/db-0 refused the connection to port 5432: nothing listens there"},
+		{Name: "api", Target: "svc/api", State: "ready", Health: "healthy"},
+		{Name: "é", Target: "svc/é", State: "waiting", Health: "unknown", LastError: strings.Repeat("é", 80)},
+	}
+	var b strings.Builder
+	writeTable(&b, rows, false)
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if !strings.Contains(lines[1], "pod shop/db-0 refused the connection to port 5432: nothing …") {
+		t.Errorf("the unhealthy forward's row does not say why:\n%s", b.String())
+	}
+	if !strings.HasSuffix(strings.TrimSpace(lines[2]), " -") {
+		t.Errorf("a healthy forward shows an error:\n%s", b.String())
+	}
+	if !utf8.ValidString(b.String()) || !strings.Contains(lines[3], strings.Repeat("é", 59)+"…") {
+		t.Errorf("a long reason is not cut on a rune:\n%s", b.String())
+	}
+}
+
+// A forward of kpf up or the daemon that cannot bind its port says why in
+// its status (and so in --wait's summary): that another process holds
+// the port, and the fix, not only that it could not listen.
+func TestListenFailureSaysWhy(t *testing.T) {
+	busy, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	port := uint16(busy.Addr().(*net.TCPAddr).Port)
+	addrs, err := portspec.ParseAddresses([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = forward.Listen(addrs, []portspec.Resolved{{Local: port, Remote: 8080}}, io.Discard, io.Discard)
+	got := withListenReasons(&session.StageError{Stage: session.StageListen, Err: err})
+	if !errors.Is(got, forward.ErrNoListener) || !strings.Contains(got.Error(), "address already in use") ||
+		!strings.Contains(got.Error(), fmt.Sprintf("another process holds port %d", port)) || strings.Contains(got.Error(), "\n") {
+		t.Fatalf("%q: want the reason, the holder and the fix on one line", got)
 	}
 }

@@ -38,9 +38,15 @@ import (
 	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
+	"k8s.io/apimachinery/pkg/api/meta"
 	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 // The client-side rate limit of every connection, when the kubeconfig
@@ -279,6 +285,9 @@ type conn struct {
 
 	whoOnce sync.Once
 	who     string
+
+	getterOnce sync.Once
+	getter     *getter
 }
 
 // Conn is one user's hold on a connection to an API server as an
@@ -324,6 +333,61 @@ func (c *conn) close() {
 	c.watches.Stop()
 	utilnet.CloseIdleConnectionsFor(c.hc.Transport)
 }
+
+// Getter is the connection as kubectl's RESTClientGetter, for the
+// resource builder (how TYPE/NAME is found, as kubectl finds it): its REST
+// clients, discovery and REST mapper go over the connection's HTTP client.
+// Flags' would make a transport, and a TLS connection to the API server,
+// per call whenever the identity sets a proxy function (it does, for the
+// command's HTTPS_PROXY), which client-go cannot cache: every forward's
+// open, and every retry of one that waits, left a connection open for
+// the 90 s of its idle timeout (a daemon held 217 of them after 45
+// applies of one file of five forwards).
+func (c *Conn) Getter() genericclioptions.RESTClientGetter {
+	c.c.getterOnce.Do(func() { c.c.getter = newGetter(c.c) })
+	return c.c.getter
+}
+
+// getter is a connection's RESTClientGetter.
+type getter struct {
+	cfg    *rest.Config // over the connection's transport
+	loader clientcmd.ClientConfig
+	disc   discovery.CachedDiscoveryInterface
+	mapper meta.RESTMapper
+	err    error
+}
+
+func newGetter(c *conn) *getter {
+	// The transport holds the TLS configuration and the credentials (a
+	// rest.Config with a Transport must hold neither): what is left is
+	// where to send requests and how fast.
+	cfg := &rest.Config{
+		Host: c.cfg.Host, APIPath: c.cfg.APIPath, ContentConfig: c.cfg.ContentConfig,
+		QPS: c.cfg.QPS, Burst: c.cfg.Burst, RateLimiter: c.cfg.RateLimiter, Timeout: c.cfg.Timeout,
+		WarningHandler: c.cfg.WarningHandler, Transport: c.hc.Transport,
+	}
+	g := &getter{cfg: cfg}
+	if c.flags != nil {
+		g.loader = c.flags.ToRawKubeConfigLoader()
+	} else {
+		g.loader = clientcmd.NewDefaultClientConfig(*clientcmdapi.NewConfig(), nil)
+	}
+	dc, err := discovery.NewDiscoveryClientForConfigAndClient(rest.CopyConfig(cfg), c.hc)
+	if err != nil {
+		g.err = &ConfigError{err}
+		return g
+	}
+	g.disc = memory.NewMemCacheClient(dc)
+	g.mapper = restmapper.NewShortcutExpander(restmapper.NewDeferredDiscoveryRESTMapper(g.disc), g.disc, nil)
+	return g
+}
+
+func (g *getter) ToRESTConfig() (*rest.Config, error) { return rest.CopyConfig(g.cfg), g.err }
+func (g *getter) ToDiscoveryClient() (discovery.CachedDiscoveryInterface, error) {
+	return g.disc, g.err
+}
+func (g *getter) ToRESTMapper() (meta.RESTMapper, error)        { return g.mapper, g.err }
+func (g *getter) ToRawKubeConfigLoader() clientcmd.ClientConfig { return g.loader }
 
 // Identity is who the connection connects as.
 func (c *Conn) Identity() identity.Identity { return c.c.id }

@@ -56,6 +56,11 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Interrupted (Ctrl-C on kpf up --wait): the caller's own
+			// reason, not the client's "Post http://kpf/v1/wait?...".
+			return ctx.Err()
+		}
 		var ue *url.Error
 		if errors.As(err, &ue) && ctx.Err() == nil {
 			return ErrNotRunning

@@ -387,6 +387,14 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 			pool, err := f.dialPool(f.ctx, pod)
 			f.mu.Lock()
 			st.dialing = false
+			if err == nil && f.ctx.Err() != nil {
+				// The follower stopped while it dialled (closeAll ran
+				// already): installed, nobody would close the pool, nor
+				// end its watcher.
+				pool.Close()
+				f.mu.Unlock()
+				return nil, nil, nil, f.ctx.Err()
+			}
 			if err != nil {
 				f.failed(st, err)
 			} else if _, still := f.pods[pod.UID]; !still || !usable(st.pod) {
@@ -664,7 +672,7 @@ func (f *Follower) Prime(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	st, ok := f.pods[f.o.Initial.UID]
-	if !ok || st.pool != nil {
+	if !ok || st.pool != nil || f.ctx.Err() != nil {
 		pool.Close()
 		return nil
 	}

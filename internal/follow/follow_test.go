@@ -18,6 +18,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/testnet"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	"k8s.io/apimachinery/pkg/labels"
+	"runtime"
 )
 
 const ns = "shop"
@@ -489,4 +490,29 @@ func TestCheckHearsTheCurrentPodAtOnce(t *testing.T) {
 	if d := time.Since(start); d >= refusedGrace {
 		t.Errorf("the refusal took %s, the replay's grace", d)
 	}
+}
+
+// A pool whose dial ends as the follower stops (kpf down, a restart)
+// is closed, not installed after closeAll ran: its watcher would wait
+// for it forever (a daemon gained a goroutine per restarted forward).
+func TestPoolDialledAsTheFollowerStopsIsClosed(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
+	var stop context.CancelFunc
+	var once sync.Once
+	f, cancel := newFollower(t, s, func(o *Options) {
+		o.Dial = func(ctx context.Context, pod string) (*tunnel.Conn, error) {
+			once.Do(func() { stop() }) // the forward stops while its first pool is dialled
+			return tunnel.Dial(context.Background(), tunnel.APIServer{Config: s.Config}, ns, pod, tunnel.SPDY, tunnel.OwnDataPath)
+		}
+	})
+	stop = cancel
+	client, server := testnet.TCPPair(t)
+	defer client.Close()
+	f.Forward(context.Background(), server, 80, nil)
+	server.Close()
+	waitFor(t, 3*time.Second, "no pool watcher left", func() bool {
+		buf := make([]byte, 1<<20)
+		return !strings.Contains(string(buf[:runtime.Stack(buf, true)]), "follow.(*Follower).watchPool")
+	})
 }

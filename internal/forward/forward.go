@@ -57,20 +57,26 @@ func Listen(addrs []portspec.Address, ports []portspec.Resolved, out, errOut io.
 		all = append(all, ls...)
 	}
 	if len(all) == 0 {
-		return nil, &listenError{fmt.Sprintf("%v: %s", ErrNoListener, describe(ports)), errs}
+		return nil, &ListenError{fmt.Sprintf("%v: %s", ErrNoListener, describe(ports)), errs}
 	}
 	return all, nil
 }
 
-// listenError is ErrNoListener, with the reason of each port (what
-// errors.Is sees, the message being kubectl's).
-type listenError struct {
+// ListenError is ErrNoListener, with the reason of each port (what
+// errors.Is sees, the message being kubectl's: kpf forward prints each
+// reason as it happens, as kubectl does).
+type ListenError struct {
 	msg  string
 	errs []error
 }
 
-func (e *listenError) Error() string   { return e.msg }
-func (e *listenError) Unwrap() []error { return append([]error{ErrNoListener}, e.errs...) }
+func (e *ListenError) Error() string   { return e.msg }
+func (e *ListenError) Unwrap() []error { return append([]error{ErrNoListener}, e.errs...) }
+
+// Reasons are why each port could not be bound, for where the lines
+// printed meanwhile are not seen (a forward's status in kpf up and the
+// daemon).
+func (e *ListenError) Reasons() []error { return e.errs }
 
 func listenPort(addrs []portspec.Address, p portspec.Resolved, out, errOut io.Writer) ([]*Listener, error) {
 	var ls []*Listener
@@ -224,6 +230,7 @@ func (c *Counters) end(err error) {
 // and closed; the others and the listeners carry on. It closes the
 // listeners and waits for its connections.
 func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Writer, log *slog.Logger, opts Options) error {
+	stopped := ctx // done when the forward is stopped (Ctrl-C, kpf down), not lost
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	idle := newIdleTimer(opts.IdleTimeout)
@@ -284,6 +291,12 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 							e.FirstByte = first.Sub(start)
 						}
 						opts.Ended(e)
+					}
+					if err != nil && stopped.Err() != nil {
+						// Cut by stopping the forward: not a failure to
+						// report (Ctrl-C printed an error per open one).
+						log.Debug("connection closed: the forward stopped", keyClient, c.RemoteAddr().String(), keyLocal, l.Port.Local, keyErr, err)
+						return
 					}
 					if err != nil {
 						log.Error("connection failed", keyClient, c.RemoteAddr().String(), keyLocal, l.Port.Local, keyRemote, l.Port.Remote, keyErr, err)

@@ -278,3 +278,36 @@ func TestExplainListenPermission(t *testing.T) {
 		t.Errorf("got %v", err)
 	}
 }
+
+// Stopping a forward (Ctrl-C, kpf down) cuts its open connections without
+// logging each as a failed one.
+func TestStoppingLogsNoFailedConnections(t *testing.T) {
+	var out, errOut syncBuffer
+	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 7}}, &out, &errOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun := &fakeTunnel{done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- Serve(ctx, ls, tun, &out, slog.New(slog.NewTextHandler(&errOut, nil)), Options{})
+	}()
+	c, err := net.Dial("tcp", ls[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("ping"))
+	if _, err := io.ReadFull(c, make([]byte, 4)); err != nil { // it is being forwarded
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatalf("Serve = %v", err)
+	}
+	if strings.Contains(errOut.String(), "connection failed") {
+		t.Errorf("stopping logged the open connection as failed:\n%s", errOut.String())
+	}
+}

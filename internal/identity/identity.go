@@ -78,7 +78,8 @@ func (id Identity) Equal(o Identity) bool {
 // kpf connects, kept with its identity (README: "The daemon runs each file
 // as the command that applied it"): where the kubeconfig is and where
 // kubectl caches, the proxies (both cases, as net/http reads them), the
-// PATH and HOME exec plugins are found and run with, and the CA bundles
+// PATH (kept only when a kubeconfig in effect has an exec plugin) and
+// HOME exec plugins are found and run with, and the CA bundles
 // plugins' HTTP clients read. Add a name here for a variable that every
 // user of a plugin needs; a user's own variable goes in KPF_PASS_ENV.
 var EnvNames = []string{
@@ -192,6 +193,15 @@ func (f *Flags) Capture(fs *pflag.FlagSet, env []string, dir string) Identity {
 		}
 		kept[k] = v
 	}
+	// PATH decides only where exec credential plugins are found (and
+	// what they run): kept when a kubeconfig in effect has one. Otherwise
+	// a virtualenv, direnv or nvm that changes PATH from one folder or
+	// terminal to the next made another identity, and applying a file
+	// again from there restarted every forward and cut its connections.
+	kubeconfigs := id.kubeconfigsWith(kept)
+	if _, ok := kept["PATH"]; ok && !usesPlugins(kubeconfigs) {
+		delete(kept, "PATH")
+	}
 	for _, k := range slices.Sorted(maps.Keys(kept)) {
 		id.Env = append(id.Env, k+"="+kept[k])
 	}
@@ -199,6 +209,35 @@ func (f *Flags) Capture(fs *pflag.FlagSet, env []string, dir string) Identity {
 		id.Files = append(id.Files, File{Path: p, SHA256: hashFile(p)})
 	}
 	return id
+}
+
+// kubeconfigsWith are the kubeconfig files in effect for id with the
+// environment kept (before it is set in id.Env).
+func (id Identity) kubeconfigsWith(kept map[string]string) []string {
+	probe := Identity{Flags: id.Flags}
+	for _, k := range []string{"KUBECONFIG", "HOME"} {
+		if v, ok := kept[k]; ok {
+			probe.Env = append(probe.Env, k+"="+v)
+		}
+	}
+	return probe.kubeconfigs()
+}
+
+// usesPlugins reports whether any of the kubeconfig files names a user
+// with an exec credential plugin or an auth provider (which may run one).
+func usesPlugins(files []string) bool {
+	for _, p := range files {
+		cfg, err := clientcmd.LoadFromFile(p)
+		if err != nil {
+			continue
+		}
+		for _, u := range cfg.AuthInfos {
+			if u.Exec != nil || u.AuthProvider != nil {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // filePaths are the files id reads: the kubeconfig files in effect (as

@@ -222,8 +222,10 @@ func TestCaptureKeepsOnlyWhatConnects(t *testing.T) {
 		"KPF_PASS_ENV=CORP_SSO, MY_*", "CORP_SSO=team", "CORP_OTHER=no", "MY_A=1", "MY_B=2",
 		"AWS_PROFILE=prod", // the last wins, as in a shell
 	}, "/src/a")
+	// No PATH: no kubeconfig in effect (/home/u/.kube/config is missing)
+	// runs an exec plugin (TestPathOnlyWithPlugins).
 	want := []string{"AWS_PROFILE=prod", "CLOUDSDK_CONFIG=/g", "CORP_SSO=team", "HOME=/home/u", "KPF_PASS_ENV=CORP_SSO, MY_*",
-		"MY_A=1", "MY_B=2", "PATH=/usr/bin", "https_proxy=http://p:3128"}
+		"MY_A=1", "MY_B=2", "https_proxy=http://p:3128"}
 	if !slices.Equal(id.Env, want) {
 		t.Fatalf("kept %q\nwant %q", id.Env, want)
 	}
@@ -278,5 +280,31 @@ func TestEqualComparesWhatConnects(t *testing.T) {
 	f.AddFlags(fs)
 	if id := f.Capture(fs, []string{"HOME=/home/u"}, dir); len(id.Files) != 1 || id.Files[0].Path != "/home/u/.kube/config" || id.Files[0].SHA256 != "" {
 		t.Errorf("files %+v: want /home/u/.kube/config, missing", id.Files)
+	}
+}
+
+// PATH is where exec credential plugins are found: it is part of the
+// identity when a kubeconfig in effect has one, and only then, so that a
+// virtualenv or direnv that changes PATH from one folder to the next does
+// not make applying a file again restart its forwards.
+func TestPathOnlyWithPlugins(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "plain.yaml", kubeconfig("ctx", "u", "https://a.example:6443", ""))
+	write(t, dir, "exec.yaml", kubeconfig("ctx", "u", "https://a.example:6443", `
+    exec:
+      apiVersion: client.authentication.k8s.io/v1
+      command: my-plugin`))
+	capture := func(kc, path string) Identity {
+		f := NewFlags()
+		fs := pflag.NewFlagSet("kpf", pflag.ContinueOnError)
+		f.AddFlags(fs)
+		return f.Capture(fs, []string{"KUBECONFIG=" + filepath.Join(dir, kc), "PATH=" + path, "HOME=/home/u"}, dir)
+	}
+	if a, b := capture("plain.yaml", "/usr/bin"), capture("plain.yaml", "/venv/bin:/usr/bin"); !a.Equal(b) {
+		t.Errorf("another PATH with no plugin to find made another identity:\n%+v\n%+v", a, b)
+	}
+	a, b := capture("exec.yaml", "/usr/bin"), capture("exec.yaml", "/venv/bin:/usr/bin")
+	if a.Equal(b) || a.Getenv("PATH") != "/usr/bin" {
+		t.Errorf("with an exec plugin, PATH is kept and compared: %+v", a)
 	}
 }

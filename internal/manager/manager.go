@@ -220,6 +220,15 @@ func (m *Manager) serveOnce(ctx context.Context, f *Forward, up func()) error {
 	if err != nil {
 		return supervise.Permanent(err)
 	}
+	// Opening waits up to --pod-running-timeout for a running pod (a
+	// deployment at 0 replicas): the row says so meanwhile, instead of
+	// "starting" and no reason.
+	sp.Waiting = func(why string) {
+		f.mu.Lock()
+		f.err = why
+		f.mu.Unlock()
+		m.setState(f, Waiting, why)
+	}
 	sess, err := m.o.Open(ctx, f.Spec, sp)
 	if err != nil {
 		return openError(err)
@@ -505,7 +514,9 @@ func (m *Manager) WaitGood(ctx context.Context, timeout time.Duration) error {
 			return ctx.Err()
 		case <-deadline:
 			sort.Strings(bad)
-			return fmt.Errorf("not every forward was healthy after %s:\n  %s", timeout, strings.Join(bad, "\n  "))
+			// The daemon passes what is left of the user's --timeout: not
+			// "after 9.999999761s" for 10s.
+			return fmt.Errorf("not every forward was healthy after %s:\n  %s", timeout.Round(time.Millisecond), strings.Join(bad, "\n  "))
 		case <-changed:
 		case <-time.After(250 * time.Millisecond):
 		}
@@ -517,7 +528,7 @@ func describeBad(r Row) string {
 	case r.State == Failed || r.State == Retrying:
 		return fmt.Sprintf("%s: %s: %s", r.Name, r.State, r.LastError)
 	case r.State != Ready:
-		return fmt.Sprintf("%s: %s", r.Name, r.State)
+		return fmt.Sprintf("%s: %s%s", r.Name, r.State, prefix(": ", r.LastError))
 	default:
 		return fmt.Sprintf("%s: %s%s", r.Name, r.Health, prefix(": ", r.HealthNote))
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/supervise"
 	"github.com/kpf-dev/kpf/internal/testnet"
 	"github.com/kpf-dev/kpf/internal/tunnel"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -358,16 +359,16 @@ func TestTCPCheckNeedsAListener(t *testing.T) {
 	get := &config.Health{Type: "http", Path: "/", StatusMin: 200, StatusMax: 399, Interval: 50 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
 	h.m.Start(context.Background(), []config.Forward{fw("dead", "dead-1", tcp), fw("mute", "mute-1", tcp), fw("deaf", "deaf-1", short), fw("deadweb", "dead-1", get)})
 	err := h.m.WaitGood(context.Background(), 3*time.Second)
-	if err == nil || !strings.Contains(err.Error(), "dead: unhealthy: unhealthy: pod shop/dead-1 refused the connection to port 80: nothing listens there") {
+	if err == nil || !strings.Contains(err.Error(), "dead: unhealthy: pod shop/dead-1 refused the connection to port 80: nothing listens there") {
 		t.Fatalf("WaitGood = %v, want the refused port named", err)
 	}
 	// An http check names the refusal too.
-	if !strings.Contains(err.Error(), "deadweb: unhealthy: unhealthy: GET /: pod shop/dead-1 refused the connection to port 80") {
+	if !strings.Contains(err.Error(), "deadweb: unhealthy: GET /: pod shop/dead-1 refused the connection to port 80") {
 		t.Fatalf("WaitGood = %v, want the http check's refusal named", err)
 	}
 	// No verdict within the timeout (the kubelet here waits for the pod,
 	// which neither answers nor closes) is no proof of a listener.
-	if !strings.Contains(err.Error(), "deaf: unhealthy: unhealthy: ") ||
+	if !strings.Contains(err.Error(), "deaf: unhealthy: ") || strings.Contains(err.Error(), "unhealthy: unhealthy") ||
 		!strings.Contains(err.Error(), "no verdict on port 80 within 300ms") && !strings.Contains(err.Error(), "the last check's connection is still open") {
 		t.Fatalf("WaitGood = %v, want deaf unhealthy for want of a verdict", err)
 	}
@@ -529,4 +530,38 @@ func goroutinesIn(pkgs ...string) string {
 		}
 	}
 	return strings.Join(out, "\n\n")
+}
+
+// WaitGood names the timeout as the user gave it, though the daemon
+// passes what is left of it ("after 9.999999761s" for --timeout 10s).
+func TestWaitGoodNamesTheTimeoutAsGiven(t *testing.T) {
+	m := New(Options{Log: discard, Open: func(context.Context, config.Forward, session.Spec) (*session.Session, error) {
+		return nil, errors.New("no cluster")
+	}})
+	m.Start(context.Background(), []config.Forward{fw("api", "web-1", nil)})
+	defer m.Stop()
+	err := m.WaitGood(context.Background(), 300*time.Millisecond-250*time.Nanosecond)
+	if err == nil || !strings.Contains(err.Error(), "not every forward was healthy after 300ms:\n  api: waiting: no cluster") {
+		t.Fatalf("WaitGood = %v", err)
+	}
+}
+
+// A forward whose target has no running pod yet (a deployment at 0
+// replicas, a pod still Pending) waits for one as it opens; meanwhile its
+// row and --wait's summary say so and why, instead of "starting".
+func TestOpeningSaysWhatItWaitsFor(t *testing.T) {
+	h := newHarness(t, spec.Defaults())
+	pending := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "pend-1", Namespace: ns}, Status: corev1.PodStatus{Phase: corev1.PodPending}}
+	if _, err := h.s.Client.CoreV1().Pods(ns).Create(context.Background(), pending, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.m.Start(context.Background(), []config.Forward{fw("pend", "pend-1", nil)})
+	err := h.m.WaitGood(context.Background(), time.Second)
+	want := `pend: waiting for pod: no running pod for pod/pend-1 in namespace "shop" yet (it is Pending); waiting up to 1m0s`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("WaitGood = %v, want %q", err, want)
+	}
+	if r := h.row(t, "pend"); r.State != Waiting || !strings.Contains(r.LastError, "it is Pending") {
+		t.Fatalf("row %+v: want waiting for pod, and why", r)
+	}
 }

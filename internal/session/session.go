@@ -39,13 +39,16 @@ type Spec struct {
 	AutoAddress       bool
 	Transport         tunnel.Transport
 	PodRunningTimeout time.Duration
-	ReconnectWait     time.Duration
-	MaxRetries        int
-	NoReconnect       bool
-	Balance           bool
-	IdleTimeout       time.Duration
-	DataPath          tunnel.DataPath
-	PingInterval      time.Duration // kpf's data path pings tunnels this often (0: the default)
+	// Waiting, if set, hears why Open waits for a running pod, when it
+	// begins to (target.Resolver's Waiting).
+	Waiting       func(why string)
+	ReconnectWait time.Duration
+	MaxRetries    int
+	NoReconnect   bool
+	Balance       bool
+	IdleTimeout   time.Duration
+	DataPath      tunnel.DataPath
+	PingInterval  time.Duration // kpf's data path pings tunnels this often (0: the default)
 	// UDPRelay is where the relay of /udp ports runs (pod, ephemeral);
 	// RelayImage runs it; UDPIdleTimeout ends a peer's flow.
 	UDPRelay       string
@@ -116,7 +119,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	deps.Cluster = deps.Cluster.Acquire()
 	context.AfterFunc(ctx, deps.Cluster.Release)
-	r := &target.Resolver{Objects: deps.Objects, Pods: deps.Cluster.Client().CoreV1(), PodRunningTimeout: spec.PodRunningTimeout}
+	r := &target.Resolver{Objects: deps.Objects, Pods: deps.Cluster.Client().CoreV1(), PodRunningTimeout: spec.PodRunningTimeout, Waiting: spec.Waiting}
 	t, err := r.Resolve(ctx, spec.Namespace, spec.Target, spec.Ports)
 	if err != nil {
 		cancel()
@@ -357,8 +360,25 @@ func (s *Session) Addrs() []string {
 	return out
 }
 
-// ErrUnhealthy is wrapped by failed health checks.
+// ErrUnhealthy is what every failed health check is (errors.Is).
 var ErrUnhealthy = errors.New("unhealthy")
+
+// CheckError is a failed health check. Its text is the reason alone:
+// whoever shows it says "unhealthy" already (the status's health, the
+// events, --wait's summary), which read "unhealthy: unhealthy: ..." when
+// the reason was prefixed with it too.
+type CheckError struct{ Err error }
+
+func (e *CheckError) Error() string { return e.Err.Error() }
+func (e *CheckError) Unwrap() error { return e.Err }
+
+// Is makes every CheckError ErrUnhealthy.
+func (e *CheckError) Is(target error) bool { return target == ErrUnhealthy }
+
+// unhealthy is a failed check, its reason formatted as by fmt.Errorf.
+func unhealthy(format string, a ...any) error {
+	return &CheckError{Err: fmt.Errorf(format, a...)}
+}
 
 // CheckTCP checks the forward's first port on the pod it uses now, as a
 // kubelet's tcpSocket probe checks a port: healthy when the pod's server
@@ -392,16 +412,16 @@ func (s *Session) CheckTCP(ctx context.Context, timeout time.Duration) error {
 	select {
 	case <-p.done:
 		if p.err != nil {
-			return fmt.Errorf("%w: %w", ErrUnhealthy, p.err)
+			return unhealthy("%w", p.err)
 		}
 		return nil
 	case <-local.answered:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", ErrUnhealthy, ctx.Err())
+		return unhealthy("%w", ctx.Err())
 	case <-t.C:
 	}
-	return fmt.Errorf("%w: no verdict on port %d within %s: the kubelet reported no error, and the pod neither answered nor closed the connection", ErrUnhealthy, port, timeout)
+	return unhealthy("no verdict on port %d within %s: the kubelet reported no error, and the pod neither answered nor closed the connection", port, timeout)
 }
 
 // CheckHTTP GETs path on the forward's first port of the pod it uses now
@@ -436,22 +456,22 @@ func (s *Session) CheckHTTP(ctx context.Context, path string, lo, hi int, timeou
 		select {
 		case <-p.done:
 			if p.err != nil {
-				return fmt.Errorf("%w: GET %s: %w", ErrUnhealthy, path, p.err)
+				return unhealthy("GET %s: %w", path, p.err)
 			}
 		case <-ctx.Done():
 		case <-t.C:
 		}
-		return fmt.Errorf("%w: GET %s: no HTTP answer: %w", ErrUnhealthy, path, err)
+		return unhealthy("GET %s: no HTTP answer: %w", path, err)
 	}
 	if code < lo || code > hi {
-		return fmt.Errorf("%w: GET %s: status %d, want %d-%d", ErrUnhealthy, path, code, lo, hi)
+		return unhealthy("GET %s: status %d, want %d-%d", path, code, lo, hi)
 	}
 	return nil
 }
 
 func (s *Session) checkPort() (uint16, error) {
 	if len(s.Listeners) == 0 {
-		return 0, fmt.Errorf("%w: a health check goes to the first TCP port, and this forward has /udp ports only", ErrUnhealthy)
+		return 0, unhealthy("a health check goes to the first TCP port, and this forward has /udp ports only")
 	}
 	return s.Listeners[0].Port.Remote, nil
 }
@@ -488,15 +508,15 @@ func (s *Session) startProbe(ctx context.Context, local net.Conn, port uint16, d
 		select {
 		case <-last.done:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: %w", ErrUnhealthy, ctx.Err())
+			return nil, unhealthy("%w", ctx.Err())
 		case <-t.C:
-			return nil, fmt.Errorf("%w: port %d: %w", ErrUnhealthy, port, errCheckBusy)
+			return nil, unhealthy("port %d: %w", port, errCheckBusy)
 		}
 	}
 	s.probes.mu.Lock()
 	defer s.probes.mu.Unlock()
 	if s.probes.ended {
-		return nil, fmt.Errorf("%w: the forward has stopped", ErrUnhealthy)
+		return nil, unhealthy("the forward has stopped")
 	}
 	p := &probe{done: make(chan struct{})}
 	s.probes.last = p

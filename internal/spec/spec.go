@@ -114,6 +114,8 @@ func (s *Settings) AddFlags(fs *pflag.FlagSet, which ...string) {
 	}
 	if want(FlagPingInterval) {
 		fs.DurationVar(&s.PingInterval, FlagPingInterval, s.PingInterval, "How often kpf's data path pings each tunnel, so that idle tunnels survive proxies' and load balancers' idle timeouts (set it below theirs); a tunnel that answers nothing for two intervals is closed and redialled")
+		fl := fs.Lookup(FlagPingInterval)
+		fl.Value = pingValue{fl.Value, &s.PingInterval}
 	}
 	if want(FlagDataPath) {
 		fs.Var(canonical[tunnel.DataPath]{&s.DataPath, tunnel.ParseDataPath}, FlagDataPath, "SPDY implementation on kpf's side: kpf (its own) or client-go (kubectl's), as an escape hatch")
@@ -179,6 +181,24 @@ func Session(fw config.Forward, s Settings) (session.Spec, error) {
 		RelayImage:        cmp.Or(s.RelayImage, DefaultRelayImage),
 		UDPIdleTimeout:    s.UDPIdleTimeout,
 	}, nil
+}
+
+// pingValue is --ping-interval: a duration, where 0 is refused. In the
+// settings 0 stands for the default (a client that sends none), so a 0
+// typed by a user, who means "no pings", would silently ping every 15 s.
+type pingValue struct {
+	pflag.Value
+	p *time.Duration
+}
+
+func (v pingValue) Set(s string) error {
+	if err := v.Value.Set(s); err != nil {
+		return err
+	}
+	if *v.p == 0 {
+		return fmt.Errorf("pings cannot be turned off; give %s or more (the default is %s)", MinPingInterval, tunnel.DefaultPingInterval)
+	}
+	return nil
 }
 
 // canonical is a flag whose value is stored in its canonical form when

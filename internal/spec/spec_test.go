@@ -47,6 +47,25 @@ func TestFlagsStoreCanonicalValuesAndValidateNamesBadOnes(t *testing.T) {
 	}
 }
 
+// A user who types --ping-interval 0 means no pings; 0 in the settings is
+// the default (15 s), so the flag refuses it, naming the flag and the fix.
+func TestPingIntervalZeroIsRefused(t *testing.T) {
+	s := Defaults()
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	s.AddFlags(fs)
+	err := fs.Parse([]string{"--ping-interval", "0"})
+	want := `invalid argument "0" for "--ping-interval" flag: pings cannot be turned off; give 1s or more (the default is 15s)`
+	if err == nil || err.Error() != want {
+		t.Fatalf("--ping-interval 0: %v, want %q", err, want)
+	}
+	if err := fs.Parse([]string{"--ping-interval", "20s"}); err != nil || s.PingInterval != 20*time.Second {
+		t.Fatalf("--ping-interval 20s: %v, %s", err, s.PingInterval)
+	}
+	if fs.Lookup("ping-interval").Value.Type() != "duration" {
+		t.Errorf("type %q, want duration (in help)", fs.Lookup("ping-interval").Value.Type())
+	}
+}
+
 func TestOnlySomeFlagsAndTheSessionSpec(t *testing.T) {
 	s := Defaults()
 	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)

@@ -53,6 +53,10 @@ type Resolver struct {
 	Pods    corev1client.PodsGetter
 	// PodRunningTimeout bounds the wait for a running pod.
 	PodRunningTimeout time.Duration
+	// Waiting, if set, hears once that no pod runs yet and the wait
+	// begins, and why (as the timeout's error would say it), so that a
+	// forward's status can say what it waits for meanwhile.
+	Waiting func(why string)
 }
 
 // Resolve finds the object, waits for a running pod behind it and
@@ -152,6 +156,9 @@ func (r *Resolver) runningPod(ctx context.Context, t *Target) (*corev1.Pod, erro
 	for _, p := range list.Items {
 		byName[p.Name] = p
 	}
+	if r.Waiting != nil {
+		r.Waiting(fmt.Sprintf("no running pod for %s in namespace %q yet (%s); waiting up to %s", t.Ref, t.Namespace, r.notRunningWhat(t, byName), r.PodRunningTimeout))
+	}
 	listOpts.ResourceVersion = list.ResourceVersion
 	w, err := pods.Watch(ctx, listOpts)
 	if err != nil {
@@ -187,6 +194,11 @@ func (r *Resolver) runningPod(ctx context.Context, t *Target) (*corev1.Pod, erro
 }
 
 func (r *Resolver) notRunning(t *Target, seen map[string]corev1.Pod) error {
+	return fmt.Errorf("%w for %s in namespace %q after %s (%s); wait longer with --pod-running-timeout", ErrPodNotRunning, t.Ref, t.Namespace, r.PodRunningTimeout, r.notRunningWhat(t, seen))
+}
+
+// notRunningWhat says what the pods seen are doing instead of running.
+func (r *Resolver) notRunningWhat(t *Target, seen map[string]corev1.Pod) string {
 	what := "no pods match it"
 	if len(seen) > 0 {
 		var states []string
@@ -202,7 +214,7 @@ func (r *Resolver) notRunning(t *Target, seen map[string]corev1.Pod) error {
 			what = "it was deleted"
 		}
 	}
-	return fmt.Errorf("%w for %s in namespace %q after %s (%s); wait longer with --pod-running-timeout", ErrPodNotRunning, t.Ref, t.Namespace, r.PodRunningTimeout, what)
+	return what
 }
 
 func podName(o runtime.Object) string {
