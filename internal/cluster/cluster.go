@@ -36,7 +36,6 @@ import (
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/kube"
-	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	"k8s.io/apimachinery/pkg/api/meta"
 	utilnet "k8s.io/apimachinery/pkg/util/net"
@@ -202,7 +201,7 @@ func (r *Registry) load(id identity.Identity) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.id, c.flags, c.getter, c.namespace = id, flags, target.Shared(flags), ns
+	c.id, c.flags, c.namespace = id, flags, ns
 	return c, nil
 }
 
@@ -270,8 +269,7 @@ type conn struct {
 	refs int // guarded by reg.mu
 
 	id        identity.Identity
-	flags     *genericclioptions.ConfigFlags     // nil for New's
-	getter    genericclioptions.RESTClientGetter // flags, shared by the resource builders of its users
+	flags     *genericclioptions.ConfigFlags // nil for New's
 	cfg       *rest.Config
 	hc        *http.Client
 	client    kube.Interface
@@ -395,10 +393,6 @@ func (c *Conn) Identity() identity.Identity { return c.c.id }
 // Flags are the identity as kubectl's flags (for the resource builder);
 // nil for a connection made with New.
 func (c *Conn) Flags() *genericclioptions.ConfigFlags { return c.c.flags }
-
-// Getter is Flags for the resource builders of the connection's users,
-// which resolve targets at the same time (target.Shared).
-func (c *Conn) Getter() genericclioptions.RESTClientGetter { return c.c.getter }
 
 // Config is the REST configuration; not to be changed.
 func (c *Conn) Config() *rest.Config { return c.c.cfg }

@@ -511,7 +511,7 @@ func TestPoolDialledAsTheFollowerStopsIsClosed(t *testing.T) {
 	defer client.Close()
 	f.Forward(context.Background(), server, 80, nil)
 	server.Close()
-	waitFor(t, 3*time.Second, "no pool watcher left", func() bool {
+	testnet.Within(t, 3*time.Second, "no pool watcher left", func() bool {
 		buf := make([]byte, 1<<20)
 		return !strings.Contains(string(buf[:runtime.Stack(buf, true)]), "follow.(*Follower).watchPool")
 	})
