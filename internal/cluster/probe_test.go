@@ -142,8 +142,11 @@ func TestProbeIsOnePerPeriodForManySubscribers(t *testing.T) {
 func TestProbeTakesAnyAnswerAsAlive(t *testing.T) {
 	for _, status := range []int{http.StatusUnauthorized, http.StatusForbidden, http.StatusInternalServerError, http.StatusTooManyRequests} {
 		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			t.Parallel()
 			l := newLivez(t, status)
-			const period, bound = 20 * time.Millisecond, 60 * time.Millisecond
+			// A bound of many periods: one answer slower than its period
+			// (a loaded CI machine) is not silence.
+			const period, bound = 25 * time.Millisecond, 250 * time.Millisecond
 			p := l.probe(t, period, bound)
 			events, unsubscribe := subscribe(p, 3)
 			defer unsubscribe()
