@@ -628,8 +628,9 @@ var ErrCheckTunnelLost = errors.New("the tunnel was lost before the pod's verdic
 // returns that pod and the kubelet's verdict: no replay on another pod and
 // no grace for a rollout (what Forward gives a client's connection), so
 // that a health check hears the pod's own answer at once. ctx bounds the
-// wait for a pod and a tunnel; the connection itself lasts until either
-// side ends it, or the follower's tunnels close.
+// wait for a pod and a tunnel, and the connection: when ctx ends, its
+// streams are reset, so that a pod that neither answers nor closes holds
+// no check's connection past its check.
 func (f *Follower) Check(ctx context.Context, local net.Conn, port uint16) (string, error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
@@ -645,7 +646,7 @@ func (f *Follower) Check(ctx context.Context, local net.Conn, port uint16) (stri
 			f.poolFailed(st, pool, err)
 			continue
 		}
-		_, err = conn.Forward(local, port, nil)
+		_, err = conn.ForwardContext(ctx, local, port, nil)
 		pool.Release(conn)
 		if err == nil {
 			select {

@@ -353,7 +353,8 @@ func TestTCPCheckNeedsAListener(t *testing.T) {
 	h := newHarness(t, spec.Defaults())
 	h.s.Pod(t, ns, "dead-1", nil, true, fakeapi.Closed(t))
 	h.s.Pod(t, ns, "mute-1", nil, true, mute(t))
-	h.s.Pod(t, ns, "deaf-1", nil, true, deaf(t))
+	var deafConns atomic.Int64
+	h.s.Pod(t, ns, "deaf-1", nil, true, deaf(t, &deafConns))
 	tcp := &config.Health{Type: "tcp", Interval: 50 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
 	short := &config.Health{Type: "tcp", Interval: 50 * time.Millisecond, Timeout: 300 * time.Millisecond, FailureThreshold: 1}
 	get := &config.Health{Type: "http", Path: "/", StatusMin: 200, StatusMax: 399, Interval: 50 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}
@@ -369,11 +370,17 @@ func TestTCPCheckNeedsAListener(t *testing.T) {
 	// No verdict within the timeout (the kubelet here waits for the pod,
 	// which neither answers nor closes) is no proof of a listener.
 	if !strings.Contains(err.Error(), "deaf: unhealthy: ") || strings.Contains(err.Error(), "unhealthy: unhealthy") ||
-		!strings.Contains(err.Error(), "no verdict on port 80 within 300ms") && !strings.Contains(err.Error(), "the last check's connection is still open") {
+		!strings.Contains(err.Error(), "no verdict on port 80 within 300ms") {
 		t.Fatalf("WaitGood = %v, want deaf unhealthy for want of a verdict", err)
 	}
 	if strings.Contains(err.Error(), "mute:") {
 		t.Fatalf("WaitGood = %v: a server that accepts is healthy", err)
+	}
+	// Each check tests the pod again: the last check's connection, which
+	// the pod held open, ended with its check.
+	testnet.Within(t, 5*time.Second, "three checks of the deaf pod", func() bool { return deafConns.Load() >= 3 })
+	if r := h.row(t, "deaf"); strings.Contains(r.HealthNote, "still open") {
+		t.Errorf("deaf: %s", r.HealthNote)
 	}
 	if r := h.row(t, "mute"); !r.Good() {
 		t.Fatalf("row %+v", r)
@@ -388,10 +395,10 @@ func TestTCPCheckNeedsAListener(t *testing.T) {
 
 // deaf is a TCP server that accepts and then neither reads, writes nor
 // closes until the test ends.
-func deaf(t *testing.T) string {
+func deaf(t *testing.T, accepted *atomic.Int64) string {
 	t.Helper()
 	quiet := make(chan struct{})
-	addr := fakeapi.Serve(t, func(net.Conn) { <-quiet })
+	addr := fakeapi.Serve(t, func(net.Conn) { accepted.Add(1); <-quiet })
 	t.Cleanup(func() { close(quiet) })
 	return addr
 }

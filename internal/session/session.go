@@ -477,9 +477,8 @@ func (s *Session) checkPort() (uint16, error) {
 }
 
 // probe is a health check's connection. It lasts until the pod's side
-// ends it, which may be after the check gave its verdict; a session has
-// one at a time (a pod that never ends them cannot pile them up), and
-// Serve joins the last one.
+// ends it or the check's deadline passes (its streams are reset then); a
+// session has one at a time, and Serve joins the last one.
 type probe struct {
 	done chan struct{}
 	err  error // the kubelet's verdict, once done

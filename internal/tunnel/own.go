@@ -266,7 +266,7 @@ func dialOwnSPDY(ctx context.Context, api APIServer, u, proxy *url.URL) (*ownspd
 
 // forwardOwn is Forward over kpf's SPDY client: both streams are opened
 // back to back without waiting for replies.
-func (c *Conn) forwardOwn(local net.Conn, port uint16, m *meter.Meter) (Stats, error) {
+func (c *Conn) forwardOwn(ctx context.Context, local net.Conn, port uint16, m *meter.Meter) (Stats, error) {
 	id := strconv.FormatInt(c.nextID.Add(1), 10)
 	h := http.Header{}
 	h.Set(corev1.StreamType, corev1.StreamTypeError)
@@ -297,7 +297,7 @@ func (c *Conn) forwardOwn(local net.Conn, port uint16, m *meter.Meter) (Stats, e
 		}
 		return &RemoteError{Pod: c.Pod, Port: port, Message: string(msg)}
 	}
-	st, err := pump(local, ownStream{data}, errStream.Done(), verdict, c.own.Done())
+	st, err := pump(ctx, local, ownStream{data}, errStream.Done(), verdict, c.own.Done())
 	st.Out += int64(len(first))
 	errStream.Reset()
 	return st, err

@@ -312,8 +312,15 @@ type Stats struct {
 //
 // m, if set, counts the bytes as they move.
 func (c *Conn) Forward(local net.Conn, port uint16, m *meter.Meter) (Stats, error) {
+	return c.ForwardContext(context.Background(), local, port, m)
+}
+
+// ForwardContext is Forward, whose streams are reset when ctx ends: a
+// health check's connection that the pod neither answers nor closes ends
+// with its check.
+func (c *Conn) ForwardContext(ctx context.Context, local net.Conn, port uint16, m *meter.Meter) (Stats, error) {
 	if c.own != nil {
-		return c.forwardOwn(local, port, m)
+		return c.forwardOwn(ctx, local, port, m)
 	}
 	var st Stats
 	id := strconv.FormatInt(c.nextID.Add(1), 10)
@@ -347,7 +354,7 @@ func (c *Conn) Forward(local net.Conn, port uint16, m *meter.Meter) (Stats, erro
 	}
 	defer c.conn.RemoveStreams(data)
 
-	return pump(local, apiStream{data, m}, errDone, func() error { return remoteErr }, c.done)
+	return pump(ctx, local, apiStream{data, m}, errDone, func() error { return remoteErr }, c.done)
 }
 
 // dataStream is the data stream of a connection, on either data path.
@@ -409,8 +416,10 @@ func (a apiStream) reset()      { a.s.Reset() }
 // pump moves bytes both ways until the pod is done or either side fails,
 // then waits (bounded) for the kubelet's verdict: verdict() once errDone is
 // closed. The calling goroutine copies from the pod; one more copies to it.
-func pump(local net.Conn, data dataStream, errDone <-chan struct{}, verdict func() error, tunnelDone <-chan struct{}) (Stats, error) {
+func pump(ctx context.Context, local net.Conn, data dataStream, errDone <-chan struct{}, verdict func() error, tunnelDone <-chan struct{}) (Stats, error) {
 	var st Stats
+	stop := context.AfterFunc(ctx, data.reset) // ends both copies
+	defer stop()
 	localErr := make(chan error, 1)
 	outDone := make(chan struct{})
 	go func() {
@@ -446,6 +455,7 @@ func pump(local net.Conn, data dataStream, errDone <-chan struct{}, verdict func
 			return st, err
 		}
 	case <-tunnelDone:
+	case <-ctx.Done(): // the caller has given up on a verdict
 	case <-time.After(errorStreamWait):
 		// The kubelet closes the error stream when it is done with the pair;
 		// do not hold the caller if it never does.
