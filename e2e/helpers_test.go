@@ -72,23 +72,31 @@ func (f forwarder) start(t *testing.T, want int, args ...string) (*sandboxtest.P
 	return p, ls
 }
 
-// run runs the forwarder to completion (it is expected to fail fast).
-func (f forwarder) run(t *testing.T, args ...string) (string, int) {
+// runWithin runs cmd to completion and returns its combined output,
+// failing the test if it has not exited within timeout.
+func runWithin(t *testing.T, cmd *exec.Cmd, timeout time.Duration) ([]byte, error) {
 	t.Helper()
-	argv := f.argv(args...)
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), f.env...)
 	done := make(chan struct{})
 	var out []byte
 	var err error
 	go func() { out, err = cmd.CombinedOutput(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(60 * time.Second):
+	case <-time.After(timeout):
 		cmd.Process.Kill()
 		<-done
-		t.Fatalf("%s %s did not exit:\n%s", f.name, strings.Join(args, " "), out)
+		t.Fatalf("%s did not exit within %s:\n%s", strings.Join(cmd.Args, " "), timeout, out)
 	}
+	return out, err
+}
+
+// run runs the forwarder to completion (it is expected to fail fast).
+func (f forwarder) run(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	argv := f.argv(args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), f.env...)
+	out, err := runWithin(t, cmd, 60*time.Second)
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()

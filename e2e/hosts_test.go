@@ -167,17 +167,7 @@ func TestSudoHostsWriteForTheUser(t *testing.T) {
 		cmd.Dir = dir
 		cmd.Env = []string{"HOME=" + dir, "USER=" + name, "LOGNAME=" + name, "PATH=/usr/local/bin:/usr/bin:/bin", "KUBECONFIG=" + kc}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
-		done := make(chan struct{})
-		var out []byte
-		var err error
-		go func() { out, err = cmd.CombinedOutput(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(90 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			t.Fatalf("%v did not end:\n%s", args, out)
-		}
+		out, err := runWithin(t, cmd, 90*time.Second)
 		return string(out), exitCode(err)
 	}
 	t.Cleanup(func() {
