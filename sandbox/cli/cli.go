@@ -115,11 +115,21 @@ func newBuild(g *globalOptions) *cobra.Command {
 }
 
 func newUp(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var nf nodeFlags
+	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Start the sandbox (idempotent) and print where its kubeconfigs are",
-		Args:  cobra.NoArgs,
+		Long: `Start the sandbox (idempotent) and print where its kubeconfigs are.
+
+The node flags are kept in the state folder: a later up or restart keeps
+them. Given to a running sandbox, they restart the node agent if they
+change its settings (its pods restart with it).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			set, err := nf.settings(cmd)
+			if err != nil {
+				return err
+			}
 			bin, err := g.build(cmd.Context(), cmd.ErrOrStderr())
 			if err != nil {
 				return err
@@ -128,13 +138,46 @@ func newUp(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := c.Up(cmd.Context(), bin); err != nil {
+			if err := c.Up(cmd.Context(), bin, set); err != nil {
 				return fmt.Errorf("%w\n(logs are in %s; kpf-sandbox down stops what was started)", err, filepath.Dir(c.Dir().LogFile("x")))
 			}
 			printInfo(cmd.OutOrStdout(), c)
 			return nil
 		},
 	}
+	nf.add(cmd)
+	return cmd
+}
+
+// nodeFlags are the node agent's settings on up and restart node.
+type nodeFlags struct{ topology, idle string }
+
+func (f *nodeFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.topology, "node-topology", "", `how the node serves port-forwards: "cri" (the default), a node of Kubernetes 1.36+: it declares ExtendWebSocketsToKubelet, so the API server proxies WebSocket port-forwards to it unchanged, and it proxies the streams to a CRI streaming server, as kubelet -> containerd; or "legacy", an older node: no declared feature, the API server translates WebSockets, the kubelet handler serves the streams`)
+	cmd.Flags().StringVar(&f.idle, "streaming-connection-idle-timeout", "", "close a port-forward connection idle this long (no frame either way), as the kubelet's flag of that name; on a cri node the CRI streaming server applies it, as containerd's stream_idle_timeout (default 4h)")
+}
+
+// settings checks the flags given and returns what changes the recorded
+// node settings; nil if no node flag was given.
+func (f *nodeFlags) settings(cmd *cobra.Command) (func(*cluster.NodeSettings), error) {
+	topo, idle := cmd.Flags().Changed("node-topology"), cmd.Flags().Changed("streaming-connection-idle-timeout")
+	if !topo && !idle {
+		return nil, nil
+	}
+	if _, err := node.ParseTopology(f.topology); err != nil {
+		return nil, err
+	}
+	if _, err := node.ParseStreamIdleTimeout(f.idle); err != nil {
+		return nil, err
+	}
+	return func(s *cluster.NodeSettings) {
+		if topo {
+			s.Topology = f.topology
+		}
+		if idle {
+			s.StreamingConnectionIdleTimeout = f.idle
+		}
+	}, nil
 }
 
 func printInfo(w io.Writer, c *cluster.Cluster) {
@@ -294,7 +337,8 @@ var componentNames = map[string]string{
 }
 
 func newFault(g *globalOptions, verb, short string) *cobra.Command {
-	return &cobra.Command{
+	var nf nodeFlags
+	cmd := &cobra.Command{
 		Use:       verb + " COMPONENT",
 		Short:     short,
 		Args:      cobra.ExactArgs(1),
@@ -310,7 +354,14 @@ func newFault(g *globalOptions, verb, short string) *cobra.Command {
 			}
 			switch verb {
 			case "restart":
-				return c.Restart(cmd.Context(), name)
+				set, err := nf.settings(cmd)
+				if err != nil {
+					return err
+				}
+				if set != nil && name != cluster.Node {
+					return fmt.Errorf("--node-topology and --streaming-connection-idle-timeout are for restart node, not %s", args[0])
+				}
+				return c.Restart(cmd.Context(), name, set)
 			case "pause":
 				return c.Pause(name)
 			default:
@@ -318,6 +369,10 @@ func newFault(g *globalOptions, verb, short string) *cobra.Command {
 			}
 		},
 	}
+	if verb == "restart" {
+		nf.add(cmd)
+	}
+	return cmd
 }
 
 // newImage loads images into the node's registry.
@@ -365,7 +420,8 @@ func newImage(g *globalOptions) *cobra.Command {
 
 // newNode runs the node agent; kpf-sandbox up starts it.
 func newNode(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var nf nodeFlags
+	cmd := &cobra.Command{
 		Use:    "node",
 		Short:  "Run the node agent (started by up)",
 		Hidden: true,
@@ -393,6 +449,14 @@ func newNode(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			topo, err := node.ParseTopology(nf.topology)
+			if err != nil {
+				return err
+			}
+			idle, err := node.ParseStreamIdleTimeout(nf.idle)
+			if err != nil {
+				return err
+			}
 			self, _ := os.Executable()
 			pki := filepath.Join(string(d), "pki")
 			a, err := node.New(node.Config{
@@ -407,6 +471,9 @@ func newNode(g *globalOptions) *cobra.Command {
 				AddrPrefix: st.AddrPrefix,
 				Self:       self,
 				Log:        slog.New(slog.NewTextHandler(os.Stderr, nil)),
+
+				Topology:          topo,
+				StreamIdleTimeout: idle,
 			})
 			if err != nil {
 				return err
@@ -414,6 +481,8 @@ func newNode(g *globalOptions) *cobra.Command {
 			return a.Run(cmd.Context())
 		},
 	}
+	nf.add(cmd)
+	return cmd
 }
 
 func newWorkload() *cobra.Command {

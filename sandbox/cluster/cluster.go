@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -82,8 +83,10 @@ func (c *Cluster) State() *State { return c.state }
 func (c *Cluster) Bin(name string) string { return upstream.Bin(c.state.Bin).Path(name) }
 
 // Up starts whatever is not running and waits until the node is Ready. It is
-// idempotent: with everything running it only checks health.
-func (c *Cluster) Up(ctx context.Context, bin upstream.Bin) error {
+// idempotent: with everything running it only checks health. Node settings
+// given (non-nil) replace the recorded ones; a running node agent whose
+// settings differ is restarted.
+func (c *Cluster) Up(ctx context.Context, bin upstream.Bin, node func(*NodeSettings)) error {
 	unlock, err := c.lock()
 	if err != nil {
 		return err
@@ -91,6 +94,14 @@ func (c *Cluster) Up(ctx context.Context, bin upstream.Bin) error {
 	defer unlock()
 	start := time.Now()
 	c.state.Bin = string(bin)
+	if node != nil {
+		node(&c.state.Node)
+		if p := c.state.Procs[Node]; p.Alive() && (len(p.Argv) == 0 || !slices.Equal(p.Argv[1:], c.argv(Node)[1:])) {
+			if err := c.stop(Node, 3*time.Second); err != nil {
+				return err
+			}
+		}
+	}
 	if err := c.allocatePorts(); err != nil {
 		return err
 	}
@@ -212,7 +223,7 @@ func (c *Cluster) argv(name string) []string {
 			"--controllers=*",
 		}
 	case Node:
-		return []string{c.Self, "node", "--state-dir=" + string(c.dir)}
+		return append([]string{c.Self, "node", "--state-dir=" + string(c.dir)}, c.state.Node.args()...)
 	}
 	panic("unknown component " + name)
 }
@@ -413,12 +424,24 @@ func (c *Cluster) stop(name string, grace time.Duration) error {
 // Components that died meanwhile are started again, as the kubelet or
 // systemd of a real control plane would: kube-controller-manager exits
 // when the API server goes away while it is still starting its controllers.
-func (c *Cluster) Restart(ctx context.Context, name string) error {
+//
+// For the node, settings (if non-nil) change the recorded node settings
+// first, and the node agent starts with them.
+func (c *Cluster) Restart(ctx context.Context, name string, node func(*NodeSettings)) error {
 	unlock, err := c.lock()
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if node != nil {
+		if name != Node {
+			return fmt.Errorf("node settings are for restart node, not %s", name)
+		}
+		node(&c.state.Node)
+		if err := c.dir.Save(c.state); err != nil {
+			return err
+		}
+	}
 	if err := c.stop(name, 3*time.Second); err != nil {
 		return err
 	}

@@ -54,6 +54,27 @@ type State struct {
 	AddrPrefix byte                `json:"addrPrefix"`
 	Bin        string              `json:"bin"`
 	Procs      map[string]ProcInfo `json:"procs"`
+	// Node holds the node agent's settings, so that a restart keeps them.
+	Node NodeSettings `json:"node,omitzero"`
+}
+
+// NodeSettings are the node agent's flags (kpf-sandbox up or restart node
+// --node-topology, --streaming-connection-idle-timeout); "" is the default.
+type NodeSettings struct {
+	Topology                       string `json:"topology,omitempty"`
+	StreamingConnectionIdleTimeout string `json:"streamingConnectionIdleTimeout,omitempty"`
+}
+
+// args are the node agent's flags for these settings.
+func (n NodeSettings) args() []string {
+	var a []string
+	if n.Topology != "" {
+		a = append(a, "--node-topology="+n.Topology)
+	}
+	if n.StreamingConnectionIdleTimeout != "" {
+		a = append(a, "--streaming-connection-idle-timeout="+n.StreamingConnectionIdleTimeout)
+	}
+	return a
 }
 
 // ProcInfo identifies a started process: a pid alone could be reused.

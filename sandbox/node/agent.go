@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -59,6 +60,19 @@ type Config struct {
 	// Self is the executable that runs the built-in kpf.test/* images.
 	Self string
 	Log  *slog.Logger
+
+	// Topology is the path port-forwards take through the node
+	// (TopologyCRI if empty).
+	Topology Topology
+	// StreamIdleTimeout closes a port-forward connection idle for this
+	// long (no frame either way): the kubelet's
+	// --streaming-connection-idle-timeout. Since the kubelet stopped
+	// serving streams itself, that flag is parsed and unused, and the
+	// timeout that applies is the CRI streaming server's (containerd's
+	// stream_idle_timeout); the sandbox applies it where its node serves
+	// the streams: in the CRI streaming server, or in the kubelet handler
+	// of the legacy topology. 0 is DefaultStreamIdleTimeout.
+	StreamIdleTimeout time.Duration
 }
 
 // Agent is a running node agent.
@@ -71,6 +85,9 @@ type Agent struct {
 	kubelet   *recorder // events as the kubelet
 	scheduler *recorder // events as the scheduler
 	labels    map[string]string
+
+	cri       *criStreams  // the CRI streaming server; nil on a legacy node
+	tunnelled atomic.Int64 // WebSocket port-forwards the node took SPDY out of
 
 	mu      sync.Mutex
 	workers map[types.UID]*podWorker
@@ -86,6 +103,15 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.AddrPrefix == 0 {
 		cfg.AddrPrefix = 77
+	}
+	if cfg.Topology == "" {
+		cfg.Topology = TopologyCRI
+	}
+	if _, err := ParseTopology(string(cfg.Topology)); err != nil {
+		return nil, err
+	}
+	if cfg.StreamIdleTimeout == 0 {
+		cfg.StreamIdleTimeout = DefaultStreamIdleTimeout
 	}
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "pods"), 0o700); err != nil {
 		return nil, err
@@ -121,6 +147,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if a.cfg.Topology == TopologyCRI {
+		if a.cri, err = a.startCRIStreams(); err != nil {
+			ln.Close()
+			return fmt.Errorf("CRI streaming server: %w", err)
+		}
+		defer a.cri.close()
+	}
 	srv := a.server()
 	go func() {
 		if err := srv.ServeTLS(ln, a.cfg.CertFile, a.cfg.KeyFile); err != nil && !errors.Is(err, net.ErrClosed) && err.Error() != "http: Server closed" {
@@ -153,7 +186,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	factory.Start(ctx.Done())
-	a.log.Info("node agent running", "node", a.cfg.NodeName, "port", a.cfg.Port)
+	a.log.Info("node agent running", "node", a.cfg.NodeName, "port", a.cfg.Port, "topology", a.cfg.Topology, "streamIdleTimeout", a.cfg.StreamIdleTimeout)
 	<-ctx.Done()
 	factory.Shutdown()
 	a.stopAll()
@@ -357,7 +390,8 @@ func (a *Agent) updateNodeStatus(ctx context.Context) error {
 			{Type: corev1.NodeInternalIP, Address: "127.0.0.1"},
 			{Type: corev1.NodeHostName, Address: hostname},
 		},
-		DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: int32(a.cfg.Port)}},
+		DeclaredFeatures: a.cfg.Topology.declaredFeatures(),
+		DaemonEndpoints:  corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: int32(a.cfg.Port)}},
 		NodeInfo: corev1.NodeSystemInfo{
 			MachineID:               "kpf-sandbox",
 			SystemUUID:              "kpf-sandbox",

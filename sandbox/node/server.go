@@ -20,11 +20,8 @@ import (
 	"k8s.io/cri-streaming/pkg/streaming/portforward"
 )
 
-// The kubelet's defaults for streaming connections.
-const (
-	streamIdleTimeout     = 4 * time.Hour
-	streamCreationTimeout = 30 * time.Second
-)
+// The kubelet's default stream creation timeout.
+const streamCreationTimeout = 30 * time.Second
 
 // allowedClients are the certificate names that may call the kubelet API:
 // the API server's kubelet client, and cluster admins.
@@ -37,6 +34,7 @@ func (a *Agent) server() *http.Server {
 	mux.HandleFunc("/portForward/{namespace}/{pod}/{uid}", a.servePortForward)
 	mux.HandleFunc("/containerLogs/{namespace}/{pod}/{container}", a.serveLogs)
 	mux.HandleFunc("/pods", a.servePods)
+	mux.HandleFunc("/metrics", a.serveMetrics)
 	pool := x509.NewCertPool()
 	if ca, err := os.ReadFile(a.cfg.ClientCA); err == nil {
 		pool.AppendCertsFromPEM(ca)
@@ -78,13 +76,28 @@ func (a *Agent) servePortForward(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "pod does not exist", http.StatusNotFound)
 		return
 	}
+	if a.cri != nil {
+		a.servePortForwardCRI(w, r, pw)
+		return
+	}
+	// The legacy node serves the streams in its handler.
 	opts, err := portforward.NewV4Options(r)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	portforward.ServePortForward(trackingWriter{w, &pw.sessions}, r, forwarder{a}, ns+"/"+name, string(pw.uid), opts,
-		streamIdleTimeout, streamCreationTimeout, portforward.SupportedProtocols)
+		a.cfg.StreamIdleTimeout, streamCreationTimeout, portforward.SupportedProtocols)
+}
+
+// serveMetrics serves, as the kubelet's /metrics does, how many WebSocket
+// streaming requests the node handled itself (tunnelled SPDY, which the
+// API server proxied unchanged), in the Prometheus text format.
+func (a *Agent) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	fmt.Fprintf(w, "# HELP kubelet_websocket_streaming_requests_total Number of WebSocket streaming requests the kubelet handled, by subresource.\n")
+	fmt.Fprintf(w, "# TYPE kubelet_websocket_streaming_requests_total counter\n")
+	fmt.Fprintf(w, "kubelet_websocket_streaming_requests_total{subresource=\"portforward\"} %d\n", a.tunnelled.Load())
 }
 
 // forwarder connects a port-forward stream to a port of a pod, as the
