@@ -18,8 +18,12 @@ PLATFORMS := darwin/amd64 darwin/arm64 windows/amd64 windows/arm64 linux/arm64
 PORTABLE_PKGS := ./internal/sysio/... ./internal/spdy/... ./internal/fastconn/... ./internal/tunnel/... ./internal/tunnelpool/... ./internal/wsconn/... ./internal/follow/... ./internal/forward/... ./internal/manager/...
 # e2e tests that run again against a kpf built with the portable data path.
 PORTABLE_E2E := TestTargetsMatchKubectl|TestPortSpecsMatchKubectl|TestTransports|TestOneBadConnection|TestHalfClose|TestUpstreamScenarios|TestConcurrentConnections|TestSlowReaderStallsNobody
+# e2e tests that run again on a legacy node (kpf-sandbox --node-topology
+# legacy: no declared feature, so the API server translates WebSockets; the
+# kubelet handler serves the streams), as clusters before 1.36 are.
+LEGACY_E2E := TestTargetsMatchKubectl|TestPortSpecsMatchKubectl|TestTransports|TestUpstreamScenarios|TestHalfClose|TestWebSocketsReachTheNodeAsTheyAre
 
-.PHONY: help build plugin release-snapshot sandbox sandbox-down demo test unit fuzz e2e verify fmt vet bench clean
+.PHONY: help build plugin release-snapshot sandbox sandbox-down demo test unit fuzz e2e e2e-legacy verify fmt vet bench clean
 
 help:
 	@echo "make demo      start the sandbox (if no cluster is configured) and run the demo"
@@ -86,6 +90,16 @@ e2e: build
 	cd e2e && KPF_BIN=$(BIN)/kpf-race GORACE="log_path=$(BIN)/races/kpf atexit_sleep_ms=100" $(GO) test -count=1 -p 1 -timeout 30m ./...
 	@if ls $(BIN)/races/kpf.* >/dev/null 2>&1; then echo "the race detector found races in kpf:"; cat $(BIN)/races/kpf.*; exit 1; fi
 	cd e2e && KPF_BIN=$(BIN)/kpf-portable $(GO) test -count=1 -p 1 -timeout 15m -run '$(PORTABLE_E2E)' ./...
+	$(MAKE) --no-print-directory e2e-legacy
+
+# The forward parity tests once more on a legacy node (~2 min), then the
+# node back on the default topology; a sandbox this started is stopped.
+e2e-legacy: build
+	@was_up=$$($(BIN)/kpf-sandbox status >/dev/null 2>&1 && echo yes); \
+	$(BIN)/kpf-sandbox up --node-topology legacy >/dev/null || exit 1; \
+	(cd e2e && KPF_E2E_NODE_TOPOLOGY=legacy KPF_BIN=$(BIN)/kpf $(GO) test -count=1 -p 1 -timeout 10m -run '$(LEGACY_E2E)' ./...); s=$$?; \
+	$(BIN)/kpf-sandbox up --node-topology cri >/dev/null || s=1; \
+	if [ -z "$$was_up" ]; then $(BIN)/kpf-sandbox down >/dev/null; fi; exit $$s
 
 test: verify-fmt vet unit fuzz e2e
 

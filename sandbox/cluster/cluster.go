@@ -313,6 +313,30 @@ func (c *Cluster) healthy(ctx context.Context, name string) error {
 	return nil
 }
 
+// NodeGet reads a path of the node's kubelet API (/metrics, /pods) as the
+// cluster admin. (The API server's node proxy refuses the node's loopback
+// address.)
+func (c *Cluster) NodeGet(ctx context.Context, path string) ([]byte, error) {
+	hc, err := c.adminHTTP()
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d%s", c.state.Ports.Kubelet, path), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s on the node: %s: %s", path, resp.Status, strings.TrimSpace(string(b)))
+	}
+	return b, err
+}
+
 func (c *Cluster) adminHTTP() (*http.Client, error) {
 	cert, err := tls.LoadX509KeyPair(c.pkiFile("user-admin.crt"), c.pkiFile("user-admin.key"))
 	if err != nil {
