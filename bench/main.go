@@ -44,6 +44,8 @@ type options struct {
 	breakdown  bool
 	proxy      string
 	forwards   int
+	idleFor    time.Duration
+	topology   string // the node topology measured on (set per run)
 }
 
 func main() {
@@ -52,7 +54,7 @@ func main() {
 		os.Exit(1)
 	}
 	var o options
-	flag.IntVar(&o.rounds, "rounds", 3, "rounds; paths alternate within each")
+	flag.IntVar(&o.rounds, "rounds", 5, "rounds; paths alternate within each (the table gives each figure's median and its spread, min–max)")
 	flag.Int64Var(&o.size, "size", 1<<30, "bytes for the single-connection download and upload")
 	flag.IntVar(&o.conns, "latency-conns", 1000, "sequential connections for the latency test")
 	flag.IntVar(&o.idle, "idle-conns", 1000, "idle connections for the memory test")
@@ -60,15 +62,76 @@ func main() {
 	flag.StringVar(&o.paths, "paths", "direct,kpf-ws,kpf-spdy,kubectl-ws,kubectl-spdy,system-kubectl,kpf-proxy-socks,kpf-proxy-connect", "paths to measure (also kpf-portable-ws and kpf-portable-spdy: the build macOS and Windows run; kpf-ws-httplog and kpf-spdy-httplog: with --http-log, for http-download; kpf-proxy-socks and kpf-proxy-connect: kpf proxy over WebSocket, to the pod's service by name; tls-floor: a relay that only moves the bytes through one TLS connection per connection, with kpf's cipher, to a sink: what any userspace TLS client must spend)")
 	flag.StringVar(&o.workloads, "workloads", "download,upload,latency,medium,c100,c1000,stall,idle,udp,redis,pgbench,mariadb,startup", "workloads to run (startup: kpf up -d --wait with a forward to each of -startup-forwards services, on kpf-ws and kpf-spdy: time until all are ready, pod watches added on the API server, daemon RSS per forward; redis, pgbench and mariadb: redis-benchmark GET and SET -c 50, pgbench -S -c 10 and mariadb-slap reads -c 20 against server pods, on direct, kpf-ws, kpf-spdy, kubectl-ws and kubectl-spdy, with the CPU per request of the forwarder, the API server and the node; also http-download: the download as an HTTP response, for the HTTP log's cost; udp: round trips and datagrams per second of 64- and 1,200-byte datagrams through a /udp forward, on direct, kpf-ws and kpf-spdy)")
 	flag.IntVar(&o.forwards, "startup-forwards", 200, "forwards in the startup workload's kpf.yaml (one service each)")
+	flag.DurationVar(&o.idleFor, "startup-idle", 60*time.Second, "how long the startup workload's daemon is left idle with its forwards up, for its idle cost (CPU % of one core, wake-ups/s, RSS per forward); 0: not measured")
+	topology := flag.String("topology", "", "the sandbox node's topology to measure on: cri (a 1.36+ node), legacy, or both (one after the other); default: the one the sandbox runs")
 	flag.StringVar(&o.jsonOut, "json", "bench-results.jsonl", "JSON lines output")
 	flag.StringVar(&o.kpf, "kpf", "", "kpf binary (default: build ./cmd/kpf)")
 	flag.BoolVar(&o.breakdown, "breakdown", false, "also record the CPU per GiB of every process on the path (bench client, API server, node agent, pod)")
 	flag.StringVar(&o.proxy, "proxy", "", "a proxy URL (http://HOST:PORT or socks5://HOST:PORT) set as proxy-url in the kubeconfig of every kpf and kubectl path")
 	flag.Parse()
-	if err := run(o); err != nil {
+	if err := runOn(o, *topology); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// runOn runs the benchmark on each topology asked for, switching the
+// sandbox's node to it (kpf-sandbox up --node-topology, which restarts the
+// node agent) and back to the one it ran afterwards.
+func runOn(o options, topology string) error {
+	var topos []string
+	switch topology {
+	case "":
+	case "cri", "legacy":
+		topos = []string{topology}
+	case "both":
+		topos = []string{"cri", "legacy"}
+	default:
+		return fmt.Errorf("-topology %q: want cri, legacy or both", topology)
+	}
+	if len(topos) == 0 {
+		return run(o)
+	}
+	sb, release, err := sandboxtest.Up()
+	if err != nil {
+		return err
+	}
+	defer release()
+	was := nodeTopology(sb)
+	defer func() {
+		if nodeTopology(sb) != was {
+			setTopology(sb, was)
+		}
+	}()
+	for _, t := range topos {
+		if err := setTopology(sb, t); err != nil {
+			return err
+		}
+		if err := run(o); err != nil {
+			return fmt.Errorf("on the %s topology: %w", t, err)
+		}
+	}
+	return nil
+}
+
+// nodeTopology is the topology the sandbox's node runs.
+func nodeTopology(sb *sandboxtest.Sandbox) string {
+	st, err := sb.Dir.Load()
+	if err != nil {
+		return "unknown"
+	}
+	if st.Node.Topology == "" {
+		return "cri"
+	}
+	return st.Node.Topology
+}
+
+func setTopology(sb *sandboxtest.Sandbox, t string) error {
+	fmt.Fprintf(os.Stderr, "bench: the sandbox's node on the %s topology\n", t)
+	if out, err := exec.Command(sb.Bin, "up", "--node-topology", t).CombinedOutput(); err != nil {
+		return fmt.Errorf("kpf-sandbox up --node-topology %s: %v\n%s", t, err, out)
+	}
+	return nil
 }
 
 // result is one measurement.
@@ -156,6 +219,8 @@ func run(o options) error {
 		return err
 	}
 	defer release()
+	o.topology = nodeTopology(sb)
+	fmt.Fprintf(os.Stderr, "bench: node topology %s\n", o.topology)
 	kpf := o.kpf
 	if kpf == "" {
 		kpf = filepath.Join(os.TempDir(), "kpf-bench")
@@ -371,7 +436,7 @@ spec:
 				}
 			}
 			if workloads["startup"] && p.transport != "" {
-				if err := measureStartup(ctx, sb, kpf, p.transport, p.name, o.forwards, round, record); err != nil {
+				if err := measureStartup(ctx, sb, kpf, p.transport, p.name, o.forwards, o.idleFor, round, record); err != nil {
 					record(result{Round: round, Path: p.name, Workload: "error", Metric: "error", Note: "startup: " + err.Error()})
 				}
 			}
@@ -735,6 +800,12 @@ func buildKpf(out string, extra ...string) error {
 	return nil
 }
 
+// topologyNotes say what each node topology is, in the table's title.
+var topologyNotes = map[string]string{
+	"cri":    "a 1.36+ node: WebSockets proxied to the kubelet as they are, streams served by a CRI streaming server behind it",
+	"legacy": "WebSockets translated by the API server, streams served in the kubelet handler",
+}
+
 func markdown(rs []result, paths []path, o options) string {
 	type key struct{ path, workload, metric string }
 	vals := map[key][]float64{}
@@ -758,7 +829,7 @@ func markdown(rs []result, paths []path, o options) string {
 			via = "; tunnels through the proxy " + u.Redacted()
 		}
 	}
-	fmt.Fprintf(&b, "\nkpf benchmark, %s, %d cores, %s; %d rounds%s; median (min–max)\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.GOOS+"/"+runtime.GOARCH, o.rounds, via)
+	fmt.Fprintf(&b, "\nkpf benchmark, %s, %d cores, %s; node topology %s (%s); %d rounds, paths alternated%s; median (min–max)\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.GOOS+"/"+runtime.GOARCH, o.topology, topologyNotes[o.topology], o.rounds, via)
 	b.WriteString("| workload | metric |")
 	for _, p := range paths {
 		b.WriteString(" " + p.name + " |")

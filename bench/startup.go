@@ -56,7 +56,12 @@ spec:
 // services over one transport and records how long until every forward
 // was ready, the pod watches that added on the API server, and the
 // daemon's RSS per forward. The daemon is stopped after.
-func measureStartup(ctx context.Context, sb *sandboxtest.Sandbox, kpf, transport, pathName string, n, round int, record func(result)) error {
+//
+// Then, with idle > 0, the daemon is left idle that long with every forward
+// up, and its idle cost is recorded: CPU in % of one core, wake-ups per
+// second (context switches of all its threads), and RSS per forward at the
+// end.
+func measureStartup(ctx context.Context, sb *sandboxtest.Sandbox, kpf, transport, pathName string, n int, idle time.Duration, round int, record func(result)) error {
 	dir, err := os.MkdirTemp("", "kpf-bench-startup")
 	if err != nil {
 		return err
@@ -107,7 +112,40 @@ func measureStartup(ctx context.Context, sb *sandboxtest.Sandbox, kpf, transport
 	rec("ready", ready.Seconds(), "s")
 	rec("pod-watches", float64(w1-w0), "watches")
 	rec("rss-per-forward", rssMiB(st.PID)*1024/float64(n), "KiB")
+	if idle <= 0 {
+		return nil
+	}
+	cpu0, wake0, t1 := cpuSeconds(st.PID), wakeups(st.PID), time.Now()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(idle): // the idle spell measured: nothing happens in it
+	}
+	secs := time.Since(t1).Seconds()
+	rec("idle-cpu", (cpuSeconds(st.PID)-cpu0)/secs*100, "% of a core")
+	rec("idle-wakeups", float64(wakeups(st.PID)-wake0)/secs, "/s")
+	rec("idle-rss-per-forward", rssMiB(st.PID)*1024/float64(n), "KiB")
 	return nil
+}
+
+// wakeups is how often the process's threads have been scheduled so far:
+// the sum of their voluntary and involuntary context switches.
+func wakeups(pid int) int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	total := 0
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // a thread that ended meanwhile
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) == 2 && (f[0] == "voluntary_ctxt_switches:" || f[0] == "nonvoluntary_ctxt_switches:") {
+				v, _ := strconv.Atoi(f[1])
+				total += v
+			}
+		}
+	}
+	return total
 }
 
 // podWatches reads the pod watches open on the API server from its
