@@ -83,7 +83,7 @@ spec:
 
 // endpoint is how a cell's traffic reaches the pod through one mode of kpf.
 type endpoint struct {
-	get   func(n int, timeout time.Duration) error    // one request on a new connection: n checked bytes
+	get   func(n int, timeout time.Duration) error      // one request on a new connection: n checked bytes
 	dial  func(timeout time.Duration) (net.Conn, error) // a new connection to kpf.test/bulk
 	udp   string                                        // the /udp forward's local address (udp mode)
 	lines func() []string                               // what kpf printed so far
