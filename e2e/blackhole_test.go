@@ -143,7 +143,7 @@ func TestBlackholeUnderDaemonForward(t *testing.T) {
 	back := time.Now()
 	var last error
 	for {
-		if last = getChecked(http.DefaultTransport, addr, 64<<10, 5*time.Second); last == nil {
+		if last = getChecked(direct, addr, 64<<10, 5*time.Second); last == nil {
 			break
 		}
 		if time.Since(back) > recoveryBound {

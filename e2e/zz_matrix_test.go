@@ -120,7 +120,7 @@ func forwardMode(t *testing.T, fp *faultPath, ns, transport string) endpoint {
 		web, bulk = bulk, web
 	}
 	return endpoint{
-		get:   func(n int, timeout time.Duration) error { return getChecked(http.DefaultTransport, web, n, timeout) },
+		get:   func(n int, timeout time.Duration) error { return getChecked(direct, web, n, timeout) },
 		dial:  func(timeout time.Duration) (net.Conn, error) { return net.DialTimeout("tcp", bulk, timeout) },
 		lines: func() []string { return strings.Split(p.Output(), "\n") },
 		pid:   func() int { return p.Cmd.Process.Pid },
@@ -140,7 +140,7 @@ func daemonMode(t *testing.T, sb *sandboxtest.Sandbox, fp *faultPath, ns string)
 	log := filepath.Join(k.home, "daemon.log")
 	return endpoint{
 		get: func(n int, timeout time.Duration) error {
-			return getChecked(http.DefaultTransport, fmt.Sprintf("127.0.0.1:%d", web), n, timeout)
+			return getChecked(direct, fmt.Sprintf("127.0.0.1:%d", web), n, timeout)
 		},
 		dial: func(timeout time.Duration) (net.Conn, error) {
 			return net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", bulk), timeout)
@@ -201,6 +201,9 @@ func udpMode(t *testing.T, sb *sandboxtest.Sandbox, fp *faultPath, ns string) en
 		pid:   func() int { return p.Cmd.Process.Pid },
 	}
 }
+
+// direct is an HTTP transport that takes no proxy from the environment.
+var direct = &http.Transport{}
 
 // getChecked downloads n pattern bytes from kpf.test/http at addr on a new
 // connection, checking each byte, within timeout.
