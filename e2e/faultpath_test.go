@@ -12,6 +12,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -52,7 +54,25 @@ type faultPath struct {
 // sandbox's API server, and a kubeconfig through it; both go at cleanup.
 func newFaultPath(t testing.TB, sb *sandboxtest.Sandbox) *faultPath {
 	t.Helper()
-	upstream := strings.TrimPrefix(sb.APIServer, "https://")
+	fp := startFaultPath(t, strings.TrimPrefix(sb.APIServer, "https://"))
+	kc, err := clientcmd.LoadFromFile(sb.Kubeconfig(cluster.UserAdmin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range kc.Clusters {
+		c.Server = "https://" + fp.addr
+	}
+	fp.kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, fp.kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	return fp
+}
+
+// startFaultPath starts a proxy on a free loopback port in front of
+// upstream; it goes at cleanup.
+func startFaultPath(t testing.TB, upstream string) *faultPath {
+	t.Helper()
 	p := toxiproxy.NewProxy(toxiServer(), fmt.Sprintf("%s-%d", t.Name(), time.Now().UnixNano()), "127.0.0.1:0", upstream)
 	if err := p.Start(); err != nil {
 		t.Fatalf("toxiproxy: %v", err)
@@ -67,17 +87,6 @@ func newFaultPath(t testing.TB, sb *sandboxtest.Sandbox) *faultPath {
 			fp.moved.Stop()
 		}
 	})
-	kc, err := clientcmd.LoadFromFile(sb.Kubeconfig(cluster.UserAdmin))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range kc.Clusters {
-		c.Server = "https://" + fp.addr
-	}
-	fp.kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, fp.kubeconfig); err != nil {
-		t.Fatal(err)
-	}
 	return fp
 }
 
@@ -180,4 +189,107 @@ func (t *idleCutToxic) Pipe(stub *toxics.ToxicStub) {
 			stub.Output <- c
 		}
 	}
+}
+
+// TestFaultPathDoesWhatItSays: the matrix's faults, on a local echo
+// server, do what docs/reliability.md says they do: the idle cut closes an
+// idle connection and spares a busy one, the blackhole answers nothing and
+// closes nothing until it ends, and a moved upstream closes the old
+// connections while new ones work. (No sandbox needed.)
+func TestFaultPathDoesWhatItSays(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	fp := startFaultPath(t, ln.Addr().String())
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", fp.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// echo sends a byte and waits for it for up to wait.
+	echo := func(c net.Conn, wait time.Duration) error {
+		if _, err := c.Write([]byte{'x'}); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(wait))
+		_, err := io.ReadFull(c, make([]byte, 1))
+		return err
+	}
+
+	t.Run("idle cut", func(t *testing.T) {
+		idle, busy := dial(), dial()
+		for _, c := range []net.Conn{idle, busy} {
+			if err := echo(c, 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cut := both("idle_cut", map[string]any{"idle": 500})
+		fp.add(cut...)
+		defer fp.remove(cut...)
+		start := time.Now()
+		for time.Since(start) < 2*time.Second {
+			if err := echo(busy, 5*time.Second); err != nil {
+				t.Fatalf("a connection busy every 100 ms was cut after %s: %v", time.Since(start), err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := idle.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+			t.Fatalf("a connection idle for 2 s past a 500 ms idle cut: %v, want it closed", err)
+		}
+	})
+
+	t.Run("blackhole", func(t *testing.T) {
+		c := dial()
+		if err := echo(c, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		hole := both("timeout", map[string]any{"timeout": 0})
+		fp.add(hole...)
+		if err := echo(c, time.Second); !isTimeout(err) {
+			t.Fatalf("an echo into the blackhole: %v, want no answer and no close", err)
+		}
+		fresh := dial()
+		if err := echo(fresh, time.Second); !isTimeout(err) {
+			t.Fatalf("a new connection in the blackhole: %v, want no answer", err)
+		}
+		fp.remove(hole...)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+			t.Fatalf("a connection held by the blackhole after it ended: %v, want it closed", err)
+		}
+		if err := echo(dial(), 5*time.Second); err != nil {
+			t.Fatalf("a new connection after the blackhole: %v", err)
+		}
+	})
+
+	t.Run("moved", func(t *testing.T) {
+		old := dial()
+		if err := echo(old, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		fp.move()
+		old.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := old.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+			t.Fatalf("a connection to the old address after the move: %v, want it closed", err)
+		}
+		if err := echo(dial(), 5*time.Second); err != nil {
+			t.Fatalf("a new connection after the move: %v", err)
+		}
+	})
 }
