@@ -108,16 +108,17 @@ func both(typ string, attrs map[string]any) []toxic {
 }
 
 // add puts toxics on the path: on the connections it carries now and on
-// every new one.
+// every new one. Like remove and move, it may be called from any goroutine
+// (it fails the test with Errorf).
 func (fp *faultPath) add(ts ...toxic) {
-	fp.t.Helper()
 	for _, tx := range ts {
 		b, err := json.Marshal(tx)
 		if err != nil {
-			fp.t.Fatal(err)
+			fp.t.Error(err)
+			return
 		}
 		if _, err := fp.proxy.Toxics.AddToxicJson(bytes.NewReader(b)); err != nil {
-			fp.t.Fatalf("toxiproxy: add %s: %v", tx.Name, err)
+			fp.t.Errorf("toxiproxy: add %s: %v", tx.Name, err)
 		}
 	}
 }
@@ -126,10 +127,9 @@ func (fp *faultPath) add(ts ...toxic) {
 // timeout toxic held (as a blackhole that ends leaves connections whose
 // bytes were dropped: they cannot go on).
 func (fp *faultPath) remove(ts ...toxic) {
-	fp.t.Helper()
 	for _, tx := range ts {
 		if err := fp.proxy.Toxics.RemoveToxic(context.Background(), tx.Name); err != nil {
-			fp.t.Fatalf("toxiproxy: remove %s: %v", tx.Name, err)
+			fp.t.Errorf("toxiproxy: remove %s: %v", tx.Name, err)
 		}
 	}
 }
@@ -140,10 +140,10 @@ func (fp *faultPath) remove(ts ...toxic) {
 // the old upstream, as a load balancer whose backend moved does; kpf
 // keeps its kubeconfig and must carry on through the new path.
 func (fp *faultPath) move() {
-	fp.t.Helper()
 	next := toxiproxy.NewProxy(toxiServer(), fmt.Sprintf("%s-moved-%d", fp.t.Name(), time.Now().UnixNano()), "127.0.0.1:0", fp.upstream)
 	if err := next.Start(); err != nil {
-		fp.t.Fatalf("toxiproxy: %v", err)
+		fp.t.Errorf("toxiproxy: %v", err)
+		return
 	}
 	next.Lock()
 	addr := next.Listen
@@ -156,7 +156,7 @@ func (fp *faultPath) move() {
 	listen := fp.proxy.Listen
 	fp.proxy.Unlock()
 	if err := fp.proxy.Update(&toxiproxy.Proxy{Listen: listen, Upstream: addr, Enabled: true}); err != nil {
-		fp.t.Fatalf("toxiproxy: move the upstream to %s: %v", addr, err)
+		fp.t.Errorf("toxiproxy: move the upstream to %s: %v", addr, err)
 	}
 }
 

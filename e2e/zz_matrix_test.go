@@ -313,9 +313,9 @@ var matrixFaults = []matrixFault{
 			pid := c.ep.pid()
 			syscall.Kill(pid, syscall.SIGKILL)
 			// Gone before it is started again, as after a crash.
-			sandboxtest.WaitFor(c.t, 10*time.Second, "the killed daemon gone", func() (bool, error) {
-				return syscall.Kill(pid, 0) != nil || zombieProc(pid), nil
-			})
+			for deadline := time.Now().Add(10 * time.Second); syscall.Kill(pid, 0) == nil && !zombieProc(pid) && time.Now().Before(deadline); {
+				time.Sleep(50 * time.Millisecond)
+			}
 			c.ep.restart()
 			return func() {}
 		}},
@@ -723,7 +723,10 @@ func matrixRunFromEnv(t *testing.T) matrixRun {
 }
 
 // TestFaultMatrix runs the matrix (see the top of this file) and writes
-// its table to $KPF_FAULTS_REPORT when set.
+// its table to $KPF_FAULTS_REPORT when set. A row is one fault: its cells
+// (one per mode) are set up one after another, then carry traffic, take
+// the fault and recover side by side, so that a fault of the whole cluster
+// is made once for all of them.
 func TestFaultMatrix(t *testing.T) {
 	run := matrixRunFromEnv(t)
 	sb := sandboxtest.Get(t)
@@ -731,14 +734,7 @@ func TestFaultMatrix(t *testing.T) {
 	sb.Apply(t, ns, matrixApp)
 	sb.ReadyPods(t, ns, "app=app", 1)
 	var results []*cell
-	var resultsMu sync.Mutex
 	for _, f := range matrixFaults {
-		var pod string // the row's pod, ready
-		if f.name == "target container killed" {
-			f.global = func(sb *sandboxtest.Sandbox) (func() error, error) {
-				return func() error { return nil }, killContainers(ns, pod)
-			}
-		}
 		var modes []mode
 		for _, m := range matrixModes {
 			if (f.modes == nil || slices.Contains(f.modes, m.name)) && run.cells(f.name, m.name) {
@@ -754,106 +750,107 @@ func TestFaultMatrix(t *testing.T) {
 		}
 		t.Run(f.name, func(t *testing.T) {
 			// Every row starts from a ready pod.
-			pod = sb.ReadyPods(t, ns, "app=app", 1)[0].Name
-			var ready sync.WaitGroup
-			ready.Add(len(modes))
-			var once sync.Once
-			injected, ended := make(chan struct{}), make(chan struct{})
-			var globalErr error
-			globalFault := func() {
-				start, err := f.global(sb)
-				if err != nil {
-					globalErr = err
-					close(injected)
-					close(ended)
-					return
+			pod := sb.ReadyPods(t, ns, "app=app", 1)[0].Name
+			if f.name == "target container killed" {
+				f.global = func(sb *sandboxtest.Sandbox) (func() error, error) {
+					return func() error { return nil }, killContainers(ns, pod)
 				}
-				close(injected)
-				time.Sleep(hold) // the fault's length is what is tested
-				if err := start(); err != nil {
-					globalErr = err
-				}
-				close(ended)
 			}
+			var cells []*cell
 			for _, m := range modes {
-				t.Run(m.name, func(t *testing.T) {
-					t.Parallel()
-					var readyOnce sync.Once
-					defer readyOnce.Do(ready.Done)
-					c := &cell{t: t, fault: f, mode: m.name, recovery: -1}
-					defer func() {
-						resultsMu.Lock()
-						results = append(results, c)
-						resultsMu.Unlock()
-						if t.Failed() && len(c.notes) == 0 {
-							c.notes = append(c.notes, "the cell could not run: see the test log")
-						}
-					}()
-					c.fp = newFaultPath(t, sb)
-					c.ep = m.start(t, sb, c.fp, ns)
-					if err := c.probe(); err != nil {
-						t.Fatalf("no connection before the fault: %v", err)
+				c := &cell{t: t, fault: f, mode: m.name, recovery: -1}
+				results = append(results, c)
+				c.fp = newFaultPath(t, sb)
+				c.ep = m.start(t, sb, c.fp, ns)
+				if err := c.probe(); err != nil {
+					t.Fatalf("%s: no connection before the fault: %v", m.name, err)
+				}
+				cells = append(cells, c)
+			}
+			stop := make(chan struct{})
+			var traffic sync.WaitGroup
+			for _, c := range cells {
+				if c.ep.udp != "" {
+					traffic.Add(1)
+					go c.datagrams(stop, traffic.Done)
+				} else {
+					traffic.Add(3)
+					go c.stream(false, stop, traffic.Done)
+					go c.stream(true, stop, traffic.Done)
+					go c.requests(stop, traffic.Done)
+				}
+			}
+			var stopOnce sync.Once
+			stopTraffic := func() { stopOnce.Do(func() { close(stop) }); traffic.Wait() }
+			defer stopTraffic()
+			// Traffic flows through every cell before the fault.
+			sandboxtest.WaitFor(t, 30*time.Second, "traffic before the fault", func() (bool, error) {
+				for _, c := range cells {
+					c.mu.Lock()
+					ok := c.reqOK >= 3 || c.datagramsAnswered >= 10
+					c.mu.Unlock()
+					if !ok {
+						return false, nil
 					}
-					stop := make(chan struct{})
-					var traffic sync.WaitGroup
-					if c.ep.udp != "" {
-						traffic.Add(1)
-						go c.datagrams(stop, traffic.Done)
-					} else {
-						traffic.Add(3)
-						go c.stream(false, stop, traffic.Done)
-						go c.stream(true, stop, traffic.Done)
-						go c.requests(stop, traffic.Done)
-					}
-					// Traffic flows before the fault.
-					sandboxtest.WaitFor(t, 30*time.Second, "traffic before the fault", func() (bool, error) {
-						c.mu.Lock()
-						defer c.mu.Unlock()
-						return c.reqOK >= 3 || c.datagramsAnswered >= 10, nil
-					})
-					readyOnce.Do(ready.Done)
-					ready.Wait()
-					from := len(c.ep.lines())
-					var endedAt time.Time
-					if f.global != nil {
-						once.Do(func() { go globalFault() })
-						<-injected
-						<-ended
-						endedAt = time.Now()
-						if globalErr != nil {
-							t.Error(globalErr)
-						}
-					} else {
+				}
+				return true, nil
+			})
+			from := make([]int, len(cells))
+			for i, c := range cells {
+				from[i] = len(c.ep.lines())
+			}
+			var faulted sync.WaitGroup
+			if f.global != nil {
+				end, err := f.global(sb)
+				if err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(hold) // the fault's length is what is tested
+				if err := end(); err != nil {
+					t.Fatal(err)
+				}
+				ended := time.Now()
+				for _, c := range cells {
+					faulted.Add(1)
+					go func() { defer faulted.Done(); c.recover(ended) }()
+				}
+			} else {
+				for _, c := range cells {
+					faulted.Add(1)
+					go func() {
+						defer faulted.Done()
 						if f.quiet {
 							c.quiet.Store(true)
 						}
 						end := f.inject(c)
 						time.Sleep(hold) // the fault's length is what is tested
 						end()
-						endedAt = time.Now()
+						ended := time.Now()
 						if f.quiet {
-							c.quietEnds.Store(time.Now().UnixNano())
+							c.quietEnds.Store(ended.UnixNano())
 							c.quiet.Store(false)
 						}
-					}
-					c.recover(endedAt)
-					close(stop)
-					traffic.Wait()
-					c.lines = said(c.ep.lines(), from)
-					v := c.verdict()
-					t.Logf("%s × %s: %s", f.name, m.name, v)
-					for _, l := range c.lines {
-						t.Logf("kpf: %s", l)
-					}
-					for _, n := range c.notes {
-						t.Logf("note: %s", n)
-					}
-					if reason, ok := knownFailures[f.name+"|"+m.name]; v != "ok" && !ok {
-						t.Errorf("%s × %s: %s", f.name, m.name, v)
-					} else if ok && v == "ok" {
-						t.Logf("listed as a known failure (%s) but passed: take it off the list", reason)
-					}
-				})
+						c.recover(ended)
+					}()
+				}
+			}
+			faulted.Wait()
+			stopTraffic()
+			for i, c := range cells {
+				c.lines = said(c.ep.lines(), from[i])
+				v := c.verdict()
+				t.Logf("%s × %s: %s", f.name, c.mode, v)
+				for _, l := range c.lines {
+					t.Logf("  kpf: %s", l)
+				}
+				for _, n := range c.notes {
+					t.Logf("  note: %s", n)
+				}
+				if reason, ok := knownFailures[f.name+"|"+c.mode]; v != "ok" && !ok {
+					t.Errorf("%s × %s: %s", f.name, c.mode, v)
+				} else if ok && v == "ok" {
+					t.Logf("listed as a known failure (%s) but passed: take it off the list", reason)
+				}
 			}
 		})
 	}
@@ -887,7 +884,7 @@ func matrixTable(results []*cell, full bool) string {
 	if full {
 		run = "full (make faults)"
 	}
-	fmt.Fprintf(&b, "Run: %s, %s, kpf %s.\n\n", run, time.Now().UTC().Format("2006-01-02 15:04 MST"), kpfVersion())
+	fmt.Fprintf(&b, "Run: %s, %s, %s.\n\n", run, time.Now().UTC().Format("2006-01-02 15:04 MST"), kpfVersion())
 	b.WriteString("| fault | mode | streams ok / ended | lost bytes | hung | requests ok / failed | recovery | kpf said | verdict |\n")
 	b.WriteString("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, c := range results {
