@@ -283,7 +283,11 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 						defer tap.Close()
 					}
 					st, err := tun.Forward(ctx, c, l.Port.Remote, m)
-					c.Close()
+					if err != nil {
+						Abort(c)
+					} else {
+						c.Close()
+					}
 					counters.end(err)
 					if opts.Ended != nil {
 						e := Ended{Start: start, Local: l.Addr().String(), Peer: c.RemoteAddr().String(), Remote: l.Port.Remote, Stats: st, Err: err}
@@ -367,4 +371,27 @@ func (it *idleTimer) stop() {
 	if it.t != nil {
 		it.t.Stop()
 	}
+}
+
+// Abort closes a connection that failed with a reset (RST), not an
+// orderly end (FIN): a client that reads a stream with no length of its
+// own (a download to EOF, a copy, a replication stream) would take a FIN
+// for the stream's end and keep a truncated copy as if it were whole; a
+// reset it sees as the error it is. Bytes the client has not read yet stay
+// readable before the error; bytes kpf had not sent yet are dropped, as
+// the connection failed anyway. A connection without SO_LINGER (a pipe)
+// is just closed.
+func Abort(c net.Conn) {
+	for {
+		if l, ok := c.(interface{ SetLinger(sec int) error }); ok {
+			l.SetLinger(0)
+			break
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = u.NetConn()
+	}
+	c.Close()
 }
