@@ -363,7 +363,8 @@ type cell struct {
 	reqOK, reqFailed                 int
 	recovery                         time.Duration // -1: none within the bound's window
 	firstTry                         string        // the first new connection after the fault, when it failed
-	lines                            []string      // kpf's lines about the fault
+	lines                            []string      // kpf's news about the fault
+	connLines                        []string      // its lines about single connections
 	notes                            []string
 	datagramsSent, datagramsAnswered int
 }
@@ -651,17 +652,26 @@ func (c *cell) recover(ended time.Time) {
 	c.note("no new connection worked %s after the fault: %v", recoveryBound+20*time.Second, last)
 }
 
-// said is what kpf printed from line index from on, less the per-connection
-// lines kubectl's format has ("Handling connection for").
-func said(lines []string, from int) []string {
-	var out []string
+// perConnection marks kpf's lines about one connection (its failure, its
+// wait): a line per connection that met the fault, not a retry; the
+// matrix counts them apart.
+var perConnection = []string{"Handling connection for", `msg="connection failed"`, `msg="waiting for a tunnel"`,
+	`msg="waiting for a ready pod"`, `msg="every pod refused a new connection`}
+
+// said is what kpf printed from line index from on: its news about the
+// fault, and its lines about single connections.
+func said(lines []string, from int) (news, conns []string) {
 	for _, l := range lines[min(from, len(lines)):] {
-		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "Handling connection for") {
+		if strings.TrimSpace(l) == "" {
 			continue
 		}
-		out = append(out, l)
+		if slices.ContainsFunc(perConnection, func(p string) bool { return strings.Contains(l, p) }) {
+			conns = append(conns, l)
+			continue
+		}
+		news = append(news, l)
 	}
-	return out
+	return news, conns
 }
 
 // verdict judges the cell against the promise.
@@ -837,7 +847,7 @@ func TestFaultMatrix(t *testing.T) {
 			faulted.Wait()
 			stopTraffic()
 			for i, c := range cells {
-				c.lines = said(c.ep.lines(), from[i])
+				c.lines, c.connLines = said(c.ep.lines(), from[i])
 				v := c.verdict()
 				t.Logf("%s × %s: %s", f.name, c.mode, v)
 				for _, l := range c.lines {
@@ -898,7 +908,7 @@ func matrixTable(results []*cell, full bool) string {
 		if c.recovery >= 0 {
 			rec = fmt.Sprintf("%.1f s", c.recovery.Seconds())
 		}
-		saidCol := fmt.Sprintf("%d lines", len(c.lines))
+		saidCol := fmt.Sprintf("%d lines (+%d about single connections)", len(c.lines), len(c.connLines))
 		if len(c.lines) > 0 {
 			saidCol += ": `" + strings.ReplaceAll(shorten(c.lines[0], 100), "|", "\\|") + "`"
 		}
