@@ -111,19 +111,19 @@ type Follower struct {
 	o   Options
 	ctx context.Context // the follower's lifetime: its pools live as long
 
-	mu       sync.Mutex
-	changed  chan struct{} // closed and replaced on every change
-	pods     map[types.UID]*podState
-	current  types.UID
-	next     int // round robin for Balance
-	retries  int // consecutive failed reconnects, for MaxRetries
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every change
+	pods    map[types.UID]*podState
+	current types.UID
+	next    int // round robin for Balance
+	retries int // consecutive failed reconnects, for MaxRetries
 	// apiSilent: the liveness probe says the API server is silent (until
 	// it says it answers again); no tunnel can be ready meanwhile.
 	apiSilent bool
-	done     chan struct{}
-	doneErr  error
-	doneOnce sync.Once
-	everUsed bool
+	done      chan struct{}
+	doneErr   error
+	doneOnce  sync.Once
+	everUsed  bool
 	// synced says whether the watch has delivered the pods that existed
 	// when it started: until then, no pod is not yet news.
 	synced func() bool
