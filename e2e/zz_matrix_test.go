@@ -15,6 +15,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,7 @@ import (
 	"github.com/kpf-dev/kpf/sandbox/pattern"
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 	"github.com/kpf-dev/kpf/sandbox/workload"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 const (
@@ -301,7 +303,7 @@ var matrixFaults = []matrixFault{
 		global: func(sb *sandboxtest.Sandbox) (func() error, error) {
 			return func() error { return nil }, sandboxFault("restart", "node")(sb)
 		}},
-	{name: "target container killed", destructive: true, inject: nil /* set in init: needs the namespace */},
+	{name: "target container killed", destructive: true /* global: set in TestFaultMatrix, which knows the pod */},
 	{name: "kpf stopped (SIGSTOP)", destructive: true, quiet: true, hold: 2 * time.Minute, shortHold: 20 * time.Second,
 		inject: func(c *cell) func() {
 			pid := c.ep.pid()
@@ -343,6 +345,41 @@ func killContainers(ns, name string) error {
 		return fmt.Errorf("no process of pod %s/%s found to kill", ns, name)
 	}
 	return nil
+}
+
+// restarts is how many times pod ns/name's containers restarted.
+func restarts(sb *sandboxtest.Sandbox, ns, name string) int32 {
+	p, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return 0
+	}
+	var n int32
+	for _, cs := range p.Status.ContainerStatuses {
+		n += cs.RestartCount
+	}
+	return n
+}
+
+// podBackAfterKill waits until pod ns/name has restarted its containers
+// (more restarts than before) and is ready again.
+func podBackAfterKill(sb *sandboxtest.Sandbox, ns, name string, before int32) error {
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		p, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err == nil && sandboxtest.PodReady(p) {
+			var n int32
+			ready := true
+			for _, cs := range p.Status.ContainerStatuses {
+				n += cs.RestartCount
+				ready = ready && cs.Ready
+			}
+			if ready && n > before {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("pod %s/%s not ready again 90 s after its containers were killed", ns, name)
 }
 
 // cell is one fault × mode: its traffic and what was measured.
@@ -763,7 +800,12 @@ func TestFaultMatrix(t *testing.T) {
 			pod := sb.ReadyPods(t, ns, "app=app", 1)[0].Name
 			if f.name == "target container killed" {
 				f.global = func(sb *sandboxtest.Sandbox) (func() error, error) {
-					return func() error { return nil }, killContainers(ns, pod)
+					// The fault lasts until the containers run and the pod
+					// is ready again (the node agent restarts them after a
+					// back-off, as a kubelet does): recovery counts from
+					// there.
+					before := restarts(sb, ns, pod)
+					return func() error { return podBackAfterKill(sb, ns, pod, before) }, killContainers(ns, pod)
 				}
 			}
 			var cells []*cell
