@@ -977,7 +977,9 @@ func TestFaultMatrix(t *testing.T) {
 // knownFailures are cells that fail the promise today, each with why (and
 // docs/reliability.md says the same): the matrix reports them without
 // failing. A cell that starts passing says so in the log.
-var knownFailures = map[string]string{}
+var knownFailures = map[string]string{
+	"daemon killed (SIGKILL)|daemon": "a daemon started again does not bring back the files the killed one held: issue 26's restore, built on another branch (h-resilience); until it is merged the forward stays down",
+}
 
 func matrixTable(results []*cell, full bool) string {
 	order := map[string]int{}
