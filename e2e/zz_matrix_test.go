@@ -53,9 +53,11 @@ const (
 	// recoveryBound is how soon after a fault ends a new connection must
 	// work.
 	recoveryBound = 10 * time.Second
-	// chatter is how many lines kpf may print about one fault: a clear
-	// line, perhaps one when it is over; not a retry per attempt.
-	chatter = 3
+	// chatter is how many lines kpf may print about one fault, besides
+	// its lines about single connections: what happened and why, the
+	// forward's state going down and back up, the API server answering
+	// again; not a line per retry.
+	chatter = 5
 )
 
 // matrixApp is one pod serving the three kinds of traffic: HTTP (kpf.test/http,
