@@ -284,7 +284,7 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 					}
 					st, err := tun.Forward(ctx, c, l.Port.Remote, m)
 					if err != nil {
-						Abort(c)
+						tunnel.Abort(c) // a data path that has not closed it yet
 					} else {
 						c.Close()
 					}
@@ -371,27 +371,4 @@ func (it *idleTimer) stop() {
 	if it.t != nil {
 		it.t.Stop()
 	}
-}
-
-// Abort closes a connection that failed with a reset (RST), not an
-// orderly end (FIN): a client that reads a stream with no length of its
-// own (a download to EOF, a copy, a replication stream) would take a FIN
-// for the stream's end and keep a truncated copy as if it were whole; a
-// reset it sees as the error it is. Bytes the client has not read yet stay
-// readable before the error; bytes kpf had not sent yet are dropped, as
-// the connection failed anyway. A connection without SO_LINGER (a pipe)
-// is just closed.
-func Abort(c net.Conn) {
-	for {
-		if l, ok := c.(interface{ SetLinger(sec int) error }); ok {
-			l.SetLinger(0)
-			break
-		}
-		u, ok := c.(interface{ NetConn() net.Conn })
-		if !ok {
-			break
-		}
-		c = u.NetConn()
-	}
-	c.Close()
 }
