@@ -481,18 +481,23 @@ func isClosed(err error) bool {
 // reset it sees as the error it is. Bytes the client has not read yet stay
 // readable before the error; bytes not sent yet are dropped, as the
 // connection failed anyway. A connection without SO_LINGER (a pipe) is
-// just closed.
+// just closed. A wrapper decides for itself (an Abort method), or shows
+// its socket (NetConn); either way the wrapper is what is closed.
 func Abort(c net.Conn) {
-	for {
-		if l, ok := c.(interface{ SetLinger(sec int) error }); ok {
+	if a, ok := c.(interface{ Abort() }); ok {
+		a.Abort()
+		return
+	}
+	for inner := c; ; {
+		if l, ok := inner.(interface{ SetLinger(sec int) error }); ok {
 			l.SetLinger(0)
 			break
 		}
-		u, ok := c.(interface{ NetConn() net.Conn })
+		u, ok := inner.(interface{ NetConn() net.Conn })
 		if !ok {
 			break
 		}
-		c = u.NetConn()
+		inner = u.NetConn()
 	}
 	c.Close()
 }
