@@ -111,16 +111,19 @@ type Follower struct {
 	o   Options
 	ctx context.Context // the follower's lifetime: its pools live as long
 
-	mu       sync.Mutex
-	changed  chan struct{} // closed and replaced on every change
-	pods     map[types.UID]*podState
-	current  types.UID
-	next     int // round robin for Balance
-	retries  int // consecutive failed reconnects, for MaxRetries
-	done     chan struct{}
-	doneErr  error
-	doneOnce sync.Once
-	everUsed bool
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every change
+	pods    map[types.UID]*podState
+	current types.UID
+	next    int // round robin for Balance
+	retries int // consecutive failed reconnects, for MaxRetries
+	// apiSilent: the liveness probe says the API server is silent (until
+	// it says it answers again); no tunnel can be ready meanwhile.
+	apiSilent bool
+	done      chan struct{}
+	doneErr   error
+	doneOnce  sync.Once
+	everUsed  bool
 	// synced says whether the watch has delivered the pods that existed
 	// when it started: until then, no pod is not yet news.
 	synced func() bool
@@ -470,12 +473,19 @@ func (f *Follower) tunnelDownLocked(exclude map[types.UID]bool) *downPod {
 // failed records a failed dial and sets the backoff; f.mu is held.
 func (f *Follower) failed(st *podState, err error) {
 	f.reconnects.Add(1)
+	prev := st.lastErr
 	st.lastErr = err
 	st.failures++
 	f.retries++
 	wait := backoff(st.failures)
 	st.retryAt = time.Now().Add(wait)
-	f.o.Log.Warn("tunnel failed", keyPod, st.pod.Name, keyErr, err, keyWait, wait.Round(time.Millisecond))
+	// A stack of the same failure, a line per retry, says nothing new:
+	// the first failure in a row and each change of reason are news.
+	if st.failures == 1 || prev == nil || prev.Error() != err.Error() {
+		f.o.Log.Warn("tunnel failed", keyPod, st.pod.Name, keyErr, err, keyWait, wait.Round(time.Millisecond))
+	} else {
+		f.o.Log.Debug("tunnel failed again", keyPod, st.pod.Name, keyErr, err, keyWait, wait.Round(time.Millisecond), "attempt", st.failures)
+	}
 	if f.o.MaxRetries > 0 && f.retries > f.o.MaxRetries {
 		f.endLocked(fmt.Errorf("%w after %d attempts in a row (--max-retries %d): %v", ErrRetriesExhausted, f.retries, f.o.MaxRetries, err))
 	}
@@ -526,16 +536,26 @@ func (f *Follower) watchPool(st *podState, pool *tunnelpool.Pool[*tunnel.Conn]) 
 // every tunnel is dropped so that new connections redial once the API
 // server answers again.
 func (f *Follower) apiServer(silent bool, quiet time.Duration) {
+	f.mu.Lock()
+	f.apiSilent = silent
+	f.mu.Unlock()
 	if !silent {
-		f.o.Log.Info("API server answers again")
+		// The probe said so, once for every forward of its cluster.
+		f.o.Log.Debug("API server answers again")
+		f.broadcast()
 		return
 	}
-	f.DropTunnels("the API server did not answer for " + quiet.Round(time.Second).String())
+	f.dropTunnels("the API server did not answer for "+quiet.Round(time.Second).String(), slog.LevelDebug)
 }
 
 // DropTunnels closes every tunnel, as when the API server went silent; the
 // next connections redial.
-func (f *Follower) DropTunnels(reason string) {
+func (f *Follower) DropTunnels(reason string) { f.dropTunnels(reason, slog.LevelWarn) }
+
+// dropTunnels logs at level: the liveness probe's drop is said once by the
+// probe itself for every forward of its cluster (a line per forward was a
+// stack of the same news in a daemon's log).
+func (f *Follower) dropTunnels(reason string, level slog.Level) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, st := range f.pods {
@@ -543,7 +563,7 @@ func (f *Follower) DropTunnels(reason string) {
 			st.retryAt = time.Now().Add(backoff(1))
 		}
 	}
-	f.o.Log.Warn("tunnels dropped", keyReason, reason)
+	f.o.Log.Log(context.Background(), level, "tunnels dropped", keyReason, reason)
 	f.broadcast()
 }
 
@@ -694,7 +714,7 @@ func (f *Follower) State() (pod, state string) {
 		switch {
 		case st.pool != nil:
 			return st.pod.Name, "ready"
-		case st.retryAt.After(time.Now()) || st.failures > 0:
+		case st.retryAt.After(time.Now()) || st.failures > 0 || f.apiSilent:
 			return st.pod.Name, "reconnecting"
 		}
 		return st.pod.Name, "ready"

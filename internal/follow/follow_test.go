@@ -460,7 +460,27 @@ func TestFollowerDropsTunnelsWhenTheAPIServerIsSilent(t *testing.T) {
 	if _, state := f.State(); state != "reconnecting" {
 		t.Fatalf("after the API server's silence: state %q, want reconnecting (tunnels dropped)", state)
 	}
+	// Past the redial's backoff, while the API server is still silent: no
+	// tunnel can be ready, and the state must not say so (a daemon said
+	// "ready" through a 60 s blackhole).
+	f.mu.Lock()
+	for _, st := range f.pods {
+		st.retryAt = time.Now().Add(-time.Second)
+	}
+	f.mu.Unlock()
+	if _, state := f.State(); state != "reconnecting" {
+		t.Fatalf("the API server still silent, past the backoff: state %q, want reconnecting", state)
+	}
+	changed = f.Changed()
 	live.tell(false)
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Changed was not closed when the API server answered again")
+	}
+	if _, state := f.State(); state != "ready" {
+		t.Fatalf("the API server answering again: state %q, want ready (the next connection dials)", state)
+	}
 	if r := connect(t, context.Background(), f); r.err != nil || r.pod != "web-1" {
 		t.Fatalf("after the API server's return: %q, %v", r.pod, r.err)
 	}

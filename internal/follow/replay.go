@@ -76,6 +76,21 @@ func (r *replayConn) Close() error {
 	return r.Conn.SetReadDeadline(time.Unix(1, 0))
 }
 
+// Abort is tunnel.Abort for a connection that may be replayed: a
+// committed one is reset (its client sees the failure); one kept for
+// another attempt is only detached, as Close does, and its socket keeps
+// its orderly close for when the attempt that carries it ends.
+func (r *replayConn) Abort() {
+	r.mu.Lock()
+	committed := r.committed
+	r.mu.Unlock()
+	if committed {
+		tunnel.Abort(r.Conn)
+		return
+	}
+	r.Close()
+}
+
 // rewind prepares an uncommitted connection for another attempt; false if
 // it is committed (the pod answered, or too much was sent to keep).
 func (r *replayConn) rewind() bool {

@@ -283,7 +283,11 @@ func Serve(ctx context.Context, listeners []*Listener, tun Backend, out io.Write
 						defer tap.Close()
 					}
 					st, err := tun.Forward(ctx, c, l.Port.Remote, m)
-					c.Close()
+					if err != nil {
+						tunnel.Abort(c) // a data path that has not closed it yet
+					} else {
+						c.Close()
+					}
 					counters.end(err)
 					if opts.Ended != nil {
 						e := Ended{Start: start, Local: l.Addr().String(), Peer: c.RemoteAddr().String(), Remote: l.Port.Remote, Stats: st, Err: err}

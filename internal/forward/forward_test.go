@@ -158,6 +158,11 @@ func (f *fakeTunnel) Forward(_ context.Context, c net.Conn, port uint16, m *mete
 	if port == 666 {
 		return tunnel.Stats{}, &tunnel.RemoteError{Pod: "ns/p", Port: port, Message: "connection refused"}
 	}
+	if port == 667 { // a tunnel lost mid-stream, after a byte each way
+		c.Read(make([]byte, 1))
+		io.WriteString(c, "partial")
+		return tunnel.Stats{In: 7}, errLost
+	}
 	n, err := io.Copy(c, c)
 	m.AddIn(n)
 	m.AddOut(n)
@@ -184,6 +189,11 @@ func TestServeSurvivesAFailedConnection(t *testing.T) {
 	bad, good := ls[0].Addr().String(), ls[1].Addr().String()
 	for range 3 {
 		c, err := net.Dial("tcp", bad)
+		if errors.Is(err, syscall.ECONNRESET) {
+			// The fake refuses at once: the reset can beat the dial.
+			echoOnce(t, good)
+			continue
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -206,6 +216,47 @@ func TestServeSurvivesAFailedConnection(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", good); err == nil {
 		t.Error("listener still open after Serve returned")
+	}
+}
+
+// TestFailedConnectionIsReset: a connection whose tunnel failed mid-stream
+// ends with a reset, after the bytes that came before it: its client sees
+// an error, not the end of a stream that looks whole.
+func TestFailedConnectionIsReset(t *testing.T) {
+	var out, errOut syncBuffer
+	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 667}, {Local: 0, Remote: 7}}, &out, &errOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun := &fakeTunnel{done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- Serve(ctx, ls, tun, &out, slog.New(slog.NewTextHandler(&errOut, nil)), Options{})
+	}()
+	defer func() { cancel(); <-served }()
+	c, err := net.Dial("tcp", ls[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "x")
+	got, err := io.ReadAll(c)
+	if string(got) != "partial" || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a connection whose tunnel failed: read %q, then %v; want \"partial\", then a reset", got, err)
+	}
+	// One that ends well ends with a FIN.
+	c2, err := net.Dial("tcp", ls[1].Addr().String())
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut.String())
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c2, "ok")
+	c2.(*net.TCPConn).CloseWrite()
+	if got, err := io.ReadAll(c2); string(got) != "ok" || err != nil {
+		t.Fatalf("a connection that ended well: read %q, %v; want \"ok\" and its end", got, err)
 	}
 }
 

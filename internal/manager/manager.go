@@ -238,7 +238,7 @@ func (m *Manager) serveOnce(ctx context.Context, f *Forward, up func()) error {
 	f.mu.Unlock()
 	up()
 	st := sess.Status()
-	m.setState(f, Ready, fmt.Sprintf("%s -> %s %s", strings.Join(sess.Addrs(), ", "), sess.Target.Ref, st.Pod))
+	m.setState(f, Ready, readyLine(sess, st.Pod))
 	loops, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	if f.Spec.Health != nil {
@@ -328,8 +328,20 @@ func (m *Manager) watchState(ctx context.Context, f *Forward, sess *session.Sess
 			m.event(f, "now on pod %s (was %s)", st.Pod, lastPod)
 			lastPod = st.Pod
 		}
-		m.setState(f, st.State, "")
+		why := ""
+		if st.State == Ready {
+			// Ready again after reconnecting says where, as the first
+			// time did (it used to say "ready: " and nothing).
+			why = readyLine(sess, st.Pod)
+		}
+		m.setState(f, st.State, why)
 	}
+}
+
+// readyLine is what a ready forward's event says: its addresses, target
+// and pod.
+func readyLine(sess *session.Session, pod string) string {
+	return fmt.Sprintf("%s -> %s %s", strings.Join(sess.Addrs(), ", "), sess.Target.Ref, pod)
 }
 
 func (m *Manager) checkHealth(ctx context.Context, f *Forward, sess *session.Session) {

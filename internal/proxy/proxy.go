@@ -289,6 +289,7 @@ func (p *Proxy) carry(ctx context.Context, c net.Conn, d dest) error {
 	if err != nil {
 		p.failed.Add(1)
 		p.o.Log.Error("connection failed", "dest", d.name, "err", err)
+		tunnel.Abort(c) // the client sees an error, not an end
 	}
 	if p.o.Ended != nil {
 		p.o.Ended(Ended{Dest: d.name, Route: d.route, Local: c.LocalAddr().String(), Peer: c.RemoteAddr().String(),
@@ -363,6 +364,9 @@ type bufConn struct {
 }
 
 func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// NetConn is the socket under the read-ahead (tunnel.Abort resets it).
+func (b *bufConn) NetConn() net.Conn { return b.Conn }
 
 // raw is the connection to hand to the data path once the handshake is
 // over: the socket itself when nothing was read ahead (so the data path

@@ -447,7 +447,11 @@ func pump(ctx context.Context, local net.Conn, data dataStream, errDone <-chan s
 	// Discard what is queued so a slow local side cannot hold the error
 	// stream (and the tunnel's shared reader) back, and end both copies.
 	data.reset()
-	local.Close()
+	if first != nil {
+		Abort(local) // the client sees an error, not the stream's end
+	} else {
+		local.Close()
+	}
 	<-outDone
 	select {
 	case <-errDone:
@@ -468,4 +472,32 @@ func isClosed(err error) bool {
 		// spdystream and the websocket tunnel report closed streams as text.
 		strings.Contains(err.Error(), "use of closed network connection") ||
 		strings.Contains(err.Error(), "stream reset")
+}
+
+// Abort closes a connection that failed with a reset (RST), not an
+// orderly end (FIN): a client that reads a stream with no length of its
+// own (a download to EOF, a copy, a replication stream) would take a FIN
+// for the stream's end and keep a truncated copy as if it were whole; a
+// reset it sees as the error it is. Bytes the client has not read yet stay
+// readable before the error; bytes not sent yet are dropped, as the
+// connection failed anyway. A connection without SO_LINGER (a pipe) is
+// just closed. A wrapper decides for itself (an Abort method), or shows
+// its socket (NetConn); either way the wrapper is what is closed.
+func Abort(c net.Conn) {
+	if a, ok := c.(interface{ Abort() }); ok {
+		a.Abort()
+		return
+	}
+	for inner := c; ; {
+		if l, ok := inner.(interface{ SetLinger(sec int) error }); ok {
+			l.SetLinger(0)
+			break
+		}
+		u, ok := inner.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		inner = u.NetConn()
+	}
+	c.Close()
 }
