@@ -484,20 +484,40 @@ func Describe(kube *genericclioptions.ConfigFlags) (context, cluster, user strin
 // secretFlags are the connection flags whose values are credentials.
 var secretFlags = []string{"token", "password"}
 
-// PlainEnv are the variables, of those an identity keeps, whose values
-// are never credentials (paths, names of profiles, regions, addresses):
-// the only ones whose values kpf writes to disk (Storable). Every other
-// variable kept by EnvPrefixes or KPF_PASS_ENV may hold a secret
-// (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, VAULT_TOKEN, a user's own),
-// and kpf cannot tell which: they stay in memory only.
+// PlainEnv are variables whose values are never credentials (paths,
+// names of profiles, regions, addresses), written to disk (Storable)
+// whatever their names look like.
 var PlainEnv = []string{
 	"KUBECONFIG", "KUBECACHEDIR", "HOME", "PATH", "USER", "NO_PROXY", "no_proxy",
 	"SSL_CERT_FILE", "SSL_CERT_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", PassEnv,
-	"AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE",
-	"AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE", "AWS_STS_REGIONAL_ENDPOINTS", "AWS_SDK_LOAD_CONFIG",
-	"AZURE_CONFIG_DIR", "CLOUDSDK_CONFIG", "CLOUDSDK_ACTIVE_CONFIG_NAME", "CLOUDSDK_CORE_PROJECT",
-	"GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "OCI_CLI_PROFILE", "OCI_CLI_CONFIG_FILE",
-	"OS_CLOUD", "TELEPORT_HOME", "TELEPORT_PROXY", "VAULT_ADDR",
+	"GOOGLE_APPLICATION_CREDENTIALS", "OS_AUTH_URL",
+}
+
+// SecretWords mark the names of variables that may hold a credential:
+// a variable kept by EnvPrefixes whose name holds one (AWS_SECRET_ACCESS_KEY,
+// AWS_SESSION_TOKEN, VAULT_TOKEN, AZURE_CLIENT_SECRET, OS_PASSWORD,
+// IBMCLOUD_API_KEY) is never written to disk (Storable). A variable that
+// KPF_PASS_ENV names is a user's own, which kpf cannot judge: never
+// written either, unless it is in PlainEnv.
+var SecretWords = []string{"SECRET", "TOKEN", "PASSWORD", "PASSWD", "PASSPHRASE", "PASS", "KEY", "CREDENTIAL", "SESSION", "AUTH", "COOKIE", "PRIVATE", "SIGNATURE", "CERTIFICATE"}
+
+// plainEnv reports whether the value of the kept variable k may be
+// written to disk.
+func plainEnv(k, v string) bool {
+	switch {
+	case slices.Contains(PlainEnv, k):
+		return true
+	case slices.Contains(proxyEnv, k):
+		// user:password@host, with a scheme or without: any user part is
+		// left out, whatever a parser makes of the rest.
+		return !strings.Contains(v, "@")
+	case slices.Contains(EnvNames, k):
+		return true
+	case !slices.ContainsFunc(EnvPrefixes, func(p string) bool { return strings.HasPrefix(k, p) }):
+		return false // only KPF_PASS_ENV keeps it: a user's own
+	}
+	up := strings.ToUpper(k)
+	return !slices.ContainsFunc(SecretWords, func(w string) bool { return strings.Contains(up, w) })
 }
 
 // proxyEnv are the proxy variables: written when their URL names no
@@ -507,8 +527,9 @@ var proxyEnv = []string{"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", 
 // Storable is the identity without what may be a credential, for the
 // daemon to write to disk (it never writes a token or a password), and
 // the names of what it left out ("--token", "AWS_SECRET_ACCESS_KEY"):
-// the credential flags' values, the variables not in PlainEnv, and a
-// proxy URL that names a user (and may hold a password). An identity that left nothing
+// the credential flags' values, the variables whose names hold one of
+// SecretWords or that only KPF_PASS_ENV keeps (see plainEnv), and a proxy
+// URL that names a user (and may hold a password). An identity that left nothing
 // out is the same identity when read back; one that did is not, and the
 // daemon does not run it as if it were.
 func (id Identity) Storable() (Identity, []string) {
@@ -526,13 +547,7 @@ func (id Identity) Storable() (Identity, []string) {
 	}
 	for _, kv := range id.Env {
 		k, v, _ := strings.Cut(kv, "=")
-		plain := slices.Contains(PlainEnv, k)
-		if slices.Contains(proxyEnv, k) {
-			// user:password@host, with a scheme or without: any user
-			// part is left out, whatever a parser makes of the rest.
-			plain = !strings.Contains(v, "@")
-		}
-		if !plain {
+		if !plainEnv(k, v) {
 			withheld = append(withheld, k)
 			continue
 		}

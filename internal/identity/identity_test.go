@@ -316,7 +316,8 @@ func TestStorableLeavesOutCredentials(t *testing.T) {
 	id := Identity{
 		Flags: map[string][]string{"kubeconfig": {"/k"}, "token": {"sekrit-token"}, "password": {"sekrit-pw"}, "context": {"dev"}},
 		Env: []string{
-			"AWS_PROFILE=dev", "AWS_SECRET_ACCESS_KEY=sekrit-aws", "AWS_SESSION_TOKEN=sekrit-sess",
+			"AWS_PROFILE=dev", "AWS_SECRET_ACCESS_KEY=sekrit-aws", "AWS_SESSION_TOKEN=sekrit-sess", "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE=/ca.pem",
+			"AZURE_CLIENT_SECRET=sekrit-az", "VAULT_TOKEN=sekrit-vault", "OS_PASSWORD=sekrit-os", "IBMCLOUD_API_KEY=sekrit-ibm", "GOOGLE_APPLICATION_CREDENTIALS=/sa.json",
 			"CORP_SSO=sekrit-corp", "HOME=/home/u", "HTTPS_PROXY=http://u:sekrit-proxy@proxy:3128",
 			"HTTP_PROXY=http://proxy:3128", "KPF_PASS_ENV=CORP_SSO", "KUBECONFIG=/k", "all_proxy=u:sekrit-bare@proxy:1080",
 		},
@@ -327,11 +328,11 @@ func TestStorableLeavesOutCredentials(t *testing.T) {
 	if strings.Contains(string(b), "sekrit") {
 		t.Errorf("a credential in what is written: %s", b)
 	}
-	want := []string{"--password", "--token", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "CORP_SSO", "HTTPS_PROXY", "all_proxy"}
+	want := []string{"--password", "--token", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_CLIENT_SECRET", "VAULT_TOKEN", "OS_PASSWORD", "IBMCLOUD_API_KEY", "CORP_SSO", "HTTPS_PROXY", "all_proxy"}
 	if !slices.Equal(withheld, want) {
 		t.Errorf("withheld %q, want %q", withheld, want)
 	}
-	for _, kv := range []string{"AWS_PROFILE=dev", "HOME=/home/u", "HTTP_PROXY=http://proxy:3128", "KUBECONFIG=/k", "KPF_PASS_ENV=CORP_SSO"} {
+	for _, kv := range []string{"AWS_PROFILE=dev", "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE=/ca.pem", "GOOGLE_APPLICATION_CREDENTIALS=/sa.json", "HOME=/home/u", "HTTP_PROXY=http://proxy:3128", "KUBECONFIG=/k", "KPF_PASS_ENV=CORP_SSO"} {
 		if !slices.Contains(got.Env, kv) {
 			t.Errorf("%s not kept: %q", kv, got.Env)
 		}
