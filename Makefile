@@ -19,7 +19,7 @@ PORTABLE_PKGS := ./internal/sysio/... ./internal/spdy/... ./internal/fastconn/..
 # e2e tests that run again against a kpf built with the portable data path.
 PORTABLE_E2E := TestTargetsMatchKubectl|TestPortSpecsMatchKubectl|TestTransports|TestOneBadConnection|TestHalfClose|TestUpstreamScenarios|TestConcurrentConnections|TestSlowReaderStallsNobody
 
-.PHONY: help build plugin release-snapshot sandbox sandbox-down demo test unit fuzz e2e verify fmt vet bench clean
+.PHONY: help build plugin release-snapshot sandbox sandbox-down demo test unit fuzz e2e verify fmt vet bench soak clean
 
 help:
 	@echo "make demo      start the sandbox (if no cluster is configured) and run the demo"
@@ -27,6 +27,7 @@ help:
 	@echo "make sandbox   build and start the local sandbox cluster"
 	@echo "make sandbox-down  stop it"
 	@echo "make bench     kpf against kubectl on the sandbox (docs/benchmarks.md)"
+	@echo "make soak      the daemon under churn and faults for SOAK (2h; docs/soak.md)"
 	@echo "make release-snapshot  the release, built locally and not published (dist/)"
 	@echo "make unit | fuzz | e2e | verify | build | plugin"
 
@@ -108,6 +109,13 @@ vet:
 bench: build
 	./scripts/deps.sh bench
 	cd bench && $(GO) run . -kpf $(BIN)/kpf -json $(CURDIR)/bench-results.jsonl $(BENCH_ARGS)
+
+# The soak (not in CI): 100 forwards in the daemon for SOAK, under
+# connection churn, rollouts and API server restarts (docs/soak.md).
+SOAK ?= 2h
+soak: build
+	./scripts/deps.sh soak
+	cd bench && $(GO) run ./soak -kpf $(BIN)/kpf -duration $(SOAK) -out $(CURDIR)/docs $(SOAK_ARGS)
 
 # The release, built here and published nowhere (dist/): archives for
 # linux, darwin and windows x amd64 and arm64, checksums, a CycloneDX SBOM
