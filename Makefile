@@ -23,7 +23,7 @@ PORTABLE_E2E := TestTargetsMatchKubectl|TestPortSpecsMatchKubectl|TestTransports
 # kubelet handler serves the streams), as clusters before 1.36 are.
 LEGACY_E2E := TestTargetsMatchKubectl|TestPortSpecsMatchKubectl|TestTransports|TestUpstreamScenarios|TestHalfClose|TestWebSocketsReachTheNodeAsTheyAre
 
-.PHONY: help build plugin release-snapshot sandbox sandbox-down demo test unit fuzz e2e e2e-legacy faults verify fmt vet bench clean
+.PHONY: help build plugin release-snapshot sandbox sandbox-down demo test unit fuzz e2e e2e-legacy faults verify fmt vet bench soak clean
 
 help:
 	@echo "make demo      start the sandbox (if no cluster is configured) and run the demo"
@@ -32,6 +32,7 @@ help:
 	@echo "make sandbox-down  stop it"
 	@echo "make bench     kpf against kubectl on the sandbox (docs/benchmarks.md)"
 	@echo "make faults    the fault matrix on the sandbox; its table goes into docs/reliability.md"
+	@echo "make soak      the daemon under churn and faults for SOAK (2h; docs/soak.md)"
 	@echo "make release-snapshot  the release, built locally and not published (dist/)"
 	@echo "make unit | fuzz | e2e | verify | build | plugin"
 
@@ -134,6 +135,13 @@ faults: build
 bench: build
 	./scripts/deps.sh bench
 	cd bench && $(GO) run . -kpf $(BIN)/kpf -json $(CURDIR)/bench-results.jsonl $(BENCH_ARGS)
+
+# The soak (not in CI): 100 forwards in the daemon for SOAK, under
+# connection churn, rollouts and API server restarts (docs/soak.md).
+SOAK ?= 2h
+soak: build
+	./scripts/deps.sh soak
+	cd bench && $(GO) run ./soak -kpf $(BIN)/kpf -duration $(SOAK) -out $(CURDIR)/docs $(SOAK_ARGS)
 
 # The release, built here and published nowhere (dist/): archives for
 # linux, darwin and windows x amd64 and arm64, checksums, a CycloneDX SBOM

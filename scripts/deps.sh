@@ -25,6 +25,10 @@ if [ "${1:-}" = bench ]; then
   command -v mariadb-slap >/dev/null 2>&1 || need+=(mariadb-client)
   [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 fi
+# make soak's plot (scripts/deps.sh soak).
+if [ "${1:-}" = soak ]; then
+  command -v gnuplot >/dev/null 2>&1 || need+=(gnuplot-nox)
+fi
 # Shell completion is tested in bash (with bash-completion) and zsh.
 [ -f /usr/share/bash-completion/bash_completion ] || need+=(bash-completion)
 if ! command -v go >/dev/null 2>&1; then

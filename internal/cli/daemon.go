@@ -43,10 +43,13 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 	// A daemon that answered may be exiting (kpf down stopped its last
 	// forward meanwhile): the apply then finds no daemon, and is made
 	// again to the next one (applying is idempotent).
+	restarted := false
 	for try := 1; ; try++ {
-		if err := o.ensureDaemon(c, home, metricsAddr); err != nil {
+		started, err := o.ensureDaemon(c, home, metricsAddr)
+		if err != nil {
 			return err
 		}
+		restarted = restarted || started
 		res, err = c.Apply(ctx, api.ApplyRequest{File: abs, Names: o.names, Identity: o.id, Settings: o.Settings})
 		if !errors.Is(err, daemon.ErrNotRunning) || try == 3 {
 			break
@@ -54,6 +57,12 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 	}
 	if err != nil {
 		return err
+	}
+	if restarted {
+		// A daemon started now restores what one killed before it ran.
+		if st, err := c.Status(ctx, ""); err == nil {
+			writeRestored(o.g.errOut, st.Restored)
+		}
 	}
 	if metricsAddr != "" {
 		if st, err := c.Status(ctx, abs); err == nil && st.Metrics == "" {
@@ -90,25 +99,31 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 
 // ensureDaemon starts the daemon of home unless one answers, and waits
 // until it does.
-func (o *UpOptions) ensureDaemon(c *daemon.Client, home daemon.Home, metricsAddr string) error {
-	if c.Running() {
-		return nil
-	}
+func (o *UpOptions) ensureDaemon(c *daemon.Client, home daemon.Home, metricsAddr string) (bool, error) {
 	var args []string
 	if metricsAddr != "" {
 		args = append(args, "--metrics-addr", metricsAddr)
 	}
-	if err := o.startDaemon(home, o.g.errOut, args...); err != nil {
-		return err
+	return ensureDaemon(c, home, o.startDaemon, o.g.errOut, args...)
+}
+
+// ensureDaemon starts the daemon of home with start unless one answers,
+// and waits until it does; started says it was started.
+func ensureDaemon(c *daemon.Client, home daemon.Home, start func(daemon.Home, io.Writer, ...string) error, errOut io.Writer, args ...string) (started bool, err error) {
+	if c.Running() {
+		return false, nil
+	}
+	if err := start(home, errOut, args...); err != nil {
+		return false, err
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for !c.Running() {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the kpf daemon did not answer on %s within 15s; its log is %s", home.Socket(), home.Log())
+			return true, fmt.Errorf("the kpf daemon did not answer on %s within 15s; its log is %s", home.Socket(), home.Log())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return nil
+	return true, nil
 }
 
 // daemonEnv is what the daemon keeps of the environment that started it.
@@ -192,6 +207,9 @@ its own flags and environment, as kpf up -d would.`,
 				},
 				Describe: describeIdentity,
 				Events:   g.out,
+				Cleanup: func(ctx context.Context, id identity.Identity, fws []config.Forward) error {
+					return cleanupRelays(ctx, clusters, id, fws, log)
+				},
 			}
 			if err := g.startDebug(cmd.Context()); err != nil {
 				return err
@@ -238,9 +256,13 @@ reconnects and pod switches. --watch redraws every second until Ctrl-C.`,
 		Example: "  kpf status\n  kpf status --watch\n  kpf status --json | jq '.forwards[] | select(.state != \"ready\")'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c := daemon.NewClient(daemon.DefaultHome())
+			home := daemon.DefaultHome()
+			c := daemon.NewClient(home)
 			ctx := cmd.Context()
 			term := isTerminal(g.out)
+			if err := restartKilledDaemon(c, home, g.errOut); err != nil {
+				return err
+			}
 			for {
 				st, err := c.Status(ctx, "")
 				if err != nil {
@@ -280,9 +302,45 @@ reconnects and pod switches. --watch redraws every second until Ctrl-C.`,
 	return cmd
 }
 
+// restartKilledDaemon starts the daemon when none answers but one
+// stopped without kpf down (it was killed, or crashed): the new one
+// restores the files it ran. Otherwise it does nothing.
+func restartKilledDaemon(c *daemon.Client, home daemon.Home, errOut io.Writer) error {
+	if c.Running() {
+		return nil
+	}
+	files := home.Recorded()
+	if len(files) == 0 {
+		return nil
+	}
+	fmt.Fprintf(errOut, "the kpf daemon stopped without kpf down while it ran %s: starting it again to restore them\n", strings.Join(files, ", "))
+	_, err := ensureDaemon(c, home, startDaemon, errOut)
+	return err
+}
+
+// writeRestored says what a daemon did, as it started, with the files a
+// daemon before it ran and did not stop.
+func writeRestored(w io.Writer, rs []api.Restore) {
+	if len(rs) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "the daemon before this one (pid %d) stopped without kpf down; its files:\n", rs[0].PreviousPID)
+	for _, r := range rs {
+		switch {
+		case !r.Restored:
+			fmt.Fprintf(w, "  %s: %s\n", r.File, r.Note)
+		case r.Note != "":
+			fmt.Fprintf(w, "  %s: restored (%s); %s\n", r.File, strings.Join(r.Forwards, ", "), r.Note)
+		default:
+			fmt.Fprintf(w, "  %s: restored (%s)\n", r.File, strings.Join(r.Forwards, ", "))
+		}
+	}
+}
+
 // writeStatus writes the daemon's status as kpf status shows it.
 func writeStatus(w io.Writer, st *api.Status) {
 	fmt.Fprintf(w, "kpf daemon pid %d, up %s, %d file(s)\n", st.PID, time.Since(st.Started).Round(time.Second), len(st.Files))
+	writeRestored(w, st.Restored)
 	for _, f := range st.Files {
 		var rows []api.Forward
 		for _, r := range st.Forwards {
@@ -368,6 +426,9 @@ func newDownCommand(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := daemon.NewClient(daemon.DefaultHome())
 			st, err := c.Status(cmd.Context(), "")
+			if errors.Is(err, daemon.ErrNotRunning) {
+				return forgetRecorded(g.out, c.Home, p, err)
+			}
 			if err != nil {
 				return err
 			}
@@ -394,6 +455,31 @@ func newDownCommand(g *globals) *cobra.Command {
 	}
 	p.add(cmd)
 	return cmd
+}
+
+// forgetRecorded is kpf down when no daemon runs: the files a killed
+// daemon ran (which the next one would restore) are forgotten, all of
+// them or the one of -f; notRunning is the error when there are none.
+func forgetRecorded(out io.Writer, home daemon.Home, p pickFlags, notRunning error) error {
+	file := ""
+	if p.file != "" {
+		abs, err := filepath.Abs(p.file)
+		if err != nil {
+			return err
+		}
+		file = abs
+	} else if !p.all {
+		return notRunning
+	}
+	forgot, err := home.Forget(file)
+	if err != nil {
+		return err
+	}
+	if len(forgot) == 0 {
+		return notRunning
+	}
+	fmt.Fprintf(out, "no kpf daemon is running; forgot %s, which the daemon that was killed ran (the next daemon would have restored it)\n", strings.Join(forgot, ", "))
+	return nil
 }
 
 func newRestartCommand(g *globals) *cobra.Command {

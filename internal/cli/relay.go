@@ -1,10 +1,18 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"text/tabwriter"
 	"time"
+
+	"github.com/kpf-dev/kpf/internal/cluster"
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/identity"
+	"github.com/kpf-dev/kpf/internal/portspec"
 
 	"github.com/kpf-dev/kpf/internal/relaypod"
 	"github.com/kpf-dev/kpf/internal/spec"
@@ -152,4 +160,54 @@ kpf has talked to it for --client-timeout and no stream was open for
 	f.DurationVar(&s.IdleExit, "idle-exit", 30*time.Second, "exit once no stream was open for this long (negative: never)")
 	f.DurationVar(&s.FlowIdle, "flow-idle", 5*time.Minute, "close a flow with no datagram either way for this long")
 	return cmd
+}
+
+// cleanupRelays removes the UDP relay pods that a daemon which did not
+// stop left for fws, connecting as id: in each namespace the /udp
+// forwards use, the relay pods of this user on this host whose kpf
+// process is gone (kpf relay gc's rule), so relays of kpf processes that
+// run (this daemon's new ones, a kpf forward's) stay.
+func cleanupRelays(ctx context.Context, clusters *cluster.Registry, id identity.Identity, fws []config.Forward, log *slog.Logger) error {
+	type where struct{ context, namespace string }
+	done := map[where]bool{}
+	var errs []error
+	for _, fw := range fws {
+		if !slices.ContainsFunc(fw.Ports, func(p portspec.Port) bool { return p.UDP }) {
+			continue
+		}
+		c, err := clusters.Acquire(id.WithContext(fw.Context))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		w := where{fw.Context, fw.Namespace}
+		if w.namespace == "" {
+			w.namespace = c.Namespace()
+		}
+		if !done[w] {
+			done[w] = true
+			errs = append(errs, removeGoneRelays(ctx, c, w.namespace, log))
+		}
+		c.Release()
+	}
+	return errors.Join(errs...)
+}
+
+func removeGoneRelays(ctx context.Context, c *cluster.Conn, namespace string, log *slog.Logger) error {
+	left, err := relaypod.Find(ctx, c.Client(), namespace, relaypod.Me(), processAlive)
+	if err != nil {
+		return fmt.Errorf("list relay pods in %s: %w", namespace, err)
+	}
+	var errs []error
+	for _, l := range left {
+		if !l.Gone {
+			continue
+		}
+		if err := relaypod.Delete(ctx, c.Client(), &l.Pod); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		log.Info("removed a relay pod whose kpf is gone", "namespace", namespace, "pod", l.Pod.Name, "startedBy", l.Pod.Annotations["kpf.dev/started-by"])
+	}
+	return errors.Join(errs...)
 }

@@ -180,3 +180,27 @@ func TestListenFailureSaysWhy(t *testing.T) {
 		t.Fatalf("%q: want the reason, the holder and the fix on one line", got)
 	}
 }
+
+// What kpf status and kpf up -d say of the files a restarted daemon
+// found: each restored with its forwards and any note, or why not.
+func TestRestoredSaysWhatCameBack(t *testing.T) {
+	var b strings.Builder
+	writeRestored(&b, []api.Restore{
+		{File: "/a.yaml", Restored: true, Forwards: []string{"web", "dns"}, PreviousPID: 42},
+		{File: "/b.yaml", Restored: true, Forwards: []string{"db"}, Note: "restored as applied at T: the file changed since", PreviousPID: 42},
+		{File: "/c.yaml", Note: "not restored: its identity held --token, which kpf keeps in memory only", PreviousPID: 42},
+	})
+	want := `the daemon before this one (pid 42) stopped without kpf down; its files:
+  /a.yaml: restored (web, dns)
+  /b.yaml: restored (db); restored as applied at T: the file changed since
+  /c.yaml: not restored: its identity held --token, which kpf keeps in memory only
+`
+	if b.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
+	}
+	b.Reset()
+	writeRestored(&b, nil)
+	if b.Len() != 0 {
+		t.Errorf("nothing restored, yet %q", b.String())
+	}
+}

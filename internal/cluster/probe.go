@@ -30,6 +30,7 @@ type probe struct {
 	hc            *http.Client // the connection's, with its credentials
 	period, bound time.Duration
 	log           *slog.Logger
+	now           func() time.Time // time.Now; a test's clock that jumps
 
 	mu     sync.Mutex
 	subs   map[*subscriber]struct{}
@@ -53,7 +54,7 @@ func newProbe(cfg *rest.Config, hc *http.Client, period, bound time.Duration, lo
 	// reads it.
 	u.Path = strings.TrimRight(u.Path, "/") + "/livez"
 	u.RawQuery, u.Fragment = "", ""
-	return &probe{url: u.String(), hc: hc, period: period, bound: bound, log: log, subs: map[*subscriber]struct{}{}}, nil
+	return &probe{url: u.String(), hc: hc, period: period, bound: bound, log: log, now: time.Now, subs: map[*subscriber]struct{}{}}, nil
 }
 
 // Subscribe implements follow.Liveness: the first subscriber starts the
@@ -113,7 +114,8 @@ func (p *probe) stopLocked() func() {
 
 func (p *probe) run(ctx context.Context, done chan struct{}) {
 	defer close(done)
-	lastAnswer := time.Now()
+	lastAnswer := p.now()
+	lastAsked := lastAnswer
 	silent := false
 	t := time.NewTicker(p.period)
 	defer t.Stop()
@@ -123,8 +125,19 @@ func (p *probe) run(ctx context.Context, done chan struct{}) {
 			return
 		case <-t.C:
 		}
-		if p.answers(ctx) {
-			lastAnswer = time.Now()
+		if now := p.now(); unseen(lastAsked, now) > 2*p.period {
+			// The probe did not run meanwhile: kpf was stopped (SIGSTOP)
+			// or the machine slept. Time that passed unseen is no
+			// silence of the API server's: it gets the whole bound
+			// again, counted from now. (Dropping every tunnel at once
+			// on the first probe after the pause cut the very
+			// connections that woke kpf up, on fresh tunnels too.)
+			lastAnswer = now
+		}
+		ok := p.answers(ctx)
+		lastAsked = p.now()
+		if ok {
+			lastAnswer = lastAsked
 			if silent {
 				silent = false
 				p.log.Info("the API server answers again")
@@ -135,12 +148,19 @@ func (p *probe) run(ctx context.Context, done chan struct{}) {
 		if ctx.Err() != nil {
 			return
 		}
-		if quiet := time.Since(lastAnswer); !silent && quiet >= p.bound {
+		if quiet := p.now().Sub(lastAnswer); !silent && quiet >= p.bound {
 			silent = true
 			p.log.Warn("the API server is silent: tunnels dropped", "quiet", quiet.Round(time.Second).String())
 			p.tell(true, quiet)
 		}
 	}
+}
+
+// unseen is how long passed from then to now, by the longer of the
+// monotonic and the wall clock (a sleeping machine's monotonic clock
+// stands still on Linux; its wall clock does not).
+func unseen(then, now time.Time) time.Duration {
+	return max(now.Sub(then), now.Round(0).Sub(then.Round(0)))
 }
 
 // answers reports whether the API server answered /livez within the

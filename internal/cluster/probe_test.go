@@ -205,3 +205,40 @@ func TestProbeTellsSilenceAndReturn(t *testing.T) {
 		}
 	}
 }
+
+// After kpf was stopped (SIGSTOP, a laptop's sleep) longer than the
+// bound, the time that passed unseen is not the API server's silence:
+// a probe that fails right after (its kept connection died meanwhile)
+// does not drop every tunnel, while silence for the bound after the
+// pause still does.
+func TestPauseIsNoSilence(t *testing.T) {
+	l := newLivez(t, http.StatusOK)
+	const period, bound = 50 * time.Millisecond, 300 * time.Millisecond
+	p := l.probe(t, period, bound)
+	var jump atomic.Int64 // what the clock skipped: the pause
+	p.now = func() time.Time { return time.Now().Add(time.Duration(jump.Load())) }
+	events, unsubscribe := subscribe(p, 1)
+	defer unsubscribe()
+	start := l.requests.Load()
+	testnet.WaitFor(t, func() bool { return l.requests.Load() >= start+2 })
+	// The pause, and a probe after it that gets no answer (the next
+	// one is asked once it has given up).
+	l.silent()
+	jump.Store(int64(time.Minute))
+	n := l.requests.Load()
+	testnet.WaitFor(t, func() bool { return l.requests.Load() >= n+2 })
+	l.answer()
+	n = l.requests.Load()
+	testnet.WaitFor(t, func() bool { return l.requests.Load() >= n+2 })
+	select {
+	case e := <-events:
+		t.Fatalf("after a pause, an unanswered probe: the subscriber heard %+v", e)
+	default:
+	}
+	// Silence for the bound, with no pause: tunnels are dropped.
+	l.silent()
+	e := <-events
+	if !e.silent || e.quiet < bound {
+		t.Fatalf("silence: heard %+v", e)
+	}
+}

@@ -104,6 +104,17 @@ type Server struct {
 	Events io.Writer
 	// Initial are files to apply at start (a user service's files).
 	Initial []api.ApplyRequest
+	// Cleanup, if set, removes what a daemon that did not stop cleanly
+	// left in the cluster for a file's forwards (their UDP relay pods),
+	// connecting as id. It is called for every recorded file at start,
+	// restored or not.
+	Cleanup func(ctx context.Context, id identity.Identity, fws []config.Forward) error
+
+	// restored is what Serve did with the recorded files; set before the
+	// socket answers, never changed after.
+	restored []api.Restore
+	// cleaning joins the Cleanup calls.
+	cleaning sync.WaitGroup
 
 	// started, ctx and quit are set by Serve before the socket answers,
 	// and never change after.
@@ -140,6 +151,15 @@ type fileRun struct {
 	settings spec.Settings
 	m        *manager.Manager
 	who      map[string][3]string // by forward context: context, cluster, user; replaced whole, under Server.mu
+	// stamp is when the file was applied and a hash of its bytes then,
+	// for its record; read and written under Server.opMu only.
+	stamp stamp
+}
+
+// stamp is when a file was applied, and a hash of its bytes then.
+type stamp struct {
+	at   time.Time
+	hash string
 }
 
 // Serve answers the socket until the last forward is stopped with down, or
@@ -171,6 +191,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.Log.Error("apply", "file", req.File, "err", err)
 		}
 	}
+	s.restore()
+	defer s.cleaning.Wait()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {
@@ -361,7 +383,7 @@ func (s *Server) whoOf(r *fileRun) map[string][3]string {
 }
 
 func (s *Server) snapshot(only string) api.Status {
-	st := api.Status{SchemaVersion: api.SchemaVersion, PID: os.Getpid(), Started: s.started, Files: []string{}, Forwards: []api.Forward{}, Metrics: s.MetricsURL}
+	st := api.Status{SchemaVersion: api.SchemaVersion, PID: os.Getpid(), Started: s.started, Files: []string{}, Forwards: []api.Forward{}, Metrics: s.MetricsURL, Restored: s.restored}
 	for _, r := range s.runs() {
 		if only != "" && r.path != only {
 			continue
@@ -413,6 +435,7 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	res := s.applyFile(req, fws)
+	s.save(req.File, &stamp{time.Now(), hashOf(req.File)})
 	s.Log.Info("applied", "file", req.File, "started", res.Started, "restarted", res.Restarted, "unchanged", res.Unchanged, "stopped", res.Stopped)
 	writeJSON(w, res)
 }
@@ -429,6 +452,7 @@ func (s *Server) applyInitial(req api.ApplyRequest) error {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	res := s.applyFile(req, f.Forwards)
+	s.save(req.File, &stamp{time.Now(), hashOf(req.File)})
 	s.Log.Info("applied", "file", req.File, "started", res.Started)
 	return nil
 }
@@ -682,6 +706,7 @@ func (s *Server) down(w http.ResponseWriter, r *http.Request) {
 		if run.m.Len() == 0 {
 			s.forget(run.path)
 		}
+		s.save(p.File, nil)
 		stopped = append(stopped, api.Picked{File: p.File, Names: names})
 		s.Log.Info("stopped", "file", p.File, "forwards", names)
 	}
@@ -721,6 +746,9 @@ func (s *Server) stopAll() {
 	for _, r := range s.runs() {
 		r.m.Stop()
 		s.forget(r.path)
+		// Stopped on purpose (a signal, the service manager): it cleaned
+		// up, and nothing is restored from it.
+		s.save(r.path, nil)
 	}
 }
 

@@ -567,6 +567,10 @@ func (f *Follower) dropTunnels(reason string, level slog.Level) {
 	f.broadcast()
 }
 
+// maxUnopened bounds the tunnels a connection tries whose streams could
+// not be opened.
+const maxUnopened = 3
+
 // refusedGrace is how long a connection that every pod refused waits for
 // the pods to change before it fails.
 const refusedGrace = 2 * time.Second
@@ -582,6 +586,7 @@ func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16, m *
 	defer rc.finish()
 	deadline := time.Now().Add(f.o.ReconnectWait)
 	exclude := map[types.UID]bool{}
+	unopened := 0
 	for attempt := 1; ; attempt++ {
 		st, pod, pool, err := f.acquire(ctx, deadline, exclude)
 		if err != nil {
@@ -598,6 +603,14 @@ func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16, m *
 		stats.Pod = pod.Name
 		if err == nil {
 			return stats, nil
+		}
+		if errors.Is(err, tunnel.ErrNotOpened) && unopened < maxUnopened && time.Now().Before(deadline) && rc.rewind() {
+			// The tunnel had closed under us (a proxy cut it while kpf
+			// was stopped, say) and nothing reached the pod: the pool
+			// drops it, and the connection goes on another.
+			unopened++
+			f.o.Log.Info("the tunnel closed before the connection's streams opened; trying another tunnel", keyPod, pod.Name, "attempt", attempt, keyErr, err)
+			continue
 		}
 		var remote *tunnel.RemoteError
 		if errors.As(err, &remote) && time.Now().Before(deadline) && rc.rewind() {

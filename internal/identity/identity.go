@@ -44,8 +44,9 @@ import (
 )
 
 // Identity is what a forward needs to reach its cluster as its user. It
-// may hold a bearer token (--token): it travels only over the daemon's
-// user-only socket and lives only as long as the forwards that use it.
+// may hold a bearer token (--token) or a secret variable: it travels only
+// over the daemon's user-only socket and lives only as long as the
+// forwards that use it; what the daemon writes to disk is Storable's.
 type Identity struct {
 	// Flags are the kubectl connection flags that were given, by name.
 	Flags map[string][]string `json:"flags,omitempty"`
@@ -478,4 +479,94 @@ func Describe(kube *genericclioptions.ConfigFlags) (context, cluster, user strin
 		user = v
 	}
 	return context, cluster, user
+}
+
+// secretFlags are the connection flags whose values are credentials.
+var secretFlags = []string{"token", "password"}
+
+// PlainEnv are variables whose values are never credentials (paths,
+// names of profiles, regions, addresses), written to disk (Storable)
+// whatever their names look like.
+var PlainEnv = []string{
+	"KUBECONFIG", "KUBECACHEDIR", "HOME", "PATH", "USER", "NO_PROXY", "no_proxy",
+	"SSL_CERT_FILE", "SSL_CERT_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", PassEnv,
+	"GOOGLE_APPLICATION_CREDENTIALS", "OS_AUTH_URL",
+}
+
+// SecretWords mark the names of variables that may hold a credential:
+// a variable kept by EnvPrefixes whose name holds one (AWS_SECRET_ACCESS_KEY,
+// AWS_SESSION_TOKEN, VAULT_TOKEN, AZURE_CLIENT_SECRET, OS_PASSWORD,
+// IBMCLOUD_API_KEY) is never written to disk (Storable). A variable that
+// KPF_PASS_ENV names is a user's own, which kpf cannot judge: never
+// written either, unless it is in PlainEnv.
+var SecretWords = []string{"SECRET", "TOKEN", "PASSWORD", "PASSWD", "PASSPHRASE", "PASS", "KEY", "CREDENTIAL", "SESSION", "AUTH", "COOKIE", "PRIVATE", "SIGNATURE", "CERTIFICATE"}
+
+// plainEnv reports whether the value of the kept variable k may be
+// written to disk.
+func plainEnv(k, v string) bool {
+	switch {
+	case slices.Contains(PlainEnv, k):
+		return true
+	case slices.Contains(proxyEnv, k):
+		// user:password@host, with a scheme or without: any user part is
+		// left out, whatever a parser makes of the rest.
+		return !strings.Contains(v, "@")
+	case slices.Contains(EnvNames, k):
+		return true
+	case !slices.ContainsFunc(EnvPrefixes, func(p string) bool { return strings.HasPrefix(k, p) }):
+		return false // only KPF_PASS_ENV keeps it: a user's own
+	}
+	up := strings.ToUpper(k)
+	return !slices.ContainsFunc(SecretWords, func(w string) bool { return strings.Contains(up, w) })
+}
+
+// proxyEnv are the proxy variables: written when their URL names no
+// user.
+var proxyEnv = []string{"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"}
+
+// Storable is the identity without what may be a credential, for the
+// daemon to write to disk (it never writes a token or a password), and
+// the names of what it left out ("--token", "AWS_SECRET_ACCESS_KEY"):
+// the credential flags' values, the variables whose names hold one of
+// SecretWords or that only KPF_PASS_ENV keeps (see plainEnv), and a proxy
+// URL that names a user (and may hold a password). An identity that left nothing
+// out is the same identity when read back; one that did is not, and the
+// daemon does not run it as if it were.
+func (id Identity) Storable() (Identity, []string) {
+	out := Identity{Files: slices.Clone(id.Files)}
+	var withheld []string
+	for _, name := range slices.Sorted(maps.Keys(id.Flags)) {
+		if slices.Contains(secretFlags, name) {
+			withheld = append(withheld, "--"+name)
+			continue
+		}
+		if out.Flags == nil {
+			out.Flags = map[string][]string{}
+		}
+		out.Flags[name] = slices.Clone(id.Flags[name])
+	}
+	for _, kv := range id.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		if !plainEnv(k, v) {
+			withheld = append(withheld, k)
+			continue
+		}
+		out.Env = append(out.Env, kv)
+	}
+	return out, withheld
+}
+
+// Rehash is the identity with the hash of each of its files taken again
+// now, and the paths of those whose bytes changed (or that appeared or
+// went) since it was captured.
+func (id Identity) Rehash() (Identity, []string) {
+	out := Identity{Flags: id.Flags, Env: id.Env, Files: make([]File, len(id.Files))}
+	var changed []string
+	for i, f := range id.Files {
+		out.Files[i] = File{Path: f.Path, SHA256: hashFile(f.Path)}
+		if out.Files[i].SHA256 != f.SHA256 {
+			changed = append(changed, f.Path)
+		}
+	}
+	return out, changed
 }

@@ -308,3 +308,59 @@ func TestPathOnlyWithPlugins(t *testing.T) {
 		t.Errorf("with an exec plugin, PATH is kept and compared: %+v", a)
 	}
 }
+
+// TestStorableLeavesOutCredentials: what the daemon writes to disk holds
+// no token, password, secret variable or proxy password, and says what
+// it left out; a plain identity is written whole.
+func TestStorableLeavesOutCredentials(t *testing.T) {
+	id := Identity{
+		Flags: map[string][]string{"kubeconfig": {"/k"}, "token": {"sekrit-token"}, "password": {"sekrit-pw"}, "context": {"dev"}},
+		Env: []string{
+			"AWS_PROFILE=dev", "AWS_SECRET_ACCESS_KEY=sekrit-aws", "AWS_SESSION_TOKEN=sekrit-sess", "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE=/ca.pem",
+			"AZURE_CLIENT_SECRET=sekrit-az", "VAULT_TOKEN=sekrit-vault", "OS_PASSWORD=sekrit-os", "IBMCLOUD_API_KEY=sekrit-ibm", "GOOGLE_APPLICATION_CREDENTIALS=/sa.json",
+			"CORP_SSO=sekrit-corp", "HOME=/home/u", "HTTPS_PROXY=http://u:sekrit-proxy@proxy:3128",
+			"HTTP_PROXY=http://proxy:3128", "KPF_PASS_ENV=CORP_SSO", "KUBECONFIG=/k", "all_proxy=u:sekrit-bare@proxy:1080",
+		},
+		Files: []File{{Path: "/k", SHA256: "ab"}},
+	}
+	got, withheld := id.Storable()
+	b, _ := json.Marshal(got)
+	if strings.Contains(string(b), "sekrit") {
+		t.Errorf("a credential in what is written: %s", b)
+	}
+	want := []string{"--password", "--token", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_CLIENT_SECRET", "VAULT_TOKEN", "OS_PASSWORD", "IBMCLOUD_API_KEY", "CORP_SSO", "HTTPS_PROXY", "all_proxy"}
+	if !slices.Equal(withheld, want) {
+		t.Errorf("withheld %q, want %q", withheld, want)
+	}
+	for _, kv := range []string{"AWS_PROFILE=dev", "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE=/ca.pem", "GOOGLE_APPLICATION_CREDENTIALS=/sa.json", "HOME=/home/u", "HTTP_PROXY=http://proxy:3128", "KUBECONFIG=/k", "KPF_PASS_ENV=CORP_SSO"} {
+		if !slices.Contains(got.Env, kv) {
+			t.Errorf("%s not kept: %q", kv, got.Env)
+		}
+	}
+	if got.Get("context") != "dev" || got.Get("kubeconfig") != "/k" || len(got.Files) != 1 {
+		t.Errorf("flags or files lost: %+v", got)
+	}
+	plain := Identity{Flags: map[string][]string{"kubeconfig": {"/k"}}, Env: []string{"HOME=/h", "KUBECONFIG=/k"}, Files: []File{{Path: "/k"}}}
+	if got, withheld := plain.Storable(); len(withheld) != 0 || !got.Equal(plain) {
+		t.Errorf("a plain identity: %+v, withheld %q", got, withheld)
+	}
+}
+
+// TestRehash: a file whose bytes changed (or that went) is named, and
+// the identity carries the new hashes.
+func TestRehash(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	os.WriteFile(a, []byte("a"), 0o600)
+	os.WriteFile(b, []byte("b"), 0o600)
+	id := Identity{Files: []File{{Path: a, SHA256: hashFile(a)}, {Path: b, SHA256: hashFile(b)}}}
+	if _, changed := id.Rehash(); len(changed) != 0 {
+		t.Fatalf("nothing changed, yet %q", changed)
+	}
+	os.WriteFile(b, []byte("b2"), 0o600)
+	os.Remove(a)
+	got, changed := id.Rehash()
+	if !slices.Equal(changed, []string{a, b}) || got.Files[0].SHA256 != "" || got.Files[1].SHA256 != hashFile(b) {
+		t.Errorf("changed %q, files %+v", changed, got.Files)
+	}
+}

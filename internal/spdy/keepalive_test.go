@@ -267,3 +267,27 @@ func TestKeepAliveSparesAStalledReader(t *testing.T) {
 		t.Fatalf("read %d bytes of %d, equal %v", len(got), len(want), bytes.Equal(got, want))
 	}
 }
+
+// Quiet stays within a period and a half while the server answers pings
+// (what tunnel.Conn.Stale allows), and grows past it once the path goes
+// silent, as it does for kpf stopped while a proxy cut its tunnel.
+func TestQuietSaysHowLongTheServerWasNotHeard(t *testing.T) {
+	srv, _ := upstream(t)
+	cli, path := newRelay(t, srv)
+	c := NewConn(cli, nil, nil)
+	defer c.Close()
+	if q := c.Quiet(); q != 0 {
+		t.Errorf("Quiet without KeepAlive: %s, want 0", q)
+	}
+	const period = 200 * time.Millisecond
+	c.KeepAlive(period, nil)
+	read := c.framesRead.Load()
+	for c.framesRead.Load() < read+6 { // six answered pings, each a period apart
+		if q := c.Quiet(); q > period+period/2 {
+			t.Fatalf("Quiet %s while the server answers pings every %s", q, period)
+		}
+		time.Sleep(period / 10)
+	}
+	path.cut.Store(true)
+	testnet.WaitFor(t, func() bool { return c.Quiet() > period+period/2 })
+}

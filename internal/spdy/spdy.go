@@ -101,6 +101,10 @@ type Conn struct {
 	writes     atomic.Uint64
 	stalled    atomic.Bool
 	pinger     chan struct{} // closed when KeepAlive's goroutine is done; set once, under mu
+	// heard is when the server last answered a ping, or (at KeepAlive's
+	// ticks, for an answer queued behind data) last sent frames: for Quiet.
+	// Nothing per data frame on the read path.
+	heard atomic.Pointer[time.Time]
 }
 
 type pendChunk struct {
@@ -178,6 +182,8 @@ const pingMisses = 2
 // why, in a log). Call KeepAlive at most once; Close waits for its
 // goroutine.
 func (c *Conn) KeepAlive(period time.Duration, dead func(error)) {
+	now := time.Now()
+	c.heard.Store(&now)
 	done := make(chan struct{})
 	c.mu.Lock()
 	c.pinger = done
@@ -193,6 +199,7 @@ func (c *Conn) pingLoop(period time.Duration, dead func(error), done chan struct
 		id          uint32 = 1 // a client's pings are odd
 		asked       bool       // a ping went out at the last tick
 		read, wrote uint64     // the counters just around that ping
+		seen        uint64     // frames read at the last tick, for heard
 		missed      int
 		frame       = make([]byte, 0, 12)
 	)
@@ -201,6 +208,11 @@ func (c *Conn) pingLoop(period time.Duration, dead func(error), done chan struct
 		case <-c.done:
 			return
 		case <-t.C:
+		}
+		if n := c.framesRead.Load(); n != seen {
+			seen = n
+			now := time.Now()
+			c.heard.Store(&now)
 		}
 		if asked && c.framesRead.Load() == read && c.writes.Load() == wrote && !c.stalled.Load() && !c.writeBusy() {
 			missed++
@@ -225,6 +237,24 @@ func (c *Conn) pingLoop(period time.Duration, dead func(error), done chan struct
 		asked = true
 		id += 2
 	}
+}
+
+// Quiet is how long the server has not been heard from: since it last
+// answered a ping, or since the KeepAlive tick that last saw frames read
+// (0 without KeepAlive). While the server answers, it stays within a
+// period and the round trip. It takes the longer of the monotonic
+// and the wall clock's time: a process that was stopped (SIGSTOP) counts
+// on both, a machine that slept only on the wall clock (Go's monotonic
+// clock stands still in a Linux suspend). After either, the ping loop has
+// not run, and a tunnel that a proxy or a NAT cut meanwhile still looks
+// open until its read loop runs: Quiet says it was not heard from.
+func (c *Conn) Quiet() time.Duration {
+	h := c.heard.Load()
+	if h == nil {
+		return 0
+	}
+	now := time.Now()
+	return max(now.Sub(*h), now.Round(0).Sub(h.Round(0)))
 }
 
 // writeBusy reports whether a write is under way.
@@ -1091,6 +1121,10 @@ func (c *Conn) control(typ uint16, flags byte, length int) error {
 		}
 		if length == 4 && binary.BigEndian.Uint32(b)%2 == 0 { // the server's ping: echo it
 			go c.writeFrame(append(controlHeader(nil, typePing, 0, 4), b...))
+		} else {
+			// The answer to ours (once a period): heard now.
+			now := time.Now()
+			c.heard.Store(&now)
 		}
 		return nil
 	case typeGoAway:

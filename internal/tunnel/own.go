@@ -284,7 +284,7 @@ func (c *Conn) forwardOwn(ctx context.Context, local net.Conn, port uint16, m *m
 	}
 	bufpool.Put(pb)
 	if err != nil {
-		return Stats{}, fmt.Errorf("create streams: %w", err)
+		return Stats{}, fmt.Errorf("create streams: %w: %w", ErrNotOpened, err)
 	}
 	// The kubelet's verdict comes on the error stream, whole, before its
 	// FIN: read once the stream is done, by no goroutine of its own.

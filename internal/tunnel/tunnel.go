@@ -250,6 +250,11 @@ func dialOwnTransport(ctx context.Context, api APIServer, u, proxy *url.URL, pod
 	return c, nil
 }
 
+// ErrNotOpened is wrapped when a connection's streams could not be
+// opened on the tunnel (it had closed): no byte of the connection reached
+// the pod, so it may be sent again, whole, on another tunnel.
+var ErrNotOpened = errors.New("the tunnel closed before the connection's streams opened")
+
 // IsUpgradeFailure reports whether the API server refused the upgrade.
 // client-go's dialers use two packages' error types for it.
 func IsUpgradeFailure(err error) bool {
@@ -330,7 +335,7 @@ func (c *Conn) ForwardContext(ctx context.Context, local net.Conn, port uint16, 
 	h.Set(corev1.PortForwardRequestIDHeader, id)
 	errStream, err := c.conn.CreateStream(h)
 	if err != nil {
-		return st, fmt.Errorf("create error stream: %w", err)
+		return st, fmt.Errorf("create error stream: %w: %w", ErrNotOpened, err)
 	}
 	errStream.Close() // we never write to it
 	defer c.conn.RemoveStreams(errStream)
@@ -350,7 +355,7 @@ func (c *Conn) ForwardContext(ctx context.Context, local net.Conn, port uint16, 
 	h.Set(corev1.StreamType, corev1.StreamTypeData)
 	data, err := c.conn.CreateStream(h)
 	if err != nil {
-		return st, fmt.Errorf("create data stream: %w", err)
+		return st, fmt.Errorf("create data stream: %w: %w", ErrNotOpened, err)
 	}
 	defer c.conn.RemoveStreams(data)
 

@@ -141,8 +141,30 @@ func (p *Pool[T]) isClosed() bool {
 	return p.closed
 }
 
+// Stale is a tunnel that can say it may be dead without knowing it yet
+// (tunnel.Conn: unheard from for longer than its pings allow, as after
+// kpf was stopped or the machine slept).
+type Stale interface {
+	Stale() bool
+}
+
+func isStale[T Tunnel](c T) bool {
+	s, ok := any(c).(Stale)
+	return ok && s.Stale()
+}
+
 // Acquire returns a tunnel for one connection; give it back with Release.
+//
+// An idle tunnel (a spare, the sentinel) that is stale is closed, not
+// used: after a pause long enough for a proxy to cut it, the first new
+// connection goes on a fresh tunnel instead of one that fails it.
 func (p *Pool[T]) Acquire() (T, error) {
+	var stale []T
+	defer func() {
+		for _, c := range stale {
+			c.Close() // the sentinel's watch redials it
+		}
+	}()
 	p.mu.Lock()
 	for len(p.idle) > 0 {
 		c := p.idle[len(p.idle)-1]
@@ -150,12 +172,18 @@ func (p *Pool[T]) Acquire() (T, error) {
 		if isDone(c) {
 			continue
 		}
+		if isStale(c) {
+			stale = append(stale, c)
+			continue
+		}
 		p.busy[c]++
 		p.mu.Unlock()
 		p.refill()
 		return c, nil
 	}
-	if s := p.sentinel; s != zero[T]() && p.busy[s] == 0 && !isDone(s) {
+	if s := p.sentinel; s != zero[T]() && p.busy[s] == 0 && !isDone(s) && isStale(s) {
+		stale = append(stale, s)
+	} else if s != zero[T]() && p.busy[s] == 0 && !isDone(s) {
 		// The first connection (or the first after a quiet spell with no
 		// idle tunnel left) takes the sentinel, without a dial; a spare
 		// is dialled for the next.

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/kpf-dev/kpf/internal/testnet"
 )
 
 // A burst of connections must not dial a tunnel each: past maxDialling
@@ -175,4 +177,66 @@ func (f *fake) Done() <-chan struct{} { return f.done }
 func (f *fake) Close() error {
 	f.once.Do(func() { close(f.done) })
 	return nil
+}
+
+// staleFake is a tunnel that may say it went unheard from too long.
+type staleFake struct {
+	*fake
+	stale atomic.Bool
+}
+
+func (s *staleFake) Stale() bool { return s.stale.Load() }
+
+// After a pause (the tunnels went unheard from too long), the first
+// connection does not take the sentinel or a spare: they are closed, the
+// connection gets a freshly dialled tunnel, and the sentinel is dialled
+// again. A tunnel that is not stale is used as before.
+func TestStaleTunnelsAreNotUsed(t *testing.T) {
+	var dialled []*staleFake
+	var mu sync.Mutex
+	dial := func(ctx context.Context) (*staleFake, error) {
+		c := &staleFake{fake: newFake()}
+		mu.Lock()
+		dialled = append(dialled, c)
+		mu.Unlock()
+		return c, nil
+	}
+	p, err := New(context.Background(), dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	first, _ := p.Acquire() // the sentinel; a spare is dialled
+	if first != p.sentinel {
+		t.Fatal("the first connection did not take the sentinel")
+	}
+	testnet.WaitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.idle) == 1 })
+	p.Release(first)
+	// The pause: everything open went unheard from.
+	p.mu.Lock()
+	spare, sentinel := p.idle[0], p.sentinel
+	p.mu.Unlock()
+	spare.stale.Store(true)
+	sentinel.stale.Store(true)
+	c, err := p.Acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c == spare || c == sentinel || c.Stale() {
+		t.Fatal("a stale tunnel carried the first connection after the pause")
+	}
+	if !isDone(spare) || !isDone(sentinel) {
+		t.Error("the stale tunnels were not closed")
+	}
+	testnet.WaitFor(t, func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.sentinel != sentinel && !isDone(p.sentinel)
+	})
+	p.Release(c)
+	// Fresh ones are used again.
+	again, _ := p.Acquire()
+	if again.Stale() || isDone(again) {
+		t.Error("a fresh tunnel was not used")
+	}
 }

@@ -26,6 +26,24 @@ type Status struct {
 	Files         []string  `json:"files"`
 	Forwards      []Forward `json:"forwards"`
 	Metrics       string    `json:"metrics,omitempty"` // the URL of its Prometheus metrics, if served
+	// Restored is what this daemon did, when it started, with each file
+	// that a daemon before it ran and did not stop (it was killed, or
+	// crashed): restored as the identity that applied it, or not and why.
+	Restored []Restore `json:"restored,omitempty"`
+}
+
+// Restore is one file a daemon found recorded when it started.
+type Restore struct {
+	File string `json:"file"`
+	// Restored: its forwards run again, as the identity and with the
+	// settings that applied them, as they were applied.
+	Restored bool     `json:"restored"`
+	Forwards []string `json:"forwards,omitempty"`
+	// Note says why it was not restored, or what differs from when it
+	// was applied (the file changed since, say).
+	Note string `json:"note,omitempty"`
+	// PreviousPID is the daemon that ran it before.
+	PreviousPID int `json:"previousPid,omitempty"`
 }
 
 // Forward is one forward (or proxy) of a file, as status shows it.
