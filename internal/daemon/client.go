@@ -280,3 +280,8 @@ func ReadEvents(r io.Reader, fn func(api.Event) error) error {
 	}
 	return io.ErrUnexpectedEOF
 }
+
+// Get answers a GET of the API (path with its query) into out.
+func (c *Client) Get(ctx context.Context, path string, out any) error {
+	return c.do(ctx, http.MethodGet, path, nil, out)
+}
