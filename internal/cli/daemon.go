@@ -92,9 +92,6 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 // ensureDaemon starts the daemon of home unless one answers, and waits
 // until it does.
 func (o *UpOptions) ensureDaemon(c *daemon.Client, home daemon.Home, metricsAddr string) error {
-	if c.Running() {
-		return nil
-	}
 	var args []string
 	if metricsAddr != "" {
 		args = append(args, "--metrics-addr", metricsAddr)
@@ -102,7 +99,16 @@ func (o *UpOptions) ensureDaemon(c *daemon.Client, home daemon.Home, metricsAddr
 	if o.APIAddr != "" {
 		args = append(args, "--api-addr", o.APIAddr)
 	}
-	if err := o.startDaemon(home, o.g.errOut, args...); err != nil {
+	return ensureDaemon(c, home, o.g.errOut, o.startDaemon, args...)
+}
+
+// ensureDaemon starts the daemon of home with args unless one answers,
+// and waits until it does.
+func ensureDaemon(c *daemon.Client, home daemon.Home, errOut io.Writer, start func(daemon.Home, io.Writer, ...string) error, args ...string) error {
+	if c.Running() {
+		return nil
+	}
+	if err := start(home, errOut, args...); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(15 * time.Second)

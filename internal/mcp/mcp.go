@@ -150,9 +150,13 @@ type roleArgs struct {
 
 // Results.
 type (
-	contextsOut   struct{ Contexts []Context `json:"contexts"` }
-	namespacesOut struct{ Namespaces []string `json:"namespaces"` }
-	targetsOut    struct {
+	contextsOut struct {
+		Contexts []Context `json:"contexts"`
+	}
+	namespacesOut struct {
+		Namespaces []string `json:"namespaces"`
+	}
+	targetsOut struct {
 		Namespace string   `json:"namespace"`
 		Targets   []Target `json:"targets"`
 	}
@@ -164,12 +168,18 @@ type (
 		Pod     string   `json:"pod,omitempty"`
 		Kept    bool     `json:"kept"`
 	}
-	statusOut struct{ Forwards []api.Forward `json:"forwards"` }
-	stopOut   struct {
+	statusOut struct {
+		Forwards []api.Forward `json:"forwards"`
+	}
+	stopOut struct {
 		Stopped string `json:"stopped"`
 	}
-	roleOut struct{ Role string `json:"role"` }
-	logOut  struct{ Lines []string `json:"lines"` }
+	roleOut struct {
+		Role string `json:"role"`
+	}
+	logOut struct {
+		Lines []string `json:"lines"`
+	}
 )
 
 func (s *Server) tools() {
