@@ -199,6 +199,9 @@ func (s *Server) tools() {
 		Description: "List what can be forwarded to in a namespace: services, deployments, statefulsets and pods, each as TYPE/NAME (what start_forward takes) with its ports. Use it before start_forward to get the target and port right. Returns {namespace, targets: [{target, ports, ready}]}."},
 		func(ctx context.Context, _ *sdk.CallToolRequest, in namespaceArgs) (*sdk.CallToolResult, targetsOut, error) {
 			ts, err := s.o.Cluster.Targets(ctx, in.Context, in.Namespace)
+			if ts == nil {
+				ts = []Target{}
+			}
 			return nil, targetsOut{Namespace: in.Namespace, Targets: ts}, err
 		})
 	sdk.AddTool(s.srv, &sdk.Tool{Name: "status", Annotations: readOnly("Status of forwards"),
