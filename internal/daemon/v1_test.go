@@ -177,7 +177,11 @@ func TestEventsResume(t *testing.T) {
 	read := func(lastID string, n int) []api.Event {
 		t.Helper()
 		req, _ := http.NewRequest("GET", "http://kpf/v1/events", nil)
-		req.Header.Set("Last-Event-ID", lastID)
+		if q, ok := strings.CutPrefix(lastID, "?"); ok {
+			req.URL.RawQuery = "lastEventId=" + q // for clients that cannot set headers
+		} else {
+			req.Header.Set("Last-Event-ID", lastID)
+		}
 		resp, err := c.http.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -200,6 +204,9 @@ func TestEventsResume(t *testing.T) {
 	got := read("3", 2)
 	if got[0].ID != 4 || got[1].ID != 5 || got[0].Forward != "3" {
 		t.Fatalf("resumed after 3: %+v", got)
+	}
+	if got = read("?4", 1); got[0].ID != 5 {
+		t.Fatalf("resumed after ?lastEventId=4: %+v", got)
 	}
 	// Ids 1 and 2 are gone (the buffer holds 3, 4, 5).
 	got = read("1", 1)
@@ -283,13 +290,16 @@ func TestTCPListener(t *testing.T) {
 		{"token", strings.TrimSpace(string(token)), "", http.StatusOK},
 		{"another site", strings.TrimSpace(string(token)), "https://evil.example", http.StatusForbidden},
 		{"its own origin", strings.TrimSpace(string(token)), "http://" + addr, http.StatusOK},
+		{"rebound name", strings.TrimSpace(string(token)), "host:evil.example", http.StatusForbidden},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest("GET", "http://"+addr+"/v1/status", nil)
 			if tc.token != "" {
 				req.Header.Set("Authorization", "Bearer "+tc.token)
 			}
-			if tc.origin != "" {
+			if h, ok := strings.CutPrefix(tc.origin, "host:"); ok {
+				req.Host = h // DNS rebinding: another name for 127.0.0.1
+			} else if tc.origin != "" {
 				req.Header.Set("Origin", tc.origin)
 			}
 			resp, err := http.DefaultClient.Do(req)
