@@ -103,7 +103,7 @@ proxies:
 		{"POST /v1/wait", "/v1/wait?timeout=60s&" + f, "", 200, `"state":"ready"`},
 		{"POST /v1/restart", "/v1/restart", fmt.Sprintf(`{"file":%q,"names":["px"]}`, file), 200, `"names":["px"]`},
 		{"DELETE /v1/forwards/{name}", "/v1/forwards/web", "", 200, `"state":"stopped"`},
-		{"GET /v1/forwards/{name}", "/v1/forwards/nope", "", 404, `{"code":"not_found","message":"no forward named \"nope\" runs (running: none)"}`},
+		{"GET /v1/forwards/{name}", "/v1/forwards/nope", "", 404, `{"code":"not_found","message":"the daemon runs no forward \"nope\" (running: none)"}`},
 		{"POST /v1/down", "/v1/down", `{"all":true}`, 200, `"daemonExits":true`},
 	}
 	var made []string

@@ -139,7 +139,7 @@ func (s *Server) find(r *http.Request, kind string) (api.Forward, int, error) {
 		if file != "" {
 			where = " from " + file
 		}
-		return api.Forward{}, http.StatusNotFound, fmt.Errorf("no %s named %q runs%s (running: %s)", kind, name, where, running)
+		return api.Forward{}, http.StatusNotFound, fmt.Errorf("the daemon runs no %s %q%s (running: %s)", kind, name, where, running)
 	}
 	var files []string
 	for _, f := range found {
