@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -216,7 +217,7 @@ func (s *Server) eventStream(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusOK)
-	fmt.Fprintf(w, ": kpf daemon events (pid %d)\n\n", s.statusOf("").PID)
+	fmt.Fprintf(w, ": kpf daemon events (pid %d)\n\n", os.Getpid())
 	flush(w)
 	tick := make(<-chan time.Time)
 	if counters {
