@@ -254,7 +254,9 @@ func newStatusCommand(g *globals) *cobra.Command {
 		Long: `Show the daemon's forwards: for each, its file, who it connects as, state,
 health, pod, local addresses, connections (open/total, failed), bytes each
 way (counted as they move) and bytes per second over the last second,
-reconnects and pod switches. --watch redraws every second until Ctrl-C.`,
+reconnects and pod switches. --watch redraws every second and at each change
+(a state, health or pod change, a forward added or stopped), from the
+daemon's event stream, until Ctrl-C.`,
 		Example: "  kpf status\n  kpf status --watch\n  kpf status --json | jq '.forwards[] | select(.state != \"ready\")'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -401,7 +403,11 @@ func pickedText(ps []api.Picked) string {
 	}
 	var parts []string
 	for _, p := range ps {
-		parts = append(parts, fmt.Sprintf("%s (%s)", strings.Join(p.Names, ", "), p.File))
+		from := p.File
+		if !filepath.IsAbs(from) {
+			from = "no file" // a forward started without one (kpf mcp, the API)
+		}
+		parts = append(parts, fmt.Sprintf("%s (%s)", strings.Join(p.Names, ", "), from))
 	}
 	return strings.Join(parts, "; ")
 }
