@@ -76,6 +76,10 @@ func TestMCPInspector(t *testing.T) {
 			t.Errorf("no tool %s", n)
 		}
 	}
+	// No daemon runs yet: status says nothing runs (and starts none).
+	if b, _ := json.Marshal(inspector(t, k, nil, "tools/call", "--tool-name", "status")); !strings.Contains(string(b), `"structuredContent":{"forwards":[]}`) {
+		t.Errorf("status without a daemon: %s", b)
+	}
 	targets := inspector(t, k, nil, "tools/call", "--tool-name", "list_targets", "--tool-arg", "namespace="+ns)
 	if b, _ := json.Marshal(targets); !strings.Contains(string(b), `{"ports":["80 (main) -\u003e main"],"target":"svc/mcpweb"}`) {
 		t.Errorf("list_targets: %s", b)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -77,6 +78,16 @@ func (d *startingDaemon) Start(ctx context.Context, req api.StartRequest) (*api.
 		return nil, err
 	}
 	return d.Client.Start(ctx, req)
+}
+
+// Status is the daemon's, or no forwards when none runs (a status tool
+// answers what runs: nothing).
+func (d *startingDaemon) Status(ctx context.Context, file string) (*api.Status, error) {
+	st, err := d.Client.Status(ctx, file)
+	if errors.Is(err, daemon.ErrNotRunning) {
+		return &api.Status{SchemaVersion: api.SchemaVersion, Files: []string{}, Forwards: []api.Forward{}}, nil
+	}
+	return st, err
 }
 
 // mcpCluster lists contexts, namespaces and targets as kpf mcp's identity.
