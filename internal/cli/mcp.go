@@ -2,12 +2,15 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/cluster"
@@ -50,8 +53,12 @@ nothing. The README says how to add it to an MCP client.`,
 			}
 			home := daemon.DefaultHome()
 			c := daemon.NewClient(home)
+			b := make([]byte, 16)
+			rand.Read(b)
+			session := "mcp-" + hex.EncodeToString(b)
 			s := mcp.New(mcp.Options{
-				Daemon:   &startingDaemon{Client: c, home: home, errOut: g.errOut},
+				Daemon:   &startingDaemon{Client: c, home: home, errOut: g.errOut, ctx: cmd.Context(), session: session},
+				Session:  session,
 				Cluster:  &mcpCluster{id: id},
 				Identity: id,
 				Settings: settings,
@@ -67,17 +74,47 @@ nothing. The README says how to add it to an MCP client.`,
 
 // startingDaemon starts the daemon the first time a forward is started
 // and none answers.
+// It holds the session's event stream from then on, so that the daemon
+// stops the session's forwards when kpf mcp ends, however it ends.
 type startingDaemon struct {
 	*daemon.Client
-	home   daemon.Home
-	errOut io.Writer
+	home    daemon.Home
+	errOut  io.Writer
+	ctx     context.Context // the command's
+	session string
+	holding bool // a stream is open or opening; under mu
+	mu      sync.Mutex
 }
 
 func (d *startingDaemon) Start(ctx context.Context, req api.StartRequest) (*api.Forward, error) {
 	if err := ensureDaemon(d.Client, d.home, d.errOut, startDaemon); err != nil {
 		return nil, err
 	}
+	d.hold(ctx)
 	return d.Client.Start(ctx, req)
+}
+
+// hold opens the session's stream once (again after the daemon it held
+// went away), and waits until the daemon holds it.
+func (d *startingDaemon) hold(ctx context.Context) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.holding {
+		return
+	}
+	d.holding = true
+	ready := make(chan struct{})
+	go func() {
+		d.HoldSession(d.ctx, d.session, ready)
+		d.mu.Lock()
+		d.holding = false
+		d.mu.Unlock()
+	}()
+	select {
+	case <-ready:
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+	}
 }
 
 // Status is the daemon's, or no forwards when none runs (a status tool

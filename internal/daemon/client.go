@@ -285,3 +285,31 @@ func ReadEvents(r io.Reader, fn func(api.Event) error) error {
 func (c *Client) Get(ctx context.Context, path string, out any) error {
 	return c.do(ctx, http.MethodGet, path, nil, out)
 }
+
+// HoldSession opens the event stream of session and holds it until ctx
+// ends: the forwards started with that Session stop when it closes, so
+// even if this process is killed. ready is closed once the daemon holds
+// it (or it failed: the error is returned).
+func (c *Client) HoldSession(ctx context.Context, session string, ready chan<- struct{}) error {
+	path := "/v1/events?" + url.Values{"session": {session}}.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://kpf"+path, nil)
+	if err != nil {
+		close(ready)
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		close(ready)
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		close(ready)
+		return readError(resp, http.MethodGet, path)
+	}
+	// The headers came: the daemon's handler runs, and ends the session
+	// when this stream closes.
+	close(ready)
+	_, err = io.Copy(io.Discard, resp.Body)
+	return err
+}

@@ -116,7 +116,8 @@ type Server struct {
 	ev          *hubState
 	eventBuffer int
 	origins     map[string]string
-	apiAt       net.Addr // where APIAddr listens, once it does
+	sessions    map[string][]*fileRun // file-less runs by the session that started them, under mu
+	apiAt       net.Addr              // where APIAddr listens, once it does
 
 	// started, ctx and quit are set by Serve before the socket answers,
 	// and never change after.

@@ -201,6 +201,11 @@ func (s *Server) eventStream(w http.ResponseWriter, r *http.Request) {
 	counters := r.URL.Query().Get("counters") == "1" || r.URL.Query().Get("counters") == "true"
 	last := h.subscribe(1)
 	defer h.subscribe(-1)
+	if session := r.URL.Query().Get("session"); session != "" {
+		// The caller's forwards of this session live as long as this
+		// stream: its end (the caller exited, or was killed) stops them.
+		defer s.endSession(session)
+	}
 	resume := r.Header.Get("Last-Event-ID")
 	if resume == "" {
 		resume = r.URL.Query().Get("lastEventId") // for clients that cannot set headers

@@ -349,6 +349,14 @@ func (s *Server) startForward(w http.ResponseWriter, r *http.Request) {
 	s.applyFile(api.ApplyRequest{File: key, Identity: req.Identity, Settings: req.Settings}, []config.Forward{fw})
 	s.Log.Info("started", "origin", origin, "forward", fw.Name, "target", fw.Target)
 	run := s.run(key)
+	if req.Session != "" && run != nil {
+		s.mu.Lock()
+		if s.sessions == nil {
+			s.sessions = map[string][]*fileRun{}
+		}
+		s.sessions[req.Session] = append(s.sessions[req.Session], run)
+		s.mu.Unlock()
+	}
 	s.opMu.Unlock()
 	s.hub().diff(s)
 	if wait > 0 && run != nil {
@@ -413,4 +421,30 @@ func (s *Server) doctorForward(w http.ResponseWriter, r *http.Request) {
 	res := s.Doctor(r.Context(), run.id, fw, run.settings)
 	res.Forward = f.Name
 	writeJSON(w, res)
+}
+
+// endSession stops the file-less forwards started with session, once its
+// event stream has ended.
+func (s *Server) endSession(session string) {
+	s.mu.Lock()
+	runs := s.sessions[session]
+	delete(s.sessions, session)
+	s.mu.Unlock()
+	if len(runs) == 0 {
+		return
+	}
+	s.opMu.Lock()
+	for _, run := range runs {
+		// Only that very run: its name may be another's by now.
+		if s.run(run.path) == run {
+			run.m.Stop()
+			s.forget(run.path)
+			s.mu.Lock()
+			delete(s.origins, run.path)
+			s.mu.Unlock()
+			s.Log.Info("stopped with its session", "file", run.path)
+		}
+	}
+	s.opMu.Unlock()
+	s.hub().diff(s)
 }

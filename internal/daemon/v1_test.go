@@ -316,3 +316,53 @@ func TestTCPListener(t *testing.T) {
 		})
 	}
 }
+
+// The forwards started with a session stop when the stream holding it
+// ends (its caller exited, or was killed); others, and a forward that
+// took the name of one stopped before, stay.
+func TestSessionEndStopsItsForwards(t *testing.T) {
+	c, _, _ := start(t)
+	ctx := context.Background()
+	req := startReq("svc/web", "8080")
+	req.Session = "s1"
+	if _, err := c.Start(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	req = startReq("svc/db", "5432")
+	req.Session = "s1"
+	if _, err := c.Start(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Start(ctx, startReq("svc/kept", "9090")); err != nil {
+		t.Fatal(err)
+	}
+	// web is stopped, and its name taken by a forward of no session.
+	if _, err := c.Stop(ctx, "web", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Start(ctx, startReq("svc/web", "8081")); err != nil {
+		t.Fatal(err)
+	}
+	hctx, cancel := context.WithCancel(ctx)
+	ready := make(chan struct{})
+	held := make(chan error, 1)
+	go func() { held <- c.HoldSession(hctx, "s1", ready) }()
+	<-ready
+	cancel()
+	<-held
+	testnet.Within(t, 5*time.Second, "db to stop with its session", func() bool {
+		_, err := c.Forward(ctx, "db", "")
+		return err != nil
+	})
+	fws, err := c.Forwards(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range fws {
+		names = append(names, f.Name)
+	}
+	if fmt.Sprint(names) != "[kept web]" {
+		t.Fatalf("left: %v, want kept and the new web", names)
+	}
+}

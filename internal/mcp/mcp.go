@@ -67,6 +67,10 @@ type Options struct {
 	Settings spec.Settings
 	ReadOnly bool // offer only the tools that change nothing
 	Version  string
+	// Session, if set, is sent with the forwards that are not to be kept
+	// (api.StartRequest.Session): the daemon stops them when the stream
+	// that holds the session ends, even if kpf mcp is killed.
+	Session string
 }
 
 // Server is one kpf mcp session.
@@ -255,7 +259,7 @@ func (s *Server) tools() {
 		Description: "Forward local ports to a service, deployment or pod of the cluster, through the user's kpf daemon, as the user's kubeconfig identity. It listens on 127.0.0.1 only, follows the target's pods as they restart, logs HTTP requests (http_log), and waits up to 30s until the forward is ready. Connect your client to the returned address. The forward stops when this session ends unless keep is true; stop_forward stops it sooner. Returns {name, address, local, target, pod, kept}."},
 		func(ctx context.Context, _ *sdk.CallToolRequest, in startArgs) (*sdk.CallToolResult, startOut, error) {
 			f, err := s.o.Daemon.Start(ctx, api.StartRequest{Name: in.Name, Context: in.Context, Namespace: in.Namespace, Target: in.Target, Ports: in.Ports,
-				Address: "127.0.0.1", HTTPLog: true, Origin: Origin, Identity: s.o.Identity, Settings: s.o.Settings, Wait: "30s"})
+				Address: "127.0.0.1", HTTPLog: true, Origin: Origin, Identity: s.o.Identity, Settings: s.o.Settings, Wait: "30s", Session: sessionOf(in.Keep, s.o.Session)})
 			if err != nil {
 				return nil, startOut{}, err
 			}
@@ -291,4 +295,11 @@ func slicesDelete(names []string, n string) []string {
 		}
 	}
 	return out
+}
+
+func sessionOf(keep bool, session string) string {
+	if keep {
+		return ""
+	}
+	return session
 }

@@ -117,7 +117,7 @@ func toolNames(t *testing.T, cs *sdk.ClientSession) map[string]*sdk.Tool {
 func TestTools(t *testing.T) {
 	d := &fakeDaemon{}
 	id := identity.Identity{}
-	cs, end := session(t, Options{Daemon: d, Cluster: fakeCluster{}, Identity: id, Settings: spec.Defaults()})
+	cs, end := session(t, Options{Daemon: d, Cluster: fakeCluster{}, Identity: id, Settings: spec.Defaults(), Session: "sess"})
 	tools := toolNames(t, cs)
 	var names []string
 	for n, tl := range tools {
@@ -166,8 +166,14 @@ func TestTools(t *testing.T) {
 	d.mu.Lock()
 	req := d.starts[0]
 	d.mu.Unlock()
-	if req.Origin != Origin || req.Address != "127.0.0.1" || req.Namespace != "shop" || !req.HTTPLog || req.Wait == "" {
-		t.Fatalf("start request %+v: want origin, loopback, the namespace, an HTTP log, a wait", req)
+	if req.Origin != Origin || req.Address != "127.0.0.1" || req.Namespace != "shop" || !req.HTTPLog || req.Wait == "" || req.Session != "sess" {
+		t.Fatalf("start request %+v: want origin, loopback, the namespace, an HTTP log, a wait, the session", req)
+	}
+	d.mu.Lock()
+	kept := d.starts[1]
+	d.mu.Unlock()
+	if kept.Session != "" {
+		t.Fatalf("a kept forward is tied to the session: %+v", kept)
 	}
 	role := call("rbac_role", map[string]any{"target": "svc/web", "namespace": "shop"})
 	if r, _ := role["role"].(string); !strings.Contains(r, "pods/portforward") || !strings.Contains(r, "namespace: shop") {

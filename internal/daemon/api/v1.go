@@ -75,6 +75,10 @@ type StartRequest struct {
 	// Wait, if set ("30s"), answers once the forward is ready, or with
 	// its error when it is not ready within it.
 	Wait string `json:"wait,omitempty"`
+	// Session, if set, ties the forward to the caller's event stream
+	// opened with GET /v1/events?session=SESSION: when that stream ends
+	// (the caller exited, even killed), the forward is stopped.
+	Session string `json:"session,omitempty"`
 }
 
 // Check is one step of a forward's doctor run.
