@@ -302,7 +302,9 @@ func (s *Server) adhocTaken(name string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for key, origin := range s.origins {
-		if key == adhocKey(origin, name) {
+		// A run stopped by down (which knows no origins) is gone from
+		// files: its name is free again.
+		if key == adhocKey(origin, name) && s.files[key] != nil {
 			return true
 		}
 	}

@@ -75,6 +75,16 @@ func TestStartForwardWithoutFile(t *testing.T) {
 	if !c.Running() {
 		t.Fatal("the daemon exited")
 	}
+	// Stopped by kpf down, a file-less forward's name is free again.
+	if _, _, err := c.Down(ctx, api.NamesRequest{Names: []string{"web-api-2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := c.Start(ctx, startReq("svc/web-api", "8081:80")); err != nil || f.Name != "web-api" {
+		t.Fatalf("start after down: %+v, %v", f, err)
+	}
+	if f, err := c.Start(ctx, startReq("svc/web-api", "8082:80")); err != nil || f.Name != "web-api-2" {
+		t.Fatalf("start after down: %+v, %v", f, err)
+	}
 }
 
 // Bad requests are refused with the field, the value and the fix, as
