@@ -35,8 +35,16 @@ if ! command -v go >/dev/null 2>&1; then
   echo "deps: Go is not installed (this project needs Go 1.26)" >&2
   exit 1
 fi
-if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+# The MCP inspector (npm, pinned in e2e/mcp/package-lock.json) is the MCP
+# client of kpf mcp's e2e test.
+command -v npm >/dev/null 2>&1 || need+=(npm)
+mcp_inspector() {
+  local dir; dir="$(cd "$(dirname "$0")/.." && pwd)/e2e/mcp"
+  [ -x "$dir/node_modules/.bin/mcp-inspector" ] || (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+}
+if [ ${#need[@]} -eq 0 ]; then mcp_inspector; exit 0; fi
 echo "deps: installing ${need[*]}"
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $(printf "%s\n" "${need[@]}" | sort -u)
+mcp_inspector

@@ -9,6 +9,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/cluster"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,12 +105,15 @@ func (o *UpOptions) ensureDaemon(c *daemon.Client, home daemon.Home, metricsAddr
 	if metricsAddr != "" {
 		args = append(args, "--metrics-addr", metricsAddr)
 	}
-	return ensureDaemon(c, home, o.startDaemon, o.g.errOut, args...)
+	if o.APIAddr != "" {
+		args = append(args, "--api-addr", o.APIAddr)
+	}
+	return ensureDaemon(c, home, o.g.errOut, o.startDaemon, args...)
 }
 
 // ensureDaemon starts the daemon of home with start unless one answers,
 // and waits until it does; started says it was started.
-func ensureDaemon(c *daemon.Client, home daemon.Home, start func(daemon.Home, io.Writer, ...string) error, errOut io.Writer, args ...string) (started bool, err error) {
+func ensureDaemon(c *daemon.Client, home daemon.Home, errOut io.Writer, start func(daemon.Home, io.Writer, ...string) error, args ...string) (started bool, err error) {
 	if c.Running() {
 		return false, nil
 	}
@@ -125,6 +129,8 @@ func ensureDaemon(c *daemon.Client, home daemon.Home, start func(daemon.Home, io
 	}
 	return true, nil
 }
+
+const apiAddrUsage = "also serve the daemon's API on this loopback TCP address (127.0.0.1:PORT), for tools that cannot open a unix socket; requests need the bearer token the daemon writes to api-token in its home (0600)"
 
 // daemonEnv is what the daemon keeps of the environment that started it.
 // Everything a forward needs from a command's environment (KUBECONFIG,
@@ -174,7 +180,7 @@ func newDaemonCommand(g *globals) *cobra.Command {
 	var apply []string
 	home := daemon.DefaultHome()
 	auditPath := home.AuditLog()
-	var metricsAddr string
+	var metricsAddr, apiAddr string
 	cmd := &cobra.Command{
 		Use:   "daemon [--apply FILE...]",
 		Short: "Run the background daemon (kpf up -d starts it; kpf daemon install starts it at login)",
@@ -185,6 +191,11 @@ its own flags and environment, as kpf up -d would.`,
 		Example: "  kpf daemon install -f kpf.yaml\n  kpf daemon --apply /src/shop/kpf.yaml --context staging",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if apiAddr != "" {
+				if _, err := daemon.CheckAPIAddr(apiAddr); err != nil {
+					return usageError{err}
+				}
+			}
 			log := g.logger()
 			if err := home.Ensure(); err != nil {
 				return err
@@ -210,6 +221,8 @@ its own flags and environment, as kpf up -d would.`,
 				Cleanup: func(ctx context.Context, id identity.Identity, fws []config.Forward) error {
 					return cleanupRelays(ctx, clusters, id, fws, log)
 				},
+				Doctor:  daemonDoctor,
+				APIAddr: apiAddr,
 			}
 			if err := g.startDebug(cmd.Context()); err != nil {
 				return err
@@ -239,6 +252,7 @@ its own flags and environment, as kpf up -d would.`,
 	}
 	cmd.Flags().StringArrayVar(&apply, "apply", nil, "a forwards file to run at start (repeatable)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", metricsAddrUsage)
+	cmd.Flags().StringVar(&apiAddr, "api-addr", "", apiAddrUsage)
 	cmd.Flags().StringVar(&auditPath, "audit-log", auditPath, "the daemon's audit log: a JSON line per connection and per forward start, stop and pod switch (0600, rotated at 10 MB); \"\" for none")
 	cmd.AddCommand(newServiceCommands(g)...)
 	return cmd
@@ -252,7 +266,9 @@ func newStatusCommand(g *globals) *cobra.Command {
 		Long: `Show the daemon's forwards: for each, its file, who it connects as, state,
 health, pod, local addresses, connections (open/total, failed), bytes each
 way (counted as they move) and bytes per second over the last second,
-reconnects and pod switches. --watch redraws every second until Ctrl-C.`,
+reconnects and pod switches. --watch redraws every second and at each change
+(a state, health or pod change, a forward added or stopped), from the
+daemon's event stream, until Ctrl-C.`,
 		Example: "  kpf status\n  kpf status --watch\n  kpf status --json | jq '.forwards[] | select(.state != \"ready\")'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -263,14 +279,7 @@ reconnects and pod switches. --watch redraws every second until Ctrl-C.`,
 			if err := restartKilledDaemon(c, home, g.errOut); err != nil {
 				return err
 			}
-			for {
-				st, err := c.Status(ctx, "")
-				if err != nil {
-					if watch && ctx.Err() != nil {
-						return nil
-					}
-					return err
-				}
+			draw := func(st *api.Status) error {
 				var b strings.Builder
 				if asJSON {
 					if err := printJSON(&b, st); err != nil {
@@ -281,20 +290,38 @@ reconnects and pod switches. --watch redraws every second until Ctrl-C.`,
 				}
 				if watch && term {
 					io.WriteString(g.out, "\x1b[H\x1b[2J") // home, clear
+				} else if watch {
+					b.WriteString("\n")
 				}
 				io.WriteString(g.out, b.String())
-				if !watch {
-					return nil
-				}
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(time.Second):
-				}
-				if !term {
-					fmt.Fprintln(g.out)
-				}
+				return nil
 			}
+			st, err := c.Status(ctx, "")
+			if err != nil {
+				return err
+			}
+			if err := draw(st); err != nil || !watch {
+				return err
+			}
+			// The daemon's event stream: its counters once a second, and
+			// each change as it happens.
+			err = c.Events(ctx, true, func(e api.Event) error {
+				if e.Status != nil {
+					return draw(e.Status)
+				}
+				st, err := c.Status(ctx, "")
+				if err != nil {
+					return err
+				}
+				return draw(st)
+			})
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return errors.New("the kpf daemon exited")
+			}
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, fmt.Sprintf("print JSON (schemaVersion %d)", api.SchemaVersion))
@@ -314,7 +341,7 @@ func restartKilledDaemon(c *daemon.Client, home daemon.Home, errOut io.Writer) e
 		return nil
 	}
 	fmt.Fprintf(errOut, "the kpf daemon stopped without kpf down while it ran %s: starting it again to restore them\n", strings.Join(files, ", "))
-	_, err := ensureDaemon(c, home, startDaemon, errOut)
+	_, err := ensureDaemon(c, home, errOut, startDaemon)
 	return err
 }
 
@@ -349,6 +376,24 @@ func writeStatus(w io.Writer, st *api.Status) {
 			}
 		}
 		fmt.Fprintf(w, "\n%s\n", f)
+		writeTable(w, rows, true)
+	}
+	// Forwards started without a file (by kpf mcp, or a program through
+	// the API), by origin.
+	var origins []string
+	for _, r := range st.Forwards {
+		if r.File == "" && r.Origin != "" && !slices.Contains(origins, r.Origin) {
+			origins = append(origins, r.Origin)
+		}
+	}
+	for _, o := range origins {
+		var rows []api.Forward
+		for _, r := range st.Forwards {
+			if r.File == "" && r.Origin == o {
+				rows = append(rows, r)
+			}
+		}
+		fmt.Fprintf(w, "\n(%s, no file)\n", o)
 		writeTable(w, rows, true)
 	}
 }
@@ -410,7 +455,11 @@ func pickedText(ps []api.Picked) string {
 	}
 	var parts []string
 	for _, p := range ps {
-		parts = append(parts, fmt.Sprintf("%s (%s)", strings.Join(p.Names, ", "), p.File))
+		from := p.File
+		if !filepath.IsAbs(from) {
+			from = "no file" // a forward started without one (kpf mcp, the API)
+		}
+		parts = append(parts, fmt.Sprintf("%s (%s)", strings.Join(p.Names, ", "), from))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -519,6 +568,22 @@ func newLogsCommand(g *globals) *cobra.Command {
 				return httpLogOf(cmd.Context(), g.out, args, file, follow)
 			}
 			home := daemon.DefaultHome()
+			var abs, name string
+			if file != "" {
+				var err error
+				if abs, err = filepath.Abs(file); err != nil {
+					return err
+				}
+			}
+			if len(args) == 1 {
+				name = args[0]
+			}
+			// Through the daemon's API; a daemon that is gone leaves its
+			// log, read here (why did it stop?).
+			err := logsOf(cmd.Context(), g.out, daemon.NewClient(home), "/v1/logs?"+url.Values{"file": {abs}, "name": {name}}.Encode(), follow)
+			if !errors.Is(err, daemon.ErrNotRunning) {
+				return err
+			}
 			f, err := os.Open(home.Log())
 			if errors.Is(err, os.ErrNotExist) {
 				return daemon.ErrNotRunning
@@ -527,22 +592,7 @@ func newLogsCommand(g *globals) *cobra.Command {
 				return err
 			}
 			defer f.Close()
-			var abs string
-			if file != "" {
-				if abs, err = filepath.Abs(file); err != nil {
-					return err
-				}
-			}
-			keep := func(l string) bool {
-				if abs != "" && !strings.Contains(l, "(file "+abs+")") && !strings.Contains(l, "file="+abs) {
-					return false
-				}
-				if len(args) == 1 {
-					name := args[0]
-					return strings.Contains(l, " "+name+": ") || strings.Contains(l, "forward="+name+" ")
-				}
-				return true
-			}
+			keep := func(l string) bool { return daemon.KeepLine(strings.TrimRight(l, "\n"), abs, name) }
 			return copyLines(cmd.Context(), g.out, f, keep, follow)
 		},
 	}
@@ -552,45 +602,40 @@ func newLogsCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
-// httpLogOf prints the HTTP request log of the named forward.
+// httpLogOf prints the HTTP request log of the named forward, through the
+// daemon's API.
 func httpLogOf(ctx context.Context, out io.Writer, args []string, file string, follow bool) error {
 	if len(args) != 1 {
 		return usagef("kpf logs --http takes the name of a forward")
 	}
-	abs := ""
+	q := url.Values{"lines": {"10000"}}
 	if file != "" {
-		var err error
-		if abs, err = filepath.Abs(file); err != nil {
+		abs, err := filepath.Abs(file)
+		if err != nil {
 			return err
 		}
+		q.Set("file", abs)
 	}
-	st, err := daemon.NewClient(daemon.DefaultHome()).Status(ctx, abs)
-	if err != nil {
+	return logsOf(ctx, out, daemon.NewClient(daemon.DefaultHome()), "/v1/forwards/"+url.PathEscape(args[0])+"/httplog?"+q.Encode(), follow)
+}
+
+// logsOf prints a log of the daemon's API (the last lines; with follow,
+// then each new one until ctx ends).
+func logsOf(ctx context.Context, out io.Writer, c *daemon.Client, path string, follow bool) error {
+	if !strings.Contains(path, "lines=") {
+		path += "&lines=10000"
+	}
+	if follow {
+		return c.FollowLog(ctx, path+"&follow=1", out)
+	}
+	var l api.LogLines
+	if err := c.Get(ctx, path, &l); err != nil {
 		return err
 	}
-	var found []api.Forward
-	for _, r := range st.Forwards {
-		if r.Name == args[0] {
-			found = append(found, r)
-		}
+	for _, line := range l.Lines {
+		fmt.Fprintln(out, line)
 	}
-	switch {
-	case len(found) == 0:
-		return fmt.Errorf("the daemon runs no forward %q (kpf status lists them)", args[0])
-	case len(found) > 1:
-		return usagef("forward %q is in %d files: say which with --file", args[0], len(found))
-	case found[0].HTTPLog == "" || found[0].HTTPLog == "-":
-		return fmt.Errorf("forward %q logs no HTTP requests to a file: add httpLog: FILE to it in %s", args[0], found[0].File)
-	}
-	f, err := os.Open(found[0].HTTPLog)
-	if errors.Is(err, os.ErrNotExist) && follow {
-		return fmt.Errorf("%s does not exist yet: no request has been logged", found[0].HTTPLog)
-	}
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return copyLines(ctx, out, f, func(string) bool { return true }, follow)
+	return nil
 }
 
 // printJSON prints v as indented JSON, for scripts.

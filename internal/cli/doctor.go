@@ -12,6 +12,7 @@ import (
 
 	"github.com/kpf-dev/kpf/internal/cluster"
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/doctor"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/portspec"
@@ -306,4 +307,24 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// daemonDoctor runs kpf doctor's checks of one of the daemon's forwards,
+// as its identity (GET /v1/forwards/{name}/doctor): the same checks and
+// advice as kpf doctor -f FILE NAME.
+func daemonDoctor(ctx context.Context, id identity.Identity, fw config.Forward, s spec.Settings) api.DoctorResult {
+	o := &DoctorOptions{StepTimeout: 5 * time.Second}
+	var checks []doctor.Check
+	d, done := o.doctor(id.WithContext(fw.Context), func(c doctor.Check) { checks = append(checks, c) })
+	defer done()
+	d.CheckCluster(ctx)
+	if fw.Namespace == "" {
+		fw.Namespace = o.namespace(d)
+	}
+	d.CheckForward(ctx, fw, s)
+	res := api.DoctorResult{Forward: fw.Name, OK: !d.Failed(), Checks: []api.Check{}}
+	for _, c := range checks {
+		res.Checks = append(res.Checks, api.Check{Step: c.Step, Status: string(c.Status), Summary: c.Summary, Details: c.Details, Fix: c.Fix})
+	}
+	return res
 }

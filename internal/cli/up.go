@@ -46,6 +46,8 @@ type UpOptions struct {
 	WaitTimeout time.Duration
 	AuditLog    string
 	Metrics     string
+	// APIAddr is the TCP address of the API of a daemon -d starts.
+	APIAddr string
 
 	names []string
 	file  *config.File
@@ -87,6 +89,7 @@ port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 	cmd.Flags().DurationVar(&o.WaitTimeout, "timeout", 2*time.Minute, "with --wait: how long to wait")
 	cmd.Flags().StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
 	cmd.Flags().StringVar(&o.Metrics, "metrics-addr", "", metricsAddrUsage+"; default: the file's metrics: key")
+	cmd.Flags().StringVar(&o.APIAddr, "api-addr", "", "with -d: "+apiAddrUsage+" (given to the daemon -d starts; a running daemon keeps its own)")
 	return cmd
 }
 
@@ -113,6 +116,14 @@ func (o *UpOptions) Complete(cmd *cobra.Command, args []string) error {
 		// Returning once healthy only makes sense if the forwards go on
 		// running: in the daemon.
 		o.Detach = true
+	}
+	if o.APIAddr != "" {
+		if !o.Detach {
+			return usagef("--api-addr is the daemon's: add -d")
+		}
+		if _, err := daemon.CheckAPIAddr(o.APIAddr); err != nil {
+			return usageError{err}
+		}
 	}
 	if o.Detach && o.AuditLog != "" {
 		return usagef("--audit-log with -d: the daemon keeps the audit log of its forwards itself (%s)", daemon.DefaultHome().AuditLog())

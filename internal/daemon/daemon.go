@@ -116,6 +116,21 @@ type Server struct {
 	// cleaning joins the Cleanup calls.
 	cleaning sync.WaitGroup
 
+	// Doctor, if set, runs GET /v1/forwards/{name}/doctor.
+	Doctor DoctorFunc
+	// APIAddr, if set, serves the API on this loopback TCP address too,
+	// behind the bearer token in Home.APIToken (api_tcp.go).
+	APIAddr string
+
+	// The event stream (events.go); eventBuffer (0: EventBuffer) is for
+	// tests. origins are the file-less runs' origins by key, under mu.
+	hubOnce     sync.Once
+	ev          *hubState
+	eventBuffer int
+	origins     map[string]string
+	sessions    map[string][]*fileRun // file-less runs by the session that started them, under mu
+	apiAt       net.Addr              // where APIAddr listens, once it does
+
 	// started, ctx and quit are set by Serve before the socket answers,
 	// and never change after.
 	started time.Time
@@ -183,6 +198,14 @@ func (s *Server) Serve(ctx context.Context) error {
 		return err
 	}
 	defer os.Remove(s.Home.Socket())
+	stopTCP, err := s.serveTCP()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer stopTCP()
+	s.hub().diff(s)
+	go s.hub().run(s)
 	// Requests see the daemon's context: a wait ends when the daemon does.
 	srv := &http.Server{Handler: s.Handler(), ConnContext: withConn, BaseContext: func(net.Listener) context.Context { return s.ctx }}
 	s.Log.Info("daemon listening", "socket", s.Home.Socket(), "pid", os.Getpid())
@@ -280,13 +303,7 @@ func (s *Server) Metrics() []metrics.Forward {
 
 // Handler is the daemon's API, behind the same-user check.
 func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", s.status)
-	mux.HandleFunc("POST /v1/apply", s.apply)
-	mux.HandleFunc("POST /v1/down", s.down)
-	mux.HandleFunc("POST /v1/restart", s.restart)
-	mux.HandleFunc("POST /v1/wait", s.wait)
-	return sameUser(mux)
+	return sameUser(s.mux())
 }
 
 // listen opens the socket. The caller holds the home's lock, so a socket
@@ -325,11 +342,11 @@ func sameUser(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		uc, ok := r.Context().Value(connKey{}).(*net.UnixConn)
 		if !ok {
-			http.Error(w, "not a unix socket peer", http.StatusForbidden)
+			httpError(w, "not a unix socket peer", http.StatusForbidden)
 			return
 		}
 		if err := allowPeer(uc, r); err != nil {
-			http.Error(w, err.Error(), http.StatusForbidden)
+			httpError(w, err.Error(), http.StatusForbidden)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -405,31 +422,31 @@ func (s *Server) snapshot(only string) api.Status {
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, s.snapshot(r.URL.Query().Get("file")))
+	writeJSON(w, s.statusOf(r.URL.Query().Get("file")))
 }
 
 func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 	var req api.ApplyRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 4<<20)).Decode(&req); err != nil {
-		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		httpError(w, "bad request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	if !filepath.IsAbs(req.File) {
-		http.Error(w, fmt.Sprintf("bad request: file %q is not an absolute path", req.File), http.StatusBadRequest)
+		httpError(w, fmt.Sprintf("bad request: file %q is not an absolute path", req.File), http.StatusBadRequest)
 		return
 	}
 	if err := req.Settings.Validate(); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		httpError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	f, err := config.Load(req.File)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+		httpError(w, err.Error(), http.StatusUnprocessableEntity)
 		return
 	}
 	fws, err := f.Select(req.Names)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+		httpError(w, err.Error(), http.StatusUnprocessableEntity)
 		return
 	}
 	s.opMu.Lock()
@@ -529,6 +546,7 @@ func (s *Server) newRun(req api.ApplyRequest, fws []config.Forward) *fileRun {
 		Settings:  req.Settings,
 		Log:       log,
 		Events: func(e manager.Event) {
+			s.hub().poke()
 			if s.Events == nil {
 				return
 			}
@@ -689,14 +707,14 @@ func listFiles(runs []*fileRun) string {
 func (s *Server) down(w http.ResponseWriter, r *http.Request) {
 	req, err := readNames(r)
 	if err != nil {
-		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		httpError(w, "bad request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	s.opMu.Lock()
 	picked, code, err := s.pick(req)
 	if err != nil {
 		s.opMu.Unlock()
-		http.Error(w, err.Error(), code)
+		httpError(w, err.Error(), code)
 		return
 	}
 	var stopped []api.Picked
@@ -723,14 +741,14 @@ func (s *Server) down(w http.ResponseWriter, r *http.Request) {
 func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 	req, err := readNames(r)
 	if err != nil {
-		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		httpError(w, "bad request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	picked, code, err := s.pick(req)
 	if err != nil {
-		http.Error(w, err.Error(), code)
+		httpError(w, err.Error(), code)
 		return
 	}
 	var out []api.Picked
@@ -767,15 +785,15 @@ func (s *Server) wait(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if file != "" && len(ms) == 0 {
-		http.Error(w, fmt.Sprintf("no forwards of %s run", file), http.StatusNotFound)
+		httpError(w, fmt.Sprintf("no forwards of %s run", file), http.StatusNotFound)
 		return
 	}
 	deadline := time.Now().Add(d)
 	for _, m := range ms {
 		if err := m.WaitGood(r.Context(), time.Until(deadline)); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			httpError(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 	}
-	writeJSON(w, s.snapshot(file))
+	writeJSON(w, s.statusOf(file))
 }

@@ -57,7 +57,7 @@ func TestOtherUsersAreRefused(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		return fmt.Sprintf("%s (%v)", out, err)
 	}
-	if out := run(65534); !strings.Contains(out, "peer: 403 forbidden: the kpf daemon serves its own user only") {
+	if out := run(65534); !strings.Contains(out, `peer: 403 {"code":"forbidden","message":"forbidden: the kpf daemon serves its own user only"}`) {
 		t.Fatalf("as nobody: %s", out)
 	}
 	if out := run(0); !strings.Contains(out, "peer: 200") {

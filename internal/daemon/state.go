@@ -191,8 +191,14 @@ func hashOf(path string) string {
 // save writes the record of the file as it runs now, or removes it when
 // the file runs nothing; at, when set, is a new apply's stamp. A record
 // that cannot be written is logged: the forwards run all the same, and
-// only a restart would miss them. s.opMu is held.
+// only a restart would miss them. s.opMu is held. Forwards started
+// without a file (keyed "(ORIGIN) NAME", never an absolute path) are not
+// recorded: they belong to the program that started them, and a daemon
+// that restarts does not bring them back.
 func (s *Server) save(path string, at *stamp) {
+	if !filepath.IsAbs(path) {
+		return
+	}
 	run := s.run(path)
 	if run == nil {
 		if err := s.Home.removeRecord(path); err != nil {

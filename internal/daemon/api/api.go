@@ -26,6 +26,8 @@ type Status struct {
 	Files         []string  `json:"files"`
 	Forwards      []Forward `json:"forwards"`
 	Metrics       string    `json:"metrics,omitempty"` // the URL of its Prometheus metrics, if served
+	// Totals sums every forward's counters.
+	Totals Totals `json:"totals"`
 	// Restored is what this daemon did, when it started, with each file
 	// that a daemon before it ran and did not stop (it was killed, or
 	// crashed): restored as the identity that applied it, or not and why.
@@ -49,6 +51,11 @@ type Restore struct {
 // Forward is one forward (or proxy) of a file, as status shows it.
 type Forward struct {
 	Name string `json:"name"`
+	// Kind is forward or proxy.
+	Kind string `json:"kind,omitempty"`
+	// Origin says what started a forward that has no file ("started by
+	// mcp"); File is "" then.
+	Origin string `json:"origin,omitempty"`
 	// File, Context, Cluster and User: which file the forward comes from,
 	// and who it connects as.
 	File      string   `json:"file,omitempty"`
