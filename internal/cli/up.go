@@ -46,6 +46,7 @@ type UpOptions struct {
 	WaitTimeout time.Duration
 	AuditLog    string
 	Metrics     string
+	All         allFlags
 
 	names []string
 	file  *config.File
@@ -71,7 +72,8 @@ and bytes; otherwise each change is a log line. A forward that fails (a busy
 port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 		Example: `  kpf up                              # kpf.yaml here, with a live table
   kpf up api db -f shop.yaml          # two forwards of another file
-  kpf up -d --wait --context staging  # in the daemon, as the staging context`,
+  kpf up -d --wait --context staging  # in the daemon, as the staging context
+  kpf up --all -n shop --address auto -d  # every service of shop, as the cluster has them`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.Complete(cmd, args); err != nil {
 				return err
@@ -87,6 +89,7 @@ port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 	cmd.Flags().DurationVar(&o.WaitTimeout, "timeout", 2*time.Minute, "with --wait: how long to wait")
 	cmd.Flags().StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
 	cmd.Flags().StringVar(&o.Metrics, "metrics-addr", "", metricsAddrUsage+"; default: the file's metrics: key")
+	o.All.AddFlags(cmd.Flags())
 	return cmd
 }
 
@@ -94,15 +97,20 @@ port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 // connect as.
 func (o *UpOptions) Complete(cmd *cobra.Command, args []string) error {
 	var err error
+	if o.id, err = o.g.identity(cmd); err != nil {
+		return err
+	}
+	if all, err := o.All.file(cmd, o.File, args, o.id); err != nil {
+		return err
+	} else if all != "" {
+		o.File = all
+	}
 	if o.file, _, err = loadForwards(o.File, args); err != nil {
 		return err
 	}
 	o.names = args
 	if err := o.Settings.Validate(); err != nil {
 		return usageError{err}
-	}
-	if o.id, err = o.g.identity(cmd); err != nil {
-		return err
 	}
 	switch o.Table {
 	case "auto", "always", "never":
@@ -143,10 +151,11 @@ func (o *UpOptions) Run(ctx context.Context) error {
 		warnTo = lineWriter(events.add)
 	}
 	mo := manager.Options{
-		Open:      newOpener(o.file.Path, o.id, clusters, log, warnTo, auditLog),
-		OpenProxy: newProxyOpener(o.id, clusters, log, auditLog),
-		Settings:  o.Settings,
-		Log:       log,
+		Open:         newOpener(o.file.Path, o.id, clusters, log, warnTo, auditLog),
+		OpenProxy:    newProxyOpener(o.id, clusters, log, auditLog),
+		OpenDiscover: newDiscoverOpener(o.id, clusters),
+		Settings:     o.Settings,
+		Log:          log,
 		Events: func(e manager.Event) {
 			line := fmt.Sprintf("%s %s: %s", e.Time.Format("15:04:05"), e.Forward, e.Message)
 			if table {

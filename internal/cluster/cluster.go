@@ -33,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/discover"
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/kube"
@@ -225,7 +226,7 @@ func (r *Registry) build(cfg *rest.Config, client kube.Interface) (*conn, error)
 	if err != nil {
 		return nil, &ConfigError{err}
 	}
-	return &conn{reg: r, cfg: cfg, hc: hc, client: client, watches: follow.NewWatches(client), probe: probe, tls: tlsCfg}, nil
+	return &conn{reg: r, cfg: cfg, hc: hc, client: client, watches: follow.NewWatches(client), services: discover.NewWatches(client), probe: probe, tls: tlsCfg}, nil
 }
 
 // New makes a connection of a REST configuration and the clients to use
@@ -275,6 +276,7 @@ type conn struct {
 	client    kube.Interface
 	namespace string
 	watches   *follow.Watches
+	services  *discover.Watches
 	probe     *probe
 
 	mu     sync.Mutex
@@ -329,6 +331,7 @@ func (c *conn) close() {
 	c.mu.Unlock()
 	c.probe.stop()
 	c.watches.Stop()
+	c.services.Stop()
 	utilnet.CloseIdleConnectionsFor(c.hc.Transport)
 }
 
@@ -406,6 +409,10 @@ func (c *Conn) Namespace() string { return c.c.namespace }
 
 // Watches are the shared pod watches, one per namespace.
 func (c *Conn) Watches() *follow.Watches { return c.c.watches }
+
+// Services are the connection's shared service watches, per namespace
+// (discover entries').
+func (c *Conn) Services() *discover.Watches { return c.c.services }
 
 // Liveness is the API server's liveness probe, which followers subscribe
 // to.

@@ -186,7 +186,7 @@ func TestSchemaIsJSON(t *testing.T) {
 		}
 		return out
 	}
-	if got := keys("top level", doc); !slices.Equal(got, []string{"defaults", "forwards", "metrics", "proxies", "version"}) {
+	if got := keys("top level", doc); !slices.Equal(got, []string{"defaults", "discover", "forwards", "metrics", "proxies", "version"}) {
 		t.Errorf("top-level properties %v", got)
 	}
 	fwds, _ := doc["properties"].(map[string]any)["forwards"].(map[string]any)

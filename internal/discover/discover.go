@@ -1,0 +1,200 @@
+// Package discover keeps the forwards of a discover: entry (kpf up --all,
+// or discover: in kpf.yaml) in step with the cluster: it watches the
+// services of a namespace (one shared watch per namespace and cluster
+// connection, Watches) and turns the services the entry selects into the
+// set of forwards that should run (Forwards), which the manager applies
+// (restarting only what changed).
+//
+// It owns the naming of the forwards it makes and their addresses; it
+// does not run forwards (internal/manager does), connect to clusters
+// (internal/cluster owns the watches) or explain errors.
+package discover
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/portspec"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+)
+
+// Name is the name of the forward of a service's port: NAME.NAMESPACE:PORT
+// (the address a client dials, with kpf hosts), and /udp after a UDP
+// port. Names of kpf.yaml's forwards have no '.' or ':', so they never
+// meet these.
+func Name(service, namespace string, port int32, udp bool) string {
+	n := service + "." + namespace + ":" + strconv.Itoa(int(port))
+	if udp {
+		n += "/udp"
+	}
+	return n
+}
+
+// Addresses gives each service of an entry with address: auto its own
+// loopback address: config.AutoAddress of its target, or the next one
+// when another service of the entry has that one. A service keeps its
+// address while the entry runs, even when it is deleted and made again.
+type Addresses struct {
+	owner map[string]string // address -> the target that has it
+	of    map[string]string // target -> its address
+}
+
+// Of is the address of target (svc/NAME) in namespace of context.
+func (a *Addresses) Of(context, namespace, target string) string {
+	if a.of == nil {
+		a.owner, a.of = map[string]string{}, map[string]string{}
+	}
+	key := context + "\x00" + namespace + "\x00" + target
+	if addr, ok := a.of[key]; ok {
+		return addr
+	}
+	for i := 0; ; i++ {
+		addr := config.AutoAddress(context, namespace, target, i).String()
+		if _, taken := a.owner[addr]; !taken {
+			a.owner[addr], a.of[key] = key, addr
+			return addr
+		}
+	}
+}
+
+// Forwards are the forwards entry (a Forward whose Discover is set, its
+// Namespace resolved) runs for svcs: one per port of each service it
+// selects, sorted by name. skipped says which services have no forward,
+// and why.
+func Forwards(entry config.Forward, svcs []*corev1.Service, addrs *Addresses) (fws []config.Forward, skipped []string, err error) {
+	sel, err := labels.Parse(entry.Discover.Selector)
+	if err != nil {
+		return nil, nil, fmt.Errorf("selector %q: %w", entry.Discover.Selector, err)
+	}
+	svcs = slices.Clone(svcs)
+	slices.SortFunc(svcs, func(a, b *corev1.Service) int { return strings.Compare(a.Name, b.Name) })
+	for _, svc := range svcs {
+		if svc.Namespace != entry.Namespace || !sel.Matches(labels.Set(svc.Labels)) || svc.DeletionTimestamp != nil {
+			continue
+		}
+		switch {
+		case svc.Spec.Type == corev1.ServiceTypeExternalName:
+			skipped = append(skipped, svc.Name+" (ExternalName: nothing in the cluster to forward to)")
+			continue
+		case len(svc.Spec.Selector) == 0:
+			skipped = append(skipped, svc.Name+" (no selector: no pods to forward to)")
+			continue
+		}
+		target := "svc/" + svc.Name
+		addresses := entry.Addresses
+		if entry.AutoAddress {
+			addresses = []string{addrs.Of(entry.Context, entry.Namespace, target)}
+		}
+		for _, p := range svc.Spec.Ports {
+			udp := p.Protocol == corev1.ProtocolUDP
+			if p.Protocol == corev1.ProtocolSCTP {
+				skipped = append(skipped, fmt.Sprintf("%s port %d (SCTP: kpf forwards TCP and UDP)", svc.Name, p.Port))
+				continue
+			}
+			port := strconv.Itoa(int(p.Port))
+			fws = append(fws, config.Forward{
+				Name:        Name(svc.Name, svc.Namespace, p.Port, udp),
+				Context:     entry.Context,
+				Namespace:   svc.Namespace,
+				Target:      target,
+				Ports:       []portspec.Port{{Local: uint16(p.Port), Remote: port, LocalSet: true, UDP: udp}},
+				Addresses:   slices.Clone(addresses),
+				AutoAddress: entry.AutoAddress,
+				Owner:       entry.Name,
+			})
+		}
+	}
+	return fws, skipped, nil
+}
+
+// Settle is how long Run gathers changes before it applies them: 50
+// services created at once are applied in a few sets, not 50.
+const Settle = 200 * time.Millisecond
+
+// Run keeps entry's forwards in step with the services of its namespace
+// until ctx ends: apply is called with every new set (and a note for the
+// entry's status: how many services, which were skipped, or why the
+// watch fails). It returns only when ctx ends, or when the entry is
+// wrong (a bad selector).
+func Run(ctx context.Context, w *Watches, entry config.Forward, apply func(fws []config.Forward, note string)) error {
+	if _, err := labels.Parse(entry.Discover.Selector); err != nil {
+		return fmt.Errorf("selector %q: %w", entry.Discover.Selector, err)
+	}
+	kick := make(chan struct{}, 1)
+	sub, err := w.Subscribe(entry.Namespace, func() {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	kick <- struct{}{} // a namespace without services sends no event
+	addrs := &Addresses{}
+	var last []config.Forward
+	lastNote := ""
+	applied := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-kick:
+		}
+		// Gather what else arrives meanwhile.
+		t := time.NewTimer(Settle)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		select {
+		case <-kick:
+		default:
+		}
+		if !sub.Synced() {
+			if err := sub.Err(); err != nil {
+				apply(nil, "cannot watch services: "+err.Error())
+			}
+			// Look again soon: the first list may arrive without a
+			// service in it, and so without an event.
+			time.AfterFunc(Settle, func() {
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+			})
+			continue
+		}
+		fws, skipped, err := Forwards(entry, sub.Services(), addrs)
+		if err != nil {
+			return err
+		}
+		note := fmt.Sprintf("%d forwards of services in %s", len(fws), entry.Namespace)
+		if len(skipped) > 0 {
+			note += "; not forwarded: " + strings.Join(skipped, ", ")
+		}
+		if err := sub.Err(); err != nil {
+			note += "; the watch of services fails (the set may be stale): " + err.Error()
+		}
+		if applied && note == lastNote && slices.EqualFunc(fws, last, same) {
+			continue
+		}
+		apply(fws, note)
+		applied, last, lastNote = true, fws, note
+	}
+}
+
+// same compares two forwards this package made, field by field.
+func same(a, b config.Forward) bool {
+	return a.Name == b.Name && a.Context == b.Context && a.Namespace == b.Namespace && a.Target == b.Target &&
+		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Addresses, b.Addresses) && a.AutoAddress == b.AutoAddress && a.Owner == b.Owner
+}
