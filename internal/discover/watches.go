@@ -30,8 +30,8 @@ type nsWatch struct {
 	users  int
 
 	mu      sync.Mutex
-	lastErr error               // the watch's last failure, nil once it lists again
-	subs    map[int]func()      // told of every change
+	lastErr error          // the watch's last failure, nil once it lists again
+	subs    map[int]func() // told of every change
 	nextSub int
 }
 

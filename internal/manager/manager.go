@@ -75,7 +75,7 @@ type Options struct {
 	Open         Opener
 	OpenProxy    ProxyOpener
 	OpenDiscover DiscoverOpener
-	Settings  spec.Settings
+	Settings     spec.Settings
 	// Retry is how each forward is opened again after a failure;
 	// supervise.Defaults() when its Initial is 0.
 	Retry supervise.Policy
