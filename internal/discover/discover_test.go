@@ -27,7 +27,9 @@ func svc(name string, lbls map[string]string, ports ...corev1.ServicePort) *core
 	}
 }
 
-func tcp(p int32) corev1.ServicePort { return corev1.ServicePort{Port: p, Protocol: corev1.ProtocolTCP} }
+func tcp(p int32) corev1.ServicePort {
+	return corev1.ServicePort{Port: p, Protocol: corev1.ProtocolTCP}
+}
 
 func entry(selector string, auto bool) config.Forward {
 	e := config.Forward{Name: "discover-shop", Namespace: "shop", Discover: &config.Discover{Selector: selector, Kinds: config.DiscoverKinds}}
