@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
+)
+
+// serviceYAML is a service of the web pods at port, to their 8080.
+func serviceYAML(name string, port int) string {
+	return fmt.Sprintf("apiVersion: v1\nkind: Service\nmetadata: {name: %s}\nspec: {selector: {app: web}, ports: [{port: %d, targetPort: 8080}]}\n", name, port)
+}
+
+// longrunning is how many requests of verb on resource the API server
+// serves now (its apiserver_longrunning_requests gauge).
+func longrunning(t *testing.T, sb *sandboxtest.Sandbox, resource, verb string) int {
+	t.Helper()
+	out, err := sb.KubectlRun(t, "get", "--raw", "/metrics")
+	if err != nil {
+		t.Fatalf("API server metrics: %v", err)
+	}
+	n := 0
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "apiserver_longrunning_requests{") && strings.Contains(l, `resource="`+resource+`"`) && strings.Contains(l, `verb="`+verb+`"`) {
+			f := strings.Fields(l)
+			v, _ := strconv.Atoi(f[len(f)-1])
+			n += v
+		}
+	}
+	return n
+}
+
+// TestUpAllFollowsTheNamespace: kpf up --all -n NS --address auto -d
+// forwards every service of the namespace at an address of its own and
+// its real port, named by kpf hosts; a service created is forwarded
+// within 5 s, one whose port changes follows it, one deleted stops; 50
+// created at once come up on one pod watch and one service watch.
+func TestUpAllFollowsTheNamespace(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "web", 1) // deployment and service web (port 80)
+	k := newKpfCmd(t, sb)
+	podWatches, svcWatches := longrunning(t, sb, "pods", "WATCH"), longrunning(t, sb, "services", "WATCH")
+	if out, code := k.run(t, "up", "--all", "-n", ns, "--address", "auto", "-d"); code != 0 {
+		t.Fatalf("kpf up --all -d: exit %d\n%s", code, out)
+	}
+	rows := func() map[string]statusRow {
+		out := map[string]statusRow{}
+		for _, r := range k.status(t).Forwards {
+			out[r.Name] = r
+		}
+		return out
+	}
+	// ready waits until name is forwarded, ready, at an address of its
+	// own and port, and serves; it returns the address.
+	ready := func(name string, port int, within time.Duration) string {
+		t.Helper()
+		var addr string
+		sandboxtest.WaitFor(t, within, name+" forwarded and ready", func() (bool, error) {
+			r, ok := rows()[name]
+			if !ok || r.State != "ready" || len(r.Local) != 1 {
+				return false, nil
+			}
+			addr = r.Local[0]
+			return true, nil
+		})
+		host, p, _ := net.SplitHostPort(addr)
+		if !strings.HasPrefix(host, "127.20.") || p != strconv.Itoa(port) {
+			t.Fatalf("%s listens on %s, want an address of its own in 127.20.0.0/16 at port %d", name, addr, port)
+		}
+		if _, err := fetch(addr, 1024); err != nil {
+			t.Fatalf("%s at %s: %v", name, addr, err)
+		}
+		return addr
+	}
+	gone := func(name, addr string) {
+		t.Helper()
+		sandboxtest.WaitFor(t, 5*time.Second, name+" to stop", func() (bool, error) {
+			_, ok := rows()[name]
+			return !ok, nil
+		})
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s stopped, but %s still accepts", name, addr)
+		}
+	}
+	// hostsNames checks that kpf hosts gives each name (NAME.NAMESPACE)
+	// the address (HOST:PORT) of its forward.
+	hostsNames := func(want map[string]string) {
+		t.Helper()
+		out, code := k.run(t, "hosts")
+		if code != 0 {
+			t.Fatalf("kpf hosts: exit %d\n%s", code, out)
+		}
+		for name, addr := range want {
+			host, _, _ := net.SplitHostPort(addr)
+			found := false
+			for _, l := range strings.Split(out, "\n") {
+				f := strings.Fields(l)
+				found = found || len(f) > 1 && f[0] == host && slices.Contains(f[1:], name)
+			}
+			if !found {
+				t.Errorf("kpf hosts does not give %s the address %s:\n%s", name, host, out)
+			}
+		}
+	}
+	web := ready("web."+ns+":80", 80, 30*time.Second)
+	hostsNames(map[string]string{"web." + ns: web})
+
+	sb.Apply(t, ns, serviceYAML("api", 8081))
+	api := ready("api."+ns+":8081", 8081, 5*time.Second)
+	if strings.Split(api, ":")[0] == strings.Split(web, ":")[0] {
+		t.Errorf("api and web share the address %s", api)
+	}
+	hostsNames(map[string]string{"web." + ns: web, "api." + ns: api})
+
+	sb.Apply(t, ns, serviceYAML("api", 8082))
+	api2 := ready("api."+ns+":8082", 8082, 5*time.Second)
+	gone("api."+ns+":8081", api)
+	if strings.Split(api2, ":")[0] != strings.Split(api, ":")[0] {
+		t.Errorf("api moved from %s to %s: a service keeps its address", api, api2)
+	}
+
+	if out, err := sb.KubectlRun(t, "delete", "-n", ns, "svc/api"); err != nil {
+		t.Fatalf("kubectl delete: %v\n%s", err, out)
+	}
+	gone("api."+ns+":8082", api2)
+
+	var many strings.Builder
+	for i := range 50 {
+		fmt.Fprintf(&many, "---\n%s", serviceYAML(fmt.Sprintf("s%02d", i), 9000+i))
+	}
+	start := time.Now()
+	sb.Apply(t, ns, many.String())
+	for i := range 50 {
+		ready(fmt.Sprintf("s%02d.%s:%d", i, ns, 9000+i), 9000+i, 60*time.Second)
+	}
+	t.Logf("50 services created at once: all forwarded and serving %s after kubectl apply", time.Since(start).Round(100*time.Millisecond))
+	if got := longrunning(t, sb, "pods", "WATCH") - podWatches; got != 1 {
+		t.Errorf("52 forwards of a namespace added %d pod watches, want 1", got)
+	}
+	if got := longrunning(t, sb, "services", "WATCH") - svcWatches; got != 1 {
+		t.Errorf("the namespace's services added %d service watches, want 1", got)
+	}
+}
