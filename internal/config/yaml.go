@@ -90,9 +90,6 @@ func parseYAML(path string, b []byte) (*File, error) {
 			}
 		}
 	}
-	if discover != nil {
-		f.Forwards = append(f.Forwards, p.discoverEntries(discover, def)...)
-	}
 	if forwards == nil {
 		if proxies == nil && discover == nil {
 			p.add(root, "forwards", "missing: list the forwards to run (or discover: {namespace: NS} for every service of a namespace)")
@@ -110,6 +107,9 @@ func parseYAML(path string, b []byte) (*File, error) {
 		if len(forwards.Content) == 0 {
 			p.add(forwards, "forwards", "is empty")
 		}
+	}
+	if discover != nil {
+		f.Forwards = append(f.Forwards, p.discoverEntries(discover, def)...)
 	}
 	p.probs = append(p.probs, crossChecks(f.Forwards, true)...)
 	return f, asError(path, p.probs)
