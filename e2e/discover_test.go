@@ -148,3 +148,65 @@ func TestUpAllFollowsTheNamespace(t *testing.T) {
 		t.Errorf("the namespace's services added %d service watches, want 1", got)
 	}
 }
+
+// TestUpAllForwardsHeadlessPods: a headless service's pods are forwarded
+// one by one, each at its own address, named by kpf hosts as the
+// cluster's DNS names them (db-0.db.NS), following the pods as they go.
+func TestUpAllForwardsHeadlessPods(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, `apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 2
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: http, image: kpf.test/http, ports: [{name: main, containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec: {clusterIP: None, selector: {app: db}, ports: [{port: 5432, targetPort: main}]}
+`)
+	sb.ReadyPods(t, ns, "app=db", 2)
+	k := newKpfCmd(t, sb)
+	if out, code := k.run(t, "up", "--all", "-n", ns, "--address", "auto", "-d"); code != 0 {
+		t.Fatalf("kpf up --all -d: exit %d\n%s", code, out)
+	}
+	local := map[string]string{}
+	sandboxtest.WaitFor(t, 30*time.Second, "db-0 and db-1 forwarded and ready", func() (bool, error) {
+		clear(local)
+		for _, r := range k.status(t).Forwards {
+			if r.State == "ready" && len(r.Local) == 1 {
+				local[r.Name] = r.Local[0]
+			}
+		}
+		return local["db-0.db."+ns+":5432"] != "" && local["db-1.db."+ns+":5432"] != "", nil
+	})
+	out, _ := k.run(t, "hosts")
+	for _, pod := range []string{"db-0", "db-1"} {
+		addr := local[pod+".db."+ns+":5432"]
+		if got := servedBy(t, addr); got != pod {
+			t.Errorf("%s at %s is served by %q", pod, addr, got)
+		}
+		host, _, _ := net.SplitHostPort(addr)
+		if !strings.Contains(out, host+"\t"+pod+".db."+ns+" ") {
+			t.Errorf("kpf hosts does not give %s.db.%s the address %s:\n%s", pod, ns, host, out)
+		}
+	}
+	if out, err := sb.KubectlRun(t, "scale", "-n", ns, "statefulset/db", "--replicas=1"); err != nil {
+		t.Fatalf("kubectl scale: %v\n%s", err, out)
+	}
+	sandboxtest.WaitFor(t, 30*time.Second, "db-1's forward to stop with its pod", func() (bool, error) {
+		for _, r := range k.status(t).Forwards {
+			if r.Name == "db-1.db."+ns+":5432" {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}

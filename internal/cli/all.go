@@ -127,6 +127,6 @@ func newDiscoverOpener(id identity.Identity, clusters *cluster.Registry) manager
 		if fw.Namespace == "" {
 			fw.Namespace = c.Namespace()
 		}
-		return discover.Run(ctx, c.Services(), fw, apply)
+		return discover.Run(ctx, c.Services(), c.Watches(), fw, apply)
 	}
 }

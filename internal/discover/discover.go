@@ -63,11 +63,23 @@ func (a *Addresses) Of(context, namespace, target string) string {
 	}
 }
 
+// PodName is the name of the forward of a headless service's pod's port:
+// POD.SERVICE.NAMESPACE:PORT, the pod's name in the cluster's DNS (a
+// StatefulSet's pods: db-0.db.shop), kpf hosts gives it.
+func PodName(pod, service, namespace string, port int32, udp bool) string {
+	return Name(pod+"."+service, namespace, port, udp)
+}
+
+// Headless reports whether svc is headless: its name leads to each of its
+// pods, not to one address, so each pod is forwarded on its own.
+func Headless(svc *corev1.Service) bool { return svc.Spec.ClusterIP == corev1.ClusterIPNone }
+
 // Forwards are the forwards entry (a Forward whose Discover is set, its
 // Namespace resolved) runs for svcs: one per port of each service it
-// selects, sorted by name. skipped says which services have no forward,
-// and why.
-func Forwards(entry config.Forward, svcs []*corev1.Service, addrs *Addresses) (fws []config.Forward, skipped []string, err error) {
+// selects, and of a headless service one per port of each of its pods
+// (of pods: those of the namespace), sorted by name. skipped says which
+// services have no forward, and why.
+func Forwards(entry config.Forward, svcs []*corev1.Service, pods []*corev1.Pod, addrs *Addresses) (fws []config.Forward, skipped []string, err error) {
 	sel, err := labels.Parse(entry.Discover.Selector)
 	if err != nil {
 		return nil, nil, fmt.Errorf("selector %q: %w", entry.Discover.Selector, err)
@@ -86,31 +98,81 @@ func Forwards(entry config.Forward, svcs []*corev1.Service, addrs *Addresses) (f
 			skipped = append(skipped, svc.Name+" (no selector: no pods to forward to)")
 			continue
 		}
-		target := "svc/" + svc.Name
-		addresses := entry.Addresses
-		if entry.AutoAddress {
-			addresses = []string{addrs.Of(entry.Context, entry.Namespace, target)}
-		}
 		for _, p := range svc.Spec.Ports {
-			udp := p.Protocol == corev1.ProtocolUDP
 			if p.Protocol == corev1.ProtocolSCTP {
 				skipped = append(skipped, fmt.Sprintf("%s port %d (SCTP: kpf forwards TCP and UDP)", svc.Name, p.Port))
+			}
+		}
+		if !Headless(svc) {
+			fws = append(fws, portForwards(entry, addrs, "svc/"+svc.Name, Name, svc.Name, svc, func(p corev1.ServicePort) string { return strconv.Itoa(int(p.Port)) })...)
+			continue
+		}
+		sel := labels.SelectorFromSet(svc.Spec.Selector)
+		n := 0
+		for _, pod := range sortedPods(pods) {
+			if pod.Namespace != svc.Namespace || !sel.Matches(labels.Set(pod.Labels)) || pod.DeletionTimestamp != nil ||
+				pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 				continue
 			}
-			port := strconv.Itoa(int(p.Port))
-			fws = append(fws, config.Forward{
-				Name:        Name(svc.Name, svc.Namespace, p.Port, udp),
-				Context:     entry.Context,
-				Namespace:   svc.Namespace,
-				Target:      target,
-				Ports:       []portspec.Port{{Local: uint16(p.Port), Remote: port, LocalSet: true, UDP: udp}},
-				Addresses:   slices.Clone(addresses),
-				AutoAddress: entry.AutoAddress,
-				Owner:       entry.Name,
-			})
+			n++
+			name := func(_, ns string, port int32, udp bool) string { return PodName(pod.Name, svc.Name, ns, port, udp) }
+			// A pod's port is the service's target port (a number, or a
+			// name the pod's containers give a port).
+			remote := func(p corev1.ServicePort) string {
+				switch {
+				case p.TargetPort.StrVal != "":
+					return p.TargetPort.StrVal
+				case p.TargetPort.IntVal != 0:
+					return strconv.Itoa(int(p.TargetPort.IntVal))
+				}
+				return strconv.Itoa(int(p.Port))
+			}
+			fws = append(fws, portForwards(entry, addrs, "pod/"+pod.Name, name, svc.Name, svc, remote)...)
+		}
+		if n == 0 {
+			skipped = append(skipped, svc.Name+" (headless: no pods yet)")
 		}
 	}
 	return fws, skipped, nil
+}
+
+// portForwards are the forwards of target, one per TCP and UDP port of
+// svc, at the service port, to remote's port.
+func portForwards(entry config.Forward, addrs *Addresses, target string, name func(svc, ns string, port int32, udp bool) string, svcName string, svc *corev1.Service, remote func(corev1.ServicePort) string) []config.Forward {
+	addresses := entry.Addresses
+	if entry.AutoAddress {
+		addresses = []string{addrs.Of(entry.Context, entry.Namespace, target)}
+	}
+	var fws []config.Forward
+	for _, p := range svc.Spec.Ports {
+		if p.Protocol == corev1.ProtocolSCTP {
+			continue
+		}
+		udp := p.Protocol == corev1.ProtocolUDP
+		fws = append(fws, config.Forward{
+			Name:        name(svcName, svc.Namespace, p.Port, udp),
+			Context:     entry.Context,
+			Namespace:   svc.Namespace,
+			Target:      target,
+			Ports:       []portspec.Port{{Local: uint16(p.Port), Remote: remote(p), LocalSet: true, UDP: udp}},
+			Addresses:   slices.Clone(addresses),
+			AutoAddress: entry.AutoAddress,
+			Owner:       entry.Name,
+		})
+	}
+	return fws
+}
+
+func sortedPods(pods []*corev1.Pod) []*corev1.Pod {
+	pods = slices.Clone(pods)
+	slices.SortFunc(pods, func(a, b *corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
+	return pods
+}
+
+// PodWatches are the shared pod watches of a cluster connection
+// (follow.Watches).
+type PodWatches interface {
+	Pods(namespace string, changed func()) (list func() []*corev1.Pod, synced func() bool, stop func(), err error)
 }
 
 // Settle is how long Run gathers changes before it applies them: 50
@@ -122,11 +184,12 @@ const Settle = 200 * time.Millisecond
 // entry's status: how many services, which were skipped, or why the
 // watch fails). It returns only when ctx ends, or when the entry is
 // wrong (a bad selector).
-func Run(ctx context.Context, w *Watches, entry config.Forward, apply func(fws []config.Forward, note string)) error {
+func Run(ctx context.Context, w *Watches, pods PodWatches, entry config.Forward, apply func(fws []config.Forward, note string)) error {
 	if _, err := labels.Parse(entry.Discover.Selector); err != nil {
 		return fmt.Errorf("selector %q: %w", entry.Discover.Selector, err)
 	}
 	kick := make(chan struct{}, 1)
+	var stopPods func()
 	sub, err := w.Subscribe(entry.Namespace, func() {
 		select {
 		case kick <- struct{}{}:
@@ -138,6 +201,15 @@ func Run(ctx context.Context, w *Watches, entry config.Forward, apply func(fws [
 	}
 	defer sub.Close()
 	kick <- struct{}{} // a namespace without services sends no event
+	// The namespace's pods, once a headless service needs them: through
+	// the connection's shared pod watch, which its forwards use anyway.
+	var listPods func() []*corev1.Pod
+	podsSynced := func() bool { return true }
+	defer func() {
+		if stopPods != nil {
+			stopPods()
+		}
+	}()
 	addrs := &Addresses{}
 	var last []config.Forward
 	lastNote := ""
@@ -160,7 +232,7 @@ func Run(ctx context.Context, w *Watches, entry config.Forward, apply func(fws [
 		case <-kick:
 		default:
 		}
-		if !sub.Synced() {
+		if !sub.Synced() || !podsSynced() {
 			if err := sub.Err(); err != nil {
 				apply(nil, "cannot watch services: "+err.Error())
 			}
@@ -174,7 +246,33 @@ func Run(ctx context.Context, w *Watches, entry config.Forward, apply func(fws [
 			})
 			continue
 		}
-		fws, skipped, err := Forwards(entry, sub.Services(), addrs)
+		svcs := sub.Services()
+		if listPods == nil && slices.ContainsFunc(svcs, Headless) {
+			l, synced, stop, err := pods.Pods(entry.Namespace, func() {
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+			})
+			if err != nil {
+				return err
+			}
+			listPods, podsSynced, stopPods = l, synced, stop
+		}
+		if !podsSynced() {
+			time.AfterFunc(Settle, func() {
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+			})
+			continue
+		}
+		var podList []*corev1.Pod
+		if listPods != nil {
+			podList = listPods()
+		}
+		fws, skipped, err := Forwards(entry, svcs, podList, addrs)
 		if err != nil {
 			return err
 		}

@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/testnet"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -55,7 +57,7 @@ func TestForwards(t *testing.T) {
 	api := svc("api", map[string]string{"tier": "web"}, tcp(8080), tcp(9090))
 	all := []*corev1.Service{dns, ext, api, bare, other}
 
-	fws, skipped, err := Forwards(entry("", true), all, &Addresses{})
+	fws, skipped, err := Forwards(entry("", true), all, nil, &Addresses{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,11 +88,11 @@ func TestForwards(t *testing.T) {
 		t.Errorf("skipped:\n %s\nwant\n %s", got, want)
 	}
 
-	fws, _, _ = Forwards(entry("tier=web", false), all, &Addresses{})
+	fws, _, _ = Forwards(entry("tier=web", false), all, nil, &Addresses{})
 	if len(fws) != 2 || fws[0].Name != "api.shop:8080" || fws[0].Addresses[0] != "localhost" || fws[0].AutoAddress {
 		t.Errorf("-l tier=web, localhost: %+v", fws)
 	}
-	if _, _, err := Forwards(entry("tier in (", false), all, &Addresses{}); err == nil {
+	if _, _, err := Forwards(entry("tier in (", false), all, nil, &Addresses{}); err == nil {
 		t.Error("a bad selector: no error")
 	}
 }
@@ -169,8 +171,10 @@ func TestRunFollowsTheCluster(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var r, web recorder
 	done := make(chan error, 2)
-	go func() { done <- Run(ctx, w, entry("", true), r.apply) }()
-	go func() { done <- Run(ctx, w, entry("tier=web", false), web.apply) }()
+	pw := follow.NewWatches(cs)
+	defer pw.Stop()
+	go func() { done <- Run(ctx, w, pw, entry("", true), r.apply) }()
+	go func() { done <- Run(ctx, w, pw, entry("tier=web", false), web.apply) }()
 	expect := func(rec *recorder, want string) {
 		t.Helper()
 		testnet.Within(t, 5*time.Second, "the set "+want, func() bool { got, _ := rec.last(); return got == want })
@@ -221,11 +225,82 @@ func TestRunFollowsTheCluster(t *testing.T) {
 	if n := w.Namespaces(); n != 1 {
 		t.Errorf("%d namespaces watched, want 1", n)
 	}
+	if n := pw.Namespaces(); n != 0 {
+		t.Errorf("no headless service, and %d namespaces' pods watched", n)
+	}
+
+	// A headless service: a forward per pod, following its pods, on the
+	// shared pod watch.
+	for _, p := range []*corev1.Pod{pod("db-0", corev1.PodRunning), pod("db-1", corev1.PodPending), pod("db-2", corev1.PodSucceeded), pod("web-1", corev1.PodRunning)} {
+		if _, err := cs.CoreV1().Pods("shop").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 50 {
+		if err := svcs.Delete(ctx, fmt.Sprintf("s%02d", i), metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	headless := svc("db", map[string]string{"tier": "web"}, corev1.ServicePort{Port: 5432, TargetPort: intstr.FromString("pg")})
+	headless.Spec.ClusterIP = corev1.ClusterIPNone
+	headless.Spec.Selector = map[string]string{"app": "db"}
+	if err := svcs.Delete(ctx, "db", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svcs.Create(ctx, headless, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expect(&web, "db-0.db.shop:5432 db-1.db.shop:5432")
+	if err := cs.CoreV1().Pods("shop").Delete(ctx, "db-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expect(&web, "db-0.db.shop:5432")
+	expect(&r, "db-0.db.shop:5432")
+	if n := pw.Namespaces(); n != 1 {
+		t.Errorf("%d namespaces' pods watched, want 1", n)
+	}
 	cancel()
 	for range 2 {
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	}
-	testnet.Within(t, 5*time.Second, "the watch to stop with its last entry", func() bool { return w.Namespaces() == 0 })
+	testnet.Within(t, 5*time.Second, "the watches to stop with their last entry", func() bool { return w.Namespaces() == 0 && pw.Namespaces() == 0 })
+}
+
+func pod(name string, phase corev1.PodPhase) *corev1.Pod {
+	app, _, _ := strings.Cut(name, "-")
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop", Labels: map[string]string{"app": app}}, Status: corev1.PodStatus{Phase: phase}}
+}
+
+// TestHeadlessForwards: a headless service is forwarded per pod, at the
+// pod's address of its own, to the service's target port.
+func TestHeadlessForwards(t *testing.T) {
+	db := svc("db", nil, corev1.ServicePort{Port: 5432, TargetPort: intstr.FromString("pg")}, corev1.ServicePort{Port: 9187, TargetPort: intstr.FromInt32(9100)}, tcp(80))
+	db.Spec.ClusterIP = corev1.ClusterIPNone
+	gone := pod("db-9", corev1.PodRunning)
+	gone.DeletionTimestamp = &metav1.Time{}
+	elsewhere := pod("db-8", corev1.PodRunning)
+	elsewhere.Namespace = "other"
+	pods := []*corev1.Pod{pod("db-1", corev1.PodRunning), pod("db-0", corev1.PodRunning), pod("web-0", corev1.PodRunning), gone, elsewhere, pod("db-7", corev1.PodFailed)}
+	fws, skipped, err := Forwards(entry("", true), []*corev1.Service{db}, pods, &Addresses{})
+	if err != nil || len(skipped) != 0 {
+		t.Fatal(err, skipped)
+	}
+	var got []string
+	for _, fw := range fws {
+		got = append(got, fmt.Sprintf("%s %s %s %s", fw.Name, fw.Target, fw.Ports[0], fw.Addresses[0]))
+	}
+	a0, a1 := config.AutoAddress("", "shop", "pod/db-0", 0), config.AutoAddress("", "shop", "pod/db-1", 0)
+	want := []string{
+		fmt.Sprintf("db-0.db.shop:5432 pod/db-0 5432:pg %s", a0), fmt.Sprintf("db-0.db.shop:9187 pod/db-0 9187:9100 %s", a0), fmt.Sprintf("db-0.db.shop:80 pod/db-0 80:80 %s", a0),
+		fmt.Sprintf("db-1.db.shop:5432 pod/db-1 5432:pg %s", a1), fmt.Sprintf("db-1.db.shop:9187 pod/db-1 9187:9100 %s", a1), fmt.Sprintf("db-1.db.shop:80 pod/db-1 80:80 %s", a1),
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("got\n %s\nwant\n %s", strings.Join(got, "\n "), strings.Join(want, "\n "))
+	}
+	_, skipped, _ = Forwards(entry("", true), []*corev1.Service{db}, nil, &Addresses{})
+	if !slices.Equal(skipped, []string{"db (headless: no pods yet)"}) {
+		t.Errorf("no pods: skipped %v", skipped)
+	}
 }
