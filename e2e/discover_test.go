@@ -210,3 +210,55 @@ spec: {clusterIP: None, selector: {app: db}, ports: [{port: 5432, targetPort: ma
 		return true, nil
 	})
 }
+
+// TestUpAllSaysWhyAPortCannotBeBound: two services at one port on one
+// address: one is forwarded, the other says why it is not, and the
+// discovery goes on.
+func TestUpAllSaysWhyAPortCannotBeBound(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "web", 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	sb.Apply(t, ns, fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: one, labels: {port: shared}}
+spec: {selector: {app: web}, ports: [{port: %d, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: two, labels: {port: shared}}
+spec: {selector: {app: web}, ports: [{port: %d, targetPort: 8080}]}
+`, port, port))
+	k := newKpfCmd(t, sb)
+	if out, code := k.run(t, "up", "--all", "-n", ns, "-l", "port=shared", "--address", "127.0.0.1", "-d"); code != 0 {
+		t.Fatalf("kpf up --all -d: exit %d\n%s", code, out)
+	}
+	var ready, failed statusRow
+	sandboxtest.WaitFor(t, 30*time.Second, "one forward ready and the other failed", func() (bool, error) {
+		ready, failed = statusRow{}, statusRow{}
+		for _, r := range k.status(t).Forwards {
+			switch {
+			case strings.HasPrefix(r.Name, "discover-"):
+			case r.State == "ready":
+				ready = r
+			case r.State == "failed":
+				failed = r
+			}
+		}
+		return ready.Name != "" && failed.Name != "", nil
+	})
+	if _, err := fetch(ready.Local[0], 1024); err != nil {
+		t.Errorf("%s: %v", ready.Name, err)
+	}
+	want := fmt.Sprintf("listen tcp4 127.0.0.1:%d: bind: address already in use", port)
+	if !strings.Contains(failed.LastError, want) {
+		t.Errorf("%s: last error %q, want it to say %q", failed.Name, failed.LastError, want)
+	}
+	if doctor := "kpf doctor -n " + ns + " svc/"; !strings.Contains(failed.LastError, doctor) {
+		t.Errorf("%s: last error %q does not name %q", failed.Name, failed.LastError, doctor)
+	}
+}

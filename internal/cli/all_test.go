@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kpf-dev/kpf/internal/config"
+	"github.com/kpf-dev/kpf/internal/portspec"
 )
 
 // kpf up --all and kpf run --all: what does not go together says so,
@@ -63,5 +66,18 @@ func TestEnvKey(t *testing.T) {
 		if got := envKey(name); got != want {
 			t.Errorf("envKey(%q) = %q, want %q", name, got, want)
 		}
+	}
+}
+
+// The doctor a discovered forward's error names is its target's: the
+// file has no forward of its name.
+func TestDoctorOfADiscoveredForward(t *testing.T) {
+	fw := config.Forward{Name: "api.shop:8080", Namespace: "shop", Target: "svc/api", Ports: []portspec.Port{{Local: 8080, Remote: "8080", LocalSet: true}}, Owner: "discover-shop"}
+	if got, want := doctorForFile("/h/all/c/shop.yaml", fw), "kpf doctor -n shop svc/api 8080:8080"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	fw.Owner, fw.Name = "", "api"
+	if got, want := doctorForFile("/h/kpf.yaml", fw), "kpf doctor -f /h/kpf.yaml api"; got != want {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }

@@ -445,6 +445,20 @@ func (w lineWriter) Write(p []byte) (int, error) {
 
 // doctorForFile is kpf doctor for a forward of a file, as the user would
 // type it in the file's folder or anywhere else.
+//
+// A forward of a discover entry is not in the file by name: its doctor is
+// that of its target.
 func doctorForFile(file string, fw config.Forward) string {
+	if fw.Owner != "" {
+		cmd := "kpf doctor"
+		if fw.Context != "" {
+			cmd += " --context " + shellQuote(fw.Context)
+		}
+		cmd += " -n " + shellQuote(fw.Namespace) + " " + shellQuote(fw.Target)
+		for _, p := range fw.Ports {
+			cmd += " " + shellQuote(p.String())
+		}
+		return cmd
+	}
 	return "kpf doctor -f " + shellQuote(file) + " " + shellQuote(fw.Name)
 }
