@@ -18,7 +18,7 @@ func (m *Manager) discoverOnce(ctx context.Context, f *Forward, up func()) error
 	if m.o.OpenDiscover == nil {
 		return supervise.Permanent(errors.New("discover entries are not run here"))
 	}
-	first := true
+	first, lastNote := true, ""
 	err := m.o.OpenDiscover(ctx, f.Spec, func(fws []config.Forward, note string) {
 		started, restarted, stopped, ok := m.applyOwned(ctx, f, fws)
 		if !ok {
@@ -41,9 +41,13 @@ func (m *Manager) discoverOnce(ctx context.Context, f *Forward, up func()) error
 				parts = append(parts, p.what+" "+strings.Join(p.names, ", "))
 			}
 		}
-		if len(parts) > 0 {
+		switch {
+		case len(parts) > 0:
 			m.event(f, "%s (%s)", strings.Join(parts, "; "), note)
+		case note != lastNote:
+			m.event(f, "%s", note)
 		}
+		lastNote = note
 	})
 	switch {
 	case ctx.Err() != nil:

@@ -2,6 +2,9 @@ package manager
 
 import (
 	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"slices"
 	"testing"
 	"time"
@@ -13,15 +16,16 @@ import (
 	"github.com/kpf-dev/kpf/internal/testnet"
 )
 
-// sets is a discover opener fed by a test: each set sent is applied.
-func sets(ch chan []config.Forward) DiscoverOpener {
+// sets is a discover opener fed by a test: each set sent is applied,
+// with a note that says how many, and what note says.
+func sets(ch chan []config.Forward, note *atomic.Value) DiscoverOpener {
 	return func(ctx context.Context, fw config.Forward, apply func([]config.Forward, string)) error {
 		for {
 			select {
 			case <-ctx.Done():
 				return nil
 			case s := <-ch:
-				apply(s, "a set")
+				apply(s, fmt.Sprintf("%d forwards%s", len(s), note.Load()))
 			}
 		}
 	}
@@ -38,7 +42,18 @@ func TestDiscoverEntryRunsItsSet(t *testing.T) {
 	h.s.Pod(t, ns, "web-1", nil, true, fakeapi.Echo(t, "web-1"))
 	h.s.Pod(t, ns, "web-2", nil, true, fakeapi.Echo(t, "web-2"))
 	ch := make(chan []config.Forward)
-	h.m.o.OpenDiscover = sets(ch)
+	var note atomic.Value
+	note.Store("")
+	h.m.o.OpenDiscover = sets(ch, &note)
+	var evMu sync.Mutex
+	var events []string
+	h.m.o.Events = func(e Event) {
+		if e.Forward == "all" {
+			evMu.Lock()
+			events = append(events, e.Message)
+			evMu.Unlock()
+		}
+	}
 	entry := config.Forward{Name: "all", Namespace: ns, Target: "services", Discover: &config.Discover{Kinds: config.DiscoverKinds}}
 	file := []config.Forward{fw("plain", "web-1", nil), entry}
 	ctx := context.Background()
@@ -76,6 +91,21 @@ func TestDiscoverEntryRunsItsSet(t *testing.T) {
 		r := h.row(t, "a.shop:80")
 		return r.State == Ready && r.Pod == "web-2"
 	})
+
+	// The same set again: nothing to tell. The same forwards and another
+	// note (a service skipped): told.
+	ch <- []config.Forward{a2}
+	ch <- []config.Forward{a2}
+	note.Store("; not forwarded: ext (ExternalName)")
+	ch <- []config.Forward{a2}
+	ch <- []config.Forward{a2}
+	evMu.Lock()
+	got := slices.Clone(events)
+	evMu.Unlock()
+	wantEvents := []string{"ready: 2 forwards", "started a.shop:80, b.shop:80 (2 forwards)", "restarted a.shop:80; stopped b.shop:80 (1 forwards)", "1 forwards; not forwarded: ext (ExternalName)"}
+	if !slices.Equal(got, wantEvents) {
+		t.Errorf("events\n %q\nwant\n %q", got, wantEvents)
+	}
 
 	h.m.StopNames([]string{"all"})
 	want("the entry's forwards to stop with it", "plain")
