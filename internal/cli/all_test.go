@@ -81,3 +81,26 @@ func TestDoctorOfADiscoveredForward(t *testing.T) {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }
+
+// kpf rbac -f of a file with a discover: entry adds what the entry needs:
+// list and watch services (and get, for the forwards' targets).
+func TestRBACOfADiscoverEntry(t *testing.T) {
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "config")
+	os.WriteFile(kubeconfig, []byte("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\ncontexts: [{name: c, context: {cluster: c, namespace: team}}]\ncurrent-context: c\n"), 0o600)
+	file := filepath.Join(dir, "kpf.yaml")
+	os.WriteFile(file, []byte("discover: {namespace: shop}\n"), 0o600)
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), []string{"--kubeconfig", kubeconfig, "rbac", "-f", file}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"namespace: shop", "#   list,watch services: discover:", "#   get services:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("no %q in:\n%s", want, out.String())
+		}
+	}
+	errOut.Reset()
+	if code := Run(context.Background(), []string{"--kubeconfig", kubeconfig, "doctor", "-f", file}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "check a discovered one with kpf doctor -n NAMESPACE svc/NAME PORT") {
+		t.Errorf("kpf doctor -f of a discover entry: exit %d, %s", code, errOut.String())
+	}
+}
