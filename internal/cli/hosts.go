@@ -62,7 +62,7 @@ runs. Or give the file to a container or a tool that reads one.`,
 			entries := hostEntries(st.Forwards, domain)
 			if write == "" {
 				if len(entries) == 0 {
-					fmt.Fprintln(g.errOut, "kpf: no running forward of a service has an address of its own: give forwards address: auto in kpf.yaml")
+					fmt.Fprintln(g.errOut, "kpf: no running forward of a service has an address of its own: give forwards address: auto in kpf.yaml, or run kpf up --all --address auto")
 				}
 				fmt.Fprint(g.out, hosts.Block(entries))
 				return nil
