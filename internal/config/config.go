@@ -63,6 +63,11 @@ type Forward struct {
 	// Owner is the discover entry that made this forward ("" for a
 	// forward of the file).
 	Owner string
+	// Source is what a discover entry made the forward from beyond its
+	// target and ports (a service port's targetPort, which the session
+	// resolves when it opens): compared on apply, so that a change of it
+	// restarts the forward.
+	Source string
 	Pos   Pos
 }
 

@@ -158,6 +158,7 @@ func portForwards(entry config.Forward, addrs *Addresses, target string, name fu
 			Addresses:   slices.Clone(addresses),
 			AutoAddress: entry.AutoAddress,
 			Owner:       entry.Name,
+			Source:      "targetPort " + p.TargetPort.String(),
 		})
 	}
 	return fws
@@ -294,5 +295,5 @@ func Run(ctx context.Context, w *Watches, pods PodWatches, entry config.Forward,
 // same compares two forwards this package made, field by field.
 func same(a, b config.Forward) bool {
 	return a.Name == b.Name && a.Context == b.Context && a.Namespace == b.Namespace && a.Target == b.Target &&
-		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Addresses, b.Addresses) && a.AutoAddress == b.AutoAddress && a.Owner == b.Owner
+		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Addresses, b.Addresses) && a.AutoAddress == b.AutoAddress && a.Owner == b.Owner && a.Source == b.Source
 }

@@ -299,6 +299,16 @@ func TestHeadlessForwards(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("got\n %s\nwant\n %s", strings.Join(got, "\n "), strings.Join(want, "\n "))
 	}
+	// A service whose targetPort changes (the session resolves it when
+	// it opens): its forward differs, and so restarts.
+	api := svc("api", nil, corev1.ServicePort{Port: 80, TargetPort: intstr.FromInt32(8080)})
+	before, _, _ := Forwards(entry("", true), []*corev1.Service{api}, nil, &Addresses{})
+	api.Spec.Ports[0].TargetPort = intstr.FromString("http")
+	after, _, _ := Forwards(entry("", true), []*corev1.Service{api}, nil, &Addresses{})
+	if same(before[0], after[0]) || before[0].Source != "targetPort 8080" || after[0].Source != "targetPort http" {
+		t.Errorf("a changed targetPort: %+v, then %+v", before[0], after[0])
+	}
+
 	_, skipped, _ = Forwards(entry("", true), []*corev1.Service{db}, nil, &Addresses{})
 	if !slices.Equal(skipped, []string{"db (headless: no pods yet)"}) {
 		t.Errorf("no pods: skipped %v", skipped)
