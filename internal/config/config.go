@@ -68,7 +68,7 @@ type Forward struct {
 	// resolves when it opens): compared on apply, so that a change of it
 	// restarts the forward.
 	Source string
-	Pos   Pos
+	Pos    Pos
 }
 
 // Proxy is a kpf proxy the file runs: cluster names through SOCKS5 and
