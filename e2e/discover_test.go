@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,23 +19,29 @@ func serviceYAML(name string, port int) string {
 	return fmt.Sprintf("apiVersion: v1\nkind: Service\nmetadata: {name: %s}\nspec: {selector: {app: web}, ports: [{port: %d, targetPort: 8080}]}\n", name, port)
 }
 
-// longrunning is how many requests of verb on resource the API server
-// serves now (its apiserver_longrunning_requests gauge).
-func longrunning(t *testing.T, sb *sandboxtest.Sandbox, resource, verb string) int {
+// informers counts the informers (each one list and one watch) of a kpf
+// process serving pprof at debug: of pods (follow.Watches) and of
+// services (discover.Watches), by the goroutine that runs each.
+func informers(t *testing.T, debug string) (pods, services int) {
 	t.Helper()
-	out, err := sb.KubectlRun(t, "get", "--raw", "/metrics")
+	resp, err := http.Get("http://" + debug + "/debug/pprof/goroutine?debug=2")
 	if err != nil {
-		t.Fatalf("API server metrics: %v", err)
+		t.Fatal(err)
 	}
-	n := 0
-	for _, l := range strings.Split(out, "\n") {
-		if strings.HasPrefix(l, "apiserver_longrunning_requests{") && strings.Contains(l, `resource="`+resource+`"`) && strings.Contains(l, `verb="`+verb+`"`) {
-			f := strings.Fields(l)
-			v, _ := strconv.Atoi(f[len(f)-1])
-			n += v
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, g := range strings.Split(string(b), "\n\n") {
+		if !strings.Contains(g, "sharedIndexInformer).RunWithContext") {
+			continue
+		}
+		switch {
+		case strings.Contains(g, "internal/follow.(*Watches).subscribe"):
+			pods++
+		case strings.Contains(g, "internal/discover.(*Watches).Subscribe"):
+			services++
 		}
 	}
-	return n
+	return pods, services
 }
 
 // TestUpAllFollowsTheNamespace: kpf up --all -n NS --address auto -d
@@ -45,7 +53,15 @@ func TestUpAllFollowsTheNamespace(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	ns := httpAppIn(t, sb, "web", 1) // deployment and service web (port 80)
 	k := newKpfCmd(t, sb)
-	podWatches, svcWatches := longrunning(t, sb, "pods", "WATCH"), longrunning(t, sb, "services", "WATCH")
+	// The daemon, started here to serve pprof: its informers (one watch
+	// each) are counted in its goroutines, which other tests' watches on
+	// the shared API server do not disturb.
+	d := sandboxtest.Start(t, k.cmd("daemon", "--debug-addr", "127.0.0.1:0"))
+	debug := d.WaitLine(t, `Debug server on http://(\S+)/debug/pprof/`, 10*time.Second)[1]
+	sandboxtest.WaitFor(t, 10*time.Second, "the daemon to answer", func() (bool, error) {
+		_, code := k.run(t, "status")
+		return code == 0, nil
+	})
 	if out, code := k.run(t, "up", "--all", "-n", ns, "--address", "auto", "-d"); code != 0 {
 		t.Fatalf("kpf up --all -d: exit %d\n%s", code, out)
 	}
@@ -112,8 +128,14 @@ func TestUpAllFollowsTheNamespace(t *testing.T) {
 	web := ready("web."+ns+":80", 80, 30*time.Second)
 	hostsNames(map[string]string{"web." + ns: web})
 
+	if r := rows()["discover-"+ns]; r.State != "ready" {
+		t.Errorf("the entry's row: %+v, want discover-%s ready", r, ns)
+	}
+
+	created := time.Now()
 	sb.Apply(t, ns, serviceYAML("api", 8081))
 	api := ready("api."+ns+":8081", 8081, 5*time.Second)
+	t.Logf("a service created: forwarded and serving %s after kubectl apply", time.Since(created).Round(10*time.Millisecond))
 	if strings.Split(api, ":")[0] == strings.Split(web, ":")[0] {
 		t.Errorf("api and web share the address %s", api)
 	}
@@ -141,11 +163,20 @@ func TestUpAllFollowsTheNamespace(t *testing.T) {
 		ready(fmt.Sprintf("s%02d.%s:%d", i, ns, 9000+i), 9000+i, 60*time.Second)
 	}
 	t.Logf("50 services created at once: all forwarded and serving %s after kubectl apply", time.Since(start).Round(100*time.Millisecond))
-	if got := longrunning(t, sb, "pods", "WATCH") - podWatches; got != 1 {
-		t.Errorf("52 forwards of a namespace added %d pod watches, want 1", got)
+	pods, services := informers(t, debug)
+	if pods != 1 || services != 1 {
+		t.Errorf("52 forwards of a namespace run on %d pod watches and %d service watches, want 1 and 1", pods, services)
 	}
-	if got := longrunning(t, sb, "services", "WATCH") - svcWatches; got != 1 {
-		t.Errorf("the namespace's services added %d service watches, want 1", got)
+
+	// kpf down of the entry stops its forwards with it (and the daemon,
+	// left with nothing to run, exits).
+	out, code := k.run(t, "down", "discover-"+ns)
+	if code != 0 || !strings.Contains(out, "web."+ns+":80") {
+		t.Fatalf("kpf down discover-%s: exit %d, want web's forward stopped too\n%s", ns, code, out)
+	}
+	if c, err := net.DialTimeout("tcp", web, time.Second); err == nil {
+		c.Close()
+		t.Errorf("the entry is down, but web's %s still accepts", web)
 	}
 }
 

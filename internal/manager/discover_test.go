@@ -107,7 +107,9 @@ func TestDiscoverEntryRunsItsSet(t *testing.T) {
 		t.Errorf("events\n %q\nwant\n %q", got, wantEvents)
 	}
 
-	h.m.StopNames([]string{"all"})
+	if got := h.m.StopNames([]string{"all"}); !slices.Equal(got, []string{"all", "a.shop:80"}) {
+		t.Errorf("stopping the entry stopped %v, want it and its forward", got)
+	}
 	want("the entry's forwards to stop with it", "plain")
 }
 

@@ -604,8 +604,7 @@ func (m *Manager) Apply(ctx context.Context, fws []config.Forward, prune bool) (
 func (m *Manager) StopNames(names []string) []string {
 	m.lockOps()
 	defer m.unlockOps()
-	fs := m.pick(names)
-	m.stop(fs)
+	fs := m.stop(m.pick(names))
 	var out []string
 	for _, f := range fs {
 		out = append(out, f.Spec.Name)
@@ -682,8 +681,8 @@ func (m *Manager) pick(names []string) []*Forward {
 }
 
 // stop cancels forwards, waits for them and removes them; a discover
-// entry's forwards go with it.
-func (m *Manager) stop(fs []*Forward) {
+// entry's forwards go with it. It returns what it stopped.
+func (m *Manager) stop(fs []*Forward) []*Forward {
 	m.mu.Lock()
 	for _, f := range fs {
 		if f.Spec.Discover == nil {
@@ -705,6 +704,7 @@ func (m *Manager) stop(fs []*Forward) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.forwards = slices.DeleteFunc(m.forwards, func(f *Forward) bool { return slices.Contains(fs, f) })
+	return fs
 }
 
 func (f *Forward) stateIs(s string) bool {
