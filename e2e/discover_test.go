@@ -263,6 +263,11 @@ apiVersion: v1
 kind: Service
 metadata: {name: two, labels: {port: shared}}
 spec: {selector: {app: web}, ports: [{port: %d, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, labels: {port: shared}}
+spec: {type: ExternalName, externalName: example.com}
 `, port, port))
 	k := newKpfCmd(t, sb)
 	if out, code := k.run(t, "up", "--all", "-n", ns, "-l", "port=shared", "--address", "127.0.0.1", "-d"); code != 0 {
@@ -291,5 +296,9 @@ spec: {selector: {app: web}, ports: [{port: %d, targetPort: 8080}]}
 	}
 	if doctor := "kpf doctor -n " + ns + " svc/"; !strings.Contains(failed.LastError, doctor) {
 		t.Errorf("%s: last error %q does not name %q", failed.Name, failed.LastError, doctor)
+	}
+	// What is not forwarded is said in the entry's events.
+	if out, _ := k.run(t, "logs"); !strings.Contains(out, "not forwarded: ext (ExternalName: nothing in the cluster to forward to)") {
+		t.Errorf("kpf logs does not say why ext is not forwarded:\n%s", out)
 	}
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
@@ -89,5 +90,28 @@ func TestDiscoverProblems(t *testing.T) {
 	_, err = Parse("kpf.yaml", []byte("discover: shop\n"))
 	if err == nil || !strings.Contains(err.Error(), "line 1: discover: must be a mapping like {namespace: shop, address: auto}, or a list of them") {
 		t.Errorf("discover: shop: %v", err)
+	}
+}
+
+// TestDiscoverSchemaMatchesTheParser: every key of a discover entry in
+// the JSON Schema is one the parser takes, and the other way round.
+func TestDiscoverSchemaMatchesTheParser(t *testing.T) {
+	var doc map[string]any
+	if err := json.Unmarshal(Schema, &doc); err != nil {
+		t.Fatal(err)
+	}
+	def := doc["$defs"].(map[string]any)["discover"].(map[string]any)
+	if def["additionalProperties"] != false {
+		t.Error("a discover entry in the schema allows other keys")
+	}
+	var keys []string
+	for k := range def["properties"].(map[string]any) {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	_, err := Parse("kpf.yaml", []byte("discover: {notAKey: 1}\n"))
+	want := "unknown key (known here: " + strings.Join(keys, ", ") + ")"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("the parser's keys differ from the schema's %v: %v", keys, err)
 	}
 }
