@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -300,5 +302,26 @@ spec: {type: ExternalName, externalName: example.com}
 	// What is not forwarded is said in the entry's events.
 	if out, _ := k.run(t, "logs"); !strings.Contains(out, "not forwarded: ext (ExternalName: nothing in the cluster to forward to)") {
 		t.Errorf("kpf logs does not say why ext is not forwarded:\n%s", out)
+	}
+}
+
+// TestRunAll: kpf run --all starts a forward per service, waits until
+// they are ready, and gives the command each one's address as
+// KPF_NAME_NAMESPACE_PORT_ADDR.
+func TestRunAll(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "web", 1)
+	k := newKpfCmd(t, sb)
+	key := "KPF_WEB_" + strings.ToUpper(strings.ReplaceAll(ns, "-", "_")) + "_80_ADDR"
+	got := filepath.Join(t.TempDir(), "addr")
+	cmd := k.cmd("run", "--all", "-n", ns, "--address", "auto", "--timeout", "60s", "--", "sh", "-c", "echo $"+key+" >"+got)
+	out, err := runWithin(t, cmd, 90*time.Second)
+	if err != nil {
+		t.Fatalf("kpf run --all: %v\n%s", err, out)
+	}
+	b, _ := os.ReadFile(got)
+	addr := strings.TrimSpace(string(b))
+	if host, port, err := net.SplitHostPort(addr); err != nil || !strings.HasPrefix(host, "127.20.") || port != "80" {
+		t.Fatalf("%s=%q, want an address of its own at port 80\n%s", key, addr, out)
 	}
 }
