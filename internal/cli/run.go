@@ -40,7 +40,7 @@ func newRunCommand(g *globals) *cobra.Command {
 		Long: `Start the forwards of kpf.yaml (or -f FILE; all, or the named ones), wait until
 every one is ready and healthy, then run COMMAND with each forward's local
 address in its environment: KPF_<NAME>_ADDR (host:port), KPF_<NAME>_HOST and
-KPF_<NAME>_PORT, NAME upper-cased with '-' as '_'. When COMMAND ends the
+KPF_<NAME>_PORT, NAME upper-cased with '_' for other characters. When COMMAND ends the
 forwards stop, and kpf exits with COMMAND's exit code.`,
 		Example: `  kpf run -- sh -c 'curl -fsS http://$KPF_API_ADDR/healthz'
   kpf run api db -f ci.yaml -- go test ./integration/...`,
