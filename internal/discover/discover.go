@@ -182,9 +182,11 @@ const Settle = 200 * time.Millisecond
 
 // Run keeps entry's forwards in step with the services of its namespace
 // until ctx ends: apply is called with every new set (and a note for the
-// entry's status: how many services, which were skipped, or why the
-// watch fails). It returns only when ctx ends, or when the entry is
-// wrong (a bad selector).
+// entry's status: how many services, which were skipped, or that the
+// watch fails and the set may be stale). It returns nil when ctx ends,
+// and an error when the entry is wrong (a bad selector) or the services
+// could not be listed a first time (Forbidden, an API server that does
+// not answer).
 func Run(ctx context.Context, w *Watches, pods PodWatches, entry config.Forward, apply func(fws []config.Forward, note string)) error {
 	if _, err := labels.Parse(entry.Discover.Selector); err != nil {
 		return fmt.Errorf("selector %q: %w", entry.Discover.Selector, err)
@@ -234,8 +236,10 @@ func Run(ctx context.Context, w *Watches, pods PodWatches, entry config.Forward,
 		default:
 		}
 		if !sub.Synced() || !podsSynced() {
-			if err := sub.Err(); err != nil {
-				apply(nil, "cannot watch services: "+err.Error())
+			if err := sub.Err(); err != nil && !sub.Synced() {
+				// Nothing known yet: the entry is down, and its
+				// supervisor says why and tries again.
+				return fmt.Errorf("watch services in namespace %s: %w", entry.Namespace, err)
 			}
 			// Look again soon: the first list may arrive without a
 			// service in it, and so without an event.

@@ -2,6 +2,7 @@ package discover
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -14,8 +15,10 @@ import (
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/testnet"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
@@ -312,5 +315,27 @@ func TestHeadlessForwards(t *testing.T) {
 	_, skipped, _ = Forwards(entry("", true), []*corev1.Service{db}, nil, &Addresses{})
 	if !slices.Equal(skipped, []string{"db (headless: no pods yet)"}) {
 		t.Errorf("no pods: skipped %v", skipped)
+	}
+}
+
+// TestRunSaysWhyItCannotList: services that may not be listed end Run
+// with the API's error (Forbidden: the CLI explains it, the manager
+// retries it slowly), and no set is applied.
+func TestRunSaysWhyItCannotList(t *testing.T) {
+	cs := fake.NewClientset()
+	cs.PrependReactor("list", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "services"}, "", errors.New("no"))
+	})
+	w := NewWatches(cs)
+	defer w.Stop()
+	var r recorder
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := Run(ctx, w, follow.NewWatches(cs), entry("", true), r.apply)
+	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "watch services in namespace shop: ") {
+		t.Errorf("Run: %v, want a Forbidden error naming the namespace", err)
+	}
+	if got, _ := r.last(); got != "<none>" {
+		t.Errorf("applied %q", got)
 	}
 }
