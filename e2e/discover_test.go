@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpf-dev/kpf/sandbox/cluster"
 	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
 )
 
@@ -324,4 +325,27 @@ func TestRunAll(t *testing.T) {
 	if host, port, err := net.SplitHostPort(addr); err != nil || !strings.HasPrefix(host, "127.20.") || port != "80" {
 		t.Fatalf("%s=%q, want an address of its own at port 80\n%s", key, addr, out)
 	}
+}
+
+// TestUpAllSaysWhyItCannotWatch: a user who may not list the namespace's
+// services sees the entry failed, saying so.
+func TestUpAllSaysWhyItCannotWatch(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	k := newKpfCmd(t, sb)
+	k.kubeconfig = sb.Kubeconfig(cluster.UserDev)
+	if out, code := k.run(t, "up", "--all", "-n", ns, "-d"); code != 0 {
+		t.Fatalf("kpf up --all -d: exit %d\n%s", code, out)
+	}
+	sandboxtest.WaitFor(t, 30*time.Second, "the entry to fail, saying why", func() (bool, error) {
+		for _, r := range k.status(t).Forwards {
+			if r.Name == "discover-"+ns && r.State == "failed" {
+				if !strings.Contains(r.LastError, "watch services in namespace "+ns) || !strings.Contains(r.LastError, "forbidden") {
+					return false, fmt.Errorf("last error %q", r.LastError)
+				}
+				return true, nil
+			}
+		}
+		return false, nil
+	})
 }
