@@ -6,7 +6,8 @@
 // A Conn owns what those users would otherwise each make again: the REST
 // configuration, the HTTP client and typed clients over it (client-go's
 // model: one http.Client shared by every typed client), the pod watches
-// per namespace (follow.Watches), the API server's liveness probe (one per
+// per namespace (follow.Watches), the service watches per namespace of
+// discover entries (discover.Watches), the API server's liveness probe (one per
 // connection, however many forwards subscribe) and the TLS configuration
 // of kpf's tunnels with its session cache. It is reference counted: each
 // user acquires it and releases it, and the last release closes it (its
