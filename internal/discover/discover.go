@@ -192,13 +192,14 @@ func Run(ctx context.Context, w *Watches, pods PodWatches, entry config.Forward,
 		return fmt.Errorf("selector %q: %w", entry.Discover.Selector, err)
 	}
 	kick := make(chan struct{}, 1)
-	var stopPods func()
-	sub, err := w.Subscribe(entry.Namespace, func() {
+	poke := func() {
 		select {
 		case kick <- struct{}{}:
 		default:
 		}
-	})
+	}
+	var stopPods func()
+	sub, err := w.Subscribe(entry.Namespace, poke)
 	if err != nil {
 		return err
 	}
@@ -243,34 +244,19 @@ func Run(ctx context.Context, w *Watches, pods PodWatches, entry config.Forward,
 			}
 			// Look again soon: the first list may arrive without a
 			// service in it, and so without an event.
-			time.AfterFunc(Settle, func() {
-				select {
-				case kick <- struct{}{}:
-				default:
-				}
-			})
+			time.AfterFunc(Settle, poke)
 			continue
 		}
 		svcs := sub.Services()
 		if listPods == nil && slices.ContainsFunc(svcs, Headless) {
-			l, synced, stop, err := pods.Pods(entry.Namespace, func() {
-				select {
-				case kick <- struct{}{}:
-				default:
-				}
-			})
+			l, synced, stop, err := pods.Pods(entry.Namespace, poke)
 			if err != nil {
 				return err
 			}
 			listPods, podsSynced, stopPods = l, synced, stop
 		}
 		if !podsSynced() {
-			time.AfterFunc(Settle, func() {
-				select {
-				case kick <- struct{}{}:
-				default:
-				}
-			})
+			time.AfterFunc(Settle, poke)
 			continue
 		}
 		var podList []*corev1.Pod
