@@ -69,7 +69,14 @@ func newUpCommand(g *globals) *cobra.Command {
 
 On a terminal a live table shows each forward's state, health, pod, connections
 and bytes; otherwise each change is a log line. A forward that fails (a busy
-port, a missing target) does not stop the others. Ctrl-C stops everything.`,
+port, a missing target) does not stop the others. Ctrl-C stops everything.
+
+With --all, every service of the namespace (-n, or the context's; -l to
+pick by label) instead of a file: a forward per service port, named
+NAME.NAMESPACE:PORT (a headless service's pods one by one,
+POD.SERVICE.NAMESPACE:PORT), added, changed and stopped as the cluster's
+services are; --address auto gives each service an address of its own at
+its real port, which kpf hosts names. The same as discover: in kpf.yaml.`,
 		Example: `  kpf up                              # kpf.yaml here, with a live table
   kpf up api db -f shop.yaml          # two forwards of another file
   kpf up -d --wait --context staging  # in the daemon, as the staging context
