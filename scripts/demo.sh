@@ -81,6 +81,15 @@ if [ "${FWD[0]##*/}" = kpf ] && [ "$NS" = kpf-demo ]; then
   "$BIN/kpf" up -d --wait --timeout 60s -f demo/kpf.yaml >"$logs/up.log" 2>&1 || { cat "$logs/up.log"; exit 1; }
   "$BIN/kpf" status | cut -c1-200
   "$BIN/kpf" down --all >/dev/null
+  echo "== every service of the namespace, kept in step with it: kpf up --all -n $NS --address auto -d"
+  "$BIN/kpf" up --all -n "$NS" --address auto -d >"$logs/all.log" 2>&1 || { cat "$logs/all.log"; exit 1; }
+  for _ in $(seq 300); do
+    [ "$("$BIN/kpf" status --json | grep -c '"state": *"ready"')" -ge 3 ] && break
+    sleep 0.1
+  done
+  "$BIN/kpf" status | cut -c14-130 | sed -n '4,$p'
+  echo "\$ kpf hosts"; "$BIN/kpf" hosts
+  "$BIN/kpf" down --all >/dev/null
   echo "== kpf takes kubectl port-forward's words as they are: kpf svc/api :80"
   "$BIN/kpf" -n "$NS" --timeout 3s svc/api :80 2>&1 | head -2 || true
   echo "== watching what flows: kpf forward --http-log FILE --metrics-addr 127.0.0.1:0"

@@ -216,6 +216,9 @@ its own flags and environment, as kpf up -d would.`,
 				ProxyOpener: func(_ string, id identity.Identity, log *slog.Logger) manager.ProxyOpener {
 					return newProxyOpener(id, clusters, log, auditLog)
 				},
+				DiscoverOpener: func(id identity.Identity) manager.DiscoverOpener {
+					return newDiscoverOpener(id, clusters)
+				},
 				Describe: describeIdentity,
 				Events:   g.out,
 				Cleanup: func(ctx context.Context, id identity.Identity, fws []config.Forward) error {

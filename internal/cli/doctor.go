@@ -98,10 +98,12 @@ func (o *DoctorOptions) Complete(cmd *cobra.Command, args []string) error {
 	}
 	if o.File != "" {
 		_, o.forwards, err = loadForwards(o.File, args)
-		// A proxy has no target of its own to check.
-		o.forwards = slices.DeleteFunc(o.forwards, func(fw config.Forward) bool { return fw.Proxy != nil })
+		// A proxy has no target of its own to check, nor has a discover
+		// entry: its forwards are checked by target (kpf doctor -n NS
+		// svc/NAME PORT, as their errors say).
+		o.forwards = slices.DeleteFunc(o.forwards, func(fw config.Forward) bool { return fw.Proxy != nil || fw.Discover != nil })
 		if err == nil && len(o.forwards) == 0 {
-			return usagef("%s has no forwards to check (kpf doctor checks forwards, not proxies)", o.File)
+			return usagef("%s has no forwards to check (kpf doctor checks forwards, not proxies or discover: entries; check a discovered one with kpf doctor -n NAMESPACE svc/NAME PORT)", o.File)
 		}
 		return err
 	}

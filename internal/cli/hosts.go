@@ -62,7 +62,7 @@ runs. Or give the file to a container or a tool that reads one.`,
 			entries := hostEntries(st.Forwards, domain)
 			if write == "" {
 				if len(entries) == 0 {
-					fmt.Fprintln(g.errOut, "kpf: no running forward of a service has an address of its own: give forwards address: auto in kpf.yaml")
+					fmt.Fprintln(g.errOut, "kpf: no running forward of a service has an address of its own: give forwards address: auto in kpf.yaml, or run kpf up --all --address auto")
 				}
 				fmt.Fprint(g.out, hosts.Block(entries))
 				return nil
@@ -113,18 +113,34 @@ func hostsHome() (daemon.Home, error) {
 // hostEntries are the hosts lines of the forwards of services given an
 // address of their own (not localhost, 127.0.0.1, ::1 or every address),
 // whether they listen at the moment or wait for a pod.
+//
+// A headless service's pods forwarded by a discover entry (kpf up --all)
+// get the names the cluster's DNS gives them: POD.SERVICE.NAMESPACE (and
+// .svc, .svc.DOMAIN), as the forward's name says (discover.PodName).
 func hostEntries(rows []api.Forward, domain string) []hosts.Entry {
-	var out []hosts.Entry
+	var out, pods []hosts.Entry
 	seen := map[netip.Addr]bool{}
 	for _, r := range rows {
 		kind, err := rbac.KindOf(r.Target)
-		if err != nil || kind.Resource != "services" || r.Namespace == "" {
+		if err != nil || r.Namespace == "" {
 			continue
 		}
 		_, name, _ := strings.Cut(r.Target, "/")
 		if len(validation.IsDNS1123Label(r.Namespace)) > 0 || len(validation.IsDNS1123Label(name)) > 0 {
 			// Not names the cluster could have: nothing the daemon says
 			// becomes a line of a file root writes (sudo kpf hosts).
+			continue
+		}
+		dst := &out
+		switch kind.Resource {
+		case "services":
+		case "pods":
+			svc, ok := headlessService(r.Name, name, r.Namespace)
+			if !ok {
+				continue
+			}
+			name, dst = name+"."+svc, &pods
+		default:
 			continue
 		}
 		for _, l := range r.Addresses {
@@ -136,10 +152,29 @@ func hostEntries(rows []api.Forward, domain string) []hosts.Entry {
 				continue
 			}
 			seen[a] = true
-			out = append(out, hosts.Service(a, r.Namespace, name, domain))
+			*dst = append(*dst, hosts.Service(a, r.Namespace, name, domain))
 		}
 	}
-	return hosts.Shorten(out)
+	// A pod's bare name is not a name in the cluster: no short ones.
+	return append(hosts.Shorten(out), pods...)
+}
+
+// headlessService is the service of the forward of a headless service's
+// pod, from its name POD.SERVICE.NAMESPACE:PORT[/udp].
+func headlessService(forward, pod, namespace string) (string, bool) {
+	host, _, ok := strings.Cut(forward, ":")
+	if !ok {
+		return "", false
+	}
+	svc, ok := strings.CutPrefix(host, pod+".")
+	if !ok {
+		return "", false
+	}
+	svc, ok = strings.CutSuffix(svc, "."+namespace)
+	if !ok || len(validation.IsDNS1123Label(svc)) > 0 {
+		return "", false
+	}
+	return svc, true
 }
 
 // hostsFiles is the list of files kpf hosts --write keeps, in the daemon's

@@ -31,6 +31,7 @@ type RBACOptions struct {
 	byNamespace map[string][]rbac.Kind
 	proxies     map[string]bool // namespaces a proxy of the file serves
 	relays      map[string]bool // namespaces with /udp ports (and so relays)
+	discovers   map[string]bool // namespaces of discover: entries
 	subject     *rbac.Subject
 }
 
@@ -106,10 +107,11 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 	o.byNamespace = map[string][]rbac.Kind{}
 	o.proxies = map[string]bool{}
 	o.relays = map[string]bool{}
+	o.discovers = map[string]bool{}
 	for _, fw := range fws {
 		target := fw.Target
-		if fw.Proxy != nil {
-			target = "services/any" // a proxy reads services and forwards to their pods
+		if fw.Proxy != nil || fw.Discover != nil {
+			target = "services/any" // a proxy reads services and forwards to their pods; so does a discover entry
 		}
 		k, err := rbac.KindOf(target)
 		if err != nil {
@@ -122,6 +124,9 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 		o.byNamespace[ns] = append(o.byNamespace[ns], k)
 		if fw.Proxy != nil {
 			o.proxies[ns] = true
+		}
+		if fw.Discover != nil {
+			o.discovers[ns] = true
 		}
 		if portspec.AnyUDP(fw.Ports) {
 			o.relays[ns] = true
@@ -137,6 +142,9 @@ func (o *RBACOptions) Run(context.Context) error {
 		rules[ns] = rbac.For(kinds)
 		if o.proxies[ns] {
 			rules[ns] = append(rules[ns], rbac.Rule{Resource: "services", Verbs: []string{"list"}, Why: "kpf proxy: name the services there when a name matches none"})
+		}
+		if o.discovers[ns] {
+			rules[ns] = append(rules[ns], rbac.Rule{Resource: "services", Verbs: []string{"list", "watch"}, Why: "discover: (kpf up --all): watch the services there, to forward each"})
 		}
 		if o.relays[ns] {
 			rules[ns] = append(rules[ns], rbac.Relay(o.UDPRelay))

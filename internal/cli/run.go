@@ -20,6 +20,7 @@ type RunOptions struct {
 	File     string
 	Timeout  time.Duration
 	Settings spec.Settings
+	All      allFlags
 
 	names   []string
 	command []string
@@ -39,7 +40,7 @@ func newRunCommand(g *globals) *cobra.Command {
 		Long: `Start the forwards of kpf.yaml (or -f FILE; all, or the named ones), wait until
 every one is ready and healthy, then run COMMAND with each forward's local
 address in its environment: KPF_<NAME>_ADDR (host:port), KPF_<NAME>_HOST and
-KPF_<NAME>_PORT, NAME upper-cased with '-' as '_'. When COMMAND ends the
+KPF_<NAME>_PORT, NAME upper-cased with '_' for other characters. When COMMAND ends the
 forwards stop, and kpf exits with COMMAND's exit code.`,
 		Example: `  kpf run -- sh -c 'curl -fsS http://$KPF_API_ADDR/healthz'
   kpf run api db -f ci.yaml -- go test ./integration/...`,
@@ -56,12 +57,18 @@ forwards stop, and kpf exits with COMMAND's exit code.`,
 			if err != nil {
 				return err
 			}
+			if all, err := o.All.file(cmd, o.File, o.names, id); err != nil {
+				return err
+			} else if all != "" {
+				o.File = all
+			}
 			return o.Run(cmd.Context(), id)
 		},
 	}
 	cmd.Flags().StringVarP(&o.File, "file", "f", "", "forwards file (default kpf.yaml in this folder)")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", o.Timeout, "how long to wait for every forward to be healthy before giving up")
 	o.Settings.AddFlags(cmd.Flags(), fileSettings...)
+	o.All.AddFlags(cmd.Flags())
 	return cmd
 }
 
@@ -78,10 +85,11 @@ func (o *RunOptions) Run(ctx context.Context, id identity.Identity) error {
 	log := o.g.logger()
 	clusters := cluster.NewRegistry(clusterOptions(log))
 	m := manager.New(manager.Options{
-		Open:      newOpener(o.file.Path, id, clusters, log, o.g.errOut, nil),
-		OpenProxy: newProxyOpener(id, clusters, log, nil),
-		Settings:  o.Settings,
-		Log:       log,
+		Open:         newOpener(o.file.Path, id, clusters, log, o.g.errOut, nil),
+		OpenProxy:    newProxyOpener(id, clusters, log, nil),
+		OpenDiscover: newDiscoverOpener(id, clusters),
+		Settings:     o.Settings,
+		Log:          log,
 		Events: func(e manager.Event) {
 			fmt.Fprintf(o.g.errOut, "kpf: %s: %s\n", e.Forward, e.Message)
 		},
@@ -97,7 +105,7 @@ func (o *RunOptions) Run(ctx context.Context, id identity.Identity) error {
 		if len(r.Local) == 0 {
 			continue
 		}
-		key := "KPF_" + strings.ToUpper(strings.ReplaceAll(r.Name, "-", "_"))
+		key := envKey(r.Name)
 		host, port := splitHostPort(r.Local[0])
 		env = append(env, key+"_ADDR="+r.Local[0], key+"_HOST="+host, key+"_PORT="+port)
 	}
@@ -110,4 +118,19 @@ func splitHostPort(addr string) (string, string) {
 		return addr, ""
 	}
 	return strings.Trim(addr[:i], "[]"), addr[i+1:]
+}
+
+// envKey is the prefix of a forward's variables: KPF_ and its name
+// upper-cased, with '_' for anything but letters and digits (a
+// discovered forward's name, api.shop:8080, is KPF_API_SHOP_8080).
+func envKey(name string) string {
+	return "KPF_" + strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z':
+			return r - 'a' + 'A'
+		case r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+			return r
+		}
+		return '_'
+	}, name)
 }

@@ -48,6 +48,7 @@ type UpOptions struct {
 	Metrics     string
 	// APIAddr is the TCP address of the API of a daemon -d starts.
 	APIAddr string
+	All     allFlags
 
 	names []string
 	file  *config.File
@@ -70,10 +71,18 @@ func newUpCommand(g *globals) *cobra.Command {
 
 On a terminal a live table shows each forward's state, health, pod, connections
 and bytes; otherwise each change is a log line. A forward that fails (a busy
-port, a missing target) does not stop the others. Ctrl-C stops everything.`,
+port, a missing target) does not stop the others. Ctrl-C stops everything.
+
+With --all, every service of the namespace (-n, or the context's; -l to
+pick by label) instead of a file: a forward per service port, named
+NAME.NAMESPACE:PORT (a headless service's pods one by one,
+POD.SERVICE.NAMESPACE:PORT), added, changed and stopped as the cluster's
+services are; --address auto gives each service an address of its own at
+its real port, which kpf hosts names. The same as discover: in kpf.yaml.`,
 		Example: `  kpf up                              # kpf.yaml here, with a live table
   kpf up api db -f shop.yaml          # two forwards of another file
-  kpf up -d --wait --context staging  # in the daemon, as the staging context`,
+  kpf up -d --wait --context staging  # in the daemon, as the staging context
+  kpf up --all -n shop --address auto -d  # every service of shop, as the cluster has them`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.Complete(cmd, args); err != nil {
 				return err
@@ -90,6 +99,7 @@ port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 	cmd.Flags().StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
 	cmd.Flags().StringVar(&o.Metrics, "metrics-addr", "", metricsAddrUsage+"; default: the file's metrics: key")
 	cmd.Flags().StringVar(&o.APIAddr, "api-addr", "", "with -d: "+apiAddrUsage+" (given to the daemon -d starts; a running daemon keeps its own)")
+	o.All.AddFlags(cmd.Flags())
 	return cmd
 }
 
@@ -97,15 +107,20 @@ port, a missing target) does not stop the others. Ctrl-C stops everything.`,
 // connect as.
 func (o *UpOptions) Complete(cmd *cobra.Command, args []string) error {
 	var err error
+	if o.id, err = o.g.identity(cmd); err != nil {
+		return err
+	}
+	if all, err := o.All.file(cmd, o.File, args, o.id); err != nil {
+		return err
+	} else if all != "" {
+		o.File = all
+	}
 	if o.file, _, err = loadForwards(o.File, args); err != nil {
 		return err
 	}
 	o.names = args
 	if err := o.Settings.Validate(); err != nil {
 		return usageError{err}
-	}
-	if o.id, err = o.g.identity(cmd); err != nil {
-		return err
 	}
 	switch o.Table {
 	case "auto", "always", "never":
@@ -154,10 +169,11 @@ func (o *UpOptions) Run(ctx context.Context) error {
 		warnTo = lineWriter(events.add)
 	}
 	mo := manager.Options{
-		Open:      newOpener(o.file.Path, o.id, clusters, log, warnTo, auditLog),
-		OpenProxy: newProxyOpener(o.id, clusters, log, auditLog),
-		Settings:  o.Settings,
-		Log:       log,
+		Open:         newOpener(o.file.Path, o.id, clusters, log, warnTo, auditLog),
+		OpenProxy:    newProxyOpener(o.id, clusters, log, auditLog),
+		OpenDiscover: newDiscoverOpener(o.id, clusters),
+		Settings:     o.Settings,
+		Log:          log,
 		Events: func(e manager.Event) {
 			line := fmt.Sprintf("%s %s: %s", e.Time.Format("15:04:05"), e.Forward, e.Message)
 			if table {
@@ -447,6 +463,20 @@ func (w lineWriter) Write(p []byte) (int, error) {
 
 // doctorForFile is kpf doctor for a forward of a file, as the user would
 // type it in the file's folder or anywhere else.
+//
+// A forward of a discover entry is not in the file by name: its doctor is
+// that of its target.
 func doctorForFile(file string, fw config.Forward) string {
+	if fw.Owner != "" {
+		cmd := "kpf doctor"
+		if fw.Context != "" {
+			cmd += " --context " + shellQuote(fw.Context)
+		}
+		cmd += " -n " + shellQuote(fw.Namespace) + " " + shellQuote(fw.Target)
+		for _, p := range fw.Ports {
+			cmd += " " + shellQuote(p.String())
+		}
+		return cmd
+	}
 	return "kpf doctor -f " + shellQuote(file) + " " + shellQuote(fw.Name)
 }

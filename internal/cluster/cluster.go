@@ -6,7 +6,8 @@
 // A Conn owns what those users would otherwise each make again: the REST
 // configuration, the HTTP client and typed clients over it (client-go's
 // model: one http.Client shared by every typed client), the pod watches
-// per namespace (follow.Watches), the API server's liveness probe (one per
+// per namespace (follow.Watches), the service watches per namespace of
+// discover entries (discover.Watches), the API server's liveness probe (one per
 // connection, however many forwards subscribe) and the TLS configuration
 // of kpf's tunnels with its session cache. It is reference counted: each
 // user acquires it and releases it, and the last release closes it (its
@@ -33,6 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kpf-dev/kpf/internal/discover"
 	"github.com/kpf-dev/kpf/internal/follow"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/kube"
@@ -225,7 +227,7 @@ func (r *Registry) build(cfg *rest.Config, client kube.Interface) (*conn, error)
 	if err != nil {
 		return nil, &ConfigError{err}
 	}
-	return &conn{reg: r, cfg: cfg, hc: hc, client: client, watches: follow.NewWatches(client), probe: probe, tls: tlsCfg}, nil
+	return &conn{reg: r, cfg: cfg, hc: hc, client: client, watches: follow.NewWatches(client), services: discover.NewWatches(client), probe: probe, tls: tlsCfg}, nil
 }
 
 // New makes a connection of a REST configuration and the clients to use
@@ -275,6 +277,7 @@ type conn struct {
 	client    kube.Interface
 	namespace string
 	watches   *follow.Watches
+	services  *discover.Watches
 	probe     *probe
 
 	mu     sync.Mutex
@@ -329,6 +332,7 @@ func (c *conn) close() {
 	c.mu.Unlock()
 	c.probe.stop()
 	c.watches.Stop()
+	c.services.Stop()
 	utilnet.CloseIdleConnectionsFor(c.hc.Transport)
 }
 
@@ -406,6 +410,10 @@ func (c *Conn) Namespace() string { return c.c.namespace }
 
 // Watches are the shared pod watches, one per namespace.
 func (c *Conn) Watches() *follow.Watches { return c.c.watches }
+
+// Services are the connection's shared service watches, per namespace
+// (discover entries').
+func (c *Conn) Services() *discover.Watches { return c.c.services }
 
 // Liveness is the API server's liveness probe, which followers subscribe
 // to.

@@ -187,3 +187,31 @@ func TestForwardsOfOneConnShareTLSSessionsReleasedOnClose(t *testing.T) {
 		return tlsCfg.Value() == nil
 	})
 }
+
+// The service watches of discover entries are the connection's: shared
+// by its users, and stopped with its last release.
+func TestServiceWatchesEndWithTheConnection(t *testing.T) {
+	s := fakeapi.New(t)
+	c, err := cluster.New(s.Config, s.Client, cluster.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := c.Acquire()
+	if other.Services() != c.Services() {
+		t.Fatal("two holds of one connection have different service watches")
+	}
+	sub, err := c.Services().Subscribe("shop", func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	w := c.Services()
+	c.Release()
+	if w.Namespaces() != 1 {
+		t.Fatal("the watch stopped while the connection is held")
+	}
+	other.Release()
+	if n := w.Namespaces(); n != 0 {
+		t.Fatalf("%d namespaces' services still watched after the last release", n)
+	}
+}

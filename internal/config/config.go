@@ -56,7 +56,19 @@ type Forward struct {
 	// Proxy, if set, makes this entry a kpf proxy (from the file's
 	// proxies: list) rather than a forward; Target is "proxy".
 	Proxy *Proxy
-	Pos   Pos
+	// Discover, if set, makes this entry a discover: entry: it runs the
+	// forwards of the services it finds (internal/discover), each with
+	// Owner set to its name.
+	Discover *Discover
+	// Owner is the discover entry that made this forward ("" for a
+	// forward of the file).
+	Owner string
+	// Source is what a discover entry made the forward from beyond its
+	// target and ports (a service port's targetPort, which the session
+	// resolves when it opens): compared on apply, so that a change of it
+	// restarts the forward.
+	Source string
+	Pos    Pos
 }
 
 // Proxy is a kpf proxy the file runs: cluster names through SOCKS5 and
@@ -157,7 +169,7 @@ func looksYAML(b []byte) bool {
 		if l == "" || strings.HasPrefix(l, "#") {
 			continue
 		}
-		return strings.HasPrefix(l, "forwards:") || strings.HasPrefix(l, "defaults:") || strings.HasPrefix(l, "version:") || strings.HasPrefix(l, "{")
+		return strings.HasPrefix(l, "forwards:") || strings.HasPrefix(l, "defaults:") || strings.HasPrefix(l, "version:") || strings.HasPrefix(l, "discover:") || strings.HasPrefix(l, "{")
 	}
 	return false
 }
@@ -249,6 +261,9 @@ func crossChecks(fws []Forward, yamlPaths bool) []Problem {
 	field := func(fw Forward, name string) string {
 		if yamlPaths && fw.Proxy != nil {
 			return fmt.Sprintf("proxies[%d].%s", fw.Pos.Index, name)
+		}
+		if yamlPaths && fw.Discover != nil {
+			return fmt.Sprintf("discover[%d].%s", fw.Pos.Index, name)
 		}
 		if yamlPaths {
 			return fmt.Sprintf("forwards[%d].%s", fw.Pos.Index, name)

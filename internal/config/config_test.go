@@ -186,7 +186,7 @@ func TestSchemaIsJSON(t *testing.T) {
 		}
 		return out
 	}
-	if got := keys("top level", doc); !slices.Equal(got, []string{"defaults", "forwards", "metrics", "proxies", "version"}) {
+	if got := keys("top level", doc); !slices.Equal(got, []string{"defaults", "discover", "forwards", "metrics", "proxies", "version"}) {
 		t.Errorf("top-level properties %v", got)
 	}
 	fwds, _ := doc["properties"].(map[string]any)["forwards"].(map[string]any)
@@ -238,6 +238,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add("x.yaml", []byte("forwards: [{name: a, target: svc/a, ports: 80}]"))
 	f.Add("x.conf", []byte("a:b:1:2"))
+	f.Add("x.yaml", []byte("discover: [{namespace: shop, selector: 'a in (b)', kinds: [services], address: auto}]"))
 	f.Fuzz(func(t *testing.T, name string, b []byte) {
 		file, err := Parse(name, b)
 		if err != nil {
@@ -248,7 +249,14 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		for _, fw := range file.Forwards {
-			if fw.Name == "" || fw.Target == "" || len(fw.Ports) == 0 {
+			if fw.Discover != nil {
+				// A discover entry has no ports: it makes forwards of them.
+				if fw.Name == "" || len(fw.Discover.Kinds) == 0 || (len(fw.Addresses) == 0) != fw.AutoAddress {
+					t.Fatalf("valid file with an incomplete discover entry: %+v %+v", fw, fw.Discover)
+				}
+				continue
+			}
+			if fw.Name == "" || fw.Target == "" || (len(fw.Ports) == 0 && fw.Proxy == nil) {
 				t.Fatalf("valid file with an incomplete forward: %+v", fw)
 			}
 		}

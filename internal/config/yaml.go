@@ -61,7 +61,7 @@ func parseYAML(path string, b []byte) (*File, error) {
 		return nil, asError(path, p.probs)
 	}
 	var def defaults
-	var forwards, proxies *yaml.Node
+	var forwards, proxies, discover *yaml.Node
 	p.mapping(root, "", map[string]func(k, v *yaml.Node){
 		"version": func(k, v *yaml.Node) {
 			if v.Value != "1" {
@@ -71,6 +71,7 @@ func parseYAML(path string, b []byte) (*File, error) {
 		"defaults": func(k, v *yaml.Node) { def = p.defaults(v) },
 		"forwards": func(k, v *yaml.Node) { forwards = v },
 		"proxies":  func(k, v *yaml.Node) { proxies = v },
+		"discover": func(k, v *yaml.Node) { discover = v },
 		"metrics": func(k, v *yaml.Node) {
 			f.Metrics = p.str(v, "metrics")
 			if _, _, err := net.SplitHostPort(f.Metrics); err != nil {
@@ -90,8 +91,8 @@ func parseYAML(path string, b []byte) (*File, error) {
 		}
 	}
 	if forwards == nil {
-		if proxies == nil {
-			p.add(root, "forwards", "missing: list the forwards to run")
+		if proxies == nil && discover == nil {
+			p.add(root, "forwards", "missing: list the forwards to run (or discover: {namespace: NS} for every service of a namespace)")
 		}
 	} else if forwards.Kind != yaml.SequenceNode {
 		p.add(forwards, "forwards", "must be a list")
@@ -106,6 +107,9 @@ func parseYAML(path string, b []byte) (*File, error) {
 		if len(forwards.Content) == 0 {
 			p.add(forwards, "forwards", "is empty")
 		}
+	}
+	if discover != nil {
+		f.Forwards = append(f.Forwards, p.discoverEntries(discover, def)...)
 	}
 	p.probs = append(p.probs, crossChecks(f.Forwards, true)...)
 	return f, asError(path, p.probs)

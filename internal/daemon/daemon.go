@@ -97,6 +97,8 @@ type Server struct {
 	Opener OpenerFunc
 	// ProxyOpener, if set, runs the proxies of files.
 	ProxyOpener ProxyOpenerFunc
+	// DiscoverOpener, if set, runs the discover entries of files.
+	DiscoverOpener func(id identity.Identity) manager.DiscoverOpener
 	// MetricsURL is where the daemon's metrics are served, for status.
 	MetricsURL string
 	Describe   DescribeFunc
@@ -540,11 +542,16 @@ func (s *Server) newRun(req api.ApplyRequest, fws []config.Forward) *fileRun {
 	if s.ProxyOpener != nil {
 		openProxy = s.ProxyOpener(req.File, req.Identity, log)
 	}
+	var openDiscover manager.DiscoverOpener
+	if s.DiscoverOpener != nil {
+		openDiscover = s.DiscoverOpener(req.Identity)
+	}
 	run.m = manager.New(manager.Options{
-		Open:      s.guard(req.File, s.Opener(req.File, req.Identity, log)),
-		OpenProxy: openProxy,
-		Settings:  req.Settings,
-		Log:       log,
+		OpenDiscover: openDiscover,
+		Open:         s.guard(req.File, s.Opener(req.File, req.Identity, log)),
+		OpenProxy:    openProxy,
+		Settings:     req.Settings,
+		Log:          log,
 		Events: func(e manager.Event) {
 			s.hub().poke()
 			if s.Events == nil {

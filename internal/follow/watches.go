@@ -2,6 +2,7 @@ package follow
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"github.com/kpf-dev/kpf/internal/kube"
@@ -96,4 +97,36 @@ func (f *Follower) mine(p *corev1.Pod) bool {
 		return p.Name == f.o.PodName
 	}
 	return f.o.Selector.Matches(labels.Set(p.Labels))
+}
+
+// Pods joins the watch of namespace's pods for a user other than a
+// follower (a discover entry following a headless service's pods):
+// changed is called, without waiting on it, after every change; list
+// returns the namespace's pods now; stop leaves the watch (the last user
+// to leave stops it).
+func (w *Watches) Pods(namespace string, changed func()) (list func() []*corev1.Pod, synced func() bool, stop func(), err error) {
+	on := func(any) { changed() }
+	unsub, synced, err := w.subscribe(namespace, cache.ResourceEventHandlerFuncs{AddFunc: on, UpdateFunc: func(_, n any) { on(n) }, DeleteFunc: on})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	w.mu.Lock()
+	nw := w.byNS[namespace]
+	w.mu.Unlock()
+	if nw == nil { // Stop came between
+		unsub()
+		return nil, nil, nil, errors.New("the cluster connection's watches are stopped")
+	}
+	inf := nw.inf
+	list = func() []*corev1.Pod {
+		objs := inf.GetStore().List()
+		out := make([]*corev1.Pod, 0, len(objs))
+		for _, o := range objs {
+			if p, ok := o.(*corev1.Pod); ok {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	return list, synced, unsub, nil
 }

@@ -65,11 +65,17 @@ type Opener func(ctx context.Context, fw config.Forward, spec session.Spec) (*se
 // served by Serve.
 type ProxyOpener func(ctx context.Context, fw config.Forward, s spec.Settings) (*proxy.Proxy, net.Listener, error)
 
+// DiscoverOpener runs a discover entry (fw.Discover set) until ctx ends:
+// it calls apply with every new set of forwards the entry should run, and
+// a note on what it found. It returns early only for an error.
+type DiscoverOpener func(ctx context.Context, fw config.Forward, apply func(fws []config.Forward, note string)) error
+
 // Options configure a Manager.
 type Options struct {
-	Open      Opener
-	OpenProxy ProxyOpener
-	Settings  spec.Settings
+	Open         Opener
+	OpenProxy    ProxyOpener
+	OpenDiscover DiscoverOpener
+	Settings     spec.Settings
 	// Retry is how each forward is opened again after a failure;
 	// supervise.Defaults() when its Initial is 0.
 	Retry supervise.Policy
@@ -88,10 +94,12 @@ type Event struct {
 // Manager runs forwards.
 type Manager struct {
 	o Options
-	// ops makes Apply, RestartNames and StopNames run one at a time: each
-	// reads the running set, then changes it, and two of them interleaved
-	// would start a forward twice (TestConcurrentUse).
-	ops      sync.Mutex
+	// ops makes Apply, RestartNames, StopNames and a discover entry's
+	// applies run one at a time: each reads the running set, then changes
+	// it, and two of them interleaved would start a forward twice
+	// (TestConcurrentUse). A channel of one, so that a discover entry
+	// being stopped by one of them gives up waiting for it.
+	ops      chan struct{}
 	mu       sync.Mutex
 	forwards []*Forward
 	changed  chan struct{}
@@ -112,6 +120,9 @@ type Forward struct {
 	pxAddr     string
 	cancel     context.CancelFunc
 	done       chan struct{}
+	// life is the forward's context: a discover entry starts its
+	// forwards under it, so that they end with it.
+	life context.Context
 }
 
 // New returns a Manager.
@@ -122,8 +133,11 @@ func New(o Options) *Manager {
 	if o.Retry.Initial == 0 {
 		o.Retry = supervise.Defaults()
 	}
-	return &Manager{o: o, changed: make(chan struct{})}
+	return &Manager{o: o, changed: make(chan struct{}), ops: make(chan struct{}, 1)}
 }
+
+func (m *Manager) lockOps()   { m.ops <- struct{}{} }
+func (m *Manager) unlockOps() { <-m.ops }
 
 // Start starts each forward in the background; Stop or ctx ends them.
 func (m *Manager) Start(ctx context.Context, fws []config.Forward) {
@@ -133,7 +147,7 @@ func (m *Manager) Start(ctx context.Context, fws []config.Forward) {
 			f.health = HealthUnknown
 		}
 		fctx, cancel := context.WithCancel(ctx)
-		f.cancel = cancel
+		f.cancel, f.life = cancel, fctx
 		m.mu.Lock()
 		m.forwards = append(m.forwards, f)
 		m.mu.Unlock()
@@ -190,8 +204,11 @@ func (m *Manager) run(ctx context.Context, f *Forward) {
 		f.mu.Unlock()
 	}()
 	once := m.serveOnce
-	if f.Spec.Proxy != nil {
+	switch {
+	case f.Spec.Proxy != nil:
 		once = m.proxyOnce
+	case f.Spec.Discover != nil:
+		once = m.discoverOnce
 	}
 	m.o.Retry.Run(ctx, func(ctx context.Context, up func()) error { return once(ctx, f, up) }, func(r supervise.Retry) {
 		state, every := Retrying, ""
@@ -550,8 +567,8 @@ func describeBad(r Row) string {
 // spec changed restart, unchanged ones keep running (and their
 // connections). With prune, running forwards not in fws stop.
 func (m *Manager) Apply(ctx context.Context, fws []config.Forward, prune bool) (started, restarted, unchanged, stopped []string) {
-	m.ops.Lock()
-	defer m.ops.Unlock()
+	m.lockOps()
+	defer m.unlockOps()
 	want := map[string]config.Forward{}
 	for _, fw := range fws {
 		want[fw.Name] = fw
@@ -580,6 +597,9 @@ func (m *Manager) Apply(ctx context.Context, fws []config.Forward, prune bool) (
 	}
 	if prune {
 		for name, f := range running {
+			if f.Spec.Owner != "" {
+				continue // its discover entry's: stopped with it
+			}
 			if _, ok := want[name]; !ok {
 				stopped = append(stopped, name)
 				toStop = append(toStop, f)
@@ -594,10 +614,9 @@ func (m *Manager) Apply(ctx context.Context, fws []config.Forward, prune bool) (
 // StopNames stops the named forwards (all when names is empty) and forgets
 // them; it returns the names it stopped.
 func (m *Manager) StopNames(names []string) []string {
-	m.ops.Lock()
-	defer m.ops.Unlock()
-	fs := m.pick(names)
-	m.stop(fs)
+	m.lockOps()
+	defer m.unlockOps()
+	fs := m.stop(m.pick(names))
 	var out []string
 	for _, f := range fs {
 		out = append(out, f.Spec.Name)
@@ -607,8 +626,8 @@ func (m *Manager) StopNames(names []string) []string {
 
 // RestartNames restarts the named forwards (all when names is empty).
 func (m *Manager) RestartNames(ctx context.Context, names []string) []string {
-	m.ops.Lock()
-	defer m.ops.Unlock()
+	m.lockOps()
+	defer m.unlockOps()
 	fs := m.pick(names)
 	var specs []config.Forward
 	for _, f := range fs {
@@ -673,8 +692,21 @@ func (m *Manager) pick(names []string) []*Forward {
 	return out
 }
 
-// stop cancels forwards, waits for them and removes them.
-func (m *Manager) stop(fs []*Forward) {
+// stop cancels forwards, waits for them and removes them; a discover
+// entry's forwards go with it. It returns what it stopped.
+func (m *Manager) stop(fs []*Forward) []*Forward {
+	m.mu.Lock()
+	for _, f := range fs {
+		if f.Spec.Discover == nil {
+			continue
+		}
+		for _, o := range m.forwards {
+			if o.Spec.Owner == f.Spec.Name && !slices.Contains(fs, o) {
+				fs = append(fs, o)
+			}
+		}
+	}
+	m.mu.Unlock()
 	for _, f := range fs {
 		f.cancel()
 	}
@@ -684,6 +716,7 @@ func (m *Manager) stop(fs []*Forward) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.forwards = slices.DeleteFunc(m.forwards, func(f *Forward) bool { return slices.Contains(fs, f) })
+	return fs
 }
 
 func (f *Forward) stateIs(s string) bool {
