@@ -211,10 +211,22 @@ func (s *Server) save(path string, at *stamp) {
 	}
 	id, withheld := run.id.Storable()
 	r := record{Version: recordVersion, File: path, Applied: run.stamp.at, FileSHA256: run.stamp.hash,
-		Identity: id, Withheld: withheld, Settings: run.settings, Forwards: run.m.Specs(false), Who: s.whoOf(run), PID: os.Getpid()}
+		Identity: id, Withheld: withheld, Settings: run.settings, Forwards: applied(run.m.Specs(false)), Who: s.whoOf(run), PID: os.Getpid()}
 	if err := s.Home.writeRecord(r); err != nil {
 		s.Log.Error("record", "file", path, "err", err)
 	}
+}
+
+// applied leaves out the forwards a discover entry made (Owner set): the
+// entry is recorded and makes them again from the cluster as it is then.
+func applied(fws []config.Forward) []config.Forward {
+	var out []config.Forward
+	for _, f := range fws {
+		if f.Owner == "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // cleanupTimeout bounds one file's cleanup of what a killed daemon left.

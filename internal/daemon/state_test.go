@@ -294,3 +294,12 @@ func TestRestoreCleansUp(t *testing.T) {
 		t.Errorf("cleaned %v", cleaned)
 	}
 }
+
+// A discover entry's forwards are made again from the cluster by the
+// restored entry: the record keeps the entry, not what it made.
+func TestRecordKeepsDiscoverEntriesNotTheirForwards(t *testing.T) {
+	got := applied([]config.Forward{{Name: "web"}, {Name: "discover-shop"}, {Name: "api.shop:80", Owner: "discover-shop"}})
+	if len(got) != 2 || got[0].Name != "web" || got[1].Name != "discover-shop" {
+		t.Fatalf("recorded %+v, want web and discover-shop only", got)
+	}
+}
