@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/kpf-dev/kpf/internal/kube"
+	"github.com/kpf-dev/kpf/internal/nswatch"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -17,32 +18,59 @@ import (
 // entries of one namespace with different selectors cost one list and
 // one watch; each picks its services out of the shared cache.
 type Watches struct {
-	client kube.Interface
-
-	mu   sync.Mutex
-	byNS map[string]*nsWatch
-	runs sync.WaitGroup
+	set *nswatch.Set[*state]
 }
 
-type nsWatch struct {
-	inf    cache.SharedIndexInformer
-	cancel context.CancelFunc
-	users  int
-
+// state is what the subscribers of a namespace's watch share.
+type state struct {
 	mu      sync.Mutex
 	lastErr error          // the watch's last failure, nil once it lists again
 	subs    map[int]func() // told of every change
 	nextSub int
 }
 
+// tell calls every subscriber's changed.
+func (st *state) tell() {
+	st.mu.Lock()
+	fs := make([]func(), 0, len(st.subs))
+	for _, f := range st.subs {
+		fs = append(fs, f)
+	}
+	st.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
+
 // NewWatches returns the shared service watches of client's cluster.
 func NewWatches(client kube.Interface) *Watches {
-	return &Watches{client: client, byNS: map[string]*nsWatch{}}
+	return &Watches{set: nswatch.New(func(namespace string) (cache.SharedIndexInformer, *state, error) {
+		inf := serviceInformer(client, namespace)
+		st := &state{subs: map[int]func(){}}
+		_ = inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
+			st.mu.Lock()
+			st.lastErr = err
+			st.mu.Unlock()
+			st.tell()
+			cache.DefaultWatchErrorHandler(ctx, r, err)
+		})
+		on := func(any) {
+			st.mu.Lock()
+			st.lastErr = nil
+			st.mu.Unlock()
+			st.tell()
+		}
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: on, UpdateFunc: func(_, n any) { on(n) }, DeleteFunc: on}); err != nil {
+			return nil, nil, err
+		}
+		return inf, st, nil
+	})}
 }
 
 // Sub is one subscriber's view of a namespace's services.
 type Sub struct {
-	nw   *nsWatch
+	inf  cache.SharedIndexInformer
+	st   *state
 	stop func()
 }
 
@@ -51,64 +79,22 @@ type Sub struct {
 // every change (and after a failure of the watch). Close unsubscribes;
 // the last subscriber's close stops the watch.
 func (w *Watches) Subscribe(namespace string, changed func()) (*Sub, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	nw := w.byNS[namespace]
-	if nw == nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		nw = &nsWatch{inf: serviceInformer(w.client, namespace), cancel: cancel, subs: map[int]func(){}}
-		tell := func() {
-			nw.mu.Lock()
-			fs := make([]func(), 0, len(nw.subs))
-			for _, f := range nw.subs {
-				fs = append(fs, f)
-			}
-			nw.mu.Unlock()
-			for _, f := range fs {
-				f()
-			}
-		}
-		_ = nw.inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
-			nw.mu.Lock()
-			nw.lastErr = err
-			nw.mu.Unlock()
-			tell()
-			cache.DefaultWatchErrorHandler(ctx, r, err)
-		})
-		on := func(any) {
-			nw.mu.Lock()
-			nw.lastErr = nil
-			nw.mu.Unlock()
-			tell()
-		}
-		if _, err := nw.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: on, UpdateFunc: func(_, n any) { on(n) }, DeleteFunc: on}); err != nil {
-			cancel()
-			return nil, err
-		}
-		w.byNS[namespace] = nw
-		w.runs.Go(func() { nw.inf.RunWithContext(ctx) })
+	inf, st, leave, err := w.set.Join(namespace)
+	if err != nil {
+		return nil, err
 	}
-	nw.mu.Lock()
-	id := nw.nextSub
-	nw.nextSub++
-	nw.subs[id] = changed
-	nw.mu.Unlock()
-	nw.users++
+	st.mu.Lock()
+	id := st.nextSub
+	st.nextSub++
+	st.subs[id] = changed
+	st.mu.Unlock()
 	var once sync.Once
-	return &Sub{nw: nw, stop: func() {
+	return &Sub{inf: inf, st: st, stop: func() {
 		once.Do(func() {
-			w.mu.Lock()
-			defer w.mu.Unlock()
-			nw.mu.Lock()
-			delete(nw.subs, id)
-			nw.mu.Unlock()
-			nw.users--
-			if nw.users == 0 {
-				nw.cancel()
-				if w.byNS[namespace] == nw {
-					delete(w.byNS, namespace)
-				}
-			}
+			st.mu.Lock()
+			delete(st.subs, id)
+			st.mu.Unlock()
+			leave()
 		})
 	}}, nil
 }
@@ -117,19 +103,19 @@ func (w *Watches) Subscribe(namespace string, changed func()) (*Sub, error) {
 func (s *Sub) Close() { s.stop() }
 
 // Synced reports whether the first list has arrived.
-func (s *Sub) Synced() bool { return s.nw.inf.HasSynced() }
+func (s *Sub) Synced() bool { return s.inf.HasSynced() }
 
 // Err is the watch's last failure (a Forbidden list, an API server that
 // does not answer), or nil while it works.
 func (s *Sub) Err() error {
-	s.nw.mu.Lock()
-	defer s.nw.mu.Unlock()
-	return s.nw.lastErr
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	return s.st.lastErr
 }
 
 // Services are the namespace's services now.
 func (s *Sub) Services() []*corev1.Service {
-	objs := s.nw.inf.GetStore().List()
+	objs := s.inf.GetStore().List()
 	out := make([]*corev1.Service, 0, len(objs))
 	for _, o := range objs {
 		if svc, ok := o.(*corev1.Service); ok {
@@ -140,22 +126,10 @@ func (s *Sub) Services() []*corev1.Service {
 }
 
 // Stop ends every watch, as when the cluster connection closes.
-func (w *Watches) Stop() {
-	w.mu.Lock()
-	for ns, nw := range w.byNS {
-		nw.cancel()
-		delete(w.byNS, ns)
-	}
-	w.mu.Unlock()
-	w.runs.Wait()
-}
+func (w *Watches) Stop() { w.set.Stop() }
 
 // Namespaces is how many namespaces' services are watched now.
-func (w *Watches) Namespaces() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.byNS)
-}
+func (w *Watches) Namespaces() int { return w.set.Namespaces() }
 
 func serviceInformer(client kube.Interface, namespace string) cache.SharedIndexInformer {
 	svcs := client.CoreV1().Services(namespace)
