@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -134,25 +133,7 @@ func TestOneLivenessProbePerContext(t *testing.T) {
 	}
 	defer c.Close()
 	br := bufio.NewReader(c)
-	get := func() error {
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: web\r\n\r\n"); err != nil {
-			return err
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-			return err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("status %s", resp.Status)
-		}
-		return nil
-	}
-	if err := get(); err != nil {
+	if err := httpGet(c, br); err != nil {
 		t.Fatalf("GET through forward f0: %v", err)
 	}
 	front.livezStatus.Store(http.StatusForbidden)
@@ -164,7 +145,7 @@ func TestOneLivenessProbePerContext(t *testing.T) {
 		first := front.firstOwn.Load()
 		return first != 0 && time.Duration(front.lastOwn.Load()-first) >= bound+period, nil
 	})
-	if err := get(); err != nil {
+	if err := httpGet(c, br); err != nil {
 		t.Fatalf("after 403 answers to /livez for %s, the open connection through f0 failed: %v", time.Duration(front.lastOwn.Load()-front.firstOwn.Load()).Round(time.Second), err)
 	}
 }

@@ -117,7 +117,7 @@ func errOrOK(err error) string {
 	return "kept"
 }
 
-// httpGet sends one request on c and reads its answer.
+// httpGet sends one request on c and reads its answer (20 s at most).
 func httpGet(c net.Conn, r *bufio.Reader) error {
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	defer c.SetDeadline(time.Time{})

@@ -174,19 +174,29 @@ func (s *Server) getProxy(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, f)
 }
 
+// findRun is the forward the request names and the run that holds it,
+// or false when it answered the error. s.opMu is held.
+func (s *Server) findRun(w http.ResponseWriter, r *http.Request) (api.Forward, *fileRun, bool) {
+	f, code, err := s.find(r, api.KindForward)
+	if err != nil {
+		httpError(w, err.Error(), code)
+		return f, nil, false
+	}
+	run := s.run(keyOf(f))
+	if run == nil { // stopped meanwhile
+		httpError(w, fmt.Sprintf("forward %q stopped meanwhile", f.Name), http.StatusNotFound)
+		return f, nil, false
+	}
+	return f, run, true
+}
+
 // stopForward stops one forward; a file-less one is forgotten with it.
 // The daemon goes on running (DELETE answers the forward as it was).
 func (s *Server) stopForward(w http.ResponseWriter, r *http.Request) {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
-	f, code, err := s.find(r, api.KindForward)
-	if err != nil {
-		httpError(w, err.Error(), code)
-		return
-	}
-	run := s.run(keyOf(f))
-	if run == nil { // stopped meanwhile
-		httpError(w, fmt.Sprintf("forward %q stopped meanwhile", f.Name), http.StatusNotFound)
+	f, run, ok := s.findRun(w, r)
+	if !ok {
 		return
 	}
 	run.m.StopNames([]string{f.Name})
@@ -204,14 +214,8 @@ func (s *Server) stopForward(w http.ResponseWriter, r *http.Request) {
 func (s *Server) restartForward(w http.ResponseWriter, r *http.Request) {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
-	f, code, err := s.find(r, api.KindForward)
-	if err != nil {
-		httpError(w, err.Error(), code)
-		return
-	}
-	run := s.run(keyOf(f))
-	if run == nil {
-		httpError(w, fmt.Sprintf("forward %q stopped meanwhile", f.Name), http.StatusNotFound)
+	f, run, ok := s.findRun(w, r)
+	if !ok {
 		return
 	}
 	run.m.RestartNames(s.ctx, []string{f.Name})
