@@ -984,7 +984,6 @@ var knownFailures = map[string]string{
 	"kpf stopped (SIGSTOP)|udp":      "the relay pod's lease ran out while kpf slept (as designed) and datagrams do not flow through its replacement within 30 s: a defect to fix",
 	"node agent restarted|udp":       "after the node agent restarts, the relay's streams are redialled but carry no datagram within 30 s: a defect to fix",
 	"reset mid-stream|udp":           "the UDP relay says each lost stream and each failed redial once per local socket (127.0.0.1 and ::1): six lines for one reset, a stack to trim",
-	"daemon killed (SIGKILL)|daemon": "a daemon started again does not bring back the files the killed one held: issue 26's restore, built on another branch (h-resilience); until it is merged the forward stays down",
 }
 
 func matrixTable(results []*cell, full bool) string {

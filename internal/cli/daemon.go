@@ -530,7 +530,11 @@ func forgetRecorded(out io.Writer, home daemon.Home, p pickFlags, notRunning err
 	if len(forgot) == 0 {
 		return notRunning
 	}
-	fmt.Fprintf(out, "no kpf daemon is running; forgot %s, which the daemon that was killed ran (the next daemon would have restored it)\n", strings.Join(forgot, ", "))
+	them := "it"
+	if len(forgot) > 1 {
+		them = "them"
+	}
+	fmt.Fprintf(out, "no kpf daemon is running; forgot %s, which the daemon that was killed ran (the next daemon would have restored %s)\n", strings.Join(forgot, ", "), them)
 	return nil
 }
 

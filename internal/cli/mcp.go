@@ -63,6 +63,7 @@ nothing. The README says how to add it to an MCP client.`,
 				Identity: id,
 				Settings: settings,
 				ReadOnly: readOnly,
+				Context:  id.Get("context"),
 				Version:  currentVersion().Version,
 			})
 			return s.Run(cmd.Context(), &sdk.StdioTransport{})

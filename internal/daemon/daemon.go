@@ -648,6 +648,8 @@ func (s *Server) pick(req api.NamesRequest) ([]api.Picked, int, error) {
 	runs := s.runs()
 	var out []api.Picked
 	switch {
+	case req.All && (len(req.Names) > 0 || req.File != ""):
+		return nil, http.StatusBadRequest, errors.New("all takes no names and no file: ask for every forward (all), or for names (of a file)")
 	case req.All:
 		for _, r := range runs {
 			out = append(out, api.Picked{File: r.path, Names: r.m.Names()})

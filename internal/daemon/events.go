@@ -40,7 +40,11 @@ type hubState struct {
 
 func (s *Server) hub() *hubState {
 	s.hubOnce.Do(func() {
-		s.ev = &hubState{size: EventBuffer, wake: make(chan struct{}), poked: make(chan struct{}, 1)}
+		// Ids start above any an earlier daemon gave: from the time this
+		// one started, in microseconds (a daemon gives far fewer than one
+		// event a microsecond), so that a client resuming with an id of
+		// the daemon before this one gets a gap, never a silent skip.
+		s.ev = &hubState{size: EventBuffer, wake: make(chan struct{}), poked: make(chan struct{}, 1), lastID: uint64(time.Now().UnixMicro())}
 		if s.eventBuffer > 0 {
 			s.ev.size = s.eventBuffer
 		}

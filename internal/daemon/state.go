@@ -305,7 +305,9 @@ func (s *Server) restoreOne(rec record) (api.Restore, identity.Identity) {
 		}
 		notes = append(notes, fmt.Sprintf("%s changed since it was applied (the same context, cluster and user)", strings.Join(changed, ", ")))
 	}
-	if rec.FileSHA256 != "" && hashOf(rec.File) != rec.FileSHA256 {
+	if _, err := os.Stat(rec.File); err != nil {
+		notes = append(notes, fmt.Sprintf("restored as applied at %s: the file is gone since (deleted or moved; kpf down -f %s stops its forwards)", rec.Applied.Format(time.RFC3339), rec.File))
+	} else if rec.FileSHA256 != "" && hashOf(rec.File) != rec.FileSHA256 {
 		notes = append(notes, fmt.Sprintf("restored as applied at %s: the file changed since (kpf up -d -f %s runs it as it is now)", rec.Applied.Format(time.RFC3339), rec.File))
 	}
 	s.applyFile(api.ApplyRequest{File: rec.File, Identity: id, Settings: rec.Settings}, rec.Forwards)

@@ -115,6 +115,10 @@ func TestRestoreAfterKill(t *testing.T) {
 	}
 	// The file changes after it was applied: restored as applied.
 	writeFile(t, dir, "a.yaml", fileA+"  - {name: extra, target: svc/x, ports: [\"19000:80\"]}\n")
+	// b is deleted (or moved): restored as applied, saying it is gone.
+	if err := os.Remove(b); err != nil {
+		t.Fatal(err)
+	}
 	putBack := killed(t, home)
 	stop()
 	if got := Home(home).Recorded(); len(got) != 0 {
@@ -151,7 +155,7 @@ func TestRestoreAfterKill(t *testing.T) {
 	if !ra.Restored || !slices.Equal(ra.Forwards, []string{"api"}) || !strings.Contains(ra.Note, "restored as applied at") || !strings.Contains(ra.Note, "the file changed since") {
 		t.Errorf("a: %+v", ra)
 	}
-	if !rb.Restored || rb.Note != "" || rb.PreviousPID != os.Getpid() {
+	if !rb.Restored || !strings.Contains(rb.Note, "the file is gone since (deleted or moved; kpf down -f "+b+" stops its forwards)") || rb.PreviousPID != os.Getpid() {
 		t.Errorf("b: %+v", rb)
 	}
 	for _, r := range st.Forwards {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -181,9 +182,14 @@ func TestEventsResume(t *testing.T) {
 	s := &Server{Log: discard, Opener: (&opened{byFwd: map[string]openCall{}}).opener, eventBuffer: 3}
 	c := serve(t, s)
 	h := s.hub()
+	base := h.subscribe(0) // ids start here, not at 0
+	if base < uint64(time.Now().Add(-time.Minute).UnixMicro()) {
+		t.Fatalf("a daemon's ids start at %d: below the time it started, an earlier daemon's could be taken for its own", base)
+	}
 	for i := range 5 {
 		h.publish(api.Event{Type: api.EventState, Forward: fmt.Sprint(i)})
 	}
+	id := func(n uint64) string { return fmt.Sprint(base + n) }
 	read := func(lastID string, n int) []api.Event {
 		t.Helper()
 		req, _ := http.NewRequest("GET", "http://kpf/v1/events", nil)
@@ -211,21 +217,26 @@ func TestEventsResume(t *testing.T) {
 		}
 		return got
 	}
-	got := read("3", 2)
-	if got[0].ID != 4 || got[1].ID != 5 || got[0].Forward != "3" {
+	got := read(id(3), 2)
+	if got[0].ID != base+4 || got[1].ID != base+5 || got[0].Forward != "3" {
 		t.Fatalf("resumed after 3: %+v", got)
 	}
-	if got = read("?4", 1); got[0].ID != 5 {
+	if got = read("?"+id(4), 1); got[0].ID != base+5 {
 		t.Fatalf("resumed after ?lastEventId=4: %+v", got)
 	}
 	// Ids 1 and 2 are gone (the buffer holds 3, 4, 5).
-	got = read("1", 1)
-	if got[0].Type != api.EventGap || got[0].Status == nil || !strings.Contains(got[0].Message, "events after id 1 are no longer kept (the daemon keeps the last 3)") {
+	got = read(id(1), 1)
+	if got[0].Type != api.EventGap || got[0].Status == nil || !strings.Contains(got[0].Message, "events after id "+id(1)+" are no longer kept (the daemon keeps the last 3)") {
 		t.Fatalf("resumed after 1: %+v, want a gap", got[0])
 	}
-	// An id this daemon never gave (another daemon's) is a gap too.
-	if got = read("99", 1); got[0].Type != api.EventGap {
-		t.Fatalf("resumed after 99: %+v, want a gap", got[0])
+	// An id this daemon never gave is a gap too: one beyond its last, and
+	// one of the daemon before it (which counted from its own start, so
+	// its ids are below this one's first).
+	if got = read(id(99), 1); got[0].Type != api.EventGap {
+		t.Fatalf("resumed after %s: %+v, want a gap", id(99), got[0])
+	}
+	if got = read("3", 1); got[0].Type != api.EventGap {
+		t.Fatalf("resumed after an earlier daemon's id 3: %+v, want a gap", got[0])
 	}
 }
 
@@ -374,5 +385,26 @@ func TestSessionEndStopsItsForwards(t *testing.T) {
 	}
 	if fmt.Sprint(names) != "[kept web]" {
 		t.Fatalf("left: %v, want kept and the new web", names)
+	}
+}
+
+// down with all and names is a contradiction: refused, nothing stopped
+// (it used to stop every file and end the daemon, the names ignored).
+func TestDownAllWithNamesIsRefused(t *testing.T) {
+	s := &Server{Log: discard, Opener: (&opened{byFwd: map[string]openCall{}}).opener}
+	c := serve(t, s)
+	for _, body := range []string{`{"names":["x"],"all":true}`, `{"file":"/f.yaml","all":true}`} {
+		resp, err := c.http.Post("http://kpf/v1/down", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "all takes no names and no file") {
+			t.Fatalf("down %s: %s %s, want 400 naming the contradiction", body, resp.Status, b)
+		}
+	}
+	if !c.Running() {
+		t.Fatal("the daemon stopped")
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -66,7 +67,10 @@ type Options struct {
 	Identity identity.Identity
 	Settings spec.Settings
 	ReadOnly bool // offer only the tools that change nothing
-	Version  string
+	// Context, if set (kpf mcp --context), is the only kubeconfig context
+	// the tools offer and act in: a tool asked for another refuses.
+	Context string
+	Version string
 	// Session, if set, is sent with the forwards that are not to be kept
 	// (api.StartRequest.Session): the daemon stops them when the stream
 	// that holds the session ends, even if kpf mcp is killed.
@@ -115,6 +119,38 @@ var (
 	yes = true
 	no  = false
 )
+
+// contextOf is the context a tool acts in: in, refused when kpf mcp was
+// started with --context and in names another.
+func (s *Server) contextOf(in string) (string, error) {
+	if s.o.Context != "" && in != "" && in != s.o.Context {
+		return "", fmt.Errorf("context %q: this kpf mcp was started with --context %s and acts in that context only (omit context, or ask the user to start kpf mcp without --context)", in, s.o.Context)
+	}
+	return in, nil
+}
+
+// ownForward reports whether name is a forward this kind of session may
+// stop: one started through kpf mcp, never the user's own.
+func (s *Server) ownForward(ctx context.Context, name string) error {
+	st, err := s.o.Daemon.Status(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, f := range st.Forwards {
+		if f.Name != name {
+			continue
+		}
+		if f.Origin == Origin {
+			return nil
+		}
+		from := f.File
+		if from == "" {
+			from = f.Origin
+		}
+		return fmt.Errorf("forward %q is the user's own (from %s), not one started through kpf mcp: stop_forward stops only those; ask the user to stop it (kpf down %s)", name, from, name)
+	}
+	return fmt.Errorf("no forward %q runs (status lists them)", name)
+}
 
 func readOnly(title string) *sdk.ToolAnnotations {
 	return &sdk.ToolAnnotations{Title: title, ReadOnlyHint: true, OpenWorldHint: &yes}
@@ -191,18 +227,29 @@ func (s *Server) tools() {
 		Description: "List the kubeconfig contexts kpf can use (name, cluster, user, default namespace, which one is current). Use it to choose the cluster before list_namespaces or list_targets. Returns {contexts: [...]}."},
 		func(ctx context.Context, _ *sdk.CallToolRequest, _ struct{}) (*sdk.CallToolResult, contextsOut, error) {
 			cs, err := s.o.Cluster.Contexts()
+			if s.o.Context != "" { // pinned: the others are not offered
+				cs = slices.DeleteFunc(cs, func(c Context) bool { return c.Name != s.o.Context })
+			}
 			return nil, contextsOut{Contexts: cs}, err
 		})
 	sdk.AddTool(s.srv, &sdk.Tool{Name: "list_namespaces", Annotations: readOnly("List namespaces"),
 		Description: "List the namespaces of a cluster (a kubeconfig context, or the current one). Use it to find where a service runs. Returns {namespaces: [...]}."},
 		func(ctx context.Context, _ *sdk.CallToolRequest, in contextArgs) (*sdk.CallToolResult, namespacesOut, error) {
-			ns, err := s.o.Cluster.Namespaces(ctx, in.Context)
+			kctx, err := s.contextOf(in.Context)
+			if err != nil {
+				return nil, namespacesOut{}, err
+			}
+			ns, err := s.o.Cluster.Namespaces(ctx, kctx)
 			return nil, namespacesOut{Namespaces: ns}, err
 		})
 	sdk.AddTool(s.srv, &sdk.Tool{Name: "list_targets", Annotations: readOnly("List forwardable targets"),
 		Description: "List what can be forwarded to in a namespace: services, deployments, statefulsets and pods, each as TYPE/NAME (what start_forward takes) with its ports. Use it before start_forward to get the target and port right. Returns {namespace, targets: [{target, ports, ready}]}."},
 		func(ctx context.Context, _ *sdk.CallToolRequest, in namespaceArgs) (*sdk.CallToolResult, targetsOut, error) {
-			ts, err := s.o.Cluster.Targets(ctx, in.Context, in.Namespace)
+			kctx, err := s.contextOf(in.Context)
+			if err != nil {
+				return nil, targetsOut{}, err
+			}
+			ts, err := s.o.Cluster.Targets(ctx, kctx, in.Namespace)
 			if ts == nil {
 				ts = []Target{}
 			}
@@ -258,7 +305,11 @@ func (s *Server) tools() {
 	sdk.AddTool(s.srv, &sdk.Tool{Name: "start_forward", Annotations: &sdk.ToolAnnotations{Title: "Start a forward", DestructiveHint: &no, OpenWorldHint: &yes},
 		Description: "Forward local ports to a service, deployment or pod of the cluster, through the user's kpf daemon, as the user's kubeconfig identity. It listens on 127.0.0.1 only, follows the target's pods as they restart, logs HTTP requests (http_log), and waits up to 30s until the forward is ready. Connect your client to the returned address. The forward stops when this session ends unless keep is true; stop_forward stops it sooner. Returns {name, address, local, target, pod, kept}."},
 		func(ctx context.Context, _ *sdk.CallToolRequest, in startArgs) (*sdk.CallToolResult, startOut, error) {
-			f, err := s.o.Daemon.Start(ctx, api.StartRequest{Name: in.Name, Context: in.Context, Namespace: in.Namespace, Target: in.Target, Ports: in.Ports,
+			kctx, err := s.contextOf(in.Context)
+			if err != nil {
+				return nil, startOut{}, err
+			}
+			f, err := s.o.Daemon.Start(ctx, api.StartRequest{Name: in.Name, Context: kctx, Namespace: in.Namespace, Target: in.Target, Ports: in.Ports,
 				Address: "127.0.0.1", HTTPLog: true, Origin: Origin, Identity: s.o.Identity, Settings: s.o.Settings, Wait: "30s", Session: sessionOf(in.Keep, s.o.Session)})
 			if err != nil {
 				return nil, startOut{}, err
@@ -275,8 +326,11 @@ func (s *Server) tools() {
 			return &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: fmt.Sprintf("forwarding %s to %s (pod %s): connect to %s", f.Name, f.Target, f.Pod, out.Address)}}}, out, nil
 		})
 	sdk.AddTool(s.srv, &sdk.Tool{Name: "stop_forward", Annotations: &sdk.ToolAnnotations{Title: "Stop a forward", DestructiveHint: &yes, IdempotentHint: true, OpenWorldHint: &no},
-		Description: "Stop a forward of the kpf daemon by name: its local port closes and open connections through it end. Use it when you no longer need a forward you started. Returns {stopped: NAME}."},
+		Description: "Stop a forward of the kpf daemon by name: its local port closes and open connections through it end. Use it when you no longer need a forward you started; it stops only forwards started through kpf mcp, never the user's own. Returns {stopped: NAME}."},
 		func(ctx context.Context, _ *sdk.CallToolRequest, in nameArgs) (*sdk.CallToolResult, stopOut, error) {
+			if err := s.ownForward(ctx, in.Name); err != nil {
+				return nil, stopOut{}, err
+			}
 			if _, err := s.o.Daemon.Stop(ctx, in.Name, ""); err != nil {
 				return nil, stopOut{}, err
 			}

@@ -3,6 +3,7 @@ package mcp
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -23,7 +24,7 @@ type fakeDaemon struct {
 }
 
 func (d *fakeDaemon) Status(context.Context, string) (*api.Status, error) {
-	return &api.Status{Forwards: []api.Forward{{Name: "web", Origin: Origin, State: "ready"}}}, nil
+	return &api.Status{Forwards: []api.Forward{{Name: "web", Origin: Origin, State: "ready"}, {Name: "users-db", File: "/home/u/kpf.yaml", State: "ready"}}}, nil
 }
 
 func (d *fakeDaemon) Start(_ context.Context, req api.StartRequest) (*api.Forward, error) {
@@ -200,6 +201,45 @@ func TestReadOnly(t *testing.T) {
 	}
 	if _, ok := tools["start_forward"]; ok || len(tools) != 7 {
 		t.Fatalf("read-only tools: %v", tools)
+	}
+}
+
+// An agent stops what it started, never the user's own forwards; and a
+// kpf mcp started with --context acts in that context only.
+func TestAgentStaysInItsLane(t *testing.T) {
+	d := &fakeDaemon{}
+	cs, _ := session(t, Options{Daemon: d, Cluster: fakeCluster{}, Context: "dev"})
+	callErr := func(name string, args map[string]any) string {
+		t.Helper()
+		res, err := cs.CallTool(context.Background(), &sdk.CallToolParams{Name: name, Arguments: args})
+		if err != nil {
+			return err.Error()
+		}
+		if !res.IsError {
+			t.Fatalf("%s %v: no error", name, args)
+		}
+		return fmt.Sprint(res.Content[0].(*sdk.TextContent).Text)
+	}
+	if msg := callErr("stop_forward", map[string]any{"name": "users-db"}); !strings.Contains(msg, "the user's own") || slices.Contains(d.stops(), "users-db") {
+		t.Fatalf("stop_forward of the user's forward: %q, stopped %v", msg, d.stops())
+	}
+	for _, tc := range []struct {
+		tool string
+		args map[string]any
+	}{
+		{"start_forward", map[string]any{"target": "svc/web", "ports": []string{"80"}, "context": "prod"}},
+		{"list_namespaces", map[string]any{"context": "prod"}},
+		{"list_targets", map[string]any{"context": "prod", "namespace": "shop"}},
+	} {
+		if msg := callErr(tc.tool, tc.args); !strings.Contains(msg, "--context dev") {
+			t.Errorf("%s in context prod from a kpf mcp --context dev: %q", tc.tool, msg)
+		}
+	}
+	d.mu.Lock()
+	n := len(d.starts)
+	d.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("a forward was started in another context")
 	}
 }
 
