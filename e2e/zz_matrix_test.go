@@ -10,7 +10,8 @@ package e2e
 // KPF_FAULTS=full runs every cell with the faults' full durations (make
 // faults; KPF_FAULTS_REPORT=FILE writes the table into FILE between its
 // markers); unset or short, a few cells with shorter faults run in make e2e;
-// off skips the matrix. It disturbs the API server and the node agent, so it
+// off skips the matrix; cells:FAULT|MODE,... runs those cells only, at
+// full durations (KPF_FAULTS='cells:blackhole|udp'). It disturbs the API server and the node agent, so it
 // runs last (Go runs test files in name order).
 
 import (
@@ -819,7 +820,13 @@ func matrixRunFromEnv(t *testing.T) matrixRun {
 	case "off":
 		t.Skip("KPF_FAULTS=off")
 	default:
-		t.Fatalf("KPF_FAULTS=%q: want full, short or off", v)
+		// cells:FAULT|MODE,...: those cells only, at full durations (to
+		// check one cell without the whole matrix).
+		if list, ok := strings.CutPrefix(v, "cells:"); ok {
+			want := strings.Split(list, ",")
+			return matrixRun{full: true, cells: func(f, m string) bool { return slices.Contains(want, f+"|"+m) }}
+		}
+		t.Fatalf("KPF_FAULTS=%q: want full, short, off or cells:FAULT|MODE,...", v)
 	}
 	return matrixRun{}
 }

@@ -359,10 +359,15 @@ func (c *Client) keep(ctx context.Context, fail context.CancelCauseFunc) {
 			wait = wait/2 + rand.N(wait/2+1)
 			// Until the relay first answers, a refused stream is
 			// expected (a relay that has just started): not a warning.
+			// After the first, the failures of one outage are not news
+			// either: a line each would flood the log of a long one.
 			level := slog.LevelWarn
 			select {
 			case <-c.ready:
 			default:
+				level = slog.LevelDebug
+			}
+			if failures > 1 {
 				level = slog.LevelDebug
 			}
 			c.warn(level, "relay stream", "err", err, "retryIn", wait.Round(time.Millisecond))
