@@ -987,10 +987,8 @@ func TestFaultMatrix(t *testing.T) {
 // docs/reliability.md says the same): the matrix reports them without
 // failing. A cell that starts passing says so in the log.
 var knownFailures = map[string]string{
-	"blackhole|udp":                  "the UDP relay's stream comes back ~15 s after the network does (a redial that waits out its backoff on a dead tunnel): a defect to fix",
 	"kpf stopped (SIGSTOP)|udp":      "the relay pod's lease ran out while kpf slept (as designed) and datagrams do not flow through its replacement within 30 s: a defect to fix",
 	"node agent restarted|udp":       "after the node agent restarts, the relay's streams are redialled but carry no datagram within 30 s: a defect to fix",
-	"reset mid-stream|udp":           "the UDP relay says each lost stream and each failed redial once per local socket (127.0.0.1 and ::1): six lines for one reset, a stack to trim",
 	"daemon killed (SIGKILL)|daemon": "a daemon started again does not bring back the files the killed one held: issue 26's restore, built on another branch (h-resilience); until it is merged the forward stays down",
 }
 
