@@ -28,7 +28,17 @@ type Client struct {
 	// Ping is the keep-alive interval; a stream that brought nothing for
 	// three of them is dropped and redialled. Default 10 s.
 	Ping time.Duration
-	Log  *slog.Logger
+	// HelloTimeout bounds a stream's opening: the dial and the relay's
+	// answer. A stream that does not open by then is closed (its dial's
+	// context ends) and another is dialled: one begun on a path that went
+	// dead (a blackhole, a relay pod that is gone) must not hold the
+	// forward once the path is back. Default 5 s.
+	HelloTimeout time.Duration
+	Log          *slog.Logger
+	// Gate, when set, is shared by the clients of one forward (a port
+	// bound on 127.0.0.1 and ::1 has two): they lose their streams
+	// together, and one warning says so.
+	Gate *Gate
 
 	// Counters, for status.
 	DatagramsIn, DatagramsOut atomic.Int64 // to the peers, to the relay
@@ -45,7 +55,43 @@ type Client struct {
 	byID    map[uint32]netip.AddrPort
 	nextID  uint32
 	stream  *clientStream
-	changed chan struct{} // closed when stream changes
+	changed chan struct{}      // closed when stream changes
+	opening context.CancelFunc // ends the stream being opened, if any
+}
+
+// Gate lets one of the clients that share it say a thing once a window;
+// the others say it at debug level.
+type Gate struct {
+	Window time.Duration // default 10 s
+	mu     sync.Mutex
+	last   map[string]time.Time
+}
+
+// allow says whether msg may be said now, and notes that it is.
+func (g *Gate) allow(msg string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	window := g.Window
+	if window == 0 {
+		window = 10 * time.Second
+	}
+	if g.last == nil {
+		g.last = map[string]time.Time{}
+	}
+	if t, ok := g.last[msg]; ok && time.Since(t) < window {
+		return false
+	}
+	g.last[msg] = time.Now()
+	return true
+}
+
+// warn logs at level, or at debug level when another client sharing the
+// Gate said msg within its window.
+func (c *Client) warn(level slog.Level, msg string, args ...any) {
+	if level > slog.LevelDebug && c.Gate != nil && !c.Gate.allow(msg) {
+		level = slog.LevelDebug
+	}
+	c.Log.Log(context.Background(), level, msg, args...)
 }
 
 type clientFlow struct {
@@ -67,6 +113,9 @@ func (c *Client) defaults() {
 		}
 		if c.Ping == 0 {
 			c.Ping = 10 * time.Second
+		}
+		if c.HelloTimeout == 0 {
+			c.HelloTimeout = 5 * time.Second
 		}
 		if c.Log == nil {
 			c.Log = slog.Default()
@@ -107,8 +156,11 @@ func (c *Client) Move(target string, dial func(ctx context.Context) (net.Conn, e
 		c.Dial = dial
 	}
 	c.route++
-	st := c.stream
+	st, opening := c.stream, c.opening
 	c.mu.Unlock()
+	if opening != nil {
+		opening() // a stream being opened on the old route: not waited for
+	}
 	if st != nil {
 		c.drop(st, fmt.Errorf("the target moved to %s", target))
 	}
@@ -260,7 +312,7 @@ func (c *Client) drop(st *clientStream, err error) {
 		close(c.changed)
 		c.changed = make(chan struct{})
 		if err != nil {
-			c.Log.Warn("relay stream lost; redialling", "err", err)
+			c.warn(slog.LevelWarn, "relay stream lost; redialling", "err", err)
 		}
 	}
 	c.mu.Unlock()
@@ -272,29 +324,53 @@ func (c *Client) drop(st *clientStream, err error) {
 func (c *Client) keep(ctx context.Context, fail context.CancelCauseFunc) {
 	failures := 0
 	for ctx.Err() == nil {
-		st, route, err := c.open(ctx)
+		// Each stream has a context of its own, given to Dial: it ends
+		// with the stream, when the stream does not open within
+		// HelloTimeout, or when Move leaves its route.
+		sctx, end := context.WithCancel(ctx)
+		c.mu.Lock()
+		c.opening = end
+		c.mu.Unlock()
+		st, route, err := c.open(sctx)
+		c.mu.Lock()
+		c.opening = nil
+		c.mu.Unlock()
+		if err != nil {
+			end()
+		}
 		var he *HelloError
 		if errors.As(err, &he) && !c.moved(route) {
 			fail(err)
 			return
 		}
-		if err == nil && c.moved(route) {
-			st.c.Close() // opened on the route before a Move
+		if c.moved(route) {
+			if err == nil {
+				st.c.Close() // opened on the route before a Move
+				end()
+			}
+			failures = 0 // the new route is tried at once
 			continue
 		}
 		if err != nil {
 			failures++
-			wait := min(time.Duration(1<<min(failures, 6))*100*time.Millisecond, 5*time.Second)
+			// At most 2 s: with HelloTimeout, a path that came back is
+			// used within HelloTimeout + 2 s.
+			wait := min(time.Duration(1<<min(failures, 6))*100*time.Millisecond, 2*time.Second)
 			wait = wait/2 + rand.N(wait/2+1)
 			// Until the relay first answers, a refused stream is
 			// expected (a relay that has just started): not a warning.
+			// After the first, the failures of one outage are not news
+			// either: a line each would flood the log of a long one.
 			level := slog.LevelWarn
 			select {
 			case <-c.ready:
 			default:
 				level = slog.LevelDebug
 			}
-			c.Log.Log(ctx, level, "relay stream", "err", err, "retryIn", wait.Round(time.Millisecond))
+			if failures > 1 {
+				level = slog.LevelDebug
+			}
+			c.warn(level, "relay stream", "err", err, "retryIn", wait.Round(time.Millisecond))
 			select {
 			case <-ctx.Done():
 			case <-time.After(wait):
@@ -306,6 +382,7 @@ func (c *Client) keep(ctx context.Context, fail context.CancelCauseFunc) {
 		if c.route != route {
 			c.mu.Unlock()
 			st.c.Close()
+			end()
 			continue
 		}
 		c.stream = st
@@ -318,6 +395,7 @@ func (c *Client) keep(ctx context.Context, fail context.CancelCauseFunc) {
 			err = nil // stopping: nothing was lost
 		}
 		c.drop(st, err)
+		end()
 	}
 }
 
@@ -333,42 +411,69 @@ func (c *Client) open(ctx context.Context) (*clientStream, uint64, error) {
 	c.mu.Lock()
 	target, dial, route := c.Target, c.Dial, c.route
 	c.mu.Unlock()
-	conn, err := dial(ctx)
-	if err != nil {
-		return nil, route, err
+	// ctx is the stream's: it ends here if the stream is not open in time.
+	late := fmt.Errorf("the relay did not answer within %s", c.HelloTimeout)
+	ctx, cancel := context.WithCancelCause(ctx)
+	slow := time.AfterFunc(c.HelloTimeout, func() { cancel(late) })
+	st, err := c.hello(ctx, dial, target)
+	if !slow.Stop() && err == nil {
+		st.c.Close() // the timer ended the stream's context as it opened
+		err = late
 	}
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if err != nil && ctx.Err() != nil {
+		err = context.Cause(ctx) // why the stream was cut: a clearer word
+	}
+	return st, route, err
+}
+
+// hello dials a stream and says hello, until ctx ends.
+func (c *Client) hello(ctx context.Context, dial func(context.Context) (net.Conn, error), target string) (*clientStream, error) {
+	conn, err := dial(ctx)
+	if err == nil && ctx.Err() != nil {
+		conn.Close()
+		err = context.Cause(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	unblock := context.AfterFunc(ctx, func() { conn.Close() })
+	defer unblock()
+	conn.SetDeadline(time.Now().Add(c.HelloTimeout))
 	w := &frameWriter{w: conn}
 	if err := writeMagic(conn); err != nil {
 		conn.Close()
-		return nil, route, err
+		return nil, err
 	}
 	if err := w.write(Frame{Type: TypeHello, Payload: []byte(target)}); err != nil {
 		conn.Close()
-		return nil, route, err
+		return nil, err
 	}
 	if err := readMagic(conn); err != nil {
 		conn.Close()
-		return nil, route, err
+		return nil, err
 	}
 	r := NewReader(conn)
 	f, err := r.Read()
 	if err != nil {
 		conn.Close()
-		return nil, route, fmt.Errorf("the relay's answer: %w", err)
+		return nil, fmt.Errorf("the relay's answer: %w", err)
 	}
 	if f.Type == TypeError {
 		conn.Close()
-		return nil, route, &HelloError{string(f.Payload)}
+		return nil, &HelloError{string(f.Payload)}
 	}
 	if f.Type != TypeOK {
 		conn.Close()
-		return nil, route, protoErr("frame type %d in answer to HELLO", f.Type)
+		return nil, protoErr("frame type %d in answer to HELLO", f.Type)
+	}
+	if !unblock() || ctx.Err() != nil {
+		conn.Close()
+		return nil, context.Cause(ctx)
 	}
 	conn.SetDeadline(time.Time{})
 	st := &clientStream{c: conn, w: w}
 	st.last.Store(time.Now().UnixNano())
-	return st, route, nil
+	return st, nil
 }
 
 // read delivers a stream's frames until it fails, pinging as it goes.

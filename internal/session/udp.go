@@ -144,6 +144,9 @@ func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial fu
 		return nil, err
 	}
 	ended := make(chan error, len(conns))
+	// A port on 127.0.0.1 and ::1 has a client for each: their streams
+	// go the same way and break together, and one line says so.
+	gate := &relay.Gate{}
 	for i, c := range conns {
 		rc := &relay.Client{
 			Local:       c.Conn,
@@ -151,6 +154,7 @@ func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial fu
 			IdleTimeout: s.spec.UDPIdleTimeout,
 			Log:         s.deps.Log.With("udp", c.Conn.LocalAddr().String()),
 			Dial:        relayDial,
+			Gate:        gate,
 		}
 		u.clients = append(u.clients, rc)
 		u.wg.Add(1)
