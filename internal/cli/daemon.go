@@ -211,7 +211,11 @@ its own flags and environment, as kpf up -d would.`,
 				Home: home,
 				Log:  log,
 				Opener: func(file string, id identity.Identity, log *slog.Logger) manager.Opener {
-					return newOpener(file, id, clusters, log, g.errOut, auditLog)
+					// What a session warns of (a port bound on one of its
+					// addresses only, say) goes to the daemon's log, where
+					// kpf logs shows it: the daemon's own stderr is no one's.
+					warn := lineWriter(func(line string) { log.Warn(strings.TrimSpace(line)) })
+					return newOpener(file, id, clusters, log, warn, auditLog)
 				},
 				ProxyOpener: func(_ string, id identity.Identity, log *slog.Logger) manager.ProxyOpener {
 					return newProxyOpener(id, clusters, log, auditLog)
