@@ -119,7 +119,7 @@ func (o *ForwardOptions) Complete(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	if o.cluster, err = connect(id); err != nil {
+	if o.cluster, err = connect(id, o.log); err != nil {
 		return err
 	}
 	o.doctor = doctorCommand(cmd, args)

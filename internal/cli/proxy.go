@@ -194,7 +194,8 @@ func (o *ProxyOptions) Run(ctx context.Context, id identity.Identity) error {
 	if err := o.g.startDebug(ctx); err != nil {
 		return err
 	}
-	conn, err := connect(id)
+	log := o.g.logger()
+	conn, err := connect(id, log)
 	if err != nil {
 		return err
 	}
@@ -207,7 +208,6 @@ func (o *ProxyOptions) Run(ctx context.Context, id identity.Identity) error {
 	if ap, _ := parseListen(o.Listen); !ap.Addr().IsLoopback() {
 		fmt.Fprintf(o.g.errOut, "kpf: warning: the proxy on %s is reachable from other machines; only clients with the password get in\n", addr)
 	}
-	log := o.g.logger()
 	auditLog, err := openAudit(o.AuditLog)
 	if err != nil {
 		return err

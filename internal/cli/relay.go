@@ -68,7 +68,7 @@ other machines are listed, not deleted, unless --all.`,
 			if err != nil {
 				return err
 			}
-			c, err := connect(id)
+			c, err := connect(id, nil)
 			if err != nil {
 				return err
 			}

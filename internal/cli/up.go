@@ -413,9 +413,10 @@ func clusterOptions(log *slog.Logger) cluster.Options {
 }
 
 // connect makes a connection of its own for a command, as kubectl's flags
-// would; the caller releases it.
-func connect(id identity.Identity) (*cluster.Conn, error) {
-	c, err := cluster.Connect(id, clusterOptions(nil))
+// would; the caller releases it. log hears the connection's news (the
+// API server gone silent and back), nil for none.
+func connect(id identity.Identity, log *slog.Logger) (*cluster.Conn, error) {
+	c, err := cluster.Connect(id, clusterOptions(log))
 	if err != nil {
 		return nil, explainConnect(err)
 	}
