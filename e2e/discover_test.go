@@ -38,9 +38,9 @@ func informers(t *testing.T, debug string) (pods, services int) {
 			continue
 		}
 		switch {
-		case strings.Contains(g, "internal/follow.(*Watches).subscribe"):
+		case strings.Contains(g, "internal/follow.runPodWatch"):
 			pods++
-		case strings.Contains(g, "internal/discover.(*Watches).Subscribe"):
+		case strings.Contains(g, "internal/discover.runServiceWatch"):
 			services++
 		}
 	}

@@ -64,8 +64,12 @@ func NewWatches(client kube.Interface) *Watches {
 			return nil, nil, err
 		}
 		return inf, st, nil
-	})}
+	}, runServiceWatch)}
 }
+
+// runServiceWatch runs a namespace's shared service informer (its own
+// name in a goroutine dump).
+func runServiceWatch(ctx context.Context, inf cache.SharedIndexInformer) { inf.RunWithContext(ctx) }
 
 // Sub is one subscriber's view of a namespace's services.
 type Sub struct {

@@ -1,6 +1,7 @@
 package follow
 
 import (
+	"context"
 	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/kpf-dev/kpf/internal/nswatch"
 	corev1 "k8s.io/api/core/v1"
@@ -21,8 +22,12 @@ type Watches struct {
 func NewWatches(client kube.Interface) *Watches {
 	return &Watches{set: nswatch.New(func(namespace string) (cache.SharedIndexInformer, struct{}, error) {
 		return podInformer(client, namespace, func(*metav1.ListOptions) {}), struct{}{}, nil
-	})}
+	}, runPodWatch)}
 }
+
+// runPodWatch runs a namespace's shared pod informer (its own name in a
+// goroutine dump).
+func runPodWatch(ctx context.Context, inf cache.SharedIndexInformer) { inf.RunWithContext(ctx) }
 
 // subscribe adds h to the watch of namespace's pods, starting the watch
 // for its first follower; the returned function removes h, and stops the

@@ -19,9 +19,14 @@ var ErrStopped = errors.New("the cluster connection's watches are stopped")
 // share beside it (state of the watch, say).
 type Open[T any] func(namespace string) (cache.SharedIndexInformer, T, error)
 
+// Run runs a namespace's informer until ctx ends: a named function of
+// the user's package, so that a goroutine dump says whose watch each is.
+type Run func(ctx context.Context, inf cache.SharedIndexInformer)
+
 // Set is the informers of one kind of object, one per namespace.
 type Set[T any] struct {
 	open Open[T]
+	run  Run
 
 	mu      sync.Mutex
 	byNS    map[string]*entry[T]
@@ -36,9 +41,9 @@ type entry[T any] struct {
 	users  int
 }
 
-// New returns an empty Set whose informers open makes.
-func New[T any](open Open[T]) *Set[T] {
-	return &Set[T]{open: open, byNS: map[string]*entry[T]{}}
+// New returns an empty Set whose informers open makes and run runs.
+func New[T any](open Open[T], run Run) *Set[T] {
+	return &Set[T]{open: open, run: run, byNS: map[string]*entry[T]{}}
 }
 
 // Join adds a user of namespace's informer, making and starting it for
@@ -59,7 +64,7 @@ func (s *Set[T]) Join(namespace string) (inf cache.SharedIndexInformer, val T, l
 		ctx, cancel := context.WithCancel(context.Background())
 		e = &entry[T]{inf: i, val: v, cancel: cancel}
 		s.byNS[namespace] = e
-		s.runs.Go(func() { i.RunWithContext(ctx) })
+		s.runs.Go(func() { s.run(ctx, i) })
 	}
 	e.users++
 	var once sync.Once

@@ -32,7 +32,7 @@ func counting(t *testing.T) (*Set[int], *atomic.Int32) {
 			},
 		}
 		return cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, cs), &corev1.Pod{}, 0, cache.Indexers{}), int(n), nil
-	})
+	}, func(ctx context.Context, inf cache.SharedIndexInformer) { inf.RunWithContext(ctx) })
 	t.Cleanup(s.Stop)
 	return s, &made
 }
@@ -90,7 +90,7 @@ func TestJoinAfterStopFails(t *testing.T) {
 
 func TestOpenFailsNothingKept(t *testing.T) {
 	boom := errors.New("boom")
-	s := New(func(string) (cache.SharedIndexInformer, int, error) { return nil, 0, boom })
+	s := New(func(string) (cache.SharedIndexInformer, int, error) { return nil, 0, boom }, nil)
 	if _, _, _, err := s.Join("a"); !errors.Is(err, boom) || s.Namespaces() != 0 {
 		t.Fatalf("join with a failing open: %v, %d namespaces; want boom, 0", err, s.Namespaces())
 	}
