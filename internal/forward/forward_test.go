@@ -176,16 +176,7 @@ var errLost = errors.New("lost")
 
 func TestServeSurvivesAFailedConnection(t *testing.T) {
 	var out, errOut syncBuffer
-	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 666}, {Local: 0, Remote: 7}}, &out, &errOut)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tun := &fakeTunnel{done: make(chan struct{})}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() {
-		served <- Serve(ctx, ls, tun, &out, slog.New(slog.NewTextHandler(&errOut, nil)), Options{})
-	}()
+	ls, cancel, served := serveFake(t, 666, &out, &errOut)
 	bad, good := ls[0].Addr().String(), ls[1].Addr().String()
 	for range 3 {
 		c, err := net.Dial("tcp", bad)
@@ -224,16 +215,7 @@ func TestServeSurvivesAFailedConnection(t *testing.T) {
 // an error, not the end of a stream that looks whole.
 func TestFailedConnectionIsReset(t *testing.T) {
 	var out, errOut syncBuffer
-	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 667}, {Local: 0, Remote: 7}}, &out, &errOut)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tun := &fakeTunnel{done: make(chan struct{})}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() {
-		served <- Serve(ctx, ls, tun, &out, slog.New(slog.NewTextHandler(&errOut, nil)), Options{})
-	}()
+	ls, cancel, served := serveFake(t, 667, &out, &errOut)
 	defer func() { cancel(); <-served }()
 	c, err := net.Dial("tcp", ls[0].Addr().String())
 	if err != nil {
@@ -258,6 +240,24 @@ func TestFailedConnectionIsReset(t *testing.T) {
 	if got, err := io.ReadAll(c2); string(got) != "ok" || err != nil {
 		t.Fatalf("a connection that ended well: read %q, %v; want \"ok\" and its end", got, err)
 	}
+}
+
+// serveFake serves two ports through a fakeTunnel: remote (which the fake
+// answers as its test needs) and 7 (echo); cancel stops Serve, whose
+// result comes on served.
+func serveFake(t *testing.T, remote uint16, out, errOut *syncBuffer) ([]*Listener, context.CancelFunc, chan error) {
+	t.Helper()
+	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: remote}, {Local: 0, Remote: 7}}, out, errOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun := &fakeTunnel{done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- Serve(ctx, ls, tun, out, slog.New(slog.NewTextHandler(errOut, nil)), Options{})
+	}()
+	return ls, cancel, served
 }
 
 func echoOnce(t *testing.T, addr string) {
