@@ -538,11 +538,14 @@ func (f *Follower) watchPool(st *podState, pool *tunnelpool.Pool[*tunnel.Conn]) 
 func (f *Follower) apiServer(silent bool, quiet time.Duration) {
 	f.mu.Lock()
 	f.apiSilent = silent
+	if !silent {
+		// Waiters for a tunnel try again; broadcast needs f.mu.
+		f.broadcast()
+	}
 	f.mu.Unlock()
 	if !silent {
 		// The probe said so, once for every forward of its cluster.
 		f.o.Log.Debug("API server answers again")
-		f.broadcast()
 		return
 	}
 	f.dropTunnels("the API server did not answer for "+quiet.Round(time.Second).String(), slog.LevelDebug)

@@ -536,3 +536,26 @@ func TestPoolDialledAsTheFollowerStopsIsClosed(t *testing.T) {
 		return !strings.Contains(string(buf[:runtime.Stack(buf, true)]), "follow.(*Follower).watchPool")
 	})
 }
+
+// The API server's return wakes waiters under the follower's lock: the
+// probe's goroutine replaced the channel that connections read (a race
+// the race-built kpf found in TestAPIServerPaused).
+func TestAPIServerReturnRacesNoWaiter(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
+	live := &fakeLiveness{}
+	f, _ := newFollower(t, s, func(o *Options) { o.Liveness = live })
+	start, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		<-start
+		for range 2000 {
+			live.tell(false)
+		}
+	}()
+	close(start)
+	for range 2000 {
+		f.Changed()
+	}
+	<-done
+}
