@@ -93,7 +93,7 @@ func NewRoot() *cobra.Command {
 		newFault(g, "restart", "Restart a component (apiserver, node, controller-manager, etcd) and wait until it is healthy"),
 		newFault(g, "pause", "Freeze a component with SIGSTOP (apiserver, node, ...)"),
 		newFault(g, "resume", "Thaw a component paused with pause (SIGCONT)"),
-		newNode(g), newWorkload(), newImage(g),
+		newNode(g), newWorkload(), newImage(g), newContainerInit(),
 	)
 	return root
 }
@@ -449,6 +449,12 @@ func newNode(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// The service proxy and cluster DNS, add-ons with their own
+			// identities on a real cluster, use the admin's here.
+			svcClient, err := clientFor(cluster.UserAdmin)
+			if err != nil {
+				return err
+			}
 			topo, err := node.ParseTopology(nf.topology)
 			if err != nil {
 				return err
@@ -463,6 +469,7 @@ func newNode(g *globalOptions) *cobra.Command {
 				NodeName:   cluster.NodeName,
 				Node:       nodeClient,
 				Scheduler:  schedClient,
+				Services:   svcClient,
 				Port:       st.Ports.Kubelet,
 				CertFile:   filepath.Join(pki, "kubelet.crt"),
 				KeyFile:    filepath.Join(pki, "kubelet.key"),
@@ -483,6 +490,19 @@ func newNode(g *globalOptions) *cobra.Command {
 	}
 	nf.add(cmd)
 	return cmd
+}
+
+// newContainerInit is a container's first step, run by the node agent.
+func newContainerInit() *cobra.Command {
+	return &cobra.Command{
+		Use:                "container-init RESOLV PROGRAM ARGV...",
+		Short:              "Put RESOLV over /etc/resolv.conf and execute PROGRAM (the node agent starts containers so)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return node.ContainerInit(args)
+		},
+	}
 }
 
 func newWorkload() *cobra.Command {

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kpf-dev/kpf/sandbox/node"
 	"github.com/kpf-dev/kpf/sandbox/upstream"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -199,7 +200,7 @@ func (c *Cluster) argv(name string) []string {
 			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 			"--service-account-key-file=" + pki("sa.pub"),
 			"--service-account-signing-key-file=" + pki("sa.key"),
-			"--service-cluster-ip-range=10.96.0.0/16",
+			"--service-cluster-ip-range=" + node.ServiceCIDR,
 			"--authorization-mode=Node,RBAC",
 			"--enable-admission-plugins=NodeRestriction",
 			"--endpoint-reconciler-type=none",

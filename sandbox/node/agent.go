@@ -61,6 +61,12 @@ type Config struct {
 	Self string
 	Log  *slog.Logger
 
+	// Services is the client of the node's service proxy and cluster DNS
+	// (kube-proxy's and CoreDNS's own identities on a real cluster): it
+	// watches Services and EndpointSlices and installs the kube-dns
+	// Service. Nil, or no pod network: neither runs.
+	Services kubernetes.Interface
+
 	// Topology is the path port-forwards take through the node
 	// (TopologyCRI if empty).
 	Topology Topology
@@ -88,6 +94,9 @@ type Agent struct {
 
 	cri       *criStreams  // the CRI streaming server; nil on a legacy node
 	tunnelled atomic.Int64 // WebSocket port-forwards the node took SPDY out of
+	// clusterDNS: the node serves ClusterIPs and the cluster DNS, so
+	// containers get their pod's resolv.conf.
+	clusterDNS atomic.Bool
 
 	mu      sync.Mutex
 	workers map[types.UID]*podWorker
@@ -168,6 +177,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.kubelet.run(ctx)
 	go a.scheduler.run(ctx)
 	go a.heartbeat(ctx)
+	if a.addrs.net != nil && a.cfg.Services != nil {
+		if stop, err := a.startServices(ctx); err != nil {
+			a.log.Warn("no ClusterIPs or cluster DNS for pods", "err", err)
+		} else {
+			defer stop()
+		}
+	}
 
 	factory := informers.NewSharedInformerFactory(a.cfg.Scheduler, 0)
 	inf := factory.Core().V1().Pods().Informer()
@@ -191,6 +207,41 @@ func (a *Agent) Run(ctx context.Context) error {
 	factory.Shutdown()
 	a.stopAll()
 	return nil
+}
+
+// startServices starts the service proxy and the cluster DNS (before any
+// pod, so that every container gets the cluster's resolv.conf); stop
+// undoes what it did to the node.
+func (a *Agent) startServices(ctx context.Context) (stop func(), err error) {
+	if err := addServiceRoute(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stop = func() {
+		cancel()
+		RemoveServiceRoute()
+	}
+	svcs := newServices()
+	proxy := newServiceProxy(a.log, svcs)
+	svcs.notify = proxy.sync
+	d := &clusterDNS{log: a.log, svcs: svcs, upstream: hostNameservers(hostResolvConf)}
+	if err := d.serve(ctx, dnsAddr.String()); err != nil {
+		stop()
+		return nil, err
+	}
+	svcs.watch(ctx, a.cfg.Services)
+	go func() {
+		err := retry(ctx, func(ctx context.Context) error { return ensureDNSService(ctx, a.cfg.Services, a.cfg.NodeName) })
+		if err != nil && ctx.Err() == nil {
+			a.log.Warn("cluster DNS Service", "err", err)
+		}
+	}()
+	a.clusterDNS.Store(true)
+	a.log.Info("service proxy and cluster DNS running", "serviceCIDR", ServiceCIDR, "clusterDNS", ClusterDNS, "dnsServer", dnsAddr, "upstream", d.upstream)
+	return func() {
+		proxy.stop()
+		stop()
+	}, nil
 }
 
 func (a *Agent) listen() (net.Listener, error) {

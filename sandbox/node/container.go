@@ -170,6 +170,9 @@ func (c *ctr) exec(argv []string) error {
 	// Own process group so that stopping a container stops its children;
 	// killed with the agent so that no container outlives it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := c.ownResolvConf(cmd); err != nil {
+		return err
+	}
 	// Started from a thread in the pod's network namespace, the process
 	// is in it.
 	if err := inNetns(c.w.addr.NS, cmd.Start); err != nil {
@@ -191,6 +194,23 @@ func (c *ctr) exec(argv []string) error {
 	pctx, c.stopProbes = context.WithCancel(context.Background())
 	c.startProbes(pctx, run, env)
 	c.w.log().Info("container started", "container", c.spec.Name, "pid", c.pgid, "argv", strings.Join(argv, " "))
+	return nil
+}
+
+// ownResolvConf makes the container see its pod's resolv.conf, on a node
+// that serves the cluster DNS (see resolv.go).
+func (c *ctr) ownResolvConf(cmd *exec.Cmd) error {
+	if c.w.addr.NS == "" || !c.w.a.clusterDNS.Load() {
+		return nil
+	}
+	host, _ := os.ReadFile(hostResolvConf)
+	path := filepath.Join(c.w.dir, "resolv.conf")
+	if err := os.WriteFile(path, []byte(podResolvConf(c.w.pod, host).String()), 0o644); err != nil {
+		return err
+	}
+	cmd.Args = append([]string{c.w.a.cfg.Self, "container-init", path, cmd.Path}, cmd.Args...)
+	cmd.Path = c.w.a.cfg.Self
+	cmd.SysProcAttr.Unshareflags = syscall.CLONE_NEWNS
 	return nil
 }
 

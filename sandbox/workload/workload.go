@@ -3,7 +3,10 @@
 //
 //	kpf.test/http      HTTP: / names the pod; /healthz (503 after /healthz/fail,
 //	                   200 again after /healthz/recover); /bytes/N streams N
-//	                   pattern bytes; /echo returns the body; /sha256 its hash.
+//	                   pattern bytes; /echo returns the body; /sha256 its hash;
+//	                   from inside the pod: /resolv.conf, /lookup/NAME (its
+//	                   addresses), /dial?net=tcp|udp&addr=HOST:PORT&send=TEXT
+//	                   (what came back).
 //	kpf.test/echo      TCP echo, half-close aware.
 //	kpf.test/bulk      TCP line protocol: "SEND n" streams n pattern bytes;
 //	                   "RECV n" reads n bytes and answers their sha256;
@@ -29,6 +32,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -294,10 +298,73 @@ func httpServer() *http.Server {
 		n, _ := io.Copy(h, r.Body)
 		fmt.Fprintf(w, "%x %d\n", h.Sum(nil), n)
 	})
+	// What the cluster looks like from inside the pod.
+	mux.HandleFunc("/resolv.conf", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFile(w, r, "/etc/resolv.conf")
+	})
+	mux.HandleFunc("/lookup/{name}", lookup)
+	mux.HandleFunc("/dial", dial)
 	// Every answer names its pod, so tests can tell where a connection went.
 	named := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Pod-Name", pod)
 		mux.ServeHTTP(w, r)
 	})
 	return &http.Server{Handler: named}
+}
+
+// lookup resolves a name as the pod's programs do (its /etc/resolv.conf,
+// search path and all): its addresses, one a line, sorted; 404 if the
+// name does not exist, 502 for another failure.
+func lookup(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, r.PathValue("name"))
+	if err != nil {
+		var de *net.DNSError
+		code := http.StatusBadGateway
+		if errors.As(err, &de) && de.IsNotFound {
+			code = http.StatusNotFound
+		}
+		http.Error(w, err.Error(), code)
+		return
+	}
+	slices.Sort(addrs)
+	io.WriteString(w, strings.Join(addrs, "\n")+"\n")
+}
+
+// dial connects from the pod to addr (HOST:PORT, HOST resolved in the pod)
+// over net (tcp or udp), sends send, and answers what came back: for TCP
+// all until the peer closes (after our half-close), for UDP one datagram.
+func dial(w http.ResponseWriter, r *http.Request) {
+	network, addr, send := r.FormValue("net"), r.FormValue("addr"), r.FormValue("send")
+	if network != "tcp" && network != "udp" {
+		http.Error(w, "want /dial?net=tcp|udp&addr=HOST:PORT&send=TEXT", http.StatusBadRequest)
+		return
+	}
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, send); err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	var got []byte
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+		got, err = io.ReadAll(io.LimitReader(c, 1<<20))
+	} else {
+		buf := make([]byte, 64*1024)
+		var n int
+		n, err = c.Read(buf)
+		got = buf[:n]
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	w.Write(got)
 }

@@ -1,0 +1,190 @@
+package node
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// within polls cond until it holds or d passes.
+func within(t *testing.T, d time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, d, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// namedTCP answers each connection with its name, after reading to EOF.
+func namedTCP(t *testing.T, name string) int {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(io.Discard, c)
+				io.WriteString(c, name)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// namedUDP answers each datagram with its name and the datagram.
+func namedUDP(t *testing.T, name string) int {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte(name+":"), buf[:n]...), from)
+		}
+	}()
+	return pc.LocalAddr().(*net.UDPAddr).Port
+}
+
+func testService(clusterIP string, ports ...corev1.ServicePort) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec:       corev1.ServiceSpec{ClusterIP: clusterIP, ClusterIPs: []string{clusterIP}, Ports: ports},
+	}
+}
+
+// testSlice is an EndpointSlice of Service ns/web: the addresses, ready or
+// not, with one port.
+func testSlice(name, portName string, proto corev1.Protocol, port int, ready map[string]bool) *discoveryv1.EndpointSlice {
+	p := int32(port)
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		Ports:      []discoveryv1.EndpointPort{{Name: &portName, Protocol: &proto, Port: &p}},
+	}
+	for a, r := range ready {
+		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: &r}})
+	}
+	return es
+}
+
+func tcpAsk(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp4", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	io.WriteString(c, "hi")
+	c.(*net.TCPConn).CloseWrite() // the backend answers after EOF: half-close goes through
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+func TestServiceProxyFollowsEndpoints(t *testing.T) {
+	svcs := newServices()
+	p := newServiceProxy(slog.New(slog.NewTextHandler(io.Discard, nil)), svcs)
+	svcs.notify = p.sync
+	t.Cleanup(p.stop)
+	// Two backends on the same address but different ports cannot be told
+	// apart by a slice's one port: use one slice per backend.
+	a, b := namedTCP(t, "a"), namedTCP(t, "b")
+	const vip = "127.31.0.1"
+	addr := vip + ":80"
+	svcs.setService(testService(vip, corev1.ServicePort{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}), false)
+	if _, err := tcpAsk(addr); err == nil {
+		t.Fatal("a Service without endpoints accepts connections; want refused")
+	}
+	svcs.setSlice(testSlice("web-a", "http", corev1.ProtocolTCP, a, map[string]bool{"127.0.0.1": true}), false)
+	within(t, 2*time.Second, "the ClusterIP to reach backend a", func() error {
+		got, err := tcpAsk(addr)
+		if err == nil && got != "a" {
+			err = errors.New("got " + got)
+		}
+		return err
+	})
+	// Backend a not ready, b ready: every new connection goes to b.
+	svcs.setSlice(testSlice("web-a", "http", corev1.ProtocolTCP, a, map[string]bool{"127.0.0.1": false}), false)
+	svcs.setSlice(testSlice("web-b", "http", corev1.ProtocolTCP, b, map[string]bool{"127.0.0.1": true}), false)
+	for i := range 5 {
+		if got, err := tcpAsk(addr); err != nil || got != "b" {
+			t.Fatalf("connection %d: %q, %v; want b", i, got, err)
+		}
+	}
+	svcs.setService(testService(vip), true)
+	if _, err := tcpAsk(addr); err == nil {
+		t.Error("a deleted Service's ClusterIP still accepts connections")
+	}
+}
+
+func TestServiceProxyUDP(t *testing.T) {
+	svcs := newServices()
+	p := newServiceProxy(slog.New(slog.NewTextHandler(io.Discard, nil)), svcs)
+	svcs.notify = p.sync
+	t.Cleanup(p.stop)
+	a, b := namedUDP(t, "a"), namedUDP(t, "b")
+	const vip = "127.31.0.2"
+	svcs.setService(testService(vip, corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}), false)
+	svcs.setSlice(testSlice("web-a", "dns", corev1.ProtocolUDP, a, map[string]bool{"127.0.0.1": true}), false)
+	c, err := net.Dial("udp4", vip+":53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ask := func(msg string) (string, error) {
+		c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := io.WriteString(c, msg); err != nil {
+			return "", err
+		}
+		buf := make([]byte, 1500)
+		n, err := c.Read(buf)
+		return string(buf[:n]), err
+	}
+	for i := range 3 {
+		msg := "ping" + strconv.Itoa(i)
+		within(t, 2*time.Second, "an answer from a", func() error {
+			got, err := ask(msg)
+			if err == nil && got != "a:"+msg {
+				err = errors.New("got " + got)
+			}
+			return err
+		})
+	}
+	// The client's session moves when its backend is no longer ready.
+	svcs.setSlice(testSlice("web-a", "dns", corev1.ProtocolUDP, a, map[string]bool{"127.0.0.1": false}), false)
+	svcs.setSlice(testSlice("web-b", "dns", corev1.ProtocolUDP, b, map[string]bool{"127.0.0.1": true}), false)
+	within(t, 2*time.Second, "an answer from b", func() error {
+		got, err := ask("x")
+		if err == nil && !strings.HasPrefix(got, "b:") {
+			err = errors.New("got " + got)
+		}
+		return err
+	})
+}
