@@ -99,7 +99,7 @@ func TestClusterDNS(t *testing.T) {
 		{"web.ns.ns.svc.cluster.local", dns.RcodeNameError, nil}, // a search path's first try
 		{"nothing.cluster.local", dns.RcodeNameError, nil},
 		{"example.org", dns.RcodeSuccess, []string{"192.0.2.7"}}, // forwarded
-		{"nowhere.example", dns.RcodeNameError, nil},            // forwarded
+		{"nowhere.example", dns.RcodeNameError, nil},             // forwarded
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := query(t, server, tc.name, dns.TypeA)
