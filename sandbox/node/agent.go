@@ -213,7 +213,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // pod, so that every container gets the cluster's resolv.conf); stop
 // undoes what it did to the node.
 func (a *Agent) startServices(ctx context.Context) (stop func(), err error) {
-	if err := addServiceRoute(); err != nil {
+	if err := addServiceRoute(ServiceCIDR); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)

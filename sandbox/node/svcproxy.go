@@ -51,18 +51,17 @@ func newServiceProxy(log *slog.Logger, svcs *services) *serviceProxy {
 	return &serviceProxy{log: log, svcs: svcs, ports: map[string]*proxyPort{}}
 }
 
-// addServiceRoute makes the Service range local to the node.
-func addServiceRoute() error {
-	return ip("route", "replace", "local", ServiceCIDR, "dev", "lo")
+// addServiceRoute makes the addresses of cidr local to the node.
+func addServiceRoute(cidr string) error {
+	return ip("route", "replace", "local", cidr, "dev", "lo")
 }
 
-// RemoveServiceRoute removes the route that addServiceRoute added (the
-// agent does on exit; kpf-sandbox down after a crash).
-func RemoveServiceRoute() {
-	if ip("route", "show", "table", "local", "type", "local", ServiceCIDR) == nil {
-		ip("route", "del", "local", ServiceCIDR, "dev", "lo")
-	}
-}
+// removeServiceRoute removes the route addServiceRoute added, if there.
+func removeServiceRoute(cidr string) { ip("route", "del", "local", cidr, "dev", "lo") }
+
+// RemoveServiceRoute removes the Service range's route (the agent does on
+// exit; kpf-sandbox down after a crash).
+func RemoveServiceRoute() { removeServiceRoute(ServiceCIDR) }
 
 // sync brings the listeners of one Service ("ns/name") in line with it
 // and its endpoints.

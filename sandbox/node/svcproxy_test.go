@@ -5,6 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -130,9 +132,21 @@ func TestServiceProxyFollowsEndpoints(t *testing.T) {
 		}
 		return err
 	})
+	// Both ready: connections go to each in turn.
+	svcs.setSlice(testSlice("web-b", "http", corev1.ProtocolTCP, b, map[string]bool{"127.0.0.1": true}), false)
+	var got []string
+	for range 4 {
+		g, err := tcpAsk(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, g)
+	}
+	if got[0] == got[1] || got[1] == got[2] || got[2] == got[3] {
+		t.Errorf("four connections went to %v: want each backend in turn", got)
+	}
 	// Backend a not ready, b ready: every new connection goes to b.
 	svcs.setSlice(testSlice("web-a", "http", corev1.ProtocolTCP, a, map[string]bool{"127.0.0.1": false}), false)
-	svcs.setSlice(testSlice("web-b", "http", corev1.ProtocolTCP, b, map[string]bool{"127.0.0.1": true}), false)
 	for i := range 5 {
 		if got, err := tcpAsk(addr); err != nil || got != "b" {
 			t.Fatalf("connection %d: %q, %v; want b", i, got, err)
@@ -187,4 +201,36 @@ func TestServiceProxyUDP(t *testing.T) {
 		}
 		return err
 	})
+}
+
+// The route that makes a Service range the node's comes and goes (tried on
+// a range of its own, not to disturb a running sandbox's).
+func TestServiceRoute(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN)")
+	}
+	const cidr = "10.254.0.0/16"
+	has := func() bool {
+		out, err := exec.Command("ip", "route", "show", "table", "local", cidr).Output()
+		return err == nil && strings.Contains(string(out), "local "+cidr)
+	}
+	if err := addServiceRoute(cidr); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeServiceRoute(cidr) })
+	if err := addServiceRoute(cidr); err != nil {
+		t.Fatalf("adding the route again: %v (an agent restarted after a crash does)", err)
+	}
+	if !has() {
+		t.Fatal("no local route for " + cidr)
+	}
+	ln, err := net.Listen("tcp4", "10.254.1.2:0")
+	if err != nil {
+		t.Fatalf("listen on an address of the range: %v", err)
+	}
+	ln.Close()
+	removeServiceRoute(cidr)
+	if has() {
+		t.Error("the route is still there after removeServiceRoute")
+	}
 }
