@@ -158,3 +158,17 @@ func TestPodResolvConf(t *testing.T) {
 		t.Errorf("no host resolv.conf: %d nameservers, want the cluster DNS only", got)
 	}
 }
+
+// FuzzParseResolvConf: any file parses, and what a parsed file writes
+// parses back to the same settings.
+func FuzzParseResolvConf(f *testing.F) {
+	f.Add([]byte("nameserver 192.0.2.53\nsearch a.example b.example\noptions ndots:5 edns0\n"))
+	f.Add([]byte("# comment\n; other\ndomain x\nnameserver\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rc := parseResolvConf(b)
+		again := parseResolvConf([]byte(rc.String()))
+		if rc.String() != again.String() {
+			t.Errorf("%q parses to\n%s\nwhich parses to\n%s", b, rc, again)
+		}
+	})
+}
