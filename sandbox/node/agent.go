@@ -178,7 +178,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.scheduler.run(ctx)
 	go a.heartbeat(ctx)
 	if a.addrs.net != nil && a.cfg.Services != nil {
-		if stop, err := a.startServices(ctx); err != nil {
+		if stop, err := a.startServices(ctx, ServiceCIDR, dnsAddr.String()); err != nil {
 			a.log.Warn("no ClusterIPs or cluster DNS for pods", "err", err)
 		} else {
 			defer stop()
@@ -209,23 +209,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// startServices starts the service proxy and the cluster DNS (before any
-// pod, so that every container gets the cluster's resolv.conf); stop
-// undoes what it did to the node.
-func (a *Agent) startServices(ctx context.Context) (stop func(), err error) {
-	if err := addServiceRoute(ServiceCIDR); err != nil {
+// startServices starts the service proxy for the Service range cidr and
+// the cluster DNS on dnsListen (before any pod, so that every container
+// gets the cluster's resolv.conf); stop undoes what it did to the node.
+func (a *Agent) startServices(ctx context.Context, cidr, dnsListen string) (stop func(), err error) {
+	if err := addServiceRoute(cidr); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	stop = func() {
-		cancel()
-		RemoveServiceRoute()
-	}
 	svcs := newServices()
 	proxy := newServiceProxy(a.log, svcs)
 	svcs.notify = proxy.sync
+	stop = func() {
+		cancel()
+		proxy.stop()
+		removeServiceRoute(cidr)
+	}
 	d := &clusterDNS{log: a.log, svcs: svcs, upstream: hostNameservers(hostResolvConf)}
-	if err := d.serve(ctx, dnsAddr.String()); err != nil {
+	if err := d.serve(ctx, dnsListen); err != nil {
 		stop()
 		return nil, err
 	}
@@ -237,11 +238,8 @@ func (a *Agent) startServices(ctx context.Context) (stop func(), err error) {
 		}
 	}()
 	a.clusterDNS.Store(true)
-	a.log.Info("service proxy and cluster DNS running", "serviceCIDR", ServiceCIDR, "clusterDNS", ClusterDNS, "dnsServer", dnsAddr, "upstream", d.upstream)
-	return func() {
-		proxy.stop()
-		stop()
-	}, nil
+	a.log.Info("service proxy and cluster DNS running", "serviceCIDR", cidr, "clusterDNS", ClusterDNS, "dnsServer", dnsListen, "upstream", d.upstream)
+	return stop, nil
 }
 
 func (a *Agent) listen() (net.Listener, error) {

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 )
 
 // within polls cond until it holds or d passes.
@@ -232,5 +234,40 @@ func TestServiceRoute(t *testing.T) {
 	removeServiceRoute(cidr)
 	if has() {
 		t.Error("the route is still there after removeServiceRoute")
+	}
+}
+
+// The agent's service proxy and DNS start, serve a Service, and stop
+// (once, the route gone) when the agent does.
+func TestStartServicesStops(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN)")
+	}
+	const cidr = "10.253.0.0/16"
+	backend := namedTCP(t, "a")
+	svc := testService("10.253.0.7", corev1.ServicePort{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP})
+	cs := fake.NewClientset(svc, testSlice("web-a", "http", corev1.ProtocolTCP, backend, map[string]bool{"127.0.0.1": true}))
+	a := &Agent{cfg: Config{NodeName: "n", Services: cs}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	stop, err := a.startServices(context.Background(), cidr, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeServiceRoute(cidr) })
+	within(t, 2*time.Second, "the ClusterIP to answer", func() error {
+		_, err := tcpAsk("10.253.0.7:80")
+		return err
+	})
+	done := make(chan struct{})
+	go func() { stop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("stop did not return")
+	}
+	if _, err := tcpAsk("10.253.0.7:80"); err == nil {
+		t.Error("the ClusterIP still answers after stop")
+	}
+	if out, _ := exec.Command("ip", "route", "show", "table", "local", cidr).Output(); len(out) > 0 {
+		t.Errorf("route left after stop: %s", out)
 	}
 }
