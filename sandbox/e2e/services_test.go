@@ -176,10 +176,14 @@ func TestClusterNetworkFromAPod(t *testing.T) {
 			want = append(want, p.Status.PodIP)
 		}
 		slices.Sort(want)
-		got, code, err := client.lookup("echo-pods")
-		if err != nil || !slices.Equal(got, want) {
-			t.Errorf("lookup echo-pods in the pod: %v (HTTP %d, %v); want the pod IPs %v", got, code, err, want)
-		}
+		// The EndpointSlice may trail the pods' readiness by a moment.
+		sandboxtest.WaitFor(t, 5*time.Second, fmt.Sprintf("echo-pods to resolve to the pod IPs %v in the pod", want), func() (bool, error) {
+			got, code, err := client.lookup("echo-pods")
+			if err == nil && !slices.Equal(got, want) {
+				err = fmt.Errorf("got %v (HTTP %d)", got, code)
+			}
+			return err == nil, err
+		})
 	})
 	t.Run("ClusterIP follows endpoint changes", func(t *testing.T) {
 		addr := net.JoinHostPort(svc("follow").Spec.ClusterIP, "80")
