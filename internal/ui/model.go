@@ -286,10 +286,10 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			break
 		}
 		m.mine[msg.f.Name] = true
-		how := "kept after kpf ui exits"
+		how := "kept when kpf ui exits"
 		if msg.tied {
 			m.tied[msg.f.Name] = true
-			how = "stopped when kpf ui exits"
+			how = "stops when kpf ui exits"
 		}
 		m.say("started %s (%s): %s", msg.f.Name, how, strings.Join(msg.f.Ports, " "))
 		return m, m.refresh()
@@ -431,6 +431,15 @@ func (m *Model) listHeight() int {
 
 // key handles a key press.
 func (m *Model) key(k tea.KeyMsg) tea.Cmd {
+	if k.Type == tea.KeyRunes && len(k.Runes) > 1 && !k.Alt {
+		// Keys typed fast (or sent by tmux) come in one read: each is a
+		// key of its own ("/web" is a filter, not a key named "/web").
+		var cmds []tea.Cmd
+		for _, r := range k.Runes {
+			cmds = append(cmds, m.key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}}))
+		}
+		return tea.Batch(cmds...)
+	}
 	s := k.String()
 	if s == "ctrl+c" {
 		return tea.Quit
@@ -590,7 +599,7 @@ func (m *Model) enter() tea.Cmd {
 	}
 	local := m.o.FreePort(r.port.Protocol, int(r.port.Port))
 	m.prompt = &prompt{kind: "port", tgt: *r.target, ports: []Port{*r.port}, value: strconv.Itoa(local),
-		label: fmt.Sprintf("%s %s: local port", r.target.Ref(), portText(*r.port))}
+		label: fmt.Sprintf("%s:%d/%s local port", r.target.Ref(), r.port.Port, r.port.Protocol)}
 	return nil
 }
 

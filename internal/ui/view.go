@@ -89,11 +89,11 @@ func (m *Model) View() string {
 	// The prompt, the filter being typed, or the last message.
 	switch {
 	case m.prompt != nil && m.prompt.kind == "port":
-		how := "kept after kpf ui exits"
+		how := "kept when kpf ui exits"
 		if m.prompt.tied {
-			how = "stopped when kpf ui exits"
+			how = "stops when kpf ui exits"
 		}
-		add(st.title.Render(cut(fmt.Sprintf("%s: %s_  [tab] %s  enter: start  esc: cancel", m.prompt.label, m.prompt.value, how), w)))
+		add(st.title.Render(cut(fmt.Sprintf("%s: %s_ [tab] %s · enter · esc", m.prompt.label, m.prompt.value, how), w)))
 	case m.prompt != nil:
 		add(st.title.Render(cut(fmt.Sprintf("%s: %s_  enter: write  esc: cancel", m.prompt.label, m.prompt.value), w)))
 	case m.filtering:
@@ -209,7 +209,7 @@ func (m *Model) columns(w int) []column {
 	spark := column{"", 10, func(m *Model, f api.Forward) string { return sparkline(m.history[key(f)], 10) }}
 	keep := column{"ENDS", 7, func(m *Model, f api.Forward) string { return m.ends(f) }}
 	if w < 120 {
-		name.width, state.width, spark.width = 13, 12, 8
+		name.width, state.width, local.width, spark.width = 13, 12, 19, 8
 		spark.get = func(m *Model, f api.Forward) string { return sparkline(m.history[key(f)], 8) }
 		return []column{name, state, local, conn, rateCol, spark, keep}
 	}

@@ -1,0 +1,181 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kpf-dev/kpf/sandbox/cluster"
+	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
+)
+
+// term is kpf ui running in a tmux server of its own, at a given size.
+type term struct {
+	t      *testing.T
+	socket string
+}
+
+func newTerm(t *testing.T, k *kpfCmd, width, height int, env ...string) *term {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Fatalf("tmux is not installed: run scripts/deps.sh (%v)", err)
+	}
+	tm := &term{t: t, socket: fmt.Sprintf("kpf-e2e-%d-%d", os.Getpid(), time.Now().UnixNano())}
+	argv := append([]string{"env", "KPF_HOME=" + k.home}, env...)
+	argv = append(argv, kpfBin, "--kubeconfig", k.sb.Kubeconfig(cluster.UserAdmin), "ui")
+	tm.tmux("new-session", "-d", "-s", "ui", "-x", strconv.Itoa(width), "-y", strconv.Itoa(height), "-c", k.dir, strings.Join(quoteAll(argv), " "))
+	t.Cleanup(func() { exec.Command("tmux", "-L", tm.socket, "kill-server").Run() })
+	return tm
+}
+
+func quoteAll(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return out
+}
+
+func (tm *term) tmux(args ...string) string {
+	tm.t.Helper()
+	out, err := exec.Command("tmux", append([]string{"-L", tm.socket}, args...)...).CombinedOutput()
+	if err != nil {
+		tm.t.Fatalf("tmux %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// keys sends tmux key names (Enter, Tab, BSpace, Down) and, with -l,
+// text.
+func (tm *term) keys(keys ...string) { tm.t.Helper(); tm.tmux(append([]string{"send-keys", "-t", "ui"}, keys...)...) }
+func (tm *term) text(s string)       { tm.t.Helper(); tm.tmux("send-keys", "-t", "ui", "-l", s) }
+func (tm *term) screen() string      { tm.t.Helper(); return tm.tmux("capture-pane", "-p", "-t", "ui") }
+
+// await polls the screen until re matches it, and returns the match.
+func (tm *term) await(what string, re *regexp.Regexp) []string {
+	tm.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s := tm.screen()
+		if m := re.FindStringSubmatch(s); m != nil {
+			return m
+		}
+		if time.Now().After(deadline) {
+			tm.t.Fatalf("kpf ui did not show %s (%s) within 20s:\n%s", what, re, s)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kpf ui in tmux at 80×24 and 200×50, by the keyboard only: find the
+// test's namespace and its service, forward its port (kept), see it
+// ready with a rate while curl pulls through it, forward it again tied
+// to the UI and stop that one, write the set to kpf.yaml, quit: the kept
+// forward is still served by the daemon, and kpf up -f runs the file.
+func TestUITmux(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "uiweb", 1)
+	for _, size := range []struct{ w, h int }{{80, 24}, {200, 50}} {
+		t.Run(fmt.Sprintf("%dx%d", size.w, size.h), func(t *testing.T) {
+			k := newKpfCmd(t, sb)
+			tm := newTerm(t, k, size.w, size.h, "NO_COLOR=1")
+			tm.await("the namespaces", regexp.MustCompile(`(?m)^> \S`))
+			tm.text("/" + ns)
+			tm.keys("Enter")
+			tm.await("the namespace, filtered", regexp.MustCompile(`> `+ns))
+			tm.keys("Enter")
+			tm.await("the service's port", regexp.MustCompile(`svc/uiweb +80/TCP \(main\)`))
+			tm.text("/svc/uiweb")
+			tm.keys("Enter", "Enter")
+			tm.await("the local port prompt", regexp.MustCompile(`local port: \d+_`))
+			kept := freePort(t)
+			tm.keys("BSpace", "BSpace", "BSpace", "BSpace", "BSpace", "BSpace")
+			tm.text(strconv.Itoa(kept))
+			tm.keys("Enter")
+			tm.await("the forward started", regexp.MustCompile(`started uiweb \(kept when kpf ui exits\)`))
+			tm.keys("Tab")
+			addr := fmt.Sprintf("127.0.0.1:%d", kept)
+			tm.await("the forward ready", regexp.MustCompile(`uiweb +ready .*`+regexp.QuoteMeta(addr)))
+
+			// curl pulls through it until the table shows a rate.
+			ctx, cancel := context.WithCancel(context.Background())
+			pulled := make(chan error, 1)
+			go func() {
+				var err error
+				for ctx.Err() == nil && err == nil {
+					err = exec.CommandContext(ctx, "curl", "-sSf", "-o", "/dev/null", "--limit-rate", "2M", fmt.Sprintf("http://%s/bytes/%d", addr, 1<<20)).Run()
+				}
+				if ctx.Err() != nil {
+					err = nil
+				}
+				pulled <- err
+			}()
+			tm.await("a rate", regexp.MustCompile(`uiweb +ready +.*\d(\.\d)?[KM]/s`))
+			cancel()
+			if err := <-pulled; err != nil {
+				t.Fatalf("curl through %s: %v", addr, err)
+			}
+			if size.w >= 120 {
+				tm.await("the wide columns", regexp.MustCompile(`NAME +STATE +HEALTH +POD +LOCAL +CONN +IN +OUT .*RECON +ENDS +LAST ERROR`))
+			}
+
+			// Again, tied to this UI; then stop that one.
+			tm.keys("Tab", "Enter")
+			tm.await("the local port prompt", regexp.MustCompile(`local port: \d+_ \[tab\] kept when kpf ui exits`))
+			tm.keys("Tab")
+			tm.await("the choice to stop it with the UI", regexp.MustCompile(`\[tab\] stops when kpf ui exits`))
+			tm.keys("Enter")
+			tm.await("the tied forward started", regexp.MustCompile(`started uiweb-2 \(stops when kpf ui exits\)`))
+			tm.keys("Tab")
+			tm.await("the tied forward ready, with ui", regexp.MustCompile(`uiweb-2 +ready .*with ui`))
+			tm.keys("Down")
+			tm.await("the tied forward selected", regexp.MustCompile(`(?m)^uiweb-2: `))
+			tm.keys("s")
+			tm.await("the tied forward stopped", regexp.MustCompile(`stopped uiweb-2`))
+			if st := k.status(t); len(st.Forwards) != 1 {
+				t.Fatalf("after s: %+v", st.Forwards)
+			}
+
+			tm.keys("w")
+			tm.await("the write prompt", regexp.MustCompile(`write the set to: kpf.yaml_`))
+			tm.keys("Enter")
+			file := filepath.Join(k.dir, "kpf.yaml")
+			tm.await("the set written", regexp.MustCompile(`wrote `+regexp.QuoteMeta(file)))
+			tm.keys("q")
+			sandboxtest.WaitFor(t, 10*time.Second, "kpf ui to exit", func() (bool, error) {
+				return exec.Command("tmux", "-L", tm.socket, "has-session", "-t", "ui").Run() != nil, nil
+			})
+
+			// The kept forward outlives the UI.
+			st := k.status(t)
+			if len(st.Forwards) != 1 || st.Forwards[0].Name != "uiweb" {
+				t.Fatalf("after kpf ui exited: %+v", st.Forwards)
+			}
+			if _, err := fetch(addr, 1024); err != nil {
+				t.Fatalf("the kept forward after kpf ui exited: %v", err)
+			}
+			if out, _ := k.run(t, "status"); !strings.Contains(out, "(started by ui, no file)") {
+				t.Errorf("kpf status:\n%s", out)
+			}
+
+			// The file it wrote runs the same set.
+			if out, code := k.run(t, "down", "uiweb"); code != 0 {
+				t.Fatalf("kpf down uiweb: exit %d\n%s", code, out)
+			}
+			if out, code := k.run(t, "up", "-d", "--wait", "-f", file); code != 0 {
+				b, _ := os.ReadFile(file)
+				t.Fatalf("kpf up -d --wait -f %s: exit %d\n%s\n%s", file, code, out, b)
+			}
+			if _, err := fetch(addr, 1024); err != nil {
+				t.Fatalf("through the forward of the written file: %v", err)
+			}
+		})
+	}
+}
