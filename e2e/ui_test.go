@@ -54,9 +54,12 @@ func (tm *term) tmux(args ...string) string {
 
 // keys sends tmux key names (Enter, Tab, BSpace, Down) and, with -l,
 // text.
-func (tm *term) keys(keys ...string) { tm.t.Helper(); tm.tmux(append([]string{"send-keys", "-t", "ui"}, keys...)...) }
-func (tm *term) text(s string)       { tm.t.Helper(); tm.tmux("send-keys", "-t", "ui", "-l", s) }
-func (tm *term) screen() string      { tm.t.Helper(); return tm.tmux("capture-pane", "-p", "-t", "ui") }
+func (tm *term) keys(keys ...string) {
+	tm.t.Helper()
+	tm.tmux(append([]string{"send-keys", "-t", "ui"}, keys...)...)
+}
+func (tm *term) text(s string)  { tm.t.Helper(); tm.tmux("send-keys", "-t", "ui", "-l", s) }
+func (tm *term) screen() string { tm.t.Helper(); return tm.tmux("capture-pane", "-p", "-t", "ui") }
 
 // await polls the screen until re matches it, and returns the match.
 func (tm *term) await(what string, re *regexp.Regexp) []string {
