@@ -85,16 +85,38 @@ func (tm *term) await(what string, re *regexp.Regexp) []string {
 func TestUITmux(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	ns := httpAppIn(t, sb, "uiweb", 1)
+	// A service with a UDP port, for the list (nothing answers it).
+	sb.Apply(t, ns, `apiVersion: v1
+kind: Service
+metadata: {name: uidns}
+spec:
+  selector: {app: uiweb}
+  ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5353}]
+`)
+	// --print: the first screen, once, at the size asked (after the line
+	// of the daemon it started, on stderr).
+	k := newKpfCmd(t, sb)
+	out, code := k.run(t, "ui", "--print", "-n", ns, "--width", "100", "--height", "10")
+	if lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n"); code != 0 || len(lines) != 10+1 || !strings.Contains(out, "  svc/uiweb ") || !strings.HasPrefix(out, "started the kpf daemon") {
+		t.Fatalf("kpf ui --print: exit %d, %d lines\n%s", code, len(lines), out)
+	}
 	for _, size := range []struct{ w, h int }{{80, 24}, {200, 50}} {
 		t.Run(fmt.Sprintf("%dx%d", size.w, size.h), func(t *testing.T) {
 			k := newKpfCmd(t, sb)
 			tm := newTerm(t, k, size.w, size.h, "NO_COLOR=1")
 			tm.await("the namespaces", regexp.MustCompile(`(?m)^> \S`))
+			tm.await("the daemon it started", regexp.MustCompile(`context kpf-sandbox · user \S+ on kpf-sandbox · daemon pid \d+`))
 			tm.text("/" + ns)
 			tm.keys("Enter")
 			tm.await("the namespace, filtered", regexp.MustCompile(`> `+ns))
 			tm.keys("Enter")
 			tm.await("the service's port", regexp.MustCompile(`svc/uiweb +80/TCP \(main\)`))
+			tm.await("the UDP port", regexp.MustCompile(`svc/uidns +53/UDP \(dns\) -> 5353`))
+			tm.await("the deployment and its pod", regexp.MustCompile(`(?s)deployment/uiweb .*1/1 ready.*pod/uiweb-\S+ .*Running`))
+			// NO_COLOR: attributes at most, no colour.
+			if s := tm.tmux("capture-pane", "-p", "-e", "-t", "ui"); regexp.MustCompile(`\x1b\[[0-9;]*(3[0-9]|9[0-7])[;m]`).MatchString(s) {
+				t.Errorf("colour under NO_COLOR:\n%q", s)
+			}
 			tm.text("/svc/uiweb")
 			tm.keys("Enter", "Enter")
 			tm.await("the local port prompt", regexp.MustCompile(`local port: \d+_`))
@@ -166,6 +188,15 @@ func TestUITmux(t *testing.T) {
 			}
 			if out, _ := k.run(t, "status"); !strings.Contains(out, "(started by ui, no file)") {
 				t.Errorf("kpf status:\n%s", out)
+			}
+
+			// kpf status --save writes the same file (w's command).
+			if out, code := k.run(t, "status", "--save", "saved.yaml"); code != 0 {
+				t.Fatalf("kpf status --save: exit %d\n%s", code, out)
+			}
+			saved, _ := os.ReadFile(filepath.Join(k.dir, "saved.yaml"))
+			if written, _ := os.ReadFile(file); string(saved) != string(written) {
+				t.Errorf("kpf status --save wrote:\n%s\nkpf ui's w wrote:\n%s", saved, written)
 			}
 
 			// The file it wrote runs the same set.

@@ -124,7 +124,8 @@ type Model struct {
 	lines     []string
 	scroll    int // first line shown
 	follow    bool
-	canFollow bool // a log: follow refreshes it
+	canFollow bool          // a log: follow refreshes it
+	every     time.Duration // how often a followed log is read again
 	textFn    func(context.Context) ([]string, error)
 	textGen   int
 	back      screen
@@ -147,7 +148,7 @@ func New(o Options) *Model {
 	}
 	m := &Model{o: o, width: 80, height: 24, context: o.Context, namespace: o.Namespace,
 		history: map[string][]int64{}, tied: map[string]bool{}, mine: map[string]bool{}}
-	m.level = levelNamespaces
+	m.level, m.every = levelNamespaces, time.Second
 	if o.Namespace != "" {
 		m.level = levelTargets
 	}
@@ -315,7 +316,7 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		m.clamp()
 		if m.follow {
 			gen := m.textGen
-			return m, tea.Tick(time.Second, func(time.Time) tea.Msg { return tickMsg{gen} })
+			return m, tea.Tick(m.every, func(time.Time) tea.Msg { return tickMsg{gen} })
 		}
 	case tickMsg:
 		if msg.gen == m.textGen && m.screen == screenText && m.follow && m.textFn != nil {
@@ -633,6 +634,7 @@ func (m *Model) promptKey(k tea.KeyMsg) tea.Cmd {
 	case "port":
 		n, err := strconv.Atoi(p.value)
 		if err != nil || n < 1 || n > 65535 {
+			m.prompt = nil
 			m.fail(fmt.Errorf("local port %q: want a number from 1 to 65535", p.value))
 			return nil
 		}

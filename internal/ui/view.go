@@ -339,7 +339,7 @@ var Help = [][3]string{
 }
 
 func (m *Model) helpLines(w, h int) []string {
-	out := []string{"keys (any key closes this help); the same from the command line:"}
+	out := []string{cut("keys (any key closes this help); the same from the command line:", w)}
 	for _, r := range Help {
 		out = append(out, cut(fmt.Sprintf("  %-5s %s", r[0], r[1]), w))
 		if r[2] != "" {
