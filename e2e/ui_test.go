@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -209,6 +210,25 @@ spec:
 			}
 			if _, err := fetch(addr, 1024); err != nil {
 				t.Fatalf("through the forward of the written file: %v", err)
+			}
+			if size.w < 120 {
+				return
+			}
+
+			// A on the namespace: kpf up --all -n NS -d, every service.
+			tm = newTerm(t, k, size.w, size.h, "NO_COLOR=1")
+			tm.await("the namespaces", regexp.MustCompile(`(?m)^> \S`))
+			tm.text("/" + ns)
+			tm.keys("Enter")
+			tm.await("the namespace, filtered", regexp.MustCompile(`> `+ns))
+			tm.text("A")
+			tm.await("the namespace forwarded", regexp.MustCompile(`forwarding every service of `+ns+`, kept in step \(kpf down -f \S+ stops it\)`))
+			tm.keys("Tab")
+			tm.await("its forwards", regexp.MustCompile(`(?s)uiweb\.`+ns+`:80 .*file`))
+			tm.keys("q")
+			all, _ := filepath.Glob(filepath.Join(k.home, "all", "*", ns+".yaml"))
+			if len(all) != 1 || !slices.Contains(k.status(t).Files, all[0]) {
+				t.Fatalf("the daemon's files %v, want the one of kpf up --all -n %s (%v)", k.status(t).Files, ns, all)
 			}
 		})
 	}

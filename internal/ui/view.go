@@ -213,6 +213,8 @@ func (m *Model) columns(w int) []column {
 		spark.get = func(m *Model, f api.Forward) string { return sparkline(m.history[key(f)], 8) }
 		return []column{name, state, local, conn, rateCol, spark, keep}
 	}
+	// Wide: longer names (a discover entry's NAME.NAMESPACE:PORT).
+	name.width = min(16+(w-120)/2, 40)
 	return []column{name, state,
 		{"HEALTH", 9, func(_ *Model, f api.Forward) string { return f.Health }},
 		{"POD", 24, func(_ *Model, f api.Forward) string { return f.Pod }},
