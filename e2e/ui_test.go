@@ -148,6 +148,17 @@ spec:
 			if err := <-pulled; err != nil {
 				t.Fatalf("curl through %s: %v", addr, err)
 			}
+			tm.keys("h")
+			tm.await("curl's requests in the HTTP log", regexp.MustCompile(`GET /bytes/1048576 200 .* 1\.0M out`))
+			tm.keys("Left")
+			tm.await("the forwards again", regexp.MustCompile(`(?m)^uiweb: `))
+			if size.w < 120 {
+				// It resizes: wider, the wide columns; back, the narrow.
+				tm.tmux("resize-window", "-t", "ui", "-x", "130", "-y", "30")
+				tm.await("the wide columns after a resize", regexp.MustCompile(`NAME +STATE +HEALTH +POD`))
+				tm.tmux("resize-window", "-t", "ui", "-x", strconv.Itoa(size.w), "-y", strconv.Itoa(size.h))
+				tm.await("the narrow columns after a resize", regexp.MustCompile(`NAME +STATE +LOCAL`))
+			}
 			if size.w >= 120 {
 				tm.await("the wide columns", regexp.MustCompile(`NAME +STATE +HEALTH +POD +LOCAL +CONN +IN +OUT .*RECON +ENDS +LAST ERROR`))
 			}

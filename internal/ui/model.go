@@ -2,6 +2,7 @@ package ui
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/kpf-dev/kpf/internal/daemon/api"
+	"github.com/kpf-dev/kpf/internal/httplog"
 )
 
 // Screens.
@@ -746,10 +748,34 @@ func (m *Model) forwardsKey(k tea.KeyMsg) tea.Cmd {
 		})
 	case "h":
 		return m.openText("HTTP log of "+f.Name, true, func(ctx context.Context) ([]string, error) {
-			return d.HTTPLog(ctx, f.Name, f.File, 1000)
+			l, err := d.HTTPLog(ctx, f.Name, f.File, 1000)
+			for i := range l {
+				l[i] = httpLine(l[i])
+			}
+			return l, err
 		})
 	}
 	return nil
+}
+
+// httpLine is a line of the HTTP log (httplog.Record's JSON) as one
+// readable line: time, method, path, status, sizes, duration, pod. A
+// line it cannot read is shown as it is.
+func httpLine(line string) string {
+	var r httplog.Record
+	if err := json.Unmarshal([]byte(line), &r); err != nil || r.Kind != "request" {
+		return line
+	}
+	t := r.Time
+	if ts, err := time.Parse(time.RFC3339Nano, r.Time); err == nil {
+		t = ts.Local().Format("15:04:05")
+	}
+	status := strconv.Itoa(r.Status)
+	if r.Incomplete {
+		status += " (incomplete)"
+	}
+	return fmt.Sprintf("%s %s %s %s  %s in, %s out, %s  %s", t, r.Method, r.Path, status,
+		bytes(r.RequestSize), bytes(r.ResponseSize), time.Duration(r.Seconds*float64(time.Second)).Round(time.Millisecond), r.Pod)
 }
 
 func doctorLines(r *api.DoctorResult) []string {

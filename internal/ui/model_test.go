@@ -72,7 +72,7 @@ func (d *fakeDaemon) Logs(context.Context, string, string, int) ([]string, error
 }
 
 func (d *fakeDaemon) HTTPLog(context.Context, string, string, int) ([]string, error) {
-	return []string{`GET /healthz 200`}, nil
+	return []string{`{"time":"2026-01-02T03:04:05Z","kind":"request","method":"GET","path":"/healthz","status":200,"responseBytes":2048,"durationSeconds":0.0031,"pod":"web-1"}`, `a line kpf did not write`}, nil
 }
 
 func (d *fakeDaemon) Events(ctx context.Context, _ bool, _ func(api.Event) error) error {
@@ -286,7 +286,7 @@ func TestForwardsScreen(t *testing.T) {
 	r.keys("F")
 	r.screenHas("F: follow (off)")
 	r.keys("esc", "h")
-	r.screenHas("HTTP log of db", "GET /healthz 200")
+	r.screenHas("HTTP log of db", " GET /healthz 200  0B in, 2.0K out, 3ms  web-1", "a line kpf did not write")
 	r.keys("esc", "up", "s")
 	if !slices.Equal(r.d.stopped, []string{"/src/kpf.yaml|web"}) {
 		t.Fatalf("s: %v", r.d.stopped)
