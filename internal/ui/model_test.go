@@ -440,3 +440,49 @@ func TestFreeLocalPort(t *testing.T) {
 		t.Errorf("FreeLocalPort(UDP, 53) = %d: a privileged port", got)
 	}
 }
+
+// Whatever is typed, the UI neither panics nor draws past the screen.
+func FuzzKeys(f *testing.F) {
+	f.Add("/shenter\tenter\x7fa", uint8(80), uint8(24))
+	f.Add("\x1b\x1b\x1bAq?x", uint8(20), uint8(6))
+	f.Add("\tdownsrdlhFw\x7f\x7f\n", uint8(200), uint8(50))
+	f.Fuzz(func(t *testing.T, typed string, w, h uint8) {
+		r := newRig(t, Options{})
+		r.d.st.Forwards = []api.Forward{{Name: "web", Target: "svc/web", Ports: []string{"8080:80"}, Local: []string{"127.0.0.1:8080"}, State: "ready"}}
+		r.update(tea.WindowSizeMsg{Width: int(w), Height: int(h)})
+		for _, c := range typed {
+			var msg tea.KeyMsg
+			switch c {
+			case '\n':
+				msg.Type = tea.KeyEnter
+			case '\t':
+				msg.Type = tea.KeyTab
+			case 0x1b:
+				msg.Type = tea.KeyEsc
+			case 0x7f:
+				msg.Type = tea.KeyBackspace
+			case 'q', 0x03:
+				continue // quitting ends the run
+			default:
+				msg = tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{c}}
+			}
+			_, cmd := r.m.Update(msg)
+			if cmd != nil {
+				if _, ok := cmd().(tea.QuitMsg); ok {
+					continue
+				}
+				r.run(cmd)
+			}
+		}
+		width, height := max(int(w), 20), max(int(h), 6)
+		lines := strings.Split(r.m.View(), "\n")
+		if len(lines) != height {
+			t.Fatalf("%d lines on a screen of %d", len(lines), height)
+		}
+		for _, l := range lines {
+			if n := runewidth.StringWidth(stripANSI(l)); n > width {
+				t.Fatalf("a line of %d cells on a screen of %d: %q", n, width, l)
+			}
+		}
+	})
+}

@@ -151,10 +151,10 @@ func (m *Model) targetsLines(st styles, w int) []string {
 	}
 	out := []string{st.head.Render(cut(crumb, w))}
 	if m.loading != "" && len(m.rows) == 0 {
-		return append(out, "  loading "+m.loading+"...")
+		return append(out, cut("  loading "+m.loading+"...", w))
 	}
 	if len(m.rows) == 0 {
-		return append(out, "  (nothing here)")
+		return append(out, cut("  (nothing here)", w))
 	}
 	n := m.listHeight()
 	first := max(0, min(m.cursor-n/2, len(m.rows)-n))
@@ -265,7 +265,7 @@ func (m *Model) forwardsLines(st styles, w int) []string {
 	fws := m.forwards()
 	n := m.listHeight()
 	if len(fws) == 0 {
-		out = append(out, "  no forwards: pick a port in the targets screen (tab), Enter forwards it")
+		out = append(out, cut("  no forwards: pick a port in the targets screen (tab), Enter forwards it", w))
 	}
 	first := max(0, min(m.fcursor-n/2, len(fws)-n))
 	for i := first; i < len(fws) && i < first+n; i++ {
