@@ -185,14 +185,23 @@ spec:
 			tm.keys("Enter")
 			file := filepath.Join(k.dir, "kpf.yaml")
 			tm.await("the set written", regexp.MustCompile(`wrote `+regexp.QuoteMeta(file)))
+			// One more tied to the UI, left running when it quits.
+			tm.keys("Tab", "Enter")
+			tm.await("the local port prompt", regexp.MustCompile(`local port: \d+_ \[tab\] kept when kpf ui exits`))
+			tm.keys("Tab", "Enter")
+			tm.await("the tied forward started", regexp.MustCompile(`started uiweb-2 \(stops when kpf ui exits\)`))
 			tm.keys("q")
 			sandboxtest.WaitFor(t, 10*time.Second, "kpf ui to exit", func() (bool, error) {
 				return exec.Command("tmux", "-L", tm.socket, "has-session", "-t", "ui").Run() != nil, nil
 			})
 
-			// The kept forward outlives the UI.
-			st := k.status(t)
-			if len(st.Forwards) != 1 || st.Forwards[0].Name != "uiweb" {
+			// The tied forward stops with the UI; the kept one outlives it.
+			var st statusJSON
+			sandboxtest.WaitFor(t, 10*time.Second, "the tied forward to stop", func() (bool, error) {
+				st = k.status(t)
+				return len(st.Forwards) == 1, nil
+			})
+			if st.Forwards[0].Name != "uiweb" {
 				t.Fatalf("after kpf ui exited: %+v", st.Forwards)
 			}
 			if _, err := fetch(addr, 1024); err != nil {
@@ -200,6 +209,17 @@ spec:
 			}
 			if out, _ := k.run(t, "status"); !strings.Contains(out, "(started by ui, no file)") {
 				t.Errorf("kpf status:\n%s", out)
+			}
+
+			// The commands the help names for l, h and r do the same.
+			if out, code := k.run(t, "logs", "uiweb"); code != 0 || !strings.Contains(out, "uiweb: ready") {
+				t.Errorf("kpf logs uiweb: exit %d\n%s", code, out)
+			}
+			if out, code := k.run(t, "logs", "--http", "uiweb"); code != 0 || !strings.Contains(out, `"path":"/bytes/1048576"`) {
+				t.Errorf("kpf logs --http uiweb: exit %d\n%s", code, out)
+			}
+			if out, code := k.run(t, "restart", "uiweb"); code != 0 || !strings.Contains(out, "uiweb") {
+				t.Errorf("kpf restart uiweb: exit %d\n%s", code, out)
 			}
 
 			// kpf status --save writes the same file (w's command).
