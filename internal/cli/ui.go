@@ -19,7 +19,7 @@ import (
 )
 
 func newUICommand(g *globals) *cobra.Command {
-	var print bool
+	var printOnce bool
 	var width, height int
 	settings := spec.Defaults()
 	cmd := &cobra.Command{
@@ -68,7 +68,7 @@ NO_COLOR turns colour off.`,
 			}
 			o := ui.Options{
 				Daemon:    &startingDaemon{Client: c, home: home, errOut: g.errOut, ctx: cmd.Context(), session: session},
-				Cluster:   &uiCluster{mcpCluster{id: id}, c},
+				Cluster:   &uiCluster{mcpCluster{id: id}, c, settings},
 				Identity:  id,
 				Settings:  settings,
 				Context:   id.Get("context"),
@@ -77,7 +77,7 @@ NO_COLOR turns colour off.`,
 				Socket:    home.Socket(),
 				NoColor:   os.Getenv("NO_COLOR") != "",
 			}
-			if print {
+			if printOnce {
 				o.NoColor = true
 				fmt.Fprintln(g.out, ui.Frame(o, width, height))
 				return nil
@@ -85,7 +85,7 @@ NO_COLOR turns colour off.`,
 			return ui.Run(cmd.Context(), o, os.Stdin, g.out)
 		},
 	}
-	cmd.Flags().BoolVar(&print, "print", false, "render the first screen once to standard output, without colour, and exit")
+	cmd.Flags().BoolVar(&printOnce, "print", false, "render the first screen once to standard output, without colour, and exit")
 	cmd.Flags().IntVar(&width, "width", 80, "with --print: the screen's width")
 	cmd.Flags().IntVar(&height, "height", 24, "with --print: the screen's height")
 	return cmd
@@ -95,7 +95,8 @@ NO_COLOR turns colour off.`,
 // namespace whole through the daemon (kpf up --all -d).
 type uiCluster struct {
 	mcpCluster
-	daemon *daemon.Client
+	daemon   *daemon.Client
+	settings spec.Settings
 }
 
 func (c *uiCluster) Contexts() ([]ui.Context, error) {
@@ -192,6 +193,6 @@ func (c *uiCluster) ForwardNamespace(ctx context.Context, kctx, ns string) (stri
 	if err != nil {
 		return "", err
 	}
-	_, err = c.daemon.Apply(ctx, api.ApplyRequest{File: file, Identity: id, Settings: spec.Defaults()})
+	_, err = c.daemon.Apply(ctx, api.ApplyRequest{File: file, Identity: id, Settings: c.settings})
 	return file, err
 }

@@ -348,17 +348,16 @@ func stripANSI(s string) string {
 	return b.String()
 }
 
-// The help names the CLI command of every action that has one.
+// The help names the CLI command of every action that has one, whole,
+// at 80x24.
 func TestHelp(t *testing.T) {
 	r := newRig(t, Options{})
-	r.update(tea.WindowSizeMsg{Width: 120, Height: 40})
 	r.keys("?")
 	for _, h := range Help {
-		want := h[1]
-		if h[2] != "" {
-			want = "$ " + h[2]
+		if len(h[1]) > 33 || 5+1+33+1+len(h[2]) > 80 {
+			t.Errorf("help %q does not fit 80 columns", h)
 		}
-		r.screenHas(want)
+		r.screenHas(h[1] + strings.Repeat(" ", 34-len(h[1])) + h[2])
 	}
 	r.keys("x")
 	r.screenHas("> default")

@@ -323,37 +323,29 @@ func (m *Model) textLines(st styles, w int) []string {
 	return out
 }
 
-// Help is each action, its key, and the CLI command that does the same.
+// Help is each key, what it does, and the CLI command that does the
+// same (the UI adds no power of its own). Each fits one line of 80.
 var Help = [][3]string{
-	{"enter", "targets: open a context or namespace; on a port, forward it (local port suggested, editable; tab: kept or stopped with kpf ui)", "kpf forward -n NS TYPE/NAME LOCAL:REMOTE"},
-	{"a", "targets: forward every port of the selected target", "kpf forward -n NS TYPE/NAME PORT..."},
-	{"A", "namespaces: forward the namespace whole, kept in step", "kpf up --all -n NS -d"},
+	{"enter", "open; on a port: forward it", "kpf forward -n NS TYPE/NAME LOCAL:REMOTE"},
+	{"tab", "port prompt: kept, or stops w/ ui", ""},
+	{"a", "forward every port of the target", "kpf forward -n NS TYPE/NAME PORT..."},
+	{"A", "forward a namespace whole, live", "kpf up --all -n NS -d"},
 	{"/", "filter as you type (esc clears)", ""},
-	{"s", "forwards: stop the selected forward", "kpf down NAME"},
-	{"r", "forwards: restart it", "kpf restart NAME"},
-	{"d", "forwards: run doctor on it", "kpf doctor -n NS TYPE/NAME PORT"},
-	{"l", "forwards: its log (F: follow)", "kpf logs -f NAME"},
-	{"h", "forwards: its HTTP log (F: follow)", "kpf logs --http -f NAME"},
-	{"w", "forwards: write the set to a kpf.yaml", "kpf status --save FILE"},
-	{"tab", "switch between targets and forwards", "kpf status"},
+	{"tab", "switch targets and forwards", "kpf status --watch"},
+	{"s", "stop the forward", "kpf down NAME"},
+	{"r", "restart it", "kpf restart NAME"},
+	{"d", "run doctor on it", "kpf doctor -n NS TYPE/NAME PORT"},
+	{"l", "its log (F: follow)", "kpf logs -f NAME"},
+	{"h", "its HTTP log (F: follow)", "kpf logs --http -f NAME"},
+	{"w", "write the set to a kpf.yaml", "kpf status --save FILE"},
 	{"esc", "back", ""},
 	{"q", "quit (kept forwards keep running)", ""},
 }
 
-func (m *Model) helpLines(w, h int) []string {
-	out := []string{cut("keys (any key closes this help); the same from the command line:", w)}
+func (m *Model) helpLines(w, _ int) []string {
+	out := []string{cut(fmt.Sprintf("%-5s %-33s %s", "key", "(any key closes this help)", "the same from the command line"), w)}
 	for _, r := range Help {
-		out = append(out, cut(fmt.Sprintf("  %-5s %s", r[0], r[1]), w))
-		if r[2] != "" {
-			out = append(out, cut("          $ "+r[2], w))
-		}
-	}
-	if len(out) > h {
-		// Small screens: the commands go, the keys stay.
-		out = out[:1]
-		for _, r := range Help {
-			out = append(out, cut(fmt.Sprintf("  %-5s %s", r[0], r[1]), w))
-		}
+		out = append(out, cut(fmt.Sprintf("%-5s %-33s %s", r[0], r[1], r[2]), w))
 	}
 	return out
 }
