@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/kpf-dev/kpf/internal/ui"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -49,6 +51,9 @@ NO_COLOR turns colour off.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if width < 20 || height < 6 {
 				return usagef("--width %d --height %d: the UI needs at least 20 columns and 6 lines", width, height)
+			}
+			if !printOnce && (!isTerminal(g.out) || !term.IsTerminal(int(os.Stdin.Fd()))) {
+				return errNoTerminal
 			}
 			id, err := g.identity(cmd)
 			if err != nil {
@@ -90,6 +95,8 @@ NO_COLOR turns colour off.`,
 	cmd.Flags().IntVar(&height, "height", 24, "with --print: the screen's height")
 	return cmd
 }
+
+var errNoTerminal = errors.New("kpf ui needs a terminal (its input and output are not one): run it in one, or kpf ui --print for its first screen as text")
 
 // uiCluster lists the cluster for kpf ui as its identity, and forwards a
 // namespace whole through the daemon (kpf up --all -d).

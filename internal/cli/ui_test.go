@@ -1,6 +1,9 @@
 package cli
 
 import (
+	"bytes"
+	"context"
+	"os"
 	"slices"
 	"testing"
 
@@ -18,5 +21,22 @@ func TestUIPorts(t *testing.T) {
 	want := []ui.Port{{Port: 8080, Name: "http", Protocol: "TCP"}, {Port: 53, Name: "dns", Protocol: "UDP"}, {Port: 5432, Protocol: "TCP"}}
 	if got := uiPorts(spec); !slices.Equal(got, want) {
 		t.Fatalf("uiPorts = %+v, want %+v", got, want)
+	}
+}
+
+// Without a terminal kpf ui says so and what to do, and starts nothing.
+func TestUINeedsATerminal(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("KPF_HOME", home)
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), []string{"ui"}, &out, &errOut); code != ExitError {
+		t.Fatalf("exit %d", code)
+	}
+	want := "error: kpf ui needs a terminal (its input and output are not one): run it in one, or kpf ui --print for its first screen as text\n"
+	if got := errOut.String(); got != want {
+		t.Fatalf("stderr %q, want %q", got, want)
+	}
+	if entries, _ := os.ReadDir(home); len(entries) != 0 {
+		t.Fatalf("kpf ui without a terminal left %v in its home (it started a daemon?)", entries)
 	}
 }
