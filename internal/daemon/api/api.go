@@ -58,17 +58,15 @@ type Forward struct {
 	Origin string `json:"origin,omitempty"`
 	// File, Context, Cluster and User: which file the forward comes from,
 	// and who it connects as.
-	File      string `json:"file,omitempty"`
-	Context   string `json:"context,omitempty"`
-	Cluster   string `json:"cluster,omitempty"`
-	User      string `json:"user,omitempty"`
-	Namespace string `json:"namespace,omitempty"`
-	Target    string `json:"target"`
-	// Ports are its ports as applied ([LOCAL:]REMOTE[/udp]), what a
-	// kpf.yaml of the forward says.
-	Ports []string `json:"ports,omitempty"`
-	Pod   string   `json:"pod,omitempty"`
-	Local []string `json:"local,omitempty"`
+	File      string   `json:"file,omitempty"`
+	Context   string   `json:"context,omitempty"`
+	Cluster   string   `json:"cluster,omitempty"`
+	User      string   `json:"user,omitempty"`
+	Namespace string   `json:"namespace,omitempty"`
+	Target    string   `json:"target"`
+	Ports     []string `json:"ports,omitempty"` // as applied: [LOCAL:]REMOTE[/udp], what a kpf.yaml of it says
+	Pod       string   `json:"pod,omitempty"`
+	Local     []string `json:"local,omitempty"`
 	// Addresses are the ones the file gives it (an auto address as the
 	// address it stands for), listening or not.
 	Addresses  []string `json:"addresses,omitempty"`
