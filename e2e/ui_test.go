@@ -86,6 +86,9 @@ func (tm *term) await(what string, re *regexp.Regexp) []string {
 func TestUITmux(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	ns := httpAppIn(t, sb, "uiweb", 1)
+	// A StatefulSet of no pods, for the list.
+	sts := strings.Replace(httpApp("uidb", 0), "kind: Deployment", "kind: StatefulSet", 1)
+	sb.Apply(t, ns, strings.Replace(sts, "spec:\n  replicas", "spec:\n  serviceName: uidb\n  replicas", 1))
 	// A service with a UDP port, for the list (nothing answers it).
 	sb.Apply(t, ns, `apiVersion: v1
 kind: Service
@@ -117,6 +120,7 @@ spec:
 			tm.keys("Enter")
 			tm.await("the service's port", regexp.MustCompile(`svc/uiweb +80/TCP \(main\)`))
 			tm.await("the UDP port", regexp.MustCompile(`svc/uidns +53/UDP \(dns\) -> 5353`))
+			tm.await("the statefulset", regexp.MustCompile(`statefulset/uidb +8080/TCP \(main\) +0/0 ready`))
 			tm.await("the deployment and its pod", regexp.MustCompile(`(?s)deployment/uiweb .*1/1 ready.*pod/uiweb-\S+ .*Running`))
 			// NO_COLOR: attributes at most, no colour.
 			if s := tm.tmux("capture-pane", "-p", "-e", "-t", "ui"); regexp.MustCompile(`\x1b\[[0-9;]*(3[0-9]|9[0-7])[;m]`).MatchString(s) {
