@@ -89,6 +89,8 @@ if [ "${FWD[0]##*/}" = kpf ] && [ "$NS" = kpf-demo ]; then
   done
   "$BIN/kpf" status | cut -c14-130 | sed -n '4,$p'
   echo "\$ kpf hosts"; "$BIN/kpf" hosts
+  echo "== pick from a list: kpf ui -n $NS (its first screen, printed by --print)"
+  "$BIN/kpf" ui --print -n "$NS" --width 80 --height 12 | sed 's/ *$//'
   "$BIN/kpf" down --all >/dev/null
   echo "== kpf takes kubectl port-forward's words as they are: kpf svc/api :80"
   "$BIN/kpf" -n "$NS" --timeout 3s svc/api :80 2>&1 | head -2 || true

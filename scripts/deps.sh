@@ -8,7 +8,7 @@ need=()
 # redis-benchmark is a client the HTTP log must pass through untouched;
 # psql and redis-cli reach their servers by name through kpf hosts; sudo
 # runs kpf hosts --write as root for a user, as the README says to.
-for pair in curl:curl python3:python3 nc:netcat-openbsd tinyproxy:tinyproxy microsocks:microsocks zsh:zsh prometheus:prometheus promtool:prometheus redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools psql:postgresql-client unshare:util-linux dig:bind9-dnsutils sudo:sudo; do
+for pair in curl:curl python3:python3 nc:netcat-openbsd tinyproxy:tinyproxy microsocks:microsocks zsh:zsh prometheus:prometheus promtool:prometheus redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools psql:postgresql-client unshare:util-linux dig:bind9-dnsutils sudo:sudo tmux:tmux; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -72,6 +72,14 @@ func (a *allFlags) file(cmd *cobra.Command, file string, names []string, id iden
 			ctxName = raw.CurrentContext
 		}
 	}
+	return writeAllFile(ctxName, ns, a.Selector, a.Address)
+}
+
+// writeAllFile writes the kpf.yaml of every service of ns in context
+// ctxName (matching selector; at address) into the daemon's home, and
+// returns its path (kpf up --all, and A in kpf ui).
+func writeAllFile(ctxName, ns, selector, address string) (string, error) {
+	a := allFlags{All: true, Selector: selector, Address: address}
 	var b strings.Builder
 	q := func(s string) string { j, _ := json.Marshal(s); return string(j) }
 	fmt.Fprintf(&b, "# kpf up --all: every service of %s", ns)

@@ -23,6 +23,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/manager"
 	"github.com/kpf-dev/kpf/internal/spec"
+	"github.com/kpf-dev/kpf/internal/ui"
 	"github.com/spf13/cobra"
 )
 
@@ -267,6 +268,7 @@ its own flags and environment, as kpf up -d would.`,
 
 func newStatusCommand(g *globals) *cobra.Command {
 	var asJSON, watch bool
+	var save string
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the daemon's forwards: file, user, state, health, pod, connections, bytes and rates, reconnects",
@@ -275,7 +277,8 @@ health, pod, local addresses, connections (open/total, failed), bytes each
 way (counted as they move) and bytes per second over the last second,
 reconnects and pod switches. --watch redraws every second and at each change
 (a state, health or pod change, a forward added or stopped), from the
-daemon's event stream, until Ctrl-C.`,
+daemon's event stream, until Ctrl-C. --save FILE writes the forwards as a
+kpf.yaml that kpf up -f FILE runs (w in kpf ui).`,
 		Example: "  kpf status\n  kpf status --watch\n  kpf status --json | jq '.forwards[] | select(.state != \"ready\")'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -307,6 +310,17 @@ daemon's event stream, until Ctrl-C.`,
 			if err != nil {
 				return err
 			}
+			if save != "" {
+				b, err := ui.SetFile(save, st.Forwards)
+				if err != nil {
+					return err
+				}
+				if err := os.WriteFile(save, b, 0o644); err != nil {
+					return err
+				}
+				fmt.Fprintf(g.out, "wrote %s: kpf up -f %s runs it\n", save, save)
+				return nil
+			}
 			if err := draw(st); err != nil || !watch {
 				return err
 			}
@@ -333,6 +347,7 @@ daemon's event stream, until Ctrl-C.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, fmt.Sprintf("print JSON (schemaVersion %d)", api.SchemaVersion))
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "redraw every second until interrupted")
+	cmd.Flags().StringVar(&save, "save", "", "write the forwards to this file as a kpf.yaml (that kpf up -f runs) instead of showing them")
 	return cmd
 }
 

@@ -178,6 +178,13 @@ func (c *Client) Stop(ctx context.Context, name, file string) (*api.Forward, err
 	return &f, c.do(ctx, http.MethodDelete, forwardPath(name, file, "", nil), nil, &f)
 }
 
+// RestartForward restarts one forward.
+func (c *Client) RestartForward(ctx context.Context, name, file string) ([]api.Picked, error) {
+	var res api.RestartResult
+	err := c.do(ctx, http.MethodPost, forwardPath(name, file, "/restart", nil), nil, &res)
+	return res.Restarted, err
+}
+
 // Doctor runs kpf doctor's checks of a forward in the daemon.
 func (c *Client) Doctor(ctx context.Context, name, file string) (*api.DoctorResult, error) {
 	var d api.DoctorResult

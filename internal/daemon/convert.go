@@ -18,6 +18,7 @@ func ForwardOf(r manager.Row) api.Forward {
 		User:         r.User,
 		Namespace:    r.Namespace,
 		Target:       r.Target,
+		Ports:        r.Ports,
 		Pod:          r.Pod,
 		Local:        r.Local,
 		Addresses:    r.Addresses,

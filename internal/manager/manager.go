@@ -414,6 +414,7 @@ type Row struct {
 	User      string   `json:"user,omitempty"`
 	Namespace string   `json:"namespace,omitempty"`
 	Target    string   `json:"target"`
+	Ports     []string `json:"ports,omitempty"` // as applied: [LOCAL:]REMOTE[/udp]
 	Pod       string   `json:"pod,omitempty"`
 	Local     []string `json:"local,omitempty"`
 	// Addresses are the ones the file gives it (an auto address as the
@@ -454,6 +455,9 @@ func (m *Manager) Snapshot() []Row {
 		f.mu.Lock()
 		r := Row{Name: f.Spec.Name, Context: f.Spec.Context, Namespace: f.Spec.Namespace, Target: f.Spec.Target, HTTPLog: f.Spec.HTTPLog,
 			Addresses: f.Spec.Addresses, State: f.state, Health: f.health, HealthNote: f.healthNote, LastError: f.err, RetryAt: f.retryAt}
+		for _, p := range f.Spec.Ports {
+			r.Ports = append(r.Ports, p.String())
+		}
 		sess, px, pxAddr := f.sess, f.px, f.pxAddr
 		f.mu.Unlock()
 		if px != nil {

@@ -64,6 +64,7 @@ type Forward struct {
 	User      string   `json:"user,omitempty"`
 	Namespace string   `json:"namespace,omitempty"`
 	Target    string   `json:"target"`
+	Ports     []string `json:"ports,omitempty"` // as applied: [LOCAL:]REMOTE[/udp], what a kpf.yaml of it says
 	Pod       string   `json:"pod,omitempty"`
 	Local     []string `json:"local,omitempty"`
 	// Addresses are the ones the file gives it (an auto address as the
