@@ -305,18 +305,26 @@ func TestTCPListener(t *testing.T) {
 		name          string
 		token, origin string
 		want          int
+		scheme        string
 	}{
-		{"no token", "", "", http.StatusUnauthorized},
-		{"wrong token", "nope", "", http.StatusUnauthorized},
-		{"token", strings.TrimSpace(string(token)), "", http.StatusOK},
-		{"another site", strings.TrimSpace(string(token)), "https://evil.example", http.StatusForbidden},
-		{"its own origin", strings.TrimSpace(string(token)), "http://" + addr, http.StatusOK},
-		{"rebound name", strings.TrimSpace(string(token)), "host:evil.example", http.StatusForbidden},
+		{"no token", "", "", http.StatusUnauthorized, ""},
+		{"wrong token", "nope", "", http.StatusUnauthorized, ""},
+		{"token", strings.TrimSpace(string(token)), "", http.StatusOK, ""},
+		{"another site", strings.TrimSpace(string(token)), "https://evil.example", http.StatusForbidden, ""},
+		{"its own origin", strings.TrimSpace(string(token)), "http://" + addr, http.StatusOK, ""},
+		{"rebound name", strings.TrimSpace(string(token)), "host:evil.example", http.StatusForbidden, ""},
+		// Auth schemes are case-insensitive (RFC 9110 §11.1).
+		{"lower-case scheme", strings.TrimSpace(string(token)), "", http.StatusOK, "bearer"},
+		{"upper-case scheme", strings.TrimSpace(string(token)), "", http.StatusOK, "BEARER"},
+		{"another scheme", strings.TrimSpace(string(token)), "", http.StatusUnauthorized, "Basic"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest("GET", "http://"+addr+"/v1/status", nil)
+			if tc.scheme == "" {
+				tc.scheme = "Bearer"
+			}
 			if tc.token != "" {
-				req.Header.Set("Authorization", "Bearer "+tc.token)
+				req.Header.Set("Authorization", tc.scheme+" "+tc.token)
 			}
 			if h, ok := strings.CutPrefix(tc.origin, "host:"); ok {
 				req.Host = h // DNS rebinding: another name for 127.0.0.1
