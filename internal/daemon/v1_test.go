@@ -103,6 +103,7 @@ func TestStartForwardRefusesBadRequests(t *testing.T) {
 		{"not loopback", func(r *api.StartRequest) { r.Address = "0.0.0.0" }, `address "0.0.0.0": a forward started without a file listens on loopback only`},
 		{"bad name", func(r *api.StartRequest) { r.Name = "Web API" }, `name "Web API": want lower-case letters`},
 		{"bad wait", func(r *api.StartRequest) { r.Wait = "soon" }, `wait "soon": want a duration`},
+		{"a local port twice", func(r *api.StartRequest) { r.Ports = []string{"8080:80", "8080:81"} }, `ports: local port given twice: "8080:80" and "8080:81" both listen on local port 8080`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req := startReq("svc/web", "8080")
