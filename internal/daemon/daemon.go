@@ -625,8 +625,8 @@ func (s *Server) guard(path string, open manager.Opener) manager.Opener {
 			for _, other := range r.m.Specs(true) {
 				if port, addr, ok := config.Overlap(fw, other); ok {
 					// Waiting does not free it: retried only slowly.
-					return nil, supervise.Permanent(fmt.Errorf("%w: local port %d on %s is used by forward %q of %s (stop it with: kpf down %s -f %s)",
-						ErrPortTaken, port, addr, other.Name, r.path, other.Name, r.path))
+					return nil, supervise.Permanent(fmt.Errorf("%w: local port %d on %s is used by forward %q %s",
+						ErrPortTaken, port, addr, other.Name, s.whereStop(r.path, other.Name)))
 				}
 			}
 		}
@@ -691,6 +691,14 @@ func (s *Server) pick(req api.NamesRequest) ([]api.Picked, int, error) {
 		case 1:
 			byFile[in[0]] = append(byFile[in[0]], n)
 		default:
+			for _, key := range in {
+				if o := s.originOf(key); o != "" {
+					// It has no -f to give: once the files' forwards of
+					// the name are stopped, the name is its alone.
+					return nil, http.StatusConflict, fmt.Errorf("forward %q runs from %d places (%s): kpf down %s -f FILE stops a file's; kpf down %s then stops the one %s",
+						n, len(in), strings.Join(s.places(in), ", "), n, n, o)
+				}
+			}
 			return nil, http.StatusConflict, fmt.Errorf("forward %q runs from %d files (%s): say which with -f FILE", n, len(in), strings.Join(in, ", "))
 		}
 	}
@@ -703,14 +711,39 @@ func (s *Server) pick(req api.NamesRequest) ([]api.Picked, int, error) {
 }
 
 func listFiles(runs []*fileRun) string {
-	if len(runs) == 0 {
-		return "none"
-	}
 	var p []string
 	for _, r := range runs {
-		p = append(p, r.path)
+		if filepath.IsAbs(r.path) { // not a forward started without a file
+			p = append(p, r.path)
+		}
+	}
+	if len(p) == 0 {
+		return "none"
 	}
 	return strings.Join(p, ", ")
+}
+
+// places names the runs of keys as a person would: a file's path, or
+// "no file (started by mcp)" for a forward started without one.
+func (s *Server) places(keys []string) []string {
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if o := s.originOf(k); o != "" {
+			k = "no file (" + o + ")"
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+// whereStop says where forward name of the run key comes from and the
+// command that stops it: kpf down NAME -f FILE for a file's, kpf down NAME
+// (or the API) for one started without a file, which has no -f to give.
+func (s *Server) whereStop(key, name string) string {
+	if o := s.originOf(key); o != "" {
+		return fmt.Sprintf("%s, without a file (stop it with: kpf down %s, or DELETE /v1/forwards/%s)", o, name, name)
+	}
+	return fmt.Sprintf("of %s (stop it with: kpf down %s -f %s)", key, name, key)
 }
 
 func (s *Server) down(w http.ResponseWriter, r *http.Request) {

@@ -417,3 +417,55 @@ func TestDownAllWithNamesIsRefused(t *testing.T) {
 		t.Fatal("the daemon stopped")
 	}
 }
+
+// A forward started without a file has no -f to stop it with: what the
+// daemon says of it names a command that works (kpf down NAME, the API),
+// and its name is no file's forward's, so that the name alone finds it.
+func TestFilelessForwardsAreNamedByCommandsThatWork(t *testing.T) {
+	c, _, dir := start(t)
+	ctx := context.Background()
+	a := writeFile(t, dir, "a.yaml", fileA)
+	if _, err := c.Apply(ctx, api.ApplyRequest{File: a, Identity: as("c", "u"), Settings: spec.Defaults()}); err != nil {
+		t.Fatal(err)
+	}
+	// Named after its target, past a file's forward of the name.
+	if f, err := c.Start(ctx, startReq("sts/db", "15433:5432")); err != nil || f.Name != "db-2" {
+		t.Fatalf("start sts/db: %+v, %v: want db-2 (db is a.yaml's)", f, err)
+	}
+	req := startReq("svc/x", "15434:80")
+	req.Name = "api"
+	_, err := c.Start(ctx, req)
+	want := fmt.Sprintf(`a forward named "api" runs already, of %s (stop it with: kpf down api -f %s); or choose another name`, a, a)
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || ae.Message != want {
+		t.Fatalf("a file's name: %v\nwant %s", err, want)
+	}
+	// Its local port, wanted by a file's forward.
+	web := startReq("svc/web", "19090:80")
+	web.Name = "web"
+	if _, err := c.Start(ctx, web); err != nil {
+		t.Fatal(err)
+	}
+	b := writeFile(t, dir, "b.yaml", "forwards:\n  - {name: other, target: svc/x, ports: [\"19090:80\"]}\n")
+	c.Apply(ctx, api.ApplyRequest{File: b, Identity: as("c", "u"), Settings: spec.Defaults()})
+	_, err = c.Wait(ctx, b, 5*time.Second)
+	want = `local port 19090 on 127.0.0.1 is used by forward "web" started by test, without a file (stop it with: kpf down web, or DELETE /v1/forwards/web)`
+	if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "-f (") {
+		t.Fatalf("err %v\nwant %s", err, want)
+	}
+	// A file applied later with its name: the file's is stopped with -f,
+	// then the name is the file-less one's alone.
+	d := writeFile(t, dir, "d.yaml", "forwards:\n  - {name: web, target: svc/web, ports: [\"19091:80\"]}\n")
+	c.Apply(ctx, api.ApplyRequest{File: d, Identity: as("c", "u"), Settings: spec.Defaults()})
+	_, _, err = c.Down(ctx, api.NamesRequest{Names: []string{"web"}})
+	want = fmt.Sprintf(`forward "web" runs from 2 places (no file (started by test), %s): kpf down web -f FILE stops a file's; kpf down web then stops the one started by test`, d)
+	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || ae.Message != want {
+		t.Fatalf("down web: %v\nwant %s", err, want)
+	}
+	if _, _, err := c.Down(ctx, api.NamesRequest{Names: []string{"web"}, File: d}); err != nil {
+		t.Fatal(err)
+	}
+	if stopped, _, err := c.Down(ctx, api.NamesRequest{Names: []string{"web"}}); err != nil || stopped[0].Names[0] != "web" {
+		t.Fatalf("down web: %+v, %v", stopped, err)
+	}
+}
