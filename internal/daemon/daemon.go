@@ -815,9 +815,16 @@ func (s *Server) stopAll() {
 // wait waits until every forward of the file (of every file, without one)
 // is ready and healthy.
 func (s *Server) wait(w http.ResponseWriter, r *http.Request) {
-	d, err := time.ParseDuration(r.URL.Query().Get("timeout"))
-	if err != nil || d <= 0 {
-		d = 2 * time.Minute
+	d := 2 * time.Minute
+	if v := r.URL.Query().Get(qTimeout); v != "" {
+		t, err := time.ParseDuration(v)
+		if err != nil {
+			httpError(w, fmt.Sprintf("bad request: timeout=%q: want a duration, such as 60s", v), http.StatusBadRequest)
+			return
+		}
+		if t > 0 {
+			d = t
+		}
 	}
 	file := r.URL.Query().Get("file")
 	var ms []*manager.Manager

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -467,5 +468,34 @@ func TestFilelessForwardsAreNamedByCommandsThatWork(t *testing.T) {
 	}
 	if stopped, _, err := c.Down(ctx, api.NamesRequest{Names: []string{"web"}}); err != nil || stopped[0].Names[0] != "web" {
 		t.Fatalf("down web: %+v, %v", stopped, err)
+	}
+}
+
+// A query parameter a route does not take, or a yes-or-no one of another
+// value, is refused with its name and what is allowed: never read as its
+// default (?counters=yes sent no counters, and said nothing).
+func TestQueryParametersAreChecked(t *testing.T) {
+	c, _, _ := start(t)
+	for _, tc := range []struct{ path, want string }{
+		{"/v1/events?counters=yes", `bad request: counters="yes": want 1, true, 0, false`},
+		{"/v1/logs?follow=on", `bad request: follow="on": want 1, true, 0, false`},
+		{"/v1/status?fle=/a.yaml", `bad request: query parameter "fle": GET /v1/status takes only file`},
+		{"/v1/files?file=/a.yaml", `bad request: query parameter "file": GET /v1/files takes no query parameters`},
+		{"/v1/forwards/web/logs?line=5", `bad request: query parameter "line": GET /v1/forwards/{name}/logs takes only file, lines, follow`},
+		{"/v1/logs?lines=many", `lines="many": want a number from 0 to 10000`},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			err := c.Get(context.Background(), tc.path, &struct{}{})
+			var ae *APIError
+			if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || ae.Message != tc.want {
+				t.Fatalf("got %v, want 400 %q", err, tc.want)
+			}
+		})
+	}
+	// The documented values pass.
+	for _, path := range []string{"/v1/status?file=", "/v1/logs?follow=0&lines=1", "/v1/forwards?file=/a.yaml"} {
+		if err := c.Get(context.Background(), path, &json.RawMessage{}); err != nil {
+			t.Errorf("%s: %v", path, err)
+		}
 	}
 }
