@@ -99,7 +99,7 @@ its real port, which kpf hosts names. The same as discover: in kpf.yaml.`,
 	cmd.Flags().DurationVar(&o.WaitTimeout, "timeout", 2*time.Minute, "with --wait: how long to wait")
 	cmd.Flags().StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
 	cmd.Flags().StringVar(&o.Metrics, "metrics-addr", "", metricsAddrUsage+"; default: the file's metrics: key")
-	cmd.Flags().StringVar(&o.APIAddr, "api-addr", "", "with -d: "+apiAddrUsage+" (given to the daemon -d starts; a running daemon keeps its own)")
+	cmd.Flags().StringVar(&o.APIAddr, "api-addr", "", "with -d: "+apiAddrUsage+" (given to the daemon -d starts; a running daemon keeps its own, and this says so)")
 	o.All.AddFlags(cmd.Flags())
 	return cmd
 }

@@ -123,6 +123,13 @@ type Server struct {
 	// APIAddr, if set, serves the API on this loopback TCP address too,
 	// behind the bearer token in Home.APIToken (api_tcp.go).
 	APIAddr string
+	// APIAddrRestored: APIAddr is a killed daemon's (LastFlags), not
+	// asked for now: if it cannot be listened on, the daemon says so in
+	// its log and runs without it, rather than not at all.
+	APIAddrRestored bool
+	// MetricsAddr is where the daemon's metrics listen (the CLI serves
+	// them), recorded in its Flags.
+	MetricsAddr string
 
 	// The event stream (events.go); eventBuffer (0: EventBuffer) is for
 	// tests. origins are the file-less runs' origins by key, under mu.
@@ -201,11 +208,26 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	defer os.Remove(s.Home.Socket())
 	stopTCP, err := s.serveTCP()
+	if err != nil && s.APIAddrRestored {
+		s.Log.Warn("the API address of the daemon before this one (which was killed) is not served: restart the daemon with --api-addr to serve one", "err", err)
+		s.APIAddr = ""
+		stopTCP, err = s.serveTCP()
+	}
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	defer stopTCP()
+	// Recorded while it runs, removed at a clean exit: a daemon started
+	// after this one is killed serves where it did.
+	flags := Flags{APIAddr: s.APIAddr, MetricsAddr: s.MetricsAddr, PID: os.Getpid()}
+	if s.apiAt != nil {
+		flags.APIAddr = s.apiAt.String() // a port chosen at listen time stays
+	}
+	if err := s.Home.writeFlags(flags); err != nil {
+		s.Log.Error("record the daemon's flags", "err", err)
+	}
+	defer os.Remove(s.Home.flagsPath())
 	s.hub().diff(s)
 	go s.hub().run(s)
 	// Requests see the daemon's context: a wait ends when the daemon does.
@@ -403,6 +425,9 @@ func (s *Server) whoOf(r *fileRun) map[string][3]string {
 
 func (s *Server) snapshot(only string) api.Status {
 	st := api.Status{SchemaVersion: api.SchemaVersion, PID: os.Getpid(), Started: s.started, Files: []string{}, Forwards: []api.Forward{}, Metrics: s.MetricsURL, Restored: s.restored}
+	if s.apiAt != nil {
+		st.API = s.apiAt.String()
+	}
 	for _, r := range s.runs() {
 		if only != "" && r.path != only {
 			continue
