@@ -162,6 +162,8 @@ type Server struct {
 	// that took the map under mu may read it after. The manager is safe
 	// for concurrent use on its own. status reads only through runs(),
 	// so no request path reads state outside this discipline.
+	settle settler // hands garbage back once the forwards are quiet (settle.go)
+
 	opMu   sync.Mutex
 	mu     sync.Mutex
 	files  map[string]*fileRun
@@ -254,6 +256,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		err = <-served
 	}
 	s.stopAll()
+	s.settle.stop()
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -579,6 +582,7 @@ func (s *Server) newRun(req api.ApplyRequest, fws []config.Forward) *fileRun {
 		Log:          log,
 		Events: func(e manager.Event) {
 			s.hub().poke()
+			s.settle.changed()
 			if s.Events == nil {
 				return
 			}
