@@ -125,6 +125,11 @@ func measureStartup(ctx context.Context, sb *sandboxtest.Sandbox, kpf, transport
 	rec("idle-cpu", (cpuSeconds(st.PID)-cpu0)/secs*100, "% of a core")
 	rec("idle-wakeups", float64(wakeups(st.PID)-wake0)/secs, "/s")
 	rec("idle-rss-per-forward", rssMiB(st.PID)*1024/float64(n), "KiB")
+	// RSS counts the pages of the binary it has mapped too (tens of MiB,
+	// the same for 1 forward or 200, more where the kernel maps them as
+	// huge pages): its own memory, what forwards add, is the anonymous
+	// part.
+	rec("idle-anon-rss-per-forward", statusMiB(st.PID, "RssAnon:")*1024/float64(n), "KiB")
 	return nil
 }
 

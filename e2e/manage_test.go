@@ -73,6 +73,8 @@ type statusJSON struct {
 	PID           int         `json:"pid"`
 	Files         []string    `json:"files"`
 	Forwards      []statusRow `json:"forwards"`
+	API           string      `json:"api"`
+	Metrics       string      `json:"metrics"`
 }
 
 // statusRow is a forward (or proxy) in kpf status --json.

@@ -3,7 +3,11 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -152,4 +156,61 @@ func rawForwards(t *testing.T, k *kpfCmd) []relayRow {
 		t.Fatalf("kpf status --json: exit %d\n%s", code, out)
 	}
 	return st.Forwards
+}
+
+// A daemon started after one was SIGKILLed serves its API and metrics
+// where that one did (a new token: none is ever stored); kpf up -d
+// --api-addr to a daemon that runs without it says so. No pod needed:
+// the file's forward may wait for its service.
+func TestDaemonKilledKeepsItsAddresses(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	k := newKpfCmd(t, sb)
+	file := k.write(t, "kpf.yaml", "forwards:\n  - {name: web, namespace: default, target: svc/kpf-no-such-service, ports: [\":80\"]}\n")
+	if out, code := k.run(t, "up", "-d", "-f", file); code != 0 {
+		t.Fatalf("kpf up -d: exit %d\n%s", code, out)
+	}
+	// A daemon that runs keeps its own API address, and says so.
+	api := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	if out, code := k.run(t, "up", "-d", "-f", file, "--api-addr", api); code != 0 || !strings.Contains(out, "note: --api-addr "+api+" is not applied: the kpf daemon was running already, without an API address") {
+		t.Fatalf("kpf up -d --api-addr to a running daemon: exit %d\n%s", code, out)
+	}
+	if out, code := k.run(t, "down", "--all"); code != 0 {
+		t.Fatalf("kpf down --all: exit %d\n%s", code, out)
+	}
+	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	if out, code := k.run(t, "up", "-d", "-f", file, "--api-addr", api, "--metrics-addr", metrics); code != 0 {
+		t.Fatalf("kpf up -d --api-addr: exit %d\n%s", code, out)
+	}
+	before := k.status(t)
+	oldToken, _ := os.ReadFile(filepath.Join(k.home, "api-token"))
+	if before.API != api || before.Metrics != "http://"+metrics+"/metrics" || len(oldToken) == 0 {
+		t.Fatalf("before the kill: api %q, metrics %q", before.API, before.Metrics)
+	}
+	if err := syscall.Kill(before.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	sandboxtest.WaitFor(t, 10*time.Second, "the daemon gone", func() (bool, error) {
+		return syscall.Kill(before.PID, 0) != nil, nil
+	})
+	if out, code := k.run(t, "status"); code != 0 || !strings.Contains(out, "starting it again to restore them") {
+		t.Fatalf("kpf status after the kill: exit %d\n%s", code, out)
+	}
+	after := k.status(t)
+	if after.PID == before.PID || after.API != api || after.Metrics != before.Metrics {
+		t.Fatalf("after the kill: pid %d api %q metrics %q, want %s and %s", after.PID, after.API, after.Metrics, api, before.Metrics)
+	}
+	token, _ := os.ReadFile(filepath.Join(k.home, "api-token"))
+	if len(token) == 0 || string(token) == string(oldToken) {
+		t.Fatal("the restored daemon's API has no new token")
+	}
+	req, _ := http.NewRequest("GET", "http://"+api+"/v1/status", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the restored API answers %d", resp.StatusCode)
+	}
 }

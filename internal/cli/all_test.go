@@ -79,6 +79,10 @@ func TestDoctorOfADiscoveredForward(t *testing.T) {
 	fw.Owner, fw.Name = "", "api"
 	if got, want := doctorForFile("/h/kpf.yaml", fw), "kpf doctor -f /h/kpf.yaml api"; got != want {
 		t.Errorf("got %q, want %q", got, want)
+	} // Started by kpf mcp: no file, never -f "(started by mcp) web".
+	fw = config.Forward{Name: "web", Context: "dev", Namespace: "shop", Target: "svc/web", Ports: []portspec.Port{{Local: 8080, Remote: "80", LocalSet: true}}}
+	if got, want := doctorForFile("(started by mcp) web", fw), "kpf doctor --context dev -n shop svc/web 8080:80"; got != want {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/cluster"
 	"io"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -64,6 +65,15 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 		// A daemon started now restores what one killed before it ran.
 		if st, err := c.Status(ctx, ""); err == nil {
 			writeRestored(o.g.errOut, st.Restored)
+		}
+	}
+	if o.APIAddr != "" {
+		// Like --metrics-addr, --api-addr is the daemon's: one that runs
+		// already keeps its own, and says so.
+		if st, err := c.Status(ctx, abs); err == nil {
+			if note := apiAddrNote(o.APIAddr, st.API); note != "" {
+				fmt.Fprintln(o.g.errOut, note)
+			}
 		}
 	}
 	if metricsAddr != "" {
@@ -129,6 +139,24 @@ func ensureDaemon(c *daemon.Client, home daemon.Home, errOut io.Writer, start fu
 		time.Sleep(50 * time.Millisecond)
 	}
 	return true, nil
+}
+
+// apiAddrNote says, when kpf up -d --api-addr want found a daemon that
+// serves its API elsewhere (at serving, "" for nowhere), that want was not
+// applied and how to apply it; "" when the daemon serves want.
+func apiAddrNote(want, serving string) string {
+	ap, err := daemon.CheckAPIAddr(want)
+	if err != nil {
+		return ""
+	}
+	if got, err := netip.ParseAddrPort(serving); err == nil && got.Addr() == ap.Addr() && (ap.Port() == 0 || got.Port() == ap.Port()) {
+		return ""
+	}
+	running := "without an API address"
+	if serving != "" {
+		running = "with its API on " + serving
+	}
+	return fmt.Sprintf("note: --api-addr %s is not applied: the kpf daemon was running already, %s; a daemon takes --api-addr when it starts (restart it: kpf down --all, then kpf up -d --api-addr %s)", want, running, want)
 }
 
 const apiAddrUsage = "also serve the daemon's API on this loopback TCP address (127.0.0.1:PORT), for tools that cannot open a unix socket; requests need the bearer token the daemon writes to api-token in its home (0600)"
@@ -198,6 +226,20 @@ its own flags and environment, as kpf up -d would.`,
 				}
 			}
 			log := g.logger()
+			// A daemon started after one was killed serves where that one
+			// did (what its flags were), unless told otherwise now.
+			restoredAPI, restoredMetrics := false, false
+			if last, ok := home.LastFlags(); ok && !daemon.NewClient(home).Running() {
+				if !cmd.Flags().Changed("api-addr") && last.APIAddr != "" {
+					if _, err := daemon.CheckAPIAddr(last.APIAddr); err == nil {
+						apiAddr, restoredAPI = last.APIAddr, true
+					}
+				}
+				if !cmd.Flags().Changed("metrics-addr") && last.MetricsAddr != "" {
+					metricsAddr, restoredMetrics = last.MetricsAddr, true
+				}
+				log.Info("the daemon before this one was killed: its flags are restored", "pid", last.PID, "apiAddr", apiAddr, "metricsAddr", metricsAddr)
+			}
 			if err := home.Ensure(); err != nil {
 				return err
 			}
@@ -229,18 +271,24 @@ its own flags and environment, as kpf up -d would.`,
 				Cleanup: func(ctx context.Context, id identity.Identity, fws []config.Forward) error {
 					return cleanupRelays(ctx, clusters, id, fws, log)
 				},
-				Doctor:  daemonDoctor,
-				APIAddr: apiAddr,
+				Doctor:          daemonDoctor,
+				APIAddr:         apiAddr,
+				APIAddrRestored: restoredAPI,
 			}
 			if err := g.startDebug(cmd.Context()); err != nil {
 				return err
 			}
 			at, err := serveMetrics(cmd.Context(), metricsAddr, s.Metrics, g.errOut)
+			if err != nil && restoredMetrics {
+				log.Warn("the metrics address of the daemon before this one (which was killed) is not served: restart the daemon with --metrics-addr to serve one", "err", err)
+				at, err = nil, nil
+			}
 			if err != nil {
 				return err
 			}
 			if at != nil {
 				s.MetricsURL = "http://" + at.String() + "/metrics"
+				s.MetricsAddr = at.String()
 			}
 			if len(apply) > 0 {
 				id, err := g.identity(cmd)

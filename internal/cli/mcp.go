@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,7 +20,6 @@ import (
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/mcp"
 	"github.com/kpf-dev/kpf/internal/spec"
-	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -66,7 +66,9 @@ nothing. The README says how to add it to an MCP client.`,
 				Context:  id.Get("context"),
 				Version:  currentVersion().Version,
 			})
-			return s.Run(cmd.Context(), &sdk.StdioTransport{})
+			// A stray line is answered with a JSON-RPC error, not the end of
+			// the session (and of the agent's forwards).
+			return s.Run(cmd.Context(), &mcp.Stdio{In: os.Stdin, Out: os.Stdout})
 		},
 	}
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "offer only the tools that change nothing (no start_forward, no stop_forward)")

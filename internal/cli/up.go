@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -98,7 +99,7 @@ its real port, which kpf hosts names. The same as discover: in kpf.yaml.`,
 	cmd.Flags().DurationVar(&o.WaitTimeout, "timeout", 2*time.Minute, "with --wait: how long to wait")
 	cmd.Flags().StringVar(&o.AuditLog, "audit-log", "", auditLogUsage)
 	cmd.Flags().StringVar(&o.Metrics, "metrics-addr", "", metricsAddrUsage+"; default: the file's metrics: key")
-	cmd.Flags().StringVar(&o.APIAddr, "api-addr", "", "with -d: "+apiAddrUsage+" (given to the daemon -d starts; a running daemon keeps its own)")
+	cmd.Flags().StringVar(&o.APIAddr, "api-addr", "", "with -d: "+apiAddrUsage+" (given to the daemon -d starts; a running daemon keeps its own, and this says so)")
 	o.All.AddFlags(cmd.Flags())
 	return cmd
 }
@@ -465,10 +466,12 @@ func (w lineWriter) Write(p []byte) (int, error) {
 // doctorForFile is kpf doctor for a forward of a file, as the user would
 // type it in the file's folder or anywhere else.
 //
-// A forward of a discover entry is not in the file by name: its doctor is
-// that of its target.
+// A forward of a discover entry is not in the file by name, and one
+// started without a file (by kpf mcp, through the API) has no file, whose
+// "file" is only the daemon's key of it: the doctor of either is that of
+// its target.
 func doctorForFile(file string, fw config.Forward) string {
-	if fw.Owner != "" {
+	if fw.Owner != "" || !filepath.IsAbs(file) {
 		cmd := "kpf doctor"
 		if fw.Context != "" {
 			cmd += " --context " + shellQuote(fw.Context)

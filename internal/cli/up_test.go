@@ -204,3 +204,20 @@ func TestRestoredSaysWhatCameBack(t *testing.T) {
 		t.Errorf("nothing restored, yet %q", b.String())
 	}
 }
+
+// kpf up -d --api-addr to a daemon that runs already says when the
+// daemon serves its API elsewhere, or not at all, and how to apply it.
+func TestAPIAddrNote(t *testing.T) {
+	for _, tc := range []struct{ want, serving, note string }{
+		{"127.0.0.1:7070", "127.0.0.1:7070", ""},
+		{"localhost:7070", "127.0.0.1:7070", ""},
+		{"127.0.0.1:0", "127.0.0.1:41234", ""}, // any port was asked for
+		{"127.0.0.1:7070", "", "note: --api-addr 127.0.0.1:7070 is not applied: the kpf daemon was running already, without an API address; a daemon takes --api-addr when it starts (restart it: kpf down --all, then kpf up -d --api-addr 127.0.0.1:7070)"},
+		{"127.0.0.1:7070", "127.0.0.1:7071", "note: --api-addr 127.0.0.1:7070 is not applied: the kpf daemon was running already, with its API on 127.0.0.1:7071; a daemon takes --api-addr when it starts (restart it: kpf down --all, then kpf up -d --api-addr 127.0.0.1:7070)"},
+		{"[::1]:7070", "127.0.0.1:7070", "note: --api-addr [::1]:7070 is not applied: the kpf daemon was running already, with its API on 127.0.0.1:7070; a daemon takes --api-addr when it starts (restart it: kpf down --all, then kpf up -d --api-addr [::1]:7070)"},
+	} {
+		if got := apiAddrNote(tc.want, tc.serving); got != tc.note {
+			t.Errorf("apiAddrNote(%q, %q) = %q\nwant %q", tc.want, tc.serving, got, tc.note)
+		}
+	}
+}

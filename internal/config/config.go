@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/portspec"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Schema is the JSON Schema of kpf.yaml, for editors (kpf config schema).
@@ -229,6 +230,12 @@ func parseLines(path string, b []byte) (*File, error) {
 			probs = append(probs, Problem{Line: n, Msg: fmt.Sprintf("%q: the service and namespace may not be empty", l)})
 			continue
 		}
+		// The service names the forward: a name of Kubernetes' own
+		// (never a "/", which the daemon's API paths could not route).
+		if len(validation.IsDNS1035Label(svc)) > 0 || len(validation.IsDNS1123Label(ns)) > 0 {
+			probs = append(probs, Problem{Line: n, Msg: fmt.Sprintf("%q: want a service and a namespace name (lower-case letters, digits and dashes), such as api:shop:8080:80", l)})
+			continue
+		}
 		f.Forwards = append(f.Forwards, Forward{Name: svc, Namespace: ns, Target: "svc/" + svc, Ports: []portspec.Port{port}, Addresses: []string{"localhost"},
 			Pos: Pos{Line: n, Index: len(f.Forwards), PortLines: []int{n}}})
 	}
@@ -284,6 +291,17 @@ func crossChecks(fws []Forward, yamlPaths bool) []Problem {
 			probs = append(probs, Problem{Line: fw.Pos.Line, Field: field(fw, "name"), Msg: fmt.Sprintf("%q is used twice (first on line %d)", fw.Name, prev)})
 		} else {
 			names[fw.Name] = fw.Pos.Line
+		}
+		for k, p := range fw.Ports {
+			if j := slices.IndexFunc(fw.Ports[:k], func(q portspec.Port) bool { return p.Local != 0 && q.Local == p.Local && q.UDP == p.UDP }); j >= 0 {
+				line := fw.Pos.Line
+				if k < len(fw.Pos.PortLines) {
+					line = fw.Pos.PortLines[k]
+				}
+				probs = append(probs, Problem{Line: line, Field: field(fw, "ports"),
+					Msg: fmt.Sprintf("local port %d is given twice (%q and %q): give each its own local port, or :%s for a free one", p.Local, fw.Ports[j], p, p.Remote)})
+				break
+			}
 		}
 		for _, other := range fws[:i] {
 			if other.Name == fw.Name {

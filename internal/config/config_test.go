@@ -57,6 +57,8 @@ func TestLoadBadReportsEverything(t *testing.T) {
 		`line 20: forwards[4].health.type: "udp": want tcp or http`,
 		`line 20: forwards[4].health.interval: "soon": want a duration`,
 		`forwards[4].ports: missing`,
+		// One forward cannot listen twice on a port (TCP and UDP are apart).
+		`line 23: forwards[5].ports: local port 9090 is given twice ("9090:80" and "9090:81"): give each its own local port, or :81 for a free one`,
 	}
 	msg := err.Error()
 	for _, w := range want {
@@ -83,6 +85,11 @@ func TestLineFormat(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "line 1: \"api:shop:8080\": want SERVICE:NAMESPACE:LOCAL_PORT:REMOTE_PORT") ||
 		!strings.Contains(err.Error(), "line 3: ports: local port 80 on 127.0.0.1 is also used by forward \"web\"") {
 		t.Errorf("err = %v", err)
+	}
+	// A forward's name is never one the daemon's API paths cannot route.
+	_, err = Parse("x.conf", []byte("svc/api:shop:8080:80\n"))
+	if err == nil || !strings.Contains(err.Error(), `line 1: "svc/api:shop:8080:80": want a service and a namespace name (lower-case letters, digits and dashes), such as api:shop:8080:80`) {
+		t.Errorf("a / in a name: err = %v", err)
 	}
 }
 

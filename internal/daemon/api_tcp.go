@@ -119,7 +119,7 @@ func tokenAuth(token string, port int, next http.Handler) http.Handler {
 			httpError(w, fmt.Sprintf("forbidden: Host %q is not this listener's loopback address", r.Host), http.StatusForbidden)
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		got, ok := bearer(r.Header.Get("Authorization"))
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="kpf"`)
 			httpError(w, "unauthorized: send the token of the daemon's api-token file as Authorization: Bearer TOKEN", http.StatusUnauthorized)
@@ -127,4 +127,15 @@ func tokenAuth(token string, port int, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// bearer is the credentials of an Authorization header of the Bearer
+// scheme, whose name is case-insensitive (RFC 9110 §11.1: "bearer" and
+// "BEARER" are Bearer too).
+func bearer(h string) (string, bool) {
+	scheme, cred, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimLeft(cred, " "), true
 }

@@ -123,6 +123,13 @@ type Server struct {
 	// APIAddr, if set, serves the API on this loopback TCP address too,
 	// behind the bearer token in Home.APIToken (api_tcp.go).
 	APIAddr string
+	// APIAddrRestored: APIAddr is a killed daemon's (LastFlags), not
+	// asked for now: if it cannot be listened on, the daemon says so in
+	// its log and runs without it, rather than not at all.
+	APIAddrRestored bool
+	// MetricsAddr is where the daemon's metrics listen (the CLI serves
+	// them), recorded in its Flags.
+	MetricsAddr string
 
 	// The event stream (events.go); eventBuffer (0: EventBuffer) is for
 	// tests. origins are the file-less runs' origins by key, under mu.
@@ -155,6 +162,8 @@ type Server struct {
 	// that took the map under mu may read it after. The manager is safe
 	// for concurrent use on its own. status reads only through runs(),
 	// so no request path reads state outside this discipline.
+	settle settler // hands garbage back once the forwards are quiet (settle.go)
+
 	opMu   sync.Mutex
 	mu     sync.Mutex
 	files  map[string]*fileRun
@@ -201,11 +210,26 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	defer os.Remove(s.Home.Socket())
 	stopTCP, err := s.serveTCP()
+	if err != nil && s.APIAddrRestored {
+		s.Log.Warn("the API address of the daemon before this one (which was killed) is not served: restart the daemon with --api-addr to serve one", "err", err)
+		s.APIAddr = ""
+		stopTCP, err = s.serveTCP()
+	}
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	defer stopTCP()
+	// Recorded while it runs, removed at a clean exit: a daemon started
+	// after this one is killed serves where it did.
+	flags := Flags{APIAddr: s.APIAddr, MetricsAddr: s.MetricsAddr, PID: os.Getpid()}
+	if s.apiAt != nil {
+		flags.APIAddr = s.apiAt.String() // a port chosen at listen time stays
+	}
+	if err := s.Home.writeFlags(flags); err != nil {
+		s.Log.Error("record the daemon's flags", "err", err)
+	}
+	defer os.Remove(s.Home.flagsPath())
 	s.hub().diff(s)
 	go s.hub().run(s)
 	// Requests see the daemon's context: a wait ends when the daemon does.
@@ -232,6 +256,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		err = <-served
 	}
 	s.stopAll()
+	s.settle.stop()
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -403,6 +428,9 @@ func (s *Server) whoOf(r *fileRun) map[string][3]string {
 
 func (s *Server) snapshot(only string) api.Status {
 	st := api.Status{SchemaVersion: api.SchemaVersion, PID: os.Getpid(), Started: s.started, Files: []string{}, Forwards: []api.Forward{}, Metrics: s.MetricsURL, Restored: s.restored}
+	if s.apiAt != nil {
+		st.API = s.apiAt.String()
+	}
 	for _, r := range s.runs() {
 		if only != "" && r.path != only {
 			continue
@@ -554,6 +582,7 @@ func (s *Server) newRun(req api.ApplyRequest, fws []config.Forward) *fileRun {
 		Log:          log,
 		Events: func(e manager.Event) {
 			s.hub().poke()
+			s.settle.changed()
 			if s.Events == nil {
 				return
 			}
@@ -625,8 +654,8 @@ func (s *Server) guard(path string, open manager.Opener) manager.Opener {
 			for _, other := range r.m.Specs(true) {
 				if port, addr, ok := config.Overlap(fw, other); ok {
 					// Waiting does not free it: retried only slowly.
-					return nil, supervise.Permanent(fmt.Errorf("%w: local port %d on %s is used by forward %q of %s (stop it with: kpf down %s -f %s)",
-						ErrPortTaken, port, addr, other.Name, r.path, other.Name, r.path))
+					return nil, supervise.Permanent(fmt.Errorf("%w: local port %d on %s is used by forward %q %s",
+						ErrPortTaken, port, addr, other.Name, s.whereStop(r.path, other.Name)))
 				}
 			}
 		}
@@ -691,6 +720,14 @@ func (s *Server) pick(req api.NamesRequest) ([]api.Picked, int, error) {
 		case 1:
 			byFile[in[0]] = append(byFile[in[0]], n)
 		default:
+			for _, key := range in {
+				if o := s.originOf(key); o != "" {
+					// It has no -f to give: once the files' forwards of
+					// the name are stopped, the name is its alone.
+					return nil, http.StatusConflict, fmt.Errorf("forward %q runs from %d places (%s): kpf down %s -f FILE stops a file's; kpf down %s then stops the one %s",
+						n, len(in), strings.Join(s.places(in), ", "), n, n, o)
+				}
+			}
 			return nil, http.StatusConflict, fmt.Errorf("forward %q runs from %d files (%s): say which with -f FILE", n, len(in), strings.Join(in, ", "))
 		}
 	}
@@ -703,14 +740,39 @@ func (s *Server) pick(req api.NamesRequest) ([]api.Picked, int, error) {
 }
 
 func listFiles(runs []*fileRun) string {
-	if len(runs) == 0 {
-		return "none"
-	}
 	var p []string
 	for _, r := range runs {
-		p = append(p, r.path)
+		if filepath.IsAbs(r.path) { // not a forward started without a file
+			p = append(p, r.path)
+		}
+	}
+	if len(p) == 0 {
+		return "none"
 	}
 	return strings.Join(p, ", ")
+}
+
+// places names the runs of keys as a person would: a file's path, or
+// "no file (started by mcp)" for a forward started without one.
+func (s *Server) places(keys []string) []string {
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if o := s.originOf(k); o != "" {
+			k = "no file (" + o + ")"
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+// whereStop says where forward name of the run key comes from and the
+// command that stops it: kpf down NAME -f FILE for a file's, kpf down NAME
+// (or the API) for one started without a file, which has no -f to give.
+func (s *Server) whereStop(key, name string) string {
+	if o := s.originOf(key); o != "" {
+		return fmt.Sprintf("%s, without a file (stop it with: kpf down %s, or DELETE /v1/forwards/%s)", o, name, name)
+	}
+	return fmt.Sprintf("of %s (stop it with: kpf down %s -f %s)", key, name, key)
 }
 
 func (s *Server) down(w http.ResponseWriter, r *http.Request) {
@@ -782,9 +844,16 @@ func (s *Server) stopAll() {
 // wait waits until every forward of the file (of every file, without one)
 // is ready and healthy.
 func (s *Server) wait(w http.ResponseWriter, r *http.Request) {
-	d, err := time.ParseDuration(r.URL.Query().Get("timeout"))
-	if err != nil || d <= 0 {
-		d = 2 * time.Minute
+	d := 2 * time.Minute
+	if v := r.URL.Query().Get(qTimeout); v != "" {
+		t, err := time.ParseDuration(v)
+		if err != nil {
+			httpError(w, fmt.Sprintf("bad request: timeout=%q: want a duration, such as 60s", v), http.StatusBadRequest)
+			return
+		}
+		if t > 0 {
+			d = t
+		}
 	}
 	file := r.URL.Query().Get("file")
 	var ms []*manager.Manager

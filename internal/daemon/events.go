@@ -202,7 +202,7 @@ func (h *hubState) subscribe(delta int) uint64 {
 // forward's counters) once a second: these have no id and are not kept.
 func (s *Server) eventStream(w http.ResponseWriter, r *http.Request) {
 	h := s.hub()
-	counters := r.URL.Query().Get("counters") == "1" || r.URL.Query().Get("counters") == "true"
+	counters := yes(r, qCounters)
 	last := h.subscribe(1)
 	defer h.subscribe(-1)
 	if session := r.URL.Query().Get("session"); session != "" {

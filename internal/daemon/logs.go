@@ -86,7 +86,7 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, path string, k
 		httpError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	follow := r.URL.Query().Get("follow") == "1" || r.URL.Query().Get("follow") == "true"
+	follow := yes(r, qFollow)
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) && !follow {
 		writeJSON(w, api.LogLines{Lines: []string{}}) // nothing logged yet

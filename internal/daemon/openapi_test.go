@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -56,6 +57,44 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	}
 }
 
+// Each operation takes the query parameters the document gives it, and no
+// other (the handler refuses any other); a yes-or-no one takes the values
+// the document lists.
+func TestOpenAPIQueryParametersMatchRoutes(t *testing.T) {
+	doc := loadOpenAPI(t)
+	for _, rt := range Routes() {
+		item := doc.Paths.Find(rt.Path)
+		op := item.GetOperation(rt.Method)
+		if op == nil {
+			t.Errorf("%s %s: not documented", rt.Method, rt.Path)
+			continue
+		}
+		var documented []string
+		// The path's own parameters, then the operation's.
+		for _, p := range append(slices.Clone(item.Parameters), op.Parameters...) {
+			if p.Value.In != openapi3.ParameterInQuery {
+				continue
+			}
+			documented = append(documented, p.Value.Name)
+			if slices.Contains(BoolParams, p.Value.Name) {
+				var enum []string
+				for _, v := range p.Value.Schema.Value.Enum {
+					enum = append(enum, fmt.Sprint(v))
+				}
+				if !slices.Equal(enum, BoolValues) {
+					t.Errorf("%s %s: %s takes %v, documented %v", rt.Method, rt.Path, p.Value.Name, BoolValues, enum)
+				}
+			}
+		}
+		served := slices.Clone(rt.Query)
+		slices.Sort(documented)
+		slices.Sort(served)
+		if !slices.Equal(documented, served) {
+			t.Errorf("%s %s: takes query parameters %v, documented %v", rt.Method, rt.Path, served, documented)
+		}
+	}
+}
+
 // Every operation, made for real against a daemon, is a request the
 // document allows and gets an answer the document describes.
 func TestOpenAPIRequestsAndAnswers(t *testing.T) {
@@ -104,6 +143,9 @@ func TestOpenAPIRequestsAndAnswers(t *testing.T) {
 		{"POST", "/v1/restart", names, 200},
 		{"POST", "/v1/wait?timeout=100ms&file=" + f, nil, 503},
 		{"GET", "/v1/events?counters=1", nil, 200},
+		{"GET", "/v1/events?counters=yes", nil, 400},
+		{"GET", "/v1/status?nope=1", nil, 400},
+		{"POST", "/v1/wait?timeout=soon", nil, 400},
 		{"DELETE", "/v1/forwards/web", nil, 200},
 		{"POST", "/v1/down", names, 200},
 	}

@@ -1,15 +1,48 @@
 package daemon
 
 import (
+	"fmt"
+	"maps"
 	"net/http"
+	"net/url"
+	"slices"
+	"strings"
 )
 
 // Route is one operation of the daemon's API. The table is the API: the
 // handler serves it, and a test checks it against docs/api/openapi.yaml,
-// path for path and method for method, so the two cannot drift.
+// path for path, method for method and query parameter for query
+// parameter, so the two cannot drift.
 type Route struct {
 	Method, Path string
-	handler      func(*Server) http.HandlerFunc
+	// Query are the query parameters it takes; any other is refused.
+	Query   []string
+	handler func(*Server) http.HandlerFunc
+}
+
+// Query parameters, by name.
+const (
+	qFile        = "file"
+	qName        = "name"
+	qLines       = "lines"
+	qFollow      = "follow"
+	qTimeout     = "timeout"
+	qCounters    = "counters"
+	qSession     = "session"
+	qLastEventID = "lastEventId"
+)
+
+// BoolValues are what a yes-or-no query parameter (follow, counters)
+// takes; anything else is refused rather than read as no.
+var BoolValues = []string{"1", "true", "0", "false"}
+
+// BoolParams are the yes-or-no query parameters.
+var BoolParams = []string{qFollow, qCounters}
+
+// yes reads a yes-or-no query parameter the route checked.
+func yes(r *http.Request, name string) bool {
+	v := r.URL.Query().Get(name)
+	return v == "1" || v == "true"
 }
 
 // Routes is the daemon's API, every path under /v1/.
@@ -19,25 +52,27 @@ func Routes() []Route {
 			return func(w http.ResponseWriter, r *http.Request) { f(s, w, r) }
 		}
 	}
+	file := []string{qFile}
+	logs := []string{qFile, qLines, qFollow}
 	return []Route{
-		{"GET", "/v1/status", h((*Server).status)},
-		{"POST", "/v1/apply", h((*Server).apply)},
-		{"POST", "/v1/down", h((*Server).down)},
-		{"POST", "/v1/restart", h((*Server).restart)},
-		{"POST", "/v1/wait", h((*Server).wait)},
-		{"GET", "/v1/files", h((*Server).listFiles)},
-		{"GET", "/v1/forwards", h((*Server).listForwards)},
-		{"POST", "/v1/forwards", h((*Server).startForward)},
-		{"GET", "/v1/forwards/{name}", h((*Server).getForward)},
-		{"DELETE", "/v1/forwards/{name}", h((*Server).stopForward)},
-		{"POST", "/v1/forwards/{name}/restart", h((*Server).restartForward)},
-		{"GET", "/v1/forwards/{name}/doctor", h((*Server).doctorForward)},
-		{"GET", "/v1/forwards/{name}/logs", h((*Server).forwardLogs)},
-		{"GET", "/v1/forwards/{name}/httplog", h((*Server).forwardHTTPLog)},
-		{"GET", "/v1/proxies", h((*Server).listProxies)},
-		{"GET", "/v1/proxies/{name}", h((*Server).getProxy)},
-		{"GET", "/v1/logs", h((*Server).daemonLogs)},
-		{"GET", "/v1/events", h((*Server).eventStream)},
+		{"GET", "/v1/status", file, h((*Server).status)},
+		{"POST", "/v1/apply", nil, h((*Server).apply)},
+		{"POST", "/v1/down", nil, h((*Server).down)},
+		{"POST", "/v1/restart", nil, h((*Server).restart)},
+		{"POST", "/v1/wait", []string{qTimeout, qFile}, h((*Server).wait)},
+		{"GET", "/v1/files", nil, h((*Server).listFiles)},
+		{"GET", "/v1/forwards", file, h((*Server).listForwards)},
+		{"POST", "/v1/forwards", nil, h((*Server).startForward)},
+		{"GET", "/v1/forwards/{name}", file, h((*Server).getForward)},
+		{"DELETE", "/v1/forwards/{name}", file, h((*Server).stopForward)},
+		{"POST", "/v1/forwards/{name}/restart", file, h((*Server).restartForward)},
+		{"GET", "/v1/forwards/{name}/doctor", file, h((*Server).doctorForward)},
+		{"GET", "/v1/forwards/{name}/logs", logs, h((*Server).forwardLogs)},
+		{"GET", "/v1/forwards/{name}/httplog", logs, h((*Server).forwardHTTPLog)},
+		{"GET", "/v1/proxies", file, h((*Server).listProxies)},
+		{"GET", "/v1/proxies/{name}", file, h((*Server).getProxy)},
+		{"GET", "/v1/logs", []string{qFile, qName, qLines, qFollow}, h((*Server).daemonLogs)},
+		{"GET", "/v1/events", []string{qLastEventID, qCounters, qSession}, h((*Server).eventStream)},
 	}
 }
 
@@ -45,12 +80,45 @@ func Routes() []Route {
 func (s *Server) mux() http.Handler {
 	mux := http.NewServeMux()
 	for _, rt := range Routes() {
-		mux.HandleFunc(rt.Method+" "+rt.Path, rt.handler(s))
+		mux.HandleFunc(rt.Method+" "+rt.Path, rt.checkQuery(rt.handler(s)))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		httpError(w, "no route "+r.Method+" "+r.URL.Path+" in the kpf daemon's API (docs/api.md lists them)", http.StatusNotFound)
 	})
 	return s.noticeChanges(mux)
+}
+
+// checkQuery refuses a query parameter the route does not take, and a
+// yes-or-no one of another value, naming it and what is allowed: a typo
+// (?counters=yes, ?lnes=5) is told, not silently read as its default.
+func (rt Route) checkQuery(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		q, err := url.ParseQuery(r.URL.RawQuery)
+		if err != nil {
+			httpError(w, fmt.Sprintf("bad request: the query %q: %v", r.URL.RawQuery, err), http.StatusBadRequest)
+			return
+		}
+		for _, k := range slices.Sorted(maps.Keys(q)) {
+			if !slices.Contains(rt.Query, k) {
+				takes := "no query parameters"
+				if len(rt.Query) > 0 {
+					takes = "only " + strings.Join(rt.Query, ", ")
+				}
+				httpError(w, fmt.Sprintf("bad request: query parameter %q: %s %s takes %s", k, rt.Method, rt.Path, takes), http.StatusBadRequest)
+				return
+			}
+			if !slices.Contains(BoolParams, k) {
+				continue
+			}
+			for _, v := range q[k] {
+				if !slices.Contains(BoolValues, v) {
+					httpError(w, fmt.Sprintf("bad request: %s=%q: want %s", k, v, strings.Join(BoolValues, ", ")), http.StatusBadRequest)
+					return
+				}
+			}
+		}
+		next(w, r)
+	}
 }
 
 // noticeChanges looks for forwards added or removed once a request that

@@ -57,6 +57,62 @@ type record struct {
 	PID int `json:"pid"`
 }
 
+// Flags are the daemon's own settings, recorded while it runs (in
+// state/daemon.json, removed at a clean exit), so that a daemon started
+// after one was killed serves where that one did: the same API address
+// and metrics address. The API's token is never recorded: each daemon
+// writes a new one, as at any start.
+type Flags struct {
+	Version     int    `json:"version"`
+	APIAddr     string `json:"apiAddr,omitempty"`
+	MetricsAddr string `json:"metricsAddr,omitempty"`
+	PID         int    `json:"pid"`
+}
+
+// flagsFile is the record of the running daemon's Flags; not a file's
+// record (those are named by a hash).
+const flagsFile = "daemon.json"
+
+func (h Home) flagsPath() string { return filepath.Join(h.State(), flagsFile) }
+
+// LastFlags are the Flags a daemon recorded and did not remove: one that
+// runs, or one that was killed (ask the socket which).
+func (h Home) LastFlags() (Flags, bool) {
+	b, err := os.ReadFile(h.flagsPath())
+	var f Flags
+	if err != nil || json.Unmarshal(b, &f) != nil || f.Version != recordVersion {
+		return Flags{}, false
+	}
+	return f, true
+}
+
+// writeFlags records the running daemon's flags, replacing them at once.
+func (h Home) writeFlags(f Flags) error {
+	if err := os.MkdirAll(h.State(), 0o700); err != nil {
+		return err
+	}
+	f.Version = recordVersion
+	b, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(h.State(), ".flags-*") // 0600
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(append(b, '\n'))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), h.flagsPath())
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}
+
 // State is the folder of the daemon's records (0700; each 0600).
 func (h Home) State() string { return filepath.Join(string(h), "state") }
 
@@ -133,6 +189,7 @@ func (h Home) Forget(file string) ([]string, error) {
 		for _, b := range bad {
 			os.Remove(b.path)
 		}
+		os.Remove(h.flagsPath()) // nothing of the killed daemon's is restored
 	}
 	return out, nil
 }
@@ -153,7 +210,7 @@ func (h Home) readRecords() ([]record, []badRecord) {
 	var recs []record
 	var bad []badRecord
 	for _, e := range ents {
-		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") || e.Name() == flagsFile {
 			continue
 		}
 		p := filepath.Join(h.State(), e.Name())

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -305,5 +306,60 @@ func TestRecordKeepsDiscoverEntriesNotTheirForwards(t *testing.T) {
 	got := applied([]config.Forward{{Name: "web"}, {Name: "discover-shop"}, {Name: "api.shop:80", Owner: "discover-shop"}})
 	if len(got) != 2 || got[0].Name != "web" || got[1].Name != "discover-shop" {
 		t.Fatalf("recorded %+v, want web and discover-shop only", got)
+	}
+}
+
+// The daemon records its own flags while it runs, with the API address it
+// listens on (not the :0 asked for) and never its token, and removes them
+// at a clean exit: only a killed daemon's are left for the next one.
+func TestDaemonFlagsAreRecordedWhileItRuns(t *testing.T) {
+	home, err := os.MkdirTemp("", "kpfd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(home)
+	s := &Server{Home: Home(home), Log: discard, Opener: (&opened{byFwd: map[string]openCall{}}).opener, APIAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:9911"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	c := NewClient(Home(home))
+	waitRunning(t, c, done)
+	st, err := c.Status(ctx, "")
+	if err != nil || st.API != s.APIAt().String() {
+		t.Fatalf("status api %q, %v: want %s", st.API, err, s.APIAt())
+	}
+	f, ok := Home(home).LastFlags()
+	if !ok || f.APIAddr != s.APIAt().String() || f.MetricsAddr != "127.0.0.1:9911" || f.PID != os.Getpid() {
+		t.Fatalf("recorded %+v, %v", f, ok)
+	}
+	token, _ := os.ReadFile(Home(home).APIToken())
+	b, _ := os.ReadFile(filepath.Join(home, "state", flagsFile))
+	if len(token) == 0 || strings.Contains(string(b), strings.TrimSpace(string(token))) {
+		t.Fatalf("the record %s holds the token (or there is none)", b)
+	}
+	if len(Home(home).Recorded()) != 0 {
+		t.Fatal("the flags are read as a file's record")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if f, ok := Home(home).LastFlags(); ok {
+		t.Fatalf("after a clean exit: %+v is left", f)
+	}
+}
+
+// A killed daemon's API address that cannot be listened on any more is
+// said and left out: the daemon runs, and restores its files, without it.
+func TestRestoredAPIAddrThatIsTakenIsLeftOut(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	s := &Server{Log: discard, Opener: (&opened{byFwd: map[string]openCall{}}).opener, APIAddr: held.Addr().String(), APIAddrRestored: true}
+	c := serve(t, s)
+	if st, err := c.Status(context.Background(), ""); err != nil || st.API != "" {
+		t.Fatalf("status api %q, %v: want none", st.API, err)
 	}
 }

@@ -296,23 +296,31 @@ func (s *Server) freeName(target string) string {
 		if i > 1 {
 			n = fmt.Sprintf("%s-%d", base, i)
 		}
-		if !s.adhocTaken(n) {
+		if s.takenBy(n) == "" {
 			return n
 		}
 	}
 }
 
-func (s *Server) adhocTaken(name string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for key, origin := range s.origins {
-		// A run stopped by down (which knows no origins) is gone from
-		// files: its name is free again.
-		if key == adhocKey(origin, name) && s.files[key] != nil {
-			return true
+// takenBy says where a forward named name runs, of a file or without
+// one, as whereStop words it ("" when none does): a forward started
+// without a file takes a name no other forward has, so that kpf down NAME
+// and /v1/forwards/NAME find it alone.
+func (s *Server) takenBy(name string) string {
+	for _, r := range s.runs() {
+		if o := s.originOf(r.path); o != "" {
+			// A run stopped by down (which knows no origins) is gone
+			// from runs: its name is free again.
+			if r.path == adhocKey(o, name) {
+				return s.whereStop(r.path, name)
+			}
+			continue
+		}
+		if slices.Contains(r.m.Names(), name) {
+			return s.whereStop(r.path, name)
 		}
 	}
-	return false
+	return ""
 }
 
 // startForward runs one forward without a file (POST /v1/forwards).
@@ -333,9 +341,9 @@ func (s *Server) startForward(w http.ResponseWriter, r *http.Request) {
 		httpError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if s.adhocTaken(fw.Name) {
+	if where := s.takenBy(fw.Name); where != "" {
 		s.opMu.Unlock()
-		httpError(w, fmt.Sprintf("a forward named %q started without a file runs already: stop it (DELETE /v1/forwards/%s) or choose another name", fw.Name, fw.Name), http.StatusConflict)
+		httpError(w, fmt.Sprintf("a forward named %q runs already, %s; or choose another name", fw.Name, where), http.StatusConflict)
 		return
 	}
 	if fw.HTTPLog != "" {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -103,6 +104,7 @@ func TestStartForwardRefusesBadRequests(t *testing.T) {
 		{"not loopback", func(r *api.StartRequest) { r.Address = "0.0.0.0" }, `address "0.0.0.0": a forward started without a file listens on loopback only`},
 		{"bad name", func(r *api.StartRequest) { r.Name = "Web API" }, `name "Web API": want lower-case letters`},
 		{"bad wait", func(r *api.StartRequest) { r.Wait = "soon" }, `wait "soon": want a duration`},
+		{"a local port twice", func(r *api.StartRequest) { r.Ports = []string{"8080:80", "8080:81"} }, `ports: local port given twice: "8080:80" and "8080:81" both listen on local port 8080`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req := startReq("svc/web", "8080")
@@ -305,18 +307,26 @@ func TestTCPListener(t *testing.T) {
 		name          string
 		token, origin string
 		want          int
+		scheme        string
 	}{
-		{"no token", "", "", http.StatusUnauthorized},
-		{"wrong token", "nope", "", http.StatusUnauthorized},
-		{"token", strings.TrimSpace(string(token)), "", http.StatusOK},
-		{"another site", strings.TrimSpace(string(token)), "https://evil.example", http.StatusForbidden},
-		{"its own origin", strings.TrimSpace(string(token)), "http://" + addr, http.StatusOK},
-		{"rebound name", strings.TrimSpace(string(token)), "host:evil.example", http.StatusForbidden},
+		{"no token", "", "", http.StatusUnauthorized, ""},
+		{"wrong token", "nope", "", http.StatusUnauthorized, ""},
+		{"token", strings.TrimSpace(string(token)), "", http.StatusOK, ""},
+		{"another site", strings.TrimSpace(string(token)), "https://evil.example", http.StatusForbidden, ""},
+		{"its own origin", strings.TrimSpace(string(token)), "http://" + addr, http.StatusOK, ""},
+		{"rebound name", strings.TrimSpace(string(token)), "host:evil.example", http.StatusForbidden, ""},
+		// Auth schemes are case-insensitive (RFC 9110 §11.1).
+		{"lower-case scheme", strings.TrimSpace(string(token)), "", http.StatusOK, "bearer"},
+		{"upper-case scheme", strings.TrimSpace(string(token)), "", http.StatusOK, "BEARER"},
+		{"another scheme", strings.TrimSpace(string(token)), "", http.StatusUnauthorized, "Basic"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest("GET", "http://"+addr+"/v1/status", nil)
+			if tc.scheme == "" {
+				tc.scheme = "Bearer"
+			}
 			if tc.token != "" {
-				req.Header.Set("Authorization", "Bearer "+tc.token)
+				req.Header.Set("Authorization", tc.scheme+" "+tc.token)
 			}
 			if h, ok := strings.CutPrefix(tc.origin, "host:"); ok {
 				req.Host = h // DNS rebinding: another name for 127.0.0.1
@@ -406,5 +416,86 @@ func TestDownAllWithNamesIsRefused(t *testing.T) {
 	}
 	if !c.Running() {
 		t.Fatal("the daemon stopped")
+	}
+}
+
+// A forward started without a file has no -f to stop it with: what the
+// daemon says of it names a command that works (kpf down NAME, the API),
+// and its name is no file's forward's, so that the name alone finds it.
+func TestFilelessForwardsAreNamedByCommandsThatWork(t *testing.T) {
+	c, _, dir := start(t)
+	ctx := context.Background()
+	a := writeFile(t, dir, "a.yaml", fileA)
+	if _, err := c.Apply(ctx, api.ApplyRequest{File: a, Identity: as("c", "u"), Settings: spec.Defaults()}); err != nil {
+		t.Fatal(err)
+	}
+	// Named after its target, past a file's forward of the name.
+	if f, err := c.Start(ctx, startReq("sts/db", "15433:5432")); err != nil || f.Name != "db-2" {
+		t.Fatalf("start sts/db: %+v, %v: want db-2 (db is a.yaml's)", f, err)
+	}
+	req := startReq("svc/x", "15434:80")
+	req.Name = "api"
+	_, err := c.Start(ctx, req)
+	want := fmt.Sprintf(`a forward named "api" runs already, of %s (stop it with: kpf down api -f %s); or choose another name`, a, a)
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || ae.Message != want {
+		t.Fatalf("a file's name: %v\nwant %s", err, want)
+	}
+	// Its local port, wanted by a file's forward.
+	web := startReq("svc/web", "19090:80")
+	web.Name = "web"
+	if _, err := c.Start(ctx, web); err != nil {
+		t.Fatal(err)
+	}
+	b := writeFile(t, dir, "b.yaml", "forwards:\n  - {name: other, target: svc/x, ports: [\"19090:80\"]}\n")
+	c.Apply(ctx, api.ApplyRequest{File: b, Identity: as("c", "u"), Settings: spec.Defaults()})
+	_, err = c.Wait(ctx, b, 5*time.Second)
+	want = `local port 19090 on 127.0.0.1 is used by forward "web" started by test, without a file (stop it with: kpf down web, or DELETE /v1/forwards/web)`
+	if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "-f (") {
+		t.Fatalf("err %v\nwant %s", err, want)
+	}
+	// A file applied later with its name: the file's is stopped with -f,
+	// then the name is the file-less one's alone.
+	d := writeFile(t, dir, "d.yaml", "forwards:\n  - {name: web, target: svc/web, ports: [\"19091:80\"]}\n")
+	c.Apply(ctx, api.ApplyRequest{File: d, Identity: as("c", "u"), Settings: spec.Defaults()})
+	_, _, err = c.Down(ctx, api.NamesRequest{Names: []string{"web"}})
+	want = fmt.Sprintf(`forward "web" runs from 2 places (no file (started by test), %s): kpf down web -f FILE stops a file's; kpf down web then stops the one started by test`, d)
+	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || ae.Message != want {
+		t.Fatalf("down web: %v\nwant %s", err, want)
+	}
+	if _, _, err := c.Down(ctx, api.NamesRequest{Names: []string{"web"}, File: d}); err != nil {
+		t.Fatal(err)
+	}
+	if stopped, _, err := c.Down(ctx, api.NamesRequest{Names: []string{"web"}}); err != nil || stopped[0].Names[0] != "web" {
+		t.Fatalf("down web: %+v, %v", stopped, err)
+	}
+}
+
+// A query parameter a route does not take, or a yes-or-no one of another
+// value, is refused with its name and what is allowed: never read as its
+// default (?counters=yes sent no counters, and said nothing).
+func TestQueryParametersAreChecked(t *testing.T) {
+	c, _, _ := start(t)
+	for _, tc := range []struct{ path, want string }{
+		{"/v1/events?counters=yes", `bad request: counters="yes": want 1, true, 0, false`},
+		{"/v1/logs?follow=on", `bad request: follow="on": want 1, true, 0, false`},
+		{"/v1/status?fle=/a.yaml", `bad request: query parameter "fle": GET /v1/status takes only file`},
+		{"/v1/files?file=/a.yaml", `bad request: query parameter "file": GET /v1/files takes no query parameters`},
+		{"/v1/forwards/web/logs?line=5", `bad request: query parameter "line": GET /v1/forwards/{name}/logs takes only file, lines, follow`},
+		{"/v1/logs?lines=many", `lines="many": want a number from 0 to 10000`},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			err := c.Get(context.Background(), tc.path, &struct{}{})
+			var ae *APIError
+			if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || ae.Message != tc.want {
+				t.Fatalf("got %v, want 400 %q", err, tc.want)
+			}
+		})
+	}
+	// The documented values pass.
+	for _, path := range []string{"/v1/status?file=", "/v1/logs?follow=0&lines=1", "/v1/forwards?file=/a.yaml"} {
+		if err := c.Get(context.Background(), path, &json.RawMessage{}); err != nil {
+			t.Errorf("%s: %v", path, err)
+		}
 	}
 }

@@ -162,11 +162,12 @@ func New(ctx context.Context, o Options) (*Follower, error) {
 		if err != nil {
 			return nil, err
 		}
-		go func() {
-			<-ctx.Done()
+		// No goroutine waits for the end per follower (one per idle
+		// forward): the context runs it.
+		context.AfterFunc(ctx, func() {
 			unsubscribe()
 			f.closeAll()
-		}()
+		})
 		f.synced = synced
 		return f, nil
 	}

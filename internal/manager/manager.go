@@ -25,7 +25,9 @@ import (
 	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/proxy"
 	"github.com/kpf-dev/kpf/internal/supervise"
+	"github.com/kpf-dev/kpf/internal/target"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/metrics"
@@ -283,10 +285,23 @@ func (m *Manager) serveOnce(ctx context.Context, f *Forward, up func()) error {
 func openError(err error) error {
 	switch {
 	case apierrors.IsForbidden(err), apierrors.IsInvalid(err), apierrors.IsBadRequest(err),
-		errors.Is(err, forward.ErrNoListener), errors.Is(err, syscall.EADDRINUSE), errors.Is(err, syscall.EACCES):
+		errors.Is(err, forward.ErrNoListener), errors.Is(err, syscall.EADDRINUSE), errors.Is(err, syscall.EACCES),
+		errors.Is(err, target.ErrNoPort), errors.Is(err, target.ErrUDPOnly), errors.Is(err, target.ErrNoSelector),
+		configInvalid(err):
 		return supervise.Permanent(err)
 	}
 	return err
+}
+
+// configInvalid: the kubeconfig names no such context (or is broken),
+// which only an edit of it heals.
+func configInvalid(err error) bool {
+	for ; err != nil; err = errors.Unwrap(err) {
+		if clientcmd.IsConfigurationInvalid(err) {
+			return true
+		}
+	}
+	return false
 }
 
 // proxyOnce opens a proxy entry and serves it until ctx ends.

@@ -8,11 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	goruntime "runtime"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/kpf-dev/kpf/internal/supervise"
+	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/testnet"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	corev1 "k8s.io/api/core/v1"
@@ -32,6 +35,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 const ns = "shop"
@@ -443,24 +448,39 @@ func TestForwardRetriesUntilItsPodRuns(t *testing.T) {
 // An error that waiting cannot heal is shown as failed, fails WaitGood at
 // once, and is retried only slowly.
 func TestPermanentErrorIsRetriedSlowly(t *testing.T) {
-	var opens atomic.Int64
-	m := New(Options{Settings: spec.Defaults(), Log: discard, Retry: supervise.Policy{Initial: time.Millisecond, Max: time.Millisecond, Permanent: time.Hour, Stable: time.Hour},
-		Open: func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
-			opens.Add(1)
-			return nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods/portforward"}, "web-1", errors.New("no RBAC"))
-		}})
-	defer m.Stop()
-	m.Start(context.Background(), []config.Forward{fw("api", "web-1", nil)})
-	start := time.Now()
-	err := m.WaitGood(context.Background(), time.Minute)
-	if err == nil || !strings.Contains(err.Error(), "api: failed: ") || !strings.Contains(err.Error(), "forbidden") || time.Since(start) > 10*time.Second {
-		t.Fatalf("WaitGood = %v after %s, want the forbidden error at once", err, time.Since(start))
-	}
-	if r := m.Snapshot()[0]; r.State != Failed || time.Until(r.RetryAt) < 50*time.Minute {
-		t.Fatalf("row %+v, want failed and retried in an hour", r)
-	}
-	if n := opens.Load(); n != 1 {
-		t.Fatalf("opened %d times, want 1 (then an hour's wait)", n)
+	_, noContext := clientcmd.NewNonInteractiveClientConfig(clientcmdapi.Config{}, "nope", &clientcmd.ConfigOverrides{}, nil).ClientConfig()
+	for _, tc := range []struct {
+		name string
+		err  error
+		says string
+	}{
+		{"forbidden", apierrors.NewForbidden(schema.GroupResource{Resource: "pods/portforward"}, "web-1", errors.New("no RBAC")), "forbidden"},
+		// As the opener gives them: explained, with the doctor command.
+		{"no such port", fmt.Errorf("%w (diagnose: kpf doctor)", fmt.Errorf("service/web: %w", target.ErrNoPort)), "no such port"},
+		{"a port held", fmt.Errorf("listen 127.0.0.1:8080: %w", &net.OpError{Op: "listen", Err: os.NewSyscallError("bind", syscall.EADDRINUSE)}), "address already in use"},
+		{"no such context", fmt.Errorf("%w (check --kubeconfig, KUBECONFIG and --context)", noContext), "context was not found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var opens atomic.Int64
+			m := New(Options{Settings: spec.Defaults(), Log: discard, Retry: supervise.Policy{Initial: time.Millisecond, Max: time.Millisecond, Permanent: time.Hour, Stable: time.Hour},
+				Open: func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
+					opens.Add(1)
+					return nil, tc.err
+				}})
+			defer m.Stop()
+			m.Start(context.Background(), []config.Forward{fw("api", "web-1", nil)})
+			start := time.Now()
+			err := m.WaitGood(context.Background(), time.Minute)
+			if err == nil || !strings.Contains(err.Error(), "api: failed: ") || !strings.Contains(err.Error(), tc.says) || time.Since(start) > 10*time.Second {
+				t.Fatalf("WaitGood = %v after %s, want the error at once", err, time.Since(start))
+			}
+			if r := m.Snapshot()[0]; r.State != Failed || time.Until(r.RetryAt) < 50*time.Minute {
+				t.Fatalf("row %+v, want failed and retried in an hour", r)
+			}
+			if n := opens.Load(); n != 1 {
+				t.Fatalf("opened %d times, want 1 (then an hour's wait)", n)
+			}
+		})
 	}
 }
 

@@ -101,7 +101,29 @@ func ParsePorts(args []string) ([]Port, error) {
 		}
 		ports = append(ports, p)
 	}
+	if err := Duplicate(ports); err != nil {
+		return nil, err
+	}
 	return ports, nil
+}
+
+// ErrDuplicate is wrapped when one forward names a local port twice.
+var ErrDuplicate = errors.New("local port given twice")
+
+// Duplicate finds a local port that two of ports would both listen on (a
+// free port, 0, never does; TCP and UDP are apart): one forward cannot
+// listen twice on a port, and a second listener would fail, or half of
+// the forward would be missing.
+func Duplicate(ports []Port) error {
+	for i, p := range ports {
+		for _, q := range ports[:i] {
+			if p.Local != 0 && p.Local == q.Local && p.UDP == q.UDP {
+				return fmt.Errorf("%w: %q and %q both listen on local port %d (give each its own local port, or :%s for a free one)",
+					ErrDuplicate, q, p, p.Local, p.Remote)
+			}
+		}
+	}
+	return nil
 }
 
 // Resolved is a port whose remote side is a number.

@@ -185,3 +185,22 @@ func TestProtocolSuffix(t *testing.T) {
 		}
 	}
 }
+
+// One forward names a local port once: kpf forward, the API and kpf mcp
+// refuse a second listener on it (kubectl port-forward half-works).
+func TestParsePortsRefusesALocalPortTwice(t *testing.T) {
+	for _, tc := range []struct {
+		ports []string
+		want  string
+	}{
+		{[]string{"8080:80", "8080:81"}, `local port given twice: "8080:80" and "8080:81" both listen on local port 8080 (give each its own local port, or :81 for a free one)`},
+		{[]string{"80", "8080:80", "80:81"}, `local port given twice: "80" and "80:81" both listen on local port 80 (give each its own local port, or :81 for a free one)`},
+		{[]string{"5353:53/udp", "5353:53"}, ""},
+		{[]string{":80", ":81", "0:82"}, ""},
+	} {
+		_, err := ParsePorts(tc.ports)
+		if tc.want == "" && err != nil || tc.want != "" && (!errors.Is(err, ErrDuplicate) || err.Error() != tc.want) {
+			t.Errorf("ParsePorts(%q) = %v, want %q", tc.ports, err, tc.want)
+		}
+	}
+}

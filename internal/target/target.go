@@ -116,6 +116,18 @@ func (t *Target) SetPod(pod *corev1.Pod, ports []portspec.Port) error {
 // ErrPodNotRunning is wrapped when no pod ran within the timeout.
 var ErrPodNotRunning = errors.New("no running pod")
 
+// ErrNoPort is wrapped when the target has no port the forward names: its
+// Service or pod must change first, so waiting does not help.
+var ErrNoPort = errors.New("no such port")
+
+// noPort marks err, whose text says which port, as an ErrNoPort.
+func noPort(err error) error { return noPortError{err} }
+
+type noPortError struct{ error }
+
+func (e noPortError) Unwrap() error        { return e.error }
+func (e noPortError) Is(target error) bool { return target == ErrNoPort }
+
 // runningPod returns the pod to forward to: the pod itself, or the first
 // pod of sort.Reverse(ActivePods) among the selector's pods, waiting until
 // it runs.
@@ -251,7 +263,7 @@ func podPorts(ports []portspec.Port, pod *corev1.Pod) ([]portspec.Resolved, erro
 		r, err := p.Resolve(func(name string) (uint16, error) {
 			n, err := util.LookupContainerPortNumberByName(*pod, name)
 			if err != nil {
-				return 0, fmt.Errorf("pod/%s has no container port named %q (%w)", pod.Name, name, err)
+				return 0, noPort(fmt.Errorf("pod/%s has no container port named %q (%w)", pod.Name, name, err))
 			}
 			return uint16(n), nil
 		})
@@ -274,7 +286,7 @@ func translateServicePorts(ports []portspec.Port, svc *corev1.Service, pod *core
 		if err != nil {
 			n, err := util.LookupServicePortNumberByName(*svc, p.Remote)
 			if err != nil {
-				return nil, fmt.Errorf("service/%s has no port named %q", svc.Name, p.Remote)
+				return nil, noPort(fmt.Errorf("service/%s has no port named %q", svc.Name, p.Remote))
 			}
 			svcPort = int(n)
 		}
@@ -292,7 +304,7 @@ func translateServicePorts(ports []portspec.Port, svc *corev1.Service, pod *core
 		}
 		container, err := util.LookupContainerPortNumberByServicePort(*svc, *pod, int32(svcPort))
 		if err != nil {
-			return nil, fmt.Errorf("service/%s: %w", svc.Name, err)
+			return nil, noPort(fmt.Errorf("service/%s: %w", svc.Name, err))
 		}
 		out = append(out, portspec.Resolved{Local: local, Remote: uint16(container)})
 	}
@@ -321,12 +333,12 @@ func udpServicePort(svc *corev1.Service, pod *corev1.Pod, port int32) (int32, er
 				}
 			}
 		}
-		return 0, fmt.Errorf("service/%s: pod %s declares no UDP port named %q (the targetPort of %d/udp)", svc.Name, pod.Name, sp.TargetPort.StrVal, port)
+		return 0, noPort(fmt.Errorf("service/%s: pod %s declares no UDP port named %q (the targetPort of %d/udp)", svc.Name, pod.Name, sp.TargetPort.StrVal, port))
 	}
 	if svc.Spec.ClusterIP == corev1.ClusterIPNone {
 		return port, nil
 	}
-	return 0, fmt.Errorf("service/%s has no UDP port %d (its ports: %s)", svc.Name, port, describeServicePorts(svc))
+	return 0, noPort(fmt.Errorf("service/%s has no UDP port %d (its ports: %s)", svc.Name, port, describeServicePorts(svc)))
 }
 
 func describeServicePorts(svc *corev1.Service) string {

@@ -26,6 +26,9 @@ type Status struct {
 	Files         []string  `json:"files"`
 	Forwards      []Forward `json:"forwards"`
 	Metrics       string    `json:"metrics,omitempty"` // the URL of its Prometheus metrics, if served
+	// API is the loopback TCP address the API is served on too
+	// (--api-addr), if any.
+	API string `json:"api,omitempty"`
 	// Totals sums every forward's counters.
 	Totals Totals `json:"totals"`
 	// Restored is what this daemon did, when it started, with each file
