@@ -1,0 +1,283 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kpf-dev/kpf/sandbox/cluster"
+	"github.com/kpf-dev/kpf/sandbox/sandboxtest"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// echoesPod is one pod with a TCP echo (half-close aware) on 7070 and a
+// UDP echo on 5300: the destination of an ip/ forward.
+const echoesPod = `
+apiVersion: v1
+kind: Pod
+metadata: {name: echoes, labels: {app: echoes}}
+spec:
+  containers:
+  - {name: tcp, image: kpf.test/echo, ports: [{containerPort: 7070}], readinessProbe: {tcpSocket: {port: 7070}, periodSeconds: 1}}
+  - {name: udp, image: kpf.test/udp-echo, ports: [{containerPort: 5300, protocol: UDP}]}
+`
+
+// startDestination runs kpf forward with a host/ or ip/ target and
+// returns the process and the local address of each Forwarding line, in
+// order ("ADDR" for TCP, "ADDR/udp" for UDP).
+func startDestination(t *testing.T, sb *sandboxtest.Sandbox, want int, args ...string) (*sandboxtest.Proc, []string) {
+	t.Helper()
+	p := sandboxtest.Start(t, exec.Command(kpfBin, append([]string{"--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "forward", "--relay-image", ownRelayImage(t, sb)}, args...)...))
+	deadline := time.Now().Add(150 * time.Second)
+	var addrs []string
+	for len(addrs) < want {
+		p.WaitLine(t, `^Forwarding from 127\.0\.0\.1:`, time.Until(deadline))
+		addrs = addrs[:0]
+		for _, l := range strings.Split(p.Output(), "\n") {
+			var a, to string
+			if _, err := fmt.Sscanf(l, "Forwarding from %s -> %s", &a, &to); err == nil && strings.HasPrefix(a, "127.0.0.1:") {
+				if strings.HasSuffix(to, "/udp") {
+					a += "/udp"
+				}
+				addrs = append(addrs, a)
+			}
+		}
+		if len(addrs) < want {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return p, addrs
+}
+
+var (
+	ownRelayOnce sync.Once
+	ownRelayRef  string
+)
+
+// ownRelayImage loads this kpf's relay image under a reference of its
+// own (its binary's hash), as loadRelayImage does under kpf relay image's
+// reference, which every kpf build on this machine shares: the sandbox is
+// shared, and a test of another build that loads its own kpf there in the
+// meantime must not make these relays run an older kpf.
+func ownRelayImage(t *testing.T, sb *sandboxtest.Sandbox) string {
+	t.Helper()
+	ownRelayOnce.Do(func() {
+		b, err := os.ReadFile(kpfBin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		ref := "kpf.example/relay:" + hex.EncodeToString(sum[:8])
+		layout, err := os.MkdirTemp("", "kpf-relay-image-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(layout)
+		build := exec.Command("go", "run", "./cmd/kpf-relay-image", "-out", layout, "-ref", ref, "-created", "0", "linux/"+runtime.GOARCH+"="+kpfBin)
+		build.Dir = ".."
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("kpf-relay-image: %v\n%s", err, out)
+		}
+		if out, err := exec.Command(sb.Bin, "image", "load", ref, layout).CombinedOutput(); err != nil {
+			t.Fatalf("kpf-sandbox image load: %v\n%s", err, out)
+		}
+		ownRelayRef = ref
+	})
+	if ownRelayRef == "" {
+		t.Fatal("the relay image did not load (see the first test that tried)")
+	}
+	return ownRelayRef
+}
+
+// destinationRelays are the relay pods of host/ and ip/ targets in ns.
+func destinationRelays(t *testing.T, sb *sandboxtest.Sandbox, ns string) []string {
+	t.Helper()
+	list, err := sb.Admin.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "kpf.dev/relay=destination"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range list.Items {
+		if p.DeletionTimestamp == nil {
+			names = append(names, p.Name)
+		}
+	}
+	return names
+}
+
+// echoRoundTrip sends n random bytes to a half-close-aware echo at addr
+// while reading, closes its write side, and wants exactly the bytes back
+// and then the end of the stream (the echo closes only when it has read
+// the end of its input: the half-close went through, and its close came
+// back).
+func echoRoundTrip(addr string, n int) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	msg := make([]byte, n)
+	rand.Read(msg)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return fmt.Errorf("read after %d bytes: %w", len(got), err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("%d bytes back, want the %d sent, byte for byte", len(got), n)
+	}
+	return nil
+}
+
+// TestForwardIP: kpf forward ip/<another pod's IP> :7070 :5300/udp. A
+// relay pod (labelled, non-root, read-only, no token) dials the pod's IP
+// from inside the cluster: 8 MiB each way byte for byte with half-close,
+// and UDP datagrams echoed. ip/ is not the IPAddress resource's short
+// name here: with the lookup kubectl would make, the forward fails
+// ("ipaddresses ... not found"). The relay pod deleted mid-run, new
+// connections work within 10 s; Ctrl-C, the relay pods are gone.
+func TestForwardIP(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, echoesPod)
+	ip := sb.ReadyPods(t, ns, "app=echoes", 1)[0].Status.PodIP
+	p, addrs := startDestination(t, sb, 2, "-n", ns, "ip/"+ip, ":7070", ":5300/udp")
+	if !strings.Contains(p.Output(), "-> 7070\n") || !strings.HasSuffix(addrs[1], "/udp") {
+		t.Fatalf("forwarding lines:\n%s", p.Output())
+	}
+	tcp, udp := addrs[0], strings.TrimSuffix(addrs[1], "/udp")
+
+	relays := destinationRelays(t, sb, ns)
+	if len(relays) != 1 {
+		t.Fatalf("relay pods: %v, want one", relays)
+	}
+	rp, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), relays[0], metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := rp.Spec.Containers[0].SecurityContext
+	args := strings.Join(rp.Spec.Containers[0].Args, " ")
+	if rp.Labels["kpf.dev/pid"] != fmt.Sprint(p.Cmd.Process.Pid) || *rp.Spec.AutomountServiceAccountToken || !*sc.ReadOnlyRootFilesystem || !*rp.Spec.SecurityContext.RunAsNonRoot || len(sc.Capabilities.Drop) != 1 ||
+		!strings.Contains(args, "--tcp 4091="+ip+":7070") || !strings.Contains(args, "--allow "+ip+":5300") || !strings.Contains(args, "--listen 127.0.0.1:4090") {
+		t.Errorf("relay pod %s: labels %v, args %q, security %+v / %+v", rp.Name, rp.Labels, args, sc, rp.Spec.SecurityContext)
+	}
+
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := echoRoundTrip(tcp, 4<<20); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	echoPeers(t, udp, 2, 20)
+	wg.Wait()
+
+	// The relay pod deleted: a new one carries new connections within 10 s.
+	zero := int64(0)
+	if err := sb.Admin.CoreV1().Pods(ns).Delete(context.Background(), rp.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	sandboxtest.WaitFor(t, 20*time.Second, "a new connection through a new relay pod", func() (bool, error) {
+		return echoRoundTrip(tcp, 1024) == nil, nil
+	})
+	if d := time.Since(deleted); d > 10*time.Second {
+		t.Errorf("new connections worked %s after the relay pod was deleted, want within 10 s", d)
+	}
+	echoPeers(t, udp, 1, 5)
+	if now := destinationRelays(t, sb, ns); len(now) != 1 || now[0] == rp.Name {
+		t.Errorf("relay pods after the delete: %v", now)
+	}
+
+	p.Signal(syscall.SIGINT)
+	p.Wait(30 * time.Second)
+	sandboxtest.WaitFor(t, 30*time.Second, "the relay pods deleted", func() (bool, error) {
+		return len(destinationRelays(t, sb, ns)) == 0, nil
+	})
+}
+
+// TestForwardHostRefusesOtherDestination: a host/ target is a name the
+// relay pod resolves itself, with its pod's resolver: localhost, there,
+// is the relay pod's own loopback, where the relay's own stream listener
+// is (4090). Through kpf forward host/localhost 4090 :53/udp the test
+// speaks the relay protocol from inside the pod, as anything on the
+// relay's pod could: a PING's payload comes back byte for byte, and a
+// HELLO for a destination the relay was not made for is refused, naming
+// the one it was made for.
+func TestForwardHostRefusesOtherDestination(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	p, addrs := startDestination(t, sb, 2, "-n", ns, "host/localhost", "4090", ":53/udp")
+	c, err := net.DialTimeout("tcp", addrs[0], 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	frame := func(typ byte, payload []byte) []byte {
+		h := make([]byte, 8, 8+len(payload))
+		h[0] = typ
+		binary.BigEndian.PutUint16(h[2:], uint16(len(payload)))
+		return append(h, payload...)
+	}
+	ping := make([]byte, 1000)
+	rand.Read(ping)
+	c.Write(append(append([]byte("KPFRELAY\x02"), frame(6, ping)...), frame(1, []byte("10.9.9.9:53"))...))
+	opening := make([]byte, 9)
+	if _, err := io.ReadFull(c, opening); err != nil || string(opening) != "KPFRELAY\x02" {
+		t.Fatalf("opening %q, %v\n%s", opening, err, p.Output())
+	}
+	read := func() (byte, []byte) {
+		h := make([]byte, 8)
+		if _, err := io.ReadFull(c, h); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, binary.BigEndian.Uint16(h[2:]))
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatal(err)
+		}
+		return h[0], b
+	}
+	if typ, b := read(); typ != 7 || !bytes.Equal(b, ping) {
+		t.Fatalf("answer to PING: type %d, %d bytes, want PONG with the 1000 sent", typ, len(b))
+	}
+	typ, b := read()
+	if want := `destination "10.9.9.9:53" is not allowed: this relay sends only to localhost:53 (its --allow, fixed when kpf made it)`; typ != 3 || string(b) != want {
+		t.Fatalf("answer to HELLO 10.9.9.9:53: type %d %q, want ERROR %q", typ, b, want)
+	}
+	p.Signal(syscall.SIGINT)
+	p.Wait(30 * time.Second)
+	sandboxtest.WaitFor(t, 30*time.Second, "the relay pods deleted", func() (bool, error) {
+		return len(destinationRelays(t, sb, ns)) == 0, nil
+	})
+}
