@@ -5,8 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -280,4 +280,19 @@ func TestForwardHostRefusesOtherDestination(t *testing.T) {
 	sandboxtest.WaitFor(t, 30*time.Second, "the relay pods deleted", func() (bool, error) {
 		return len(destinationRelays(t, sb, ns)) == 0, nil
 	})
+}
+
+// TestForwardIPIsNoIPAddress: ip/ADDR, for kpf forward, is a destination,
+// not the IPAddress resource whose short name ip also is: as a user who
+// may do nothing, kpf forward ip/10.1.2.3 fails at creating its relay
+// pod, with the Role that allows it, and never at reading an IPAddress
+// ("ipaddresses ... is forbidden", what kubectl's lookup gives).
+func TestForwardIPIsNoIPAddress(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	out, err := runWithin(t, exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserNobody), "forward", "-n", "kpf-e2e-none", "ip/10.1.2.3", "8080:80"), 60*time.Second)
+	if err == nil || strings.Contains(string(out), "ipaddresses") ||
+		!strings.Contains(string(out), `error: the relay pod of ip/10.1.2.3: kpf may not create pods in namespace "kpf-e2e-none"`) ||
+		!strings.Contains(string(out), "name: kpf-destination-relay") {
+		t.Fatalf("kpf forward ip/10.1.2.3 as a user with no rights: %v\n%s", err, out)
+	}
 }

@@ -75,7 +75,7 @@ func startDestination(ctx context.Context, spec Spec, deps Deps, d target.Destin
 	r.spec = relaypod.Spec{Namespace: ns, Image: spec.RelayImage, Target: d.Ref(), Allow: slices.Compact(allow), TCP: tcp, Owner: relaypod.Me(), Forward: newForwardID()}
 	pod, err := relaypod.Start(ctx, deps.Cluster.Client(), r.spec, relayReadyTimeout)
 	if err != nil {
-		return nil, nil, &StageError{Stage: StageRelay, Err: err}
+		return nil, nil, &StageError{Stage: StageDestination, Err: fmt.Errorf("the relay pod of %s: %w", d.Ref(), err)}
 	}
 	deps.Log.Debug("destination relay running", "pod", pod.Name, "to", d.Ref(), "tcp", tcp, "udp", allow)
 	return target.ForDestination(ns, d, pod, ports), r, nil

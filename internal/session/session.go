@@ -85,6 +85,8 @@ const (
 	StageDial    Stage = "dial"
 	StageListen  Stage = "listen"
 	StageRelay   Stage = "relay" // the UDP relay of /udp ports
+	// StageDestination: the relay pod of a host/ or ip/ target.
+	StageDestination Stage = "destination"
 )
 
 // StageError is an error of one stage of Open.
@@ -111,7 +113,7 @@ type Session struct {
 	done      <-chan struct{} // closed when the session has ended
 	audit     audit.Forward   // the forward, as its audit records name it
 	rates     rates
-	probes    probes // health checks' connections
+	probes    probes         // health checks' connections
 	dest      *destRelay     // a host/ or ip/ target's relay pod
 	relayConn net.Conn       // the keep-alive stream to it, until Serve takes it
 	streams   sync.WaitGroup // connections of the session's own (s.stream)
@@ -216,7 +218,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		if s.relayConn, err = dest.check(ctx, relayAnswerTimeout); err != nil {
 			cancel()
 			s.streams.Wait()
-			return nil, &StageError{Stage: StageRelay, Target: t, Err: err}
+			return nil, &StageError{Stage: StageDestination, Target: t, Err: err}
 		}
 	}
 	tcp, udp := splitPorts(t.Ports)
