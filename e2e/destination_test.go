@@ -296,3 +296,20 @@ func TestForwardIPIsNoIPAddress(t *testing.T) {
 		t.Fatalf("kpf forward ip/10.1.2.3 as a user with no rights: %v\n%s", err, out)
 	}
 }
+
+// TestDoctorDestination: kpf doctor ip/ADDR checks what its relay pod
+// needs (create and delete on pods: the sandbox's dev user may port-
+// forward in its namespace but not create pods), names the fix, and reads
+// no IPAddress; as admin, every right is there.
+func TestDoctorDestination(t *testing.T) {
+	sb := sandboxtest.Get(t)
+	r := doctor(t, nil, sb.Kubeconfig(cluster.UserDev), "-n", cluster.DevNamespace, "ip/10.1.2.3", "80")
+	rb, tg := r.step(t, "rbac"), r.step(t, "target")
+	if rb.Status != "fail" || !strings.Contains(rb.Summary, "you may not create, delete pods") || !strings.Contains(rb.Fix, "kpf rbac ip/10.1.2.3") ||
+		tg.Status != "skip" || !strings.Contains(tg.Summary, "ip/10.1.2.3: dialled from inside the cluster by the relay pod") || strings.Contains(r.Out, "ipaddresses") {
+		t.Fatalf("kpf doctor ip/10.1.2.3 as dev:\n%s", r.Out)
+	}
+	if rb := doctor(t, nil, sb.Kubeconfig(cluster.UserAdmin), "-n", cluster.DevNamespace, "host/orders.example", "5432").step(t, "rbac"); rb.Status != "ok" || !strings.Contains(rb.Summary, "create, delete") {
+		t.Fatalf("kpf doctor host/orders.example as admin: %+v", rb)
+	}
+}
