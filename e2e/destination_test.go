@@ -4,15 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -61,46 +60,6 @@ func startDestination(t *testing.T, sb *sandboxtest.Sandbox, want int, args ...s
 		}
 	}
 	return p, addrs
-}
-
-var (
-	ownRelayOnce sync.Once
-	ownRelayRef  string
-)
-
-// ownRelayImage loads this kpf's relay image under a reference of its
-// own (its binary's hash), as loadRelayImage does under kpf relay image's
-// reference, which every kpf build on this machine shares: the sandbox is
-// shared, and a test of another build that loads its own kpf there in the
-// meantime must not make these relays run an older kpf.
-func ownRelayImage(t *testing.T, sb *sandboxtest.Sandbox) string {
-	t.Helper()
-	ownRelayOnce.Do(func() {
-		b, err := os.ReadFile(kpfBin)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(b)
-		ref := "kpf.example/relay:" + hex.EncodeToString(sum[:8])
-		layout, err := os.MkdirTemp("", "kpf-relay-image-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer os.RemoveAll(layout)
-		build := exec.Command("go", "run", "./cmd/kpf-relay-image", "-out", layout, "-ref", ref, "-created", "0", "linux/"+runtime.GOARCH+"="+kpfBin)
-		build.Dir = ".."
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("kpf-relay-image: %v\n%s", err, out)
-		}
-		if out, err := exec.Command(sb.Bin, "image", "load", ref, layout).CombinedOutput(); err != nil {
-			t.Fatalf("kpf-sandbox image load: %v\n%s", err, out)
-		}
-		ownRelayRef = ref
-	})
-	if ownRelayRef == "" {
-		t.Fatal("the relay image did not load (see the first test that tried)")
-	}
-	return ownRelayRef
 }
 
 // destinationRelays are the relay pods of host/ and ip/ targets in ns.
@@ -160,18 +119,25 @@ func echoRoundTrip(addr string, n int) error {
 // and UDP datagrams echoed. ip/ is not the IPAddress resource's short
 // name here: with the lookup kubectl would make, the forward fails
 // ("ipaddresses ... not found"). The relay pod deleted mid-run, new
-// connections work within 10 s; Ctrl-C, the relay pods are gone.
+// connections work within 10 s; Ctrl-C, the relay pods are gone. The
+// audit log records each connection as of any forward: the target
+// ip/ADDR, the relay pod as its pod, the bytes each way.
 func TestForwardIP(t *testing.T) {
 	needPodNetwork(t)
 	sb := sandboxtest.Get(t)
 	ns := sb.Namespace(t)
 	sb.Apply(t, ns, echoesPod)
 	ip := sb.ReadyPods(t, ns, "app=echoes", 1)[0].Status.PodIP
-	p, addrs := startDestination(t, sb, 2, "-n", ns, "ip/"+ip, ":7070", ":5300/udp")
+	auditLog := filepath.Join(t.TempDir(), "audit.log")
+	ownRelayImage(t, sb)
+	tStart := time.Now()
+	p, addrs := startDestination(t, sb, 2, "-n", ns, "--audit-log", auditLog, "ip/"+ip, ":7070", ":5300/udp")
 	if !strings.Contains(p.Output(), "-> 7070\n") || !strings.HasSuffix(addrs[1], "/udp") {
 		t.Fatalf("forwarding lines:\n%s", p.Output())
 	}
 	tcp, udp := addrs[0], strings.TrimSuffix(addrs[1], "/udp")
+	t.Logf("forwarding %s after kpf started", time.Since(tStart))
+	t0 := time.Now()
 
 	relays := destinationRelays(t, sb, ns)
 	if len(relays) != 1 {
@@ -200,6 +166,7 @@ func TestForwardIP(t *testing.T) {
 	}
 	echoPeers(t, udp, 2, 20)
 	wg.Wait()
+	t.Logf("8 MiB each way and 40 datagrams in %s", time.Since(t0))
 
 	// The relay pod deleted: a new one carries new connections within 10 s.
 	zero := int64(0)
@@ -210,19 +177,43 @@ func TestForwardIP(t *testing.T) {
 	sandboxtest.WaitFor(t, 20*time.Second, "a new connection through a new relay pod", func() (bool, error) {
 		return echoRoundTrip(tcp, 1024) == nil, nil
 	})
+	t.Logf("new connections through a new relay pod %s after the delete", time.Since(deleted))
 	if d := time.Since(deleted); d > 10*time.Second {
 		t.Errorf("new connections worked %s after the relay pod was deleted, want within 10 s", d)
 	}
 	echoPeers(t, udp, 1, 5)
 	if now := destinationRelays(t, sb, ns); len(now) != 1 || now[0] == rp.Name {
 		t.Errorf("relay pods after the delete: %v", now)
+	} else if np, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), now[0], metav1.GetOptions{}); err != nil || np.Labels["kpf.dev/forward"] != rp.Labels["kpf.dev/forward"] || strings.Join(np.Spec.Containers[0].Args, " ") != args {
+		t.Errorf("the new relay pod %s: %v, labels %v, args %v; want the forward's label %s and the same args", now[0], err, np.Labels, np.Spec.Containers[0].Args, rp.Labels["kpf.dev/forward"])
 	}
 
 	p.Signal(syscall.SIGINT)
+	stopped := time.Now()
 	p.Wait(30 * time.Second)
+	t.Logf("kpf exited %s after Ctrl-C", time.Since(stopped))
 	sandboxtest.WaitFor(t, 30*time.Second, "the relay pods deleted", func() (bool, error) {
 		return len(destinationRelays(t, sb, ns)) == 0, nil
 	})
+
+	raw, err := os.ReadFile(auditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var rec struct {
+			Target, Pod, Result string
+			RemotePort          int
+			BytesIn, BytesOut   int64
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Target == "ip/"+ip && rec.Pod == rp.Name && rec.RemotePort == 7070 && rec.BytesIn == 4<<20 && rec.BytesOut == 4<<20 && rec.Result == "ok" {
+			big++
+		}
+	}
+	if big != 2 {
+		t.Errorf("the audit log has %d records of a 4 MiB echo through %s, want 2:\n%s", big, rp.Name, raw)
+	}
 }
 
 // TestForwardHostRefusesOtherDestination: a host/ target is a name the
