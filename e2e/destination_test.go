@@ -304,3 +304,44 @@ func TestDoctorDestination(t *testing.T) {
 		t.Fatalf("kpf doctor host/orders.example as admin: %+v", rb)
 	}
 }
+
+// TestRunDestination: kpf.yaml's target ip/ADDR under kpf run: its HTTP
+// health check passes through the relay (kpf run starts the command only
+// when it does), the command reaches the server at KPF_WEB_ADDR, and the
+// HTTP log has the request, served by the relay pod.
+func TestRunDestination(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := httpAppIn(t, sb, "web", 1)
+	pod := sb.ReadyPods(t, ns, "app=web", 1)[0]
+	k := newKpfCmd(t, sb)
+	httpLog := filepath.Join(k.dir, "http.log")
+	file := k.write(t, "kpf.yaml", fmt.Sprintf(`
+forwards:
+  - name: web
+    namespace: %s
+    target: ip/%s
+    ports: ["8080"]
+    health: {path: /healthz, interval: 1s}
+    httpLog: %s
+`, ns, pod.Status.PodIP, httpLog))
+	got := filepath.Join(k.dir, "got")
+	image := ownRelayImage(t, sb)
+	start := time.Now()
+	out, err := runWithin(t, k.cmd("run", "-f", file, "--relay-image", image, "--timeout", "60s", "--", "sh", "-c", "curl -fsS http://$KPF_WEB_ADDR/ >"+got), 90*time.Second)
+	if err != nil {
+		t.Fatalf("kpf run: %v\n%s", err, out)
+	}
+	t.Logf("kpf run took %s", time.Since(start))
+	b, _ := os.ReadFile(got)
+	if !strings.Contains(string(b), pod.Name) {
+		t.Fatalf("GET / through ip/%s: %q, want the pod %s to answer\n%s", pod.Status.PodIP, b, pod.Name, out)
+	}
+	sandboxtest.WaitFor(t, 10*time.Second, "the HTTP log line", func() (bool, error) {
+		l, _ := os.ReadFile(httpLog)
+		return strings.Contains(string(l), `"path":"/"`) && strings.Contains(string(l), `"pod":"kpf-relay-`), nil
+	})
+	sandboxtest.WaitFor(t, 30*time.Second, "the relay pods deleted", func() (bool, error) {
+		return len(destinationRelays(t, sb, ns)) == 0, nil
+	})
+}

@@ -82,9 +82,10 @@ host/NAME and ip/ADDR reach what the cluster reaches (a managed database in
 its network, a name only its DNS resolves): kpf makes a relay pod that dials
 NAME or ADDR at the given ports from inside the cluster, and nothing else,
 and deletes it when the forward stops (it needs create and delete on pods:
-kpf rbac). Here ip means an address: the IPAddress resource, whose short name
-ip also is, cannot be port-forwarded; elsewhere (kubectl, kpf's completion)
-ipaddress/NAME and ipaddresses.networking.k8s.io/NAME keep kubectl's meaning.`,
+kpf rbac). Here ip means an address, in kpf forward, kpf.yaml, kpf rbac and
+kpf doctor alike: the IPAddress resource (networking.k8s.io), whose short name
+ip also is, cannot be port-forwarded; ipaddress/NAME and
+ipaddresses.networking.k8s.io/NAME keep kubectl's meaning.`,
 		Example:               forwardExample,
 		DisableFlagsInUseLine: true,
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -15,6 +15,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/rbac"
 
 	"github.com/kpf-dev/kpf/internal/relaypod"
 	"github.com/kpf-dev/kpf/internal/spec"
@@ -190,9 +191,9 @@ kpf has talked to it for --client-timeout and no stream was open for
 	return cmd
 }
 
-// cleanupRelays removes the UDP relay pods that a daemon which did not
-// stop left for fws, connecting as id: in each namespace the /udp
-// forwards use, the relay pods of this user on this host whose kpf
+// cleanupRelays removes the relay pods (of /udp ports, and of host/ and
+// ip/ targets) that a daemon which did not stop left for fws, connecting
+// as id: in each namespace those forwards use, the relay pods of this user on this host whose kpf
 // process is gone (kpf relay gc's rule), so relays of kpf processes that
 // run (this daemon's new ones, a kpf forward's) stay.
 func cleanupRelays(ctx context.Context, clusters *cluster.Registry, id identity.Identity, fws []config.Forward, log *slog.Logger) error {
@@ -200,8 +201,8 @@ func cleanupRelays(ctx context.Context, clusters *cluster.Registry, id identity.
 	done := map[where]bool{}
 	var errs []error
 	for _, fw := range fws {
-		if !slices.ContainsFunc(fw.Ports, func(p portspec.Port) bool { return p.UDP }) {
-			continue
+		if !slices.ContainsFunc(fw.Ports, func(p portspec.Port) bool { return p.UDP }) && !rbac.IsDestination(fw.Target) {
+			continue // no relay
 		}
 		c, err := clusters.Acquire(id.WithContext(fw.Context))
 		if err != nil {
