@@ -62,6 +62,17 @@ func startDestination(t *testing.T, sb *sandboxtest.Sandbox, want int, args ...s
 	return p, addrs
 }
 
+// interrupt stops kpf as Ctrl-C does, and wants it to exit cleanly
+// within 30 s (a race-built kpf that found a data race exits 66).
+func interrupt(t *testing.T, p *sandboxtest.Proc) {
+	t.Helper()
+	p.Signal(syscall.SIGINT)
+	err, exited := p.Wait(30 * time.Second)
+	if !exited || err != nil || strings.Contains(p.Output(), "DATA RACE") {
+		t.Errorf("kpf after Ctrl-C: exited %v, %v\n%s", exited, err, p.Output())
+	}
+}
+
 // destinationRelays are the relay pods of host/ and ip/ targets in ns.
 func destinationRelays(t *testing.T, sb *sandboxtest.Sandbox, ns string) []string {
 	t.Helper()
@@ -147,6 +158,9 @@ func TestForwardIP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if says := fmt.Sprintf("kpf: ip/%s is dialled from inside the cluster by the relay pod %s/%s, deleted when the forward stops", ip, ns, rp.Name); !strings.Contains(p.Output(), says) {
+		t.Errorf("kpf does not say %q:\n%s", says, p.Output())
+	}
 	sc := rp.Spec.Containers[0].SecurityContext
 	args := strings.Join(rp.Spec.Containers[0].Args, " ")
 	if rp.Labels["kpf.dev/pid"] != fmt.Sprint(p.Cmd.Process.Pid) || *rp.Spec.AutomountServiceAccountToken || !*sc.ReadOnlyRootFilesystem || !*rp.Spec.SecurityContext.RunAsNonRoot || len(sc.Capabilities.Drop) != 1 ||
@@ -188,9 +202,8 @@ func TestForwardIP(t *testing.T) {
 		t.Errorf("the new relay pod %s: %v, labels %v, args %v; want the forward's label %s and the same args", now[0], err, np.Labels, np.Spec.Containers[0].Args, rp.Labels["kpf.dev/forward"])
 	}
 
-	p.Signal(syscall.SIGINT)
 	stopped := time.Now()
-	p.Wait(30 * time.Second)
+	interrupt(t, p)
 	t.Logf("kpf exited %s after Ctrl-C", time.Since(stopped))
 	sandboxtest.WaitFor(t, 30*time.Second, "the relay pods deleted", func() (bool, error) {
 		return len(destinationRelays(t, sb, ns)) == 0, nil
@@ -266,8 +279,7 @@ func TestForwardHostRefusesOtherDestination(t *testing.T) {
 	if want := `destination "10.9.9.9:53" is not allowed: this relay sends only to localhost:53 (its --allow, fixed when kpf made it)`; typ != 3 || string(b) != want {
 		t.Fatalf("answer to HELLO 10.9.9.9:53: type %d %q, want ERROR %q", typ, b, want)
 	}
-	p.Signal(syscall.SIGINT)
-	p.Wait(30 * time.Second)
+	interrupt(t, p)
 	sandboxtest.WaitFor(t, 30*time.Second, "the relay pods deleted", func() (bool, error) {
 		return len(destinationRelays(t, sb, ns)) == 0, nil
 	})

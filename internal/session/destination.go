@@ -78,6 +78,7 @@ func startDestination(ctx context.Context, spec Spec, deps Deps, d target.Destin
 		return nil, nil, &StageError{Stage: StageDestination, Err: fmt.Errorf("the relay pod of %s: %w", d.Ref(), err)}
 	}
 	deps.Log.Debug("destination relay running", "pod", pod.Name, "to", d.Ref(), "tcp", tcp, "udp", allow)
+	fmt.Fprintf(deps.ErrOut, "kpf: %s is dialled from inside the cluster by the relay pod %s/%s, deleted when the forward stops\n", d.Ref(), ns, pod.Name)
 	return target.ForDestination(ns, d, pod, ports), r, nil
 }
 

@@ -211,10 +211,11 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		cancel()
 		return nil, &StageError{Stage: StageDial, Target: t, Err: err}
 	}
+	// Set once, before any goroutine of the session's reads them.
+	s.Target, s.follower, s.spec, s.deps = t, f, spec, deps
 	if dest != nil {
 		// The relay answers (in this kpf's version) before kpf says it
 		// forwards.
-		s.Target, s.follower, s.deps = t, f, deps
 		if s.relayConn, err = dest.check(ctx, relayAnswerTimeout); err != nil {
 			cancel()
 			s.streams.Wait()
@@ -234,7 +235,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 			return nil, &StageError{Stage: StageListen, Target: t, Err: err}
 		}
 	}
-	s.Target, s.Listeners, s.follower, s.spec, s.deps, s.ctx, s.cancel, s.done, s.audit, s.stats = t, ls, f, spec, deps, ctx, cancel, ctx.Done(), id, st
+	s.Listeners, s.ctx, s.cancel, s.done, s.audit, s.stats = ls, ctx, cancel, ctx.Done(), id, st
 	in, out := s.bytes()
 	s.rates.rate(time.Now(), in, out)
 	if len(udp) > 0 {
