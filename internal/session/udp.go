@@ -490,7 +490,9 @@ func (u *udpSide) close() {
 	}
 	u.wg.Wait()
 	if u.ephemeral != nil || u.dest {
-		return // the relays exit once their streams are gone; they cannot be removed; or are the session's
+		// Ephemeral relays exit once their streams are gone (they cannot
+		// be removed); a destination's relay pod is the session's.
+		return
 	}
 	u.mu.Lock()
 	r := u.relay
