@@ -320,7 +320,9 @@ func TestDoctorDestination(t *testing.T) {
 // TestRunDestination: kpf.yaml's target ip/ADDR under kpf run: its HTTP
 // health check passes through the relay (kpf run starts the command only
 // when it does), the command reaches the server at KPF_WEB_ADDR, and the
-// HTTP log has the request, served by the relay pod.
+// HTTP log has the request, served by the relay pod. A tcp check of a
+// port where nothing listens fails (the relay resets the connection it
+// cannot carry), and kpf run does not start its command.
 func TestRunDestination(t *testing.T) {
 	needPodNetwork(t)
 	sb := sandboxtest.Get(t)
@@ -337,8 +339,16 @@ forwards:
     health: {path: /healthz, interval: 1s}
     httpLog: %s
 `, ns, pod.Status.PodIP, httpLog))
-	got := filepath.Join(k.dir, "got")
 	image := ownRelayImage(t, sb)
+	dead := k.write(t, "dead.yaml", fmt.Sprintf("forwards:\n  - {name: dead, namespace: %s, target: ip/%s, ports: [\":9999\"], health: {type: tcp, interval: 1s}}\n", ns, pod.Status.PodIP))
+	marker := filepath.Join(k.dir, "marker")
+	if out, code := k.run(t, "run", "-f", dead, "--relay-image", image, "--timeout", "10s", "--", "touch", marker); code == 0 || !strings.Contains(out, "dead: unhealthy: ") {
+		t.Errorf("kpf run with a tcp check of ip/%s:9999, where nothing listens: exit %d, want it unhealthy\n%s", pod.Status.PodIP, code, out)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("kpf run started its command with its forward unhealthy")
+	}
+	got := filepath.Join(k.dir, "got")
 	start := time.Now()
 	out, err := runWithin(t, k.cmd("run", "-f", file, "--relay-image", image, "--timeout", "60s", "--", "sh", "-c", "curl -fsS http://$KPF_WEB_ADDR/ >"+got), 90*time.Second)
 	if err != nil {
