@@ -100,8 +100,9 @@ func ownRelayImage(t *testing.T, sb *sandboxtest.Sandbox) string {
 // port, in order.
 func startUDP(t *testing.T, sb *sandboxtest.Sandbox, want int, args ...string) (*sandboxtest.Proc, []string) {
 	t.Helper()
-	loadRelayImage(t, sb)
-	cmd := exec.Command(kpfBin, append([]string{"--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "forward"}, args...)...)
+	// This build's own relay image (a test's own --relay-image, later in
+	// args, wins).
+	cmd := exec.Command(kpfBin, append([]string{"--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "forward", "--relay-image", ownRelayImage(t, sb)}, args...)...)
 	p := sandboxtest.Start(t, cmd)
 	var addrs []string
 	for len(addrs) < want {
@@ -538,12 +539,12 @@ func relayHello(t *testing.T, addr, target string) (byte, string) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(20 * time.Second))
-	hello := append([]byte("KPFRELAY\x01"), 1, 0, byte(len(target)>>8), byte(len(target)), 0, 0, 0, 0)
+	hello := append([]byte("KPFRELAY\x02"), 1, 0, byte(len(target)>>8), byte(len(target)), 0, 0, 0, 0)
 	if _, err := c.Write(append(hello, target...)); err != nil {
 		t.Fatal(err)
 	}
 	var head [9 + 8]byte
-	if _, err := io.ReadFull(c, head[:]); err != nil || string(head[:9]) != "KPFRELAY\x01" {
+	if _, err := io.ReadFull(c, head[:]); err != nil || string(head[:9]) != "KPFRELAY\x02" {
 		t.Fatalf("HELLO %s: the relay's opening %q: %v", target, head[:], err)
 	}
 	payload := make([]byte, int(head[11])<<8|int(head[12]))
