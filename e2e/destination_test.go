@@ -342,7 +342,7 @@ forwards:
 	image := ownRelayImage(t, sb)
 	dead := k.write(t, "dead.yaml", fmt.Sprintf("forwards:\n  - {name: dead, namespace: %s, target: ip/%s, ports: [\":9999\"], health: {type: tcp, interval: 1s}}\n", ns, pod.Status.PodIP))
 	marker := filepath.Join(k.dir, "marker")
-	if out, code := k.run(t, "run", "-f", dead, "--relay-image", image, "--timeout", "10s", "--", "touch", marker); code == 0 || !strings.Contains(out, "dead: unhealthy: ") {
+	if out, code := k.run(t, "run", "-f", dead, "--relay-image", image, "--timeout", "10s", "--", "touch", marker); code == 0 || !strings.Contains(out, "dead: unhealthy: ip/"+pod.Status.PodIP+" port 9999, through the relay pod: ") {
 		t.Errorf("kpf run with a tcp check of ip/%s:9999, where nothing listens: exit %d, want it unhealthy\n%s", pod.Status.PodIP, code, out)
 	}
 	if _, err := os.Stat(marker); err == nil {

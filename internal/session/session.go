@@ -595,6 +595,11 @@ func (s *Session) startProbe(ctx context.Context, local net.Conn, port uint16, d
 		defer s.probes.wg.Done()
 		defer cancel()
 		_, p.err = s.follower.Check(pctx, local, s.podPort(port))
+		if p.err != nil && s.dest != nil {
+			// The relay's port and pod say little: the destination is
+			// what was checked.
+			p.err = fmt.Errorf("%s port %d, through the relay pod: %w", s.Target.Ref, port, p.err)
+		}
 		local.Close()
 		close(p.done)
 	}()
