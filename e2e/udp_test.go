@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -34,40 +36,73 @@ func needPodNetwork(t *testing.T) {
 	}
 }
 
-var relayOnce sync.Once
+var (
+	relayOnce   sync.Once
+	relayErr    error
+	ownRelayRef string // this build's relay image under a reference of its own
+)
 
 // loadRelayImage builds this kpf's relay image as the release does (an
 // OCI image layout from cmd/kpf-relay-image, the kpf binary its
-// entrypoint) and loads it into the sandbox, as a node pulls an image.
+// entrypoint) and loads it into the sandbox, as a node pulls an image:
+// under kpf relay image's reference, and under one of its own build
+// (ownRelayImage).
 func loadRelayImage(t *testing.T, sb *sandboxtest.Sandbox) {
 	t.Helper()
-	relayOnce.Do(func() {
-		ref, err := exec.Command(kpfBin, "relay", "image").Output()
-		if err != nil {
-			t.Fatal(err)
+	relayOnce.Do(func() { relayErr = buildRelayImage(sb) })
+	if relayErr != nil {
+		t.Fatal(relayErr)
+	}
+}
+
+func buildRelayImage(sb *sandboxtest.Sandbox) error {
+	ref, err := exec.Command(kpfBin, "relay", "image").Output()
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(kpfBin)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(b)
+	own := "kpf.example/relay:" + hex.EncodeToString(sum[:8])
+	layout, err := os.MkdirTemp("", "kpf-relay-image-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(layout)
+	build := exec.Command("go", "run", "./cmd/kpf-relay-image", "-out", layout, "-ref", strings.TrimSpace(string(ref)), "-created", "0", "linux/"+runtime.GOARCH+"="+kpfBin)
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("kpf-relay-image: %v\n%s", err, out)
+	}
+	for _, r := range []string{strings.TrimSpace(string(ref)), own} {
+		if out, err := exec.Command(sb.Bin, "image", "load", r, layout).CombinedOutput(); err != nil {
+			return fmt.Errorf("kpf-sandbox image load %s: %v\n%s", r, err, out)
 		}
-		layout, err := os.MkdirTemp("", "kpf-relay-image-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer os.RemoveAll(layout)
-		build := exec.Command("go", "run", "./cmd/kpf-relay-image", "-out", layout, "-ref", strings.TrimSpace(string(ref)), "-created", "0", "linux/"+runtime.GOARCH+"="+kpfBin)
-		build.Dir = ".."
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("kpf-relay-image: %v\n%s", err, out)
-		}
-		if out, err := exec.Command(sb.Bin, "image", "load", strings.TrimSpace(string(ref)), layout).CombinedOutput(); err != nil {
-			t.Fatalf("kpf-sandbox image load: %v\n%s", err, out)
-		}
-	})
+	}
+	ownRelayRef = own
+	return nil
+}
+
+// ownRelayImage is this build's relay image, loaded under a reference of
+// its own (its binary's hash) rather than kpf relay image's, which every
+// kpf build on this machine shares: the sandbox may be shared, and a test
+// of another build that loads its own kpf there in the meantime must not
+// make these relays run another kpf.
+func ownRelayImage(t *testing.T, sb *sandboxtest.Sandbox) string {
+	t.Helper()
+	loadRelayImage(t, sb)
+	return ownRelayRef
 }
 
 // startUDP runs kpf forward and returns the local address of each /udp
 // port, in order.
 func startUDP(t *testing.T, sb *sandboxtest.Sandbox, want int, args ...string) (*sandboxtest.Proc, []string) {
 	t.Helper()
-	loadRelayImage(t, sb)
-	cmd := exec.Command(kpfBin, append([]string{"--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "forward"}, args...)...)
+	// This build's own relay image (a test's own --relay-image, later in
+	// args, wins).
+	cmd := exec.Command(kpfBin, append([]string{"--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "forward", "--relay-image", ownRelayImage(t, sb)}, args...)...)
 	p := sandboxtest.Start(t, cmd)
 	var addrs []string
 	for len(addrs) < want {
@@ -504,12 +539,12 @@ func relayHello(t *testing.T, addr, target string) (byte, string) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(20 * time.Second))
-	hello := append([]byte("KPFRELAY\x01"), 1, 0, byte(len(target)>>8), byte(len(target)), 0, 0, 0, 0)
+	hello := append([]byte("KPFRELAY\x02"), 1, 0, byte(len(target)>>8), byte(len(target)), 0, 0, 0, 0)
 	if _, err := c.Write(append(hello, target...)); err != nil {
 		t.Fatal(err)
 	}
 	var head [9 + 8]byte
-	if _, err := io.ReadFull(c, head[:]); err != nil || string(head[:9]) != "KPFRELAY\x01" {
+	if _, err := io.ReadFull(c, head[:]); err != nil || string(head[:9]) != "KPFRELAY\x02" {
 		t.Fatalf("HELLO %s: the relay's opening %q: %v", target, head[:], err)
 	}
 	payload := make([]byte, int(head[11])<<8|int(head[12]))

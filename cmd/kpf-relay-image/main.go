@@ -1,4 +1,4 @@
-// Command kpf-relay-image builds the UDP relay's image from kpf binaries:
+// Command kpf-relay-image builds the relay's image from kpf binaries:
 // an OCI image layout (see internal/ociimage), reproducibly. make
 // release-snapshot runs it on the release's linux binaries:
 //

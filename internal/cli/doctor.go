@@ -16,6 +16,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/doctor"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/rbac"
 	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/spf13/cobra"
@@ -214,6 +215,9 @@ func (o *DoctorOptions) namespace(d *doctor.Doctor) string {
 // declaredPorts are the ports a target declares, when none were given: a
 // service's ports, or the TCP container ports of its pod.
 func declaredPorts(ctx context.Context, d *doctor.Doctor, fw config.Forward) []portspec.Port {
+	if rbac.IsDestination(fw.Target) {
+		return nil // a host has no declared ports
+	}
 	ctx, cancel := context.WithTimeout(ctx, d.StepTimeout)
 	defer cancel()
 	obj, err := d.Objects.Get(ctx, fw.Namespace, fw.Target)

@@ -16,6 +16,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/session"
 	"github.com/kpf-dev/kpf/internal/spec"
+	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/spf13/cobra"
 )
 
@@ -32,7 +33,13 @@ const forwardExample = `  # Listen on ports 5000 and 6000 locally, forwarding to
   kpf forward pod/mypod :5000
 
   # Listen on port 8888 on all addresses (reachable from the network: kpf warns)
-  kpf forward --address 0.0.0.0 pod/mypod 8888:5000`
+  kpf forward --address 0.0.0.0 pod/mypod 8888:5000
+
+  # Reach a database in the cluster's network, dialled from inside the cluster
+  kpf forward host/orders.abc.eu-west-1.rds.amazonaws.com 5432
+
+  # Listen on 8080 locally, forwarding to 10.1.2.3:80 as the cluster reaches it
+  kpf forward ip/10.1.2.3 8080:80`
 
 // ForwardOptions is kpf forward: kubectl port-forward's syntax and flags.
 type ForwardOptions struct {
@@ -69,7 +76,16 @@ func newForwardCommand(g *globals) *cobra.Command {
 Use resource type/name such as deployment/mydeployment to select a pod. TYPE
 defaults to pod if omitted. For a service or workload, kpf picks the pod that
 kubectl would pick. Unlike kubectl, an error on one connection closes that
-connection only; the forward carries on.`,
+connection only; the forward carries on.
+
+host/NAME and ip/ADDR reach what the cluster reaches (a managed database in
+its network, a name only its DNS resolves): kpf makes a relay pod that dials
+NAME or ADDR at the given ports from inside the cluster, and nothing else,
+and deletes it when the forward stops (it needs create and delete on pods:
+kpf rbac). Here ip means an address, in kpf forward, kpf.yaml, kpf rbac and
+kpf doctor alike: the IPAddress resource (networking.k8s.io), whose short name
+ip also is, cannot be port-forwarded; ipaddress/NAME and
+ipaddresses.networking.k8s.io/NAME keep kubectl's meaning.`,
 		Example:               forwardExample,
 		DisableFlagsInUseLine: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -108,6 +124,13 @@ func (o *ForwardOptions) Complete(cmd *cobra.Command, args []string) error {
 	ports, err := portspec.ParsePorts(args[1:])
 	if err != nil {
 		return usageError{err}
+	}
+	if d, ok, err := target.ParseDestination(args[0]); err != nil {
+		return usageError{err}
+	} else if ok {
+		if _, err := target.DestinationPorts(d, ports); err != nil {
+			return usageError{err}
+		}
 	}
 	if _, err = portspec.ParseAddresses(o.Addresses); err != nil {
 		return usageError{err}

@@ -31,6 +31,7 @@ type RBACOptions struct {
 	byNamespace map[string][]rbac.Kind
 	proxies     map[string]bool // namespaces a proxy of the file serves
 	relays      map[string]bool // namespaces with /udp ports (and so relays)
+	dests       map[string]bool // namespaces with host/ or ip/ targets (and so their relay pods)
 	discovers   map[string]bool // namespaces of discover: entries
 	subject     *rbac.Subject
 }
@@ -107,6 +108,7 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 	o.byNamespace = map[string][]rbac.Kind{}
 	o.proxies = map[string]bool{}
 	o.relays = map[string]bool{}
+	o.dests = map[string]bool{}
 	o.discovers = map[string]bool{}
 	for _, fw := range fws {
 		target := fw.Target
@@ -128,7 +130,9 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 		if fw.Discover != nil {
 			o.discovers[ns] = true
 		}
-		if portspec.AnyUDP(fw.Ports) {
+		if rbac.IsDestination(fw.Target) {
+			o.dests[ns] = true
+		} else if portspec.AnyUDP(fw.Ports) {
 			o.relays[ns] = true
 		}
 	}
@@ -148,6 +152,9 @@ func (o *RBACOptions) Run(context.Context) error {
 		}
 		if o.relays[ns] {
 			rules[ns] = append(rules[ns], rbac.Relay(o.UDPRelay))
+		}
+		if o.dests[ns] && (!o.relays[ns] || o.UDPRelay == "ephemeral") {
+			rules[ns] = append(rules[ns], rbac.Destination())
 		}
 	}
 	out, err := rbac.Manifest(o.Name, rules, o.subject)

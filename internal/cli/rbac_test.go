@@ -47,3 +47,29 @@ func TestRBACOfAFileWithUDPPorts(t *testing.T) {
 		t.Errorf("--udp-relay job: exit %d, %s", code, errOut.String())
 	}
 }
+
+// kpf rbac host/NAME or ip/ADDR: what pod targets need (pods followed,
+// tunnels), and the relay pod to create and delete; with a file's
+// kpf.yaml too. ip/ is no IPAddress: no rule of networking.k8s.io.
+func TestRBACOfDestinations(t *testing.T) {
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "config")
+	os.WriteFile(kubeconfig, []byte("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\ncontexts: [{name: c, context: {cluster: c, namespace: team}}]\ncurrent-context: c\n"), 0o600)
+	file := filepath.Join(dir, "kpf.yaml")
+	os.WriteFile(file, []byte("forwards:\n  - {name: db, target: host/orders.example, ports: [\"5432\"]}\n"), 0o600)
+	for _, args := range [][]string{{"ip/10.1.2.3"}, {"host/orders.example"}, {"-f", file}} {
+		var out, errOut bytes.Buffer
+		if code := Run(context.Background(), append([]string{"--kubeconfig", kubeconfig, "rbac"}, args...), &out, &errOut); code != 0 {
+			t.Fatalf("kpf rbac %v: exit %d: %s", args, code, errOut.String())
+		}
+		s := out.String()
+		for _, want := range []string{"#   get,list,watch pods: find the target's pods and follow them", "#   create,get pods/portforward", "#   create,delete pods: the relay pod of host/ and ip/ targets"} {
+			if !strings.Contains(s, want) {
+				t.Errorf("kpf rbac %v: no %q in\n%s", args, want, s)
+			}
+		}
+		if strings.Contains(s, "networking.k8s.io") || strings.Contains(s, "ipaddresses") {
+			t.Errorf("kpf rbac %v names IPAddresses:\n%s", args, s)
+		}
+	}
+}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/config"
 	"github.com/kpf-dev/kpf/internal/identity"
 	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/rbac"
 
 	"github.com/kpf-dev/kpf/internal/relaypod"
 	"github.com/kpf-dev/kpf/internal/spec"
@@ -25,12 +28,14 @@ import (
 func newRelayCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "relay",
-		Short: "The UDP relay kpf runs in the cluster (kpf relay serve)",
-		Long: `The port-forward subresource carries streams only. For UDP, kpf runs this
-same binary next to the UDP server as a relay: kpf frames each local peer's
-datagrams over one stream through the tunnel, and the relay sends them from
-a socket of the flow's own and frames the replies back
-(docs/relay-protocol.md).`,
+		Short: "The relay kpf runs in the cluster for UDP and host/ and ip/ targets (kpf relay serve)",
+		Long: `The port-forward subresource carries streams to a pod's ports only. For UDP,
+kpf runs this same binary next to the UDP server as a relay: kpf frames each
+local peer's datagrams over one stream through the tunnel, and the relay
+sends them from a socket of the flow's own and frames the replies back. For
+host/NAME and ip/ADDR targets, the relay pod dials the destination from
+inside the cluster: each TCP port is a listener on the relay pod's loopback,
+piped to the destination it was made for (docs/relay-protocol.md).`,
 	}
 	cmd.AddCommand(newRelayServeCommand(g), newRelayImageCommand(g), newRelayGCCommand(g))
 	return cmd
@@ -112,39 +117,62 @@ other machines are listed, not deleted, unless --all.`,
 func newRelayServeCommand(g *globals) *cobra.Command {
 	s := &relay.Server{}
 	listen := "127.0.0.1:4090"
-	var allow []string
+	var allow, tcp []string
 	cmd := &cobra.Command{
-		Use:   "serve --allow IP:PORT... [--listen 127.0.0.1:PORT]",
+		Use:   "serve --allow HOST:PORT... --tcp PORT=HOST:PORT... [--listen 127.0.0.1:PORT]",
 		Short: "Serve relay streams (what runs in the relay pod or ephemeral container)",
 		Long: `Serve relay streams on --listen, a loopback address (port-forward reaches
 the pod's loopback; nothing else on the pod's network can reach the relay).
-The relay sends only to the --allow destinations, fixed when kpf makes it:
-a stream that names another is refused. The relay exits by itself once no
+The relay sends datagrams only to the --allow destinations, fixed when kpf
+makes it: a stream that names another is refused. Each --tcp PORT=HOST:PORT
+listens on PORT of the same loopback address and pipes each connection to
+HOST:PORT, and nowhere else. The relay exits by itself once no
 kpf has talked to it for --client-timeout and no stream was open for
 --idle-exit, so that a relay whose kpf was killed does not stay.`,
 		Example: `  # as a relay pod's command (kpf makes that pod itself)
-  kpf relay serve --listen 127.0.0.1:4090 --allow 10.0.3.7:53`,
+  kpf relay serve --listen 127.0.0.1:4090 --allow 10.0.3.7:53
+  kpf relay serve --listen 127.0.0.1:4090 --tcp 4091=orders.example:5432`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if s.ClientTimeout <= 0 || s.IdleExit == 0 || s.FlowIdle <= 0 {
 				return usagef("--client-timeout and --flow-idle must be above 0, --idle-exit above 0 (or below 0: never)")
 			}
-			if len(allow) == 0 {
-				return usagef("--allow: give the destinations the relay may send to (IP:PORT, repeatable); it sends nowhere else")
+			if len(allow) == 0 && len(tcp) == 0 {
+				return usagef("--allow or --tcp: give the destinations the relay may send to (--allow HOST:PORT for datagrams, --tcp PORT=HOST:PORT for connections, repeatable); it sends nowhere else")
 			}
 			for _, a := range allow {
-				ap, err := relay.ParseAllow(a)
+				d, err := relay.ParseAllow(a)
 				if err != nil {
 					return usagef("%v", err)
 				}
-				s.Allow = append(s.Allow, ap)
+				s.Allow = append(s.Allow, d)
+			}
+			var routes []relay.RouteSpec
+			for _, a := range tcp {
+				r, err := relay.ParseRoute(a)
+				if err != nil {
+					return usagef("%v", err)
+				}
+				routes = append(routes, r)
 			}
 			ln, err := relay.Listen(listen)
 			if err != nil {
 				return err
 			}
+			host, _, _ := net.SplitHostPort(listen)
+			for _, r := range routes {
+				rl, err := relay.Listen(net.JoinHostPort(host, strconv.Itoa(int(r.Port))))
+				if err != nil {
+					ln.Close()
+					for _, r := range s.Routes {
+						r.Listener.Close()
+					}
+					return fmt.Errorf("--tcp %s: %w", r, err)
+				}
+				s.Routes = append(s.Routes, relay.Route{Listener: rl, Dest: r.Dest})
+			}
 			s.Log = g.logger()
-			s.Log.Info("relay listening", "addr", ln.Addr().String(), "allow", allow, "version", relay.Version)
+			s.Log.Info("relay listening", "addr", ln.Addr().String(), "allow", allow, "tcp", tcp, "version", relay.Version)
 			err = s.Serve(cmd.Context(), ln)
 			if errors.Is(err, relay.ErrIdleExit) {
 				s.Log.Info("no client: exiting", "after", s.IdleExit)
@@ -155,16 +183,17 @@ kpf has talked to it for --client-timeout and no stream was open for
 	}
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", listen, "loopback TCP address for kpf's streams")
-	f.StringSliceVar(&allow, "allow", nil, "a destination IP:PORT the relay may send to (repeatable, or comma-separated); every other is refused")
+	f.StringSliceVar(&allow, "allow", nil, "a destination HOST:PORT the relay may send datagrams to (repeatable, or comma-separated); every other is refused")
+	f.StringSliceVar(&tcp, "tcp", nil, "PORT=HOST:PORT: listen on PORT of --listen's address and pipe each connection to HOST:PORT (repeatable)")
 	f.DurationVar(&s.ClientTimeout, "client-timeout", 30*time.Second, "drop a stream that sent nothing (not even a keep-alive) for this long")
 	f.DurationVar(&s.IdleExit, "idle-exit", 30*time.Second, "exit once no stream was open for this long (negative: never)")
 	f.DurationVar(&s.FlowIdle, "flow-idle", 5*time.Minute, "close a flow with no datagram either way for this long")
 	return cmd
 }
 
-// cleanupRelays removes the UDP relay pods that a daemon which did not
-// stop left for fws, connecting as id: in each namespace the /udp
-// forwards use, the relay pods of this user on this host whose kpf
+// cleanupRelays removes the relay pods (of /udp ports, and of host/ and
+// ip/ targets) that a daemon which did not stop left for fws, connecting
+// as id: in each namespace those forwards use, the relay pods of this user on this host whose kpf
 // process is gone (kpf relay gc's rule), so relays of kpf processes that
 // run (this daemon's new ones, a kpf forward's) stay.
 func cleanupRelays(ctx context.Context, clusters *cluster.Registry, id identity.Identity, fws []config.Forward, log *slog.Logger) error {
@@ -172,8 +201,8 @@ func cleanupRelays(ctx context.Context, clusters *cluster.Registry, id identity.
 	done := map[where]bool{}
 	var errs []error
 	for _, fw := range fws {
-		if !slices.ContainsFunc(fw.Ports, func(p portspec.Port) bool { return p.UDP }) {
-			continue
+		if !slices.ContainsFunc(fw.Ports, func(p portspec.Port) bool { return p.UDP }) && !rbac.IsDestination(fw.Target) {
+			continue // no relay
 		}
 		c, err := clusters.Acquire(id.WithContext(fw.Context))
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/target"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
@@ -188,6 +189,12 @@ var targetKinds = map[string]bool{
 }
 
 func checkTarget(s string) string {
+	if _, ok, err := target.ParseDestination(s); ok {
+		if err != nil {
+			return err.Error()
+		}
+		return ""
+	}
 	kind, name, ok := strings.Cut(s, "/")
 	if !ok {
 		name, kind = s, "pod"
@@ -197,7 +204,7 @@ func checkTarget(s string) string {
 	case name == "":
 		return fmt.Sprintf("%q names no object (want TYPE/NAME, like svc/api)", s)
 	case !targetKinds[strings.ToLower(kind)]:
-		return fmt.Sprintf("unknown target kind %q in %q (want pod, deployment, replicaset, statefulset, daemonset, job, replicationcontroller or service, or their short names)", kind, s)
+		return fmt.Sprintf("unknown target kind %q in %q (want pod, deployment, replicaset, statefulset, daemonset, job, replicationcontroller or service, or their short names; or host/NAME or ip/ADDR, dialled by a relay pod)", kind, s)
 	}
 	return ""
 }

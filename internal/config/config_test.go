@@ -348,3 +348,16 @@ proxies:
 		}
 	}
 }
+
+// kpf.yaml takes host/NAME and ip/ADDR targets, and says what is wrong
+// with a bad one, where.
+func TestDestinationTargets(t *testing.T) {
+	f, err := Parse("kpf.yaml", []byte("forwards:\n  - {name: db, target: host/orders.example, ports: [\"5432\"]}\n  - {name: web, target: ip/10.1.2.3, ports: [\"8080:80\"]}\n"))
+	if err != nil || len(f.Forwards) != 2 || f.Forwards[0].Target != "host/orders.example" || f.Forwards[1].Target != "ip/10.1.2.3" {
+		t.Fatalf("%+v, %v", f, err)
+	}
+	_, err = Parse("kpf.yaml", []byte("forwards:\n  - {name: db, target: ip/orders.example, ports: [\"5432\"]}\n"))
+	if err == nil || !strings.Contains(err.Error(), `line 2: forwards[0].target: target "ip/orders.example": "orders.example" is not an IP address: for a name, write host/orders.example`) {
+		t.Fatalf("a bad ip/ target: %v", err)
+	}
+}

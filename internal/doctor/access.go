@@ -27,7 +27,9 @@ func (d *Doctor) rbac(ctx context.Context, fw config.Forward, s spec.Settings) C
 	var allowed, denied []string
 	can := map[string]bool{}
 	rules := rbac.For(kinds)
-	if portspec.AnyUDP(fw.Ports) {
+	if rbac.IsDestination(fw.Target) {
+		rules = append(rules, rbac.Destination()) // its /udp ports too
+	} else if portspec.AnyUDP(fw.Ports) {
 		rules = append(rules, rbac.Relay(s.UDPRelay))
 	}
 	for _, r := range rules {

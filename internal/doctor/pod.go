@@ -20,6 +20,15 @@ func (d *Doctor) target(ctx context.Context, fw config.Forward) (*target.Target,
 	c := Check{Step: "target"}
 	ctx, cancel := d.step(ctx)
 	defer cancel()
+	if dest, ok, err := target.ParseDestination(fw.Target); err != nil {
+		c.Status, c.Summary = Fail, err.Error()
+		return nil, c
+	} else if ok {
+		// No object to read (and ip/ is no IPAddress): the relay pod that
+		// dials it is made when the forward starts.
+		c.Status, c.Summary = Skip, fmt.Sprintf("%s: dialled from inside the cluster by the relay pod kpf makes when the forward starts (kpf relay serve); not made here", dest.Ref())
+		return nil, c
+	}
 	obj, err := d.Objects.Get(ctx, fw.Namespace, fw.Target)
 	if err != nil {
 		msg := d.explain(ctx, err)

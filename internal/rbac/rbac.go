@@ -55,6 +55,21 @@ func Relay(mode string) Rule {
 	return Rule{Resource: "pods", Verbs: []string{"create", "delete"}, Why: "the UDP relay pod of /udp ports: made when the forward starts, deleted when it stops"}
 }
 
+// Destination is what a host/ or ip/ target needs beside For's rules
+// (it follows and tunnels to its relay pod as to any pod): its relay pod
+// to create, and delete.
+func Destination() Rule {
+	return Rule{Resource: "pods", Verbs: []string{"create", "delete"}, Why: "the relay pod of host/ and ip/ targets, which dials the destination from inside the cluster: made when the forward starts (and again if it goes), deleted when it stops"}
+}
+
+// IsDestination: typeName is a host/ or ip/ target (whose "ip" wins over
+// the IPAddress resource's short name).
+func IsDestination(typeName string) bool {
+	typ, _, ok := strings.Cut(typeName, "/")
+	typ = strings.ToLower(typ)
+	return ok && (typ == "host" || typ == "ip")
+}
+
 // kinds are the targets kpf forwards to, by every name kubectl accepts
 // for them.
 var kinds = map[string]Kind{}
@@ -87,13 +102,13 @@ func init() {
 // a bare name is a pod.
 func KindOf(typeName string) (Kind, error) {
 	typ, _, ok := strings.Cut(typeName, "/")
-	if !ok {
-		return Pods, nil
+	if !ok || IsDestination(typeName) {
+		return Pods, nil // a destination's target is its relay pod
 	}
 	if k, ok := kinds[strings.ToLower(typ)]; ok {
 		return k, nil
 	}
-	return Kind{}, fmt.Errorf("%q: kpf forwards to pods, services, deployments, replicasets, statefulsets, daemonsets, jobs and replicationcontrollers", typ)
+	return Kind{}, fmt.Errorf("%q: kpf forwards to pods, services, deployments, replicasets, statefulsets, daemonsets, jobs and replicationcontrollers, and to host/NAME and ip/ADDR through a relay pod", typ)
 }
 
 // Name is how a rule reads in a message: "list pods", "get

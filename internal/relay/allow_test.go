@@ -300,17 +300,18 @@ func (w *watchConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// TestAllowNamesOneDestination: --allow takes one host's address and a
-// port. What reads like a wildcard (0.0.0.0, [::], port 0) or names many
-// hosts (multicast, broadcast) is refused with the value and the fix,
-// rather than taken as a destination nobody meant.
+// TestAllowNamesOneDestination: --allow takes one host's address or DNS
+// name and a port. What reads like a wildcard (0.0.0.0, [::], port 0),
+// names many hosts (multicast, broadcast) or is no host name is refused
+// with the value and the fix, rather than taken as a destination nobody
+// meant.
 func TestAllowNamesOneDestination(t *testing.T) {
-	for _, ok := range []string{"10.0.3.7:53", "[fd00::7]:53", "127.0.0.1:5300", "[::ffff:10.0.3.7]:53"} {
+	for _, ok := range []string{"10.0.3.7:53", "[fd00::7]:53", "127.0.0.1:5300", "[::ffff:10.0.3.7]:53", "localhost:53", "orders.abc.eu-west-1.rds.amazonaws.com:5432", "DNS.Example.:53"} {
 		if _, err := ParseAllow(ok); err != nil {
 			t.Errorf("--allow %s: %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"0.0.0.0:53", "[::]:53", "10.0.3.7:0", "224.0.0.1:53", "[ff02::1]:53", "255.255.255.255:53", "[::ffff:0.0.0.0]:53", "localhost:53", "10.0.3.7"} {
+	for _, bad := range []string{"0.0.0.0:53", "[::]:53", "10.0.3.7:0", "224.0.0.1:53", "[ff02::1]:53", "255.255.255.255:53", "[::ffff:0.0.0.0]:53", "10.0.3.7", "-a.example:53", "a..b:53", "a b:53", "1.2.3:53", "[fe80::1%eth0]:53", "x.example:65536"} {
 		_, err := ParseAllow(bad)
 		if err == nil || !strings.Contains(err.Error(), "--allow "+`"`+bad+`"`) || !strings.Contains(err.Error(), "10.0.3.7:53") {
 			t.Errorf("--allow %s: %v, want an error naming it and what to give", bad, err)

@@ -1,9 +1,10 @@
-// Package relay carries UDP datagrams over a byte stream: kpf's side
-// (Client) and the relay that runs in the cluster (Server, the kpf relay
-// command), with the framing between them. The port-forward subresource
-// carries streams only; the relay sits next to the UDP server (in a pod of
-// its own, or as an ephemeral container in the target pod) and turns each
-// flow's frames back into datagrams. docs/relay-protocol.md is the
+// Package relay is kpf's relay: the program that runs in the cluster
+// (Server, the kpf relay command) and kpf's side of it. It carries UDP
+// datagrams over a byte stream (Client, with the framing between them:
+// the port-forward subresource carries streams only, and the relay turns
+// each flow's frames back into datagrams), and TCP connections to
+// destinations outside the pods (host/ and ip/ targets: a loopback
+// listener per destination, piped to it). docs/relay-protocol.md is the
 // specification.
 package relay
 
@@ -14,8 +15,12 @@ import (
 	"io"
 )
 
-// Version is the protocol version this kpf speaks.
-const Version = 1
+// Version is the protocol version this kpf speaks. 2: the relay also
+// pipes TCP destinations (--tcp), a stream may open with PING (Check,
+// the keep-alive of a relay without /udp ports), and a relay that reads
+// another version answers with its own opening and an ERROR instead of
+// closing without a word.
+const Version = 2
 
 // Magic opens a stream, both ways, followed by the version byte.
 const Magic = "KPFRELAY"
@@ -146,9 +151,17 @@ func readMagic(r io.Reader) error {
 		return protoErr("not a kpf relay stream (it began %q)", b[:len(Magic)])
 	}
 	if b[len(Magic)] != Version {
-		return protoErr("version %d; this kpf speaks version %d: run the relay image of this kpf's release (--relay-image)", b[len(Magic)], Version)
+		return &VersionError{Theirs: int(b[len(Magic)])}
 	}
 	return nil
+}
+
+// VersionError is an opening of another protocol version: a relay image
+// of another release than kpf's.
+type VersionError struct{ Theirs int }
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("relay protocol: the relay speaks version %d and this kpf version %d: run the relay image of this kpf's release (--relay-image; kpf relay image prints it)", e.Theirs, Version)
 }
 
 // ErrClosed is returned by a Client or Server that was closed.

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -106,11 +105,11 @@ func start(t *testing.T, target string, tweak func(*Client, *Server)) *harness {
 }
 
 // allow is the destinations of targets that are IP:PORT.
-func allow(targets ...string) []netip.AddrPort {
-	var out []netip.AddrPort
+func allow(targets ...string) []Dest {
+	var out []Dest
 	for _, t := range targets {
-		if ap, err := netip.ParseAddrPort(t); err == nil {
-			out = append(out, ap)
+		if d, err := ParseDest(t); err == nil {
+			out = append(out, d)
 		}
 	}
 	return out
@@ -285,10 +284,10 @@ func TestIdleFlowsClose(t *testing.T) {
 	waitFor(t, "the idle flow closed", func() bool { return h.client.Peers() == 0 })
 }
 
-// TestRefusedTargetEndsServe: a target the relay cannot resolve ends the
-// client with the relay's reason.
+// TestRefusedTargetEndsServe: a target the relay was not made for ends
+// the client with the relay's reason.
 func TestRefusedTargetEndsServe(t *testing.T) {
-	h := start(t, "no-such-host.invalid:53", nil)
+	h := start(t, "no-such-host.invalid:53", func(_ *Client, s *Server) { s.Allow = allow("127.0.0.1:9") })
 	select {
 	case err := <-h.done:
 		var he *HelloError

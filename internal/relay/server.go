@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,9 +28,14 @@ import (
 // another is answered ERROR and closed.
 type Server struct {
 	Log *slog.Logger
-	// Allow is every destination the relay may send to; a HELLO that
-	// names another is refused. Empty: every one is refused.
-	Allow []netip.AddrPort
+	// Allow is every destination the relay may send datagrams to; a
+	// HELLO that names another is refused. Empty: every one is refused.
+	Allow []Dest
+	// Routes are the TCP destinations: each connection to a route's
+	// listener (on loopback, as the streams') is piped to its Dest.
+	Routes []Route
+	// DialTimeout bounds a route's dial of its destination. Default 10 s.
+	DialTimeout time.Duration
 	// ClientTimeout drops a stream that sent nothing (not even a PING)
 	// for this long: its kpf is gone. Default 30 s.
 	ClientTimeout time.Duration
@@ -69,6 +75,9 @@ func (s *Server) defaults() {
 	if s.MaxFlows <= 0 {
 		s.MaxFlows = 1024
 	}
+	if s.DialTimeout <= 0 {
+		s.DialTimeout = 10 * time.Second
+	}
 }
 
 // ErrIdleExit is returned by Serve when no client came for IdleExit.
@@ -94,30 +103,10 @@ func Listen(addr string) (net.Listener, error) {
 	return net.Listen("tcp", addr)
 }
 
-// ErrNotOneHost is an --allow that reads like a wildcard (0.0.0.0, [::],
-// port 0) or names many hosts (multicast, broadcast).
-var ErrNotOneHost = errors.New("not one host's address and port")
-
-// ParseAllow reads a destination of --allow: a literal IP of one host and
-// a port.
-func ParseAllow(s string) (netip.AddrPort, error) {
-	ap, err := netip.ParseAddrPort(s)
-	if err == nil {
-		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		if a := ap.Addr(); a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || ap.Port() == 0 {
-			err = ErrNotOneHost
-		}
-	}
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("--allow %q: want IP:PORT of the one host the relay may send to (such as 10.0.3.7:53 or [fd00::7]:53): %w", s, err)
-	}
-	return ap, nil
-}
-
 // NotAllowedError is a HELLO that names a destination outside Allow.
 type NotAllowedError struct {
 	Target string
-	Allow  []netip.AddrPort
+	Allow  []Dest
 }
 
 func (e *NotAllowedError) Error() string {
@@ -133,28 +122,28 @@ func (e *NotAllowedError) Error() string {
 }
 
 // allowed returns the HELLO's destination if Allow has it.
-func (s *Server) allowed(target string) (*net.UDPAddr, error) {
-	ap, err := netip.ParseAddrPort(target)
-	if err != nil {
-		return nil, &NotAllowedError{Target: target, Allow: s.Allow}
+func (s *Server) allowed(target string) (Dest, error) {
+	d, err := ParseDest(target)
+	if err == nil && slices.Contains(s.Allow, d) {
+		return d, nil
 	}
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	for _, a := range s.Allow {
-		if a == ap {
-			return net.UDPAddrFromAddrPort(ap), nil
-		}
-	}
-	return nil, &NotAllowedError{Target: target, Allow: s.Allow}
+	return Dest{}, &NotAllowedError{Target: target, Allow: s.Allow}
 }
 
 // Serve accepts streams on ln, which must listen on loopback
 // (*NotLoopbackError), until ctx ends (nil) or no stream was open for
-// IdleExit (ErrIdleExit).
+// IdleExit (ErrIdleExit). It serves the Routes' listeners (on loopback
+// only too) beside it, and closes them when it returns.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.defaults()
-	if a, ok := ln.Addr().(*net.TCPAddr); !ok || !a.IP.IsLoopback() {
-		ln.Close()
-		return &NotLoopbackError{Addr: ln.Addr().String()}
+	for _, l := range append([]net.Listener{ln}, s.routeListeners()...) {
+		if a, ok := l.Addr().(*net.TCPAddr); !ok || !a.IP.IsLoopback() {
+			ln.Close()
+			for _, r := range s.Routes {
+				r.Listener.Close()
+			}
+			return &NotLoopbackError{Addr: l.Addr().String()}
+		}
 	}
 	s.lastSeen.Store(time.Now().UnixNano())
 	ctx, cancel := context.WithCancel(ctx)
@@ -178,6 +167,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	for _, r := range s.Routes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveRoute(ctx, r)
+		}()
+	}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -206,12 +202,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 func (s *Server) stream(c net.Conn) error {
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
+	w := &frameWriter{w: c}
 	if err := readMagic(c); err != nil {
+		var ve *VersionError
+		if errors.As(err, &ve) {
+			// An answer in this relay's version, which that kpf's reader
+			// names (a relay of version 1 closed without one).
+			err = fmt.Errorf("kpf speaks relay protocol version %d and this relay version %d: run kpf and the relay image of the same release", ve.Theirs, Version)
+			if writeMagic(c) == nil {
+				w.write(errorFrame(err))
+			}
+		}
 		return err
 	}
 	r := NewReader(c)
 	hello, err := r.Read()
-	w := &frameWriter{w: c}
 	var pe *ProtocolError
 	if errors.As(err, &pe) {
 		// A first frame that breaks the rules is answered, as any other.
@@ -225,6 +230,31 @@ func (s *Server) stream(c net.Conn) error {
 	}
 	if err := writeMagic(c); err != nil {
 		return err
+	}
+	// A stream may open with PINGs (Check; a relay's keep-alive without
+	// /udp ports): answered, and a client from then on, as after HELLO.
+	counted := false
+	defer func() {
+		if counted {
+			s.lastSeen.Store(time.Now().UnixNano())
+			s.open.Add(-1)
+		}
+	}()
+	for hello.Type == TypePing {
+		if !counted {
+			counted = true
+			s.open.Add(1)
+		}
+		if err := w.write(Frame{Type: TypePong, Payload: hello.Payload}); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
+		if hello, err = r.Read(); err != nil {
+			if errors.As(err, &pe) {
+				w.write(errorFrame(pe))
+			}
+			return err
+		}
 	}
 	if hello.Type != TypeHello {
 		w.write(Frame{Type: TypeError, Payload: []byte("the stream must begin with HELLO")})
@@ -240,11 +270,10 @@ func (s *Server) stream(c net.Conn) error {
 	}
 	// A client from here on: a connection that said nothing (a TCP
 	// readiness probe) does not keep the relay alive.
-	s.open.Add(1)
-	defer func() {
-		s.lastSeen.Store(time.Now().UnixNano())
-		s.open.Add(-1)
-	}()
+	if !counted {
+		counted = true
+		s.open.Add(1)
+	}
 	st := &serverStream{s: s, w: w, target: target, flows: map[uint32]*flow{}}
 	s.mu.Lock()
 	if s.streams == nil {
@@ -331,7 +360,7 @@ func (fw *frameWriter) write(f Frame) error {
 type serverStream struct {
 	s      *Server
 	w      *frameWriter
-	target *net.UDPAddr
+	target Dest
 	mu     sync.Mutex
 	flows  map[uint32]*flow
 	done   bool
@@ -362,7 +391,13 @@ func (st *serverStream) flow(id uint32) (*flow, error) {
 	if st.s.flows.Load() >= int64(st.s.MaxFlows) {
 		st.s.evict()
 	}
-	c, err := net.DialUDP("udp", nil, st.target)
+	// A name is resolved (the pod's DNS) for each flow, as a client in
+	// the pod would on each query.
+	addr, err := net.ResolveUDPAddr("udp", st.target.String())
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.DialUDP("udp", nil, addr)
 	if err != nil {
 		return nil, err
 	}

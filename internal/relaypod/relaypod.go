@@ -1,5 +1,6 @@
 // Package relaypod makes, waits for and removes the pods that run kpf's
-// UDP relay (kpf relay serve) next to a forward's target: labelled with
+// relay (kpf relay serve): next to a forward's target for its /udp ports,
+// or as the target itself for host/ and ip/ targets: labelled with
 // who started them, non-root, read-only, without a service-account token,
 // small, and bounded in time; and it finds the leftovers of kpf processes
 // that are gone (kpf relay gc).
@@ -32,11 +33,18 @@ const Port = 4090
 // Labels on every relay pod.
 const (
 	LabelManagedBy = "app.kubernetes.io/managed-by" // kpf
-	LabelRelay     = "kpf.dev/relay"                // "udp"
+	LabelRelay     = "kpf.dev/relay"                // "udp", or "destination" (host/, ip/)
 	LabelUser      = "kpf.dev/user"                 // who started it (a label-safe form)
 	LabelHost      = "kpf.dev/host"
 	LabelPID       = "kpf.dev/pid"
+	// LabelForward names the forward a destination relay serves: the
+	// pods that replace one share it, and the forward follows them by it.
+	LabelForward = "kpf.dev/forward"
 )
+
+// FirstRoutePort is the relay pod's loopback port of its first --tcp
+// route; the next ones follow.
+const FirstRoutePort = Port + 1
 
 // Owner is who starts relay pods: this user, on this host, as this process.
 type Owner struct {
@@ -87,9 +95,20 @@ type Spec struct {
 	// forward that follows another makes another relay.
 	Allow []string
 	Owner Owner
+	// TCP are the relay's --tcp routes, PORT=HOST:PORT, for a host/ or
+	// ip/ target (fixed too).
+	TCP []string
+	// Forward, for a host/ or ip/ target, is the LabelForward value of
+	// its relay pods.
+	Forward string
 	// Deadline bounds the pod's life (activeDeadlineSeconds): a backstop
 	// should both kpf and the relay's own exit fail.
 	Deadline time.Duration
+}
+
+// Selector selects the relay pods of forward (Spec.Forward).
+func Selector(forward string) labels.Selector {
+	return labels.SelectorFromSet(map[string]string{LabelForward: forward})
 }
 
 // Pod is the relay pod's object.
@@ -100,15 +119,20 @@ func (s Spec) Pod() *corev1.Pod {
 	if deadline <= 0 {
 		deadline = 24 * 60 * 60
 	}
+	lbls, about := s.Owner.labels(), "kpf's UDP relay for a forward; it exits within a minute of losing its kpf; kpf relay gc removes leftovers"
+	if s.Forward != "" {
+		lbls[LabelRelay], lbls[LabelForward] = "destination", s.Forward
+		about = "kpf's relay for a forward to " + s.Target + ", which it dials from inside the cluster; it exits within a minute of losing its kpf; kpf relay gc removes leftovers"
+	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			GenerateName: "kpf-relay-",
 			Namespace:    s.Namespace,
-			Labels:       s.Owner.labels(),
+			Labels:       lbls,
 			Annotations: map[string]string{
 				"kpf.dev/target":     s.Target,
 				"kpf.dev/started-by": fmt.Sprintf("%s@%s (kpf pid %d)", s.Owner.User, s.Owner.Host, s.Owner.PID),
-				"kpf.dev/about":      "kpf's UDP relay for a forward; it exits within a minute of losing its kpf; kpf relay gc removes leftovers",
+				"kpf.dev/about":      about,
 			},
 		},
 		Spec: corev1.PodSpec{
@@ -131,7 +155,7 @@ func (s Spec) Pod() *corev1.Pod {
 				// container port and no readiness probe (the kubelet's
 				// would dial the pod's IP): kpf knows the relay is ready
 				// when it answers a stream.
-				Args: serveArgs("127.0.0.1:"+strconv.Itoa(Port), s.Allow),
+				Args: serveArgs("127.0.0.1:"+strconv.Itoa(Port), s.Allow, s.TCP...),
 				Resources: corev1.ResourceRequirements{
 					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
 					Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
@@ -148,10 +172,13 @@ func (s Spec) Pod() *corev1.Pod {
 
 // serveArgs is the relay's command line: listening on listen (a
 // loopback address), sending only to allow.
-func serveArgs(listen string, allow []string) []string {
+func serveArgs(listen string, allow []string, tcp ...string) []string {
 	args := []string{"relay", "serve", "--listen", listen}
 	for _, a := range allow {
 		args = append(args, "--allow", a)
+	}
+	for _, r := range tcp {
+		args = append(args, "--tcp", r)
 	}
 	return append(args, "--client-timeout", "30s", "--idle-exit", "30s")
 }
@@ -164,7 +191,7 @@ type ForbiddenError struct {
 }
 
 func (e *ForbiddenError) Error() string {
-	return fmt.Sprintf("kpf may not %s %s in namespace %q, which the UDP relay needs: %v", e.Verb, e.Resource, e.Namespace, e.Err)
+	return fmt.Sprintf("kpf may not %s %s in namespace %q, which the relay (of /udp ports, or of a host/ or ip/ target) needs: %v", e.Verb, e.Resource, e.Namespace, e.Err)
 }
 func (e *ForbiddenError) Unwrap() error { return e.Err }
 
@@ -317,8 +344,8 @@ type Leftover struct {
 // Find lists the relay pods o's user started, in namespace ("" all),
 // saying of each started on this host whether its kpf is gone.
 func Find(ctx context.Context, c kube.Interface, namespace string, o Owner, alive func(pid int) bool) ([]Leftover, error) {
-	sel := labels.SelectorFromSet(map[string]string{LabelRelay: "udp", LabelUser: labelValue(o.User)})
-	list, err := c.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	sel := LabelRelay + "," + labels.SelectorFromSet(map[string]string{LabelUser: labelValue(o.User)}).String()
+	list, err := c.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
@@ -202,5 +203,27 @@ func TestEphemeralRelaysTakePortsOfTheirOwn(t *testing.T) {
 	}
 	if len(seen) < 10 {
 		t.Errorf("%d ports in 250 picks: not at random", len(seen))
+	}
+}
+
+// A host/ or ip/ target's relay pod: labelled as such and with its
+// forward (which follows it by that label), its TCP routes and datagram
+// destinations fixed in its arguments, and found by kpf relay gc as the
+// UDP relays are.
+func TestDestinationRelayPod(t *testing.T) {
+	s := Spec{Namespace: "team", Image: "ghcr.io/kpf-dev/kpf:v1", Target: "host/orders.example", TCP: []string{"4091=orders.example:5432"}, Allow: []string{"orders.example:53"}, Forward: "f00d", Owner: Owner{User: "ann", Host: "h1", PID: 7}}
+	p := s.Pod()
+	if p.Labels[LabelRelay] != "destination" || p.Labels[LabelForward] != "f00d" || !Selector("f00d").Matches(labels.Set(p.Labels)) {
+		t.Errorf("labels %v", p.Labels)
+	}
+	if args := strings.Join(p.Spec.Containers[0].Args, " "); args != "relay serve --listen 127.0.0.1:4090 --allow orders.example:53 --tcp 4091=orders.example:5432 --client-timeout 30s --idle-exit 30s" {
+		t.Errorf("args %s", args)
+	}
+	c := fake.NewClientset()
+	p.Name, p.GenerateName = "kpf-relay-x", ""
+	c.CoreV1().Pods("team").Create(context.Background(), p, metav1.CreateOptions{})
+	got, err := Find(context.Background(), c, "", Owner{User: "ann", Host: "h1", PID: 8}, func(int) bool { return false })
+	if err != nil || len(got) != 1 || !got[0].Gone {
+		t.Fatalf("kpf relay gc finds %+v, %v", got, err)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/forward"
 	"github.com/kpf-dev/kpf/internal/httplog"
 	"github.com/kpf-dev/kpf/internal/portspec"
+	"github.com/kpf-dev/kpf/internal/relaypod"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	corev1 "k8s.io/api/core/v1"
@@ -84,6 +85,8 @@ const (
 	StageDial    Stage = "dial"
 	StageListen  Stage = "listen"
 	StageRelay   Stage = "relay" // the UDP relay of /udp ports
+	// StageDestination: the relay pod of a host/ or ip/ target.
+	StageDestination Stage = "destination"
 )
 
 // StageError is an error of one stage of Open.
@@ -110,7 +113,10 @@ type Session struct {
 	done      <-chan struct{} // closed when the session has ended
 	audit     audit.Forward   // the forward, as its audit records name it
 	rates     rates
-	probes    probes // health checks' connections
+	probes    probes         // health checks' connections
+	dest      *destRelay     // a host/ or ip/ target's relay pod
+	relayConn net.Conn       // the keep-alive stream to it, until Serve takes it
+	streams   sync.WaitGroup // connections of the session's own (s.stream)
 }
 
 // Open resolves the target, opens the first tunnel and listens. The
@@ -119,11 +125,37 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	deps.Cluster = deps.Cluster.Acquire()
 	context.AfterFunc(ctx, deps.Cluster.Release)
-	r := &target.Resolver{Objects: deps.Objects, Pods: deps.Cluster.Client().CoreV1(), PodRunningTimeout: spec.PodRunningTimeout, Waiting: spec.Waiting}
-	t, err := r.Resolve(ctx, spec.Namespace, spec.Target, spec.Ports)
-	if err != nil {
+	var t *target.Target
+	var dest *destRelay
+	// host/ and ip/ are no objects: never asked of the API (ip is also
+	// the IPAddress resource's short name), but carried by a relay pod
+	// that becomes the target's pod.
+	d, isDest, err := target.ParseDestination(spec.Target)
+	switch {
+	case err != nil:
 		cancel()
 		return nil, &StageError{Stage: StageResolve, Err: err}
+	case isDest:
+		if t, dest, err = startDestination(ctx, spec, deps, d); err != nil {
+			cancel()
+			return nil, err
+		}
+	default:
+		r := &target.Resolver{Objects: deps.Objects, Pods: deps.Cluster.Client().CoreV1(), PodRunningTimeout: spec.PodRunningTimeout, Waiting: spec.Waiting}
+		if t, err = r.Resolve(ctx, spec.Namespace, spec.Target, spec.Ports); err != nil {
+			cancel()
+			return nil, &StageError{Stage: StageResolve, Err: err}
+		}
+	}
+	s := &Session{dest: dest}
+	opened := false
+	if dest != nil {
+		dest.s = s
+		defer func() {
+			if !opened { // the relay pods go with a failed Open
+				dest.close()
+			}
+		}()
 	}
 	deps.Log.Debug("target resolved", "target", t.Ref, "pod", t.Pod.Name, "namespace", t.Namespace)
 	// The first tunnel settles the transport (auto may fall back to
@@ -162,7 +194,9 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 			deps.Audit.Event(audit.Event{Forward: id, Event: "switch", From: from, Pod: to, Reason: reason})
 		}
 	}
-	if _, isPod := t.Object.(*corev1.Pod); isPod {
+	if dest != nil {
+		fo.Selector = relaypod.Selector(dest.spec.Forward)
+	} else if _, isPod := t.Object.(*corev1.Pod); isPod {
 		fo.PodName = t.Pod.Name
 	} else if fo.Selector, err = target.Selector(t.Object); err != nil {
 		cancel()
@@ -177,6 +211,17 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		cancel()
 		return nil, &StageError{Stage: StageDial, Target: t, Err: err}
 	}
+	// Set once, before any goroutine of the session's reads them.
+	s.Target, s.follower, s.spec, s.deps = t, f, spec, deps
+	if dest != nil {
+		// The relay answers (in this kpf's version) before kpf says it
+		// forwards.
+		if s.relayConn, err = dest.check(ctx, relayAnswerTimeout); err != nil {
+			cancel()
+			s.streams.Wait()
+			return nil, &StageError{Stage: StageDestination, Target: t, Err: err}
+		}
+	}
 	tcp, udp := splitPorts(t.Ports)
 	var ls []*forward.Listener
 	if len(tcp) > 0 {
@@ -186,10 +231,11 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		}
 		if err != nil {
 			cancel()
+			s.streams.Wait()
 			return nil, &StageError{Stage: StageListen, Target: t, Err: err}
 		}
 	}
-	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, ctx: ctx, cancel: cancel, done: ctx.Done(), audit: id, stats: st}
+	s.Listeners, s.ctx, s.cancel, s.done, s.audit, s.stats = ls, ctx, cancel, ctx.Done(), id, st
 	in, out := s.bytes()
 	s.rates.rate(time.Now(), in, out)
 	if len(udp) > 0 {
@@ -198,12 +244,14 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 				l.Close()
 			}
 			cancel()
+			s.streams.Wait()
 			return nil, &StageError{Stage: StageRelay, Target: t, Err: err}
 		}
 	}
 	if deps.Audit != nil {
 		deps.Audit.Event(audit.Event{Forward: id, Event: "start", Pod: t.Pod.Name, Listen: s.Addrs()})
 	}
+	opened = true
 	return s, nil
 }
 
@@ -211,6 +259,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 // or the idle timeout runs out.
 func (s *Session) Serve(ctx context.Context) error {
 	defer s.endProbes() // after cancel: the closing tunnels end them
+	defer s.streams.Wait()
 	defer s.cancel()
 	defer s.deps.HTTPLog.Close()
 	opts := forward.Options{IdleTimeout: s.spec.IdleTimeout, Counters: s.stats.counters, Ended: s.ended}
@@ -221,7 +270,19 @@ func (s *Session) Serve(ctx context.Context) error {
 		go s.udp.serve(ctx)
 		defer s.udp.close()
 	}
-	err := forward.Serve(ctx, s.Listeners, s.follower, s.deps.Out, s.deps.Log, opts)
+	var backend forward.Backend = s.follower
+	if s.dest != nil {
+		backend = relayPorts{Follower: s.follower, r: s.dest}
+		kctx, stop := context.WithCancel(s.ctx)
+		kept := make(chan struct{})
+		go func() {
+			defer close(kept)
+			s.dest.keep(kctx, s.relayConn)
+		}()
+		defer s.dest.close()
+		defer func() { stop(); <-kept }()
+	}
+	err := forward.Serve(ctx, s.Listeners, backend, s.deps.Out, s.deps.Log, opts)
 	if s.deps.Audit != nil {
 		e := audit.Event{Forward: s.audit, Event: "stop"}
 		e.Pod, _ = s.follower.State()
@@ -469,6 +530,15 @@ func (s *Session) CheckHTTP(ctx context.Context, path string, lo, hi int, timeou
 	return nil
 }
 
+// podPort is the target pod's port for the forward's remote port: the
+// relay's listener for it with a host/ or ip/ target.
+func (s *Session) podPort(remote uint16) uint16 {
+	if s.dest != nil {
+		return s.dest.port(remote)
+	}
+	return remote
+}
+
 func (s *Session) checkPort() (uint16, error) {
 	if len(s.Listeners) == 0 {
 		return 0, unhealthy("a health check goes to the first TCP port, and this forward has /udp ports only")
@@ -524,7 +594,12 @@ func (s *Session) startProbe(ctx context.Context, local net.Conn, port uint16, d
 	go func() {
 		defer s.probes.wg.Done()
 		defer cancel()
-		_, p.err = s.follower.Check(pctx, local, port)
+		_, p.err = s.follower.Check(pctx, local, s.podPort(port))
+		if p.err != nil && s.dest != nil {
+			// The relay's port and pod say little: the destination is
+			// what was checked.
+			p.err = fmt.Errorf("%s port %d, through the relay pod: %w", s.Target.Ref, port, p.err)
+		}
 		local.Close()
 		close(p.done)
 	}()

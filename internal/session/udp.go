@@ -57,6 +57,10 @@ type udpSide struct {
 	remotes []uint16 // each client's port in the target pod
 
 	ephemeral *relaypod.Ephemeral // ephemeral mode
+	// dest: a host/ or ip/ target, whose pod is the relay (the session's
+	// destRelay makes and replaces it): streams go through the forward's
+	// own follower, and there is no relay to manage here.
+	dest bool
 
 	ctx    context.Context // the clients' and the streams' lifetime
 	cancel context.CancelFunc
@@ -122,7 +126,10 @@ func openUDP(ctx context.Context, s *Session, ports []portspec.Resolved, dial fu
 	t := s.Target
 	var host string
 	var relayDial func(context.Context) (net.Conn, error)
-	if s.spec.UDPRelay == "ephemeral" {
+	if d := t.Destination; d != nil {
+		host, u.dest = d.Host, true
+		relayDial = func(ctx context.Context) (net.Conn, error) { return u.stream(ctx, s.follower, relaypod.Port), nil }
+	} else if s.spec.UDPRelay == "ephemeral" {
 		host = "127.0.0.1"
 		u.relays = map[string]ephemeralRelay{}
 		u.ephemeral = &relaypod.Ephemeral{Image: s.spec.RelayImage, Owner: relaypod.Me(), Allow: u.allow(host)}
@@ -218,6 +225,10 @@ func (u *udpSide) waitAnswered(ctx context.Context, ended <-chan error) error {
 
 // relayName names the relay for messages: a pod, or pod/container.
 func (u *udpSide) relayName() string {
+	if u.dest {
+		pod, _ := u.s.follower.State()
+		return pod
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.ephemeral == nil {
@@ -230,6 +241,9 @@ func (u *udpSide) relayName() string {
 // relayLogs is the kubectl command that shows the relay's log.
 func (u *udpSide) relayLogs() string {
 	ns := u.s.Target.Namespace
+	if u.dest {
+		return fmt.Sprintf("kubectl logs -n %s %s", ns, u.relayName())
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.ephemeral == nil {
@@ -343,6 +357,9 @@ func (u *udpSide) relayLost() bool {
 // pod (with a relay made for it) when the forward follows another.
 func (u *udpSide) serve(ctx context.Context) {
 	defer close(u.served)
+	if u.dest {
+		return // the streams follow the forward's relay pod
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(u.ctx, cancel)()
@@ -472,8 +489,10 @@ func (u *udpSide) close() {
 		c.Local.Close()
 	}
 	u.wg.Wait()
-	if u.ephemeral != nil {
-		return // the relays exit once their streams are gone; they cannot be removed
+	if u.ephemeral != nil || u.dest {
+		// Ephemeral relays exit once their streams are gone (they cannot
+		// be removed); a destination's relay pod is the session's.
+		return
 	}
 	u.mu.Lock()
 	r := u.relay
@@ -488,7 +507,9 @@ func (u *udpSide) close() {
 
 func (u *udpSide) status() UDPStatus {
 	st := UDPStatus{}
-	if u.ephemeral == nil {
+	if u.dest {
+		st.Relay = u.relayName()
+	} else if u.ephemeral == nil {
 		u.mu.Lock()
 		st.Relay = u.relay.pod.Name
 		u.mu.Unlock()

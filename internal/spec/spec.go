@@ -107,7 +107,7 @@ func (s *Settings) AddFlags(fs *pflag.FlagSet, which ...string) {
 		fs.StringVar(&s.UDPRelay, FlagUDPRelay, s.UDPRelay, "where /udp ports' relay runs: pod (a short-lived pod of kpf's in the target's namespace, deleted when the forward stops) or ephemeral (an ephemeral container in the target pod: reaches servers bound to its localhost, needs no right to create pods, and stays in the pod's spec until the pod is replaced)")
 	}
 	if want(FlagRelayImage) {
-		fs.StringVar(&s.RelayImage, FlagRelayImage, s.RelayImage, "the UDP relay's image (default: this release's, ghcr.io/kpf-dev/kpf:VERSION)")
+		fs.StringVar(&s.RelayImage, FlagRelayImage, s.RelayImage, "the relay's image, for /udp ports and host/ and ip/ targets (default: this release's, ghcr.io/kpf-dev/kpf:VERSION)")
 	}
 	if want(FlagUDPIdleTimeout) {
 		fs.DurationVar(&s.UDPIdleTimeout, FlagUDPIdleTimeout, s.UDPIdleTimeout, "close a UDP peer's flow after this long with no datagram either way")

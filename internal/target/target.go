@@ -39,6 +39,9 @@ type Target struct {
 	Object runtime.Object
 	Pod    *corev1.Pod
 	Ports  []portspec.Resolved
+	// Destination is set for host/ and ip/ targets: Pod is then the
+	// relay pod that dials it.
+	Destination *Destination
 }
 
 // Getter finds the object a TYPE/NAME names (the resource builder in
