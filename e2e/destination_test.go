@@ -367,3 +367,40 @@ forwards:
 		return len(destinationRelays(t, sb, ns)) == 0, nil
 	})
 }
+
+// TestForwardHostByClusterDNS: kpf forward host/SVC.NS.svc.cluster.local,
+// a name only the cluster's DNS knows (this machine cannot resolve it):
+// the relay pod resolves it inside the cluster and dials the Service's
+// ClusterIP, which carries 4 MiB each way byte for byte with half-close,
+// and UDP datagrams.
+func TestForwardHostByClusterDNS(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, echoesPod+`---
+apiVersion: v1
+kind: Service
+metadata: {name: echoes}
+spec:
+  selector: {app: echoes}
+  ports:
+  - {name: tcp, port: 7070}
+  - {name: udp, port: 5300, protocol: UDP}
+`)
+	sb.ReadyPods(t, ns, "app=echoes", 1)
+	name := "echoes." + ns + ".svc.cluster.local"
+	if addrs, err := net.DefaultResolver.LookupHost(context.Background(), name); err == nil {
+		t.Fatalf("this machine resolves %s (%v): the test would not show the relay resolving it in the cluster", name, addrs)
+	}
+	p, addrs := startDestination(t, sb, 2, "-n", ns, "host/"+name, ":7070", ":5300/udp")
+	tcp, udp := addrs[0], strings.TrimSuffix(addrs[1], "/udp")
+	// The Service's endpoints may trail the pod's readiness by a moment.
+	sandboxtest.WaitFor(t, 20*time.Second, "a connection through the Service's name", func() (bool, error) {
+		return echoRoundTrip(tcp, 1024) == nil, nil
+	})
+	if err := echoRoundTrip(tcp, 4<<20); err != nil {
+		t.Error(err)
+	}
+	echoPeers(t, udp, 2, 10)
+	interrupt(t, p)
+}
