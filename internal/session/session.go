@@ -100,7 +100,8 @@ func (e *StageError) Unwrap() error { return e.Err }
 type Session struct {
 	Target    *target.Target
 	Listeners []*forward.Listener
-	udp       *udpSide // nil without /udp ports
+	unbound   []*forward.UnboundError // addresses of localhost a port listens without
+	udp       *udpSide                // nil without /udp ports
 	follower  *follow.Follower
 	spec      Spec
 	deps      Deps
@@ -179,17 +180,18 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	}
 	tcp, udp := splitPorts(t.Ports)
 	var ls []*forward.Listener
+	var unbound []*forward.UnboundError
 	if len(tcp) > 0 {
-		ls, err = forward.Listen(spec.Addresses, tcp, deps.Out, deps.ErrOut)
+		ls, unbound, err = forward.Listen(spec.Addresses, tcp, deps.Out, deps.ErrOut)
 		if err != nil && spec.AutoAddress && errors.Is(err, syscall.EADDRNOTAVAIL) {
-			ls, err = listenInstead(spec, tcp, deps)
+			ls, unbound, err = listenInstead(spec, tcp, deps)
 		}
 		if err != nil {
 			cancel()
 			return nil, &StageError{Stage: StageListen, Target: t, Err: err}
 		}
 	}
-	s := &Session{Target: t, Listeners: ls, follower: f, spec: spec, deps: deps, ctx: ctx, cancel: cancel, done: ctx.Done(), audit: id, stats: st}
+	s := &Session{Target: t, Listeners: ls, unbound: unbound, follower: f, spec: spec, deps: deps, ctx: ctx, cancel: cancel, done: ctx.Done(), audit: id, stats: st}
 	in, out := s.bytes()
 	s.rates.rate(time.Now(), in, out)
 	if len(udp) > 0 {
@@ -299,6 +301,9 @@ type Status struct {
 	Switches   int64
 	LastError  string
 	UDP        UDPStatus // the /udp ports, summed
+	// NotListening: the addresses of localhost a port listens without,
+	// and why (another process holds [::1]:8080, say).
+	NotListening []string
 }
 
 // Status reports the session's state and counters.
@@ -329,6 +334,9 @@ func (s *Session) Status() Status {
 	s.stats.mu.Lock()
 	st.LastError = s.stats.lastErr
 	s.stats.mu.Unlock()
+	for _, u := range s.unbound {
+		st.NotListening = append(st.NotListening, u.Error())
+	}
 	return st
 }
 
@@ -570,7 +578,7 @@ func (probeAddr) String() string  { return "health-check" }
 // listenInstead listens on 127.0.0.1 with free ports when the forward's
 // own loopback address is not the system's (macOS has only 127.0.0.1 until
 // an alias is added), and says how to add it.
-func listenInstead(spec Spec, ports []portspec.Resolved, deps Deps) ([]*forward.Listener, error) {
+func listenInstead(spec Spec, ports []portspec.Resolved, deps Deps) ([]*forward.Listener, []*forward.UnboundError, error) {
 	own := spec.Addresses[0].IP
 	fmt.Fprintf(deps.ErrOut, "kpf: %s: %s is not an address of this machine, so it listens on 127.0.0.1 with a free port instead; to give the forward its own address and real port, run once (until the next reboot): sudo ifconfig lo0 alias %s up\n", spec.Name, own, own)
 	free := make([]portspec.Resolved, len(ports))
@@ -579,7 +587,7 @@ func listenInstead(spec Spec, ports []portspec.Resolved, deps Deps) ([]*forward.
 	}
 	lo, err := portspec.ParseAddresses([]string{"127.0.0.1"})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	return forward.Listen(lo, free, deps.Out, deps.ErrOut)
 }
