@@ -696,8 +696,8 @@ func (c *cell) datagrams(stop <-chan struct{}, done func()) {
 }
 
 // probe is one new connection through kpf: a request, or a datagram
-// echoed.
-func (c *cell) probe() error {
+// echoed within echoWait.
+func (c *cell) probe(echoWait time.Duration) error {
 	if c.ep.udp == "" {
 		return c.ep.get(64<<10, recoveryBound)
 	}
@@ -707,7 +707,7 @@ func (c *cell) probe() error {
 	}
 	defer conn.Close()
 	conn.Write([]byte("probe"))
-	conn.SetReadDeadline(time.Now().Add(time.Second))
+	conn.SetReadDeadline(time.Now().Add(echoWait))
 	b := make([]byte, 64)
 	n, err := conn.Read(b)
 	if err != nil {
@@ -724,7 +724,17 @@ func (c *cell) probe() error {
 func (c *cell) recover(ended time.Time) {
 	var last error
 	for first := true; time.Since(ended) < recoveryBound+20*time.Second; first = false {
-		err := c.probe()
+		// A datagram has no connection to fail: the promise for the
+		// first one after kpf slept is that it arrives (late, while
+		// kpf finds its tunnels dead and its relay gone), not lost;
+		// its echo is waited for as long as recovery may take.
+		// Otherwise each try waits a second and the next is a new
+		// datagram.
+		echoWait := time.Second
+		if first && c.fault.quiet {
+			echoWait = recoveryBound
+		}
+		err := c.probe(echoWait)
 		if err == nil {
 			c.mu.Lock()
 			c.recovery = time.Since(ended)
@@ -877,7 +887,7 @@ func TestFaultMatrix(t *testing.T) {
 				results = append(results, c)
 				c.fp = newFaultPath(t, sb)
 				c.ep = m.start(t, sb, c.fp, ns)
-				if err := c.probe(); err != nil {
+				if err := c.probe(time.Second); err != nil {
 					t.Fatalf("%s: no connection before the fault: %v", m.name, err)
 				}
 				cells = append(cells, c)
@@ -986,10 +996,7 @@ func TestFaultMatrix(t *testing.T) {
 // knownFailures are cells that fail the promise today, each with why (and
 // docs/reliability.md says the same): the matrix reports them without
 // failing. A cell that starts passing says so in the log.
-var knownFailures = map[string]string{
-	"kpf stopped (SIGSTOP)|udp": "the relay pod's lease ran out while kpf slept (as designed), so the first datagram after the resume is lost while a new relay pod starts; datagrams flow again within ~6 s (5.5 s measured with KPF_FAULTS=cells)",
-	"node agent restarted|udp":  "after the node agent restarts, the relay's streams are redialled but carry no datagram within 30 s: a defect to fix",
-}
+var knownFailures = map[string]string{}
 
 func matrixTable(results []*cell, full bool) string {
 	order := map[string]int{}
