@@ -17,6 +17,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -198,14 +199,42 @@ func proxyMode(t *testing.T, sb *sandboxtest.Sandbox, fp *faultPath, ns string) 
 
 func udpMode(t *testing.T, sb *sandboxtest.Sandbox, fp *faultPath, ns string) endpoint {
 	needPodNetwork(t)
-	loadRelayImage(t, sb)
-	p := sandboxtest.Start(t, exec.Command(kpfBin, "--kubeconfig", fp.kubeconfig, "forward", "-n", ns, "deployment/app", ":5300/udp"))
+	p := sandboxtest.Start(t, exec.Command(kpfBin, "--kubeconfig", fp.kubeconfig, "forward", "--relay-image", matrixRelayImage(t, sb), "-n", ns, "deployment/app", ":5300/udp"))
 	addr := p.WaitLine(t, `^Forwarding from (127\.0\.0\.1:\d+) -> 5300/udp$`, 150*time.Second)[1]
 	return endpoint{
 		udp:   addr,
 		lines: func() []string { return strings.Split(p.Output(), "\n") },
 		pid:   func() int { return p.Cmd.Process.Pid },
 	}
+}
+
+var (
+	matrixRelayOnce sync.Once
+	matrixRelayRef  string
+)
+
+// matrixRelayImage is the relay image of the kpf under test, under a
+// reference of its own: the sandbox is shared, and another kpf's tests
+// load theirs under the default reference (the version's, the same for
+// every development build), which a run as long as the matrix's would
+// otherwise pick up halfway (a relay of another protocol resetting every
+// stream: seen in a make faults run).
+func matrixRelayImage(t *testing.T, sb *sandboxtest.Sandbox) string {
+	t.Helper()
+	matrixRelayOnce.Do(func() {
+		// One reference per kpf binary (its path): a run after this one
+		// replaces its entry in the sandbox's image list, not adds one.
+		// (kpf.test/ names the sandbox's built-in images only.)
+		ref := fmt.Sprintf("ghcr.io/kpf-dev/kpf:matrix-%x", sha256.Sum256([]byte(kpfBin)))[:len("ghcr.io/kpf-dev/kpf:matrix-")+12]
+		if out, err := exec.Command(sb.Bin, "image", "add", ref, kpfBin).CombinedOutput(); err != nil {
+			t.Fatalf("kpf-sandbox image add: %v\n%s", err, out)
+		}
+		matrixRelayRef = ref
+	})
+	if matrixRelayRef == "" {
+		t.Fatal("no relay image for the matrix")
+	}
+	return matrixRelayRef
 }
 
 // direct is an HTTP transport that takes no proxy from the environment.
