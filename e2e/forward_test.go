@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -317,8 +319,11 @@ func TestTransports(t *testing.T) {
 	}
 }
 
-// TestOneBadConnectionDoesNotKillTheForward: a refused remote port closes
-// that connection only (kubectl tears the whole forward down).
+// TestOneBadConnectionDoesNotKillTheForward: a refused remote port ends
+// that connection only (kubectl tears the whole forward down), with a
+// reset: its client sees an error, not an empty answer that looks whole
+// (issue 26; kubectl's client reads a clean end, see below and
+// docs/reliability.md).
 func TestOneBadConnectionDoesNotKillTheForward(t *testing.T) {
 	sb := sandboxtest.Get(t)
 	ns := zooNamespace(t, sb)
@@ -339,8 +344,12 @@ func TestOneBadConnectionDoesNotKillTheForward(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.SetDeadline(time.Now().Add(10 * time.Second))
-		if n, _ := c.Read(make([]byte, 1)); n != 0 {
+		n, err := c.Read(make([]byte, 1))
+		if n != 0 {
 			t.Fatal("a refused port delivered data")
+		}
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("round %d: the refused connection's client read %v, want a reset", i, err)
 		}
 		c.Close()
 		if err := workload.BulkDownload(good, 1<<20, 20*time.Second); err != nil {
@@ -354,8 +363,10 @@ func TestOneBadConnectionDoesNotKillTheForward(t *testing.T) {
 	for _, l := range kls {
 		if strings.HasPrefix(l.Addr, "127.0.0.1:") && l.Remote == "9999" {
 			if c, err := net.Dial("tcp", l.Addr); err == nil {
-				io.Copy(io.Discard, c)
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				_, err := io.Copy(io.Discard, c)
 				c.Close()
+				t.Logf("kubectl's client of the refused port read to: %v (nil: a clean end)", err)
 			}
 		}
 	}

@@ -299,10 +299,15 @@ func writeTable(w io.Writer, rows []api.Forward, who bool) {
 
 // lastError is what the LAST ERROR column says of r: why it is down, or
 // else why it is unhealthy (a ready forward whose check fails has no
-// error of its own, and the table said "unhealthy" and nothing more).
+// error of its own, and the table said "unhealthy" and nothing more), or
+// else which address of localhost it listens without.
 func lastError(r api.Forward) string {
 	if r.LastError == "" && r.Health == manager.HealthUnhealthy {
 		return r.HealthNote
+	}
+	if r.LastError == "" && len(r.NotListening) > 0 {
+		// Up, but without an address of localhost: which, and why.
+		return strings.Join(r.NotListening, "; ")
 	}
 	return r.LastError
 }

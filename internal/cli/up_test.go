@@ -173,7 +173,7 @@ func TestListenFailureSaysWhy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = forward.Listen(addrs, []portspec.Resolved{{Local: port, Remote: 8080}}, io.Discard, io.Discard)
+	_, _, err = forward.Listen(addrs, []portspec.Resolved{{Local: port, Remote: 8080}}, io.Discard, io.Discard)
 	got := withListenReasons(&session.StageError{Stage: session.StageListen, Err: err})
 	if !errors.Is(got, forward.ErrNoListener) || !strings.Contains(got.Error(), "address already in use") ||
 		!strings.Contains(got.Error(), fmt.Sprintf("another process holds port %d", port)) || strings.Contains(got.Error(), "\n") {

@@ -41,6 +41,7 @@ func ForwardOf(r manager.Row) api.Forward {
 		Relay:        r.Relay,
 		RetryAt:      r.RetryAt,
 		LastError:    r.LastError,
+		NotListening: r.NotListening,
 	}
 }
 

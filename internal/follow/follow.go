@@ -585,9 +585,12 @@ const refusedGrace = 2 * time.Second
 // waits for a pod, ctx ending (the forward stopping) ends it at once.
 //
 // m, if set, counts the bytes as they move.
-func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16, m *meter.Meter) (tunnel.Stats, error) {
+func (f *Follower) Forward(ctx context.Context, local net.Conn, port uint16, m *meter.Meter) (_ tunnel.Stats, err error) {
 	rc := newReplayConn(local)
-	defer rc.finish()
+	// A connection that failed ends with a reset, also one the pod never
+	// answered (refused everywhere, no pod or tunnel in time): its client
+	// sees an error, not an empty answer that looks whole.
+	defer func() { rc.finish(err != nil) }()
 	deadline := time.Now().Add(f.o.ReconnectWait)
 	exclude := map[types.UID]bool{}
 	unopened := 0

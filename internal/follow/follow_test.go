@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -242,6 +243,36 @@ func TestEveryPodRefusingFailsFast(t *testing.T) {
 	}
 	if d := time.Since(start); d > refusedGrace+2*time.Second {
 		t.Fatalf("failed after %s, want about %s", d, refusedGrace)
+	}
+}
+
+// TestAFailedConnectionEndsWithAReset: a connection that fails before any
+// pod answered it (every pod refused it; no pod within the reconnect
+// wait) ends with a reset: its client sees an error, not a clean end that
+// looks like an empty answer (issue 26). It ended with a FIN.
+func TestAFailedConnectionEndsWithAReset(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		pod  bool // a pod that refuses; none otherwise
+	}{{"every pod refused", true}, {"no pod in time", false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := fakeapi.New(t)
+			if tt.pod {
+				s.Pod(t, ns, "web-1", web, true, fakeapi.Closed(t))
+			}
+			f, _ := newFollower(t, s, func(o *Options) { o.ReconnectWait = 300 * time.Millisecond })
+			client, server := testnet.TCPPair(t)
+			done := make(chan error, 1)
+			go func() { _, err := f.Forward(context.Background(), server, 80, nil); done <- err }()
+			client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := io.ReadAll(client)
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("the client read to %v, want a reset", err)
+			}
+			if err := <-done; err == nil {
+				t.Error("Forward returned no error")
+			}
+		})
 	}
 }
 

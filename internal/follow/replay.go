@@ -104,12 +104,16 @@ func (r *replayConn) rewind() bool {
 	return true
 }
 
-// finish closes the connection for good.
-func (r *replayConn) finish() error {
+// finish closes the connection for good: with a reset if it failed.
+func (r *replayConn) finish(failed bool) {
 	r.mu.Lock()
 	r.committed = true
 	r.mu.Unlock()
-	return r.Conn.Close()
+	if failed {
+		tunnel.Abort(r.Conn)
+		return
+	}
+	r.Conn.Close()
 }
 
 // SyscallConn lets the data path read a committed connection straight from

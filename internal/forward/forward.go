@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -44,23 +45,48 @@ var ErrNoListener = errors.New("unable to listen on any of the requested ports")
 // address fails; the forward goes on if any port succeeds. A port asked as
 // 0 gets a free port on its first address and the same on the others.
 // It prints "Forwarding from ..." to out and problems to errOut.
-func Listen(addrs []portspec.Address, ports []portspec.Resolved, out, errOut io.Writer) ([]*Listener, error) {
+//
+// unbound are the addresses of "localhost" a port listens without (one
+// failed, the other did): kubectl says nothing of them, and a client that
+// resolves localhost to the missing one finds nothing there, or another
+// process. Each is said on errOut as a warning, and returned for a
+// forward's status.
+func Listen(addrs []portspec.Address, ports []portspec.Resolved, out, errOut io.Writer) (ls []*Listener, unbound []*UnboundError, err error) {
 	var all []*Listener
 	var errs []error
 	for _, p := range ports {
-		ls, err := listenPort(addrs, p, out, errOut)
+		ls, ub, err := listenPort(addrs, p, out, errOut)
 		if err != nil {
 			fmt.Fprintf(errOut, "Unable to listen on port %d: %v\n", p.Local, err)
 			errs = append(errs, err)
 			continue
 		}
 		all = append(all, ls...)
+		unbound = append(unbound, ub...)
 	}
 	if len(all) == 0 {
-		return nil, &ListenError{fmt.Sprintf("%v: %s", ErrNoListener, describe(ports)), errs}
+		return nil, nil, &ListenError{fmt.Sprintf("%v: %s", ErrNoListener, describe(ports)), errs}
 	}
-	return all, nil
+	return all, unbound, nil
 }
+
+// UnboundError is an address of "localhost" that a port could not be
+// bound on while the other was: the port listens on the other only.
+type UnboundError struct {
+	Addr string // IP:PORT not bound
+	Err  error  // the bind's error, as explainListen says it
+	// cause is the short reason (the system's word), fix what to do.
+	cause, fix string
+}
+
+func (e *UnboundError) Error() string {
+	if e.fix == "" {
+		return fmt.Sprintf("not listening on %s: %s", e.Addr, e.cause)
+	}
+	return fmt.Sprintf("not listening on %s: %s (%s)", e.Addr, e.cause, e.fix)
+}
+
+func (e *UnboundError) Unwrap() error { return e.Err }
 
 // ListenError is ErrNoListener, with the reason of each port (what
 // errors.Is sees, the message being kubectl's: kpf forward prints each
@@ -78,9 +104,10 @@ func (e *ListenError) Unwrap() []error { return append([]error{ErrNoListener}, e
 // daemon).
 func (e *ListenError) Reasons() []error { return e.errs }
 
-func listenPort(addrs []portspec.Address, p portspec.Resolved, out, errOut io.Writer) ([]*Listener, error) {
+func listenPort(addrs []portspec.Address, p portspec.Resolved, out, errOut io.Writer) ([]*Listener, []*UnboundError, error) {
 	var ls []*Listener
 	var errs []error
+	var unbound []*UnboundError
 	localhostOK, localhostFailed, explicitFailed := 0, 0, 0
 	for _, a := range addrs {
 		// Keep-alives find peers that vanished without a word, which on a
@@ -94,6 +121,13 @@ func listenPort(addrs []portspec.Address, p portspec.Resolved, out, errOut io.Wr
 		if err != nil {
 			errs = append(errs, explainListen(err, a.IP, p))
 			if a.FromLocalhost {
+				cause := err.Error()
+				var errno syscall.Errno
+				if errors.As(err, &errno) {
+					cause = errno.Error()
+				}
+				unbound = append(unbound, &UnboundError{Addr: net.JoinHostPort(a.IP.String(), strconv.Itoa(int(p.Local))), Err: errs[len(errs)-1],
+					cause: cause, fix: listenFix(err, a.IP, p)})
 				localhostFailed++
 			} else {
 				explicitFailed++
@@ -117,22 +151,39 @@ func listenPort(addrs []portspec.Address, p portspec.Resolved, out, errOut io.Wr
 		for _, l := range ls {
 			l.Close()
 		}
-		return nil, errors.Join(errs...)
+		return nil, nil, errors.Join(errs...)
 	}
-	return ls, nil
+	for _, u := range unbound {
+		// Where the port does listen: the same port, on the other
+		// address of localhost.
+		var on []string
+		for _, l := range ls {
+			on = append(on, l.Addr().String())
+		}
+		fmt.Fprintf(errOut, "Warning: %v; the port listens on %s only\n", u, strings.Join(on, ", "))
+	}
+	return ls, unbound, nil
 }
 
 // explainListen says what to do about a failed bind.
 func explainListen(err error, ip netip.Addr, p portspec.Resolved) error {
-	switch {
-	case errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("%w (another process holds port %d; pick another local port, or use :%d for a free one)", err, p.Local, p.Remote)
-	case errors.Is(err, syscall.EACCES):
-		return fmt.Errorf("%w (ports below 1024 need privileges; pick a local port of 1024 or more, e.g. %d:%d)", err, 8000+int(p.Remote)%1000, p.Remote)
-	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		return fmt.Errorf("%w (%s is not an address of this machine; see --address)", err, ip)
+	if fix := listenFix(err, ip, p); fix != "" {
+		return fmt.Errorf("%w (%s)", err, fix)
 	}
 	return err
+}
+
+// listenFix is what to do about a failed bind, if kpf knows.
+func listenFix(err error, ip netip.Addr, p portspec.Resolved) string {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Sprintf("another process holds port %d; pick another local port, or use :%d for a free one", p.Local, p.Remote)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Sprintf("ports below 1024 need privileges; pick a local port of 1024 or more, e.g. %d:%d", 8000+int(p.Remote)%1000, p.Remote)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Sprintf("%s is not an address of this machine; see --address", ip)
+	}
+	return ""
 }
 
 func describe(ports []portspec.Resolved) string {

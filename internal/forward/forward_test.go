@@ -48,7 +48,7 @@ func addrs(t *testing.T, s ...string) []portspec.Address {
 
 func TestListenRandomPortIsSharedAcrossAddresses(t *testing.T) {
 	var out, errOut syncBuffer
-	ls, err := Listen(addrs(t, "localhost"), []portspec.Resolved{{Local: 0, Remote: 80}}, &out, &errOut)
+	ls, _, err := Listen(addrs(t, "localhost"), []portspec.Resolved{{Local: 0, Remote: 80}}, &out, &errOut)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestListenPortInUse(t *testing.T) {
 	port := uint16(busy.Addr().(*net.TCPAddr).Port)
 	var out, errOut syncBuffer
 	// Explicit address: its failure fails the port, and with it the forward.
-	_, err = Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: port, Remote: 80}}, &out, &errOut)
+	_, _, err = Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: port, Remote: 80}}, &out, &errOut)
 	if !errors.Is(err, ErrNoListener) {
 		t.Fatalf("err = %v, want ErrNoListener", err)
 	}
@@ -96,13 +96,24 @@ func TestListenPortInUse(t *testing.T) {
 	// fails as with an explicit address.
 	out, errOut = syncBuffer{}, syncBuffer{}
 	v6 := ipv6Loopback(port)
-	ls, err := Listen(addrs(t, "localhost"), []portspec.Resolved{{Local: port, Remote: 80}}, &out, &errOut)
+	ls, unbound, err := Listen(addrs(t, "localhost"), []portspec.Resolved{{Local: port, Remote: 80}}, &out, &errOut)
 	switch {
 	case v6:
 		if err != nil {
 			t.Fatalf("localhost with ::1 free: %v, want a listener on ::1", err)
 		}
 		defer closeAll(ls)
+		// ... but not silently: which address, and why (kubectl says
+		// nothing; a client that resolves localhost to 127.0.0.1 finds
+		// the other process).
+		p := strconv.Itoa(int(port))
+		want := "not listening on 127.0.0.1:" + p + ": address already in use (another process holds port " + p + "; pick another local port, or use :80 for a free one)"
+		if len(unbound) != 1 || unbound[0].Error() != want || !errors.Is(unbound[0], syscall.EADDRINUSE) {
+			t.Errorf("unbound %v, want one: %q", unbound, want)
+		}
+		if line := "Warning: " + want + "; the port listens on [::1]:" + p + " only\n"; errOut.String() != line {
+			t.Errorf("stderr %q, want %q", errOut.String(), line)
+		}
 		if len(ls) != 1 || !ls[0].Addr().(*net.TCPAddr).IP.Equal(net.IPv6loopback) {
 			t.Errorf("listeners %v, want only [::1]", ls)
 		}
@@ -119,7 +130,7 @@ func TestListenPortInUse(t *testing.T) {
 	}
 	// Two ports, one busy: the forward goes on with the other.
 	out, errOut = syncBuffer{}, syncBuffer{}
-	ls, err = Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: port, Remote: 80}, {Local: 0, Remote: 81}}, &out, &errOut)
+	ls, _, err = Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: port, Remote: 80}, {Local: 0, Remote: 81}}, &out, &errOut)
 	if err != nil {
 		t.Fatalf("one free port should be enough: %v", err)
 	}
@@ -141,7 +152,7 @@ func ipv6Loopback(port uint16) bool {
 
 func TestListenWarnsOffLoopback(t *testing.T) {
 	var out, errOut syncBuffer
-	ls, err := Listen([]portspec.Address{{IP: netip.MustParseAddr("0.0.0.0")}}, []portspec.Resolved{{Local: 0, Remote: 80}}, &out, &errOut)
+	ls, _, err := Listen([]portspec.Address{{IP: netip.MustParseAddr("0.0.0.0")}}, []portspec.Resolved{{Local: 0, Remote: 80}}, &out, &errOut)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +258,7 @@ func TestFailedConnectionIsReset(t *testing.T) {
 // result comes on served.
 func serveFake(t *testing.T, remote uint16, out, errOut *syncBuffer) ([]*Listener, context.CancelFunc, chan error) {
 	t.Helper()
-	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: remote}, {Local: 0, Remote: 7}}, out, errOut)
+	ls, _, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: remote}, {Local: 0, Remote: 7}}, out, errOut)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +289,7 @@ func echoOnce(t *testing.T, addr string) {
 
 func TestServeEndsWhenTheTunnelIsLost(t *testing.T) {
 	var out, errOut syncBuffer
-	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 7}}, &out, &errOut)
+	ls, _, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 7}}, &out, &errOut)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +302,7 @@ func TestServeEndsWhenTheTunnelIsLost(t *testing.T) {
 
 func TestServeIdleTimeout(t *testing.T) {
 	var out syncBuffer
-	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 7}}, &out, &out)
+	ls, _, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 7}}, &out, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +345,7 @@ func TestExplainListenPermission(t *testing.T) {
 // logging each as a failed one.
 func TestStoppingLogsNoFailedConnections(t *testing.T) {
 	var out, errOut syncBuffer
-	ls, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 7}}, &out, &errOut)
+	ls, _, err := Listen(addrs(t, "127.0.0.1"), []portspec.Resolved{{Local: 0, Remote: 7}}, &out, &errOut)
 	if err != nil {
 		t.Fatal(err)
 	}

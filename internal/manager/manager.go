@@ -458,6 +458,9 @@ type Row struct {
 	DatagramsOut int64  `json:"datagramsOut,omitempty"`
 	Relay        string `json:"relayPod,omitempty"`
 	LastError    string `json:"lastError,omitempty"`
+	// NotListening: addresses of localhost a port listens without, and
+	// why.
+	NotListening []string `json:"notListening,omitempty"`
 }
 
 // Snapshot returns every forward's status, in file order.
@@ -485,6 +488,7 @@ func (m *Manager) Snapshot() []Row {
 			r.RateIn, r.RateOut, r.Reconnects, r.Switches = st.RateIn, st.RateOut, st.Reconnects, st.Switches
 			r.Local = sess.Addrs()
 			r.UDPPeers, r.DatagramsIn, r.DatagramsOut, r.Relay = st.UDP.Peers, st.UDP.DatagramsIn, st.UDP.DatagramsOut, st.UDP.Relay
+			r.NotListening = st.NotListening
 			if r.Namespace == "" {
 				r.Namespace = sess.Target.Namespace
 			}

@@ -255,6 +255,14 @@ func (c *Client) send(ctx context.Context, fail context.CancelCauseFunc, queue c
 			fail(err)
 			return
 		}
+		if c.stale(st) {
+			// Nothing came for three pings: the stream is dead, though
+			// its pinger has not closed it yet (kpf just woke from a
+			// sleep). What is written to it now would be lost: the
+			// batch goes on the next stream.
+			c.drop(st, errors.New("the relay went quiet"))
+			continue
+		}
 		if err := st.w.writeRaw(batch); err != nil {
 			c.drop(st, err)
 			continue // the same batch, on the next stream
@@ -476,6 +484,14 @@ func (c *Client) hello(ctx context.Context, dial func(context.Context) (net.Conn
 	return st, nil
 }
 
+// stale says whether st brought nothing for three pings. The time is the
+// wall clock's (st.last holds no monotonic reading), which also runs while
+// the machine sleeps: after a laptop's sleep a stream is seen stale before
+// its first use.
+func (c *Client) stale(st *clientStream) bool {
+	return time.Since(time.Unix(0, st.last.Load())) > 3*c.Ping
+}
+
 // read delivers a stream's frames until it fails, pinging as it goes.
 func (c *Client) read(ctx context.Context, st *clientStream) error {
 	done := make(chan struct{})
@@ -492,7 +508,7 @@ func (c *Client) read(ctx context.Context, st *clientStream) error {
 				return
 			case <-t.C:
 			}
-			if time.Since(time.Unix(0, st.last.Load())) > 3*c.Ping {
+			if c.stale(st) {
 				st.c.Close() // the relay went quiet: redial
 				return
 			}

@@ -137,3 +137,56 @@ func TestClientsSharingAGateWarnOnce(t *testing.T) {
 		t.Errorf("%d warnings of a lost stream for one break of both clients' streams, want 1", n)
 	}
 }
+
+// swallowing is a stream whose writes vanish once dead is set, as on a
+// tunnel that died while kpf slept: writes still succeed locally.
+type swallowing struct {
+	net.Conn
+	dead *atomic.Bool
+}
+
+func (s swallowing) Write(p []byte) (int, error) {
+	if s.dead.Load() {
+		return len(p), nil
+	}
+	return s.Conn.Write(p)
+}
+
+// TestAStaleStreamIsNotUsedAfterASleep: kpf wakes from a sleep (SIGSTOP, a
+// laptop's lid) with a stream that brought nothing for longer than three
+// pings and died meanwhile; its pinger has not run yet. The first datagram
+// after the wake must not go into that stream and be lost: it goes on a
+// new one and arrives (the fault matrix's "kpf stopped × udp" cell lost
+// it).
+func TestAStaleStreamIsNotUsedAfterASleep(t *testing.T) {
+	echo := newUDPServer(t, 1)
+	var dead atomic.Bool
+	var dials atomic.Int64
+	h := start(t, echo.addr, func(c *Client, _ *Server) {
+		c.Ping = time.Hour // the pinger does not notice in this test
+		good := c.Dial
+		c.Dial = func(ctx context.Context) (net.Conn, error) {
+			conn, err := good(ctx)
+			if err != nil || dials.Add(1) > 1 {
+				return conn, err
+			}
+			return swallowing{conn, &dead}, nil
+		}
+	})
+	p := peer(t, h.local)
+	echoWithin(t, p, "before", 10*time.Second)
+	dead.Store(true)
+	h.client.mu.Lock()
+	h.client.stream.last.Store(time.Now().Add(-4 * time.Hour).UnixNano()) // the sleep: over three pings
+	h.client.mu.Unlock()
+	p.Write([]byte("first after the sleep")) // once: it must not be lost
+	buf := make([]byte, 100)
+	p.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := p.Read(buf)
+	if err != nil || string(buf[:n]) != "first after the sleep" {
+		t.Fatalf("the first datagram after the sleep: read %q, %v; want it echoed (it went into the dead stream)", buf[:n], err)
+	}
+	if dials.Load() < 2 {
+		t.Errorf("%d streams dialled, want a second", dials.Load())
+	}
+}

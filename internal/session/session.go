@@ -103,7 +103,8 @@ func (e *StageError) Unwrap() error { return e.Err }
 type Session struct {
 	Target    *target.Target
 	Listeners []*forward.Listener
-	udp       *udpSide // nil without /udp ports
+	unbound   []*forward.UnboundError // addresses of localhost a port listens without
+	udp       *udpSide                // nil without /udp ports
 	follower  *follow.Follower
 	spec      Spec
 	deps      Deps
@@ -224,10 +225,11 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 	}
 	tcp, udp := splitPorts(t.Ports)
 	var ls []*forward.Listener
+	var unbound []*forward.UnboundError
 	if len(tcp) > 0 {
-		ls, err = forward.Listen(spec.Addresses, tcp, deps.Out, deps.ErrOut)
+		ls, unbound, err = forward.Listen(spec.Addresses, tcp, deps.Out, deps.ErrOut)
 		if err != nil && spec.AutoAddress && errors.Is(err, syscall.EADDRNOTAVAIL) {
-			ls, err = listenInstead(spec, tcp, deps)
+			ls, unbound, err = listenInstead(spec, tcp, deps)
 		}
 		if err != nil {
 			cancel()
@@ -235,7 +237,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 			return nil, &StageError{Stage: StageListen, Target: t, Err: err}
 		}
 	}
-	s.Listeners, s.ctx, s.cancel, s.done, s.audit, s.stats = ls, ctx, cancel, ctx.Done(), id, st
+	s.Listeners, s.unbound, s.ctx, s.cancel, s.done, s.audit, s.stats = ls, unbound, ctx, cancel, ctx.Done(), id, st
 	in, out := s.bytes()
 	s.rates.rate(time.Now(), in, out)
 	if len(udp) > 0 {
@@ -360,6 +362,9 @@ type Status struct {
 	Switches   int64
 	LastError  string
 	UDP        UDPStatus // the /udp ports, summed
+	// NotListening: the addresses of localhost a port listens without,
+	// and why (another process holds [::1]:8080, say).
+	NotListening []string
 }
 
 // Status reports the session's state and counters.
@@ -390,6 +395,9 @@ func (s *Session) Status() Status {
 	s.stats.mu.Lock()
 	st.LastError = s.stats.lastErr
 	s.stats.mu.Unlock()
+	for _, u := range s.unbound {
+		st.NotListening = append(st.NotListening, u.Error())
+	}
 	return st
 }
 
@@ -645,7 +653,7 @@ func (probeAddr) String() string  { return "health-check" }
 // listenInstead listens on 127.0.0.1 with free ports when the forward's
 // own loopback address is not the system's (macOS has only 127.0.0.1 until
 // an alias is added), and says how to add it.
-func listenInstead(spec Spec, ports []portspec.Resolved, deps Deps) ([]*forward.Listener, error) {
+func listenInstead(spec Spec, ports []portspec.Resolved, deps Deps) ([]*forward.Listener, []*forward.UnboundError, error) {
 	own := spec.Addresses[0].IP
 	fmt.Fprintf(deps.ErrOut, "kpf: %s: %s is not an address of this machine, so it listens on 127.0.0.1 with a free port instead; to give the forward its own address and real port, run once (until the next reboot): sudo ifconfig lo0 alias %s up\n", spec.Name, own, own)
 	free := make([]portspec.Resolved, len(ports))
@@ -654,7 +662,7 @@ func listenInstead(spec Spec, ports []portspec.Resolved, deps Deps) ([]*forward.
 	}
 	lo, err := portspec.ParseAddresses([]string{"127.0.0.1"})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	return forward.Listen(lo, free, deps.Out, deps.ErrOut)
 }

@@ -294,7 +294,11 @@ func (u *udpSide) stream(ctx context.Context, f *follow.Follower, port uint16) n
 	go func() {
 		defer u.wg.Done()
 		defer remote.Close()
-		if _, err := f.Forward(ctx, remote, port, nil); err != nil && ctx.Err() == nil {
+		// Check, not Forward: a relay that does not listen yet (its
+		// pod just started: it has no readiness probe) refuses at
+		// once, and the client dials again within its backoff, where
+		// Forward would wait out a rollout's grace for other pods.
+		if _, err := f.Check(ctx, remote, port); err != nil && ctx.Err() == nil {
 			u.s.deps.Log.Debug("relay stream", "err", err)
 		}
 	}()
@@ -352,6 +356,17 @@ func (u *udpSide) relayLost() bool {
 	return pod == ""
 }
 
+// relayEnded: the relay pod has ended for good (its relay exited, as
+// after kpf slept past its idle exit, or its deadline ran out): nothing
+// to wait for before another takes its place.
+func (u *udpSide) relayEnded() bool {
+	u.mu.Lock()
+	r := u.relay
+	u.mu.Unlock()
+	p := r.follower.Pod(r.pod.Name)
+	return p != nil && (p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed)
+}
+
 // serve keeps the relay until ctx ends or close is called: it replaces a
 // relay that is gone or exited, and moves the clients to the target's new
 // pod (with a relay made for it) when the forward follows another.
@@ -383,7 +398,7 @@ func (u *udpSide) serve(ctx context.Context) {
 				lost = time.Time{}
 			case lost.IsZero():
 				lost = time.Now()
-			case time.Since(lost) > lostWait:
+			case time.Since(lost) > lostWait || u.relayEnded():
 				// Another relay pod, for the same target pod.
 				u.mu.Lock()
 				gone, ip := u.relay.pod.Name, u.relay.targetIP
@@ -408,14 +423,25 @@ func (u *udpSide) serve(ctx context.Context) {
 			}
 		}
 		pod, state := u.s.follower.State()
-		if pod == "" || state != "ready" {
+		if pod == "" {
 			continue
 		}
 		p := u.s.follower.Pod(pod) // the watch's copy: no API call
 		if p == nil || p.Status.PodIP == "" {
 			continue
 		}
-		if u.ephemeral != nil && pod == last && u.relayExited(p) {
+		// The same pod at a new IP: its sandbox was made again (a node
+		// that restarted recreates its pods' sandboxes, and the network
+		// plugin may hand each another address). The relay sends only to
+		// the old one: a new relay, made for the new IP. This does not
+		// wait for the follower to be ready: a forward of /udp ports only
+		// dials no tunnel to the pod itself, so its follower may stay
+		// reconnecting after the tunnels it had were lost.
+		moved := u.ephemeral == nil && pod == last && u.relayTargetIP() != p.Status.PodIP
+		if state != "ready" && !moved {
+			continue
+		}
+		if moved || u.ephemeral != nil && pod == last && u.relayExited(p) {
 			last = "" // replace it below
 		}
 		if pod == last || time.Now().Before(retryAt) {
@@ -430,6 +456,13 @@ func (u *udpSide) serve(ctx context.Context) {
 		last, backoff = pod, time.Second
 		u.s.deps.Log.Info("udp now to pod", "pod", pod, "ip", p.Status.PodIP)
 	}
+}
+
+// relayTargetIP is the IP the relay pod in use sends to.
+func (u *udpSide) relayTargetIP() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.relay.targetIP
 }
 
 // relayExited: the ephemeral relay in p (the latest kpf added) has ended.

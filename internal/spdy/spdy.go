@@ -648,6 +648,14 @@ func (s *Stream) Reset() error {
 	return s.c.writeFrame(b)
 }
 
+// Finished reports whether the server ended the stream with a FIN: not
+// a reset by either side, not the connection's loss.
+func (s *Stream) Finished() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.eof && s.err == nil
+}
+
 // Done is closed once the server has ended the stream (FIN), or the stream
 // was reset or its connection lost: a stream read whole only at its end
 // (the error stream) needs no goroutine waiting in Read.

@@ -351,3 +351,4 @@ func (o ownStream) copyIn(l net.Conn) (int64, error)  { return o.s.WriteTo(l) }
 func (o ownStream) copyOut(l net.Conn) (int64, error) { return o.s.ReadFrom(l) }
 func (o ownStream) closeWrite()                       { o.s.CloseWrite() }
 func (o ownStream) reset()                            { o.s.Reset() }
+func (o ownStream) finished() (fin, known bool)       { return o.s.Finished(), true }

@@ -368,6 +368,10 @@ type dataStream interface {
 	copyOut(local net.Conn) (int64, error) // local client to pod
 	closeWrite()                           // half-close towards the pod
 	reset()                                // drop what is queued, both ways
+	// finished says, once the copy from the pod has ended, whether the
+	// pod's side ended it with a FIN (fin), if the stream can tell
+	// (known): not a reset, not the tunnel's loss.
+	finished() (fin, known bool)
 }
 
 // apiStream is client-go's stream.
@@ -418,6 +422,10 @@ func (w meterWriter) Write(p []byte) (int, error) {
 func (a apiStream) closeWrite() { a.s.Close() }
 func (a apiStream) reset()      { a.s.Reset() }
 
+// finished: client-go's streams end with io.EOF alike after a FIN, a
+// reset or the connection's loss; pump asks the tunnel and the verdict.
+func (a apiStream) finished() (fin, known bool) { return false, false }
+
 // pump moves bytes both ways until the pod is done or either side fails,
 // then waits (bounded) for the kubelet's verdict: verdict() once errDone is
 // closed. The calling goroutine copies from the pod; one more copies to it.
@@ -449,27 +457,74 @@ func pump(ctx context.Context, local net.Conn, data dataStream, errDone <-chan s
 			first = fmt.Errorf("copy from pod: %w", err)
 		}
 	}
+	if first == nil {
+		first = endedBadly(ctx, data, tunnelDone)
+	}
+	// A stream that looks ended cleanly is closed cleanly only if the
+	// kubelet's verdict is no error: it sends its verdict, and closes
+	// the error stream, before it ends the data stream, so the wait is
+	// short. A refused port's client sees the error, not an empty answer.
+	var verdictErr error
+	waited := false
+	if first == nil {
+		waited = true
+		verdictErr = waitVerdict(ctx, errDone, verdict, tunnelDone)
+		if verdictErr == nil {
+			first = endedBadly(ctx, data, tunnelDone) // the tunnel was lost meanwhile
+		}
+	}
 	// Discard what is queued so a slow local side cannot hold the error
 	// stream (and the tunnel's shared reader) back, and end both copies.
 	data.reset()
-	if first != nil {
+	if first != nil || verdictErr != nil {
 		Abort(local) // the client sees an error, not the stream's end
 	} else {
 		local.Close()
 	}
 	<-outDone
+	if !waited {
+		verdictErr = waitVerdict(ctx, errDone, verdict, tunnelDone)
+	}
+	if verdictErr != nil {
+		return st, verdictErr
+	}
+	return st, first
+}
+
+// errEndedBadly: the copy from the pod ended as if the pod had closed,
+// but the stream was reset or its tunnel lost.
+var errEndedBadly = errors.New("the stream ended without the pod's FIN")
+
+// endedBadly says why a copy from the pod that ended without an error of
+// its own did not end cleanly: the tunnel is gone, the caller gave up, or
+// the stream was reset; nil if the pod's side closed it.
+func endedBadly(ctx context.Context, data dataStream, tunnelDone <-chan struct{}) error {
+	select {
+	case <-tunnelDone:
+		return fmt.Errorf("copy from pod: %w: the tunnel closed", errEndedBadly)
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("copy from pod: %w: %w", errEndedBadly, err)
+	}
+	if fin, known := data.finished(); known && !fin {
+		return fmt.Errorf("copy from pod: %w: reset", errEndedBadly)
+	}
+	return nil
+}
+
+// waitVerdict waits (bounded) for the kubelet's verdict on a connection.
+func waitVerdict(ctx context.Context, errDone <-chan struct{}, verdict func() error, tunnelDone <-chan struct{}) error {
 	select {
 	case <-errDone:
-		if err := verdict(); err != nil {
-			return st, err
-		}
+		return verdict()
 	case <-tunnelDone:
 	case <-ctx.Done(): // the caller has given up on a verdict
 	case <-time.After(errorStreamWait):
 		// The kubelet closes the error stream when it is done with the pair;
 		// do not hold the caller if it never does.
 	}
-	return st, first
+	return nil
 }
 
 func isClosed(err error) bool {

@@ -96,6 +96,10 @@ type Forward struct {
 	// LastError says why it is down.
 	RetryAt   time.Time `json:"retryAt,omitzero"`
 	LastError string    `json:"lastError,omitempty"`
+	// NotListening: the addresses of localhost a port listens without (one
+	// failed to bind, the other did), each with why: a client that
+	// resolves localhost to it finds nothing there, or another process.
+	NotListening []string `json:"notListening,omitempty"`
 }
 
 // ApplyRequest asks the daemon to run the forwards of a file as the
