@@ -384,31 +384,12 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 			return st, pod, pool, nil
 		}
 		if st != nil && !st.dialing {
-			st.dialing = true
-			pod := st.pod
-			f.mu.Unlock()
 			// The pool outlives this connection: it is the follower's.
-			pool, err := f.dialPool(f.ctx, pod)
-			f.mu.Lock()
-			st.dialing = false
-			if err == nil && f.ctx.Err() != nil {
-				// The follower stopped while it dialled (closeAll ran
-				// already): installed, nobody would close the pool, nor
-				// end its watcher.
-				pool.Close()
+			f.dialLocked(st)
+			if err := f.ctx.Err(); err != nil {
 				f.mu.Unlock()
-				return nil, nil, nil, f.ctx.Err()
+				return nil, nil, nil, err
 			}
-			if err != nil {
-				f.failed(st, err)
-			} else if _, still := f.pods[pod.UID]; !still || !usable(st.pod) {
-				pool.Close()
-			} else {
-				st.pool = pool
-				st.failures = 0
-				go f.watchPool(st, pool)
-			}
-			f.broadcast()
 			f.mu.Unlock()
 			continue
 		}
@@ -519,18 +500,86 @@ func (f *Follower) watchPool(st *podState, pool *tunnelpool.Pool[*tunnel.Conn]) 
 		break
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if st.pool != pool {
+		f.mu.Unlock()
 		return
 	}
 	st.pool = nil
 	pool.Close()
 	if f.o.NoReconnect {
 		f.endLocked(fmt.Errorf("%w %s/%s (--no-reconnect)", ErrTargetGone, f.o.Namespace, st.pod.Name))
+		f.mu.Unlock()
 		return
 	}
 	f.failed(st, errors.New("tunnel lost"))
 	f.broadcast()
+	f.mu.Unlock()
+	f.redial(st)
+}
+
+// dialLocked dials st's pod a tunnel pool, without f.mu while it dials,
+// and installs it (watched) if the pod is still there and usable; a
+// failed dial is counted for the backoff. f.mu is held on entry and on
+// return; st.dialing must be false.
+func (f *Follower) dialLocked(st *podState) {
+	st.dialing = true
+	pod := st.pod
+	f.mu.Unlock()
+	pool, err := f.dialPool(f.ctx, pod)
+	f.mu.Lock()
+	st.dialing = false
+	switch {
+	case err == nil && f.ctx.Err() != nil:
+		// The follower stopped while it dialled (closeAll ran already):
+		// installed, nobody would close the pool, nor end its watcher.
+		pool.Close()
+		return
+	case err != nil:
+		f.failed(st, err)
+	case f.pods[pod.UID] != st || !usable(st.pod):
+		pool.Close()
+	default:
+		st.pool = pool
+		st.failures = 0
+		go f.watchPool(st, pool)
+	}
+	f.broadcast()
+}
+
+// redial brings back the tunnel the current pod lost, after the backoff,
+// as the first one was dialled before any connection: an idle forward
+// whose tunnel went (an API server or node restart) is ready again by
+// itself, and says so (it said "reconnecting" until a client came, while
+// nothing reconnected). It gives up when the pod is no longer the one
+// connections go to, or has a tunnel (a connection dialled it), or the
+// follower ends; while the API server is silent it waits for its return.
+func (f *Follower) redial(st *podState) {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		f.mu.Lock()
+		if f.ctx.Err() != nil || f.doneErr != nil || f.pods[st.pod.UID] != st || f.current != st.pod.UID || !usable(st.pod) || st.pool != nil {
+			f.mu.Unlock()
+			return
+		}
+		wait, changed := time.Until(st.retryAt), f.changed
+		if wait <= 0 && !f.apiSilent && !st.dialing {
+			f.dialLocked(st)
+			f.mu.Unlock()
+			continue
+		}
+		f.mu.Unlock()
+		if wait <= 0 {
+			wait = time.Minute // woken by the change it waits for
+		}
+		t.Reset(wait) // Go 1.23 timers: no stale tick to drain
+		select {
+		case <-f.ctx.Done():
+			return
+		case <-changed:
+		case <-t.C:
+		}
+	}
 }
 
 // apiServer hears from the liveness probe: after silence past its bound,
