@@ -34,6 +34,11 @@ type Server struct {
 	// Routes are the TCP destinations: each connection to a route's
 	// listener (on loopback, as the streams') is piped to its Dest.
 	Routes []Route
+	// Reverses are kpf expose's ports, on the pod's address (reverse.go).
+	Reverses []Reverse
+	// JoinTimeout is how long an exposed port's connection waits for
+	// kpf's stream before it is reset. Default 10 s.
+	JoinTimeout time.Duration
 	// DialTimeout bounds a route's dial of its destination. Default 10 s.
 	DialTimeout time.Duration
 	// ClientTimeout drops a stream that sent nothing (not even a PING)
@@ -57,6 +62,7 @@ type Server struct {
 	mu       sync.Mutex
 	streams  map[*serverStream]bool // streams past their HELLO
 	lastSeen atomic.Int64           // unix nanoseconds: the last stream's end
+	reverse  reverseState
 }
 
 func (s *Server) defaults() {
@@ -77,6 +83,9 @@ func (s *Server) defaults() {
 	}
 	if s.DialTimeout <= 0 {
 		s.DialTimeout = 10 * time.Second
+	}
+	if s.JoinTimeout <= 0 {
+		s.JoinTimeout = 10 * time.Second
 	}
 }
 
@@ -142,6 +151,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			for _, r := range s.Routes {
 				r.Listener.Close()
 			}
+			for _, r := range s.Reverses {
+				r.Listener.Close()
+			}
 			return &NotLoopbackError{Addr: l.Addr().String()}
 		}
 	}
@@ -174,6 +186,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.serveRoute(ctx, r)
 		}()
 	}
+	// The exposed ports listen on the pod's address: that is their point.
+	for _, r := range s.Reverses {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveReverse(ctx, r)
+		}()
+	}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -191,7 +211,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			defer wg.Done()
 			stop := context.AfterFunc(ctx, func() { c.Close() })
 			defer stop()
-			if err := s.stream(c); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			if err := s.stream(ctx, c); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				s.Log.Warn("stream ended", "client", c.RemoteAddr().String(), "err", err)
 			}
 		}()
@@ -199,7 +219,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // stream serves one stream: the opening, then frames until it ends.
-func (s *Server) stream(c net.Conn) error {
+func (s *Server) stream(ctx context.Context, c net.Conn) error {
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
 	w := &frameWriter{w: c}
@@ -255,6 +275,16 @@ func (s *Server) stream(c net.Conn) error {
 			}
 			return err
 		}
+	}
+	switch hello.Type {
+	case TypeExpose:
+		if !counted {
+			counted = true
+			s.open.Add(1)
+		}
+		return s.control(c, r, w)
+	case TypeJoin:
+		return s.join(ctx, c, hello, w)
 	}
 	if hello.Type != TypeHello {
 		w.write(Frame{Type: TypeError, Payload: []byte("the stream must begin with HELLO")})
