@@ -195,24 +195,75 @@ func (s *Server) join(ctx context.Context, c net.Conn, f Frame, w *frameWriter) 
 		s.lastSeen.Store(time.Now().UnixNano())
 		s.open.Add(-1)
 	}()
-	splice(ctx, p.c, c)
+	joined(ctx, c, p.c, f.Flow)
 	return nil
 }
 
-// splice copies a and b both ways, each side's end of input passed on as
-// a half-close, until both are done; a failure one way closes both.
-func splice(ctx context.Context, a, b net.Conn) {
-	defer a.Close()
-	defer b.Close()
-	stop := context.AfterFunc(ctx, func() { a.Close(); b.Close() })
+// joined carries an exposed connection on its stream: kpf's bytes as they
+// are (kpf's end of input is the stream's, which port-forward passes on
+// to the relay as a half-close), the cluster client's bytes as DATA frames
+// and its end of input as CLOSE (port-forward ends the whole stream when
+// the pod's side ends its output, so the relay never half-closes it).
+func joined(ctx context.Context, stream, conn net.Conn, id uint32) {
+	defer stream.Close()
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { stream.Close(); conn.Close() })
 	defer stop()
 	errs := make(chan error, 2)
-	go func() { errs <- halfCopy(a, b) }()
-	go func() { errs <- halfCopy(b, a) }()
+	go func() { errs <- halfCopy(conn, stream) }()
+	go func() { errs <- framesOut(&frameWriter{w: stream}, conn, id) }()
 	for range 2 {
 		if err := <-errs; err != nil {
-			a.Close()
-			b.Close()
+			stream.Close()
+			conn.Close()
+		}
+	}
+}
+
+// framesOut sends what src reads as DATA frames of flow id, and CLOSE at
+// its end.
+func framesOut(w *frameWriter, src io.Reader, id uint32) error {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if werr := w.write(Frame{Type: TypeData, Flow: id, Payload: buf[:n]}); werr != nil {
+				return werr
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return w.write(Frame{Type: TypeClose, Flow: id})
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// framesIn writes the DATA frames of src to dst, and closes dst's write
+// side at CLOSE (or dst, if it has none).
+func framesIn(dst net.Conn, src io.Reader) error {
+	r := NewReader(src)
+	for {
+		f, err := r.Read()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF // a stream cut before CLOSE
+			}
+			return err
+		}
+		switch f.Type {
+		case TypeData:
+			if _, err := dst.Write(f.Payload); err != nil {
+				return err
+			}
+		case TypeClose:
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+				return cw.CloseWrite()
+			}
+			return dst.Close()
+		default:
+			return protoErr("frame type %d on a joined stream", f.Type)
 		}
 	}
 }
@@ -415,5 +466,17 @@ func (e *Exposer) take(ctx context.Context, id uint32, port uint16) {
 		local.Close()
 		return
 	}
-	splice(ctx, local, conn)
+	defer conn.Close()
+	defer local.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close(); local.Close() })
+	defer stop()
+	errs := make(chan error, 2)
+	go func() { errs <- halfCopy(conn, local) }()
+	go func() { errs <- framesIn(local, conn) }()
+	for range 2 {
+		if err := <-errs; err != nil {
+			conn.Close()
+			local.Close()
+		}
+	}
 }
