@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -217,5 +218,29 @@ func TestExpose(t *testing.T) {
 	}
 	if pods, _ := sb.Admin.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kpf.dev/relay=expose"}); len(pods.Items) != 0 {
 		t.Errorf("after Ctrl-C, relay pods left: %d", len(pods.Items))
+	}
+
+	// Killed: the relay pod and the Service stay (the relay exits within a
+	// minute, its pod object does not go); kpf relay gc deletes the pod,
+	// and the garbage collector the Service it owns.
+	k := sandboxtest.Start(t, exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "expose", "--relay-image", img, "-n", ns, "svc/killed", "80:"+port))
+	k.WaitLine(t, `^Exposing svc/killed\.`, 150*time.Second)
+	k.Signal(syscall.SIGKILL)
+	k.Wait(10 * time.Second)
+	gc, err := runWithin(t, exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "relay", "gc", "-n", ns), 60*time.Second)
+	if err != nil || !strings.Contains(string(gc), "deleted") {
+		t.Fatalf("kpf relay gc: %v\n%s", err, gc)
+	}
+	start := time.Now()
+	for {
+		_, err := sb.Admin.CoreV1().Services(ns).Get(ctx, "killed", metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			t.Logf("kpf relay gc: the Service went %s after its relay pod", time.Since(start))
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("the Service of a killed kpf expose outlived its relay pod by 30 s: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
