@@ -64,7 +64,8 @@ func newRelayGCCommand(g *globals) *cobra.Command {
 namespace or every one (-A), and delete those whose kpf is gone: started on
 this machine by a process that no longer runs, or ended (a relay exits by
 itself within a minute of losing its kpf). Relay pods of kpf processes on
-other machines are listed, not deleted, unless --all.`,
+other machines are listed, not deleted, unless --all. The Service of a kpf
+expose is owned by its relay pods: it goes with them.`,
 		Example: `  kpf relay gc -A
   kpf relay gc -n dns --all`,
 		Args: cobra.NoArgs,
