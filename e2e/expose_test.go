@@ -93,7 +93,9 @@ func dialFrom(podIP, addr, send string) (string, error) {
 // loopback, several connections at once, each its own, the client's
 // half-close passed on; the relay pod deleted, new connections work
 // within 10 s; Ctrl-C, the Service and the relay pods are gone. An
-// existing Service kpf did not make is refused and left as it was.
+// existing Service kpf did not make is refused and left as it was. kpf
+// runs as a service account with only the Role kpf rbac --expose prints.
+// A killed kpf's relay pod goes with kpf relay gc, and its Service with it.
 func TestExpose(t *testing.T) {
 	needPodNetwork(t)
 	sb := sandboxtest.Get(t)
@@ -105,11 +107,24 @@ func TestExpose(t *testing.T) {
 	img := ownRelayImage(t, sb)
 	ctx := context.Background()
 
+	// As a service account with only what kpf rbac --expose prints.
+	sb.Apply(t, ns, "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: exposer}\n")
+	role, err := exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "rbac", "--expose", "-n", ns, "--subject", "sa:"+ns+"/exposer").Output()
+	if err != nil {
+		t.Fatalf("kpf rbac --expose: %v", err)
+	}
+	sb.Apply(t, ns, string(role))
+	cfg, _ := serviceAccountKubeconfig(t, sb, ns, "exposer")
+	sandboxtest.WaitFor(t, 15*time.Second, "the Role in effect", func() (bool, error) {
+		out, _ := exec.Command(sb.Kubectl, "--kubeconfig", cfg, "auth", "can-i", "create", "services", "-n", ns).Output()
+		return strings.TrimSpace(string(out)) == "yes", nil
+	})
+
 	before, err := sb.Admin.CoreV1().Services(ns).Get(ctx, "taken", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	outb, err := runWithin(t, exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "expose", "--relay-image", img, "-n", ns, "svc/taken", "80:"+port), 60*time.Second)
+	outb, err := runWithin(t, exec.Command(kpfBin, "--kubeconfig", cfg, "expose", "--relay-image", img, "-n", ns, "svc/taken", "80:"+port), 60*time.Second)
 	out, code := string(outb), 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
@@ -127,7 +142,7 @@ func TestExpose(t *testing.T) {
 		t.Errorf("a refused expose left relay pods: %d", len(pods.Items))
 	}
 
-	p := sandboxtest.Start(t, exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "expose", "--relay-image", img, "-n", ns, "svc/laptop", "80:"+port))
+	p := sandboxtest.Start(t, exec.Command(kpfBin, "--kubeconfig", cfg, "expose", "--relay-image", img, "-n", ns, "svc/laptop", "80:"+port))
 	p.WaitLine(t, `^Exposing svc/laptop\.`+ns+`:80 -> 127\.0\.0\.1:`+port+`$`, 150*time.Second)
 	svc, err := sb.Admin.CoreV1().Services(ns).Get(ctx, "laptop", metav1.GetOptions{})
 	if err != nil {
