@@ -113,8 +113,11 @@ func TestExpose(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kpf rbac --expose: %v", err)
 	}
-	sb.Apply(t, ns, string(role))
 	cfg, _ := serviceAccountKubeconfig(t, sb, ns, "exposer")
+	if out, err := runWithin(t, exec.Command(kpfBin, "--kubeconfig", cfg, "expose", "-n", ns, "svc/laptop", "80:"+port), 60*time.Second); err == nil || !strings.Contains(string(out), "kpf rbac --expose -n "+ns) {
+		t.Errorf("kpf expose without the Role: %v, want it to name kpf rbac --expose:\n%s", err, out)
+	}
+	sb.Apply(t, ns, string(role))
 	sandboxtest.WaitFor(t, 15*time.Second, "the Role in effect", func() (bool, error) {
 		out, _ := exec.Command(sb.Kubectl, "--kubeconfig", cfg, "auth", "can-i", "create", "services", "-n", ns).Output()
 		return strings.TrimSpace(string(out)) == "yes", nil
@@ -240,6 +243,9 @@ func TestExpose(t *testing.T) {
 	// and the garbage collector the Service it owns.
 	k := sandboxtest.Start(t, exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "expose", "--relay-image", img, "-n", ns, "svc/killed", "80:"+port))
 	k.WaitLine(t, `^Exposing svc/killed\.`, 150*time.Second)
+	if _, err := sb.Admin.CoreV1().Services(ns).Get(ctx, "killed", metav1.GetOptions{}); err != nil {
+		t.Fatalf("the Service killed while kpf exposes it: %v", err)
+	}
 	k.Signal(syscall.SIGKILL)
 	k.Wait(10 * time.Second)
 	gc, err := runWithin(t, exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "relay", "gc", "-n", ns), 60*time.Second)

@@ -166,6 +166,8 @@ func (x *exposure) run(ctx context.Context) error {
 	svcs := x.c.Client().CoreV1().Services(x.ns)
 	if s, err := svcs.Get(ctx, x.name, metav1.GetOptions{}); err == nil {
 		return &serviceExistsError{Namespace: x.ns, Name: x.name, Ours: s.Labels[labelExpose] != ""}
+	} else if apierrors.IsForbidden(err) {
+		return fmt.Errorf("read the Service %s/%s: %w (kpf rbac --expose -n %s prints the Role kpf expose needs)", x.ns, x.name, err, x.ns)
 	} else if !apierrors.IsNotFound(err) {
 		return err
 	}
@@ -184,6 +186,9 @@ func (x *exposure) run(ctx context.Context) error {
 	if _, err := svcs.Create(ctx, x.service(pod), metav1.CreateOptions{}); err != nil {
 		if apierrors.IsAlreadyExists(err) {
 			return &serviceExistsError{Namespace: x.ns, Name: x.name}
+		}
+		if apierrors.IsForbidden(err) {
+			return fmt.Errorf("create the Service %s/%s: %w (kpf rbac --expose -n %s prints the Role kpf expose needs)", x.ns, x.name, err, x.ns)
 		}
 		return fmt.Errorf("create the Service %s/%s: %w", x.ns, x.name, err)
 	}
@@ -250,7 +255,7 @@ func (x *exposure) run(ctx context.Context) error {
 	for i, p := range x.ports {
 		fmt.Fprintf(x.g.out, "Exposing svc/%s.%s:%d -> %s\n", x.name, x.ns, p.Remote, local[uint16(relaypod.FirstExposePort+i)])
 	}
-	x.keep(ctx, f, pod.Name)
+	x.keep(ctx, f)
 	return nil
 }
 
@@ -258,7 +263,7 @@ func (x *exposure) run(ctx context.Context) error {
 // evicted, exited), and has it own the Service too (making the Service
 // again if the garbage collector took it with the last pod), until ctx
 // ends.
-func (x *exposure) keep(ctx context.Context, f *follow.Follower, current string) {
+func (x *exposure) keep(ctx context.Context, f *follow.Follower) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	var lost time.Time
