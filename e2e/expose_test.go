@@ -208,6 +208,7 @@ func TestExpose(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.SetDeadline(time.Now().Add(60 * time.Second))
+	bulkStart := time.Now()
 	go func() {
 		c.Write(body)
 		c.(*net.TCPConn).CloseWrite()
@@ -217,6 +218,7 @@ func TestExpose(t *testing.T) {
 	if want := append(append([]byte("laptop got "), body...), "|end"...); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("8 MiB through kpf forward and kpf expose: %v, got %d bytes, want the %d sent, framed", err, len(got), len(want))
 	}
+	t.Logf("8 MiB each way through kpf forward and kpf expose in %s", time.Since(bulkStart))
 	interrupt(t, fw)
 
 	relays, err := sb.Admin.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kpf.dev/relay=expose"})

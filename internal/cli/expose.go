@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -98,12 +99,14 @@ It needs create and delete on services and pods (kpf rbac).`,
 			if err != nil {
 				return err
 			}
-			c, err := connect(id, g.logger())
+			// Once: logger() sets client-go's global logger too.
+			log := g.logger()
+			c, err := connect(id, log)
 			if err != nil {
 				return err
 			}
 			defer c.Release()
-			x := &exposure{g: g, c: c, ns: c.Namespace(), name: name, ports: ports, address: address, settings: settings}
+			x := &exposure{g: g, log: log, c: c, ns: c.Namespace(), name: name, ports: ports, address: address, settings: settings}
 			return x.run(cmd.Context())
 		},
 	}
@@ -115,6 +118,7 @@ It needs create and delete on services and pods (kpf rbac).`,
 // exposure is one run of kpf expose.
 type exposure struct {
 	g        *globals
+	log      *slog.Logger
 	c        *cluster.Conn
 	ns, name string
 	ports    []exposePort
@@ -193,12 +197,12 @@ func (x *exposure) run(ctx context.Context) error {
 		return fmt.Errorf("create the Service %s/%s: %w", x.ns, x.name, err)
 	}
 	dial := func(ctx context.Context, pod string) (*tunnel.Conn, error) {
-		return x.c.Dial(ctx, x.ns, pod, x.settings.Transport, x.settings.DataPath, tunnel.PingEvery(x.settings.PingInterval), tunnel.WithLog(x.g.logger()))
+		return x.c.Dial(ctx, x.ns, pod, x.settings.Transport, x.settings.DataPath, tunnel.PingEvery(x.settings.PingInterval), tunnel.WithLog(x.log))
 	}
 	f, err := follow.New(ctx, follow.Options{
 		Namespace: x.ns, Ref: "svc/" + x.name, Client: x.c.Client(), Dial: dial,
 		Selector: relaypod.Selector(x.pod.Forward), ReconnectWait: x.settings.ReconnectWait,
-		Initial: pod, Log: x.g.logger(), Watches: x.c.Watches(), Liveness: x.c.Liveness(),
+		Initial: pod, Log: x.log, Watches: x.c.Watches(), Liveness: x.c.Liveness(),
 	})
 	if err != nil {
 		return err
@@ -230,7 +234,7 @@ func (x *exposure) run(ctx context.Context) error {
 			return a, nil
 		},
 		Local: func(port uint16) (string, bool) { a, ok := local[port]; return a, ok },
-		Log:   x.g.logger(),
+		Log:   x.log,
 		OnControl: func(err error) {
 			select {
 			case up <- err:
@@ -287,13 +291,13 @@ func (x *exposure) keep(ctx context.Context, f *follow.Follower) {
 		p, err := relaypod.Start(ctx, x.c.Client(), x.pod, 2*time.Minute)
 		if err != nil {
 			if ctx.Err() == nil {
-				x.g.logger().Error("the relay pod is gone and a new one did not start", "service", x.name, "err", err)
+				x.log.Error("the relay pod is gone and a new one did not start", "service", x.name, "err", err)
 			}
 			lost = time.Now()
 			continue
 		}
 		if err := x.own(ctx, p); err != nil && ctx.Err() == nil {
-			x.g.logger().Error("the Service of the exposure", "service", x.name, "err", err)
+			x.log.Error("the Service of the exposure", "service", x.name, "err", err)
 		}
 		fmt.Fprintf(x.g.errOut, "kpf: the relay pod of svc/%s is gone; a new one, %s, carries it\n", x.name, p.Name)
 		lost = time.Time{}
@@ -327,17 +331,17 @@ func (x *exposure) cleanup() {
 	cl := x.c.Client()
 	if s, err := cl.CoreV1().Services(x.ns).Get(ctx, x.name, metav1.GetOptions{}); err == nil && s.Labels[labelExpose] == x.pod.Forward {
 		if err := cl.CoreV1().Services(x.ns).Delete(ctx, x.name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &s.UID}}); err != nil && !apierrors.IsNotFound(err) {
-			x.g.logger().Error("delete the Service", "service", x.name, "err", err)
+			x.log.Error("delete the Service", "service", x.name, "err", err)
 		}
 	}
 	list, err := cl.CoreV1().Pods(x.ns).List(ctx, metav1.ListOptions{LabelSelector: relaypod.Selector(x.pod.Forward).String()})
 	if err != nil {
-		x.g.logger().Error("list the relay pods", "err", err)
+		x.log.Error("list the relay pods", "err", err)
 		return
 	}
 	for _, p := range list.Items {
 		if err := relaypod.Delete(ctx, cl, &p); err != nil && !errors.Is(err, context.Canceled) {
-			x.g.logger().Error("delete the relay pod", "pod", p.Name, "err", err)
+			x.log.Error("delete the relay pod", "pod", p.Name, "err", err)
 		}
 	}
 }
