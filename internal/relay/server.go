@@ -21,11 +21,14 @@ import (
 // to the stream's target from a UDP socket of the flow's own, so that
 // replies (any number, in any order, or none) go back to the flow.
 //
-// It is no open relay: it listens on loopback only (Serve refuses another
-// listener; port-forward reaches the pod's loopback), and it sends only
+// It is no open relay: its streams and routes listen on loopback only
+// (Serve refuses another listener; port-forward reaches the pod's
+// loopback), and it sends only
 // to the destinations in Allow, fixed when kpf made it (the pod's
 // arguments, which no one can change afterwards). A stream that names
-// another is answered ERROR and closed.
+// another is answered ERROR and closed. Only the Reverses of kpf expose
+// listen on the pod's address: they dial nothing, and hand each
+// connection to the kpf that holds the exposure.
 type Server struct {
 	Log *slog.Logger
 	// Allow is every destination the relay may send datagrams to; a
@@ -142,7 +145,7 @@ func (s *Server) allowed(target string) (Dest, error) {
 // Serve accepts streams on ln, which must listen on loopback
 // (*NotLoopbackError), until ctx ends (nil) or no stream was open for
 // IdleExit (ErrIdleExit). It serves the Routes' listeners (on loopback
-// only too) beside it, and closes them when it returns.
+// only too) and the Reverses' beside it, and closes them when it returns.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.defaults()
 	for _, l := range append([]net.Listener{ln}, s.routeListeners()...) {
