@@ -197,11 +197,11 @@ func TestExpose(t *testing.T) {
 	}
 	wg.Wait()
 
-	// Bulk, byte-exact both ways: kpf forward svc/laptop reaches the
+	// Bulk, 64 MiB byte-exact both ways: kpf forward svc/laptop reaches the
 	// relay pod's port (a connection inside its pod), which kpf expose
 	// carries to this machine and back.
 	fw, ls := kpf(sb).start(t, 1, "-n", ns, "svc/laptop", ":80")
-	body := make([]byte, 8<<20)
+	body := make([]byte, 64<<20)
 	rand.Read(body)
 	c, err := net.Dial("tcp", ls[0].Addr)
 	if err != nil {
@@ -216,9 +216,9 @@ func TestExpose(t *testing.T) {
 	got, err := io.ReadAll(c)
 	c.Close()
 	if want := append(append([]byte("laptop got "), body...), "|end"...); err != nil || !bytes.Equal(got, want) {
-		t.Errorf("8 MiB through kpf forward and kpf expose: %v, got %d bytes, want the %d sent, framed", err, len(got), len(want))
+		t.Errorf("64 MiB through kpf forward and kpf expose: %v, got %d bytes, want the %d sent, framed", err, len(got), len(want))
 	}
-	t.Logf("8 MiB each way through kpf forward and kpf expose in %s", time.Since(bulkStart))
+	t.Logf("64 MiB each way through kpf forward and kpf expose in %s", time.Since(bulkStart))
 	interrupt(t, fw)
 
 	relays, err := sb.Admin.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kpf.dev/relay=expose"})
