@@ -90,8 +90,8 @@ func dialFrom(podIP, addr, send string) (string, error) {
 
 // kpf expose svc/laptop 80:PORT: from a pod, the Service by its
 // ClusterIP and by its name reaches the server on this machine's
-// loopback, several connections at once, each its own, the client's
-// half-close passed on; the relay pod deleted, new connections work
+// loopback, 100 connections (10 at once), each its own, the client's
+// half-close passed on; 64 MiB byte-exact each way; the relay pod deleted, new connections work
 // within 10 s; Ctrl-C, the Service and the relay pods are gone. An
 // existing Service kpf did not make is refused and left as it was. kpf
 // runs as a service account with only the Role kpf rbac --expose prints.
@@ -182,15 +182,18 @@ func TestExpose(t *testing.T) {
 	within(30*time.Second, byIP)
 
 	var wg sync.WaitGroup
-	for i := range 20 {
+	slots := make(chan struct{}, 10) // 100 requests, 10 at once
+	for i := range 100 {
 		wg.Add(1)
+		slots <- struct{}{}
 		go func() {
 			defer wg.Done()
+			defer func() { <-slots }()
 			addr := byIP
 			if i%2 == 1 {
 				addr = byName
 			}
-			if err := wantAnswer(addr, fmt.Sprintf("request-%d-%s", i, strings.Repeat("x", i*50))); err != nil {
+			if err := wantAnswer(addr, fmt.Sprintf("request-%d-%s", i, strings.Repeat("x", i*20))); err != nil {
 				t.Errorf("request %d: %v", i, err)
 			}
 		}()
