@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"bytes"
+	"context"
 	"strings"
 	"testing"
 )
@@ -45,4 +47,21 @@ func FuzzParseExposePorts(f *testing.F) {
 			t.Fatalf("%q: %v without an error", s, ps)
 		}
 	})
+}
+
+// kpf expose's usage errors name the argument and the fix, before any
+// connection.
+func TestExposeUsageErrors(t *testing.T) {
+	for args, says := range map[string]string{
+		"pod/web 80:8080":                     `"pod/web": kpf expose makes a Service: give svc/NAME`,
+		"svc/web 53:5353/udp":                 "/udp is not supported yet",
+		"svc/web 80:8080 --address nowhere":   `--address "nowhere": give the IP address`,
+		"svc/web 80:8080 --transport carrier": "--transport",
+	} {
+		var out, errOut bytes.Buffer
+		code := Run(context.Background(), append([]string{"--kubeconfig", "/nonexistent", "expose"}, strings.Fields(args)...), &out, &errOut)
+		if code == 0 || !strings.Contains(errOut.String(), says) {
+			t.Errorf("kpf expose %s: exit %d, want %q in\n%s", args, code, says, errOut.String())
+		}
+	}
 }
