@@ -203,3 +203,55 @@ func TestExposeLocalRefusedAndJoinTimeout(t *testing.T) {
 		t.Fatalf("Join of a connection reset long ago: %v, want the relay's refusal", err)
 	}
 }
+
+// A control stream that dies (kpf's tunnel dropped) is dialled again, and
+// the exposed port answers again within seconds.
+func TestExposeRedialsTheControlStream(t *testing.T) {
+	exposed, control := exposeServer(t, nil)
+	local := tcpEcho(t, "|end")
+	var mu sync.Mutex
+	var streams []net.Conn
+	ups := make(chan struct{}, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &Exposer{
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", control)
+			if err == nil {
+				mu.Lock()
+				streams = append(streams, c)
+				mu.Unlock()
+			}
+			return c, err
+		},
+		Local: func(uint16) (string, bool) { return local, true },
+		Log:   quiet, Ping: time.Second,
+		OnControl: func(err error) {
+			if err == nil {
+				ups <- struct{}{}
+			}
+		},
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); e.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-ups
+	mu.Lock()
+	streams[0].Close() // the first stream is the control stream
+	mu.Unlock()
+	select {
+	case <-ups:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the control stream was not dialled again within 5 s")
+	}
+	c, err := net.Dial("tcp", exposed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "again")
+	c.(*net.TCPConn).CloseWrite()
+	if got, err := io.ReadAll(c); err != nil || string(got) != "again|end" {
+		t.Fatalf("after the redial: %q, %v", got, err)
+	}
+}
