@@ -27,25 +27,29 @@ type RBACOptions struct {
 	Subject  string
 	Name     string
 	UDPRelay string
+	Expose   bool
 
 	byNamespace map[string][]rbac.Kind
 	proxies     map[string]bool // namespaces a proxy of the file serves
 	relays      map[string]bool // namespaces with /udp ports (and so relays)
 	dests       map[string]bool // namespaces with host/ or ip/ targets (and so their relay pods)
 	discovers   map[string]bool // namespaces of discover: entries
+	exposes     map[string]bool // the namespace of kpf expose (--expose)
 	subject     *rbac.Subject
 }
 
 func newRBACCommand(g *globals) *cobra.Command {
 	o := &RBACOptions{g: g, Name: "kpf-port-forward"}
 	cmd := &cobra.Command{
-		Use:   "rbac (TYPE/NAME... | -f FILE [NAME...])",
+		Use:   "rbac (TYPE/NAME... | -f FILE [NAME...] | --expose)",
 		Short: "Print the least-privilege Role (and RoleBinding) kpf needs for these forwards",
 		Long: `Print, as YAML for kubectl apply -f -, a Role per namespace with exactly
 what kpf needs to forward to these targets: get, list and watch on pods
 (kpf follows the pods behind a target), get on each target kind, and create
 and get on pods/portforward (SPDY's upgrade needs create, WebSocket's get);
-for a file's /udp ports, what their relay needs (--udp-relay).
+for a file's /udp ports, what their relay needs (--udp-relay); with
+--expose, what kpf expose needs in the namespace (-n): its Service and
+relay pod to make and delete, and the tunnels to its relay.
 With --subject, a RoleBinding to that user, group or service account too.
 kpf doctor checks the same rules.`,
 		Example:               rbacExample,
@@ -61,6 +65,7 @@ kpf doctor checks the same rules.`,
 	f.StringVarP(&o.File, "file", "f", "", "the forwards of this kpf.yaml (all, or the NAMEs given)")
 	f.StringVar(&o.Subject, "subject", "", "also bind the Role to user:NAME, group:NAME or sa:NAMESPACE/NAME")
 	f.StringVar(&o.Name, "name", o.Name, "name of the Role and RoleBinding")
+	f.BoolVar(&o.Expose, "expose", false, "also (or only) what kpf expose needs in the namespace (-n): services get, create, update, delete; pods create, delete")
 	f.StringVar(&o.UDPRelay, "udp-relay", "pod", "for a file's /udp ports, the rights of this relay mode: pod (create and delete pods) or ephemeral (patch pods/ephemeralcontainers)")
 	return cmd
 }
@@ -87,8 +92,8 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 			return err
 		}
 	} else {
-		if len(args) == 0 {
-			return usagef("kpf rbac needs TYPE/NAME arguments, or -f FILE")
+		if len(args) == 0 && !o.Expose {
+			return usagef("kpf rbac needs TYPE/NAME arguments, -f FILE or --expose")
 		}
 		for _, a := range args {
 			fws = append(fws, config.Forward{Target: a})
@@ -110,6 +115,15 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 	o.relays = map[string]bool{}
 	o.dests = map[string]bool{}
 	o.discovers = map[string]bool{}
+	o.exposes = map[string]bool{}
+	if o.Expose {
+		ns := def
+		if n, _ := cmd.Flags().GetString("namespace"); n != "" {
+			ns = n
+		}
+		o.exposes[ns] = true
+		o.byNamespace[ns] = append(o.byNamespace[ns], rbac.Pods)
+	}
 	for _, fw := range fws {
 		target := fw.Target
 		if fw.Proxy != nil || fw.Discover != nil {
@@ -153,8 +167,15 @@ func (o *RBACOptions) Run(context.Context) error {
 		if o.relays[ns] {
 			rules[ns] = append(rules[ns], rbac.Relay(o.UDPRelay))
 		}
-		if o.dests[ns] && (!o.relays[ns] || o.UDPRelay == "ephemeral") {
+		if o.dests[ns] && (!o.relays[ns] || o.UDPRelay == "ephemeral") && !o.exposes[ns] {
 			rules[ns] = append(rules[ns], rbac.Destination())
+		}
+		if o.exposes[ns] {
+			ex := rbac.Expose()
+			if o.relays[ns] && o.UDPRelay != "ephemeral" {
+				ex = ex[:1] // the relay's pods create and delete are there already
+			}
+			rules[ns] = append(rules[ns], ex...)
 		}
 	}
 	out, err := rbac.Manifest(o.Name, rules, o.subject)

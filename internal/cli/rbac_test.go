@@ -73,3 +73,20 @@ func TestRBACOfDestinations(t *testing.T) {
 		}
 	}
 }
+
+// kpf rbac --expose: what kpf expose needs in the namespace.
+func TestRBACOfExpose(t *testing.T) {
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "config")
+	os.WriteFile(kubeconfig, []byte("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\ncontexts: [{name: c, context: {cluster: c, namespace: team}}]\ncurrent-context: c\n"), 0o600)
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), []string{"--kubeconfig", kubeconfig, "rbac", "--expose", "-n", "web"}, &out, &errOut); code != 0 {
+		t.Fatalf("kpf rbac --expose: exit %d: %s", code, errOut.String())
+	}
+	s := out.String()
+	for _, want := range []string{"namespace: web", "#   get,list,watch pods", "#   create,get pods/portforward", "#   get,create,update,delete services: kpf expose", "#   create,delete pods: kpf expose"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("kpf rbac --expose: no %q in\n%s", want, s)
+		}
+	}
+}

@@ -64,7 +64,8 @@ func newRelayGCCommand(g *globals) *cobra.Command {
 namespace or every one (-A), and delete those whose kpf is gone: started on
 this machine by a process that no longer runs, or ended (a relay exits by
 itself within a minute of losing its kpf). Relay pods of kpf processes on
-other machines are listed, not deleted, unless --all.`,
+other machines are listed, not deleted, unless --all. The Service of a kpf
+expose is owned by its relay pods: it goes with them.`,
 		Example: `  kpf relay gc -A
   kpf relay gc -n dns --all`,
 		Args: cobra.NoArgs,
@@ -118,15 +119,19 @@ func newRelayServeCommand(g *globals) *cobra.Command {
 	s := &relay.Server{}
 	listen := "127.0.0.1:4090"
 	var allow, tcp []string
+	var reverse []uint
 	cmd := &cobra.Command{
-		Use:   "serve --allow HOST:PORT... --tcp PORT=HOST:PORT... [--listen 127.0.0.1:PORT]",
+		Use:   "serve --allow HOST:PORT... --tcp PORT=HOST:PORT... --reverse PORT... [--listen 127.0.0.1:PORT]",
 		Short: "Serve relay streams (what runs in the relay pod or ephemeral container)",
 		Long: `Serve relay streams on --listen, a loopback address (port-forward reaches
 the pod's loopback; nothing else on the pod's network can reach the relay).
 The relay sends datagrams only to the --allow destinations, fixed when kpf
 makes it: a stream that names another is refused. Each --tcp PORT=HOST:PORT
 listens on PORT of the same loopback address and pipes each connection to
-HOST:PORT, and nowhere else. The relay exits by itself once no
+HOST:PORT, and nowhere else. Each --reverse PORT (kpf expose) listens on
+PORT of every address of the pod (a Service sends its traffic there) and
+hands each connection to the kpf holding the exposure, over a stream kpf
+opens through port-forward. The relay exits by itself once no
 kpf has talked to it for --client-timeout and no stream was open for
 --idle-exit, so that a relay whose kpf was killed does not stay.`,
 		Example: `  # as a relay pod's command (kpf makes that pod itself)
@@ -137,8 +142,8 @@ kpf has talked to it for --client-timeout and no stream was open for
 			if s.ClientTimeout <= 0 || s.IdleExit == 0 || s.FlowIdle <= 0 {
 				return usagef("--client-timeout and --flow-idle must be above 0, --idle-exit above 0 (or below 0: never)")
 			}
-			if len(allow) == 0 && len(tcp) == 0 {
-				return usagef("--allow or --tcp: give the destinations the relay may send to (--allow HOST:PORT for datagrams, --tcp PORT=HOST:PORT for connections, repeatable); it sends nowhere else")
+			if len(allow) == 0 && len(tcp) == 0 && len(reverse) == 0 {
+				return usagef("--allow, --tcp or --reverse: give the destinations the relay may send to (--allow HOST:PORT for datagrams, --tcp PORT=HOST:PORT for connections, repeatable); it sends nowhere else")
 			}
 			for _, a := range allow {
 				d, err := relay.ParseAllow(a)
@@ -171,8 +176,20 @@ kpf has talked to it for --client-timeout and no stream was open for
 				}
 				s.Routes = append(s.Routes, relay.Route{Listener: rl, Dest: r.Dest})
 			}
+			for _, p := range reverse {
+				if p == 0 || p > 65535 {
+					ln.Close()
+					return usagef("--reverse %d: give the port (1 to 65535) the relay listens on for kpf expose", p)
+				}
+				rl, err := net.Listen("tcp", ":"+strconv.Itoa(int(p)))
+				if err != nil {
+					ln.Close()
+					return fmt.Errorf("--reverse %d: %w", p, err)
+				}
+				s.Reverses = append(s.Reverses, relay.Reverse{Port: uint16(p), Listener: rl})
+			}
 			s.Log = g.logger()
-			s.Log.Info("relay listening", "addr", ln.Addr().String(), "allow", allow, "tcp", tcp, "version", relay.Version)
+			s.Log.Info("relay listening", "addr", ln.Addr().String(), "allow", allow, "tcp", tcp, "reverse", reverse, "version", relay.Version)
 			err = s.Serve(cmd.Context(), ln)
 			if errors.Is(err, relay.ErrIdleExit) {
 				s.Log.Info("no client: exiting", "after", s.IdleExit)
@@ -185,6 +202,7 @@ kpf has talked to it for --client-timeout and no stream was open for
 	f.StringVar(&listen, "listen", listen, "loopback TCP address for kpf's streams")
 	f.StringSliceVar(&allow, "allow", nil, "a destination HOST:PORT the relay may send datagrams to (repeatable, or comma-separated); every other is refused")
 	f.StringSliceVar(&tcp, "tcp", nil, "PORT=HOST:PORT: listen on PORT of --listen's address and pipe each connection to HOST:PORT (repeatable)")
+	f.UintSliceVar(&reverse, "reverse", nil, "PORT: listen on PORT of every address of the pod and hand each connection to kpf expose (repeatable)")
 	f.DurationVar(&s.ClientTimeout, "client-timeout", 30*time.Second, "drop a stream that sent nothing (not even a keep-alive) for this long")
 	f.DurationVar(&s.IdleExit, "idle-exit", 30*time.Second, "exit once no stream was open for this long (negative: never)")
 	f.DurationVar(&s.FlowIdle, "flow-idle", 5*time.Minute, "close a flow with no datagram either way for this long")

@@ -118,7 +118,7 @@ forwards that follow their pods, and many forwards from one file.`,
 	root.PersistentFlags().MarkHidden("debug-addr")
 	root.AddCommand(newForwardCommand(g), newUpCommand(g), newRunCommand(g), newConfigCommand(g),
 		newStatusCommand(g), newDownCommand(g), newRestartCommand(g), newLogsCommand(g), newDaemonCommand(g),
-		newDoctorCommand(g), newRBACCommand(g), newProxyCommand(g), newHostsCommand(g), newRelayCommand(g), newVersionCommand(g), newOptionsCommand(g), newMCPCommand(g), newUICommand(g))
+		newDoctorCommand(g), newRBACCommand(g), newProxyCommand(g), newHostsCommand(g), newRelayCommand(g), newExposeCommand(g), newVersionCommand(g), newOptionsCommand(g), newMCPCommand(g), newUICommand(g))
 	root.SetVersionTemplate("kpf {{.Version}}\n")
 	g.registerCompletions(root)
 	g.setHelp(root)

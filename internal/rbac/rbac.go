@@ -62,6 +62,17 @@ func Destination() Rule {
 	return Rule{Resource: "pods", Verbs: []string{"create", "delete"}, Why: "the relay pod of host/ and ip/ targets, which dials the destination from inside the cluster: made when the forward starts (and again if it goes), deleted when it stops"}
 }
 
+// Expose is what kpf expose needs beside For's rules (it follows and
+// tunnels to its relay pods as to any pod): its Service to read, make,
+// own by a new relay pod and delete, and its relay pods to create and
+// delete.
+func Expose() []Rule {
+	return []Rule{
+		{Resource: "services", Verbs: []string{"get", "create", "update", "delete"}, Why: "kpf expose: its Service (never one it did not make: get refuses those), owned by its relay pods, deleted when it stops"},
+		{Resource: "pods", Verbs: []string{"create", "delete"}, Why: "kpf expose: the relay pod the Service selects, made when it starts (and again if it goes), deleted when it stops"},
+	}
+}
+
 // IsDestination: typeName is a host/ or ip/ target (whose "ip" wins over
 // the IPAddress resource's short name).
 func IsDestination(typeName string) bool {

@@ -43,6 +43,10 @@ const (
 	TypeClose = 5 // both ways: the flow is over
 	TypePing  = 6 // both ways: keep-alive, echoed as PONG (flow 0)
 	TypePong  = 7
+	// The reverse side (kpf expose, docs/relay-protocol.md "Expose").
+	TypeExpose = 8  // client: this stream is the exposure's control (flow 0)
+	TypeAccept = 9  // relay, on the control stream: connection FLOW came to port PAYLOAD
+	TypeJoin   = 10 // client: this stream carries connection FLOW
 )
 
 // Frame is one message of a stream.
@@ -123,7 +127,15 @@ func check(typ byte, flow uint32, n int, reserved byte) error {
 			return protoErr("CLOSE with %d bytes", n)
 		}
 		return nil
-	case TypeHello, TypeOK, TypeError, TypePing, TypePong:
+	case TypeAccept, TypeJoin:
+		if flow == 0 {
+			return protoErr("frame type %d of flow 0", typ)
+		}
+		if n > maxControl {
+			return protoErr("frame type %d of %d bytes (at most %d)", typ, n, maxControl)
+		}
+		return nil
+	case TypeHello, TypeOK, TypeError, TypePing, TypePong, TypeExpose:
 		if flow != 0 {
 			return protoErr("frame type %d of flow %d (control frames are flow 0)", typ, flow)
 		}

@@ -21,11 +21,14 @@ import (
 // to the stream's target from a UDP socket of the flow's own, so that
 // replies (any number, in any order, or none) go back to the flow.
 //
-// It is no open relay: it listens on loopback only (Serve refuses another
-// listener; port-forward reaches the pod's loopback), and it sends only
+// It is no open relay: its streams and routes listen on loopback only
+// (Serve refuses another listener; port-forward reaches the pod's
+// loopback), and it sends only
 // to the destinations in Allow, fixed when kpf made it (the pod's
 // arguments, which no one can change afterwards). A stream that names
-// another is answered ERROR and closed.
+// another is answered ERROR and closed. Only the Reverses of kpf expose
+// listen on the pod's address: they dial nothing, and hand each
+// connection to the kpf that holds the exposure.
 type Server struct {
 	Log *slog.Logger
 	// Allow is every destination the relay may send datagrams to; a
@@ -34,6 +37,11 @@ type Server struct {
 	// Routes are the TCP destinations: each connection to a route's
 	// listener (on loopback, as the streams') is piped to its Dest.
 	Routes []Route
+	// Reverses are kpf expose's ports, on the pod's address (reverse.go).
+	Reverses []Reverse
+	// JoinTimeout is how long an exposed port's connection waits for
+	// kpf's stream before it is reset. Default 10 s.
+	JoinTimeout time.Duration
 	// DialTimeout bounds a route's dial of its destination. Default 10 s.
 	DialTimeout time.Duration
 	// ClientTimeout drops a stream that sent nothing (not even a PING)
@@ -57,6 +65,7 @@ type Server struct {
 	mu       sync.Mutex
 	streams  map[*serverStream]bool // streams past their HELLO
 	lastSeen atomic.Int64           // unix nanoseconds: the last stream's end
+	reverse  reverseState
 }
 
 func (s *Server) defaults() {
@@ -77,6 +86,9 @@ func (s *Server) defaults() {
 	}
 	if s.DialTimeout <= 0 {
 		s.DialTimeout = 10 * time.Second
+	}
+	if s.JoinTimeout <= 0 {
+		s.JoinTimeout = 10 * time.Second
 	}
 }
 
@@ -133,13 +145,16 @@ func (s *Server) allowed(target string) (Dest, error) {
 // Serve accepts streams on ln, which must listen on loopback
 // (*NotLoopbackError), until ctx ends (nil) or no stream was open for
 // IdleExit (ErrIdleExit). It serves the Routes' listeners (on loopback
-// only too) beside it, and closes them when it returns.
+// only too) and the Reverses' beside it, and closes them when it returns.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.defaults()
 	for _, l := range append([]net.Listener{ln}, s.routeListeners()...) {
 		if a, ok := l.Addr().(*net.TCPAddr); !ok || !a.IP.IsLoopback() {
 			ln.Close()
 			for _, r := range s.Routes {
+				r.Listener.Close()
+			}
+			for _, r := range s.Reverses {
 				r.Listener.Close()
 			}
 			return &NotLoopbackError{Addr: l.Addr().String()}
@@ -174,6 +189,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.serveRoute(ctx, r)
 		}()
 	}
+	// The exposed ports listen on the pod's address: that is their point.
+	for _, r := range s.Reverses {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveReverse(ctx, r)
+		}()
+	}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -191,7 +214,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			defer wg.Done()
 			stop := context.AfterFunc(ctx, func() { c.Close() })
 			defer stop()
-			if err := s.stream(c); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			if err := s.stream(ctx, c); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				s.Log.Warn("stream ended", "client", c.RemoteAddr().String(), "err", err)
 			}
 		}()
@@ -199,7 +222,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // stream serves one stream: the opening, then frames until it ends.
-func (s *Server) stream(c net.Conn) error {
+func (s *Server) stream(ctx context.Context, c net.Conn) error {
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
 	w := &frameWriter{w: c}
@@ -255,6 +278,16 @@ func (s *Server) stream(c net.Conn) error {
 			}
 			return err
 		}
+	}
+	switch hello.Type {
+	case TypeExpose:
+		if !counted {
+			counted = true
+			s.open.Add(1)
+		}
+		return s.control(c, r, w)
+	case TypeJoin:
+		return s.join(ctx, c, hello, w)
 	}
 	if hello.Type != TypeHello {
 		w.write(Frame{Type: TypeError, Payload: []byte("the stream must begin with HELLO")})

@@ -46,6 +46,12 @@ const (
 // route; the next ones follow.
 const FirstRoutePort = Port + 1
 
+// FirstExposePort is the relay pod's port (on the pod's address) of kpf
+// expose's first Service port; the next ones follow. Above 1024: the
+// relay runs without capabilities, and the Service maps its own port
+// (80, say) to it.
+const FirstExposePort = 4190
+
 // Owner is who starts relay pods: this user, on this host, as this process.
 type Owner struct {
 	User, Host string
@@ -101,6 +107,11 @@ type Spec struct {
 	// Forward, for a host/ or ip/ target, is the LabelForward value of
 	// its relay pods.
 	Forward string
+	// Reverse are kpf expose's ports (--reverse): the relay listens on
+	// them on the pod's address, where the exposure's Service sends its
+	// traffic. With Forward set, the pod is an exposure's relay
+	// (LabelRelay "expose") and the Service selects it by LabelForward.
+	Reverse []uint16
 	// Deadline bounds the pod's life (activeDeadlineSeconds): a backstop
 	// should both kpf and the relay's own exit fail.
 	Deadline time.Duration
@@ -123,6 +134,16 @@ func (s Spec) Pod() *corev1.Pod {
 	if s.Forward != "" {
 		lbls[LabelRelay], lbls[LabelForward] = "destination", s.Forward
 		about = "kpf's relay for a forward to " + s.Target + ", which it dials from inside the cluster; it exits within a minute of losing its kpf; kpf relay gc removes leftovers"
+	}
+	if len(s.Reverse) > 0 {
+		lbls[LabelRelay] = "expose"
+		about = "kpf's relay of kpf expose " + s.Target + ": connections to the Service reach the kpf that holds it, over port-forward; it exits within a minute of losing its kpf; kpf relay gc removes leftovers (and the Service, which this pod owns)"
+	}
+	var ports []corev1.ContainerPort
+	args := serveArgs("127.0.0.1:"+strconv.Itoa(Port), s.Allow, s.TCP...)
+	for _, p := range s.Reverse {
+		ports = append(ports, corev1.ContainerPort{Name: "expose-" + strconv.Itoa(int(p)), ContainerPort: int32(p), Protocol: corev1.ProtocolTCP})
+		args = append(args, "--reverse", strconv.Itoa(int(p)))
 	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
@@ -155,7 +176,8 @@ func (s Spec) Pod() *corev1.Pod {
 				// container port and no readiness probe (the kubelet's
 				// would dial the pod's IP): kpf knows the relay is ready
 				// when it answers a stream.
-				Args: serveArgs("127.0.0.1:"+strconv.Itoa(Port), s.Allow, s.TCP...),
+				Args:  args,
+				Ports: ports,
 				Resources: corev1.ResourceRequirements{
 					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
 					Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("64Mi")},

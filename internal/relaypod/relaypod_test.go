@@ -227,3 +227,31 @@ func TestDestinationRelayPod(t *testing.T) {
 		t.Fatalf("kpf relay gc finds %+v, %v", got, err)
 	}
 }
+
+// kpf expose's relay pod: labelled expose (so kpf relay gc finds it) and
+// by its exposure, --reverse ports declared, and as least-privileged as
+// every relay.
+func TestExposeRelayPod(t *testing.T) {
+	s := Spec{Namespace: "team", Image: "ghcr.io/kpf-dev/kpf:v1", Target: "svc/laptop", Reverse: []uint16{FirstExposePort, FirstExposePort + 1}, Forward: "beef", Owner: Owner{User: "ann", Host: "h1", PID: 7}}
+	p := s.Pod()
+	if p.Labels[LabelRelay] != "expose" || !Selector("beef").Matches(labels.Set(p.Labels)) {
+		t.Errorf("labels %v", p.Labels)
+	}
+	ctr := p.Spec.Containers[0]
+	if args := strings.Join(ctr.Args, " "); args != "relay serve --listen 127.0.0.1:4090 --client-timeout 30s --idle-exit 30s --reverse 4190 --reverse 4191" {
+		t.Errorf("args %s", args)
+	}
+	if len(ctr.Ports) != 2 || ctr.Ports[0].ContainerPort != 4190 || ctr.Ports[1].ContainerPort != 4191 {
+		t.Errorf("ports %+v", ctr.Ports)
+	}
+	if *p.Spec.AutomountServiceAccountToken || !*ctr.SecurityContext.ReadOnlyRootFilesystem || len(ctr.SecurityContext.Capabilities.Drop) != 1 || !*p.Spec.SecurityContext.RunAsNonRoot {
+		t.Errorf("security: %+v / %+v", ctr.SecurityContext, p.Spec.SecurityContext)
+	}
+	c := fake.NewClientset()
+	p.Name, p.GenerateName = "kpf-relay-y", ""
+	c.CoreV1().Pods("team").Create(context.Background(), p, metav1.CreateOptions{})
+	got, err := Find(context.Background(), c, "", Owner{User: "ann", Host: "h1", PID: 8}, func(int) bool { return false })
+	if err != nil || len(got) != 1 || !got[0].Gone {
+		t.Fatalf("kpf relay gc finds %+v, %v", got, err)
+	}
+}
