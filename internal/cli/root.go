@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/go-logr/logr"
 	"github.com/kpf-dev/kpf/internal/follow"
@@ -51,11 +52,21 @@ type globals struct {
 	debugAddr string
 	out       io.Writer
 	errOut    io.Writer
+
+	logOnce sync.Once
+	log     *slog.Logger
 }
 
-// logger returns kpf's logger. client-go's own logging (klog) is routed to
-// it at -v 2 and above, and silenced below: kpf says what failed itself.
+// logger returns kpf's logger, made once (it sets client-go's global
+// logger, which a second call would set again under running watches: a
+// data race). client-go's own logging (klog) is routed to it at -v 2 and
+// above, and silenced below: kpf says what failed itself.
 func (g *globals) logger() *slog.Logger {
+	g.logOnce.Do(func() { g.log = g.newLogger() })
+	return g.log
+}
+
+func (g *globals) newLogger() *slog.Logger {
 	level := slog.LevelInfo
 	if g.verbosity > 0 {
 		level = slog.LevelDebug
