@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -38,5 +39,27 @@ func TestUINeedsATerminal(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(home); len(entries) != 0 {
 		t.Fatalf("kpf ui without a terminal left %v in its home (it started a daemon?)", entries)
+	}
+}
+
+// kpf status --save refuses a file that exists, naming --force, and
+// leaves it as it was (it asks nothing of the daemon first).
+func TestStatusSaveRefusesAnExistingFile(t *testing.T) {
+	t.Setenv("KPF_HOME", t.TempDir())
+	path := filepath.Join(t.TempDir(), "kpf.yaml")
+	mine := "# my own kpf.yaml\n"
+	if err := os.WriteFile(path, []byte(mine), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), []string{"status", "--save", path}, &out, &errOut); code != ExitError {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	want := "error: --save " + path + ": the file exists: name a new file, or add --force to replace it\n"
+	if got := errOut.String(); got != want {
+		t.Fatalf("stderr %q, want %q", got, want)
+	}
+	if b, _ := os.ReadFile(path); string(b) != mine {
+		t.Fatalf("the file was replaced: %q", b)
 	}
 }

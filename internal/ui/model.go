@@ -3,8 +3,8 @@ package ui
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -85,12 +85,13 @@ type row struct {
 
 // prompt is a line being edited at the bottom.
 type prompt struct {
-	kind  string // "port" or "write"
+	kind  string // "port", "write" or "overwrite" (a y/N question)
 	label string
 	value string
 	tied  bool // port: tie the forward to this UI's session
 	ports []Port
 	tgt   Target
+	path  string // overwrite: the file
 }
 
 // Model is kpf ui's state; Update and View are Bubble Tea's.
@@ -146,7 +147,7 @@ func New(o Options) *Model {
 		o.FreePort = FreeLocalPort
 	}
 	if o.WriteFile == nil {
-		o.WriteFile = func(path string, b []byte) error { return os.WriteFile(path, b, 0o644) }
+		o.WriteFile = WriteSet
 	}
 	m := &Model{o: o, width: 80, height: 24, context: o.Context, namespace: o.Namespace,
 		history: map[string][]int64{}, tied: map[string]bool{}, mine: map[string]bool{}}
@@ -608,6 +609,14 @@ func (m *Model) enter() tea.Cmd {
 
 func (m *Model) promptKey(k tea.KeyMsg) tea.Cmd {
 	p := m.prompt
+	if p.kind == "overwrite" { // one key answers: y writes, any other does not
+		m.prompt = nil
+		if k.String() == "y" || k.String() == "Y" {
+			return m.write(p.path, true)
+		}
+		m.say("not written: %s is left as it was", p.path)
+		return nil
+	}
 	switch k.Type {
 	case tea.KeyEsc:
 		m.prompt = nil
@@ -644,7 +653,7 @@ func (m *Model) promptKey(k tea.KeyMsg) tea.Cmd {
 		return m.start(p.tgt, p.ports, []int{n}, p.tied)
 	default:
 		m.prompt = nil
-		return m.write(p.value)
+		return m.write(p.value, false)
 	}
 }
 
@@ -683,7 +692,9 @@ func (m *Model) start(t Target, ports []Port, locals []int, tied bool) tea.Cmd {
 	}
 }
 
-func (m *Model) write(path string) tea.Cmd {
+// write writes the set to path; an existing file is replaced only when
+// overwrite (else the user is asked first).
+func (m *Model) write(path string, overwrite bool) tea.Cmd {
 	if path == "" {
 		m.fail(fmt.Errorf("no file name: type where to write the set, such as kpf.yaml"))
 		return nil
@@ -693,7 +704,11 @@ func (m *Model) write(path string) tea.Cmd {
 		m.fail(err)
 		return nil
 	}
-	if err := m.o.WriteFile(path, b); err != nil {
+	if err := m.o.WriteFile(path, b, overwrite); err != nil {
+		if errors.Is(err, ErrExists) && !overwrite {
+			m.prompt = &prompt{kind: "overwrite", path: path, label: path + " exists: overwrite? y/N"}
+			return nil
+		}
 		m.fail(err)
 		return nil
 	}

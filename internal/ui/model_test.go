@@ -3,7 +3,10 @@ package ui
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -126,8 +129,16 @@ func newRig(t *testing.T, o Options) *rig {
 	r := &rig{t: t, d: &fakeDaemon{st: api.Status{SchemaVersion: api.SchemaVersion, PID: 42}}, c: &fakeCluster{}}
 	o.Daemon, o.Cluster, o.Session, o.NoColor = r.d, r.c, "ui-session", true
 	o.FreePort = func(protocol string, remote int) int { return 40000 + remote }
-	written := map[string][]byte{}
-	o.WriteFile = func(p string, b []byte) error { written[p] = b; return nil }
+	if o.WriteFile == nil {
+		written := map[string][]byte{}
+		o.WriteFile = func(p string, b []byte, overwrite bool) error {
+			if _, ok := written[p]; ok && !overwrite {
+				return fmt.Errorf("%s: %w", p, ErrExists)
+			}
+			written[p] = b
+			return nil
+		}
+	}
 	r.m = New(o)
 	r.m.every = 0
 	r.run(r.m.Init())
@@ -364,6 +375,71 @@ func TestHelp(t *testing.T) {
 	_, cmd := r.m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("q")})
 	if _, ok := cmd().(tea.QuitMsg); !ok {
 		t.Fatal("q does not quit")
+	}
+}
+
+// w never replaces an existing file unasked: it asks, y replaces it
+// (atomically), any other key leaves it as it was.
+func TestWriteAsksBeforeOverwriting(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kpf.yaml")
+	mine := []byte("# my own, written by hand\n")
+	if err := os.WriteFile(path, mine, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, Options{Namespace: "shop", WriteFile: WriteSet})
+	r.update(tea.WindowSizeMsg{Width: 200, Height: 24})
+	r.keys("enter", "enter", "tab", "w")
+	for range len("kpf.yaml") {
+		r.keys("backspace")
+	}
+	r.keys(path, "enter")
+	r.screenHas(path + " exists: overwrite? y/N _")
+	r.keys("n")
+	r.screenHas("not written: " + path + " is left as it was")
+	if b, _ := os.ReadFile(path); string(b) != string(mine) {
+		t.Fatalf("the file was replaced: %q", b)
+	}
+	r.keys("w")
+	for range len("kpf.yaml") {
+		r.keys("backspace")
+	}
+	r.keys(path, "enter", "y")
+	r.screenHas("wrote " + path)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.Parse(path, b); err != nil || !strings.Contains(string(b), "svc/web") {
+		t.Fatalf("the set written: %v\n%s", err, b)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 1 {
+		t.Fatalf("temporary files left: %v", entries)
+	}
+}
+
+func TestWriteSet(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "set.yaml")
+	if err := WriteSet(path, []byte("one"), false); err != nil {
+		t.Fatal(err)
+	}
+	err := WriteSet(path, []byte("two"), false)
+	if !errors.Is(err, ErrExists) || err.Error() != path+": the file exists" {
+		t.Fatalf("a second write without overwrite: %v", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "one" {
+		t.Fatalf("after a refused write: %q", b)
+	}
+	if err := WriteSet(path, []byte("three"), true); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "three" {
+		t.Fatalf("after an overwrite: %q", b)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o644 {
+		t.Fatalf("mode %v", fi.Mode())
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 1 {
+		t.Fatalf("temporary files left: %v", entries)
 	}
 }
 

@@ -91,8 +91,9 @@ type Options struct {
 	// FreePort suggests a free local port for a remote one (FreeLocalPort
 	// if nil).
 	FreePort func(protocol string, remote int) int
-	// WriteFile writes the set (os.WriteFile if nil).
-	WriteFile func(path string, b []byte) error
+	// WriteFile writes the set; unless overwrite, an existing file is
+	// an error wrapping ErrExists (WriteSet if nil).
+	WriteFile func(path string, b []byte, overwrite bool) error
 }
 
 // FreeLocalPort is the remote port itself when it is 1024 or above and

@@ -94,6 +94,8 @@ func (m *Model) View() string {
 			how = "stops when kpf ui exits"
 		}
 		add(st.title.Render(cut(fmt.Sprintf("%s: %s_ [tab] %s · enter · esc", m.prompt.label, m.prompt.value, how), w)))
+	case m.prompt != nil && m.prompt.kind == "overwrite":
+		add(st.bad.Render(cut(m.prompt.label+" _", w)))
 	case m.prompt != nil:
 		add(st.title.Render(cut(fmt.Sprintf("%s: %s_  enter: write  esc: cancel", m.prompt.label, m.prompt.value), w)))
 	case m.filtering:
