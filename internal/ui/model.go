@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/kpf-dev/kpf/internal/daemon/api"
@@ -435,6 +436,10 @@ func (m *Model) listHeight() int {
 
 // key handles a key press.
 func (m *Model) key(k tea.KeyMsg) tea.Cmd {
+	if k.Paste {
+		m.paste(k.Runes)
+		return nil
+	}
 	if k.Type == tea.KeyRunes && len(k.Runes) > 1 && !k.Alt {
 		// Keys typed fast (or sent by tmux) come in one read: each is a
 		// key of its own ("/web" is a filter, not a key named "/web").
@@ -491,6 +496,30 @@ func (m *Model) key(k tea.KeyMsg) tea.Cmd {
 		return m.forwardsKey(k)
 	default:
 		return m.textKey(k)
+	}
+}
+
+// paste takes pasted text (bracketed paste) as text in the filter or the
+// prompt being edited, its line breaks and control characters left out;
+// anywhere else it is ignored: pasted text never runs as keys.
+func (m *Model) paste(rs []rune) {
+	text := strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return -1
+		}
+		return r
+	}, string(rs))
+	switch {
+	case m.prompt != nil && m.prompt.kind == "port":
+		if strings.Trim(text, "0123456789") == "" {
+			m.prompt.value += text
+		}
+	case m.prompt != nil && m.prompt.kind == "write":
+		m.prompt.value += text
+	case m.prompt == nil && m.filtering:
+		m.filter += text
+		m.cursor = 0
+		m.rebuild()
 	}
 }
 

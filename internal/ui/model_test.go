@@ -443,6 +443,33 @@ func TestWriteSet(t *testing.T) {
 	}
 }
 
+// Pasted text is text in the filter and the prompts, and runs nothing
+// anywhere else.
+func TestPasteIsNeverKeys(t *testing.T) {
+	paste := func(r *rig, s string) { r.update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(s), Paste: true}) }
+	r := newRig(t, Options{Namespace: "shop"})
+	r.d.st.Forwards = []api.Forward{{Name: "web", Target: "svc/web", Ports: []string{"8080:80"}, State: "ready"}}
+	r.run(r.m.refresh())
+	r.keys("tab")
+	paste(r, "sq") // s would stop the forward, q quit
+	r.keys("w")
+	paste(r, "\nx") // in the prompt: text, its line break left out
+	r.screenHas("write the set to: kpf.yamlx_")
+	r.keys("esc", "tab")
+	paste(r, "/db\n") // outside the filter: ignored
+	if r.m.filtering || r.m.filter != "" || r.m.prompt != nil || len(r.d.stopped) != 0 || len(r.d.started) != 0 {
+		t.Fatalf("a paste ran as keys: filtering %v filter %q prompt %+v stopped %v started %v", r.m.filtering, r.m.filter, r.m.prompt, r.d.stopped, r.d.started)
+	}
+	r.keys("/")
+	paste(r, "db\r\n")
+	r.screenHas("/db_", "> svc/db")
+	r.keys("enter", "enter")
+	paste(r, "x1")
+	r.screenHas("svc/db:5432/TCP local port: 45432_")
+	paste(r, "9")
+	r.screenHas("local port: 454329_")
+}
+
 func TestSetFile(t *testing.T) {
 	fws := []api.Forward{
 		{Name: "web", Context: "kind", Namespace: "shop", Target: "svc/web", Ports: []string{"8080:80", "9053:53/udp"}, Addresses: []string{"127.0.0.1"}},
