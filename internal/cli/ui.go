@@ -8,16 +8,20 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/daemon"
 	"github.com/kpf-dev/kpf/internal/daemon/api"
+	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/kpf-dev/kpf/internal/spec"
 	"github.com/kpf-dev/kpf/internal/ui"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 func newUICommand(g *globals) *cobra.Command {
@@ -115,6 +119,17 @@ func (c *uiCluster) Contexts() ([]ui.Context, error) {
 	return out, err
 }
 
+// Namespaces lists the namespaces; an identity that may not list them
+// gets an error wrapping ui.ErrForbidden (the UI then opens the
+// context's namespace).
+func (c *uiCluster) Namespaces(ctx context.Context, kctx string) ([]string, error) {
+	l, err := c.mcpCluster.Namespaces(ctx, kctx)
+	if apierrors.IsForbidden(err) {
+		return nil, fmt.Errorf("%w: %w", ui.ErrForbidden, err)
+	}
+	return l, err
+}
+
 func (c *uiCluster) Targets(ctx context.Context, kctx, namespace string) ([]ui.Target, error) {
 	conn, err := c.connect(kctx)
 	if err != nil {
@@ -126,45 +141,95 @@ func (c *uiCluster) Targets(ctx context.Context, kctx, namespace string) ([]ui.T
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	cl := conn.Client()
-	var out []ui.Target
-	svcs, err := cl.CoreV1().Services(namespace).List(ctx, metav1.ListOptions{})
-	if err != nil {
+	out, err := listTargets(ctx, conn.Client(), namespace)
+	if err != nil && !errors.Is(err, errPartial) {
 		return nil, explain(ctx, err, namespace, conn.Flags(), conn.Config())
 	}
-	for _, s := range svcs.Items {
-		if s.Spec.Selector == nil {
-			continue // no pods to forward to
-		}
-		t := ui.Target{Kind: "svc", Name: s.Name}
-		for _, p := range s.Spec.Ports {
-			if p.Protocol != corev1.ProtocolTCP && p.Protocol != corev1.ProtocolUDP {
-				continue
-			}
-			to := p.TargetPort.String()
-			if to == "0" || to == strconv.Itoa(int(p.Port)) {
-				to = ""
-			}
-			t.Ports = append(t.Ports, ui.Port{Port: p.Port, Name: p.Name, Protocol: string(p.Protocol), To: to})
-		}
-		out = append(out, t)
+	return out, err
+}
+
+// errPartial: some kinds of target could not be listed (the error says
+// which); the others are listed.
+var errPartial = errors.New("listed only what you may list")
+
+// listTargets lists the services, deployments, statefulsets and pods of
+// namespace with their ports (a namespace that is not a valid name is an
+// error saying so). What the identity may not list is left out
+// (the error, wrapping errPartial, names it); when nothing is listed,
+// a namespace that does not exist is an error saying so.
+func listTargets(ctx context.Context, cl kube.Interface, namespace string) ([]ui.Target, error) {
+	if errs := validation.IsDNS1123Label(namespace); len(errs) > 0 {
+		return nil, fmt.Errorf("namespace %q is not a valid name (%s): choose one with -n NAMESPACE or n in the UI", namespace, strings.Join(errs, "; "))
 	}
-	if ds, err := cl.AppsV1().Deployments(namespace).List(ctx, metav1.ListOptions{}); err == nil {
+	var out []ui.Target
+	var forbidden []string
+	var firstErr error
+	note := func(kind string, err error) {
+		if apierrors.IsForbidden(err) {
+			forbidden = append(forbidden, kind)
+		} else if firstErr == nil {
+			firstErr = err
+		}
+	}
+	if svcs, err := cl.CoreV1().Services(namespace).List(ctx, metav1.ListOptions{}); err != nil {
+		note("services", err)
+	} else {
+		for _, s := range svcs.Items {
+			if s.Spec.Selector == nil {
+				continue // no pods to forward to
+			}
+			t := ui.Target{Kind: "svc", Name: s.Name}
+			for _, p := range s.Spec.Ports {
+				if p.Protocol != corev1.ProtocolTCP && p.Protocol != corev1.ProtocolUDP {
+					continue
+				}
+				to := p.TargetPort.String()
+				if to == "0" || to == strconv.Itoa(int(p.Port)) {
+					to = ""
+				}
+				t.Ports = append(t.Ports, ui.Port{Port: p.Port, Name: p.Name, Protocol: string(p.Protocol), To: to})
+			}
+			out = append(out, t)
+		}
+	}
+	if ds, err := cl.AppsV1().Deployments(namespace).List(ctx, metav1.ListOptions{}); err != nil {
+		note("deployments", err)
+	} else {
 		for _, d := range ds.Items {
 			out = append(out, ui.Target{Kind: "deployment", Name: d.Name, Ports: uiPorts(d.Spec.Template.Spec),
 				Ready: fmt.Sprintf("%d/%d ready", d.Status.ReadyReplicas, d.Status.Replicas)})
 		}
 	}
-	if ss, err := cl.AppsV1().StatefulSets(namespace).List(ctx, metav1.ListOptions{}); err == nil {
+	if ss, err := cl.AppsV1().StatefulSets(namespace).List(ctx, metav1.ListOptions{}); err != nil {
+		note("statefulsets", err)
+	} else {
 		for _, s := range ss.Items {
 			out = append(out, ui.Target{Kind: "statefulset", Name: s.Name, Ports: uiPorts(s.Spec.Template.Spec),
 				Ready: fmt.Sprintf("%d/%d ready", s.Status.ReadyReplicas, s.Status.Replicas)})
 		}
 	}
-	if ps, err := cl.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{}); err == nil {
+	if ps, err := cl.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{}); err != nil {
+		note("pods", err)
+	} else {
 		for _, p := range ps.Items {
 			out = append(out, ui.Target{Kind: "pod", Name: p.Name, Ports: uiPorts(p.Spec), Ready: string(p.Status.Phase)})
 		}
+	}
+	if firstErr != nil && len(out) == 0 {
+		return nil, firstErr
+	}
+	if len(out) == 0 {
+		// An empty list is also what a namespace that does not exist
+		// gives: ask (a Forbidden answer leaves it unknown).
+		if _, err := cl.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("namespace %q does not exist (kubectl get namespaces lists them; choose one with -n NAMESPACE or n in the UI)", namespace)
+		}
+	}
+	if len(forbidden) == 4 {
+		return nil, fmt.Errorf("you may not list services, deployments, statefulsets or pods in namespace %q (ask your cluster admin for a Role that allows list there, choose another namespace with -n NAMESPACE, or use another --context)", namespace)
+	}
+	if len(forbidden) > 0 {
+		return out, fmt.Errorf("you may not list %s in namespace %q: %w", strings.Join(forbidden, ", "), namespace, errPartial)
 	}
 	return out, nil
 }

@@ -40,6 +40,10 @@ type (
 	contextsMsg struct {
 		list []Context
 		err  error
+		// openOwn: the namespaces of context ownCtx could not be
+		// listed; open its own namespace once the contexts are known.
+		openOwn bool
+		ownCtx  string
 	}
 	namespacesMsg struct {
 		context string
@@ -93,6 +97,7 @@ type prompt struct {
 	ports []Port
 	tgt   Target
 	path  string // overwrite: the file
+	err   string // why the value typed was refused (the prompt stays)
 }
 
 // Model is kpf ui's state; Update and View are Bubble Tea's.
@@ -173,7 +178,7 @@ func (m *Model) loadContexts() tea.Cmd {
 	c := m.o.Cluster
 	return func() tea.Msg {
 		l, err := c.Contexts()
-		return contextsMsg{l, err}
+		return contextsMsg{list: l, err: err}
 	}
 }
 
@@ -241,8 +246,20 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		m.contexts = msg.list
 		m.rebuild()
+		if msg.openOwn && m.level == levelNamespaces && msg.ownCtx == m.context {
+			ns := m.ownNamespace()
+			m.say("you may not list namespaces: this is %s, the context's own (n or kpf ui -n NAMESPACE opens another)", ns)
+			return m, m.openNamespace(ns)
+		}
 	case namespacesMsg:
 		m.loading = ""
+		if errors.Is(msg.err, ErrForbidden) && msg.context == m.context && m.level == levelNamespaces {
+			c, kctx := m.o.Cluster, m.context
+			return m, func() tea.Msg {
+				l, err := c.Contexts()
+				return contextsMsg{list: l, err: err, openOwn: true, ownCtx: kctx}
+			}
+		}
 		if msg.err != nil {
 			m.fail(msg.err)
 		}
@@ -514,7 +531,7 @@ func (m *Model) paste(rs []rune) {
 		if strings.Trim(text, "0123456789") == "" {
 			m.prompt.value += text
 		}
-	case m.prompt != nil && m.prompt.kind == "write":
+	case m.prompt != nil && m.prompt.kind != "overwrite":
 		m.prompt.value += text
 	case m.prompt == nil && m.filtering:
 		m.filter += text
@@ -578,6 +595,9 @@ func (m *Model) targetsKey(k tea.KeyMsg) tea.Cmd {
 		return m.load()
 	case "enter", "right":
 		return m.enter()
+	case "n":
+		m.prompt = &prompt{kind: "namespace", label: "open the namespace"}
+		return nil
 	case "a":
 		if m.level != levelTargets || len(m.rows) == 0 || m.rows[m.cursor].target == nil {
 			return nil
@@ -620,11 +640,7 @@ func (m *Model) enter() tea.Cmd {
 		m.rebuild()
 		return m.load()
 	case levelNamespaces:
-		m.namespace = r.text
-		m.level, m.cursor, m.filter = levelTargets, 0, ""
-		m.targets = nil
-		m.rebuild()
-		return m.load()
+		return m.openNamespace(r.text)
 	}
 	if r.port == nil {
 		m.fail(fmt.Errorf("%s declares no port: forward it with kpf forward -n %s %s PORT", r.target.Ref(), m.namespace, r.target.Ref()))
@@ -634,6 +650,28 @@ func (m *Model) enter() tea.Cmd {
 	m.prompt = &prompt{kind: "port", tgt: *r.target, ports: []Port{*r.port}, value: strconv.Itoa(local),
 		label: fmt.Sprintf("%s:%d/%s local port", r.target.Ref(), r.port.Port, r.port.Protocol)}
 	return nil
+}
+
+// openNamespace shows the targets of ns.
+func (m *Model) openNamespace(ns string) tea.Cmd {
+	m.namespace = ns
+	m.level, m.cursor, m.filter, m.filtering = levelTargets, 0, "", false
+	m.targets = nil
+	m.rebuild()
+	return m.load()
+}
+
+// ownNamespace is the current context's kubeconfig namespace, else
+// "default" (as kubectl does).
+func (m *Model) ownNamespace() string {
+	for _, c := range m.contexts {
+		if (m.context == "" && c.Current) || c.Name == m.context {
+			if c.Namespace != "" {
+				return c.Namespace
+			}
+		}
+	}
+	return "default"
 }
 
 func (m *Model) promptKey(k tea.KeyMsg) tea.Cmd {
@@ -650,6 +688,9 @@ func (m *Model) promptKey(k tea.KeyMsg) tea.Cmd {
 	case tea.KeyEsc:
 		m.prompt = nil
 		return nil
+	}
+	p.err = ""
+	switch k.Type {
 	case tea.KeyTab:
 		if p.kind == "port" {
 			p.tied = !p.tied
@@ -680,6 +721,14 @@ func (m *Model) promptKey(k tea.KeyMsg) tea.Cmd {
 		}
 		m.prompt = nil
 		return m.start(p.tgt, p.ports, []int{n}, p.tied)
+	case "namespace":
+		ns := strings.TrimSpace(p.value)
+		if ns == "" {
+			p.err = "no namespace: type its name"
+			return nil
+		}
+		m.prompt = nil
+		return m.openNamespace(ns)
 	default:
 		m.prompt = nil
 		return m.write(p.value, false)

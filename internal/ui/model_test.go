@@ -86,13 +86,18 @@ func (d *fakeDaemon) Events(ctx context.Context, _ bool, _ func(api.Event) error
 type fakeCluster struct {
 	mu         sync.Mutex
 	namespaced []string // ForwardNamespace's calls: context/namespace
+	forbidNS   bool     // listing namespaces is forbidden
+	kindNS     string   // the kind context's namespace
 }
 
 func (c *fakeCluster) Contexts() ([]Context, error) {
-	return []Context{{Name: "prod", Cluster: "big", User: "ann"}, {Name: "kind", Cluster: "kind", User: "kind-admin", Current: true}}, nil
+	return []Context{{Name: "prod", Cluster: "big", User: "ann"}, {Name: "kind", Cluster: "kind", User: "kind-admin", Current: true, Namespace: c.kindNS}}, nil
 }
 
 func (c *fakeCluster) Namespaces(_ context.Context, kctx string) ([]string, error) {
+	if c.forbidNS {
+		return nil, fmt.Errorf("%w: namespaces is forbidden", ErrForbidden)
+	}
 	if kctx == "prod" {
 		return []string{"payments"}, nil
 	}
@@ -125,8 +130,10 @@ type rig struct {
 	c *fakeCluster
 }
 
-func newRig(t *testing.T, o Options) *rig {
-	r := &rig{t: t, d: &fakeDaemon{st: api.Status{SchemaVersion: api.SchemaVersion, PID: 42}}, c: &fakeCluster{}}
+func newRig(t *testing.T, o Options) *rig { return newRigOn(t, o, &fakeCluster{}) }
+
+func newRigOn(t *testing.T, o Options, c *fakeCluster) *rig {
+	r := &rig{t: t, d: &fakeDaemon{st: api.Status{SchemaVersion: api.SchemaVersion, PID: 42}}, c: c}
 	o.Daemon, o.Cluster, o.Session, o.NoColor = r.d, r.c, "ui-session", true
 	o.FreePort = func(protocol string, remote int) int { return 40000 + remote }
 	if o.WriteFile == nil {
@@ -468,6 +475,23 @@ func TestPasteIsNeverKeys(t *testing.T) {
 	r.screenHas("svc/db:5432/TCP local port: 45432_")
 	paste(r, "9")
 	r.screenHas("local port: 454329_")
+}
+
+// A user who may not list namespaces gets the context's own namespace,
+// told why and how to open another; n opens one by its name.
+func TestNamespacesForbidden(t *testing.T) {
+	r := newRigOn(t, Options{}, &fakeCluster{forbidNS: true, kindNS: "shop"})
+	r.update(tea.WindowSizeMsg{Width: 120, Height: 24})
+	r.screenHas("kind > shop > targets", "> svc/web", "you may not list namespaces: this is shop, the context's own (n or kpf ui -n NAMESPACE opens another)")
+	r.keys("n")
+	r.screenHas("open the namespace: _  enter: open  esc: cancel")
+	r.keys("enter")
+	r.screenHas("open the namespace: _  no namespace: type its name  (esc: cancel)")
+	r.keys("default", "enter")
+	r.screenHas("kind > default > targets", "namespace default is empty")
+
+	r = newRigOn(t, Options{}, &fakeCluster{forbidNS: true})
+	r.screenHas("kind > default > targets")
 }
 
 func TestSetFile(t *testing.T) {

@@ -12,6 +12,7 @@ package ui
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -60,6 +61,11 @@ type Target struct {
 
 // Ref is TYPE/NAME, as kpf forward takes it.
 func (t Target) Ref() string { return t.Kind + "/" + t.Name }
+
+// ErrForbidden is wrapped by Cluster.Namespaces' error when the identity
+// may not list namespaces (common on shared clusters): the UI then opens
+// the context's own namespace instead.
+var ErrForbidden = errors.New("forbidden")
 
 // Cluster lists the cluster as the kpf ui process's identity (context ""
 // is the current one), and forwards a namespace whole (kpf up --all -d:

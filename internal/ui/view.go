@@ -88,6 +88,8 @@ func (m *Model) View() string {
 
 	// The prompt, the filter being typed, or the last message.
 	switch {
+	case m.prompt != nil && m.prompt.err != "":
+		add(st.bad.Render(cut(fmt.Sprintf("%s: %s_  %s  (esc: cancel)", m.prompt.label, m.prompt.value, m.prompt.err), w)))
 	case m.prompt != nil && m.prompt.kind == "port":
 		how := "kept when kpf ui exits"
 		if m.prompt.tied {
@@ -97,7 +99,11 @@ func (m *Model) View() string {
 	case m.prompt != nil && m.prompt.kind == "overwrite":
 		add(st.bad.Render(cut(m.prompt.label+" _", w)))
 	case m.prompt != nil:
-		add(st.title.Render(cut(fmt.Sprintf("%s: %s_  enter: write  esc: cancel", m.prompt.label, m.prompt.value), w)))
+		verb := "write"
+		if m.prompt.kind == "namespace" {
+			verb = "open"
+		}
+		add(st.title.Render(cut(fmt.Sprintf("%s: %s_  enter: %s  esc: cancel", m.prompt.label, m.prompt.value, verb), w)))
 	case m.filtering:
 		add(st.title.Render(cut("/"+m.filter+"_  (enter: keep the filter, esc: clear)", w)))
 	case m.isErr:
@@ -144,7 +150,7 @@ func (m *Model) targetsLines(st styles, w int) []string {
 	case levelContexts:
 		crumb = "contexts (enter: its namespaces)"
 	case levelNamespaces:
-		crumb = fmt.Sprintf("%s > namespaces (enter: its targets, A: forward it whole, esc: contexts)", m.ctxName())
+		crumb = fmt.Sprintf("%s > namespaces (enter: its targets, n: type one, A: forward it whole, esc: contexts)", m.ctxName())
 	default:
 		crumb = fmt.Sprintf("%s > %s > targets (enter: forward the port, a: all its ports, esc: back)", m.ctxName(), m.namespace)
 	}
@@ -333,6 +339,7 @@ var Help = [][3]string{
 	{"a", "forward every port of the target", "kpf forward -n NS TYPE/NAME PORT..."},
 	{"A", "forward a namespace whole, live", "kpf up --all -n NS -d"},
 	{"/", "filter as you type (esc clears)", ""},
+	{"n", "open a namespace by its name", "kpf ui -n NS"},
 	{"tab", "switch targets and forwards", "kpf status --watch"},
 	{"s", "stop the forward", "kpf down NAME"},
 	{"r", "restart it", "kpf restart NAME"},
