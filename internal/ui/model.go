@@ -610,7 +610,11 @@ func (m *Model) targetsKey(k tea.KeyMsg) tea.Cmd {
 		return m.start(t, t.Ports, nil, false)
 	case "A":
 		ns := m.namespace
-		if m.level == levelNamespaces && len(m.rows) > 0 {
+		if m.level == levelNamespaces {
+			if len(m.rows) == 0 {
+				m.fail(errors.New("no namespace is selected: A forwards the selected one (esc clears the filter)"))
+				return nil
+			}
 			ns = m.rows[m.cursor].text
 		}
 		if m.level == levelContexts || ns == "" {

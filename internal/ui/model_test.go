@@ -494,6 +494,17 @@ func TestNamespacesForbidden(t *testing.T) {
 	r.screenHas("kind > default > targets")
 }
 
+// A with no namespace shown (a filter hides them all) forwards nothing,
+// not the namespace opened before.
+func TestForwardNamespaceNeedsARow(t *testing.T) {
+	r := newRig(t, Options{Namespace: "shop"})
+	r.keys("esc", "/", "zzz", "enter", "A")
+	r.screenHas("no namespace is selected: A forwards the selected one (esc clears the filter)")
+	if len(r.c.namespaced) != 0 {
+		t.Fatalf("A forwarded %v", r.c.namespaced)
+	}
+}
+
 func TestSetFile(t *testing.T) {
 	fws := []api.Forward{
 		{Name: "web", Context: "kind", Namespace: "shop", Target: "svc/web", Ports: []string{"8080:80", "9053:53/udp"}, Addresses: []string{"127.0.0.1"}},
