@@ -127,6 +127,7 @@ type Model struct {
 	history map[string][]int64 // rate samples per forward, oldest first
 	tied    map[string]bool    // forwards this UI started tied to its session
 	mine    map[string]bool    // forwards this UI started
+	failed  map[string]string  // the last error shown of each of mine that failed
 
 	// text screen (doctor, log, HTTP log)
 	title     string
@@ -152,11 +153,14 @@ func New(o Options) *Model {
 	if o.FreePort == nil {
 		o.FreePort = FreeLocalPort
 	}
+	if o.PortFree == nil {
+		o.PortFree = PortInUse
+	}
 	if o.WriteFile == nil {
 		o.WriteFile = WriteSet
 	}
 	m := &Model{o: o, width: 80, height: 24, context: o.Context, namespace: o.Namespace,
-		history: map[string][]int64{}, tied: map[string]bool{}, mine: map[string]bool{}}
+		history: map[string][]int64{}, tied: map[string]bool{}, mine: map[string]bool{}, failed: map[string]string{}}
 	m.level, m.every = levelNamespaces, time.Second
 	if o.Namespace != "" {
 		m.level = levelTargets
@@ -354,6 +358,12 @@ func (m *Model) setStatus(st *api.Status, counters bool) {
 	for _, f := range st.Forwards {
 		k := key(f)
 		live[k] = true
+		// A forward this UI started that failed (its port taken since
+		// the prompt checked it, say): the message line says why.
+		if f.File == "" && m.mine[f.Name] && f.State == "failed" && m.failed[f.Name] != f.LastError {
+			m.failed[f.Name] = f.LastError
+			m.fail(fmt.Errorf("%s failed: %s", f.Name, f.LastError))
+		}
 		if counters {
 			h := append(m.history[k], f.RateIn+f.RateOut)
 			if len(h) > historyLen {
@@ -719,8 +729,14 @@ func (m *Model) promptKey(k tea.KeyMsg) tea.Cmd {
 	case "port":
 		n, err := strconv.Atoi(p.value)
 		if err != nil || n < 1 || n > 65535 {
-			m.prompt = nil
-			m.fail(fmt.Errorf("local port %q: want a number from 1 to 65535", p.value))
+			p.err = fmt.Sprintf("local port %q: want a number from 1 to 65535", p.value)
+			return nil
+		}
+		proto := p.ports[0].Protocol
+		if err := m.o.PortFree(proto, n); err != nil {
+			free := m.o.FreePort(proto, 0)
+			p.err = fmt.Sprintf("local port %d: %v; %d is free (enter takes it)", n, err, free)
+			p.value = strconv.Itoa(free)
 			return nil
 		}
 		m.prompt = nil

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	tea "github.com/charmbracelet/bubbletea"
@@ -124,10 +125,11 @@ func (c *fakeCluster) ForwardNamespace(_ context.Context, kctx, ns string) (stri
 }
 
 type rig struct {
-	t *testing.T
-	m *Model
-	d *fakeDaemon
-	c *fakeCluster
+	t    *testing.T
+	m    *Model
+	d    *fakeDaemon
+	c    *fakeCluster
+	busy map[int]bool // local ports in use
 }
 
 func newRig(t *testing.T, o Options) *rig { return newRigOn(t, o, &fakeCluster{}) }
@@ -136,6 +138,13 @@ func newRigOn(t *testing.T, o Options, c *fakeCluster) *rig {
 	r := &rig{t: t, d: &fakeDaemon{st: api.Status{SchemaVersion: api.SchemaVersion, PID: 42}}, c: c}
 	o.Daemon, o.Cluster, o.Session, o.NoColor = r.d, r.c, "ui-session", true
 	o.FreePort = func(protocol string, remote int) int { return 40000 + remote }
+	r.busy = map[int]bool{}
+	o.PortFree = func(protocol string, port int) error {
+		if r.busy[port] {
+			return fmt.Errorf("listen tcp 127.0.0.1:%d: bind: address already in use", port)
+		}
+		return nil
+	}
 	if o.WriteFile == nil {
 		written := map[string][]byte{}
 		o.WriteFile = func(p string, b []byte, overwrite bool) error {
@@ -486,7 +495,7 @@ func TestNamespacesForbidden(t *testing.T) {
 	r.keys("n")
 	r.screenHas("open the namespace: _  enter: open  esc: cancel")
 	r.keys("enter")
-	r.screenHas("open the namespace: _  no namespace: type its name  (esc: cancel)")
+	r.screenHas("no namespace: type its name", "open the namespace: _  enter: open  esc: cancel")
 	r.keys("default", "enter")
 	r.screenHas("kind > default > targets", "namespace default is empty")
 
@@ -503,6 +512,41 @@ func TestForwardNamespaceNeedsARow(t *testing.T) {
 	if len(r.c.namespaced) != 0 {
 		t.Fatalf("A forwarded %v", r.c.namespaced)
 	}
+}
+
+// The port prompt refuses a port that is not one or is in use, saying
+// why, whole, and stays open for another (a free one offered).
+func TestPortPromptRefuses(t *testing.T) {
+	r := newRig(t, Options{Namespace: "shop"})
+	r.keys("enter") // svc/web 80: 40080 offered
+	for _, c := range []struct{ typed, want string }{{"0", `local port "0": want a number from 1 to 65535`}, {"65536", `local port "65536": want a number from 1 to 65535`}, {"", `local port "": want a number from 1 to 65535`}} {
+		for range 6 {
+			r.keys("backspace")
+		}
+		r.keys(c.typed, "enter")
+		r.screenHas(c.want, "local port: "+c.typed+"_")
+		if len(r.d.started) != 0 {
+			t.Fatalf("%q started %+v", c.typed, r.d.started)
+		}
+	}
+	r.busy[8080] = true
+	r.keys("8080", "enter")
+	// The reason is whole, on lines of its own, at 80 columns.
+	r.screenHas("local port 8080: listen tcp 127.0.0.1:8080: bind: address already in use; 40000", "is free (enter takes it)", "local port: 40000_")
+	if len(r.d.started) != 0 {
+		t.Fatalf("a port in use started %+v", r.d.started)
+	}
+	r.keys("enter")
+	if len(r.d.started) != 1 || r.d.started[0].Ports[0] != "40000:80" {
+		t.Fatalf("started %+v", r.d.started)
+	}
+	r.screenHas("started web")
+	// Taken after the prompt checked it: the daemon's failure is shown.
+	r.d.mu.Lock()
+	r.d.st.Forwards[0].State, r.d.st.Forwards[0].LastError = "failed", "listen tcp 127.0.0.1:40000: bind: address already in use"
+	r.d.mu.Unlock()
+	r.run(r.m.refresh())
+	r.screenHas("web failed: listen tcp 127.0.0.1:40000: bind: address already in use")
 }
 
 func TestSetFile(t *testing.T) {
@@ -575,6 +619,21 @@ func TestFreeLocalPort(t *testing.T) {
 	}
 	if got := FreeLocalPort("UDP", 53); got < 1024 {
 		t.Errorf("FreeLocalPort(UDP, 53) = %d: a privileged port", got)
+	}
+}
+
+func TestPortInUse(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := PortInUse("TCP", port); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("PortInUse(TCP, %d held) = %v", port, err)
+	}
+	l.Close()
+	if err := PortInUse("TCP", port); err != nil {
+		t.Errorf("PortInUse(TCP, %d free) = %v", port, err)
 	}
 }
 

@@ -14,8 +14,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
+	"syscall"
 
 	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/identity"
@@ -97,9 +99,37 @@ type Options struct {
 	// FreePort suggests a free local port for a remote one (FreeLocalPort
 	// if nil).
 	FreePort func(protocol string, remote int) int
+	// PortFree says why a local port cannot be listened on (PortInUse
+	// if nil): the port prompt stays open with the reason.
+	PortFree func(protocol string, port int) error
 	// WriteFile writes the set; unless overwrite, an existing file is
 	// an error wrapping ErrExists (WriteSet if nil).
 	WriteFile func(path string, b []byte, overwrite bool) error
+}
+
+// PortInUse is an error if port cannot be listened on where a UI forward
+// listens (localhost: 127.0.0.1, and ::1 where there is IPv6), nil if it
+// is free now.
+func PortInUse(protocol string, port int) error {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
+		var c io.Closer
+		var err error
+		if protocol == "UDP" {
+			c, err = net.ListenPacket("udp", addr)
+		} else {
+			c, err = net.Listen("tcp", addr)
+		}
+		if err == nil {
+			c.Close()
+			continue
+		}
+		if host == "::1" && !errors.Is(err, syscall.EADDRINUSE) && !errors.Is(err, syscall.EACCES) {
+			continue // no IPv6 loopback here: kpf forward skips it too
+		}
+		return err
+	}
+	return nil
 }
 
 // FreeLocalPort is the remote port itself when it is 1024 or above and

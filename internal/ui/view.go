@@ -81,15 +81,21 @@ func (m *Model) View() string {
 			lines = append(lines, m.textLines(st, w)...)
 		}
 	}
-	for len(lines) < h-2 {
+	// A prompt's refusal gets lines of its own, whole, above it.
+	var refusal []string
+	if m.prompt != nil && m.prompt.err != "" {
+		refusal = wrap(m.prompt.err, w, max(h-4, 1))
+	}
+	for len(lines) < h-2-len(refusal) {
 		add("")
 	}
-	lines = lines[:h-2]
+	lines = lines[:h-2-len(refusal)]
+	for _, l := range refusal {
+		add(st.bad.Render(cut(l, w)))
+	}
 
 	// The prompt, the filter being typed, or the last message.
 	switch {
-	case m.prompt != nil && m.prompt.err != "":
-		add(st.bad.Render(cut(fmt.Sprintf("%s: %s_  %s  (esc: cancel)", m.prompt.label, m.prompt.value, m.prompt.err), w)))
 	case m.prompt != nil && m.prompt.kind == "port":
 		how := "kept when kpf ui exits"
 		if m.prompt.tied {
@@ -113,6 +119,30 @@ func (m *Model) View() string {
 	}
 	add(st.dim.Render(cut(m.statusLine(), w)))
 	return strings.Join(lines, "\n")
+}
+
+// wrap breaks s into lines of at most w cells, at most n of them (the
+// last cut with "…" if it must be).
+func wrap(s string, w, n int) []string {
+	var out []string
+	line := ""
+	for _, word := range strings.Fields(s) {
+		switch {
+		case line == "":
+			line = word
+		case runewidth.StringWidth(line+" "+word) <= w:
+			line += " " + word
+		default:
+			out = append(out, line)
+			line = word
+		}
+	}
+	out = append(out, line)
+	if len(out) > n {
+		out[n-1] = strings.Join(out[n-1:], " ")
+		out = out[:n]
+	}
+	return out
 }
 
 func (m *Model) styles() styles { return newStyles(m.o.NoColor) }
