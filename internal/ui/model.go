@@ -772,7 +772,9 @@ func (m *Model) start(t Target, ports []Port, locals []int, tied bool) tea.Cmd {
 		}
 		specs = append(specs, s)
 	}
-	req := api.StartRequest{Context: m.context, Namespace: m.namespace, Target: t.Ref(), Ports: specs,
+	// localhost, as kpf forward's default (127.0.0.1 and ::1), which the
+	// help says Enter is.
+	req := api.StartRequest{Context: m.context, Namespace: m.namespace, Target: t.Ref(), Ports: specs, Address: "localhost",
 		HTTPLog: true, Origin: Origin, Identity: m.o.Identity, Settings: m.o.Settings}
 	if tied {
 		req.Session = m.o.Session

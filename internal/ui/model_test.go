@@ -537,7 +537,8 @@ func TestPortPromptRefuses(t *testing.T) {
 		t.Fatalf("a port in use started %+v", r.d.started)
 	}
 	r.keys("enter")
-	if len(r.d.started) != 1 || r.d.started[0].Ports[0] != "40000:80" {
+	// As kpf forward NS svc/web 40000:80 does: on localhost.
+	if len(r.d.started) != 1 || r.d.started[0].Ports[0] != "40000:80" || r.d.started[0].Address != "localhost" {
 		t.Fatalf("started %+v", r.d.started)
 	}
 	r.screenHas("started web")
