@@ -143,6 +143,7 @@ type Model struct {
 	message   string
 	isErr     bool
 	daemonUp  bool
+	downMsg   string // the message that says the daemon is down
 }
 
 // historyLen is how many rate samples a sparkline keeps.
@@ -288,10 +289,10 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			m.fail(msg.err)
 			break
 		}
-		m.daemonUp = true
+		m.up()
 		m.setStatus(msg.st, false)
 	case EventMsg:
-		m.daemonUp = true
+		m.up()
 		if msg.Type == api.EventCounters && msg.Status != nil {
 			m.setStatus(msg.Status, true)
 			return m, nil
@@ -303,9 +304,13 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		return m, m.refresh()
 	case DaemonDownMsg:
 		m.daemonUp = false
-		if msg.Err != nil {
-			m.fail(fmt.Errorf("the daemon's event stream: %w (reconnecting)", msg.Err))
+		err := msg.Err
+		if err == nil {
+			err = errors.New("it ended")
 		}
+		m.fail(fmt.Errorf("the kpf daemon is down (its event stream: %w): reconnecting", err))
+		m.downMsg = m.message
+		clear(m.history)
 	case startedMsg:
 		if msg.err != nil {
 			m.fail(msg.err)
@@ -349,6 +354,16 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 	}
 	return m, nil
+}
+
+// up notes the daemon answers again; the message that said it was down
+// goes.
+func (m *Model) up() {
+	m.daemonUp = true
+	if m.downMsg != "" && m.message == m.downMsg {
+		m.say("the kpf daemon answers again")
+	}
+	m.downMsg = ""
 }
 
 // setStatus takes a status; counters adds a rate sample per forward.

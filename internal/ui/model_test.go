@@ -550,6 +550,26 @@ func TestPortPromptRefuses(t *testing.T) {
 	r.screenHas("web failed: listen tcp 127.0.0.1:40000: bind: address already in use")
 }
 
+// When the daemon's stream breaks, the forwards it listed are no longer
+// shown as ready; when it is back, so are they, and the message goes.
+func TestDaemonDown(t *testing.T) {
+	r := newRig(t, Options{})
+	r.d.st.Forwards = []api.Forward{{Name: "web", Target: "svc/web", Ports: []string{"8080:80"}, Local: []string{"127.0.0.1:8080"}, State: "ready", Health: "ok", RateIn: 2048}}
+	r.run(r.m.refresh())
+	r.keys("tab")
+	r.screenHas("web           ready", "2.0K/s")
+	r.update(DaemonDownMsg{Err: errors.New("unexpected EOF")})
+	r.screenHas("web           unknown", "the kpf daemon is down (its event stream: unexpected EOF): reconnecting", "daemon not answering")
+	if v := r.m.View(); strings.Contains(v, "ready") || strings.Contains(v, "2.0K/s") {
+		t.Fatalf("the daemon is down, the screen still says:\n%s", v)
+	}
+	r.update(EventMsg(api.Event{Type: api.EventCounters, Status: &api.Status{PID: 43, Forwards: r.d.st.Forwards}}))
+	r.screenHas("web           ready", "the kpf daemon answers again", "daemon pid 43")
+	if strings.Contains(r.m.View(), "reconnecting") {
+		t.Fatal("the reconnecting message stays once the stream is back")
+	}
+}
+
 func TestSetFile(t *testing.T) {
 	fws := []api.Forward{
 		{Name: "web", Context: "kind", Namespace: "shop", Target: "svc/web", Ports: []string{"8080:80", "9053:53/udp"}, Addresses: []string{"127.0.0.1"}},

@@ -308,8 +308,14 @@ func (m *Model) forwardsLines(st styles, w int) []string {
 	first := max(0, min(m.fcursor-n/2, len(fws)-n))
 	for i := first; i < len(fws) && i < first+n; i++ {
 		f := fws[i]
+		if !m.daemonUp {
+			// What the daemon last said is not true any more.
+			f.State, f.Health, f.Pod, f.Open, f.RateIn, f.RateOut = "unknown", "", "", 0, 0, 0
+		}
 		s := line(func(c column) string { return c.get(m, f) })
 		switch {
+		case !m.daemonUp:
+			s = st.dim.Render(s)
 		case i == m.fcursor:
 			s = st.sel.Render(s)
 		case f.State == "ready":
@@ -325,7 +331,10 @@ func (m *Model) forwardsLines(st styles, w int) []string {
 		out = append(out, "")
 	}
 	// The selected forward's details.
-	if f, ok := m.selected(); ok {
+	if _, ok := m.selected(); ok && !m.daemonUp {
+		out = append(out, cut("the kpf daemon is down: these are the forwards it last listed, in a state", w),
+			cut("unknown (kpf status starts it again and restores them)", w), "")
+	} else if f, ok := m.selected(); ok {
 		from := f.File
 		if from == "" {
 			from = f.Origin
