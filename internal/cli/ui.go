@@ -46,7 +46,8 @@ s stops one, r restarts it, d runs doctor, l and h show its log and HTTP
 log, w writes the set to a kpf.yaml that kpf up -f runs. ? lists the keys
 and the command that does each from the command line.
 
---print renders the first screen once to standard output and exits.
+--print renders the first screen once to standard output and exits; it
+starts no daemon (it says when none runs).
 NO_COLOR turns colour off.`,
 		Example: `  kpf ui
   kpf ui -n shop
@@ -65,8 +66,11 @@ NO_COLOR turns colour off.`,
 			}
 			home := daemon.DefaultHome()
 			c := daemon.NewClient(home)
-			if _, err := ensureDaemon(c, home, g.errOut, startDaemon); err != nil {
-				return err
+			// --print starts nothing: it shows what there is.
+			if !printOnce {
+				if _, err := ensureDaemon(c, home, g.errOut, startDaemon); err != nil {
+					return err
+				}
 			}
 			b := make([]byte, 16)
 			rand.Read(b)
@@ -87,17 +91,28 @@ NO_COLOR turns colour off.`,
 				NoColor:   os.Getenv("NO_COLOR") != "",
 			}
 			if printOnce {
-				o.NoColor = true
+				o.Daemon, o.NoColor = printDaemon{c}, true
 				fmt.Fprintln(g.out, ui.Frame(o, width, height))
 				return nil
 			}
 			return ui.Run(cmd.Context(), o, os.Stdin, g.out)
 		},
 	}
-	cmd.Flags().BoolVar(&printOnce, "print", false, "render the first screen once to standard output, without colour, and exit")
+	cmd.Flags().BoolVar(&printOnce, "print", false, "render the first screen once to standard output, without colour, and exit (starting no daemon)")
 	cmd.Flags().IntVar(&width, "width", 80, "with --print: the screen's width")
 	cmd.Flags().IntVar(&height, "height", 24, "with --print: the screen's height")
 	return cmd
+}
+
+// printDaemon is the daemon as kpf ui --print sees it: when none runs
+// it says so (and starts none).
+type printDaemon struct{ *daemon.Client }
+
+func (d printDaemon) Status(ctx context.Context, file string) (*api.Status, error) {
+	if !d.Running() {
+		return nil, errors.New("no kpf daemon runs: kpf ui (without --print) or kpf daemon starts one")
+	}
+	return d.Client.Status(ctx, file)
 }
 
 var errNoTerminal = errors.New("kpf ui needs a terminal (its input and output are not one): run it in one, or kpf ui --print for its first screen as text")

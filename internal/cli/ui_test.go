@@ -105,3 +105,20 @@ func TestUIListTargets(t *testing.T) {
 		t.Fatalf("services forbidden: %+v, %v", got, err)
 	}
 }
+
+// kpf ui --print starts no daemon: it says none runs.
+func TestUIPrintStartsNothing(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("KPF_HOME", home)
+	t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "none"))
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), []string{"ui", "--print", "--width", "120"}, &out, &errOut); code != ExitOK {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "no kpf daemon runs: kpf ui (without --print) or kpf daemon starts one") || !strings.Contains(out.String(), "daemon not answering") {
+		t.Fatalf("kpf ui --print:\n%s", out.String())
+	}
+	if entries, _ := os.ReadDir(home); len(entries) != 0 {
+		t.Fatalf("kpf ui --print left %v in its home (it started a daemon?)", entries)
+	}
+}
