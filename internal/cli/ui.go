@@ -54,8 +54,8 @@ NO_COLOR turns colour off.`,
   kpf ui --print --width 80 --height 24`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if width < 20 || height < 6 {
-				return usagef("--width %d --height %d: the UI needs at least 20 columns and 6 lines", width, height)
+			if width < ui.MinWidth || height < ui.MinHeight {
+				return usagef("--width %d --height %d: the UI needs at least %d columns and %d lines", width, height, ui.MinWidth, ui.MinHeight)
 			}
 			if !printOnce && (!isTerminal(g.out) || !term.IsTerminal(int(os.Stdin.Fd()))) {
 				return errNoTerminal

@@ -337,7 +337,7 @@ func TestViewSizesAndColour(t *testing.T) {
 		r.m.o.NoColor = noColor
 		r.d.st.Forwards = []api.Forward{{Name: "a-very-long-forward-name", Target: "svc/web", Local: []string{"[::1]:8080"}, State: "reconnecting", LastError: strings.Repeat("x", 300)}}
 		r.run(r.m.refresh())
-		for _, size := range [][2]int{{80, 24}, {200, 50}, {40, 10}, {20, 6}} {
+		for _, size := range [][2]int{{80, 24}, {200, 50}, {40, 10}, {20, 6}, {20, 5}, {19, 24}, {5, 2}, {0, 0}} {
 			r.update(tea.WindowSizeMsg{Width: size[0], Height: size[1]})
 			for _, k := range []string{"", "tab", "?", "x", "tab"} {
 				if k != "" {
@@ -345,6 +345,9 @@ func TestViewSizesAndColour(t *testing.T) {
 				}
 				v := r.m.View()
 				lines := strings.Split(v, "\n")
+				if size[1] == 0 {
+					lines = nil // strings.Split("") is one empty line
+				}
 				if len(lines) != size[1] {
 					t.Fatalf("%dx%d after %q: %d lines", size[0], size[1], k, len(lines))
 				}
@@ -352,6 +355,12 @@ func TestViewSizesAndColour(t *testing.T) {
 					if w := runewidth.StringWidth(stripANSI(l)); w > size[0] {
 						t.Fatalf("%dx%d after %q: a line of %d cells: %q", size[0], size[1], k, w, l)
 					}
+				}
+				if size[0] < MinWidth || size[1] < MinHeight {
+					if size[1] > 0 && !strings.HasPrefix(v, cut("terminal too small (need 20×6)", size[0])) {
+						t.Fatalf("%dx%d: %q", size[0], size[1], v)
+					}
+					continue
 				}
 				if hasESC := strings.Contains(v, "\x1b["); hasESC == noColor {
 					t.Fatalf("NoColor %v, escapes in the view: %v", noColor, hasESC)
@@ -570,6 +579,16 @@ func TestDaemonDown(t *testing.T) {
 	}
 }
 
+// A filter longer than the screen shows its end, where typing goes.
+func TestLongFilterShowsItsEnd(t *testing.T) {
+	r := newRig(t, Options{})
+	r.keys("/", strings.Repeat("a", 100)+"xyz")
+	r.screenHas("aaaxyz_\n")
+	if !strings.Contains(r.m.View(), "\n…aaa") {
+		t.Fatalf("the filter's start is cut, not its end:\n%s", r.m.View())
+	}
+}
+
 func TestSetFile(t *testing.T) {
 	fws := []api.Forward{
 		{Name: "web", Context: "kind", Namespace: "shop", Target: "svc/web", Ports: []string{"8080:80", "9053:53/udp"}, Addresses: []string{"127.0.0.1"}},
@@ -691,8 +710,11 @@ func FuzzKeys(f *testing.F) {
 				r.run(cmd)
 			}
 		}
-		width, height := max(int(w), 20), max(int(h), 6)
+		width, height := int(w), int(h)
 		lines := strings.Split(r.m.View(), "\n")
+		if height == 0 {
+			lines = nil // strings.Split("") is one empty line
+		}
 		if len(lines) != height {
 			t.Fatalf("%d lines on a screen of %d", len(lines), height)
 		}

@@ -48,10 +48,38 @@ func cut(s string, w int) string {
 	return runewidth.FillRight(s, w)
 }
 
+// MinWidth and MinHeight are the smallest screen the UI draws on.
+const MinWidth, MinHeight = 20, 6
+
+// filterLine is the filter being typed, w cells wide: the keys after it
+// if they fit, and its end (where typing goes) if it is longer than w.
+func filterLine(filter string, w int) string {
+	text := "/" + filter + "_"
+	if full := text + "  (enter: keep the filter, esc: clear)"; runewidth.StringWidth(full) <= w {
+		return cut(full, w)
+	}
+	if runewidth.StringWidth(text) <= w {
+		return cut(text, w)
+	}
+	r := []rune(text)
+	for runewidth.StringWidth(string(r)) > w-1 {
+		r = r[1:]
+	}
+	return cut("…"+string(r), w)
+}
+
 // View draws the screen.
 func (m *Model) View() string {
 	st := m.styles()
-	w, h := max(m.width, 20), max(m.height, 6)
+	w, h := m.width, m.height
+	if w < MinWidth || h < MinHeight {
+		// Exactly the screen, whatever its size: a line that says so.
+		lines := make([]string, h)
+		if h > 0 {
+			lines[0] = cut(fmt.Sprintf("terminal too small (need %d×%d)", MinWidth, MinHeight), w)
+		}
+		return strings.Join(lines, "\n")
+	}
 	var lines []string
 	add := func(s string) { lines = append(lines, s) }
 
@@ -111,7 +139,7 @@ func (m *Model) View() string {
 		}
 		add(st.title.Render(cut(fmt.Sprintf("%s: %s_  enter: %s  esc: cancel", m.prompt.label, m.prompt.value, verb), w)))
 	case m.filtering:
-		add(st.title.Render(cut("/"+m.filter+"_  (enter: keep the filter, esc: clear)", w)))
+		add(st.title.Render(filterLine(m.filter, w)))
 	case m.isErr:
 		add(st.bad.Render(cut(m.message, w)))
 	default:
