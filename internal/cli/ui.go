@@ -174,7 +174,7 @@ var errPartial = errors.New("listed only what you may list")
 // a namespace that does not exist is an error saying so.
 func listTargets(ctx context.Context, cl kube.Interface, namespace string) ([]ui.Target, error) {
 	if errs := validation.IsDNS1123Label(namespace); len(errs) > 0 {
-		return nil, fmt.Errorf("namespace %q is not a valid name (%s): choose one with -n NAMESPACE or n in the UI", namespace, strings.Join(errs, "; "))
+		return nil, fmt.Errorf("namespace %q is not a valid name (at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit): choose one with -n NAMESPACE or n in the UI", namespace)
 	}
 	var out []ui.Target
 	var forbidden []string

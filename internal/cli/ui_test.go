@@ -94,7 +94,7 @@ func TestUIListTargets(t *testing.T) {
 		t.Fatalf("a namespace that does not exist: %v, want %s", err, want)
 	}
 	_, err = listTargets(ctx, cl, "bad ns!")
-	if want := `namespace "bad ns!" is not a valid name (a lowercase RFC 1123 label must consist of`; err == nil || !strings.HasPrefix(err.Error(), want) || !strings.HasSuffix(err.Error(), "): choose one with -n NAMESPACE or n in the UI") {
+	if want := `namespace "bad ns!" is not a valid name (at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit): choose one with -n NAMESPACE or n in the UI`; err == nil || err.Error() != want {
 		t.Fatalf("an invalid name: %v", err)
 	}
 	cl.PrependReactor("list", "services", func(k8stesting.Action) (bool, runtime.Object, error) {

@@ -120,6 +120,7 @@ type Model struct {
 	filter     string
 	filtering  bool
 	loading    string
+	listErr    string // why the targets listed are not all there are
 
 	// forwards screen
 	status  *api.Status
@@ -281,6 +282,10 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		if msg.context == m.context && msg.namespace == m.namespace {
 			m.targets = msg.list
+			m.listErr = ""
+			if msg.err != nil {
+				m.listErr = msg.err.Error()
+			}
 			m.rebuild()
 		}
 	case statusMsg:
@@ -683,7 +688,7 @@ func (m *Model) enter() tea.Cmd {
 
 // openNamespace shows the targets of ns.
 func (m *Model) openNamespace(ns string) tea.Cmd {
-	m.namespace = ns
+	m.namespace, m.listErr = ns, ""
 	m.level, m.cursor, m.filter, m.filtering = levelTargets, 0, "", false
 	m.targets = nil
 	m.rebuild()

@@ -589,6 +589,14 @@ func TestLongFilterShowsItsEnd(t *testing.T) {
 	}
 }
 
+// Why a namespace lists nothing stays in the list, whatever the message
+// line says next.
+func TestTargetsErrorStays(t *testing.T) {
+	r := newRig(t, Options{Namespace: "nosuchns"})
+	r.m.say("something else")
+	r.screenHas("kind > nosuchns > targets", "\n  namespace nosuchns is empty")
+}
+
 func TestSetFile(t *testing.T) {
 	fws := []api.Forward{
 		{Name: "web", Context: "kind", Namespace: "shop", Target: "svc/web", Ports: []string{"8080:80", "9053:53/udp"}, Addresses: []string{"127.0.0.1"}},

@@ -219,6 +219,13 @@ func (m *Model) targetsLines(st styles, w int) []string {
 	if m.loading != "" && len(m.rows) == 0 {
 		return append(out, cut("  loading "+m.loading+"...", w))
 	}
+	if len(m.rows) == 0 && m.level == levelTargets && m.listErr != "" {
+		// Why there is nothing (the message line may say something else).
+		for _, l := range wrap(m.listErr, w-2, 3) {
+			out = append(out, st.bad.Render(cut("  "+l, w)))
+		}
+		return out
+	}
 	if len(m.rows) == 0 {
 		return append(out, cut("  (nothing here)", w))
 	}
