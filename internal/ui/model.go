@@ -839,10 +839,10 @@ func (m *Model) write(path string, overwrite bool) tea.Cmd {
 
 func (m *Model) forwardsKey(k tea.KeyMsg) tea.Cmd {
 	switch k.String() {
-	case "tab", "t", "esc":
+	case "tab", "t", "esc", "backspace", "left":
 		m.screen = screenTargets
 		return nil
-	case "up", "down", "pgup", "pgdown", "home", "end", "j", "k", "g", "G":
+	case "up", "down", "pgup", "pgdown", "home", "end", "j", "k", "g", "G", " ":
 		m.move(k)
 		return nil
 	case "w":

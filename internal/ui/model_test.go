@@ -201,6 +201,14 @@ func (r *rig) keys(keys ...string) {
 			msg.Type = tea.KeyDown
 		case "backspace":
 			msg.Type = tea.KeyBackspace
+		case "left":
+			msg.Type = tea.KeyLeft
+		case "right":
+			msg.Type = tea.KeyRight
+		case "space":
+			msg.Type = tea.KeySpace
+		case "pgup":
+			msg.Type = tea.KeyPgUp
 		default:
 			msg = tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(k)}
 		}
@@ -595,6 +603,37 @@ func TestTargetsErrorStays(t *testing.T) {
 	r := newRig(t, Options{Namespace: "nosuchns"})
 	r.m.say("something else")
 	r.screenHas("kind > nosuchns > targets", "\n  namespace nosuchns is empty")
+}
+
+// The keys the help lists as aliases do what it says.
+func TestHelpAliases(t *testing.T) {
+	r := newRig(t, Options{})
+	r.update(tea.WindowSizeMsg{Width: 80, Height: 7}) // a page of 3 rows
+	r.keys("G")
+	r.screenHas("> shop")
+	r.keys("g")
+	r.screenHas("> default")
+	r.keys("j", "j", "k")
+	r.screenHas("> kube-system")
+	r.keys("right") // as enter
+	r.screenHas("kind > kube-system > targets")
+	r.keys("left") // as esc
+	r.screenHas("kind > namespaces")
+	r.keys("f")
+	r.screenHas("[forwards]")
+	r.keys("t")
+	r.screenHas("[targets]")
+	r.keys("tab", "backspace")
+	r.screenHas("[targets]")
+	r.keys("tab", "left")
+	r.screenHas("[targets]")
+	r.update(tea.WindowSizeMsg{Width: 80, Height: 24})
+	r.keys("/", "shop", "enter", "enter")
+	r.update(tea.WindowSizeMsg{Width: 80, Height: 7})
+	r.keys("space") // a page of 3 rows down
+	r.screenHas("> deployment/web")
+	r.keys("pgup")
+	r.screenHas("> svc/web")
 }
 
 func TestSetFile(t *testing.T) {

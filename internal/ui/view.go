@@ -421,7 +421,12 @@ var Help = [][3]string{
 	{"l", "its log (F: follow)", "kpf logs -f NAME"},
 	{"h", "its HTTP log (F: follow)", "kpf logs --http -f NAME"},
 	{"w", "write the set to a kpf.yaml", "kpf status --save FILE"},
-	{"esc", "back", ""},
+	{"esc", "back (also backspace, left)", ""},
+	{"right", "as enter", ""},
+	{"j k", "down, up (also the arrow keys)", ""},
+	{"g G", "first, last (also home, end)", ""},
+	{"space", "a page down (also pgdown; pgup)", ""},
+	{"f t", "to forwards, to targets (as tab)", ""},
 	{"q", "quit (kept forwards keep running)", ""},
 }
 
