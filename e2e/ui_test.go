@@ -190,6 +190,13 @@ spec:
 
 			tm.keys("w")
 			tm.await("the write prompt", regexp.MustCompile(`write the set to: kpf.yaml_`))
+			// A paste (bracketed, as terminals send one) is text, its
+			// line break left out: not Enter, and q does not quit.
+			tm.tmux("set-buffer", "x\nq")
+			tm.tmux("paste-buffer", "-p", "-t", "ui")
+			tm.await("the paste, as text", regexp.MustCompile(`write the set to: kpf.yamlxq_`))
+			tm.keys("BSpace", "BSpace")
+			tm.await("the write prompt", regexp.MustCompile(`write the set to: kpf.yaml_`))
 			tm.keys("Enter")
 			file := filepath.Join(k.dir, "kpf.yaml")
 			tm.await("the set written", regexp.MustCompile(`wrote `+regexp.QuoteMeta(file)))
