@@ -35,16 +35,19 @@ func newUICommand(g *globals) *cobra.Command {
 
 The targets screen lists contexts, namespaces, and the services,
 deployments, statefulsets and pods of a namespace with their ports (TCP and
-UDP); / filters as you type; Enter forwards the selected port (a free local
-port is suggested, editable; tab chooses whether the forward is kept after
-kpf ui exits, the default, or stopped with it); a forwards every port of the
-target; A on a namespace forwards it whole, as kpf up --all -d does.
+UDP); / filters as you type; n opens a namespace by its name (if you may not
+list namespaces, the context's own opens); Enter forwards the selected port
+on localhost (a free local port is suggested, editable; tab chooses whether
+the forward is kept after kpf ui exits, the default, or stopped with it); a
+forwards every port of the target; A on a namespace forwards it whole, as
+kpf up --all -d does.
 
 The forwards screen is the daemon's forwards, live: state, health, pod,
 local address, connections, rates with a sparkline, reconnects, last error.
 s stops one, r restarts it, d runs doctor, l and h show its log and HTTP
-log, w writes the set to a kpf.yaml that kpf up -f runs. ? lists the keys
-and the command that does each from the command line.
+log, w writes the set to a kpf.yaml that kpf up -f runs (asking before it
+replaces a file). ? lists the keys and the command that does each from the
+command line.
 
 --print renders the first screen once to standard output and exits; it
 starts no daemon (it says when none runs).
