@@ -121,6 +121,9 @@ type Model struct {
 	filtering  bool
 	loading    string
 	listErr    string // why the targets listed are not all there are
+	// nsForbidden: contexts whose namespaces may not be listed (esc
+	// from their targets goes to the contexts)
+	nsForbidden map[string]bool
 
 	// forwards screen
 	status  *api.Status
@@ -162,7 +165,7 @@ func New(o Options) *Model {
 		o.WriteFile = WriteSet
 	}
 	m := &Model{o: o, width: 80, height: 24, context: o.Context, namespace: o.Namespace,
-		history: map[string][]int64{}, tied: map[string]bool{}, mine: map[string]bool{}, failed: map[string]string{}}
+		history: map[string][]int64{}, tied: map[string]bool{}, mine: map[string]bool{}, failed: map[string]string{}, nsForbidden: map[string]bool{}}
 	m.level, m.every = levelNamespaces, time.Second
 	if o.Namespace != "" {
 		m.level = levelTargets
@@ -260,6 +263,7 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case namespacesMsg:
 		m.loading = ""
 		if errors.Is(msg.err, ErrForbidden) && msg.context == m.context && m.level == levelNamespaces {
+			m.nsForbidden[m.context] = true
 			c, kctx := m.o.Cluster, m.context
 			return m, func() tea.Msg {
 				l, err := c.Contexts()
@@ -620,6 +624,9 @@ func (m *Model) targetsKey(k tea.KeyMsg) tea.Cmd {
 			return nil
 		}
 		m.level--
+		if m.level == levelNamespaces && m.nsForbidden[m.context] {
+			m.level = levelContexts // its namespaces cannot be listed
+		}
 		m.cursor = 0
 		m.rebuild()
 		return m.load()

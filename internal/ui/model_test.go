@@ -515,6 +515,8 @@ func TestNamespacesForbidden(t *testing.T) {
 	r.screenHas("no namespace: type its name", "open the namespace: _  enter: open  esc: cancel")
 	r.keys("default", "enter")
 	r.screenHas("kind > default > targets", "namespace default is empty")
+	r.keys("esc") // not back to a list that cannot be had
+	r.screenHas("contexts (enter: its namespaces)", "  kind (current)")
 
 	r = newRigOn(t, Options{}, &fakeCluster{forbidNS: true})
 	r.screenHas("kind > default > targets")
