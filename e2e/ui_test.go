@@ -97,11 +97,11 @@ spec:
   selector: {app: uiweb}
   ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5353}]
 `)
-	// --print: the first screen, once, at the size asked (after the line
-	// of the daemon it started, on stderr).
+	// --print: the first screen, once, at the size asked; it starts no
+	// daemon and says none runs.
 	k := newKpfCmd(t, sb)
 	out, code := k.run(t, "ui", "--print", "-n", ns, "--width", "100", "--height", "10")
-	if lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n"); code != 0 || len(lines) != 10+1 || !strings.Contains(out, "  svc/uiweb ") || !strings.HasPrefix(out, "started the kpf daemon") {
+	if lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n"); code != 0 || len(lines) != 10 || !strings.Contains(out, "  svc/uiweb ") || !strings.Contains(out, "no kpf daemon runs") || strings.Contains(out, "started the kpf daemon") {
 		t.Fatalf("kpf ui --print: exit %d, %d lines\n%s", code, len(lines), out)
 	}
 	for _, size := range []struct{ w, h int }{{80, 24}, {200, 50}} {
@@ -189,6 +189,13 @@ spec:
 			}
 
 			tm.keys("w")
+			tm.await("the write prompt", regexp.MustCompile(`write the set to: kpf.yaml_`))
+			// A paste (bracketed, as terminals send one) is text, its
+			// line break left out: not Enter, and q does not quit.
+			tm.tmux("set-buffer", "x\nq")
+			tm.tmux("paste-buffer", "-p", "-t", "ui")
+			tm.await("the paste, as text", regexp.MustCompile(`write the set to: kpf.yamlxq_`))
+			tm.keys("BSpace", "BSpace")
 			tm.await("the write prompt", regexp.MustCompile(`write the set to: kpf.yaml_`))
 			tm.keys("Enter")
 			file := filepath.Join(k.dir, "kpf.yaml")

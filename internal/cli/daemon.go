@@ -317,6 +317,7 @@ its own flags and environment, as kpf up -d would.`,
 func newStatusCommand(g *globals) *cobra.Command {
 	var asJSON, watch bool
 	var save string
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the daemon's forwards: file, user, state, health, pod, connections, bytes and rates, reconnects",
@@ -326,10 +327,16 @@ way (counted as they move) and bytes per second over the last second,
 reconnects and pod switches. --watch redraws every second and at each change
 (a state, health or pod change, a forward added or stopped), from the
 daemon's event stream, until Ctrl-C. --save FILE writes the forwards as a
-kpf.yaml that kpf up -f FILE runs (w in kpf ui).`,
+kpf.yaml that kpf up -f FILE runs (w in kpf ui); it refuses a FILE that
+exists unless --force.`,
 		Example: "  kpf status\n  kpf status --watch\n  kpf status --json | jq '.forwards[] | select(.state != \"ready\")'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if save != "" && !force {
+				if _, err := os.Lstat(save); err == nil {
+					return errSaveExists(save)
+				}
+			}
 			home := daemon.DefaultHome()
 			c := daemon.NewClient(home)
 			ctx := cmd.Context()
@@ -363,7 +370,10 @@ kpf.yaml that kpf up -f FILE runs (w in kpf ui).`,
 				if err != nil {
 					return err
 				}
-				if err := os.WriteFile(save, b, 0o644); err != nil {
+				if err := ui.WriteSet(save, b, force); err != nil {
+					if errors.Is(err, ui.ErrExists) {
+						return errSaveExists(save)
+					}
 					return err
 				}
 				fmt.Fprintf(g.out, "wrote %s: kpf up -f %s runs it\n", save, save)
@@ -395,7 +405,8 @@ kpf.yaml that kpf up -f FILE runs (w in kpf ui).`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, fmt.Sprintf("print JSON (schemaVersion %d)", api.SchemaVersion))
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "redraw every second until interrupted")
-	cmd.Flags().StringVar(&save, "save", "", "write the forwards to this file as a kpf.yaml (that kpf up -f runs) instead of showing them")
+	cmd.Flags().StringVar(&save, "save", "", "write the forwards to this file as a kpf.yaml (that kpf up -f runs) instead of showing them; an existing file is refused without --force")
+	cmd.Flags().BoolVar(&force, "force", false, "with --save: replace the file if it exists")
 	return cmd
 }
 
@@ -742,4 +753,9 @@ func copyLines(ctx context.Context, w io.Writer, f *os.File, keep func(string) b
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// errSaveExists is kpf status --save refusing to replace a file.
+func errSaveExists(path string) error {
+	return fmt.Errorf("--save %s: the file exists: name a new file, or add --force to replace it", path)
 }

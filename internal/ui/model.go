@@ -3,13 +3,14 @@ package ui
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/kpf-dev/kpf/internal/daemon/api"
@@ -39,6 +40,10 @@ type (
 	contextsMsg struct {
 		list []Context
 		err  error
+		// openOwn: the namespaces of context ownCtx could not be
+		// listed; open its own namespace once the contexts are known.
+		openOwn bool
+		ownCtx  string
 	}
 	namespacesMsg struct {
 		context string
@@ -85,12 +90,14 @@ type row struct {
 
 // prompt is a line being edited at the bottom.
 type prompt struct {
-	kind  string // "port" or "write"
+	kind  string // "port", "write" or "overwrite" (a y/N question)
 	label string
 	value string
 	tied  bool // port: tie the forward to this UI's session
 	ports []Port
 	tgt   Target
+	path  string // overwrite: the file
+	err   string // why the value typed was refused (the prompt stays)
 }
 
 // Model is kpf ui's state; Update and View are Bubble Tea's.
@@ -113,6 +120,10 @@ type Model struct {
 	filter     string
 	filtering  bool
 	loading    string
+	listErr    string // why the targets listed are not all there are
+	// nsForbidden: contexts whose namespaces may not be listed (esc
+	// from their targets goes to the contexts)
+	nsForbidden map[string]bool
 
 	// forwards screen
 	status  *api.Status
@@ -120,6 +131,7 @@ type Model struct {
 	history map[string][]int64 // rate samples per forward, oldest first
 	tied    map[string]bool    // forwards this UI started tied to its session
 	mine    map[string]bool    // forwards this UI started
+	failed  map[string]string  // the last error shown of each of mine that failed
 
 	// text screen (doctor, log, HTTP log)
 	title     string
@@ -135,6 +147,7 @@ type Model struct {
 	message   string
 	isErr     bool
 	daemonUp  bool
+	downMsg   string // the message that says the daemon is down
 }
 
 // historyLen is how many rate samples a sparkline keeps.
@@ -145,11 +158,14 @@ func New(o Options) *Model {
 	if o.FreePort == nil {
 		o.FreePort = FreeLocalPort
 	}
+	if o.PortFree == nil {
+		o.PortFree = PortInUse
+	}
 	if o.WriteFile == nil {
-		o.WriteFile = func(path string, b []byte) error { return os.WriteFile(path, b, 0o644) }
+		o.WriteFile = WriteSet
 	}
 	m := &Model{o: o, width: 80, height: 24, context: o.Context, namespace: o.Namespace,
-		history: map[string][]int64{}, tied: map[string]bool{}, mine: map[string]bool{}}
+		history: map[string][]int64{}, tied: map[string]bool{}, mine: map[string]bool{}, failed: map[string]string{}, nsForbidden: map[string]bool{}}
 	m.level, m.every = levelNamespaces, time.Second
 	if o.Namespace != "" {
 		m.level = levelTargets
@@ -171,7 +187,7 @@ func (m *Model) loadContexts() tea.Cmd {
 	c := m.o.Cluster
 	return func() tea.Msg {
 		l, err := c.Contexts()
-		return contextsMsg{l, err}
+		return contextsMsg{list: l, err: err}
 	}
 }
 
@@ -239,8 +255,21 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		m.contexts = msg.list
 		m.rebuild()
+		if msg.openOwn && m.level == levelNamespaces && msg.ownCtx == m.context {
+			ns := m.ownNamespace()
+			m.say("you may not list namespaces: this is %s, the context's own (n or kpf ui -n NAMESPACE opens another)", ns)
+			return m, m.openNamespace(ns)
+		}
 	case namespacesMsg:
 		m.loading = ""
+		if errors.Is(msg.err, ErrForbidden) && msg.context == m.context && m.level == levelNamespaces {
+			m.nsForbidden[m.context] = true
+			c, kctx := m.o.Cluster, m.context
+			return m, func() tea.Msg {
+				l, err := c.Contexts()
+				return contextsMsg{list: l, err: err, openOwn: true, ownCtx: kctx}
+			}
+		}
 		if msg.err != nil {
 			m.fail(msg.err)
 		}
@@ -257,6 +286,10 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		if msg.context == m.context && msg.namespace == m.namespace {
 			m.targets = msg.list
+			m.listErr = ""
+			if msg.err != nil {
+				m.listErr = msg.err.Error()
+			}
 			m.rebuild()
 		}
 	case statusMsg:
@@ -265,10 +298,10 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			m.fail(msg.err)
 			break
 		}
-		m.daemonUp = true
+		m.up()
 		m.setStatus(msg.st, false)
 	case EventMsg:
-		m.daemonUp = true
+		m.up()
 		if msg.Type == api.EventCounters && msg.Status != nil {
 			m.setStatus(msg.Status, true)
 			return m, nil
@@ -280,9 +313,13 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		return m, m.refresh()
 	case DaemonDownMsg:
 		m.daemonUp = false
-		if msg.Err != nil {
-			m.fail(fmt.Errorf("the daemon's event stream: %w (reconnecting)", msg.Err))
+		err := msg.Err
+		if err == nil {
+			err = errors.New("it ended")
 		}
+		m.fail(fmt.Errorf("the kpf daemon is down (its event stream: %w): reconnecting", err))
+		m.downMsg = m.message
+		clear(m.history)
 	case startedMsg:
 		if msg.err != nil {
 			m.fail(msg.err)
@@ -328,6 +365,16 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	return m, nil
 }
 
+// up notes the daemon answers again; the message that said it was down
+// goes.
+func (m *Model) up() {
+	m.daemonUp = true
+	if m.downMsg != "" && m.message == m.downMsg {
+		m.say("the kpf daemon answers again")
+	}
+	m.downMsg = ""
+}
+
 // setStatus takes a status; counters adds a rate sample per forward.
 func (m *Model) setStatus(st *api.Status, counters bool) {
 	m.status = st
@@ -335,6 +382,12 @@ func (m *Model) setStatus(st *api.Status, counters bool) {
 	for _, f := range st.Forwards {
 		k := key(f)
 		live[k] = true
+		// A forward this UI started that failed (its port taken since
+		// the prompt checked it, say): the message line says why.
+		if f.File == "" && m.mine[f.Name] && f.State == "failed" && m.failed[f.Name] != f.LastError {
+			m.failed[f.Name] = f.LastError
+			m.fail(fmt.Errorf("%s failed: %s", f.Name, f.LastError))
+		}
 		if counters {
 			h := append(m.history[k], f.RateIn+f.RateOut)
 			if len(h) > historyLen {
@@ -434,6 +487,10 @@ func (m *Model) listHeight() int {
 
 // key handles a key press.
 func (m *Model) key(k tea.KeyMsg) tea.Cmd {
+	if k.Paste {
+		m.paste(k.Runes)
+		return nil
+	}
 	if k.Type == tea.KeyRunes && len(k.Runes) > 1 && !k.Alt {
 		// Keys typed fast (or sent by tmux) come in one read: each is a
 		// key of its own ("/web" is a filter, not a key named "/web").
@@ -493,6 +550,30 @@ func (m *Model) key(k tea.KeyMsg) tea.Cmd {
 	}
 }
 
+// paste takes pasted text (bracketed paste) as text in the filter or the
+// prompt being edited, its line breaks and control characters left out;
+// anywhere else it is ignored: pasted text never runs as keys.
+func (m *Model) paste(rs []rune) {
+	text := strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return -1
+		}
+		return r
+	}, string(rs))
+	switch {
+	case m.prompt != nil && m.prompt.kind == "port":
+		if strings.Trim(text, "0123456789") == "" {
+			m.prompt.value += text
+		}
+	case m.prompt != nil && m.prompt.kind != "overwrite":
+		m.prompt.value += text
+	case m.prompt == nil && m.filtering:
+		m.filter += text
+		m.cursor = 0
+		m.rebuild()
+	}
+}
+
 func (m *Model) move(k tea.KeyMsg) {
 	page := m.listHeight()
 	d := 0
@@ -543,11 +624,17 @@ func (m *Model) targetsKey(k tea.KeyMsg) tea.Cmd {
 			return nil
 		}
 		m.level--
+		if m.level == levelNamespaces && m.nsForbidden[m.context] {
+			m.level = levelContexts // its namespaces cannot be listed
+		}
 		m.cursor = 0
 		m.rebuild()
 		return m.load()
 	case "enter", "right":
 		return m.enter()
+	case "n":
+		m.prompt = &prompt{kind: "namespace", label: "open the namespace"}
+		return nil
 	case "a":
 		if m.level != levelTargets || len(m.rows) == 0 || m.rows[m.cursor].target == nil {
 			return nil
@@ -560,7 +647,11 @@ func (m *Model) targetsKey(k tea.KeyMsg) tea.Cmd {
 		return m.start(t, t.Ports, nil, false)
 	case "A":
 		ns := m.namespace
-		if m.level == levelNamespaces && len(m.rows) > 0 {
+		if m.level == levelNamespaces {
+			if len(m.rows) == 0 {
+				m.fail(errors.New("no namespace is selected: A forwards the selected one (esc clears the filter)"))
+				return nil
+			}
 			ns = m.rows[m.cursor].text
 		}
 		if m.level == levelContexts || ns == "" {
@@ -590,11 +681,7 @@ func (m *Model) enter() tea.Cmd {
 		m.rebuild()
 		return m.load()
 	case levelNamespaces:
-		m.namespace = r.text
-		m.level, m.cursor, m.filter = levelTargets, 0, ""
-		m.targets = nil
-		m.rebuild()
-		return m.load()
+		return m.openNamespace(r.text)
 	}
 	if r.port == nil {
 		m.fail(fmt.Errorf("%s declares no port: forward it with kpf forward -n %s %s PORT", r.target.Ref(), m.namespace, r.target.Ref()))
@@ -606,12 +693,45 @@ func (m *Model) enter() tea.Cmd {
 	return nil
 }
 
+// openNamespace shows the targets of ns.
+func (m *Model) openNamespace(ns string) tea.Cmd {
+	m.namespace, m.listErr = ns, ""
+	m.level, m.cursor, m.filter, m.filtering = levelTargets, 0, "", false
+	m.targets = nil
+	m.rebuild()
+	return m.load()
+}
+
+// ownNamespace is the current context's kubeconfig namespace, else
+// "default" (as kubectl does).
+func (m *Model) ownNamespace() string {
+	for _, c := range m.contexts {
+		if (m.context == "" && c.Current) || c.Name == m.context {
+			if c.Namespace != "" {
+				return c.Namespace
+			}
+		}
+	}
+	return "default"
+}
+
 func (m *Model) promptKey(k tea.KeyMsg) tea.Cmd {
 	p := m.prompt
+	if p.kind == "overwrite" { // one key answers: y writes, any other does not
+		m.prompt = nil
+		if k.String() == "y" || k.String() == "Y" {
+			return m.write(p.path, true)
+		}
+		m.say("not written: %s is left as it was", p.path)
+		return nil
+	}
 	switch k.Type {
 	case tea.KeyEsc:
 		m.prompt = nil
 		return nil
+	}
+	p.err = ""
+	switch k.Type {
 	case tea.KeyTab:
 		if p.kind == "port" {
 			p.tied = !p.tied
@@ -636,15 +756,29 @@ func (m *Model) promptKey(k tea.KeyMsg) tea.Cmd {
 	case "port":
 		n, err := strconv.Atoi(p.value)
 		if err != nil || n < 1 || n > 65535 {
-			m.prompt = nil
-			m.fail(fmt.Errorf("local port %q: want a number from 1 to 65535", p.value))
+			p.err = fmt.Sprintf("local port %q: want a number from 1 to 65535", p.value)
+			return nil
+		}
+		proto := p.ports[0].Protocol
+		if err := m.o.PortFree(proto, n); err != nil {
+			free := m.o.FreePort(proto, 0)
+			p.err = fmt.Sprintf("local port %d: %v; %d is free (enter takes it)", n, err, free)
+			p.value = strconv.Itoa(free)
 			return nil
 		}
 		m.prompt = nil
 		return m.start(p.tgt, p.ports, []int{n}, p.tied)
+	case "namespace":
+		ns := strings.TrimSpace(p.value)
+		if ns == "" {
+			p.err = "no namespace: type its name"
+			return nil
+		}
+		m.prompt = nil
+		return m.openNamespace(ns)
 	default:
 		m.prompt = nil
-		return m.write(p.value)
+		return m.write(p.value, false)
 	}
 }
 
@@ -665,7 +799,9 @@ func (m *Model) start(t Target, ports []Port, locals []int, tied bool) tea.Cmd {
 		}
 		specs = append(specs, s)
 	}
-	req := api.StartRequest{Context: m.context, Namespace: m.namespace, Target: t.Ref(), Ports: specs,
+	// localhost, as kpf forward's default (127.0.0.1 and ::1), which the
+	// help says Enter is.
+	req := api.StartRequest{Context: m.context, Namespace: m.namespace, Target: t.Ref(), Ports: specs, Address: "localhost",
 		HTTPLog: true, Origin: Origin, Identity: m.o.Identity, Settings: m.o.Settings}
 	if tied {
 		req.Session = m.o.Session
@@ -683,7 +819,9 @@ func (m *Model) start(t Target, ports []Port, locals []int, tied bool) tea.Cmd {
 	}
 }
 
-func (m *Model) write(path string) tea.Cmd {
+// write writes the set to path; an existing file is replaced only when
+// overwrite (else the user is asked first).
+func (m *Model) write(path string, overwrite bool) tea.Cmd {
 	if path == "" {
 		m.fail(fmt.Errorf("no file name: type where to write the set, such as kpf.yaml"))
 		return nil
@@ -693,7 +831,11 @@ func (m *Model) write(path string) tea.Cmd {
 		m.fail(err)
 		return nil
 	}
-	if err := m.o.WriteFile(path, b); err != nil {
+	if err := m.o.WriteFile(path, b, overwrite); err != nil {
+		if errors.Is(err, ErrExists) && !overwrite {
+			m.prompt = &prompt{kind: "overwrite", path: path, label: path + " exists: overwrite? y/N"}
+			return nil
+		}
 		m.fail(err)
 		return nil
 	}
@@ -704,10 +846,10 @@ func (m *Model) write(path string) tea.Cmd {
 
 func (m *Model) forwardsKey(k tea.KeyMsg) tea.Cmd {
 	switch k.String() {
-	case "tab", "t", "esc":
+	case "tab", "t", "esc", "backspace", "left":
 		m.screen = screenTargets
 		return nil
-	case "up", "down", "pgup", "pgdown", "home", "end", "j", "k", "g", "G":
+	case "up", "down", "pgup", "pgdown", "home", "end", "j", "k", "g", "G", " ":
 		m.move(k)
 		return nil
 	case "w":

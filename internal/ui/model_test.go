@@ -3,10 +3,14 @@ package ui
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	tea "github.com/charmbracelet/bubbletea"
@@ -83,13 +87,18 @@ func (d *fakeDaemon) Events(ctx context.Context, _ bool, _ func(api.Event) error
 type fakeCluster struct {
 	mu         sync.Mutex
 	namespaced []string // ForwardNamespace's calls: context/namespace
+	forbidNS   bool     // listing namespaces is forbidden
+	kindNS     string   // the kind context's namespace
 }
 
 func (c *fakeCluster) Contexts() ([]Context, error) {
-	return []Context{{Name: "prod", Cluster: "big", User: "ann"}, {Name: "kind", Cluster: "kind", User: "kind-admin", Current: true}}, nil
+	return []Context{{Name: "prod", Cluster: "big", User: "ann"}, {Name: "kind", Cluster: "kind", User: "kind-admin", Current: true, Namespace: c.kindNS}}, nil
 }
 
 func (c *fakeCluster) Namespaces(_ context.Context, kctx string) ([]string, error) {
+	if c.forbidNS {
+		return nil, fmt.Errorf("%w: namespaces is forbidden", ErrForbidden)
+	}
 	if kctx == "prod" {
 		return []string{"payments"}, nil
 	}
@@ -116,18 +125,36 @@ func (c *fakeCluster) ForwardNamespace(_ context.Context, kctx, ns string) (stri
 }
 
 type rig struct {
-	t *testing.T
-	m *Model
-	d *fakeDaemon
-	c *fakeCluster
+	t    *testing.T
+	m    *Model
+	d    *fakeDaemon
+	c    *fakeCluster
+	busy map[int]bool // local ports in use
 }
 
-func newRig(t *testing.T, o Options) *rig {
-	r := &rig{t: t, d: &fakeDaemon{st: api.Status{SchemaVersion: api.SchemaVersion, PID: 42}}, c: &fakeCluster{}}
+func newRig(t *testing.T, o Options) *rig { return newRigOn(t, o, &fakeCluster{}) }
+
+func newRigOn(t *testing.T, o Options, c *fakeCluster) *rig {
+	r := &rig{t: t, d: &fakeDaemon{st: api.Status{SchemaVersion: api.SchemaVersion, PID: 42}}, c: c}
 	o.Daemon, o.Cluster, o.Session, o.NoColor = r.d, r.c, "ui-session", true
 	o.FreePort = func(protocol string, remote int) int { return 40000 + remote }
-	written := map[string][]byte{}
-	o.WriteFile = func(p string, b []byte) error { written[p] = b; return nil }
+	r.busy = map[int]bool{}
+	o.PortFree = func(protocol string, port int) error {
+		if r.busy[port] {
+			return fmt.Errorf("listen tcp 127.0.0.1:%d: bind: address already in use", port)
+		}
+		return nil
+	}
+	if o.WriteFile == nil {
+		written := map[string][]byte{}
+		o.WriteFile = func(p string, b []byte, overwrite bool) error {
+			if _, ok := written[p]; ok && !overwrite {
+				return fmt.Errorf("%s: %w", p, ErrExists)
+			}
+			written[p] = b
+			return nil
+		}
+	}
 	r.m = New(o)
 	r.m.every = 0
 	r.run(r.m.Init())
@@ -174,6 +201,14 @@ func (r *rig) keys(keys ...string) {
 			msg.Type = tea.KeyDown
 		case "backspace":
 			msg.Type = tea.KeyBackspace
+		case "left":
+			msg.Type = tea.KeyLeft
+		case "right":
+			msg.Type = tea.KeyRight
+		case "space":
+			msg.Type = tea.KeySpace
+		case "pgup":
+			msg.Type = tea.KeyPgUp
 		default:
 			msg = tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(k)}
 		}
@@ -310,7 +345,7 @@ func TestViewSizesAndColour(t *testing.T) {
 		r.m.o.NoColor = noColor
 		r.d.st.Forwards = []api.Forward{{Name: "a-very-long-forward-name", Target: "svc/web", Local: []string{"[::1]:8080"}, State: "reconnecting", LastError: strings.Repeat("x", 300)}}
 		r.run(r.m.refresh())
-		for _, size := range [][2]int{{80, 24}, {200, 50}, {40, 10}, {20, 6}} {
+		for _, size := range [][2]int{{80, 24}, {200, 50}, {40, 10}, {20, 6}, {20, 5}, {19, 24}, {5, 2}, {0, 0}} {
 			r.update(tea.WindowSizeMsg{Width: size[0], Height: size[1]})
 			for _, k := range []string{"", "tab", "?", "x", "tab"} {
 				if k != "" {
@@ -318,6 +353,9 @@ func TestViewSizesAndColour(t *testing.T) {
 				}
 				v := r.m.View()
 				lines := strings.Split(v, "\n")
+				if size[1] == 0 {
+					lines = nil // strings.Split("") is one empty line
+				}
 				if len(lines) != size[1] {
 					t.Fatalf("%dx%d after %q: %d lines", size[0], size[1], k, len(lines))
 				}
@@ -325,6 +363,12 @@ func TestViewSizesAndColour(t *testing.T) {
 					if w := runewidth.StringWidth(stripANSI(l)); w > size[0] {
 						t.Fatalf("%dx%d after %q: a line of %d cells: %q", size[0], size[1], k, w, l)
 					}
+				}
+				if size[0] < MinWidth || size[1] < MinHeight {
+					if size[1] > 0 && !strings.HasPrefix(v, cut("terminal too small (need 20×6)", size[0])) {
+						t.Fatalf("%dx%d: %q", size[0], size[1], v)
+					}
+					continue
 				}
 				if hasESC := strings.Contains(v, "\x1b["); hasESC == noColor {
 					t.Fatalf("NoColor %v, escapes in the view: %v", noColor, hasESC)
@@ -365,6 +409,233 @@ func TestHelp(t *testing.T) {
 	if _, ok := cmd().(tea.QuitMsg); !ok {
 		t.Fatal("q does not quit")
 	}
+}
+
+// w never replaces an existing file unasked: it asks, y replaces it
+// (atomically), any other key leaves it as it was.
+func TestWriteAsksBeforeOverwriting(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kpf.yaml")
+	mine := []byte("# my own, written by hand\n")
+	if err := os.WriteFile(path, mine, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, Options{Namespace: "shop", WriteFile: WriteSet})
+	r.update(tea.WindowSizeMsg{Width: 200, Height: 24})
+	r.keys("enter", "enter", "tab", "w")
+	for range len("kpf.yaml") {
+		r.keys("backspace")
+	}
+	r.keys(path, "enter")
+	r.screenHas(path + " exists: overwrite? y/N _")
+	r.keys("n")
+	r.screenHas("not written: " + path + " is left as it was")
+	if b, _ := os.ReadFile(path); string(b) != string(mine) {
+		t.Fatalf("the file was replaced: %q", b)
+	}
+	r.keys("w")
+	for range len("kpf.yaml") {
+		r.keys("backspace")
+	}
+	r.keys(path, "enter", "y")
+	r.screenHas("wrote " + path)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.Parse(path, b); err != nil || !strings.Contains(string(b), "svc/web") {
+		t.Fatalf("the set written: %v\n%s", err, b)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 1 {
+		t.Fatalf("temporary files left: %v", entries)
+	}
+}
+
+func TestWriteSet(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "set.yaml")
+	if err := WriteSet(path, []byte("one"), false); err != nil {
+		t.Fatal(err)
+	}
+	err := WriteSet(path, []byte("two"), false)
+	if !errors.Is(err, ErrExists) || err.Error() != path+": the file exists" {
+		t.Fatalf("a second write without overwrite: %v", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "one" {
+		t.Fatalf("after a refused write: %q", b)
+	}
+	if err := WriteSet(path, []byte("three"), true); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "three" {
+		t.Fatalf("after an overwrite: %q", b)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o644 {
+		t.Fatalf("mode %v", fi.Mode())
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 1 {
+		t.Fatalf("temporary files left: %v", entries)
+	}
+}
+
+// Pasted text is text in the filter and the prompts, and runs nothing
+// anywhere else.
+func TestPasteIsNeverKeys(t *testing.T) {
+	paste := func(r *rig, s string) { r.update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(s), Paste: true}) }
+	r := newRig(t, Options{Namespace: "shop"})
+	r.d.st.Forwards = []api.Forward{{Name: "web", Target: "svc/web", Ports: []string{"8080:80"}, State: "ready"}}
+	r.run(r.m.refresh())
+	r.keys("tab")
+	paste(r, "sq") // s would stop the forward, q quit
+	r.keys("w")
+	paste(r, "\nx") // in the prompt: text, its line break left out
+	r.screenHas("write the set to: kpf.yamlx_")
+	r.keys("esc", "tab")
+	paste(r, "/db\n") // outside the filter: ignored
+	if r.m.filtering || r.m.filter != "" || r.m.prompt != nil || len(r.d.stopped) != 0 || len(r.d.started) != 0 {
+		t.Fatalf("a paste ran as keys: filtering %v filter %q prompt %+v stopped %v started %v", r.m.filtering, r.m.filter, r.m.prompt, r.d.stopped, r.d.started)
+	}
+	r.keys("/")
+	paste(r, "db\r\n")
+	r.screenHas("/db_", "> svc/db")
+	r.keys("enter", "enter")
+	paste(r, "x1")
+	r.screenHas("svc/db:5432/TCP local port: 45432_")
+	paste(r, "9")
+	r.screenHas("local port: 454329_")
+}
+
+// A user who may not list namespaces gets the context's own namespace,
+// told why and how to open another; n opens one by its name.
+func TestNamespacesForbidden(t *testing.T) {
+	r := newRigOn(t, Options{}, &fakeCluster{forbidNS: true, kindNS: "shop"})
+	r.update(tea.WindowSizeMsg{Width: 120, Height: 24})
+	r.screenHas("kind > shop > targets", "> svc/web", "you may not list namespaces: this is shop, the context's own (n or kpf ui -n NAMESPACE opens another)")
+	r.keys("n")
+	r.screenHas("open the namespace: _  enter: open  esc: cancel")
+	r.keys("enter")
+	r.screenHas("no namespace: type its name", "open the namespace: _  enter: open  esc: cancel")
+	r.keys("default", "enter")
+	r.screenHas("kind > default > targets", "namespace default is empty")
+	r.keys("esc") // not back to a list that cannot be had
+	r.screenHas("contexts (enter: its namespaces)", "  kind (current)")
+
+	r = newRigOn(t, Options{}, &fakeCluster{forbidNS: true})
+	r.screenHas("kind > default > targets")
+}
+
+// A with no namespace shown (a filter hides them all) forwards nothing,
+// not the namespace opened before.
+func TestForwardNamespaceNeedsARow(t *testing.T) {
+	r := newRig(t, Options{Namespace: "shop"})
+	r.keys("esc", "/", "zzz", "enter", "A")
+	r.screenHas("no namespace is selected: A forwards the selected one (esc clears the filter)")
+	if len(r.c.namespaced) != 0 {
+		t.Fatalf("A forwarded %v", r.c.namespaced)
+	}
+}
+
+// The port prompt refuses a port that is not one or is in use, saying
+// why, whole, and stays open for another (a free one offered).
+func TestPortPromptRefuses(t *testing.T) {
+	r := newRig(t, Options{Namespace: "shop"})
+	r.keys("enter") // svc/web 80: 40080 offered
+	for _, c := range []struct{ typed, want string }{{"0", `local port "0": want a number from 1 to 65535`}, {"65536", `local port "65536": want a number from 1 to 65535`}, {"", `local port "": want a number from 1 to 65535`}} {
+		for range 6 {
+			r.keys("backspace")
+		}
+		r.keys(c.typed, "enter")
+		r.screenHas(c.want, "local port: "+c.typed+"_")
+		if len(r.d.started) != 0 {
+			t.Fatalf("%q started %+v", c.typed, r.d.started)
+		}
+	}
+	r.busy[8080] = true
+	r.keys("8080", "enter")
+	// The reason is whole, on lines of its own, at 80 columns.
+	r.screenHas("local port 8080: listen tcp 127.0.0.1:8080: bind: address already in use; 40000", "is free (enter takes it)", "local port: 40000_")
+	if len(r.d.started) != 0 {
+		t.Fatalf("a port in use started %+v", r.d.started)
+	}
+	r.keys("enter")
+	// As kpf forward NS svc/web 40000:80 does: on localhost.
+	if len(r.d.started) != 1 || r.d.started[0].Ports[0] != "40000:80" || r.d.started[0].Address != "localhost" {
+		t.Fatalf("started %+v", r.d.started)
+	}
+	r.screenHas("started web")
+	// Taken after the prompt checked it: the daemon's failure is shown.
+	r.d.mu.Lock()
+	r.d.st.Forwards[0].State, r.d.st.Forwards[0].LastError = "failed", "listen tcp 127.0.0.1:40000: bind: address already in use"
+	r.d.mu.Unlock()
+	r.run(r.m.refresh())
+	r.screenHas("web failed: listen tcp 127.0.0.1:40000: bind: address already in use")
+}
+
+// When the daemon's stream breaks, the forwards it listed are no longer
+// shown as ready; when it is back, so are they, and the message goes.
+func TestDaemonDown(t *testing.T) {
+	r := newRig(t, Options{})
+	r.d.st.Forwards = []api.Forward{{Name: "web", Target: "svc/web", Ports: []string{"8080:80"}, Local: []string{"127.0.0.1:8080"}, State: "ready", Health: "ok", RateIn: 2048}}
+	r.run(r.m.refresh())
+	r.keys("tab")
+	r.screenHas("web           ready", "2.0K/s")
+	r.update(DaemonDownMsg{Err: errors.New("unexpected EOF")})
+	r.screenHas("web           unknown", "the kpf daemon is down (its event stream: unexpected EOF): reconnecting", "daemon not answering")
+	if v := r.m.View(); strings.Contains(v, "ready") || strings.Contains(v, "2.0K/s") {
+		t.Fatalf("the daemon is down, the screen still says:\n%s", v)
+	}
+	r.update(EventMsg(api.Event{Type: api.EventCounters, Status: &api.Status{PID: 43, Forwards: r.d.st.Forwards}}))
+	r.screenHas("web           ready", "the kpf daemon answers again", "daemon pid 43")
+	if strings.Contains(r.m.View(), "reconnecting") {
+		t.Fatal("the reconnecting message stays once the stream is back")
+	}
+}
+
+// A filter longer than the screen shows its end, where typing goes.
+func TestLongFilterShowsItsEnd(t *testing.T) {
+	r := newRig(t, Options{})
+	r.keys("/", strings.Repeat("a", 100)+"xyz")
+	r.screenHas("aaaxyz_\n")
+	if !strings.Contains(r.m.View(), "\n…aaa") {
+		t.Fatalf("the filter's start is cut, not its end:\n%s", r.m.View())
+	}
+}
+
+// Why a namespace lists nothing stays in the list, whatever the message
+// line says next.
+func TestTargetsErrorStays(t *testing.T) {
+	r := newRig(t, Options{Namespace: "nosuchns"})
+	r.m.say("something else")
+	r.screenHas("kind > nosuchns > targets", "\n  namespace nosuchns is empty")
+}
+
+// The keys the help lists as aliases do what it says.
+func TestHelpAliases(t *testing.T) {
+	r := newRig(t, Options{})
+	r.update(tea.WindowSizeMsg{Width: 80, Height: 7}) // a page of 3 rows
+	r.keys("G")
+	r.screenHas("> shop")
+	r.keys("g")
+	r.screenHas("> default")
+	r.keys("j", "j", "k")
+	r.screenHas("> kube-system")
+	r.keys("right") // as enter
+	r.screenHas("kind > kube-system > targets")
+	r.keys("left") // as esc
+	r.screenHas("kind > namespaces")
+	r.keys("f")
+	r.screenHas("[forwards]")
+	r.keys("t")
+	r.screenHas("[targets]")
+	r.keys("tab", "backspace")
+	r.screenHas("[targets]")
+	r.keys("tab", "left")
+	r.screenHas("[targets]")
+	r.update(tea.WindowSizeMsg{Width: 80, Height: 24})
+	r.keys("/", "shop", "enter", "enter")
+	r.update(tea.WindowSizeMsg{Width: 80, Height: 7})
+	r.keys("space") // a page of 3 rows down
+	r.screenHas("> deployment/web")
+	r.keys("pgup")
+	r.screenHas("> svc/web")
 }
 
 func TestSetFile(t *testing.T) {
@@ -440,6 +711,21 @@ func TestFreeLocalPort(t *testing.T) {
 	}
 }
 
+func TestPortInUse(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := PortInUse("TCP", port); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("PortInUse(TCP, %d held) = %v", port, err)
+	}
+	l.Close()
+	if err := PortInUse("TCP", port); err != nil {
+		t.Errorf("PortInUse(TCP, %d free) = %v", port, err)
+	}
+}
+
 // Whatever is typed, the UI neither panics nor draws past the screen.
 func FuzzKeys(f *testing.F) {
 	f.Add("/shenter\tenter\x7fa", uint8(80), uint8(24))
@@ -473,8 +759,11 @@ func FuzzKeys(f *testing.F) {
 				r.run(cmd)
 			}
 		}
-		width, height := max(int(w), 20), max(int(h), 6)
+		width, height := int(w), int(h)
 		lines := strings.Split(r.m.View(), "\n")
+		if height == 0 {
+			lines = nil // strings.Split("") is one empty line
+		}
 		if len(lines) != height {
 			t.Fatalf("%d lines on a screen of %d", len(lines), height)
 		}

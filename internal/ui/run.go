@@ -59,15 +59,28 @@ func pump(ctx context.Context, d Daemon, send func(tea.Msg)) {
 func Frame(o Options, width, height int) string {
 	m := New(o)
 	m.Update(tea.WindowSizeMsg{Width: width, Height: height})
-	run := func(c tea.Cmd) {
-		if c != nil {
-			m.Update(c())
+	// run runs c and the commands its messages lead to (a few levels:
+	// opening the context's namespace when namespaces are forbidden).
+	var run func(c tea.Cmd, depth int)
+	run = func(c tea.Cmd, depth int) {
+		if c == nil || depth > 3 {
+			return
+		}
+		switch msg := c().(type) {
+		case tea.BatchMsg:
+			for _, c := range msg {
+				run(c, depth)
+			}
+		case nil, tickMsg:
+		default:
+			_, next := m.Update(msg)
+			run(next, depth+1)
 		}
 	}
 	if m.level != levelContexts {
-		run(m.loadContexts())
+		run(m.loadContexts(), 0)
 	}
-	run(m.load())
-	run(m.refresh())
+	run(m.load(), 0)
+	run(m.refresh(), 0)
 	return m.View()
 }

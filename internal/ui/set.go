@@ -2,7 +2,11 @@ package ui
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -60,4 +64,52 @@ func SetFile(path string, fws []api.Forward) ([]byte, error) {
 		return nil, fmt.Errorf("the set would not be a valid kpf.yaml: %w", err)
 	}
 	return out, nil
+}
+
+// ErrExists says a file to write already exists and was left as it was.
+var ErrExists = errors.New("the file exists")
+
+// WriteSet writes b to path atomically (a temporary file in the same
+// folder, then renamed over path): a reader sees the old file or the new
+// one, never half of one. Unless overwrite, an existing path is left
+// untouched and the error wraps ErrExists.
+func WriteSet(path string, b []byte, overwrite bool) (err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err = tmp.Write(b); err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o644)
+	}
+	if err != nil {
+		return err
+	}
+	if overwrite {
+		return os.Rename(tmp.Name(), path)
+	}
+	// A hard link fails if path exists: no window in which another
+	// writer's file could be replaced.
+	if err = os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s: %w", path, ErrExists)
+		}
+		// A file system without hard links: check, then rename.
+		if _, serr := os.Lstat(path); serr == nil {
+			return fmt.Errorf("%s: %w", path, ErrExists)
+		}
+		return os.Rename(tmp.Name(), path)
+	}
+	os.Remove(tmp.Name())
+	return nil
 }

@@ -12,9 +12,12 @@ package ui
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
+	"syscall"
 
 	"github.com/kpf-dev/kpf/internal/daemon/api"
 	"github.com/kpf-dev/kpf/internal/identity"
@@ -61,6 +64,11 @@ type Target struct {
 // Ref is TYPE/NAME, as kpf forward takes it.
 func (t Target) Ref() string { return t.Kind + "/" + t.Name }
 
+// ErrForbidden is wrapped by Cluster.Namespaces' error when the identity
+// may not list namespaces (common on shared clusters): the UI then opens
+// the context's own namespace instead.
+var ErrForbidden = errors.New("forbidden")
+
 // Cluster lists the cluster as the kpf ui process's identity (context ""
 // is the current one), and forwards a namespace whole (kpf up --all -d:
 // it returns the file the daemon runs for it).
@@ -91,8 +99,37 @@ type Options struct {
 	// FreePort suggests a free local port for a remote one (FreeLocalPort
 	// if nil).
 	FreePort func(protocol string, remote int) int
-	// WriteFile writes the set (os.WriteFile if nil).
-	WriteFile func(path string, b []byte) error
+	// PortFree says why a local port cannot be listened on (PortInUse
+	// if nil): the port prompt stays open with the reason.
+	PortFree func(protocol string, port int) error
+	// WriteFile writes the set; unless overwrite, an existing file is
+	// an error wrapping ErrExists (WriteSet if nil).
+	WriteFile func(path string, b []byte, overwrite bool) error
+}
+
+// PortInUse is an error if port cannot be listened on where a UI forward
+// listens (localhost: 127.0.0.1, and ::1 where there is IPv6), nil if it
+// is free now.
+func PortInUse(protocol string, port int) error {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
+		var c io.Closer
+		var err error
+		if protocol == "UDP" {
+			c, err = net.ListenPacket("udp", addr)
+		} else {
+			c, err = net.Listen("tcp", addr)
+		}
+		if err == nil {
+			c.Close()
+			continue
+		}
+		if host == "::1" && !errors.Is(err, syscall.EADDRINUSE) && !errors.Is(err, syscall.EACCES) {
+			continue // no IPv6 loopback here: kpf forward skips it too
+		}
+		return err
+	}
+	return nil
 }
 
 // FreeLocalPort is the remote port itself when it is 1024 or above and

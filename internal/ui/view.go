@@ -48,10 +48,38 @@ func cut(s string, w int) string {
 	return runewidth.FillRight(s, w)
 }
 
+// MinWidth and MinHeight are the smallest screen the UI draws on.
+const MinWidth, MinHeight = 20, 6
+
+// filterLine is the filter being typed, w cells wide: the keys after it
+// if they fit, and its end (where typing goes) if it is longer than w.
+func filterLine(filter string, w int) string {
+	text := "/" + filter + "_"
+	if full := text + "  (enter: keep the filter, esc: clear)"; runewidth.StringWidth(full) <= w {
+		return cut(full, w)
+	}
+	if runewidth.StringWidth(text) <= w {
+		return cut(text, w)
+	}
+	r := []rune(text)
+	for runewidth.StringWidth(string(r)) > w-1 {
+		r = r[1:]
+	}
+	return cut("…"+string(r), w)
+}
+
 // View draws the screen.
 func (m *Model) View() string {
 	st := m.styles()
-	w, h := max(m.width, 20), max(m.height, 6)
+	w, h := m.width, m.height
+	if w < MinWidth || h < MinHeight {
+		// Exactly the screen, whatever its size: a line that says so.
+		lines := make([]string, h)
+		if h > 0 {
+			lines[0] = cut(fmt.Sprintf("terminal too small (need %d×%d)", MinWidth, MinHeight), w)
+		}
+		return strings.Join(lines, "\n")
+	}
 	var lines []string
 	add := func(s string) { lines = append(lines, s) }
 
@@ -81,10 +109,18 @@ func (m *Model) View() string {
 			lines = append(lines, m.textLines(st, w)...)
 		}
 	}
-	for len(lines) < h-2 {
+	// A prompt's refusal gets lines of its own, whole, above it.
+	var refusal []string
+	if m.prompt != nil && m.prompt.err != "" {
+		refusal = wrap(m.prompt.err, w, max(h-4, 1))
+	}
+	for len(lines) < h-2-len(refusal) {
 		add("")
 	}
-	lines = lines[:h-2]
+	lines = lines[:h-2-len(refusal)]
+	for _, l := range refusal {
+		add(st.bad.Render(cut(l, w)))
+	}
 
 	// The prompt, the filter being typed, or the last message.
 	switch {
@@ -94,10 +130,16 @@ func (m *Model) View() string {
 			how = "stops when kpf ui exits"
 		}
 		add(st.title.Render(cut(fmt.Sprintf("%s: %s_ [tab] %s · enter · esc", m.prompt.label, m.prompt.value, how), w)))
+	case m.prompt != nil && m.prompt.kind == "overwrite":
+		add(st.bad.Render(cut(m.prompt.label+" _", w)))
 	case m.prompt != nil:
-		add(st.title.Render(cut(fmt.Sprintf("%s: %s_  enter: write  esc: cancel", m.prompt.label, m.prompt.value), w)))
+		verb := "write"
+		if m.prompt.kind == "namespace" {
+			verb = "open"
+		}
+		add(st.title.Render(cut(fmt.Sprintf("%s: %s_  enter: %s  esc: cancel", m.prompt.label, m.prompt.value, verb), w)))
 	case m.filtering:
-		add(st.title.Render(cut("/"+m.filter+"_  (enter: keep the filter, esc: clear)", w)))
+		add(st.title.Render(filterLine(m.filter, w)))
 	case m.isErr:
 		add(st.bad.Render(cut(m.message, w)))
 	default:
@@ -105,6 +147,30 @@ func (m *Model) View() string {
 	}
 	add(st.dim.Render(cut(m.statusLine(), w)))
 	return strings.Join(lines, "\n")
+}
+
+// wrap breaks s into lines of at most w cells, at most n of them (the
+// last cut with "…" if it must be).
+func wrap(s string, w, n int) []string {
+	var out []string
+	line := ""
+	for _, word := range strings.Fields(s) {
+		switch {
+		case line == "":
+			line = word
+		case runewidth.StringWidth(line+" "+word) <= w:
+			line += " " + word
+		default:
+			out = append(out, line)
+			line = word
+		}
+	}
+	out = append(out, line)
+	if len(out) > n {
+		out[n-1] = strings.Join(out[n-1:], " ")
+		out = out[:n]
+	}
+	return out
 }
 
 func (m *Model) styles() styles { return newStyles(m.o.NoColor) }
@@ -142,7 +208,7 @@ func (m *Model) targetsLines(st styles, w int) []string {
 	case levelContexts:
 		crumb = "contexts (enter: its namespaces)"
 	case levelNamespaces:
-		crumb = fmt.Sprintf("%s > namespaces (enter: its targets, A: forward it whole, esc: contexts)", m.ctxName())
+		crumb = fmt.Sprintf("%s > namespaces (enter: its targets, n: type one, A: forward it whole, esc: contexts)", m.ctxName())
 	default:
 		crumb = fmt.Sprintf("%s > %s > targets (enter: forward the port, a: all its ports, esc: back)", m.ctxName(), m.namespace)
 	}
@@ -152,6 +218,13 @@ func (m *Model) targetsLines(st styles, w int) []string {
 	out := []string{st.head.Render(cut(crumb, w))}
 	if m.loading != "" && len(m.rows) == 0 {
 		return append(out, cut("  loading "+m.loading+"...", w))
+	}
+	if len(m.rows) == 0 && m.level == levelTargets && m.listErr != "" {
+		// Why there is nothing (the message line may say something else).
+		for _, l := range wrap(m.listErr, w-2, 3) {
+			out = append(out, st.bad.Render(cut("  "+l, w)))
+		}
+		return out
 	}
 	if len(m.rows) == 0 {
 		return append(out, cut("  (nothing here)", w))
@@ -270,8 +343,14 @@ func (m *Model) forwardsLines(st styles, w int) []string {
 	first := max(0, min(m.fcursor-n/2, len(fws)-n))
 	for i := first; i < len(fws) && i < first+n; i++ {
 		f := fws[i]
+		if !m.daemonUp {
+			// What the daemon last said is not true any more.
+			f.State, f.Health, f.Pod, f.Open, f.RateIn, f.RateOut = "unknown", "", "", 0, 0, 0
+		}
 		s := line(func(c column) string { return c.get(m, f) })
 		switch {
+		case !m.daemonUp:
+			s = st.dim.Render(s)
 		case i == m.fcursor:
 			s = st.sel.Render(s)
 		case f.State == "ready":
@@ -287,7 +366,10 @@ func (m *Model) forwardsLines(st styles, w int) []string {
 		out = append(out, "")
 	}
 	// The selected forward's details.
-	if f, ok := m.selected(); ok {
+	if _, ok := m.selected(); ok && !m.daemonUp {
+		out = append(out, cut("the kpf daemon is down: these are the forwards it last listed, in a state", w),
+			cut("unknown (kpf status starts it again and restores them)", w), "")
+	} else if f, ok := m.selected(); ok {
 		from := f.File
 		if from == "" {
 			from = f.Origin
@@ -331,6 +413,7 @@ var Help = [][3]string{
 	{"a", "forward every port of the target", "kpf forward -n NS TYPE/NAME PORT..."},
 	{"A", "forward a namespace whole, live", "kpf up --all -n NS -d"},
 	{"/", "filter as you type (esc clears)", ""},
+	{"n", "open a namespace by its name", "kpf ui -n NS"},
 	{"tab", "switch targets and forwards", "kpf status --watch"},
 	{"s", "stop the forward", "kpf down NAME"},
 	{"r", "restart it", "kpf restart NAME"},
@@ -338,7 +421,12 @@ var Help = [][3]string{
 	{"l", "its log (F: follow)", "kpf logs -f NAME"},
 	{"h", "its HTTP log (F: follow)", "kpf logs --http -f NAME"},
 	{"w", "write the set to a kpf.yaml", "kpf status --save FILE"},
-	{"esc", "back", ""},
+	{"esc", "back (also backspace, left)", ""},
+	{"right", "as enter", ""},
+	{"j k", "down, up (also the arrow keys)", ""},
+	{"g G", "first, last (also home, end)", ""},
+	{"space", "a page down (also pgdown; pgup)", ""},
+	{"f t", "to forwards, to targets (as tab)", ""},
 	{"q", "quit (kept forwards keep running)", ""},
 }
 
