@@ -404,3 +404,91 @@ spec:
 	echoPeers(t, udp, 2, 10)
 	interrupt(t, p)
 }
+
+// TestForwardDestinationFollowsOnlyItsRelays: a pod that carries a
+// forward's kpf.dev/forward label but that kpf did not make (anyone who
+// may create pods could) never gets the forward's traffic. The relay pod
+// deleted with such a pod ready (an HTTP server on the relay's route
+// port, 4091), kpf makes a new relay, and every request still reaches
+// the destination (an echo: the request comes back byte for byte, never
+// the HTTP answer of the impostor); kpf never switches to it, and leaves
+// it alone when it stops.
+func TestForwardDestinationFollowsOnlyItsRelays(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, echoesPod)
+	ip := sb.ReadyPods(t, ns, "app=echoes", 1)[0].Status.PodIP
+	p, addrs := startDestination(t, sb, 1, "-n", ns, "ip/"+ip, ":7070")
+	relays := destinationRelays(t, sb, ns)
+	if len(relays) != 1 {
+		t.Fatalf("relay pods: %v, want one", relays)
+	}
+	rp, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), relays[0], metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := rp.Labels["kpf.dev/forward"]
+	sb.Apply(t, ns, fmt.Sprintf(`
+apiVersion: v1
+kind: Pod
+metadata: {name: evil, labels: {app: evil, kpf.dev/forward: %q}}
+spec:
+  containers:
+  - {name: http, image: kpf.test/http, ports: [{containerPort: 4091}], readinessProbe: {tcpSocket: {port: 4091}, periodSeconds: 1}}
+`, id))
+	sb.ReadyPods(t, ns, "app=evil", 1)
+	// What the forward answers: the request back (the echo behind the
+	// relay), or the impostor's HTTP answer.
+	ask := func() (string, error) {
+		c, err := net.DialTimeout("tcp", addrs[0], 5*time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+			return "", err
+		}
+		c.(*net.TCPConn).CloseWrite()
+		b, err := io.ReadAll(c)
+		return string(b), err
+	}
+	const req = "GET / HTTP/1.0\r\n\r\n"
+	if got, err := ask(); got != req {
+		t.Fatalf("before the delete: %q, %v; want the echo", got, err)
+	}
+	zero := int64(0)
+	if err := sb.Admin.CoreV1().Pods(ns).Delete(context.Background(), rp.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	impostor := ""
+	sandboxtest.WaitFor(t, 30*time.Second, "an echo through a new relay pod", func() (bool, error) {
+		got, _ := ask()
+		if strings.Contains(got, "evil") {
+			impostor = got
+		}
+		return got == req || impostor != "", nil
+	})
+	if impostor != "" {
+		t.Fatalf("the forward's bytes reached the impostor pod evil: %q\n%s", impostor, p.Output())
+	}
+	for range 5 {
+		if got, err := ask(); got != req {
+			t.Fatalf("after the new relay: %q, %v; want the echo", got, err)
+		}
+	}
+	if now := destinationRelays(t, sb, ns); len(now) != 1 || now[0] == rp.Name || now[0] == "evil" {
+		t.Errorf("relay pods after the delete: %v, want one new one kpf made", now)
+	}
+	if strings.Contains(p.Output(), "evil") {
+		t.Errorf("kpf speaks of the impostor pod evil:\n%s", p.Output())
+	}
+	interrupt(t, p)
+	sandboxtest.WaitFor(t, 30*time.Second, "the relay pods deleted", func() (bool, error) {
+		return len(destinationRelays(t, sb, ns)) == 0, nil
+	})
+	if _, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), "evil", metav1.GetOptions{}); err != nil {
+		t.Errorf("kpf deleted a pod it did not make: %v", err)
+	}
+}
