@@ -229,20 +229,37 @@ func TestForwardIP(t *testing.T) {
 	}
 }
 
-// TestForwardHostRefusesOtherDestination: a host/ target is a name the
-// relay pod resolves itself, with its pod's resolver: localhost, there,
-// is the relay pod's own loopback, where the relay's own stream listener
-// is (4090). Through kpf forward host/localhost 4090 :53/udp the test
-// speaks the relay protocol from inside the pod, as anything on the
-// relay's pod could: a PING's payload comes back byte for byte, and a
-// HELLO for a destination the relay was not made for is refused, naming
-// the one it was made for.
+// TestForwardHostRefusesOtherDestination: the relay pod of a host/
+// target dials only the destination it was made for. Through kubectl
+// port-forward to the relay's own stream port (4090), as anyone who may
+// port-forward to the relay pod could, the test speaks the relay
+// protocol: a PING's payload comes back byte for byte, and a HELLO for a
+// destination the relay was not made for is refused, naming the one it
+// was made for. And the relay pod's own loopback is no destination:
+// ip/127.0.0.1, ip/::1, host/localhost are refused before any pod is
+// made (a connection there made the relay dial its own listener without
+// end).
 func TestForwardHostRefusesOtherDestination(t *testing.T) {
 	needPodNetwork(t)
 	sb := sandboxtest.Get(t)
 	ns := sb.Namespace(t)
-	p, addrs := startDestination(t, sb, 2, "-n", ns, "host/localhost", "4090", ":53/udp")
-	c, err := net.DialTimeout("tcp", addrs[0], 5*time.Second)
+	for _, loop := range []string{"ip/127.0.0.1", "ip/::1", "ip/127.1.2.3", "host/localhost"} {
+		out, err := runWithin(t, exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "forward", "-n", ns, loop, "19000:9000"), 30*time.Second)
+		if err == nil || !strings.Contains(string(out), loop) || !strings.Contains(string(out), "the relay pod's own loopback") {
+			t.Errorf("kpf forward %s: %v, want refused as the relay pod's own loopback:\n%s", loop, err, out)
+		}
+	}
+	if r := destinationRelays(t, sb, ns); len(r) != 0 {
+		t.Fatalf("relay pods for loopback destinations: %v", r)
+	}
+	p, _ := startDestination(t, sb, 2, "-n", ns, "host/orders.example", "5432", ":53/udp")
+	relays := destinationRelays(t, sb, ns)
+	if len(relays) != 1 {
+		t.Fatalf("relay pods: %v, want one", relays)
+	}
+	kc, ls := kubectl(sb).start(t, 1, "-n", ns, "pod/"+relays[0], ":4090")
+	defer kc.Signal(syscall.SIGINT)
+	c, err := net.DialTimeout("tcp", ls[0].Addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +293,7 @@ func TestForwardHostRefusesOtherDestination(t *testing.T) {
 		t.Fatalf("answer to PING: type %d, %d bytes, want PONG with the 1000 sent", typ, len(b))
 	}
 	typ, b := read()
-	if want := `destination "10.9.9.9:53" is not allowed: this relay sends only to localhost:53 (its --allow, fixed when kpf made it)`; typ != 3 || string(b) != want {
+	if want := `destination "10.9.9.9:53" is not allowed: this relay sends only to orders.example:53 (its --allow, fixed when kpf made it)`; typ != 3 || string(b) != want {
 		t.Fatalf("answer to HELLO 10.9.9.9:53: type %d %q, want ERROR %q", typ, b, want)
 	}
 	interrupt(t, p)
