@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -508,4 +509,37 @@ spec:
 	if _, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), "evil", metav1.GetOptions{}); err != nil {
 		t.Errorf("kpf deleted a pod it did not make: %v", err)
 	}
+}
+
+// TestForwardIPRefusedIsReset: a destination that refuses (nothing
+// listens on its port) reaches the local client as a reset, an error,
+// not a clean close that looks like an empty answer; so does a pod/
+// target's closed port.
+func TestForwardIPRefusedIsReset(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, echoesPod)
+	ip := sb.ReadyPods(t, ns, "app=echoes", 1)[0].Status.PodIP
+	reset := func(what, addr string) {
+		t.Helper()
+		start := time.Now()
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		b, err := io.ReadAll(c)
+		t.Logf("%s: %d bytes, %v after %s", what, len(b), err, time.Since(start))
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%s: the client read %d bytes and %v, want a reset", what, len(b), err)
+		}
+	}
+	p, addrs := startDestination(t, sb, 1, "-n", ns, "ip/"+ip, ":1")
+	reset("ip/"+ip+" port 1", addrs[0])
+	interrupt(t, p)
+	kp, ls := kpf(sb).start(t, 1, "-n", ns, "pod/echoes", ":1")
+	reset("pod/echoes port 1", ls[0].Addr)
+	interrupt(t, kp)
 }
