@@ -543,3 +543,42 @@ func TestForwardIPRefusedIsReset(t *testing.T) {
 	reset("pod/echoes port 1", ls[0].Addr)
 	interrupt(t, kp)
 }
+
+// TestForwardDestinationWithItsRole: kpf rbac ip/ADDR's Role (no get on
+// pods) is all a host/ or ip/ forward needs: as a service account bound
+// to it, bytes go through the relay, and Ctrl-C deletes the relay pod.
+// With list taken out of it, Ctrl-C still deletes the relay pod (kpf
+// deletes the pods it made by name; it listed them, and left them
+// running).
+func TestForwardDestinationWithItsRole(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, echoesPod+"---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: forwarder}\n")
+	ip := sb.ReadyPods(t, ns, "app=echoes", 1)[0].Status.PodIP
+	cfg, _ := serviceAccountKubeconfig(t, sb, ns, "forwarder")
+	out, err := exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "rbac", "-n", ns, "ip/"+ip, "--subject", "sa:"+ns+"/forwarder").Output()
+	if err != nil {
+		t.Fatalf("kpf rbac: %v", err)
+	}
+	role := string(out)
+	image := ownRelayImage(t, sb)
+	for _, c := range []struct{ what, role string }{{"kpf rbac's Role", role}, {"its Role without list on pods", withoutVerb(t, role, "pods", "list")}} {
+		sb.Apply(t, ns, c.role)
+		// The Role takes effect within moments.
+		sandboxtest.WaitFor(t, 30*time.Second, c.what+" in effect", func() (bool, error) {
+			create, _ := sb.KubectlRun(t, "auth", "can-i", "create", "pods", "-n", ns, "--as", "system:serviceaccount:"+ns+":forwarder")
+			list, _ := sb.KubectlRun(t, "auth", "can-i", "list", "pods", "-n", ns, "--as", "system:serviceaccount:"+ns+":forwarder")
+			return strings.TrimSpace(string(create)) == "yes" && strings.Contains(c.what, "without list") == (strings.TrimSpace(string(list)) == "no"), nil
+		})
+		p := sandboxtest.Start(t, exec.Command(kpfBin, "--kubeconfig", cfg, "forward", "--relay-image", image, "ip/"+ip, ":7070"))
+		addr := p.WaitLine(t, `^Forwarding from (127\.0\.0\.1:\d+) -> 7070$`, 150*time.Second)[1]
+		if err := echoRoundTrip(addr, 64<<10); err != nil {
+			t.Errorf("with %s: %v\n%s", c.what, err, p.Output())
+		}
+		interrupt(t, p)
+		sandboxtest.WaitFor(t, 30*time.Second, "the relay pods deleted after Ctrl-C with "+c.what, func() (bool, error) {
+			return len(destinationRelays(t, sb, ns)) == 0, nil
+		})
+	}
+}
