@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -229,20 +230,37 @@ func TestForwardIP(t *testing.T) {
 	}
 }
 
-// TestForwardHostRefusesOtherDestination: a host/ target is a name the
-// relay pod resolves itself, with its pod's resolver: localhost, there,
-// is the relay pod's own loopback, where the relay's own stream listener
-// is (4090). Through kpf forward host/localhost 4090 :53/udp the test
-// speaks the relay protocol from inside the pod, as anything on the
-// relay's pod could: a PING's payload comes back byte for byte, and a
-// HELLO for a destination the relay was not made for is refused, naming
-// the one it was made for.
+// TestForwardHostRefusesOtherDestination: the relay pod of a host/
+// target dials only the destination it was made for. Through kubectl
+// port-forward to the relay's own stream port (4090), as anyone who may
+// port-forward to the relay pod could, the test speaks the relay
+// protocol: a PING's payload comes back byte for byte, and a HELLO for a
+// destination the relay was not made for is refused, naming the one it
+// was made for. And the relay pod's own loopback is no destination:
+// ip/127.0.0.1, ip/::1, host/localhost are refused before any pod is
+// made (a connection there made the relay dial its own listener without
+// end).
 func TestForwardHostRefusesOtherDestination(t *testing.T) {
 	needPodNetwork(t)
 	sb := sandboxtest.Get(t)
 	ns := sb.Namespace(t)
-	p, addrs := startDestination(t, sb, 2, "-n", ns, "host/localhost", "4090", ":53/udp")
-	c, err := net.DialTimeout("tcp", addrs[0], 5*time.Second)
+	for _, loop := range []string{"ip/127.0.0.1", "ip/::1", "ip/127.1.2.3", "host/localhost"} {
+		out, err := runWithin(t, exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "forward", "-n", ns, loop, "19000:9000"), 30*time.Second)
+		if err == nil || !strings.Contains(string(out), loop) || !strings.Contains(string(out), "the relay pod's own loopback") {
+			t.Errorf("kpf forward %s: %v, want refused as the relay pod's own loopback:\n%s", loop, err, out)
+		}
+	}
+	if r := destinationRelays(t, sb, ns); len(r) != 0 {
+		t.Fatalf("relay pods for loopback destinations: %v", r)
+	}
+	p, _ := startDestination(t, sb, 2, "-n", ns, "host/orders.example", "5432", ":53/udp")
+	relays := destinationRelays(t, sb, ns)
+	if len(relays) != 1 {
+		t.Fatalf("relay pods: %v, want one", relays)
+	}
+	kc, ls := kubectl(sb).start(t, 1, "-n", ns, "pod/"+relays[0], ":4090")
+	defer kc.Signal(syscall.SIGINT)
+	c, err := net.DialTimeout("tcp", ls[0].Addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +294,7 @@ func TestForwardHostRefusesOtherDestination(t *testing.T) {
 		t.Fatalf("answer to PING: type %d, %d bytes, want PONG with the 1000 sent", typ, len(b))
 	}
 	typ, b := read()
-	if want := `destination "10.9.9.9:53" is not allowed: this relay sends only to localhost:53 (its --allow, fixed when kpf made it)`; typ != 3 || string(b) != want {
+	if want := `destination "10.9.9.9:53" is not allowed: this relay sends only to orders.example:53 (its --allow, fixed when kpf made it)`; typ != 3 || string(b) != want {
 		t.Fatalf("answer to HELLO 10.9.9.9:53: type %d %q, want ERROR %q", typ, b, want)
 	}
 	interrupt(t, p)
@@ -403,4 +421,164 @@ spec:
 	}
 	echoPeers(t, udp, 2, 10)
 	interrupt(t, p)
+}
+
+// TestForwardDestinationFollowsOnlyItsRelays: a pod that carries a
+// forward's kpf.dev/forward label but that kpf did not make (anyone who
+// may create pods could) never gets the forward's traffic. The relay pod
+// deleted with such a pod ready (an HTTP server on the relay's route
+// port, 4091), kpf makes a new relay, and every request still reaches
+// the destination (an echo: the request comes back byte for byte, never
+// the HTTP answer of the impostor); kpf never switches to it, and leaves
+// it alone when it stops.
+func TestForwardDestinationFollowsOnlyItsRelays(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, echoesPod)
+	ip := sb.ReadyPods(t, ns, "app=echoes", 1)[0].Status.PodIP
+	p, addrs := startDestination(t, sb, 1, "-n", ns, "ip/"+ip, ":7070")
+	relays := destinationRelays(t, sb, ns)
+	if len(relays) != 1 {
+		t.Fatalf("relay pods: %v, want one", relays)
+	}
+	rp, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), relays[0], metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := rp.Labels["kpf.dev/forward"]
+	sb.Apply(t, ns, fmt.Sprintf(`
+apiVersion: v1
+kind: Pod
+metadata: {name: evil, labels: {app: evil, kpf.dev/forward: %q}}
+spec:
+  containers:
+  - {name: http, image: kpf.test/http, ports: [{containerPort: 4091}], readinessProbe: {tcpSocket: {port: 4091}, periodSeconds: 1}}
+`, id))
+	sb.ReadyPods(t, ns, "app=evil", 1)
+	// What the forward answers: the request back (the echo behind the
+	// relay), or the impostor's HTTP answer.
+	ask := func() (string, error) {
+		c, err := net.DialTimeout("tcp", addrs[0], 5*time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+			return "", err
+		}
+		c.(*net.TCPConn).CloseWrite()
+		b, err := io.ReadAll(c)
+		return string(b), err
+	}
+	const req = "GET / HTTP/1.0\r\n\r\n"
+	if got, err := ask(); got != req {
+		t.Fatalf("before the delete: %q, %v; want the echo", got, err)
+	}
+	zero := int64(0)
+	if err := sb.Admin.CoreV1().Pods(ns).Delete(context.Background(), rp.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	impostor := ""
+	sandboxtest.WaitFor(t, 30*time.Second, "an echo through a new relay pod", func() (bool, error) {
+		got, _ := ask()
+		if strings.Contains(got, "evil") {
+			impostor = got
+		}
+		return got == req || impostor != "", nil
+	})
+	if impostor != "" {
+		t.Fatalf("the forward's bytes reached the impostor pod evil: %q\n%s", impostor, p.Output())
+	}
+	for range 5 {
+		if got, err := ask(); got != req {
+			t.Fatalf("after the new relay: %q, %v; want the echo", got, err)
+		}
+	}
+	if now := destinationRelays(t, sb, ns); len(now) != 1 || now[0] == rp.Name || now[0] == "evil" {
+		t.Errorf("relay pods after the delete: %v, want one new one kpf made", now)
+	}
+	if strings.Contains(p.Output(), "evil") {
+		t.Errorf("kpf speaks of the impostor pod evil:\n%s", p.Output())
+	}
+	interrupt(t, p)
+	sandboxtest.WaitFor(t, 30*time.Second, "the relay pods deleted", func() (bool, error) {
+		return len(destinationRelays(t, sb, ns)) == 0, nil
+	})
+	if _, err := sb.Admin.CoreV1().Pods(ns).Get(context.Background(), "evil", metav1.GetOptions{}); err != nil {
+		t.Errorf("kpf deleted a pod it did not make: %v", err)
+	}
+}
+
+// TestForwardIPRefusedIsReset: a destination that refuses (nothing
+// listens on its port) reaches the local client as a reset, an error,
+// not a clean close that looks like an empty answer; so does a pod/
+// target's closed port.
+func TestForwardIPRefusedIsReset(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, echoesPod)
+	ip := sb.ReadyPods(t, ns, "app=echoes", 1)[0].Status.PodIP
+	reset := func(what, addr string) {
+		t.Helper()
+		start := time.Now()
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		b, err := io.ReadAll(c)
+		t.Logf("%s: %d bytes, %v after %s", what, len(b), err, time.Since(start))
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%s: the client read %d bytes and %v, want a reset", what, len(b), err)
+		}
+	}
+	p, addrs := startDestination(t, sb, 1, "-n", ns, "ip/"+ip, ":1")
+	reset("ip/"+ip+" port 1", addrs[0])
+	interrupt(t, p)
+	kp, ls := kpf(sb).start(t, 1, "-n", ns, "pod/echoes", ":1")
+	reset("pod/echoes port 1", ls[0].Addr)
+	interrupt(t, kp)
+}
+
+// TestForwardDestinationWithItsRole: kpf rbac ip/ADDR's Role (no get on
+// pods) is all a host/ or ip/ forward needs: as a service account bound
+// to it, bytes go through the relay, and Ctrl-C deletes the relay pod.
+// With list taken out of it, Ctrl-C still deletes the relay pod (kpf
+// deletes the pods it made by name; it listed them, and left them
+// running).
+func TestForwardDestinationWithItsRole(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	sb.Apply(t, ns, echoesPod+"---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: forwarder}\n")
+	ip := sb.ReadyPods(t, ns, "app=echoes", 1)[0].Status.PodIP
+	cfg, _ := serviceAccountKubeconfig(t, sb, ns, "forwarder")
+	out, err := exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "rbac", "-n", ns, "ip/"+ip, "--subject", "sa:"+ns+"/forwarder").Output()
+	if err != nil {
+		t.Fatalf("kpf rbac: %v", err)
+	}
+	role := string(out)
+	image := ownRelayImage(t, sb)
+	for _, c := range []struct{ what, role string }{{"kpf rbac's Role", role}, {"its Role without list on pods", withoutVerb(t, role, "pods", "list")}} {
+		sb.Apply(t, ns, c.role)
+		// The Role takes effect within moments.
+		sandboxtest.WaitFor(t, 30*time.Second, c.what+" in effect", func() (bool, error) {
+			create, _ := sb.KubectlRun(t, "auth", "can-i", "create", "pods", "-n", ns, "--as", "system:serviceaccount:"+ns+":forwarder")
+			list, _ := sb.KubectlRun(t, "auth", "can-i", "list", "pods", "-n", ns, "--as", "system:serviceaccount:"+ns+":forwarder")
+			return strings.TrimSpace(string(create)) == "yes" && strings.Contains(c.what, "without list") == (strings.TrimSpace(string(list)) == "no"), nil
+		})
+		p := sandboxtest.Start(t, exec.Command(kpfBin, "--kubeconfig", cfg, "forward", "--relay-image", image, "ip/"+ip, ":7070"))
+		addr := p.WaitLine(t, `^Forwarding from (127\.0\.0\.1:\d+) -> 7070$`, 150*time.Second)[1]
+		if err := echoRoundTrip(addr, 64<<10); err != nil {
+			t.Errorf("with %s: %v\n%s", c.what, err, p.Output())
+		}
+		interrupt(t, p)
+		sandboxtest.WaitFor(t, 30*time.Second, "the relay pods deleted after Ctrl-C with "+c.what, func() (bool, error) {
+			return len(destinationRelays(t, sb, ns)) == 0, nil
+		})
+	}
 }

@@ -838,3 +838,34 @@ spec:
 	waitEcho(t, first[0], "to 5300", 20*time.Second, "an echo through the first forward")
 	waitEcho(t, second[0], "to 5301", 20*time.Second, "an echo through the second forward")
 }
+
+// TestUDPRelayFollowsOnlyItsPod: a pod that takes the name of a deleted
+// relay pod (anyone who may create pods could make one) is not the
+// relay: kpf makes a new relay pod and never sends the forward's stream
+// to the impostor, which it leaves alone when it stops.
+func TestUDPRelayFollowsOnlyItsPod(t *testing.T) {
+	sb, ns, p, addrs, rp := udpEchoForward(t)
+	echoPeers(t, addrs[0], 1, 5)
+	zero := int64(0)
+	pods := sb.Admin.CoreV1().Pods(ns)
+	if err := pods.Delete(context.Background(), rp.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	impostor := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: rp.Name, Labels: map[string]string{"app": "impostor"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "http", Image: "kpf.test/http", Ports: []corev1.ContainerPort{{ContainerPort: 4090}},
+		}}},
+	}
+	sandboxtest.WaitFor(t, 30*time.Second, "a pod named "+rp.Name+" made again", func() (bool, error) {
+		_, err := pods.Create(context.Background(), impostor, metav1.CreateOptions{})
+		return err == nil, err
+	})
+	p.WaitLine(t, `^kpf: the UDP relay pod `+rp.Name+` is gone; its datagrams go through a new one, kpf-relay-\w+$`, 60*time.Second)
+	waitEcho(t, addrs[0], "again", 30*time.Second, "an echo through the new relay")
+	p.Signal(syscall.SIGINT)
+	p.Wait(30 * time.Second)
+	if got, err := pods.Get(context.Background(), rp.Name, metav1.GetOptions{}); err != nil || got.Labels["app"] != "impostor" {
+		t.Errorf("kpf deleted a pod it did not make: %v", err)
+	}
+}

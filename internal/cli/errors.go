@@ -260,7 +260,7 @@ func explainOpen(ctx context.Context, err error, namespace string, kube genericc
 		}
 		// What a host/ or ip/ target needs: its relay pod, and to
 		// follow and tunnel to it as to any pod.
-		role, _ := rbac.Manifest("kpf-destination-relay", map[string][]rbac.Rule{fe.Namespace: append(rbac.For(nil), rbac.Destination())}, nil)
+		role, _ := rbac.Manifest("kpf-destination-relay", map[string][]rbac.Rule{fe.Namespace: append(rbac.ForDestinations(), rbac.Destination())}, nil)
 		return fmt.Errorf("%w; a Role that allows it (bind it to yourself with a RoleBinding, or ask your cluster's admin):\n%s", se.Err, role)
 	}
 	return se.Err

@@ -10,6 +10,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/portspec"
 	"github.com/kpf-dev/kpf/internal/rbac"
 	"github.com/kpf-dev/kpf/internal/spec"
+	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/spf13/cobra"
 )
 
@@ -125,11 +126,11 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 		o.byNamespace[ns] = append(o.byNamespace[ns], rbac.Pods)
 	}
 	for _, fw := range fws {
-		target := fw.Target
+		ref := fw.Target
 		if fw.Proxy != nil || fw.Discover != nil {
-			target = "services/any" // a proxy reads services and forwards to their pods; so does a discover entry
+			ref = "services/any" // a proxy reads services and forwards to their pods; so does a discover entry
 		}
-		k, err := rbac.KindOf(target)
+		k, err := rbac.KindOf(ref)
 		if err != nil {
 			return usageError{fmt.Errorf("%s: %w", fw.Target, err)}
 		}
@@ -137,7 +138,13 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 		if ns == "" {
 			ns = def
 		}
-		o.byNamespace[ns] = append(o.byNamespace[ns], k)
+		if _, isDest, err := target.ParseDestination(ref); err != nil {
+			return usageError{err} // as kpf forward refuses it
+		} else if !isDest {
+			o.byNamespace[ns] = append(o.byNamespace[ns], k)
+		} else if o.byNamespace[ns] == nil {
+			o.byNamespace[ns] = []rbac.Kind{} // a namespace with destinations only
+		}
 		if fw.Proxy != nil {
 			o.proxies[ns] = true
 		}
@@ -157,7 +164,11 @@ func (o *RBACOptions) Complete(cmd *cobra.Command, args []string) error {
 func (o *RBACOptions) Run(context.Context) error {
 	rules := map[string][]rbac.Rule{}
 	for ns, kinds := range o.byNamespace {
-		rules[ns] = rbac.For(kinds)
+		if len(kinds) == 0 { // host/ and ip/ targets only: no object, no pod of theirs to get
+			rules[ns] = rbac.ForDestinations()
+		} else {
+			rules[ns] = rbac.For(kinds)
+		}
 		if o.proxies[ns] {
 			rules[ns] = append(rules[ns], rbac.Rule{Resource: "services", Verbs: []string{"list"}, Why: "kpf proxy: name the services there when a name matches none"})
 		}

@@ -63,13 +63,26 @@ func TestRBACOfDestinations(t *testing.T) {
 			t.Fatalf("kpf rbac %v: exit %d: %s", args, code, errOut.String())
 		}
 		s := out.String()
-		for _, want := range []string{"#   get,list,watch pods: find the target's pods and follow them", "#   create,get pods/portforward", "#   create,delete pods: the relay pod of host/ and ip/ targets"} {
+		for _, want := range []string{"#   list,watch pods: follow the relay pods kpf made", "#   create,get pods/portforward", "#   create,delete pods: the relay pod of host/ and ip/ targets"} {
 			if !strings.Contains(s, want) {
 				t.Errorf("kpf rbac %v: no %q in\n%s", args, want, s)
 			}
 		}
+		// No get on pods: kpf knows the relay pods it made, and a
+		// destination has no object to read.
+		if strings.Contains(s, "get,list,watch") || strings.Contains(s, "get pods:") {
+			t.Errorf("kpf rbac %v asks for get on pods, which a host/ or ip/ forward never does:\n%s", args, s)
+		}
 		if strings.Contains(s, "networking.k8s.io") || strings.Contains(s, "ipaddresses") {
 			t.Errorf("kpf rbac %v names IPAddresses:\n%s", args, s)
+		}
+	}
+	// What kpf forward refuses, kpf rbac refuses too, with its words.
+	for _, bad := range []string{"ip/0.0.0.0", "ip/255.255.255.255", "ip/224.0.0.1", "ip/127.0.0.1", "host/localhost"} {
+		var out, errOut bytes.Buffer
+		code := Run(context.Background(), []string{"--kubeconfig", kubeconfig, "rbac", bad}, &out, &errOut)
+		if code == 0 || !strings.Contains(errOut.String(), `target "`+bad+`"`) || out.Len() != 0 {
+			t.Errorf("kpf rbac %s: exit %d, %q, printed %q; want refused naming it", bad, code, errOut.String(), out.String())
 		}
 	}
 }

@@ -60,7 +60,8 @@ func newRelayGCCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "gc [-n NAMESPACE | -A] [--all]",
 		Short: "List your relay pods, and remove those whose kpf is gone or that ended",
-		Long: `List the UDP relay pods you started (label kpf.dev/user), in the current
+		Long: `List the relay pods you started (of /udp ports, and of host/ and ip/
+targets; label kpf.dev/user), in the current
 namespace or every one (-A), and delete those whose kpf is gone: started on
 this machine by a process that no longer runs, or ended (a relay exits by
 itself within a minute of losing its kpf). Relay pods of kpf processes on

@@ -39,8 +39,9 @@ func newRunCommand(g *globals) *cobra.Command {
 		Short: "Start the forwards, wait until they are healthy, run COMMAND with their addresses, then stop them",
 		Long: `Start the forwards of kpf.yaml (or -f FILE; all, or the named ones), wait until
 every one is ready and healthy, then run COMMAND with each forward's local
-address in its environment: KPF_<NAME>_ADDR (host:port), KPF_<NAME>_HOST and
-KPF_<NAME>_PORT, NAME upper-cased with '_' for other characters. When COMMAND ends the
+address in its environment: KPF_<NAME>_ADDR (host:port), KPF_<NAME>_HOST,
+KPF_<NAME>_PORT (a number) and KPF_<NAME>_PROTO (tcp, or udp for a /udp port),
+NAME upper-cased with '_' for other characters. When COMMAND ends the
 forwards stop, and kpf exits with COMMAND's exit code.`,
 		Example: `  kpf run -- sh -c 'curl -fsS http://$KPF_API_ADDR/healthz'
   kpf run api db -f ci.yaml -- go test ./integration/...`,
@@ -105,11 +106,22 @@ func (o *RunOptions) Run(ctx context.Context, id identity.Identity) error {
 		if len(r.Local) == 0 {
 			continue
 		}
-		key := envKey(r.Name)
-		host, port := splitHostPort(r.Local[0])
-		env = append(env, key+"_ADDR="+r.Local[0], key+"_HOST="+host, key+"_PORT="+port)
+		env = append(env, forwardEnv(r.Name, r.Local[0])...)
 	}
 	return runWithEnv(ctx, o.command, env, o.g.out, o.g.errOut)
+}
+
+// forwardEnv is the variables of a forward named name listening at local
+// (host:port, "/udp" after it for a /udp port): _ADDR a dialable
+// host:port, _HOST, _PORT a number, and _PROTO tcp or udp.
+func forwardEnv(name, local string) []string {
+	key := envKey(name)
+	addr, proto := local, "tcp"
+	if a, ok := strings.CutSuffix(local, "/udp"); ok {
+		addr, proto = a, "udp"
+	}
+	host, port := splitHostPort(addr)
+	return []string{key + "_ADDR=" + addr, key + "_HOST=" + host, key + "_PORT=" + port, key + "_PROTO=" + proto}
 }
 
 func splitHostPort(addr string) (string, string) {

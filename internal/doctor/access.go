@@ -28,7 +28,7 @@ func (d *Doctor) rbac(ctx context.Context, fw config.Forward, s spec.Settings) C
 	can := map[string]bool{}
 	rules := rbac.For(kinds)
 	if rbac.IsDestination(fw.Target) {
-		rules = append(rules, rbac.Destination()) // its /udp ports too
+		rules = append(rbac.ForDestinations(), rbac.Destination()) // its /udp ports too
 	} else if portspec.AnyUDP(fw.Ports) {
 		rules = append(rules, rbac.Relay(s.UDPRelay))
 	}

@@ -61,6 +61,10 @@ type Options struct {
 	// Exactly one of PodName (a pod target: follow that name) and Selector.
 	PodName  string
 	Selector labels.Selector
+	// Accept, if set, must also say yes to a pod for the follower to use
+	// it: a relay's follower takes only the pods kpf made (by UID), not
+	// any other pod that carries their name or labels.
+	Accept func(*corev1.Pod) bool
 
 	Client kube.Interface
 	// Dial opens a tunnel to the named pod.

@@ -18,6 +18,7 @@ import (
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/testnet"
 	"github.com/kpf-dev/kpf/internal/tunnel"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"runtime"
 )
@@ -648,5 +649,43 @@ func TestLostTunnelIsRedialledWhileIdle(t *testing.T) {
 	}
 	if r := connect(t, context.Background(), f); r.err != nil || r.pod != "web-1" {
 		t.Fatalf("after the redial: %q, %v", r.pod, r.err)
+	}
+}
+
+// A relay's follower takes only the pods kpf made (Accept), never
+// another pod that carries their labels: it would get the forward's
+// traffic.
+func TestAcceptRefusesPodsKpfDidNotMake(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
+	var mu sync.Mutex
+	made := map[string]bool{"web-1": true}
+	f, _ := newFollower(t, s, func(o *Options) {
+		o.ReconnectWait = 300 * time.Millisecond
+		o.Accept = func(p *corev1.Pod) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return made[p.Name]
+		}
+	})
+	if r := connect(t, context.Background(), f); r.pod != "web-1" || r.err != nil {
+		t.Fatalf("went to %q (%v), want web-1", r.pod, r.err)
+	}
+	s.Pod(t, ns, "evil", web, true, fakeapi.Echo(t, "evil"))
+	s.Delete(t, ns, "web-1")
+	testnet.WaitFor(t, func() bool { pod, _ := f.State(); return pod == "" })
+	if r := connect(t, context.Background(), f); r.pod == "evil" || !errors.Is(r.err, ErrNoReadyPod) {
+		t.Fatalf("with web-1 gone the connection went to %q (%v), want no pod (ErrNoReadyPod)", r.pod, r.err)
+	}
+	if f.knows("evil", true) {
+		t.Fatal("the follower knows evil, a pod it does not accept")
+	}
+	mu.Lock()
+	made["web-2"] = true
+	mu.Unlock()
+	s.Pod(t, ns, "web-2", web, true, fakeapi.Echo(t, "web-2"))
+	testnet.WaitFor(t, func() bool { return f.knows("web-2", true) })
+	if r := connect(t, context.Background(), f); r.pod != "web-2" || r.err != nil {
+		t.Fatalf("went to %q (%v), want web-2, the pod kpf made", r.pod, r.err)
 	}
 }

@@ -63,6 +63,9 @@ func (w *Watches) Namespaces() int { return w.set.Namespaces() }
 
 // mine reports whether p is one of the follower's pods.
 func (f *Follower) mine(p *corev1.Pod) bool {
+	if f.o.Accept != nil && !f.o.Accept(p) {
+		return false
+	}
 	if f.o.PodName != "" {
 		return p.Name == f.o.PodName
 	}

@@ -55,6 +55,17 @@ func Relay(mode string) Rule {
 	return Rule{Resource: "pods", Verbs: []string{"create", "delete"}, Why: "the UDP relay pod of /udp ports: made when the forward starts, deleted when it stops"}
 }
 
+// ForDestinations is what host/ and ip/ targets need in a namespace
+// with no other target, beside Destination: their relay pods followed
+// (list, watch: the pods kpf made, which it knows without a get) and
+// tunnels to them, as For's.
+func ForDestinations() []Rule {
+	return []Rule{
+		{Resource: "pods", Verbs: []string{"list", "watch"}, Why: "follow the relay pods kpf made"},
+		{Resource: "pods/portforward", Verbs: []string{"create", "get"}, Why: "open tunnels (create: SPDY, get: WebSocket)"},
+	}
+}
+
 // Destination is what a host/ or ip/ target needs beside For's rules
 // (it follows and tunnels to its relay pod as to any pod): its relay pod
 // to create, and delete.

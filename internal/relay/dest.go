@@ -122,6 +122,22 @@ type RouteSpec struct {
 
 func (r RouteSpec) String() string { return strconv.Itoa(int(r.Port)) + "=" + r.Dest.String() }
 
+// ErrLoopback is a destination on the relay pod's own loopback
+// (127.0.0.0/8, ::1, localhost): there, it is the relay's own listeners,
+// and a route to one would dial itself without end.
+var ErrLoopback = errors.New("the relay pod's own loopback (its own listeners: a route there dials itself without end)")
+
+// IsLoopback says whether host (as ParseHost gives it) is a loopback
+// address, localhost, or a name under .localhost (RFC 6761: they resolve
+// to loopback).
+func IsLoopback(host string) bool {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return ip.Unmap().IsLoopback()
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	return host == "localhost" || strings.HasSuffix(host, ".localhost")
+}
+
 // ParseRoute reads --tcp PORT=HOST:PORT.
 func ParseRoute(s string) (RouteSpec, error) {
 	port, dest, ok := strings.Cut(s, "=")
@@ -132,6 +148,9 @@ func ParseRoute(s string) (RouteSpec, error) {
 	d, err := ParseDest(dest)
 	if err != nil {
 		return RouteSpec{}, fmt.Errorf("--tcp %q: want PORT=HOST:PORT, such as 4091=orders.example:5432: %w", s, err)
+	}
+	if IsLoopback(d.Host) {
+		return RouteSpec{}, fmt.Errorf("--tcp %q: %s is %w", s, d.Host, ErrLoopback)
 	}
 	return RouteSpec{Port: uint16(p), Dest: d}, nil
 }

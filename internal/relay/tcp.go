@@ -3,9 +3,12 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -54,7 +57,7 @@ func (s *Server) serveRoute(ctx context.Context, r Route) {
 func (s *Server) pipe(ctx context.Context, c net.Conn, d Dest) {
 	defer c.Close()
 	dctx, cancel := context.WithTimeout(ctx, s.DialTimeout)
-	out, err := (&net.Dialer{}).DialContext(dctx, "tcp", d.String())
+	out, err := (&net.Dialer{Control: s.refuseLoopback}).DialContext(dctx, "tcp", d.String())
 	cancel()
 	if err != nil {
 		s.Log.Warn("dial", "destination", d.String(), "err", err)
@@ -76,6 +79,21 @@ func (s *Server) pipe(ctx context.Context, c net.Conn, d Dest) {
 			out.Close()
 		}
 	}
+}
+
+// refuseLoopback is a route's dialer's check of the address it dials,
+// once resolved: never the relay pod's own loopback (or the unspecified
+// address, which reaches it too), whatever name led there. A route to it
+// would reach the relay's own listeners, each connection another dial.
+func (s *Server) refuseLoopback(_, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil || s.dialLoopback {
+		return nil
+	}
+	if ip := ap.Addr().Unmap(); ip.IsLoopback() || ip.IsUnspecified() {
+		return fmt.Errorf("%s is %w", address, ErrLoopback)
+	}
+	return nil
 }
 
 // halfCopy copies src to dst, then closes dst's write side (or dst, if it

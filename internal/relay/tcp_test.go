@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -62,7 +63,7 @@ func routeServer(t *testing.T, dest string, tweak func(*Server)) (routeAddr stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	s = &Server{Log: quiet, IdleExit: -1, Routes: []Route{{Listener: rl, Dest: d}}}
+	s = &Server{Log: quiet, IdleExit: -1, Routes: []Route{{Listener: rl, Dest: d}}, dialLoopback: true}
 	if tweak != nil {
 		tweak(s)
 	}
@@ -135,6 +136,58 @@ func TestRouteUnreachableResets(t *testing.T) {
 	_, err = c.Read(make([]byte, 1))
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("read: %v, want a reset", err)
+	}
+}
+
+// TestRouteRefusesLoopback: the relay never dials its pod's own
+// loopback, whatever the route names (an address, or a name that
+// resolves there): a route to its own listener would dial itself for
+// every connection it makes, without end. The client's connection is
+// reset, and the loopback listener never hears of it.
+func TestRouteRefusesLoopback(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	for _, dest := range []string{ln.Addr().String(), net.JoinHostPort("localhost", strconv.Itoa(port))} {
+		addr, _, _, _ := routeServer(t, dest, func(s *Server) { s.dialLoopback = false })
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			_, err = c.Read(make([]byte, 1))
+			c.Close()
+		}
+		if !errors.Is(err, syscall.ECONNRESET) { // at the dial, or after
+			t.Fatalf("a route to %s: read %v, want a reset", dest, err)
+		}
+	}
+	select {
+	case <-accepted:
+		t.Fatal("the relay dialled a loopback destination")
+	default:
+	}
+}
+
+// TestParseRouteRefusesLoopback: --tcp to loopback is refused when the
+// relay starts, naming the value and why.
+func TestParseRouteRefusesLoopback(t *testing.T) {
+	for _, s := range []string{"4091=127.0.0.1:4090", "4091=127.3.2.1:80", "4091=[::1]:80", "4091=[::ffff:127.0.0.1]:80", "4091=localhost:4090", "4091=db.localhost:5432"} {
+		_, err := ParseRoute(s)
+		if !errors.Is(err, ErrLoopback) || !strings.Contains(err.Error(), s) {
+			t.Errorf("ParseRoute(%q): %v, want ErrLoopback naming the value", s, err)
+		}
+	}
+	if _, err := ParseRoute("4091=10.0.0.1:80"); err != nil {
+		t.Errorf("ParseRoute of a pod's address: %v", err)
 	}
 }
 

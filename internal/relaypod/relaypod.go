@@ -115,6 +115,11 @@ type Spec struct {
 	// Deadline bounds the pod's life (activeDeadlineSeconds): a backstop
 	// should both kpf and the relay's own exit fail.
 	Deadline time.Duration
+	// Created, if set, hears of the pod as soon as the API server made
+	// it, before it is ready: its UID is what the forward follows (any
+	// other pod with its labels, or its name once it is gone, is not
+	// kpf's).
+	Created func(*corev1.Pod)
 }
 
 // Selector selects the relay pods of forward (Spec.Forward).
@@ -227,6 +232,9 @@ func Start(ctx context.Context, c kube.Interface, s Spec, timeout time.Duration)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("create the relay pod: %w", err)
+	}
+	if s.Created != nil {
+		s.Created(p)
 	}
 	ready, err := waitReady(ctx, c, p, timeout)
 	if err != nil {
@@ -344,12 +352,18 @@ func why(p *corev1.Pod) string {
 	return ""
 }
 
-// Delete removes a relay pod at once.
+// Delete removes a relay pod at once: the pod of p's UID, if it has one,
+// and never another that took its name.
 func Delete(ctx context.Context, c kube.Interface, p *corev1.Pod) error {
 	zero := int64(0)
-	err := c.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	opts := metav1.DeleteOptions{GracePeriodSeconds: &zero}
+	if p.UID != "" {
+		uid := p.UID
+		opts.Preconditions = &metav1.Preconditions{UID: &uid}
+	}
+	err := c.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, opts)
 	switch {
-	case apierrors.IsNotFound(err):
+	case apierrors.IsNotFound(err), apierrors.IsConflict(err): // gone, or the name is another pod's now
 		return nil
 	case apierrors.IsForbidden(err):
 		return &ForbiddenError{Verb: "delete", Resource: "pods", Namespace: p.Namespace, Err: err}

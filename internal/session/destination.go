@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"strconv"
@@ -13,12 +14,14 @@ import (
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/follow"
+	"github.com/kpf-dev/kpf/internal/kube"
 	"github.com/kpf-dev/kpf/internal/meter"
 	"github.com/kpf-dev/kpf/internal/relay"
 	"github.com/kpf-dev/kpf/internal/relaypod"
 	"github.com/kpf-dev/kpf/internal/target"
 	"github.com/kpf-dev/kpf/internal/tunnel"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // relayKeepAlive is how often kpf pings a destination relay on the stream
@@ -32,14 +35,36 @@ const relayKeepAlive = 10 * time.Second
 // arguments): each TCP port a loopback listener of the relay piped to the
 // destination, each /udp port an --allow of its datagram relay.
 //
-// The forward follows the relay by its LabelForward label, as it follows
-// a workload's pods, so that one that replaces it (keep makes it when the
-// last is deleted, evicted or exited) is followed like a workload's new
-// pod. close deletes every pod of the label.
+// The forward follows the relay pods kpf made for it, by the UIDs it
+// recorded when it made them (made), as it follows a workload's pods, so
+// that one that replaces it (keep makes it when the last is deleted,
+// evicted or exited) is followed like a workload's new pod. A pod that
+// carries the forward's LabelForward label but that kpf did not make is
+// never followed: anyone who may create pods could make one, and would
+// get the forward's traffic. close deletes the pods kpf made, by name and
+// UID (no list: a Role may lack it).
 type destRelay struct {
 	spec   relaypod.Spec
 	routes map[uint16]uint16 // the destination's TCP port → the relay's loopback port
 	s      *Session
+
+	mu   sync.Mutex
+	made map[types.UID]*corev1.Pod // every relay pod made for the forward
+}
+
+// created records a relay pod kpf made (relaypod.Spec.Created).
+func (r *destRelay) created(p *corev1.Pod) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.made[p.UID] = p
+}
+
+// ours: p is a relay pod kpf made for the forward (follow.Options.Accept).
+func (r *destRelay) ours(p *corev1.Pod) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.made[p.UID]
+	return ok
 }
 
 // newForwardID names a forward's destination relays (LabelForward).
@@ -60,7 +85,7 @@ func startDestination(ctx context.Context, spec Spec, deps Deps, d target.Destin
 	if ns == "" {
 		ns = deps.Cluster.Namespace()
 	}
-	r := &destRelay{routes: map[uint16]uint16{}}
+	r := &destRelay{routes: map[uint16]uint16{}, made: map[types.UID]*corev1.Pod{}}
 	var tcp, allow []string
 	for _, p := range ports {
 		switch {
@@ -72,7 +97,7 @@ func startDestination(ctx context.Context, spec Spec, deps Deps, d target.Destin
 		}
 	}
 	slices.Sort(allow)
-	r.spec = relaypod.Spec{Namespace: ns, Image: spec.RelayImage, Target: d.Ref(), Allow: slices.Compact(allow), TCP: tcp, Owner: relaypod.Me(), Forward: newForwardID()}
+	r.spec = relaypod.Spec{Namespace: ns, Image: spec.RelayImage, Target: d.Ref(), Allow: slices.Compact(allow), TCP: tcp, Owner: relaypod.Me(), Forward: newForwardID(), Created: r.created}
 	pod, err := relaypod.Start(ctx, deps.Cluster.Client(), r.spec, relayReadyTimeout)
 	if err != nil {
 		return nil, nil, &StageError{Stage: StageDestination, Err: fmt.Errorf("the relay pod of %s: %w", d.Ref(), err)}
@@ -200,19 +225,20 @@ func (r *destRelay) keep(ctx context.Context, first net.Conn) {
 	}
 }
 
-// close deletes the forward's relay pods: every pod of its label.
-func (r *destRelay) close() {
+// close deletes the relay pods kpf made for the forward, by name and UID
+// (one already gone is no error).
+func (r *destRelay) close(c kube.Interface, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c := r.s.deps.Cluster.Client()
-	list, err := c.CoreV1().Pods(r.spec.Namespace).List(ctx, metav1.ListOptions{LabelSelector: relaypod.Selector(r.spec.Forward).String()})
-	if err != nil {
-		r.s.deps.Log.Error("list the relay pods", "target", r.spec.Target, "err", err)
-		return
+	r.mu.Lock()
+	made := make([]*corev1.Pod, 0, len(r.made))
+	for _, p := range r.made {
+		made = append(made, p)
 	}
-	for _, p := range list.Items {
-		if err := relaypod.Delete(ctx, c, &p); err != nil {
-			r.s.deps.Log.Error("delete the relay pod", "pod", p.Name, "err", err)
+	r.mu.Unlock()
+	for _, p := range made {
+		if err := relaypod.Delete(ctx, c, p); err != nil {
+			log.Error("delete the relay pod", "pod", p.Name, "err", err)
 		}
 	}
 }

@@ -154,7 +154,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		dest.s = s
 		defer func() {
 			if !opened { // the relay pods go with a failed Open
-				dest.close()
+				dest.close(deps.Cluster.Client(), deps.Log)
 			}
 		}()
 	}
@@ -196,7 +196,7 @@ func Open(ctx context.Context, spec Spec, deps Deps) (*Session, error) {
 		}
 	}
 	if dest != nil {
-		fo.Selector = relaypod.Selector(dest.spec.Forward)
+		fo.Selector, fo.Accept = relaypod.Selector(dest.spec.Forward), dest.ours
 	} else if _, isPod := t.Object.(*corev1.Pod); isPod {
 		fo.PodName = t.Pod.Name
 	} else if fo.Selector, err = target.Selector(t.Object); err != nil {
@@ -281,7 +281,7 @@ func (s *Session) Serve(ctx context.Context) error {
 			defer close(kept)
 			s.dest.keep(kctx, s.relayConn)
 		}()
-		defer s.dest.close()
+		defer s.dest.close(s.deps.Cluster.Client(), s.deps.Log)
 		defer func() { stop(); <-kept }()
 	}
 	err := forward.Serve(ctx, s.Listeners, backend, s.deps.Out, s.deps.Log, opts)

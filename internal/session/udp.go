@@ -318,6 +318,9 @@ func (u *udpSide) startRelay(ctx context.Context, targetIP string) (*podRelay, e
 	f, err := follow.New(fctx, follow.Options{
 		Namespace: t.Namespace, Ref: "pod/" + rp.Name, PodName: rp.Name, Client: s.deps.Cluster.Client(), Initial: rp,
 		Dial: u.dial, ReconnectWait: s.spec.ReconnectWait, Log: s.deps.Log.With("relay", rp.Name), Liveness: s.deps.Cluster.Liveness(),
+		// The pod kpf made, not another that takes its name once it is
+		// gone: that one would get the datagrams.
+		Accept: func(p *corev1.Pod) bool { return p.UID == rp.UID },
 		// A watch of its own, listed now: the namespace's shared one may
 		// not have seen the relay pod turn ready yet.
 	})

@@ -61,6 +61,8 @@ func ParseDestination(typeName string) (d Destination, ok bool, err error) {
 		return bad("%q is not an IP address: for a name, write host/%s", name, host)
 	case kind == "host" && isIP:
 		return bad("%q is an IP address: write ip/%s", name, host)
+	case relay.IsLoopback(host):
+		return bad("%q is the relay pod's own loopback, where only the relay itself listens (a connection there would make it dial itself without end): name a host the cluster reaches; for this machine's own ports, kpf forward needs no relay", name)
 	}
 	return Destination{Kind: kind, Host: host}, true, nil
 }

@@ -42,6 +42,14 @@ func TestParseDestination(t *testing.T) {
 			t.Errorf("%s: %v\n want %s", in, err, want)
 		}
 	}
+	// The relay pod's own loopback: a connection there would make the
+	// relay dial its own listener without end.
+	for _, in := range []string{"ip/127.0.0.1", "ip/127.8.9.10", "ip/::1", "ip/::ffff:127.0.0.1", "host/localhost", "host/LocalHost.", "host/db.localhost"} {
+		_, ok, err := ParseDestination(in)
+		if !ok || err == nil || !strings.Contains(err.Error(), `target "`+in+`"`) || !strings.Contains(err.Error(), "the relay pod's own loopback") {
+			t.Errorf("%s: %v, want refused as the relay pod's own loopback", in, err)
+		}
+	}
 }
 
 // TestDestinationPortsNumbersOnly: a destination has no named ports.
