@@ -81,16 +81,26 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 			fmt.Fprintf(o.g.errOut, "note: the daemon was running already without metrics; they are served by a daemon started with kpf daemon --metrics-addr %s\n", metricsAddr)
 		}
 	}
+	failed := func(n string) bool {
+		return slices.ContainsFunc(res.Failed, func(f api.Failure) bool { return f.Name == n })
+	}
 	for _, part := range []struct {
 		what  string
 		names []string
-	}{{"started", res.Started}, {"restarted", res.Restarted}, {"unchanged", res.Unchanged}, {"stopped", res.Stopped}} {
+	}{{"started", slices.DeleteFunc(res.Started, failed)}, {"restarted", slices.DeleteFunc(res.Restarted, failed)}, {"unchanged", res.Unchanged}, {"stopped", res.Stopped}} {
 		if len(part.names) > 0 {
 			fmt.Fprintf(o.g.out, "%s: %s\n", part.what, strings.Join(part.names, ", "))
 		}
 	}
+	for _, f := range res.Failed {
+		fmt.Fprintf(o.g.errOut, "failed: %s: %s\n", f.Name, f.Error)
+	}
 	if !o.Wait {
 		refreshHostsFiles(ctx, o.g, home)
+		if len(res.Failed) > 0 {
+			// Known as it was applied: no success to report.
+			return fmt.Errorf("%d of the file's forwards failed as they were applied; the daemon retries them (kpf status shows them, kpf down stops them)", len(res.Failed))
+		}
 		fmt.Fprintln(o.g.out, "kpf status shows how they are doing; kpf down stops them")
 		return nil
 	}

@@ -483,7 +483,15 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 	defer s.opMu.Unlock()
 	res := s.applyFile(req, fws)
 	s.save(req.File, &stamp{time.Now(), hashOf(req.File)})
-	s.Log.Info("applied", "file", req.File, "started", res.Started, "restarted", res.Restarted, "unchanged", res.Unchanged, "stopped", res.Stopped)
+	for _, fw := range fws {
+		if !slices.Contains(res.Started, fw.Name) && !slices.Contains(res.Restarted, fw.Name) {
+			continue
+		}
+		if err := s.portTaken(req.File, fw); err != nil {
+			res.Failed = append(res.Failed, api.Failure{Name: fw.Name, Error: err.Error()})
+		}
+	}
+	s.Log.Info("applied", "file", req.File, "started", res.Started, "restarted", res.Restarted, "unchanged", res.Unchanged, "stopped", res.Stopped, "failed", len(res.Failed))
 	writeJSON(w, res)
 }
 
@@ -647,20 +655,29 @@ var ErrPortTaken = errors.New("local port taken by another file's forward")
 // naming that forward and its file, before it tries to listen.
 func (s *Server) guard(path string, open manager.Opener) manager.Opener {
 	return func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
-		for _, r := range s.runs() {
-			if r.path == path {
-				continue
-			}
-			for _, other := range r.m.Specs(true) {
-				if port, addr, ok := config.Overlap(fw, other); ok {
-					// Waiting does not free it: retried only slowly.
-					return nil, supervise.Permanent(fmt.Errorf("%w: local port %d on %s is used by forward %q %s",
-						ErrPortTaken, port, addr, other.Name, s.whereStop(r.path, other.Name)))
-				}
-			}
+		if err := s.portTaken(path, fw); err != nil {
+			// Waiting does not free it: retried only slowly.
+			return nil, supervise.Permanent(err)
 		}
 		return open(ctx, fw, sp)
 	}
+}
+
+// portTaken is the ErrPortTaken of fw (of the file at path) when another
+// file's forward holds one of its local ports, or nil.
+func (s *Server) portTaken(path string, fw config.Forward) error {
+	for _, r := range s.runs() {
+		if r.path == path {
+			continue
+		}
+		for _, other := range r.m.Specs(true) {
+			if port, addr, ok := config.Overlap(fw, other); ok {
+				return fmt.Errorf("%w: local port %d on %s is used by forward %q %s",
+					ErrPortTaken, port, addr, other.Name, s.whereStop(r.path, other.Name))
+			}
+		}
+	}
+	return nil
 }
 
 func readNames(r *http.Request) (api.NamesRequest, error) {

@@ -117,6 +117,16 @@ type ApplyResult struct {
 	Restarted []string `json:"restarted"`
 	Unchanged []string `json:"unchanged"`
 	Stopped   []string `json:"stopped"`
+	// Failed are the forwards (of Started and Restarted) known to fail as
+	// they are applied, such as one whose local port another file's
+	// forward holds; they are retried, and kpf status shows them.
+	Failed []Failure `json:"failed,omitempty"`
+}
+
+// Failure is a forward that failed, and why.
+type Failure struct {
+	Name  string `json:"name"`
+	Error string `json:"error"`
 }
 
 // NamesRequest picks forwards for down and restart: the named ones (of
