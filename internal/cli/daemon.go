@@ -9,12 +9,14 @@ import (
 	"github.com/kpf-dev/kpf/internal/cluster"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -77,8 +79,11 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 		}
 	}
 	if metricsAddr != "" {
-		if st, err := c.Status(ctx, abs); err == nil && st.Metrics == "" {
-			fmt.Fprintf(o.g.errOut, "note: the daemon was running already without metrics; they are served by a daemon started with kpf daemon --metrics-addr %s\n", metricsAddr)
+		// The same for --metrics-addr (or the file's metrics: key).
+		if st, err := c.Status(ctx, abs); err == nil {
+			if note := metricsAddrNote(metricsAddr, st.Metrics); note != "" {
+				fmt.Fprintln(o.g.errOut, note)
+			}
 		}
 	}
 	failed := func(n string) bool {
@@ -167,6 +172,35 @@ func apiAddrNote(want, serving string) string {
 		running = "with its API on " + serving
 	}
 	return fmt.Sprintf("note: --api-addr %s is not applied: the kpf daemon was running already, %s; a daemon takes --api-addr when it starts (restart it: kpf down --all, then kpf up -d --api-addr %s)", want, running, want)
+}
+
+// metricsAddrNote says, when kpf up -d --metrics-addr want found a daemon
+// that serves its metrics elsewhere (at the URL serving, "" for nowhere),
+// that want was not applied and how to apply it; "" when the daemon
+// serves want.
+func metricsAddrNote(want, serving string) string {
+	host, port, err := net.SplitHostPort(want)
+	if err != nil {
+		return ""
+	}
+	running := "without metrics"
+	if serving != "" {
+		running = "with its metrics at " + serving
+		if u, err := url.Parse(serving); err == nil {
+			if got, err := netip.ParseAddrPort(u.Host); err == nil && (port == "0" || port == strconv.Itoa(int(got.Port()))) {
+				a, err := netip.ParseAddr(host)
+				switch {
+				case host == "" || err == nil && a.IsUnspecified() && got.Addr().IsUnspecified():
+					return ""
+				case strings.EqualFold(host, "localhost") && got.Addr().IsLoopback():
+					return ""
+				case err == nil && a.Unmap() == got.Addr().Unmap():
+					return ""
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("note: --metrics-addr %s is not applied: the kpf daemon was running already, %s; a daemon takes --metrics-addr when it starts (restart it: kpf down --all, then kpf up -d --metrics-addr %s)", want, running, want)
 }
 
 const apiAddrUsage = "also serve the daemon's API on this loopback TCP address (127.0.0.1:PORT), for tools that cannot open a unix socket; requests need the bearer token the daemon writes to api-token in its home (0600)"
