@@ -457,8 +457,8 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 	var req api.ApplyRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 4<<20)).Decode(&req); err != nil {
-		httpError(w, "bad request: "+err.Error(), http.StatusBadRequest)
+	if err := decodeRequest(r, 4<<20, &req, "file", "settings"); err != nil {
+		httpError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	if !filepath.IsAbs(req.File) {

@@ -117,9 +117,15 @@ func (s *Server) listProxies(w http.ResponseWriter, r *http.Request) {
 func (s *Server) find(r *http.Request, kind string) (api.Forward, int, error) {
 	name, file := r.PathValue("name"), r.URL.Query().Get("file")
 	var found []api.Forward
-	var names []string
+	var names, elsewhere []string
 	for _, f := range s.statusOf("").Forwards {
-		if f.Kind != kind || (file != "" && f.File != file) {
+		if f.Kind != kind {
+			continue
+		}
+		if file != "" && f.File != file {
+			if f.Name == name {
+				elsewhere = append(elsewhere, f.File)
+			}
 			continue
 		}
 		names = append(names, f.Name)
@@ -135,11 +141,14 @@ func (s *Server) find(r *http.Request, kind string) (api.Forward, int, error) {
 		if running == "" {
 			running = "none"
 		}
-		where := ""
-		if file != "" {
-			where = " from " + file
+		if file == "" {
+			return api.Forward{}, http.StatusNotFound, fmt.Errorf("the daemon runs no %s %q (running: %s)", kind, name, running)
 		}
-		return api.Forward{}, http.StatusNotFound, fmt.Errorf("the daemon runs no %s %q%s (running: %s)", kind, name, where, running)
+		msg := fmt.Sprintf("%s has no %s %q running (its %ss: %s)", file, kind, name, kind, running)
+		if len(elsewhere) > 0 {
+			msg += fmt.Sprintf("; %q runs from %s: drop ?file= or give that file", name, strings.Join(elsewhere, ", "))
+		}
+		return api.Forward{}, http.StatusNotFound, errors.New(msg)
 	}
 	var files []string
 	for _, f := range found {
@@ -326,8 +335,8 @@ func (s *Server) takenBy(name string) string {
 // startForward runs one forward without a file (POST /v1/forwards).
 func (s *Server) startForward(w http.ResponseWriter, r *http.Request) {
 	var req api.StartRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-		httpError(w, "bad request: "+err.Error(), http.StatusBadRequest)
+	if err := decodeRequest(r, 1<<20, &req, "settings"); err != nil {
+		httpError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	origin := req.Origin
@@ -461,4 +470,28 @@ func (s *Server) endSession(session string) {
 	}
 	s.opMu.Unlock()
 	s.hub().diff(s)
+}
+
+// decodeRequest decodes the JSON body of r (at most limit bytes) into v,
+// and names a field of required that the body leaves out (or sends as
+// null): a missing settings object was refused as `--transport "": want
+// auto...`, which names no field the caller sent.
+func decodeRequest(r *http.Request, limit int64, v any, required ...string) error {
+	var raw json.RawMessage
+	if err := json.NewDecoder(io.LimitReader(r.Body, limit)).Decode(&raw); err != nil {
+		return fmt.Errorf("bad request: %w", err)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("bad request: %w", err)
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return fmt.Errorf("bad request: %w", err)
+	}
+	for _, f := range required {
+		if b, ok := fields[f]; !ok || string(b) == "null" {
+			return fmt.Errorf("bad request: the field %q is missing: the request needs it (docs/api/openapi.yaml lists the required fields)", f)
+		}
+	}
+	return nil
 }
