@@ -325,6 +325,8 @@ its own flags and environment, as kpf up -d would.`,
 			at, err := serveMetrics(cmd.Context(), metricsAddr, s.Metrics, g.errOut)
 			if err != nil && restoredMetrics {
 				log.Warn("the metrics address of the daemon before this one (which was killed) is not served: restart the daemon with --metrics-addr to serve one", "err", err)
+				s.Warnings = append(s.Warnings, fmt.Sprintf("the metrics address %s of the daemon before this one (which was killed) is not served: %v (once the address is free: kpf down --all, then kpf up -d --metrics-addr %s)", metricsAddr, err, metricsAddr))
+				s.MetricsAddr = metricsAddr // recorded still: the next restore tries it again
 				at, err = nil, nil
 			}
 			if err != nil {
@@ -482,6 +484,9 @@ func writeRestored(w io.Writer, rs []api.Restore) {
 func writeStatus(w io.Writer, st *api.Status) {
 	fmt.Fprintf(w, "kpf daemon pid %d, up %s, %d file(s)\n", st.PID, time.Since(st.Started).Round(time.Second), len(st.Files))
 	writeRestored(w, st.Restored)
+	for _, warning := range st.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warning)
+	}
 	for _, f := range st.Files {
 		var rows []api.Forward
 		for _, r := range st.Forwards {

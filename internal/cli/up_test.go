@@ -262,3 +262,13 @@ func TestUpDetachedSaysWhatFailedAtOnce(t *testing.T) {
 		t.Fatalf("up -d b: exit %d, out %q, err %q", code, out.String(), errOut.String())
 	}
 }
+
+// kpf status shows the daemon's warnings (a killed daemon's API address
+// it could not serve was only in the daemon's log).
+func TestStatusShowsWarnings(t *testing.T) {
+	var b bytes.Buffer
+	writeStatus(&b, &api.Status{Started: time.Now(), Warnings: []string{"the API address 127.0.0.1:7070 of the daemon before this one (which was killed) is not served: taken"}})
+	if !strings.Contains(b.String(), "\nwarning: the API address 127.0.0.1:7070 of the daemon before this one (which was killed) is not served: taken\n") {
+		t.Fatalf("status %q", b.String())
+	}
+}

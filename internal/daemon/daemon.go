@@ -130,6 +130,9 @@ type Server struct {
 	// MetricsAddr is where the daemon's metrics listen (the CLI serves
 	// them), recorded in its Flags.
 	MetricsAddr string
+	// Warnings are shown in the status (api.Status.Warnings); set before
+	// Serve, which adds its own.
+	Warnings []string
 
 	// The event stream (events.go); eventBuffer (0: EventBuffer) is for
 	// tests. origins are the file-less runs' origins by key, under mu.
@@ -210,9 +213,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	defer os.Remove(s.Home.Socket())
 	stopTCP, err := s.serveTCP()
+	keepAPI := "" // a restored address not served now, kept for the next restore
 	if err != nil && s.APIAddrRestored {
 		s.Log.Warn("the API address of the daemon before this one (which was killed) is not served: restart the daemon with --api-addr to serve one", "err", err)
-		s.APIAddr = ""
+		s.Warnings = append(s.Warnings, fmt.Sprintf("the API address %s of the daemon before this one (which was killed) is not served: %v; the API answers on the socket only (once the address is free: kpf down --all, then kpf up -d --api-addr %s)", s.APIAddr, err, s.APIAddr))
+		keepAPI, s.APIAddr = s.APIAddr, ""
 		stopTCP, err = s.serveTCP()
 	}
 	if err != nil {
@@ -225,6 +230,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	flags := Flags{APIAddr: s.APIAddr, MetricsAddr: s.MetricsAddr, PID: os.Getpid()}
 	if s.apiAt != nil {
 		flags.APIAddr = s.apiAt.String() // a port chosen at listen time stays
+	}
+	if keepAPI != "" {
+		flags.APIAddr = keepAPI // not forgotten: the next restore tries it again
 	}
 	if err := s.Home.writeFlags(flags); err != nil {
 		s.Log.Error("record the daemon's flags", "err", err)
@@ -431,6 +439,7 @@ func (s *Server) snapshot(only string) api.Status {
 	if s.apiAt != nil {
 		st.API = s.apiAt.String()
 	}
+	st.Warnings = s.Warnings
 	for _, r := range s.runs() {
 		if only != "" && r.path != only {
 			continue

@@ -35,6 +35,10 @@ type Status struct {
 	// that a daemon before it ran and did not stop (it was killed, or
 	// crashed): restored as the identity that applied it, or not and why.
 	Restored []Restore `json:"restored,omitempty"`
+	// Warnings are what the daemon could not do as it started, such as
+	// serving the API or metrics address of a killed daemon before it
+	// (taken by then): kpf status shows them.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Restore is one file a daemon found recorded when it started.
