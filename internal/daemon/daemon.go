@@ -466,12 +466,17 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 	var req api.ApplyRequest
-	if err := decodeRequest(r, 4<<20, &req, "file", "settings"); err != nil {
+	missing, err := decodeRequest(r, 4<<20, &req, "settings")
+	if err != nil {
 		httpError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	if !filepath.IsAbs(req.File) {
 		httpError(w, fmt.Sprintf("bad request: file %q is not an absolute path", req.File), http.StatusBadRequest)
+		return
+	}
+	if missing != nil {
+		httpError(w, missing.Error(), http.StatusBadRequest)
 		return
 	}
 	if err := req.Settings.Validate(); err != nil {

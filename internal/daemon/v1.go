@@ -234,7 +234,8 @@ func (s *Server) restartForward(w http.ResponseWriter, r *http.Request) {
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$`)
 
 // startRequest checks a StartRequest and makes its forward.
-func (s *Server) startRequest(req api.StartRequest) (config.Forward, time.Duration, error) {
+// missing, if not nil, names the settings the body left out.
+func (s *Server) startRequest(req api.StartRequest, missing error) (config.Forward, time.Duration, error) {
 	var fw config.Forward
 	var wait time.Duration
 	if req.Wait != "" {
@@ -267,6 +268,9 @@ func (s *Server) startRequest(req api.StartRequest) (config.Forward, time.Durati
 	}
 	if !nameRE.MatchString(name) {
 		return fw, 0, fmt.Errorf("name %q: want lower-case letters, digits and dashes, at most 40, such as web-api", name)
+	}
+	if missing != nil {
+		return fw, 0, missing
 	}
 	if err := req.Settings.Validate(); err != nil {
 		return fw, 0, err
@@ -335,7 +339,8 @@ func (s *Server) takenBy(name string) string {
 // startForward runs one forward without a file (POST /v1/forwards).
 func (s *Server) startForward(w http.ResponseWriter, r *http.Request) {
 	var req api.StartRequest
-	if err := decodeRequest(r, 1<<20, &req, "settings"); err != nil {
+	missing, err := decodeRequest(r, 1<<20, &req, "settings")
+	if err != nil {
 		httpError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
@@ -344,7 +349,7 @@ func (s *Server) startForward(w http.ResponseWriter, r *http.Request) {
 		origin = DefaultOrigin
 	}
 	s.opMu.Lock()
-	fw, wait, err := s.startRequest(req)
+	fw, wait, err := s.startRequest(req, missing)
 	if err != nil {
 		s.opMu.Unlock()
 		httpError(w, err.Error(), http.StatusBadRequest)
@@ -472,26 +477,27 @@ func (s *Server) endSession(session string) {
 	s.hub().diff(s)
 }
 
-// decodeRequest decodes the JSON body of r (at most limit bytes) into v,
-// and names a field of required that the body leaves out (or sends as
-// null): a missing settings object was refused as `--transport "": want
-// auto...`, which names no field the caller sent.
-func decodeRequest(r *http.Request, limit int64, v any, required ...string) error {
+// decodeRequest decodes the JSON body of r (at most limit bytes) into v.
+// missing names a field of required that the body leaves out (or sends as
+// null), to be answered where the field is checked: a missing settings
+// object was refused as `--transport "": want auto...`, which names no
+// field the caller sent.
+func decodeRequest(r *http.Request, limit int64, v any, required ...string) (missing, err error) {
 	var raw json.RawMessage
 	if err := json.NewDecoder(io.LimitReader(r.Body, limit)).Decode(&raw); err != nil {
-		return fmt.Errorf("bad request: %w", err)
+		return nil, fmt.Errorf("bad request: %w", err)
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
-		return fmt.Errorf("bad request: %w", err)
+		return nil, fmt.Errorf("bad request: %w", err)
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &fields); err != nil {
-		return fmt.Errorf("bad request: %w", err)
+		return nil, fmt.Errorf("bad request: %w", err)
 	}
 	for _, f := range required {
 		if b, ok := fields[f]; !ok || string(b) == "null" {
-			return fmt.Errorf("bad request: the field %q is missing: the request needs it (docs/api/openapi.yaml lists the required fields)", f)
+			return fmt.Errorf("bad request: the field %q is missing: the request needs it (docs/api/openapi.yaml lists the required fields)", f), nil
 		}
 	}
-	return nil
+	return nil, nil
 }
