@@ -9,12 +9,14 @@ import (
 	"github.com/kpf-dev/kpf/internal/cluster"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -77,20 +79,33 @@ func (o *UpOptions) upDetached(ctx context.Context) error {
 		}
 	}
 	if metricsAddr != "" {
-		if st, err := c.Status(ctx, abs); err == nil && st.Metrics == "" {
-			fmt.Fprintf(o.g.errOut, "note: the daemon was running already without metrics; they are served by a daemon started with kpf daemon --metrics-addr %s\n", metricsAddr)
+		// The same for --metrics-addr (or the file's metrics: key).
+		if st, err := c.Status(ctx, abs); err == nil {
+			if note := metricsAddrNote(metricsAddr, st.Metrics); note != "" {
+				fmt.Fprintln(o.g.errOut, note)
+			}
 		}
+	}
+	failed := func(n string) bool {
+		return slices.ContainsFunc(res.Failed, func(f api.Failure) bool { return f.Name == n })
 	}
 	for _, part := range []struct {
 		what  string
 		names []string
-	}{{"started", res.Started}, {"restarted", res.Restarted}, {"unchanged", res.Unchanged}, {"stopped", res.Stopped}} {
+	}{{"started", slices.DeleteFunc(res.Started, failed)}, {"restarted", slices.DeleteFunc(res.Restarted, failed)}, {"unchanged", res.Unchanged}, {"stopped", res.Stopped}} {
 		if len(part.names) > 0 {
 			fmt.Fprintf(o.g.out, "%s: %s\n", part.what, strings.Join(part.names, ", "))
 		}
 	}
+	for _, f := range res.Failed {
+		fmt.Fprintf(o.g.errOut, "failed: %s: %s\n", f.Name, f.Error)
+	}
 	if !o.Wait {
 		refreshHostsFiles(ctx, o.g, home)
+		if len(res.Failed) > 0 {
+			// Known as it was applied: no success to report.
+			return fmt.Errorf("%d of the file's forwards failed as they were applied; the daemon retries them (kpf status shows them, kpf down stops them)", len(res.Failed))
+		}
 		fmt.Fprintln(o.g.out, "kpf status shows how they are doing; kpf down stops them")
 		return nil
 	}
@@ -157,6 +172,35 @@ func apiAddrNote(want, serving string) string {
 		running = "with its API on " + serving
 	}
 	return fmt.Sprintf("note: --api-addr %s is not applied: the kpf daemon was running already, %s; a daemon takes --api-addr when it starts (restart it: kpf down --all, then kpf up -d --api-addr %s)", want, running, want)
+}
+
+// metricsAddrNote says, when kpf up -d --metrics-addr want found a daemon
+// that serves its metrics elsewhere (at the URL serving, "" for nowhere),
+// that want was not applied and how to apply it; "" when the daemon
+// serves want.
+func metricsAddrNote(want, serving string) string {
+	host, port, err := net.SplitHostPort(want)
+	if err != nil {
+		return ""
+	}
+	running := "without metrics"
+	if serving != "" {
+		running = "with its metrics at " + serving
+		if u, err := url.Parse(serving); err == nil {
+			if got, err := netip.ParseAddrPort(u.Host); err == nil && (port == "0" || port == strconv.Itoa(int(got.Port()))) {
+				a, err := netip.ParseAddr(host)
+				switch {
+				case host == "" || err == nil && a.IsUnspecified() && got.Addr().IsUnspecified():
+					return ""
+				case strings.EqualFold(host, "localhost") && got.Addr().IsLoopback():
+					return ""
+				case err == nil && a.Unmap() == got.Addr().Unmap():
+					return ""
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("note: --metrics-addr %s is not applied: the kpf daemon was running already, %s; a daemon takes --metrics-addr when it starts (restart it: kpf down --all, then kpf up -d --metrics-addr %s)", want, running, want)
 }
 
 const apiAddrUsage = "also serve the daemon's API on this loopback TCP address (127.0.0.1:PORT), for tools that cannot open a unix socket; requests need the bearer token the daemon writes to api-token in its home (0600)"
@@ -281,6 +325,8 @@ its own flags and environment, as kpf up -d would.`,
 			at, err := serveMetrics(cmd.Context(), metricsAddr, s.Metrics, g.errOut)
 			if err != nil && restoredMetrics {
 				log.Warn("the metrics address of the daemon before this one (which was killed) is not served: restart the daemon with --metrics-addr to serve one", "err", err)
+				s.Warnings = append(s.Warnings, fmt.Sprintf("the metrics address %s of the daemon before this one (which was killed) is not served: %v (once the address is free: kpf down --all, then kpf up -d --metrics-addr %s)", metricsAddr, err, metricsAddr))
+				s.MetricsAddr = metricsAddr // recorded still: the next restore tries it again
 				at, err = nil, nil
 			}
 			if err != nil {
@@ -449,6 +495,9 @@ func writeRestored(w io.Writer, rs []api.Restore) {
 func writeStatus(w io.Writer, st *api.Status) {
 	fmt.Fprintf(w, "kpf daemon pid %d, up %s, %d file(s)\n", st.PID, time.Since(st.Started).Round(time.Second), len(st.Files))
 	writeRestored(w, st.Restored)
+	for _, warning := range st.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warning)
+	}
 	for _, f := range st.Files {
 		var rows []api.Forward
 		for _, r := range st.Forwards {

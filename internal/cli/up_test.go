@@ -221,3 +221,54 @@ func TestAPIAddrNote(t *testing.T) {
 		}
 	}
 }
+
+// kpf up -d of a forward that fails as it is applied (its local port is
+// another file's forward's) says so and exits non-zero: it said
+// "started: other" and exited 0.
+func TestUpDetachedSaysWhatFailedAtOnce(t *testing.T) {
+	home, err := os.MkdirTemp("", "kpfcli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	t.Setenv("KPF_HOME", home)
+	s := &daemon.Server{Home: daemon.Home(home), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Opener: func(string, identity.Identity, *slog.Logger) manager.Opener {
+			return func(ctx context.Context, _ config.Forward, _ session.Spec) (*session.Session, error) {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+		}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for !daemon.NewClient(daemon.Home(home)).Running() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")
+	os.WriteFile(a, []byte("forwards:\n  - {name: db, target: svc/db, ports: [\"15433:5432\"]}\n"), 0o600)
+	os.WriteFile(b, []byte("forwards:\n  - {name: other, target: svc/x, ports: [\"15433:5432\"]}\n"), 0o600)
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), []string{"up", "-d", "-f", a}, &out, &errOut); code != 0 {
+		t.Fatalf("up -d a: exit %d: %s%s", code, out.String(), errOut.String())
+	}
+	out.Reset()
+	errOut.Reset()
+	code := Run(context.Background(), []string{"up", "-d", "-f", b}, &out, &errOut)
+	if code == 0 || strings.Contains(out.String(), "started: other") ||
+		!strings.Contains(errOut.String(), `failed: other: local port taken by another file's forward: local port 15433 on 127.0.0.1 is used by forward "db"`) {
+		t.Fatalf("up -d b: exit %d, out %q, err %q", code, out.String(), errOut.String())
+	}
+}
+
+// kpf status shows the daemon's warnings (a killed daemon's API address
+// it could not serve was only in the daemon's log).
+func TestStatusShowsWarnings(t *testing.T) {
+	var b bytes.Buffer
+	writeStatus(&b, &api.Status{Started: time.Now(), Warnings: []string{"the API address 127.0.0.1:7070 of the daemon before this one (which was killed) is not served: taken"}})
+	if !strings.Contains(b.String(), "\nwarning: the API address 127.0.0.1:7070 of the daemon before this one (which was killed) is not served: taken\n") {
+		t.Fatalf("status %q", b.String())
+	}
+}

@@ -130,6 +130,9 @@ type Server struct {
 	// MetricsAddr is where the daemon's metrics listen (the CLI serves
 	// them), recorded in its Flags.
 	MetricsAddr string
+	// Warnings are shown in the status (api.Status.Warnings); set before
+	// Serve, which adds its own.
+	Warnings []string
 
 	// The event stream (events.go); eventBuffer (0: EventBuffer) is for
 	// tests. origins are the file-less runs' origins by key, under mu.
@@ -210,9 +213,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	defer os.Remove(s.Home.Socket())
 	stopTCP, err := s.serveTCP()
+	keepAPI := "" // a restored address not served now, kept for the next restore
 	if err != nil && s.APIAddrRestored {
 		s.Log.Warn("the API address of the daemon before this one (which was killed) is not served: restart the daemon with --api-addr to serve one", "err", err)
-		s.APIAddr = ""
+		s.Warnings = append(s.Warnings, fmt.Sprintf("the API address %s of the daemon before this one (which was killed) is not served: %v; the API answers on the socket only (once the address is free: kpf down --all, then kpf up -d --api-addr %s)", s.APIAddr, err, s.APIAddr))
+		keepAPI, s.APIAddr = s.APIAddr, ""
 		stopTCP, err = s.serveTCP()
 	}
 	if err != nil {
@@ -225,6 +230,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	flags := Flags{APIAddr: s.APIAddr, MetricsAddr: s.MetricsAddr, PID: os.Getpid()}
 	if s.apiAt != nil {
 		flags.APIAddr = s.apiAt.String() // a port chosen at listen time stays
+	}
+	if keepAPI != "" {
+		flags.APIAddr = keepAPI // not forgotten: the next restore tries it again
 	}
 	if err := s.Home.writeFlags(flags); err != nil {
 		s.Log.Error("record the daemon's flags", "err", err)
@@ -431,6 +439,7 @@ func (s *Server) snapshot(only string) api.Status {
 	if s.apiAt != nil {
 		st.API = s.apiAt.String()
 	}
+	st.Warnings = s.Warnings
 	for _, r := range s.runs() {
 		if only != "" && r.path != only {
 			continue
@@ -457,12 +466,17 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 	var req api.ApplyRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 4<<20)).Decode(&req); err != nil {
-		httpError(w, "bad request: "+err.Error(), http.StatusBadRequest)
+	missing, err := decodeRequest(r, 4<<20, &req, "settings")
+	if err != nil {
+		httpError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	if !filepath.IsAbs(req.File) {
 		httpError(w, fmt.Sprintf("bad request: file %q is not an absolute path", req.File), http.StatusBadRequest)
+		return
+	}
+	if missing != nil {
+		httpError(w, missing.Error(), http.StatusBadRequest)
 		return
 	}
 	if err := req.Settings.Validate(); err != nil {
@@ -483,7 +497,15 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 	defer s.opMu.Unlock()
 	res := s.applyFile(req, fws)
 	s.save(req.File, &stamp{time.Now(), hashOf(req.File)})
-	s.Log.Info("applied", "file", req.File, "started", res.Started, "restarted", res.Restarted, "unchanged", res.Unchanged, "stopped", res.Stopped)
+	for _, fw := range fws {
+		if !slices.Contains(res.Started, fw.Name) && !slices.Contains(res.Restarted, fw.Name) {
+			continue
+		}
+		if err := s.portTaken(req.File, fw); err != nil {
+			res.Failed = append(res.Failed, api.Failure{Name: fw.Name, Error: err.Error()})
+		}
+	}
+	s.Log.Info("applied", "file", req.File, "started", res.Started, "restarted", res.Restarted, "unchanged", res.Unchanged, "stopped", res.Stopped, "failed", len(res.Failed))
 	writeJSON(w, res)
 }
 
@@ -647,20 +669,29 @@ var ErrPortTaken = errors.New("local port taken by another file's forward")
 // naming that forward and its file, before it tries to listen.
 func (s *Server) guard(path string, open manager.Opener) manager.Opener {
 	return func(ctx context.Context, fw config.Forward, sp session.Spec) (*session.Session, error) {
-		for _, r := range s.runs() {
-			if r.path == path {
-				continue
-			}
-			for _, other := range r.m.Specs(true) {
-				if port, addr, ok := config.Overlap(fw, other); ok {
-					// Waiting does not free it: retried only slowly.
-					return nil, supervise.Permanent(fmt.Errorf("%w: local port %d on %s is used by forward %q %s",
-						ErrPortTaken, port, addr, other.Name, s.whereStop(r.path, other.Name)))
-				}
-			}
+		if err := s.portTaken(path, fw); err != nil {
+			// Waiting does not free it: retried only slowly.
+			return nil, supervise.Permanent(err)
 		}
 		return open(ctx, fw, sp)
 	}
+}
+
+// portTaken is the ErrPortTaken of fw (of the file at path) when another
+// file's forward holds one of its local ports, or nil.
+func (s *Server) portTaken(path string, fw config.Forward) error {
+	for _, r := range s.runs() {
+		if r.path == path {
+			continue
+		}
+		for _, other := range r.m.Specs(true) {
+			if port, addr, ok := config.Overlap(fw, other); ok {
+				return fmt.Errorf("%w: local port %d on %s is used by forward %q %s",
+					ErrPortTaken, port, addr, other.Name, s.whereStop(r.path, other.Name))
+			}
+		}
+	}
+	return nil
 }
 
 func readNames(r *http.Request) (api.NamesRequest, error) {

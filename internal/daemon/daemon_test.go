@@ -212,10 +212,15 @@ func TestPortTakenByAnotherFile(t *testing.T) {
 	a := writeFile(t, dir, "a.yaml", fileA)
 	b := writeFile(t, dir, "b.yaml", "forwards:\n  - {name: other, target: svc/x, ports: [\"15432:5432\"]}\n")
 	c.Apply(ctx, api.ApplyRequest{File: a, Identity: as("c", "u"), Settings: spec.Defaults()})
-	c.Apply(ctx, api.ApplyRequest{File: b, Identity: as("c", "u"), Settings: spec.Defaults()})
-	_, err := c.Wait(ctx, b, 5*time.Second)
-	want := fmt.Sprintf(`other: failed: local port taken by another file's forward: local port 15432 on 127.0.0.1 is used by forward "db" of %s (stop it with: kpf down db -f %s)`, a, a)
-	if err == nil || !strings.Contains(err.Error(), want) {
+	res, err := c.Apply(ctx, api.ApplyRequest{File: b, Identity: as("c", "u"), Settings: spec.Defaults()})
+	taken := fmt.Sprintf(`local port taken by another file's forward: local port 15432 on 127.0.0.1 is used by forward "db" of %s (stop it with: kpf down db -f %s)`, a, a)
+	// Known as it is applied: the apply answer says so (kpf up -d said
+	// "started: other" and exited 0).
+	if err != nil || len(res.Failed) != 1 || res.Failed[0] != (api.Failure{Name: "other", Error: taken}) {
+		t.Fatalf("apply b: %+v %v\nwant failed other: %s", res, err, taken)
+	}
+	_, err = c.Wait(ctx, b, 5*time.Second)
+	if want := "other: failed: " + taken; err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("err %v\nwant %s", err, want)
 	}
 }

@@ -54,7 +54,7 @@ func FuzzStartRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, target, port, addr, name, wait string) {
 		req := startReq(target, port)
 		req.Address, req.Name, req.Wait = addr, name, wait
-		fw, _, err := s.startRequest(req)
+		fw, _, err := s.startRequest(req, nil)
 		if err != nil {
 			if err.Error() == "" {
 				t.Fatal("empty error")

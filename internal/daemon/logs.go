@@ -24,13 +24,17 @@ const (
 )
 
 func linesParam(r *http.Request) (int, error) {
-	v := r.URL.Query().Get("lines")
+	return parseLines(r.URL.Query().Get(qLines))
+}
+
+// parseLines reads a ?lines= value ("" for the default).
+func parseLines(v string) (int, error) {
 	if v == "" {
 		return defaultLines, nil
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 || n > maxLines {
-		return 0, fmt.Errorf("lines=%q: want a number from 0 to %d", v, maxLines)
+		return 0, fmt.Errorf("bad request: lines=%q: want a number from 0 to %d", v, maxLines)
 	}
 	return n, nil
 }

@@ -88,8 +88,9 @@ func (s *Server) mux() http.Handler {
 	return s.noticeChanges(mux)
 }
 
-// checkQuery refuses a query parameter the route does not take, and a
-// yes-or-no one of another value, naming it and what is allowed: a typo
+// checkQuery refuses a query parameter the route does not take, one given
+// more than once, a bad lines and a yes-or-no one of another value,
+// naming it and what is allowed: a typo
 // (?counters=yes, ?lnes=5) is told, not silently read as its default.
 func (rt Route) checkQuery(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
@@ -106,6 +107,18 @@ func (rt Route) checkQuery(next http.HandlerFunc) http.HandlerFunc {
 				}
 				httpError(w, fmt.Sprintf("bad request: query parameter %q: %s %s takes %s", k, rt.Method, rt.Path, takes), http.StatusBadRequest)
 				return
+			}
+			if len(q[k]) > 1 {
+				httpError(w, fmt.Sprintf("bad request: query parameter %q is given %d times (%s): give it once", k, len(q[k]), strings.Join(q[k], ", ")), http.StatusBadRequest)
+				return
+			}
+			if k == qLines {
+				// Checked before the forward is looked up: a bad value is
+				// told whatever the path names.
+				if _, err := parseLines(q.Get(k)); err != nil {
+					httpError(w, err.Error(), http.StatusBadRequest)
+					return
+				}
 			}
 			if !slices.Contains(BoolParams, k) {
 				continue

@@ -359,7 +359,17 @@ func TestRestoredAPIAddrThatIsTakenIsLeftOut(t *testing.T) {
 	defer held.Close()
 	s := &Server{Log: discard, Opener: (&opened{byFwd: map[string]openCall{}}).opener, APIAddr: held.Addr().String(), APIAddrRestored: true}
 	c := serve(t, s)
-	if st, err := c.Status(context.Background(), ""); err != nil || st.API != "" {
+	st, err := c.Status(context.Background(), "")
+	if err != nil || st.API != "" {
 		t.Fatalf("status api %q, %v: want none", st.API, err)
+	}
+	// Said in the status (it was only a WARN in the daemon's log) ...
+	if want := "the API address " + held.Addr().String() + " of the daemon before this one (which was killed) is not served: "; len(st.Warnings) != 1 || !strings.HasPrefix(st.Warnings[0], want) {
+		t.Fatalf("status warnings %q, want one starting %q", st.Warnings, want)
+	}
+	// ... and kept for the next restore (it was recorded without it,
+	// forgotten for good).
+	if f, ok := s.Home.LastFlags(); !ok || f.APIAddr != held.Addr().String() {
+		t.Fatalf("recorded flags %+v, want apiAddr %s", f, held.Addr())
 	}
 }

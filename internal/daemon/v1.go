@@ -117,9 +117,15 @@ func (s *Server) listProxies(w http.ResponseWriter, r *http.Request) {
 func (s *Server) find(r *http.Request, kind string) (api.Forward, int, error) {
 	name, file := r.PathValue("name"), r.URL.Query().Get("file")
 	var found []api.Forward
-	var names []string
+	var names, elsewhere []string
 	for _, f := range s.statusOf("").Forwards {
-		if f.Kind != kind || (file != "" && f.File != file) {
+		if f.Kind != kind {
+			continue
+		}
+		if file != "" && f.File != file {
+			if f.Name == name {
+				elsewhere = append(elsewhere, f.File)
+			}
 			continue
 		}
 		names = append(names, f.Name)
@@ -135,11 +141,14 @@ func (s *Server) find(r *http.Request, kind string) (api.Forward, int, error) {
 		if running == "" {
 			running = "none"
 		}
-		where := ""
-		if file != "" {
-			where = " from " + file
+		if file == "" {
+			return api.Forward{}, http.StatusNotFound, fmt.Errorf("the daemon runs no %s %q (running: %s)", kind, name, running)
 		}
-		return api.Forward{}, http.StatusNotFound, fmt.Errorf("the daemon runs no %s %q%s (running: %s)", kind, name, where, running)
+		msg := fmt.Sprintf("%s has no %s %q running (its %ss: %s)", file, kind, name, kind, running)
+		if len(elsewhere) > 0 {
+			msg += fmt.Sprintf("; %q runs from %s: drop ?file= or give that file", name, strings.Join(elsewhere, ", "))
+		}
+		return api.Forward{}, http.StatusNotFound, errors.New(msg)
 	}
 	var files []string
 	for _, f := range found {
@@ -225,7 +234,8 @@ func (s *Server) restartForward(w http.ResponseWriter, r *http.Request) {
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$`)
 
 // startRequest checks a StartRequest and makes its forward.
-func (s *Server) startRequest(req api.StartRequest) (config.Forward, time.Duration, error) {
+// missing, if not nil, names the settings the body left out.
+func (s *Server) startRequest(req api.StartRequest, missing error) (config.Forward, time.Duration, error) {
 	var fw config.Forward
 	var wait time.Duration
 	if req.Wait != "" {
@@ -258,6 +268,9 @@ func (s *Server) startRequest(req api.StartRequest) (config.Forward, time.Durati
 	}
 	if !nameRE.MatchString(name) {
 		return fw, 0, fmt.Errorf("name %q: want lower-case letters, digits and dashes, at most 40, such as web-api", name)
+	}
+	if missing != nil {
+		return fw, 0, missing
 	}
 	if err := req.Settings.Validate(); err != nil {
 		return fw, 0, err
@@ -326,8 +339,9 @@ func (s *Server) takenBy(name string) string {
 // startForward runs one forward without a file (POST /v1/forwards).
 func (s *Server) startForward(w http.ResponseWriter, r *http.Request) {
 	var req api.StartRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-		httpError(w, "bad request: "+err.Error(), http.StatusBadRequest)
+	missing, err := decodeRequest(r, 1<<20, &req, "settings")
+	if err != nil {
+		httpError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	origin := req.Origin
@@ -335,7 +349,7 @@ func (s *Server) startForward(w http.ResponseWriter, r *http.Request) {
 		origin = DefaultOrigin
 	}
 	s.opMu.Lock()
-	fw, wait, err := s.startRequest(req)
+	fw, wait, err := s.startRequest(req, missing)
 	if err != nil {
 		s.opMu.Unlock()
 		httpError(w, err.Error(), http.StatusBadRequest)
@@ -461,4 +475,29 @@ func (s *Server) endSession(session string) {
 	}
 	s.opMu.Unlock()
 	s.hub().diff(s)
+}
+
+// decodeRequest decodes the JSON body of r (at most limit bytes) into v.
+// missing names a field of required that the body leaves out (or sends as
+// null), to be answered where the field is checked: a missing settings
+// object was refused as `--transport "": want auto...`, which names no
+// field the caller sent.
+func decodeRequest(r *http.Request, limit int64, v any, required ...string) (missing, err error) {
+	var raw json.RawMessage
+	if err := json.NewDecoder(io.LimitReader(r.Body, limit)).Decode(&raw); err != nil {
+		return nil, fmt.Errorf("bad request: %w", err)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return nil, fmt.Errorf("bad request: %w", err)
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return nil, fmt.Errorf("bad request: %w", err)
+	}
+	for _, f := range required {
+		if b, ok := fields[f]; !ok || string(b) == "null" {
+			return fmt.Errorf("bad request: the field %q is missing: the request needs it (docs/api/openapi.yaml lists the required fields)", f), nil
+		}
+	}
+	return nil, nil
 }

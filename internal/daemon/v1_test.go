@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -482,7 +483,11 @@ func TestQueryParametersAreChecked(t *testing.T) {
 		{"/v1/status?fle=/a.yaml", `bad request: query parameter "fle": GET /v1/status takes only file`},
 		{"/v1/files?file=/a.yaml", `bad request: query parameter "file": GET /v1/files takes no query parameters`},
 		{"/v1/forwards/web/logs?line=5", `bad request: query parameter "line": GET /v1/forwards/{name}/logs takes only file, lines, follow`},
-		{"/v1/logs?lines=many", `lines="many": want a number from 0 to 10000`},
+		{"/v1/logs?lines=many", `bad request: lines="many": want a number from 0 to 10000`},
+		// Every value is checked, not only the first.
+		{"/v1/logs?lines=5&lines=abc", `bad request: query parameter "lines" is given 2 times (5, abc): give it once`},
+		// Checked before the forward is looked up (it answered 404).
+		{"/v1/forwards/nosuch/httplog?lines=1e3", `bad request: lines="1e3": want a number from 0 to 10000`},
 	} {
 		t.Run(tc.path, func(t *testing.T) {
 			err := c.Get(context.Background(), tc.path, &struct{}{})
@@ -496,6 +501,48 @@ func TestQueryParametersAreChecked(t *testing.T) {
 	for _, path := range []string{"/v1/status?file=", "/v1/logs?follow=0&lines=1", "/v1/forwards?file=/a.yaml"} {
 		if err := c.Get(context.Background(), path, &json.RawMessage{}); err != nil {
 			t.Errorf("%s: %v", path, err)
+		}
+	}
+}
+
+// GET /v1/forwards/NAME?file=FILE of a forward that runs, but from another
+// file, says FILE has no such forward and where NAME runs (it said
+// "(running: none)" while NAME ran).
+func TestForwardOfAnotherFileIsNamed(t *testing.T) {
+	c, _, dir := start(t)
+	ctx := context.Background()
+	a := writeFile(t, dir, "a.yaml", fileA)
+	if _, err := c.Apply(ctx, api.ApplyRequest{File: a, Identity: as("c", "u"), Settings: spec.Defaults()}); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "other.yaml")
+	_, err := c.Forward(ctx, "db", other)
+	want := fmt.Sprintf(`%s has no forward "db" running (its forwards: none); "db" runs from %s: drop ?file= or give that file`, other, a)
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusNotFound || ae.Message != want {
+		t.Fatalf("got %v\nwant 404 %q", err, want)
+	}
+}
+
+// A request without the settings object it requires (openapi.yaml) is
+// refused naming the field: it was refused as `--transport "": want
+// auto...`, a flag the caller never sent.
+func TestMissingSettingsAreNamed(t *testing.T) {
+	c, _, dir := start(t)
+	a := writeFile(t, dir, "a.yaml", fileA)
+	want := `bad request: the field "settings" is missing: the request needs it (docs/api/openapi.yaml lists the required fields)`
+	for _, tc := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/v1/forwards", map[string]any{"target": "svc/web", "ports": []string{"8080"}}},
+		{"/v1/forwards", map[string]any{"target": "svc/web", "ports": []string{"8080"}, "settings": nil}},
+		{"/v1/apply", map[string]any{"file": a}},
+	} {
+		err := c.do(context.Background(), "POST", tc.path, tc.body, &json.RawMessage{})
+		var ae *APIError
+		if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || ae.Message != want {
+			t.Errorf("POST %s %v: got %v\nwant 400 %q", tc.path, tc.body, err, want)
 		}
 	}
 }

@@ -405,7 +405,7 @@ func (f *Follower) acquire(ctx context.Context, deadline time.Time, exclude map[
 		f.mu.Unlock()
 		// A missing pod is news once the watch has listed the pods; a
 		// pod whose tunnel is down is news at once.
-		if !waitedLogged && !dialing && (down != nil || f.synced()) {
+		if !waitedLogged && !dialing && (down != nil || f.synced()) && ctx.Err() == nil && f.ctx.Err() == nil {
 			// A ready pod whose tunnel cannot be dialled (the API server
 			// or a proxy on the way is down) is not a missing pod.
 			if down != nil {
@@ -458,6 +458,11 @@ func (f *Follower) tunnelDownLocked(exclude map[types.UID]bool) *downPod {
 
 // failed records a failed dial and sets the backoff; f.mu is held.
 func (f *Follower) failed(st *podState, err error) {
+	if f.ctx.Err() != nil {
+		// The follower was stopped (Ctrl-C, kpf down): the tunnel it
+		// ended, or the dial it cut short, is no failure.
+		return
+	}
 	f.reconnects.Add(1)
 	prev := st.lastErr
 	st.lastErr = err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,7 +21,6 @@ import (
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"runtime"
 )
 
 const ns = "shop"
@@ -687,5 +687,70 @@ func TestAcceptRefusesPodsKpfDidNotMake(t *testing.T) {
 	testnet.WaitFor(t, func() bool { return f.knows("web-2", true) })
 	if r := connect(t, context.Background(), f); r.pod != "web-2" || r.err != nil {
 		t.Fatalf("went to %q (%v), want web-2, the pod kpf made", r.pod, r.err)
+	}
+}
+
+// warnHandler counts the records of level Warn and above.
+type warnHandler struct {
+	slog.Handler
+	n *atomic.Int64
+}
+
+func (h warnHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		h.n.Add(1)
+	}
+	return nil
+}
+
+// A follower stopped (Ctrl-C, kpf down, the end of kpf run) while a
+// tunnel is dialled, and while one is up, warns of nothing: a stop kpf
+// asked for is no failure (every clean stop printed "WARN tunnel failed
+// ... operation was canceled").
+func TestStoppingWarnsOfNothing(t *testing.T) {
+	s := fakeapi.New(t)
+	s.Pod(t, ns, "web-1", web, true, fakeapi.Echo(t, "web-1"))
+	s.Pod(t, ns, "web-2", web, true, fakeapi.Echo(t, "web-2"))
+	var warns atomic.Int64
+	dialling := make(chan struct{}, 1)
+	f, cancel := newFollower(t, s, func(o *Options) {
+		o.Log = slog.New(warnHandler{slog.NewTextHandler(io.Discard, nil), &warns})
+	})
+	// A tunnel up (a connection carried), then one being dialled.
+	if r := connect(t, context.Background(), f); r.err != nil {
+		t.Fatal(r.err)
+	}
+	f2, cancel2 := newFollower(t, s, func(o *Options) {
+		o.Log = slog.New(warnHandler{slog.NewTextHandler(io.Discard, nil), &warns})
+		o.Dial = func(ctx context.Context, pod string) (*tunnel.Conn, error) {
+			dialling <- struct{}{}
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
+	})
+	_, server := testnet.TCPPair(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f2.Forward(context.Background(), server, 80, nil)
+		done <- err
+	}()
+	select {
+	case <-dialling:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no tunnel dialled")
+	}
+	cancel()
+	cancel2()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection did not end with the follower")
+	}
+	testnet.Within(t, 3*time.Second, "no pool watcher left", func() bool {
+		buf := make([]byte, 1<<20)
+		return !strings.Contains(string(buf[:runtime.Stack(buf, true)]), "follow.(*Follower).watchPool")
+	})
+	if n := warns.Load(); n != 0 {
+		t.Fatalf("%d warnings at a stop asked for", n)
 	}
 }

@@ -17,7 +17,8 @@ import (
 // Stdio is kpf mcp's transport: newline-delimited JSON-RPC on In and Out,
 // as the SDK's StdioTransport, except that a line that is not a JSON-RPC
 // message is answered with a JSON-RPC error (-32700 parse error for what
-// is not JSON, -32600 invalid request for JSON that is no message) and
+// is not JSON, -32600 invalid request for JSON that is no message or is
+// a batch, which the protocol version 2025-06-18 no longer has) and
 // the session goes on, as JSON-RPC 2.0 (§5.1) expects. The SDK's own
 // transport (go-sdk v1.8.0) ends the session at such a line, and with it
 // the forwards the agent started: one stray line of a client's would cost
@@ -52,8 +53,8 @@ func (w *lockedWriter) Write(p []byte) (int, error) {
 
 func (w *lockedWriter) Close() error { return nil } // stdout outlives the session
 
-// messageLines passes on the lines of r that are JSON-RPC messages (or
-// batches of them: the SDK answers those), and answers the others itself.
+// messageLines passes on the lines of r that are JSON-RPC messages, and
+// answers the others itself.
 type messageLines struct {
 	r       *bufio.Reader
 	closer  io.Closer
@@ -105,7 +106,7 @@ func (m *messageLines) line() ([]byte, error) {
 }
 
 // refuse is the JSON-RPC error that answers msg, or nil when msg is a
-// message (or a batch) for the SDK.
+// message for the SDK.
 func refuse(msg []byte) []byte {
 	if !json.Valid(msg) {
 		what := "not JSON"
@@ -115,7 +116,9 @@ func refuse(msg []byte) []byte {
 		return errorLine(nil, jsonrpc.CodeParseError, "parse error: "+what+" (each line must be one JSON-RPC message)")
 	}
 	if msg[0] == '[' {
-		return nil // a batch: the SDK answers it
+		// A batch: the protocol (2025-06-18) has none, and the SDK ends the
+		// session at one: refused as one invalid request.
+		return errorLine(nil, jsonrpc.CodeInvalidRequest, "invalid request: JSON-RPC batches are not supported (MCP 2025-06-18 removed batching): send each message on a line of its own")
 	}
 	if _, err := jsonrpc.DecodeMessage(msg); err != nil {
 		var with struct {

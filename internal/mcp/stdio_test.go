@@ -53,6 +53,10 @@ func TestStdioAnswersBadLinesAndGoesOn(t *testing.T) {
 		{"42", -32600, nil},
 		{`{"jsonrpc":"2.0","id":7,"method":5}`, -32600, 7.0},
 		{`{"jsonrpc":"1.0","id":"a","method":"ping"}`, -32600, "a"},
+		// Batches: the protocol has none, the SDK ended the session at one.
+		{`[]`, -32600, nil},
+		{`[1]`, -32600, nil},
+		{` [{"jsonrpc":"2.0","id":3,"method":"ping"}]`, -32600, nil},
 	} {
 		m := send(tc.line)
 		if code(m) != tc.code || m["id"] != tc.id || !strings.Contains(answers.Text(), "message") {
@@ -68,6 +72,10 @@ func TestStdioAnswersBadLinesAndGoesOn(t *testing.T) {
 	m = send("{oops")
 	if code(m) != -32700 {
 		t.Fatalf("a second bad line: %v", m)
+	}
+	m = send(`[{"jsonrpc":"2.0","id":3,"method":"ping"}]`)
+	if code(m) != -32600 || !strings.Contains(answers.Text(), "batch") {
+		t.Fatalf("a batch in session: %v", m)
 	}
 	m = send(`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`)
 	if res, _ := m["result"].(map[string]any); res == nil || len(res["tools"].([]any)) == 0 {
@@ -86,6 +94,7 @@ func TestStdioAnswersBadLinesAndGoesOn(t *testing.T) {
 func FuzzStdioLines(f *testing.F) {
 	f.Add([]byte("hello\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n42\n[1]\n"))
 	f.Add([]byte("{oops\r\n\n  \n{\"id\":[1],\"method\":5}"))
+	f.Add([]byte("[]\n[1]\n[{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"ping\"}]\n  [ ]\r\n{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"ping\"}\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var answers strings.Builder
 		m := &messageLines{r: bufio.NewReader(strings.NewReader(string(in))), closer: io.NopCloser(nil), answer: &answers}

@@ -24,7 +24,8 @@ import (
 // Services and EndpointSlices it watches:
 //
 //	SVC.NS.svc.cluster.local        A: the ClusterIP; a headless Service's
-//	                                ready endpoint IPs; ExternalName: CNAME
+//	                                ready endpoint IPs; ExternalName: CNAME,
+//	                                with the target's records (as CoreDNS)
 //	HOST.SVC.NS.svc.cluster.local   A: a headless Service's ready endpoint
 //	                                with that hostname (StatefulSet pods)
 //	A-B-C-D.NS.pod.cluster.local    A: A.B.C.D (CoreDNS's "pods insecure")
@@ -105,8 +106,17 @@ func (d *clusterDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	w.WriteMsg(d.answer(r))
 }
 
-// answer answers a query for a name in the cluster's zone.
+// answer answers a query for a name in the cluster's zone, an
+// ExternalName's CNAME followed.
 func (d *clusterDNS) answer(r *dns.Msg) *dns.Msg {
+	m := d.lookup(r)
+	d.chase(m, r.Question[0], 0)
+	return m
+}
+
+// lookup answers a query for a name in the cluster's zone from its
+// records alone.
+func (d *clusterDNS) lookup(r *dns.Msg) *dns.Msg {
 	q := r.Question[0]
 	m := new(dns.Msg)
 	m.SetReply(r)
@@ -148,6 +158,46 @@ func (d *clusterDNS) answer(r *dns.Msg) *dns.Msg {
 		m.Ns = []dns.RR{d.soa()} // the name is there, not this type
 	}
 	return m
+}
+
+// maxChase bounds a chain of CNAMEs (ExternalName Services naming each
+// other) followed in one answer.
+const maxChase = 8
+
+// chase follows a CNAME that ends m's answer (an ExternalName Service's)
+// as CoreDNS does: the target's records of q's type are added to the
+// answer, from the cluster's own records when the target is in its zone,
+// else from the node's nameservers. A resolver in a pod does not follow
+// a bare CNAME itself: ext.NS.svc.cluster.local failed from a pod.
+func (d *clusterDNS) chase(m *dns.Msg, q dns.Question, depth int) {
+	if len(m.Answer) == 0 || q.Qtype == dns.TypeCNAME || q.Qtype == dns.TypeANY || depth >= maxChase {
+		return
+	}
+	cname, ok := m.Answer[len(m.Answer)-1].(*dns.CNAME)
+	if !ok {
+		return
+	}
+	for _, rr := range m.Answer {
+		if strings.EqualFold(rr.Header().Name, cname.Target) {
+			return // a loop: the CNAMEs so far
+		}
+	}
+	next := new(dns.Msg)
+	next.SetQuestion(cname.Target, q.Qtype)
+	next.RecursionDesired = true
+	var got *dns.Msg
+	if dns.IsSubDomain(zone, strings.ToLower(cname.Target)) {
+		got = d.lookup(next)
+	} else {
+		got = d.forward(next, "udp")
+	}
+	if got.Rcode != dns.RcodeSuccess {
+		return // the CNAME alone, as before: the pod's resolver may try
+	}
+	m.Answer = append(m.Answer, got.Answer...)
+	if dns.IsSubDomain(zone, strings.ToLower(cname.Target)) {
+		d.chase(m, q, depth+1)
+	}
 }
 
 func (d *clusterDNS) headless(key string) bool {

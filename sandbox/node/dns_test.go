@@ -82,6 +82,10 @@ func TestClusterDNS(t *testing.T) {
 	svcs.setSlice(es, false)
 	svcs.setService(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "ext"},
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.org"}}, false)
+	for name, target := range map[string]string{"inner": "web.ns.svc.cluster.local", "chain": "inner.ns.svc.cluster.local", "loop": "loop.ns.svc.cluster.local", "gone": "nowhere.example"} {
+		svcs.setService(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: target}}, false)
+	}
 
 	server := startDNS(t, &clusterDNS{log: slog.New(slog.NewTextHandler(io.Discard, nil)), svcs: svcs, upstream: []string{upstream}})
 	for _, tc := range []struct {
@@ -93,7 +97,13 @@ func TestClusterDNS(t *testing.T) {
 		{"WEB.ns.svc.cluster.local", dns.RcodeSuccess, []string{"10.96.3.4"}},
 		{"db.ns.svc.cluster.local", dns.RcodeSuccess, []string{"198.18.0.5", "198.18.0.6"}},
 		{"db-0.db.ns.svc.cluster.local", dns.RcodeSuccess, []string{"198.18.0.5"}},
-		{"ext.ns.svc.cluster.local", dns.RcodeSuccess, []string{"CNAME example.org."}},
+		// With the target's records: a pod's resolver does not follow a
+		// bare CNAME (it answered the CNAME alone).
+		{"ext.ns.svc.cluster.local", dns.RcodeSuccess, []string{"192.0.2.7", "CNAME example.org."}},
+		{"inner.ns.svc.cluster.local", dns.RcodeSuccess, []string{"10.96.3.4", "CNAME web.ns.svc.cluster.local."}},
+		{"chain.ns.svc.cluster.local", dns.RcodeSuccess, []string{"10.96.3.4", "CNAME inner.ns.svc.cluster.local.", "CNAME web.ns.svc.cluster.local."}},
+		{"loop.ns.svc.cluster.local", dns.RcodeSuccess, []string{"CNAME loop.ns.svc.cluster.local."}}, // a loop: stops
+		{"gone.ns.svc.cluster.local", dns.RcodeSuccess, []string{"CNAME nowhere.example."}},
 		{"10-1-2-3.ns.pod.cluster.local", dns.RcodeSuccess, []string{"10.1.2.3"}},
 		{"web.other.svc.cluster.local", dns.RcodeNameError, nil},
 		{"web.ns.ns.svc.cluster.local", dns.RcodeNameError, nil}, // a search path's first try

@@ -38,8 +38,8 @@ func (a *Agent) entrypoint(ref string) string {
 // AddImage loads an image into the registry of the node whose folder is
 // dir: ref runs program. A reference loaded again takes the new program.
 func AddImage(dir, ref, program string) error {
-	if strings.ContainsAny(ref, " \n") || ref == "" {
-		return fmt.Errorf("image reference %q: want one word, like ghcr.io/kpf-dev/kpf:v1.2.3", ref)
+	if err := checkRef(ref); err != nil {
+		return err
 	}
 	abs, err := filepath.Abs(program)
 	if err != nil {
@@ -66,4 +66,17 @@ func AddImage(dir, ref, program string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// checkRef refuses a reference that cannot be loaded: not one word, or of
+// the built-in kpf.test/ images, which the node runs itself and never
+// looks up in its registry (such an image was loaded, and never ran).
+func checkRef(ref string) error {
+	if strings.ContainsAny(ref, " \n") || ref == "" {
+		return fmt.Errorf("image reference %q: want one word, like ghcr.io/kpf-dev/kpf:v1.2.3", ref)
+	}
+	if strings.HasPrefix(ref, BuiltinPrefix) {
+		return fmt.Errorf("image reference %q: %s is the prefix of the sandbox's built-in images (http, echo, bulk, udp-echo), which are never looked up among loaded ones: load it under another name, like example.test/%s", ref, BuiltinPrefix, strings.TrimPrefix(ref, BuiltinPrefix))
+	}
+	return nil
 }

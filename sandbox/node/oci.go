@@ -22,6 +22,9 @@ import (
 // whose entrypoint is a file in it are supported: kpf's relay image is
 // one (FROM scratch, the binary alone). It returns the entrypoint's path.
 func LoadImage(dir, ref, layout string) (string, error) {
+	if err := checkRef(ref); err != nil {
+		return "", err // before anything is unpacked
+	}
 	var outer ociIndex
 	if err := readLayoutJSON(layout, "index.json", "", &outer); err != nil {
 		return "", err

@@ -35,6 +35,10 @@ type Status struct {
 	// that a daemon before it ran and did not stop (it was killed, or
 	// crashed): restored as the identity that applied it, or not and why.
 	Restored []Restore `json:"restored,omitempty"`
+	// Warnings are what the daemon could not do as it started, such as
+	// serving the API or metrics address of a killed daemon before it
+	// (taken by then): kpf status shows them.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Restore is one file a daemon found recorded when it started.
@@ -117,6 +121,16 @@ type ApplyResult struct {
 	Restarted []string `json:"restarted"`
 	Unchanged []string `json:"unchanged"`
 	Stopped   []string `json:"stopped"`
+	// Failed are the forwards (of Started and Restarted) known to fail as
+	// they are applied, such as one whose local port another file's
+	// forward holds; they are retried, and kpf status shows them.
+	Failed []Failure `json:"failed,omitempty"`
+}
+
+// Failure is a forward that failed, and why.
+type Failure struct {
+	Name  string `json:"name"`
+	Error string `json:"error"`
 }
 
 // NamesRequest picks forwards for down and restart: the named ones (of
