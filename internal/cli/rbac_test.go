@@ -97,7 +97,7 @@ func TestRBACOfExpose(t *testing.T) {
 		t.Fatalf("kpf rbac --expose: exit %d: %s", code, errOut.String())
 	}
 	s := out.String()
-	for _, want := range []string{"namespace: web", "#   get,list,watch pods", "#   create,get pods/portforward", "#   get,create,update,delete services: kpf expose", "#   create,delete pods: kpf expose"} {
+	for _, want := range []string{"namespace: web", "#   get,list,watch pods", "#   create,get pods/portforward", "#   get,create,update,delete services: kpf expose", "#   create,delete pods: kpf expose", "#   create,update,delete endpointslices.discovery.k8s.io: kpf expose"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("kpf rbac --expose: no %q in\n%s", want, s)
 		}
