@@ -1,5 +1,6 @@
 // Package kube holds the API clients kpf uses: the typed clients of the
-// groups whose objects a forward can name (core, apps, batch).
+// groups whose objects a forward can name (core, apps, batch), and
+// discovery for kpf expose's EndpointSlice.
 //
 // client-go's Clientset links the typed clients of every API group, and
 // its informer factory every group's informers and listers; together they
