@@ -200,10 +200,15 @@ func TestExpose(t *testing.T) {
 	}
 	wg.Wait()
 
-	// Bulk, 64 MiB byte-exact both ways: kpf forward svc/laptop reaches the
-	// relay pod's port (a connection inside its pod), which kpf expose
+	// Bulk, 64 MiB byte-exact both ways: kpf forward to the relay pod's
+	// exposed port (a connection inside its pod; the Service selects no
+	// pod, so kpf forward svc/laptop has none to choose), which kpf expose
 	// carries to this machine and back.
-	fw, ls := kpf(sb).start(t, 1, "-n", ns, "svc/laptop", ":80")
+	bulkRelay, err := sb.Admin.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kpf.dev/relay=expose"})
+	if err != nil || len(bulkRelay.Items) != 1 {
+		t.Fatalf("relay pods: %v %v", bulkRelay, err)
+	}
+	fw, ls := kpf(sb).start(t, 1, "-n", ns, "pod/"+bulkRelay.Items[0].Name, ":4190")
 	body := make([]byte, 64<<20)
 	rand.Read(body)
 	c, err := net.Dial("tcp", ls[0].Addr)
@@ -268,5 +273,103 @@ func TestExpose(t *testing.T) {
 			t.Fatalf("the Service of a killed kpf expose outlived its relay pod by 30 s: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestExposeServesOnlyItsRelays: a pod that carries an exposure's
+// kpf.dev/forward label but that kpf did not make (anyone who may create
+// pods could) gets none of its traffic: the Service selects no pod by
+// label (kpf writes its EndpointSlice, naming only the relay kpf made),
+// and kpf holds its control stream only to its relays. The impostor, an
+// echo on the relay's ports, would answer a request with the request
+// itself. The relay deleted, kpf makes a new one and the Service answers
+// from this machine again; Ctrl-C leaves the impostor alone.
+func TestExposeServesOnlyItsRelays(t *testing.T) {
+	needPodNetwork(t)
+	sb := sandboxtest.Get(t)
+	ns := sb.Namespace(t)
+	ctx := context.Background()
+	sb.Apply(t, ns, exposeClientPod)
+	client := sb.ReadyPods(t, ns, "app=client", 1)[0].Status.PodIP
+	_, port, _ := net.SplitHostPort(localEcho(t))
+	p := sandboxtest.Start(t, exec.Command(kpfBin, "--kubeconfig", sb.Kubeconfig(cluster.UserAdmin), "expose", "--relay-image", ownRelayImage(t, sb), "-n", ns, "svc/laptop", "80:"+port))
+	p.WaitLine(t, `^Exposing svc/laptop\.`, 150*time.Second)
+	relays, err := sb.Admin.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kpf.dev/relay=expose"})
+	if err != nil || len(relays.Items) != 1 {
+		t.Fatalf("relay pods: %v %v", relays, err)
+	}
+	relay := relays.Items[0]
+	svc, err := sb.Admin.CoreV1().Services(ns).Get(ctx, "laptop", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svc.Spec.Selector) != 0 {
+		t.Errorf("the Service selects pods by label: %v", svc.Spec.Selector)
+	}
+	sb.Apply(t, ns, fmt.Sprintf(`
+apiVersion: v1
+kind: Pod
+metadata: {name: evil, labels: {app: evil, kpf.dev/forward: %q}}
+spec:
+  containers:
+  - {name: echo, image: kpf.test/echo, ports: [{containerPort: 4090}, {containerPort: 4190}], readinessProbe: {tcpSocket: {port: 4190}, periodSeconds: 1}}
+`, relay.Labels["kpf.dev/forward"]))
+	sb.ReadyPods(t, ns, "app=evil", 1)
+	// ask sends one request through the Service, by name (the garbage
+	// collector may take the Service with the deleted relay, and kpf make
+	// it again): nil when this machine answered it; the test fails at once
+	// when the impostor did.
+	addr := "laptop:80"
+	n := 0
+	ask := func() error {
+		n++
+		send := fmt.Sprintf("req-%d", n)
+		got, err := dialFrom(client, addr, send)
+		if got == send {
+			t.Fatalf("the impostor pod evil answered a request to the Service: %q\n%s", got, p.Output())
+		}
+		if err == nil && got != "laptop got "+send+"|end" {
+			err = fmt.Errorf("answer %q", got)
+		}
+		return err
+	}
+	for range 10 { // the old Service (selector) would spread these over both pods
+		if err := ask(); err != nil {
+			t.Fatalf("before the delete: %v", err)
+		}
+	}
+	zero := int64(0)
+	if err := sb.Admin.CoreV1().Pods(ns).Delete(ctx, relay.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	sandboxtest.WaitFor(t, 30*time.Second, "the Service answered from this machine through a new relay", func() (bool, error) {
+		err := ask()
+		return err == nil, err
+	})
+	for range 10 {
+		if err := ask(); err != nil {
+			t.Fatalf("after the new relay: %v", err)
+		}
+	}
+	now, err := sb.Admin.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kpf.dev/relay=expose"})
+	if err != nil || len(now.Items) != 1 || now.Items[0].Name == relay.Name {
+		t.Fatalf("relay pods after the delete: %v %v, want one new one", now, err)
+	}
+	es, err := sb.Admin.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=laptop"})
+	if err != nil || len(es.Items) != 1 || len(es.Items[0].Endpoints) != 1 || es.Items[0].Endpoints[0].Addresses[0] != now.Items[0].Status.PodIP {
+		t.Errorf("the Service's EndpointSlices: %+v %v, want one naming only the new relay %s", es, err, now.Items[0].Status.PodIP)
+	}
+	if strings.Contains(p.Output(), "evil") {
+		t.Errorf("kpf speaks of the impostor pod evil:\n%s", p.Output())
+	}
+	interrupt(t, p)
+	if pods, _ := sb.Admin.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "kpf.dev/relay=expose"}); len(pods.Items) != 0 {
+		t.Errorf("after Ctrl-C, relay pods left: %d", len(pods.Items))
+	}
+	if es, _ := sb.Admin.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=laptop"}); len(es.Items) != 0 {
+		t.Errorf("after Ctrl-C, EndpointSlices left: %d", len(es.Items))
+	}
+	if _, err := sb.Admin.CoreV1().Pods(ns).Get(ctx, "evil", metav1.GetOptions{}); err != nil {
+		t.Errorf("kpf deleted a pod it did not make: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kpf-dev/kpf/internal/cluster"
@@ -20,8 +21,10 @@ import (
 	"github.com/kpf-dev/kpf/internal/tunnel"
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
@@ -75,7 +78,9 @@ kpf never changes a Service it did not create: if NAME exists, it refuses.
 When kpf stops, the Service and the relay pod are deleted. The Service is
 owned by the relay pods (owner references): deleting the relay pod deletes
 it, which is what kpf relay gc does with the leftovers of a killed kpf.
-It needs create and delete on services and pods (kpf rbac).`,
+The Service selects no pods by label: kpf writes its EndpointSlice, which
+names only the relay pod kpf made (another pod with its labels gets nothing).
+It needs create and delete on services, pods and endpointslices (kpf rbac).`,
 		Example: `  # The Service laptop's port 80 in the cluster reaches 127.0.0.1:8080 here
   kpf expose svc/laptop 80:8080`,
 		Args:                  cobra.MinimumNArgs(2),
@@ -125,6 +130,27 @@ type exposure struct {
 	address  string
 	settings spec.Settings
 	pod      relaypod.Spec
+
+	mu   sync.Mutex
+	made map[types.UID]*corev1.Pod  // every relay pod kpf made for the exposure
+	es   *discoveryv1.EndpointSlice // the Service's, as kpf last wrote it
+}
+
+// created records a relay pod kpf made (relaypod.Spec.Created).
+func (x *exposure) created(p *corev1.Pod) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.made[p.UID] = p
+}
+
+// ours: p is a relay pod kpf made for the exposure (follow.Options.Accept).
+// Any pod may carry the exposure's kpf.dev/forward label; only these get
+// kpf's control stream.
+func (x *exposure) ours(p *corev1.Pod) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	_, ok := x.made[p.UID]
+	return ok
 }
 
 // ExistsError is a Service kpf expose would not change.
@@ -150,16 +176,90 @@ func (x *exposure) service(owner *corev1.Pod) *corev1.Service {
 			Name: x.name, Namespace: x.ns,
 			Labels: map[string]string{relaypod.LabelManagedBy: "kpf", labelExpose: x.pod.Forward},
 			Annotations: map[string]string{
-				"kpf.dev/about": "kpf expose: connections reach a kpf user's machine through the relay pods this Service selects (and is owned by)",
+				"kpf.dev/about": "kpf expose: connections reach a kpf user's machine through the relay pod named in the EndpointSlice kpf writes (the Service's owner)",
 			},
 			OwnerReferences: []metav1.OwnerReference{ownerRef(owner)},
 		},
 		Spec: corev1.ServiceSpec{
-			Type:     corev1.ServiceTypeClusterIP,
-			Selector: map[string]string{relaypod.LabelForward: x.pod.Forward},
-			Ports:    ports,
+			// No selector: a pod anyone made with the relay's labels would
+			// get the Service's traffic. kpf writes the EndpointSlice.
+			Type:  corev1.ServiceTypeClusterIP,
+			Ports: ports,
 		},
 	}
+}
+
+// sliceManager is the endpointslice.kubernetes.io/managed-by label of the
+// Service's EndpointSlice: kpf writes it (the endpointslice controllers
+// leave the slices of other writers alone).
+const sliceManager = "kpf.dev"
+
+// slice is the Service's EndpointSlice: the relay pod at, or no endpoint
+// (nil: the relay is gone and no new one is ready yet), owned like the
+// Service by owners.
+func (x *exposure) slice(at *corev1.Pod, owners []metav1.OwnerReference) *discoveryv1.EndpointSlice {
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: x.name + "-kpf", Namespace: x.ns,
+			Labels: map[string]string{
+				discoveryv1.LabelServiceName: x.name, discoveryv1.LabelManagedBy: sliceManager,
+				relaypod.LabelManagedBy: "kpf", labelExpose: x.pod.Forward,
+			},
+			OwnerReferences: owners,
+		},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{},
+	}
+	for i, p := range x.ports {
+		name, port, proto := "tcp-"+strconv.Itoa(int(p.Remote)), int32(relaypod.FirstExposePort+i), corev1.ProtocolTCP
+		es.Ports = append(es.Ports, discoveryv1.EndpointPort{Name: &name, Port: &port, Protocol: &proto})
+	}
+	if at != nil {
+		if ip := net.ParseIP(at.Status.PodIP); ip != nil && ip.To4() == nil {
+			es.AddressType = discoveryv1.AddressTypeIPv6
+		}
+		ready := true
+		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{at.Status.PodIP},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: at.Namespace, Name: at.Name, UID: at.UID},
+			NodeName:   &at.Spec.NodeName,
+		})
+	}
+	return es
+}
+
+// point makes the Service's EndpointSlice name the relay pod at only (or
+// nothing, at nil), creating it if it is missing (the garbage collector
+// takes it with the last relay pod). No get or list: kpf writes only the
+// slice it created (create refuses a name another took).
+func (x *exposure) point(ctx context.Context, at *corev1.Pod, owners []metav1.OwnerReference) error {
+	slices := x.c.Client().DiscoveryV1().EndpointSlices(x.ns)
+	want := x.slice(at, owners)
+	x.mu.Lock()
+	last := x.es
+	x.mu.Unlock()
+	var es *discoveryv1.EndpointSlice
+	var err error
+	if last != nil {
+		want.ResourceVersion = last.ResourceVersion
+		es, err = slices.Update(ctx, want, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) { // changed by another: kpf's wins
+			want.ResourceVersion = ""
+			es, err = slices.Update(ctx, want, metav1.UpdateOptions{})
+		}
+	}
+	if last == nil || apierrors.IsNotFound(err) {
+		want.ResourceVersion = ""
+		es, err = slices.Create(ctx, want, metav1.CreateOptions{})
+	}
+	if err != nil {
+		return err
+	}
+	x.mu.Lock()
+	x.es = es
+	x.mu.Unlock()
+	return nil
 }
 
 func ownerRef(p *corev1.Pod) metav1.OwnerReference {
@@ -181,13 +281,15 @@ func (x *exposure) run(ctx context.Context) error {
 	for i := range x.ports {
 		reverse = append(reverse, uint16(relaypod.FirstExposePort+i))
 	}
-	x.pod = relaypod.Spec{Namespace: x.ns, Image: x.settings.RelayImage, Target: "svc/" + x.name, Owner: relaypod.Me(), Forward: hex.EncodeToString(b), Reverse: reverse}
+	x.made = map[types.UID]*corev1.Pod{}
+	x.pod = relaypod.Spec{Namespace: x.ns, Image: x.settings.RelayImage, Target: "svc/" + x.name, Owner: relaypod.Me(), Forward: hex.EncodeToString(b), Reverse: reverse, Created: x.created}
 	pod, err := relaypod.Start(ctx, x.c.Client(), x.pod, 2*time.Minute)
 	if err != nil {
 		return err
 	}
 	defer x.cleanup()
-	if _, err := svcs.Create(ctx, x.service(pod), metav1.CreateOptions{}); err != nil {
+	svc := x.service(pod)
+	if _, err := svcs.Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		if apierrors.IsAlreadyExists(err) {
 			return &serviceExistsError{Namespace: x.ns, Name: x.name}
 		}
@@ -196,12 +298,18 @@ func (x *exposure) run(ctx context.Context) error {
 		}
 		return fmt.Errorf("create the Service %s/%s: %w", x.ns, x.name, err)
 	}
+	if err := x.point(ctx, pod, svc.OwnerReferences); err != nil {
+		if apierrors.IsForbidden(err) {
+			return fmt.Errorf("write the EndpointSlice of the Service %s/%s: %w (kpf rbac --expose -n %s prints the Role kpf expose needs)", x.ns, x.name, err, x.ns)
+		}
+		return fmt.Errorf("write the EndpointSlice of the Service %s/%s: %w", x.ns, x.name, err)
+	}
 	dial := func(ctx context.Context, pod string) (*tunnel.Conn, error) {
 		return x.c.Dial(ctx, x.ns, pod, x.settings.Transport, x.settings.DataPath, tunnel.PingEvery(x.settings.PingInterval), tunnel.WithLog(x.log))
 	}
 	f, err := follow.New(ctx, follow.Options{
 		Namespace: x.ns, Ref: "svc/" + x.name, Client: x.c.Client(), Dial: dial,
-		Selector: relaypod.Selector(x.pod.Forward), ReconnectWait: x.settings.ReconnectWait,
+		Selector: relaypod.Selector(x.pod.Forward), Accept: x.ours, ReconnectWait: x.settings.ReconnectWait,
 		Initial: pod, Log: x.log, Watches: x.c.Watches(), Liveness: x.c.Liveness(),
 	})
 	if err != nil {
@@ -271,6 +379,7 @@ func (x *exposure) keep(ctx context.Context, f *follow.Follower) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	var lost time.Time
+	var owners []metav1.OwnerReference // the Service's, as kpf last wrote them
 	for {
 		select {
 		case <-ctx.Done():
@@ -283,6 +392,11 @@ func (x *exposure) keep(ctx context.Context, f *follow.Follower) {
 		}
 		if lost.IsZero() {
 			lost = time.Now()
+			// The relay's address may be another pod's soon: the Service
+			// names no endpoint until kpf's new relay is ready.
+			if err := x.point(ctx, nil, owners); err != nil && ctx.Err() == nil {
+				x.log.Error("the EndpointSlice of the exposure", "service", x.name, "err", err)
+			}
 			continue
 		}
 		if time.Since(lost) < time.Second {
@@ -296,35 +410,49 @@ func (x *exposure) keep(ctx context.Context, f *follow.Follower) {
 			lost = time.Now()
 			continue
 		}
-		if err := x.own(ctx, p); err != nil && ctx.Err() == nil {
+		o, err := x.own(ctx, p)
+		if err != nil && ctx.Err() == nil {
 			x.log.Error("the Service of the exposure", "service", x.name, "err", err)
+		}
+		if err == nil {
+			owners = o
+			if err := x.point(ctx, p, owners); err != nil && ctx.Err() == nil {
+				x.log.Error("the EndpointSlice of the exposure", "service", x.name, "err", err)
+			}
 		}
 		fmt.Fprintf(x.g.errOut, "kpf: the relay pod of svc/%s is gone; a new one, %s, carries it\n", x.name, p.Name)
 		lost = time.Time{}
 	}
 }
 
-// own makes p an owner of the Service, or makes the Service again.
-func (x *exposure) own(ctx context.Context, p *corev1.Pod) error {
+// own makes p an owner of the Service, or makes the Service again; it
+// returns the Service's owners.
+func (x *exposure) own(ctx context.Context, p *corev1.Pod) ([]metav1.OwnerReference, error) {
 	svcs := x.c.Client().CoreV1().Services(x.ns)
 	s, err := svcs.Get(ctx, x.name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		_, err = svcs.Create(ctx, x.service(p), metav1.CreateOptions{})
-		return err
+		s, err = svcs.Create(ctx, x.service(p), metav1.CreateOptions{})
+		if err != nil {
+			return nil, err
+		}
+		return s.OwnerReferences, nil
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if s.Labels[labelExpose] != x.pod.Forward {
-		return fmt.Errorf("the Service %s/%s is no longer this exposure's: left alone", x.ns, x.name)
+		return nil, fmt.Errorf("the Service %s/%s is no longer this exposure's: left alone", x.ns, x.name)
 	}
 	s.OwnerReferences = append(s.OwnerReferences, ownerRef(p))
-	_, err = svcs.Update(ctx, s, metav1.UpdateOptions{})
-	return err
+	if s, err = svcs.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		return nil, err
+	}
+	return s.OwnerReferences, nil
 }
 
-// cleanup deletes the Service (if still this exposure's) and every relay
-// pod of the exposure.
+// cleanup deletes the Service and its EndpointSlice (if still this
+// exposure's) and the relay pods kpf made, by name and UID (no list: a
+// pod kpf did not make is left alone, whatever its labels).
 func (x *exposure) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -334,13 +462,23 @@ func (x *exposure) cleanup() {
 			x.log.Error("delete the Service", "service", x.name, "err", err)
 		}
 	}
-	list, err := cl.CoreV1().Pods(x.ns).List(ctx, metav1.ListOptions{LabelSelector: relaypod.Selector(x.pod.Forward).String()})
-	if err != nil {
-		x.log.Error("list the relay pods", "err", err)
-		return
+	x.mu.Lock()
+	es := x.es
+	x.mu.Unlock()
+	if es != nil {
+		err := cl.DiscoveryV1().EndpointSlices(x.ns).Delete(ctx, es.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &es.UID}})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			x.log.Error("delete the EndpointSlice", "endpointslice", es.Name, "err", err)
+		}
 	}
-	for _, p := range list.Items {
-		if err := relaypod.Delete(ctx, cl, &p); err != nil && !errors.Is(err, context.Canceled) {
+	x.mu.Lock()
+	made := make([]*corev1.Pod, 0, len(x.made))
+	for _, p := range x.made {
+		made = append(made, p)
+	}
+	x.mu.Unlock()
+	for _, p := range made {
+		if err := relaypod.Delete(ctx, cl, p); err != nil && !errors.Is(err, context.Canceled) {
 			x.log.Error("delete the relay pod", "pod", p.Name, "err", err)
 		}
 	}

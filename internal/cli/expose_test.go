@@ -5,6 +5,10 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 func TestParseExposePorts(t *testing.T) {
@@ -63,5 +67,42 @@ func TestExposeUsageErrors(t *testing.T) {
 		if code == 0 || !strings.Contains(errOut.String(), says) {
 			t.Errorf("kpf expose %s: exit %d, want %q in\n%s", args, code, says, errOut.String())
 		}
+	}
+}
+
+// The Service selects no pods, and its EndpointSlice names the relay pod
+// it is given only, on the port each Service port targets (by the port's
+// name, as a service proxy matches them), or no endpoint at all.
+func TestExposeServiceAndSlice(t *testing.T) {
+	x := &exposure{ns: "team", name: "laptop", ports: []exposePort{{80, 8080}, {443, 8443}}}
+	x.pod.Forward = "abc"
+	relay := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "kpf-relay-x", Namespace: "team", UID: "u1"}, Status: corev1.PodStatus{PodIP: "10.1.2.3"}}
+	svc := x.service(relay)
+	if len(svc.Spec.Selector) != 0 {
+		t.Errorf("the Service selects pods by label: %v", svc.Spec.Selector)
+	}
+	es := x.slice(relay, svc.OwnerReferences)
+	if es.Labels[discoveryv1.LabelServiceName] != "laptop" || es.Labels[discoveryv1.LabelManagedBy] == "endpointslice-controller.k8s.io" || es.Labels["kpf.dev/expose"] != "abc" {
+		t.Errorf("the slice's labels: %v", es.Labels)
+	}
+	if len(es.OwnerReferences) != 1 || es.OwnerReferences[0].UID != "u1" {
+		t.Errorf("the slice's owners: %+v, want the relay pod's, like the Service's", es.OwnerReferences)
+	}
+	if len(es.Endpoints) != 1 || len(es.Endpoints[0].Addresses) != 1 || es.Endpoints[0].Addresses[0] != "10.1.2.3" || es.Endpoints[0].TargetRef.UID != "u1" || es.AddressType != discoveryv1.AddressTypeIPv4 {
+		t.Errorf("the slice's endpoints: %+v (%s), want the relay pod's IP only", es.Endpoints, es.AddressType)
+	}
+	for _, sp := range svc.Spec.Ports {
+		found := false
+		for _, p := range es.Ports {
+			if *p.Name == sp.Name && *p.Protocol == sp.Protocol && *p.Port == sp.TargetPort.IntVal {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("the Service port %+v has no slice port of its name and target port in %+v", sp, es.Ports)
+		}
+	}
+	if none := x.slice(nil, svc.OwnerReferences); len(none.Endpoints) != 0 || none.Endpoints == nil {
+		t.Errorf("the slice with no relay: %+v, want an empty list of endpoints", none.Endpoints)
 	}
 }

@@ -49,8 +49,8 @@ what kpf needs to forward to these targets: get, list and watch on pods
 (kpf follows the pods behind a target), get on each target kind, and create
 and get on pods/portforward (SPDY's upgrade needs create, WebSocket's get);
 for a file's /udp ports, what their relay needs (--udp-relay); with
---expose, what kpf expose needs in the namespace (-n): its Service and
-relay pod to make and delete, and the tunnels to its relay.
+--expose, what kpf expose needs in the namespace (-n): its Service, its
+EndpointSlice and relay pod to make and delete, and the tunnels to its relay.
 With --subject, a RoleBinding to that user, group or service account too.
 kpf doctor checks the same rules.`,
 		Example:               rbacExample,
@@ -66,7 +66,7 @@ kpf doctor checks the same rules.`,
 	f.StringVarP(&o.File, "file", "f", "", "the forwards of this kpf.yaml (all, or the NAMEs given)")
 	f.StringVar(&o.Subject, "subject", "", "also bind the Role to user:NAME, group:NAME or sa:NAMESPACE/NAME")
 	f.StringVar(&o.Name, "name", o.Name, "name of the Role and RoleBinding")
-	f.BoolVar(&o.Expose, "expose", false, "also (or only) what kpf expose needs in the namespace (-n): services get, create, update, delete; pods create, delete")
+	f.BoolVar(&o.Expose, "expose", false, "also (or only) what kpf expose needs in the namespace (-n): services get, create, update, delete; pods create, delete; endpointslices create, update, delete")
 	f.StringVar(&o.UDPRelay, "udp-relay", "pod", "for a file's /udp ports, the rights of this relay mode: pod (create and delete pods) or ephemeral (patch pods/ephemeralcontainers)")
 	return cmd
 }
@@ -184,7 +184,7 @@ func (o *RBACOptions) Run(context.Context) error {
 		if o.exposes[ns] {
 			ex := rbac.Expose()
 			if o.relays[ns] && o.UDPRelay != "ephemeral" {
-				ex = ex[:1] // the relay's pods create and delete are there already
+				ex = slices.DeleteFunc(ex, func(r rbac.Rule) bool { return r.Group == "" && r.Resource == "pods" }) // the relay's pods create and delete are there already
 			}
 			rules[ns] = append(rules[ns], ex...)
 		}

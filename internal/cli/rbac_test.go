@@ -37,6 +37,11 @@ func TestRBACOfAFileWithUDPPorts(t *testing.T) {
 	if out := run("-f", tcp); strings.Contains(out, "relay") {
 		t.Errorf("a file without /udp ports:\n%s", out)
 	}
+	// With --expose too: the relay's pods rule once, and kpf expose's
+	// EndpointSlice rule kept.
+	if out := run("-f", udp, "--expose"); strings.Count(out, "#   create,delete pods") != 1 || !strings.Contains(out, "#   create,update,delete endpointslices.discovery.k8s.io: kpf expose") {
+		t.Errorf("a file with /udp ports and --expose:\n%s", out)
+	}
 	two := filepath.Join(dir, "two.yaml")
 	os.WriteFile(two, []byte("forwards:\n  - {name: a, target: svc/dns, ports: [\"5353:53/udp\"]}\n  - {name: b, target: svc/dns2, ports: [\"5354:53/udp\"]}\n"), 0o600)
 	if out := run("-f", two); strings.Count(out, "the UDP relay pod") != 1 {
@@ -97,7 +102,7 @@ func TestRBACOfExpose(t *testing.T) {
 		t.Fatalf("kpf rbac --expose: exit %d: %s", code, errOut.String())
 	}
 	s := out.String()
-	for _, want := range []string{"namespace: web", "#   get,list,watch pods", "#   create,get pods/portforward", "#   get,create,update,delete services: kpf expose", "#   create,delete pods: kpf expose"} {
+	for _, want := range []string{"namespace: web", "#   get,list,watch pods", "#   create,get pods/portforward", "#   get,create,update,delete services: kpf expose", "#   create,delete pods: kpf expose", "#   create,update,delete endpointslices.discovery.k8s.io: kpf expose"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("kpf rbac --expose: no %q in\n%s", want, s)
 		}

@@ -1,5 +1,6 @@
 // Package kube holds the API clients kpf uses: the typed clients of the
-// groups whose objects a forward can name (core, apps, batch).
+// groups whose objects a forward can name (core, apps, batch), and
+// discovery for kpf expose's EndpointSlice.
 //
 // client-go's Clientset links the typed clients of every API group, and
 // its informer factory every group's informers and listers; together they
@@ -21,6 +22,7 @@ import (
 	authzv1 "k8s.io/client-go/kubernetes/typed/authorization/v1"
 	batchv1 "k8s.io/client-go/kubernetes/typed/batch/v1"
 	corev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	discoveryv1 "k8s.io/client-go/kubernetes/typed/discovery/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/flowcontrol"
 )
@@ -32,6 +34,7 @@ type Interface interface {
 	BatchV1() batchv1.BatchV1Interface
 	AuthenticationV1() authnv1.AuthenticationV1Interface
 	AuthorizationV1() authzv1.AuthorizationV1Interface
+	DiscoveryV1() discoveryv1.DiscoveryV1Interface // kpf expose's EndpointSlice
 }
 
 // Clients implements Interface over one shared HTTP client and rate
@@ -42,6 +45,7 @@ type Clients struct {
 	batch *batchv1.BatchV1Client
 	authn *authnv1.AuthenticationV1Client
 	authz *authzv1.AuthorizationV1Client
+	disc  *discoveryv1.DiscoveryV1Client
 }
 
 // CoreV1 implements Interface.
@@ -58,6 +62,9 @@ func (c *Clients) AuthenticationV1() authnv1.AuthenticationV1Interface { return 
 
 // AuthorizationV1 implements Interface.
 func (c *Clients) AuthorizationV1() authzv1.AuthorizationV1Interface { return c.authz }
+
+// DiscoveryV1 implements Interface.
+func (c *Clients) DiscoveryV1() discoveryv1.DiscoveryV1Interface { return c.disc }
 
 // NewForConfig builds the clients of c. Like kubernetes.NewForConfig, the
 // groups share one transport and one token bucket of c.QPS and c.Burst.
@@ -91,6 +98,9 @@ func NewForConfigAndClient(c *rest.Config, hc *http.Client) (*Clients, error) {
 		return nil, err
 	}
 	if cs.authn, err = authnv1.NewForConfigAndClient(cfg, hc); err != nil {
+		return nil, err
+	}
+	if cs.disc, err = discoveryv1.NewForConfigAndClient(cfg, hc); err != nil {
 		return nil, err
 	}
 	if cs.authz, err = authzv1.NewForConfigAndClient(cfg, hc); err != nil {

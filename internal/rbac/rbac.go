@@ -80,7 +80,8 @@ func Destination() Rule {
 func Expose() []Rule {
 	return []Rule{
 		{Resource: "services", Verbs: []string{"get", "create", "update", "delete"}, Why: "kpf expose: its Service (never one it did not make: get refuses those), owned by its relay pods, deleted when it stops"},
-		{Resource: "pods", Verbs: []string{"create", "delete"}, Why: "kpf expose: the relay pod the Service selects, made when it starts (and again if it goes), deleted when it stops"},
+		{Resource: "pods", Verbs: []string{"create", "delete"}, Why: "kpf expose: the relay pod the Service reaches, made when it starts (and again if it goes), deleted when it stops"},
+		{Group: "discovery.k8s.io", Resource: "endpointslices", Verbs: []string{"create", "update", "delete"}, Why: "kpf expose: the Service's EndpointSlice, which names only the relay pod kpf made (the Service selects no pods by label), deleted when it stops"},
 	}
 }
 
