@@ -148,13 +148,7 @@ func (s *Server) control(c net.Conn, r *Reader, w *frameWriter) error {
 		return err
 	}
 	for {
-		c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
-		f, err := r.Read()
-		var pe *ProtocolError
-		if errors.As(err, &pe) {
-			w.write(errorFrame(pe))
-			return err
-		}
+		f, err := s.next(c, r, w)
 		if err != nil {
 			return err
 		}

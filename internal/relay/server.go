@@ -274,11 +274,7 @@ func (s *Server) stream(ctx context.Context, c net.Conn) error {
 		if err := w.write(Frame{Type: TypePong, Payload: hello.Payload}); err != nil {
 			return err
 		}
-		c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
-		if hello, err = r.Read(); err != nil {
-			if errors.As(err, &pe) {
-				w.write(errorFrame(pe))
-			}
+		if hello, err = s.next(c, r, w); err != nil {
 			return err
 		}
 	}
@@ -325,13 +321,7 @@ func (s *Server) stream(ctx context.Context, c net.Conn) error {
 	}()
 	go st.sweep()
 	for {
-		c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
-		f, err := r.Read()
-		var pe *ProtocolError
-		if errors.As(err, &pe) {
-			w.write(errorFrame(pe))
-			return err
-		}
+		f, err := s.next(c, r, w)
 		if err != nil {
 			return err
 		}
@@ -361,6 +351,18 @@ func (s *Server) stream(ctx context.Context, c net.Conn) error {
 }
 
 // errorFrame is an ERROR frame saying err, cut to a control frame's size.
+// next reads a stream's next frame within the client timeout; a frame
+// that breaks the protocol is answered with an ERROR frame naming why.
+func (s *Server) next(c net.Conn, r *Reader, w *frameWriter) (Frame, error) {
+	c.SetReadDeadline(time.Now().Add(s.ClientTimeout))
+	f, err := r.Read()
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		w.write(errorFrame(pe))
+	}
+	return f, err
+}
+
 func errorFrame(err error) Frame {
 	msg := err.Error()
 	if len(msg) > maxControl {
